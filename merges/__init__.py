@@ -1,0 +1,1 @@
+"""frankeneval.merges (installed from the repo's merges/ folder)."""

@@ -1,0 +1,1 @@
+"""frankeneval.tasks (installed from the repo's tasks/ folder)."""
