@@ -1,0 +1,5 @@
+import sys
+
+from frankeneval.cli import main
+
+sys.exit(main())

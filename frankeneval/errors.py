@@ -1,0 +1,25 @@
+"""User-facing error types. The CLI prints these as one clear line (no traceback)."""
+
+
+class FrankenevalError(Exception):
+    """Base class of every expected, user-facing frankeneval failure."""
+
+
+class CheckpointNotFound(FrankenevalError):
+    """A lineage member could not be found locally or resolved through the hub cache."""
+
+
+class MissingShard(FrankenevalError):
+    """The safetensors index names a shard file that is not on disk."""
+
+
+class UnsafeWeights(FrankenevalError):
+    """A checkpoint holds only pickle (``.bin``/``.pt``) weights and loading them was not allowed."""
+
+
+class ArchitectureMismatch(FrankenevalError):
+    """Two or more checkpoints do not share tensor names and shapes."""
+
+
+class SpecError(FrankenevalError):
+    """A merge, intervention or run specification is malformed."""
