@@ -215,8 +215,10 @@ _CORPUS = (
 )
 
 
-def _bpe_vocab_and_merges(vocab_size: int | None, kind: str) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """A byte-level BPE vocabulary: trained on a small built-in corpus, or synthetic up to ``vocab_size``."""
+def _bpe_vocab_and_merges(
+    vocab_size: int | None, kind: str, corpus: list[str] | None = None
+) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A byte-level BPE vocabulary: trained on a small corpus (built-in unless given), or synthetic up to ``vocab_size``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     alphabet = pre_tokenizers.ByteLevel.alphabet()
@@ -226,7 +228,7 @@ def _bpe_vocab_and_merges(vocab_size: int | None, kind: str) -> tuple[dict[str, 
         tok.decoder = decoders.ByteLevel()
         target = (vocab_size or 600) - len(QWEN_SPECIAL_TOKENS) - len(QWEN_EXTRA_TOKENS)
         trainer = trainers.BpeTrainer(vocab_size=target, initial_alphabet=alphabet, show_progress=False)
-        tok.train_from_iterator([_CORPUS] * 4, trainer)
+        tok.train_from_iterator(list(corpus) if corpus is not None else [_CORPUS] * 4, trainer)
         state = json.loads(tok.to_str())["model"]
         merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
         return dict(state["vocab"]), merges  # type: ignore[return-value]
@@ -249,11 +251,14 @@ def _bpe_vocab_and_merges(vocab_size: int | None, kind: str) -> tuple[dict[str, 
     return vocab, merges
 
 
-def build_processor(spec: LineageSpec):
-    """A Qwen2.5-VL processor (tokenizer + image/video processors + chat template), built offline."""
+def build_processor(spec: LineageSpec, corpus: list[str] | None = None):
+    """A Qwen2.5-VL processor (tokenizer + image/video processors + chat template), built offline.
+
+    ``corpus``: texts to train the BPE tokenizer on (``tokenizer="trained"`` only); default a small built-in corpus.
+    """
     from transformers import Qwen2_5_VLProcessor, Qwen2Tokenizer, Qwen2VLImageProcessor
 
-    vocab, merges = _bpe_vocab_and_merges(spec.vocab_size, spec.tokenizer)
+    vocab, merges = _bpe_vocab_and_merges(spec.vocab_size, spec.tokenizer, corpus)
     tokenizer = Qwen2Tokenizer(
         vocab=vocab,
         merges=merges,
