@@ -23,3 +23,7 @@ class ArchitectureMismatch(FrankenevalError):
 
 class SpecError(FrankenevalError):
     """A merge, intervention or run specification is malformed."""
+
+
+class InterventionError(FrankenevalError):
+    """An intervention cannot be applied to this input (bad layer, visual-token count mismatch, ...)."""

@@ -1,0 +1,93 @@
+"""Measure what IN and RL changed: energy and singular-value spectra of ΔIN = IN - Base and ΔRL = RL - IN
+for every weight matrix, streamed (each tensor read once), on the GPU when there is one.
+
+    frankeneval characterize --base B --in I --rl R --out runs/char
+    frankeneval characterize --recipe NAME --out runs/char           # a built-in recipe's lineage
+    frankeneval characterize --base B --in I --rl R --out runs/energy --energy-only
+
+Writes OUT/matrices.jsonl (one line per matrix), OUT/summary.json (mean and sum per unified layer,
+section, component and LLM region) and OUT/run.json (metadata). A rerun resumes: finished matrices are
+skipped. Compare the ΔRL of two or more lineages (cosine similarity and top-r subspace overlap per
+matrix and per layer):
+
+    frankeneval characterize --compare runs/charA runs/charB --out runs/cmp
+    frankeneval characterize --compare A=IN_A,RL_A B=IN_B,RL_B recipe:NAME --out runs/cmp
+
+Then `frankeneval plot OUT` draws the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from frankeneval.errors import SpecError
+
+COMMAND = "characterize"
+HELP = "energy and spectra of ΔIN and ΔRL per weight matrix (and --compare ΔRL across lineages)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base", help="Base checkpoint (local dir or hub id)")
+    parser.add_argument("--in", dest="in_", metavar="IN", help="IN (instruction/SFT) checkpoint")
+    parser.add_argument("--rl", help="RL checkpoint")
+    parser.add_argument("--recipe", help="built-in recipe whose lineage to measure (--base/--in/--rl override its models)")
+    parser.add_argument("--compare", nargs="+", metavar="LINEAGE",
+                        help="compare ΔRL across lineages: characterize run dirs, recipe:NAME, or [LABEL=]BASE,IN,RL")
+    parser.add_argument("--out", required=True, help="output directory (resumed when it holds a run with the same settings)")
+    parser.add_argument("--top-k", type=int, default=50, help="singular values kept per matrix (default 50)")
+    parser.add_argument("--volume-k", type=int, default=50, help="singular values in the log spectral volume (default 50)")
+    parser.add_argument("--rank-r", type=int, default=8, help="top-r singular subspaces for overlaps (0: skip; default 8)")
+    parser.add_argument("--energy-only", action="store_true", help="Frobenius norms and cosines only (no spectra)")
+    parser.add_argument("--svd-method", choices=("auto", "gram", "svd"), default="auto",
+                        help="singular values: float64 Gram + eigvalsh (auto) or svdvals")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    parser.add_argument("--sections", nargs="+", choices=("vision", "projector", "llm", "embeddings", "lm_head"),
+                        help="only these sections (default: all)")
+    parser.add_argument("--overwrite", action="store_true", help="discard an existing run in --out")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from frankeneval.characterize import CharacterizeSettings, characterize, compare
+
+    common = dict(device=args.device, overwrite=args.overwrite, progress=not args.no_progress)
+    if args.compare:
+        summary = compare(args.compare, args.out, rank_r=args.rank_r, sections=args.sections, svd_method=args.svd_method, **common)
+        overall = summary["aggregates"]["all"] or {"pairs": {}}
+        for key, p in overall["pairs"].items():
+            print(f"{key}: cosine {_fmt(p['cosine'])}, mean overlap left {_fmt(p['overlap_left']['mean'])} "
+                  f"right {_fmt(p['overlap_right']['mean'])}")
+        print(f"wrote {args.out}/compare.jsonl and compare_summary.json ({summary['n_matrices']} matrices)")
+        return 0
+    models = {"base": args.base, "in": args.in_, "rl": args.rl}
+    label = None
+    if args.recipe:
+        from frankeneval.recipes import get_recipe  # lazy
+
+        recipe_models = dict(get_recipe(args.recipe).models)
+        models = {k: models[k] or recipe_models.get(k) for k in models}
+        label = args.recipe
+    missing = [k for k, v in models.items() if not v]
+    if missing:
+        raise SpecError(f"characterize needs --base, --in and --rl (or --recipe); missing: {', '.join('--' + m for m in missing)}")
+    settings = CharacterizeSettings(
+        top_k=args.top_k,
+        volume_k=args.volume_k,
+        rank_r=args.rank_r,
+        spectra=not args.energy_only,
+        svd_method=args.svd_method,
+        sections=tuple(args.sections) if args.sections else None,
+    )
+    summary = characterize(models["base"], models["in"], models["rl"], args.out, settings=settings, label=label, **common)
+    sec = summary["aggregates"]["by_section"]
+    for name, g in sec.items():
+        e = g["energy"]
+        sr = g["delta_rl"].get("stable_rank", {}).get("mean")
+        print(f"{name:<11} {g['n']:>4} matrices  ‖ΔIN‖/‖W‖ {_fmt(e['delta_in_rel_fro'])}  ‖ΔRL‖/‖W‖ {_fmt(e['delta_rl_rel_fro'])}"
+              + (f"  ΔRL stable rank (mean) {_fmt(sr)}" if sr is not None else ""))
+    print(f"wrote {args.out}/matrices.jsonl and summary.json ({summary['n_matrices']}/{summary['n_planned']} matrices)")
+    return 0
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.4g}"

@@ -1,0 +1,55 @@
+"""Print the parameter-name patterns to freeze for the necessity test (re-run RL with a block held fixed).
+
+Layers: block regions early / middle / late / all (cuts n // 3 and 2n // 3, or --cuts), inclusive LLM layer
+ranges (0-8, 12), and vision / projector for the whole vision encoder or the patch merger. Names are the
+ones trainers see (transformers module names, model.language_model.layers.N...). Examples:
+
+    frankeneval freeze-spec --layers middle,late --format trl
+    frankeneval freeze-spec --layers 0-8 --components attention --n-layers 28 --format verl
+    frankeneval freeze-spec --layers late --model path/to/checkpoint --format names
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from frankeneval.errors import FrankenevalError
+from frankeneval.freeze import FORMATS, check_against, freeze_mask, model_parameter_names, render
+
+COMMAND = "freeze-spec"
+HELP = "print the parameter patterns to freeze (necessity test) for TRL, verl or as a regex"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--layers", required=True, help="early,middle,late,all,vision,projector or ranges like 0-8,12")
+    parser.add_argument("--components", default="all", help="attention,mlp,norm (default: all)")
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--n-layers", type=int, default=None, help="number of LLM layers (default 28, Qwen2.5-VL-7B)")
+    src.add_argument("--model", default=None, help="checkpoint dir: read the depth and check the patterns on its names")
+    parser.add_argument("--cuts", default=None, help="block cuts c1,c2 (default n//3,2n//3)")
+    parser.add_argument("--format", choices=FORMATS, default="regex", help="output form (default: regex)")
+
+
+def run(args: argparse.Namespace) -> int:
+    names = None
+    if args.model:
+        names, n_layers = model_parameter_names(args.model)
+    else:
+        n_layers = args.n_layers or 28
+    cuts = None
+    if args.cuts:
+        try:
+            cuts = [int(c) for c in args.cuts.split(",")]
+        except ValueError:
+            raise FrankenevalError(f"--cuts {args.cuts!r}: expected two integers like 8,20") from None
+        if len(cuts) != 2:
+            raise FrankenevalError(f"--cuts {args.cuts!r}: expected two integers like 8,20")
+    mask = freeze_mask(args.layers, n_layers=n_layers, components=args.components, cuts=cuts)
+    if names is not None:
+        bad = check_against(mask, names)
+        if bad:
+            raise FrankenevalError(f"pattern disagrees with the layer map on {len(bad)} names, e.g. {bad[0]}")
+        print(f"# {mask.describe()}: checked on {len(names)} parameter names of {args.model}", file=sys.stderr)
+    print(render(mask, args.format, names))
+    return 0

@@ -1,0 +1,107 @@
+"""Materialize a Frankenstein checkpoint: LLM layer blocks of one model spliced into another.
+
+SPEC is one of
+  * a built-in recipe variant, RECIPE:VARIANT   (e.g. openmmreasoner:in_early+rl_middle_late)
+  * a merge-spec YAML file                       (see merges/ and frankeneval.mergespec)
+  * a paper phrase with its models               ("SFT early 1/3 layers + RL late 2/3 layers" --in DIR --rl DIR)
+
+The result is an ordinary hub-layout checkpoint (sharded safetensors + index, the host's config, tokenizer,
+processor, chat template and generation config) plus frankeneval_provenance.json. The write is atomic, and
+rerunning with the same spec and unchanged sources does nothing (use --force to rewrite).
+
+Examples:
+  frankeneval splice --list
+  frankeneval splice openmmreasoner:in_early+rl_middle_late --out runs/omr-in-early
+  frankeneval splice --recipe mmr1 --variant rl_early+in_middle+rl_late --in /ckpt/sft --rl /ckpt/rl --out X
+  frankeneval splice "IN early 1/3 layers + RL late 2/3 layers" --in DIR_IN --rl DIR_RL --cuts 8 20 --out X
+  frankeneval splice --check X
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+
+COMMAND = "splice"
+HELP = "materialize a Frankenstein checkpoint (layer blocks spliced from IN / RL) or check one"
+
+
+def _size(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)\s*", text.upper())
+    if not m:
+        raise argparse.ArgumentTypeError(f"bad size {text!r} (e.g. 5GB, 500MB, 2GiB)")
+    unit = m.group(2).rstrip("B")
+    mult = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}
+    return int(float(m.group(1)) * mult[unit])
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", nargs="?", help="RECIPE:VARIANT, a merge-spec YAML file, or a quoted paper phrase")
+    parser.add_argument("--out", "-o", help="output directory of the spliced checkpoint")
+    parser.add_argument("--recipe", help="built-in recipe name (or recipe YAML) -- with --variant")
+    parser.add_argument("--variant", help="variant of --recipe (see --list)")
+    parser.add_argument("--in", dest="in_", metavar="DIR_OR_ID", help="the IN (SFT / cold-start) model")
+    parser.add_argument("--rl", metavar="DIR_OR_ID", help="the RL model")
+    parser.add_argument("--base", metavar="DIR_OR_ID", help="the base model (only if the spec uses it)")
+    parser.add_argument("--cuts", nargs=2, type=int, metavar=("C1", "C2"),
+                        help="block cuts: early [0,C1) middle [C1,C2) late [C2,n) (default n//3 2n//3)")
+    parser.add_argument("--host", help="source that supplies non-layer parts, config and tokenizer (default: layer 0's)")
+    parser.add_argument("--force", action="store_true", help="rewrite even if OUT already holds this splice")
+    parser.add_argument("--shard-size", type=_size, default=None, help="output shard size (default 5GiB)")
+    parser.add_argument("--dry-run", action="store_true", help="print which source every block comes from, write nothing")
+    parser.add_argument("--check", metavar="DIR", help="verify every tensor of a splice against its declared source")
+    parser.add_argument("--list", action="store_true", help="list built-in recipes and their variants")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+
+
+def _list() -> int:
+    from frankeneval.recipes import get_recipe, list_recipes
+
+    for name in list_recipes():
+        r = get_recipe(name)
+        print(f"{name}: {r.description}")
+        for key in ("base", "in", "rl"):
+            if key in r.models:
+                print(f"    {key:>4}: {r.models[key]}")
+        for v, spec in r.variants.items():
+            print(f"  {name}:{v}")
+            print(f"      {spec.phrase or ''}  ->  {spec.describe()}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from frankeneval.errors import SpecError
+    from frankeneval.recipes import get_recipe, load_spec
+    from frankeneval.splice import DEFAULT_SHARD_BYTES, materialize, plan_splice, verify
+
+    if args.list:
+        return _list()
+    if args.check:
+        report = verify(args.check, progress=not args.quiet)
+        print(report.summary())
+        return 0 if report.ok else 1
+    models = {"in": args.in_, "rl": args.rl, "base": args.base}
+    models = {k: v for k, v in models.items() if v}
+    if args.recipe:
+        if not args.variant:
+            raise SpecError(f"--recipe needs --variant; choose from: {', '.join(get_recipe(args.recipe).variants)}")
+        if args.spec:
+            raise SpecError("give either SPEC or --recipe/--variant, not both")
+        spec_text = f"{args.recipe}:{args.variant}"
+    elif args.spec:
+        spec_text = args.spec
+    else:
+        raise SpecError("nothing to do: give SPEC (or --recipe/--variant) with --out, --check DIR, or --list")
+    spec = load_spec(spec_text, models=models, cuts=args.cuts, host=args.host)
+    if args.dry_run:
+        plan = plan_splice(spec)
+        print(json.dumps({"spec": spec.to_dict(), "tensors_per_source": plan.counts(),
+                          "bytes": plan.total_bytes, "build_hash": plan.build_hash}, indent=2))
+        return 0
+    if not args.out:
+        raise SpecError("--out DIR is required (where to write the spliced checkpoint)")
+    out = materialize(spec, args.out, force=args.force, progress=not args.quiet,
+                      shard_bytes=args.shard_size or DEFAULT_SHARD_BYTES)
+    print(out)
+    return 0

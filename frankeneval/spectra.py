@@ -1,0 +1,240 @@
+"""Pure metric functions of weight updates: energy, singular-value spectra, subspace overlap.
+
+Every function takes tensors (on any device) and returns tensors or Python numbers; nothing here reads
+files. Definitions follow METHOD.md, "Update characterization":
+
+* deltas are float32 (``ΔIN = IN - Base``, ``ΔRL = RL - IN``), conv weights flattened to ``(out, rest)``;
+* ``stable_rank = ‖Δ‖_F² / σ₁²``; ``effective_rank = exp(-Σ pᵢ log pᵢ)`` with ``pᵢ = σᵢ / Σσ`` over
+  ``σᵢ > 1e-12``; ``condition_number = σ₁ / (σ_min + 1e-12)``;
+  ``log_spectral_volume = Σ_{i ≤ 50} log(σᵢ + 1e-12)``; the top-50 σ are kept.
+
+Singular values: method ``"gram"`` (the default, ``"auto"``) forms the Gram matrix of the *smaller* side
+in float64 (``AᵀA`` for a tall A, ``AAᵀ`` for a wide one, accumulated over row chunks so a float64 copy
+of the whole matrix is never made) and takes ``eigvalsh``; ``σ = sqrt(max(λ, 0))``. For an (m, n)
+matrix with m ≥ n this costs one float64 GEMM (2mn² flops, on tensor cores on an H100) plus a
+symmetric eigensolve of size n, which is several times faster than ``svdvals`` (bidiagonalisation of
+the full m × n matrix) on both CPU LAPACK and cuSOLVER. Accuracy: the float64 Gram loses nothing the
+float32 input had: σᵢ is exact to ~1e-7 relative for σᵢ ≥ 1e-4·σ₁, and below about 1e-8·σ₁ (the
+numerical null space of a float32 matrix) both methods return round-off. ``"svd"`` uses
+``torch.linalg.svdvals`` / ``svd`` in float64 and is kept as the reference / fallback.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+EPS = 1e-12  # METHOD.md's guard in effective rank, condition number and log spectral volume
+SVD_METHODS = ("auto", "gram", "svd")
+_GRAM_CHUNK_ELEMS = 1 << 26  # rows per float64 chunk * n <= 64 Mi elements (512 MB in float64)
+
+
+# -- shapes ------------------------------------------------------------------------------------------
+def as_matrix(t: torch.Tensor) -> torch.Tensor:
+    """A weight as a matrix: 2-D unchanged, conv / N-D weights flattened to ``(out, rest)``."""
+    if t.dim() < 2:
+        raise ValueError(f"a weight matrix needs >= 2 dimensions, got shape {tuple(t.shape)}")
+    return t if t.dim() == 2 else t.reshape(t.shape[0], -1)
+
+
+def delta(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """``after - before`` in float32 (METHOD.md: the reference subtracts in fp16; we do not)."""
+    return after.to(torch.float32) - before.to(torch.float32)
+
+
+def choose_method(shape: tuple[int, ...] | torch.Size, device: torch.device | str | None = None) -> str:
+    """The singular-value method ``"auto"`` resolves to.
+
+    ``"gram"`` for every shape on both CPU and CUDA: the float64 Gram + ``eigvalsh`` is faster than
+    ``svdvals`` everywhere we measured (bench/bench_characterize.py prints a per-shape comparison) and as
+    accurate as the float32 data allows. Kept as a function so a shape/device rule can be changed in one
+    place.
+    """
+    return "gram"
+
+
+# -- energy --------------------------------------------------------------------------------------------
+def frobenius_norm(t: torch.Tensor) -> torch.Tensor:
+    """‖t‖_F, accumulated in float64 (0-d float64 tensor, on t's device)."""
+    return torch.linalg.vector_norm(t.reshape(-1), dtype=torch.float64)
+
+
+def dot64(a: torch.Tensor, b: torch.Tensor, chunk: int = 1 << 24) -> torch.Tensor:
+    """⟨a, b⟩ of two same-size tensors seen as vectors, accumulated in float64 over chunks (0-d tensor)."""
+    a, b = a.reshape(-1), b.reshape(-1)
+    total = torch.zeros((), dtype=torch.float64, device=a.device)
+    for s in range(0, a.numel(), chunk):
+        total += torch.dot(a[s : s + chunk].to(torch.float64), b[s : s + chunk].to(torch.float64))
+    return total
+
+
+def cosine_similarity(a: torch.Tensor, b: torch.Tensor) -> float | None:
+    """Cosine of two updates seen as vectors; None when either is zero."""
+    na, nb, dot = torch.stack([frobenius_norm(a), frobenius_norm(b), dot64(a, b)]).tolist()
+    if na == 0.0 or nb == 0.0:
+        return None
+    return dot / (na * nb)
+
+
+# -- singular values -----------------------------------------------------------------------------------
+def gram(m: torch.Tensor) -> torch.Tensor:
+    """Float64 Gram matrix of the smaller side of ``m`` (n × n with n = min(rows, cols)).
+
+    Accumulated over row chunks of the tall orientation, so at most ``_GRAM_CHUNK_ELEMS`` float64
+    elements of the input exist at once.
+    """
+    m = as_matrix(m)
+    a = m if m.shape[0] >= m.shape[1] else m.T  # tall: Gram = aᵀa
+    rows, n = a.shape
+    g = torch.zeros((n, n), dtype=torch.float64, device=a.device)
+    step = max(1, _GRAM_CHUNK_ELEMS // max(n, 1))
+    for s in range(0, rows, step):
+        c = a[s : s + step].to(torch.float64)
+        g.addmm_(c.T, c)
+    return g
+
+
+def _sigma_from_eigvals(ev: torch.Tensor) -> torch.Tensor:
+    """Singular values (descending) from ascending Gram eigenvalues."""
+    return ev.flip(-1).clamp_min(0).sqrt()
+
+
+def singular_values(m: torch.Tensor, *, method: str = "auto") -> torch.Tensor:
+    """All min(rows, cols) singular values of ``m`` (flattened to a matrix), descending, float64."""
+    m = as_matrix(m)
+    method = choose_method(m.shape, m.device) if method == "auto" else method
+    if method == "gram":
+        return _sigma_from_eigvals(torch.linalg.eigvalsh(gram(m)))
+    if method == "svd":
+        return torch.linalg.svdvals(m.to(torch.float64))
+    raise ValueError(f"unknown singular-value method {method!r}; choose one of {SVD_METHODS}")
+
+
+def singular_values_batch(mats: list[torch.Tensor], *, method: str = "auto") -> list[torch.Tensor]:
+    """Singular values of several matrices; same-shape matrices share one batched eigensolve."""
+    mats = [as_matrix(m) for m in mats]
+    if not mats:
+        return []
+    method = choose_method(mats[0].shape, mats[0].device) if method == "auto" else method
+    if method != "gram" or len({tuple(m.shape) for m in mats}) != 1:
+        return [singular_values(m, method=method) for m in mats]
+    ev = torch.linalg.eigvalsh(torch.stack([gram(m) for m in mats]))
+    return list(_sigma_from_eigvals(ev).unbind(0))
+
+
+def top_singular_subspaces(m: torch.Tensor, r: int, *, method: str = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(sigma, U_r, V_r)``: all singular values (descending, float64) and orthonormal bases of the
+    top-r left (rows × r) and right (cols × r) singular subspaces, float64.
+
+    ``"gram"``: eigenvectors of the smaller-side Gram give one side; the other is ``A·v / σ``,
+    re-orthonormalised (QR) so that columns with σ ≈ 0 still form an orthonormal basis.
+    """
+    m = as_matrix(m)
+    rows, cols = m.shape
+    r = max(0, min(r, rows, cols))
+    method = choose_method(m.shape, m.device) if method == "auto" else method
+    if method == "svd":
+        u, s, vh = torch.linalg.svd(m.to(torch.float64), full_matrices=False)
+        return s, u[:, :r], vh[:r].T
+    if method != "gram":
+        raise ValueError(f"unknown singular-value method {method!r}; choose one of {SVD_METHODS}")
+    ev, vec = torch.linalg.eigh(gram(m))
+    sigma = _sigma_from_eigvals(ev)
+    small = vec.flip(-1)[:, :r]  # eigenvectors of the smaller side, top first
+    if r == 0:
+        empty_l = torch.zeros((rows, 0), dtype=torch.float64, device=m.device)
+        empty_r = torch.zeros((cols, 0), dtype=torch.float64, device=m.device)
+        return sigma, empty_l, empty_r
+    if rows >= cols:  # Gram = AᵀA: right vectors; left = A v
+        v = small
+        u = _orthonormal(m.to(torch.float64) @ v) if rows * r <= (1 << 28) else _orthonormal(_chunked_matmul(m, v))
+    else:  # Gram = AAᵀ: left vectors; right = Aᵀ u
+        u = small
+        v = _orthonormal(_chunked_matmul(m.T, u))
+    return sigma, u, v
+
+
+def _chunked_matmul(a: torch.Tensor, b64: torch.Tensor, chunk_rows: int | None = None) -> torch.Tensor:
+    """``a @ b64`` in float64 without a float64 copy of all of ``a``."""
+    n = a.shape[1]
+    step = chunk_rows or max(1, _GRAM_CHUNK_ELEMS // max(n, 1))
+    return torch.cat([a[s : s + step].to(torch.float64) @ b64 for s in range(0, a.shape[0], step)])
+
+
+def _orthonormal(x: torch.Tensor) -> torch.Tensor:
+    q, _ = torch.linalg.qr(x)
+    return q
+
+
+# -- spectral metrics ----------------------------------------------------------------------------------
+def spectral_metrics(
+    sigma: torch.Tensor,
+    *,
+    fro_sq: float | None = None,
+    top_k: int = 50,
+    volume_k: int = 50,
+) -> dict[str, Any]:
+    """METHOD.md's per-matrix spectral metrics from the full singular-value vector (descending).
+
+    ``fro_sq`` (‖Δ‖_F², measured on the data) defaults to Σσ². Metrics undefined for a zero matrix
+    (stable and effective rank) are None.
+    """
+    s = sigma.to(torch.float64)
+    if fro_sq is None:
+        fro_sq = float(s.square().sum())
+    sig1 = s[0] if s.numel() else torch.zeros((), dtype=torch.float64, device=s.device)
+    nuclear = s.sum()
+    pos = s[s > EPS]
+    p = pos / pos.sum() if pos.numel() else pos
+    entropy = -(p * p.log()).sum()
+    sig_min = s[-1] if s.numel() else sig1
+    logvol = (s[:volume_k] + EPS).log().sum()
+    n_pos = torch.tensor(pos.numel(), dtype=torch.float64, device=s.device)
+    vals = torch.stack([sig1, nuclear, entropy, sig_min, logvol, n_pos]).tolist()
+    sig1_f, nuclear_f, entropy_f, sig_min_f, logvol_f, n_pos_f = vals
+    return {
+        "spectral_norm": sig1_f,
+        "nuclear_norm": nuclear_f,
+        "stable_rank": fro_sq / sig1_f**2 if sig1_f > EPS else None,
+        "effective_rank": math.exp(entropy_f) if n_pos_f > 0 else None,
+        "condition_number": sig1_f / (sig_min_f + EPS),
+        "log_spectral_volume": logvol_f,
+        "sigma_min": sig_min_f,
+        "n_sigma": int(s.numel()),
+        "sigma_top": s[:top_k].tolist(),
+    }
+
+
+# -- subspaces -----------------------------------------------------------------------------------------
+def principal_angle_cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosines of the principal angles between the column spans of orthonormal bases ``a`` and ``b``
+    (descending, clamped to [0, 1])."""
+    if a.shape[1] == 0 or b.shape[1] == 0:
+        return torch.zeros(0, dtype=torch.float64, device=a.device)
+    return torch.linalg.svdvals(a.to(torch.float64).T @ b.to(torch.float64)).clamp(0.0, 1.0)
+
+
+def subspace_overlap(a: torch.Tensor, b: torch.Tensor) -> float | None:
+    """Mean squared cosine of the principal angles, ``‖aᵀb‖_F² / r`` (1 = same subspace; a random
+    r-dim subspace of R^d gives r/d on average). None for empty bases."""
+    r = min(a.shape[1], b.shape[1])
+    if r == 0:
+        return None
+    return float(principal_angle_cosines(a, b).square().sum()) / r
+
+
+def overlap_report(ua: torch.Tensor, va: torch.Tensor, ub: torch.Tensor, vb: torch.Tensor) -> dict[str, Any]:
+    """Left and right subspace overlap of two updates' top-r singular subspaces, with the chance level."""
+    cl, cr = principal_angle_cosines(ua, ub), principal_angle_cosines(va, vb)
+    r = min(ua.shape[1], ub.shape[1])
+    return {
+        "r": r,
+        "left": float(cl.square().sum()) / r if r else None,
+        "right": float(cr.square().sum()) / r if r else None,
+        "left_cosines": cl.tolist(),
+        "right_cosines": cr.tolist(),
+        "chance_left": r / ua.shape[0] if r else None,
+        "chance_right": r / va.shape[0] if r else None,
+    }

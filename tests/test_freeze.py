@@ -1,0 +1,128 @@
+"""Freeze masks: the printed patterns select exactly the intended parameters of the real tiny model."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from frankeneval.errors import FrankenevalError
+from frankeneval.freeze import (
+    check_against,
+    freeze_mask,
+    model_parameter_names,
+    module_regex,
+    parameter_regex,
+    parse_layers,
+    render,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_lineage):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    return Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_lineage.in_)
+
+
+def _llm(names, layers, subs=("self_attn.", "mlp.", "input_layernorm.", "post_attention_layernorm.")):
+    return {n for n in names for i in layers for s in subs if n.startswith(f"model.language_model.layers.{i}.{s}")}
+
+
+def test_parse_layers_regions_and_ranges():
+    assert parse_layers("early", 28)[0] == list(range(0, 9))
+    assert parse_layers("middle", 28)[0] == list(range(9, 18))
+    assert parse_layers("late", 28)[0] == list(range(18, 28))
+    assert parse_layers("0-8,20", 28)[0] == [*range(9), 20]
+    assert parse_layers("late", 28, cuts=(8, 20))[0] == list(range(20, 28))
+    assert parse_layers("middle,vision", 6) == ([2, 3], True, False)
+    for bad in ("bogus", "0-40", "5-2", ""):
+        with pytest.raises(FrankenevalError):
+            parse_layers(bad, 28)
+    with pytest.raises(FrankenevalError):
+        freeze_mask("late", n_layers=6, components="attn,everything")
+
+
+@pytest.mark.parametrize(
+    "layers,components,expected_layers,subs",
+    [
+        ("late", None, [4, 5], ("self_attn.", "mlp.", "input_layernorm.", "post_attention_layernorm.")),
+        ("early,middle", None, [0, 1, 2, 3], ("self_attn.", "mlp.", "input_layernorm.", "post_attention_layernorm.")),
+        ("1-2,5", "attention", [1, 2, 5], ("self_attn.",)),
+        ("middle", "mlp,norm", [2, 3], ("mlp.", "input_layernorm.", "post_attention_layernorm.")),
+    ],
+)
+def test_parameter_regex_matches_exactly_the_intended_names(tiny_model, layers, components, expected_layers, subs):
+    names = [n for n, _ in tiny_model.named_parameters()]
+    mask = freeze_mask(layers, n_layers=6, components=components)
+    pat = re.compile(parameter_regex(mask))
+    got = {n for n in names if pat.fullmatch(n)}
+    assert got == _llm(names, expected_layers, subs)
+    assert got  # non-empty
+    assert check_against(mask, names) == []
+    # wrapper prefixes (PEFT / DDP) still match the same parameters
+    assert {n for n in names if pat.fullmatch("base_model.model." + n)} == got
+    assert {n for n in names if pat.fullmatch("module." + n)} == got
+
+
+def test_vision_and_projector(tiny_model):
+    names = [n for n, _ in tiny_model.named_parameters()]
+    mask = freeze_mask("vision,projector", n_layers=6)
+    pat = re.compile(parameter_regex(mask))
+    got = {n for n in names if pat.fullmatch(n)}
+    assert got == {n for n in names if n.startswith("model.visual.")}
+    mask = freeze_mask("vision", n_layers=6)
+    got = {n for n in names if re.fullmatch(parameter_regex(mask), n)}
+    assert got == {n for n in names if n.startswith("model.visual.") and not n.startswith("model.visual.merger.")}
+    # names read from the checkpoint headers are the in-memory names the trainers see
+    names_ckpt, n = model_parameter_names(tiny_model.config._name_or_path)
+    assert n == 6 and set(names_ckpt) == set(names)
+
+
+def test_trl_snippet_freezes_exactly_those_parameters(tiny_model):
+    mask = freeze_mask("late", n_layers=6, components="attention,mlp")
+    snippet = render(mask, "trl")
+    code = snippet.split("# LoRA")[0]
+    for p in tiny_model.parameters():
+        p.requires_grad_(True)
+    exec(code, {"model": tiny_model})  # the printed snippet, as a user would paste it
+    frozen = {n for n, p in tiny_model.named_parameters() if not p.requires_grad}
+    names = [n for n, _ in tiny_model.named_parameters()]
+    assert frozen == _llm(names, [4, 5], ("self_attn.", "mlp."))
+    for p in tiny_model.parameters():
+        p.requires_grad_(True)
+
+
+def test_module_regex_is_a_valid_peft_exclude_modules(tiny_lineage):
+    peft = pytest.importorskip("peft")
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_lineage.in_)
+    mask = freeze_mask("late", n_layers=6)
+    cfg = peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj", "down_proj"], exclude_modules=module_regex(mask))
+    wrapped = peft.get_peft_model(model, cfg)
+    adapted = {n.split(".lora_A")[0] for n, _ in wrapped.named_parameters() if ".lora_A." in n}
+    layers = {int(re.search(r"layers\.(\d+)\.", n).group(1)) for n in adapted if "language_model.layers." in n}
+    assert layers == {0, 1, 2, 3}  # no adapters on the frozen late block
+
+
+def test_render_formats():
+    mask = freeze_mask("late", n_layers=28)
+    assert render(mask, "regex") == parameter_regex(mask)
+    verl = render(mask, "verl")
+    assert "actor_rollout_ref.model.exclude_modules=" in verl and module_regex(mask) in verl
+    assert "freeze_vision_tower" not in verl
+    assert "actor_rollout_ref.actor.freeze_vision_tower=True" in render(freeze_mask("vision", n_layers=28), "verl")
+    with pytest.raises(FrankenevalError):
+        render(mask, "names")  # needs real names
+    with pytest.raises(FrankenevalError):
+        render(mask, "yaml")
+
+
+def test_cli_checks_on_model(tiny_lineage, capsys):
+    from frankeneval.cli import main
+
+    assert main(["freeze-spec", "--layers", "late", "--model", str(tiny_lineage.rl), "--format", "names"]) == 0
+    out = capsys.readouterr().out.split()
+    assert out and all(re.match(r"model\.language_model\.layers\.[45]\.", n) for n in out)
+    assert main(["freeze-spec", "--layers", "bogus"]) == 1
