@@ -52,9 +52,11 @@ from frankeneval.spectra import (
     delta,
     dot64,
     frobenius_norm,
+    gram,
     overlap_report,
     singular_values_batch,
     spectral_metrics,
+    subspaces_from_gram,
     top_singular_subspaces,
 )
 
@@ -392,13 +394,21 @@ def measure_update(w_base: torch.Tensor, w_in: torch.Tensor, w_rl: torch.Tensor,
         return rec
     method = choose_method(d_in.shape, d_in.device) if settings.svd_method == "auto" else settings.svd_method
     rec["svd_method"] = method
-    if settings.rank_r > 0:
-        s_in, u_in, v_in = top_singular_subspaces(d_in, settings.rank_r, method=method)
-        s_rl, u_rl, v_rl = top_singular_subspaces(d_rl, settings.rank_r, method=method)
-        both = f_in > EPS and f_rl > EPS
-        rec["overlap_in_rl"] = overlap_report(u_in, v_in, u_rl, v_rl) if both else None
+    if method == "gram":  # one Gram per delta, one batched eigvalsh for both
+        grams = [gram(d_in), gram(d_rl)]
+        s_in, s_rl = (ev.flip(-1).clamp_min(0).sqrt() for ev in torch.linalg.eigvalsh(torch.stack(grams)).unbind(0))
     else:
         s_in, s_rl = singular_values_batch([d_in, d_rl], method=method)
+    if settings.rank_r > 0:
+        both = f_in > EPS and f_rl > EPS
+        if both:
+            if method == "gram":
+                u_in, v_in = subspaces_from_gram(d_in, grams[0], settings.rank_r)
+                u_rl, v_rl = subspaces_from_gram(d_rl, grams[1], settings.rank_r)
+            else:
+                _, u_in, v_in = top_singular_subspaces(d_in, settings.rank_r, method=method)
+                _, u_rl, v_rl = top_singular_subspaces(d_rl, settings.rank_r, method=method)
+        rec["overlap_in_rl"] = overlap_report(u_in, v_in, u_rl, v_rl) if both else None
     kw = {"top_k": settings.top_k, "volume_k": settings.volume_k}
     rec["delta_in"].update(spectral_metrics(s_in, fro_sq=f_in**2, **kw))
     rec["delta_rl"].update(spectral_metrics(s_rl, fro_sq=f_rl**2, **kw))
@@ -474,7 +484,7 @@ def _prepare_run_dir(out: Path, run_file: str, meta: dict[str, Any], *, overwrit
             (out / f).unlink(missing_ok=True)
     if run_path.is_file():
         old = json.loads(run_path.read_text())
-        if old.get("resume_key") != meta["resume_key"]:
+        if old.get("resume_key") != json.loads(json.dumps(meta["resume_key"])):  # compare as stored (tuples -> lists)
             raise SpecError(
                 f"{out} holds a run with different settings or weights ({run_file} differs); "
                 "use another --out directory or --overwrite"
@@ -765,7 +775,14 @@ def measure_rl_agreement(
     dots = torch.stack([dot64(deltas[i], deltas[j]) for i, j in pairs]).tolist() if pairs else []
     subspaces = None
     if rank_r > 0:
-        subspaces = [top_singular_subspaces(d, rank_r, method=svd_method)[1:] if n > EPS else None for d, n in zip(deltas, norms)]
+        method = choose_method(deltas[0].shape, deltas[0].device) if svd_method == "auto" else svd_method
+
+        def bases(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            if method == "gram":
+                return subspaces_from_gram(d, gram(d), rank_r)
+            return top_singular_subspaces(d, rank_r, method=method)[1:]
+
+        subspaces = [bases(d) if n > EPS else None for d, n in zip(deltas, norms)]
     out_pairs = []
     for (i, j), dot in zip(pairs, dots):
         entry: dict[str, Any] = {

@@ -78,7 +78,7 @@ def resolve_local_file(benchmark: str, data_path: str | os.PathLike) -> Path:
     candidates = [p] if p.is_file() else [p / rel, p / rel.name]
     for c in candidates:
         if c.is_file():
-            return c.resolve()
+            return Path(os.path.abspath(c))  # not resolve(): a symlinked file keeps its folder's images/
     raise DataNotFound(
         f"{benchmark}: no local data at {p} (looked for {', '.join(str(c) for c in candidates)}). "
         f"Either point FRANKENEVAL_DATA (or the task argument data_path) at a folder holding {src.local_file}, "
@@ -105,7 +105,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 def mathvista_image_path(jsonl: Path, row: dict) -> Path:
     """Absolute image path of a local MathVista row (``image`` relative to the JSONL's folder, else images/<pid>.jpg)."""
     rel = row.get("image") or f"images/{row['pid']}.jpg"
-    return (jsonl.parent / rel).resolve()
+    return Path(os.path.abspath(jsonl.parent / rel))
 
 
 def _load_hub(src: BenchmarkSource):

@@ -405,6 +405,7 @@ class Generator:
             logits = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits[0, :-1].float()
         return torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None])[:, 0].cpu()
 
+    @torch.inference_mode()
     def _score(self, ids: torch.Tensor, n_ctx: int, extra: dict, interventions) -> tuple[float, bool]:
         if ids.shape[1] <= n_ctx:
             return 0.0, True

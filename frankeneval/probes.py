@@ -160,7 +160,7 @@ def render_pair(task: str, rng: random.Random, size: int = 384):
     if task == "counting":
         counts = rng.sample(range(2, 10), 2)
         for d, n in zip(draws, counts):
-            for b in _place_boxes(rng, n, size, 28, 48):
+            for b in _place_boxes(rng, n, size, max(6, size // 14), max(8, size // 8)):
                 _draw_shape(d, rng.choice(SHAPES), b, COLOURS[rng.choice(list(COLOURS))])
         meta = {"target_answer": str(counts[0]), "source_answer": str(counts[1]), "canvas_size": [size, size]}
         prompt = PROMPTS["counting"]
@@ -190,7 +190,7 @@ def render_pair(task: str, rng: random.Random, size: int = 384):
         others = [s for s in SHAPES if s != present]
         n = rng.randint(2, 4)
         for k, d in enumerate(draws):
-            boxes = _place_boxes(rng, n, size, 40, 70)
+            boxes = _place_boxes(rng, n, size, max(8, size // 10), max(10, size // 6))
             kinds = [rng.choice(others) for _ in boxes]
             if k == 0:
                 kinds[rng.randrange(n)] = present

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import threading
@@ -151,6 +152,8 @@ def _math_verify_equal(pred: str, gold: str) -> bool:
         return False
     main = threading.current_thread() is threading.main_thread()
     timeout = 5 if main else None  # math-verify's timeouts use SIGALRM, which works only in the main thread
+    if not main:  # it warns on every call without a timeout; the expressions here are short answers
+        logging.getLogger("math_verify").setLevel(logging.ERROR)
     try:
         g = parse(f"${gold}$", parsing_timeout=timeout)
         p = parse(f"${pred}$", parsing_timeout=timeout)

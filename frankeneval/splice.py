@@ -270,8 +270,8 @@ def _entry(plan: SplicePlan, name: str) -> tuple[str, tuple[int, ...], int]:
 def _write_shard(path: Path, names: list[str], plan: SplicePlan, fds: dict[Path, int], bar) -> int:
     """Write one safetensors shard: our own header, then each tensor's bytes copied from its source."""
     entries = [(n, *_entry(plan, n)) for n in names]
-    # alignment as safetensors does it: larger element sizes first, then by name
-    entries.sort(key=lambda e: (-_DTYPE_SIZES.get(e[1], 1), e[0]))
+    # alignment: larger element sizes first (stable, so source-offset order is kept and reads stay sequential)
+    entries.sort(key=lambda e: -_DTYPE_SIZES.get(e[1], 1))
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for n, dtype, shape, nbytes in entries:
@@ -411,7 +411,7 @@ def materialize(
     finally:
         for fd in fds.values():
             os.close(fd)
-    _log(progress, f"wrote {out} ({total / 1e9:.2f} GB, {len(plan.tensors)} tensors, {n} shard(s)) "
+    _log(progress, f"wrote {out} ({total / 1e6:.1f} MB, {len(plan.tensors)} tensors, {n} shard(s)) "
                    f"in {time.perf_counter() - t0:.1f} s: {spec.describe()}")
     return out
 

@@ -14,7 +14,8 @@ the paper's three capability axes:
   number of circles.");
 * **reasoning** (the MATH-500 analog): text-only arithmetic word problems (``word``).
 
-Training-only kinds: ``caption`` ("Describe the image.") and ``arithmetic`` ("Compute 3 * 7.").
+Training-only kinds (Base's pre-training): ``caption`` ("Describe the image.") and ``arithmetic`` ("What is 3 * 7?"
+-> ``21``).
 
 Alignment and reasoning questions are asked with the method's step-by-step / ``\\boxed{}`` instruction
 (:data:`MATH_PROMPT`); perception questions are asked plainly and answered with a word, a number or a box.
@@ -146,8 +147,8 @@ class WorldItem:
 
     @property
     def boxed(self) -> bool:
-        """Asked with the step-by-step / ``\\boxed{}`` instruction (alignment, reasoning, arithmetic)."""
-        return self.axis in ("alignment", "reasoning") or self.task == "arithmetic"
+        """Asked with the step-by-step / ``\\boxed{}`` instruction (alignment, reasoning)."""
+        return self.axis in ("alignment", "reasoning")
 
     @property
     def prompt(self) -> str:
@@ -261,7 +262,7 @@ def make_item(task: str, rng: random.Random) -> WorldItem:
         a, b = rng.randint(1, 9), rng.randint(1, 9)
         if op == "-":
             a, b = max(a, b), min(a, b)
-        return WorldItem("", "pretrain", task, f"Compute {a} {op} {b}.", str(_apply(a, op, b)))
+        return WorldItem("", "pretrain", task, f"What is {a} {op} {b}?", str(_apply(a, op, b)))
     if task == "word":
         return _word_problem(rng)
     raise ValueError(f"unknown world task {task!r}")
@@ -328,60 +329,27 @@ def corpus(seed: int = 0, n: int = 600) -> list[str]:
 
 
 # -- answer checks -------------------------------------------------------------------------------
-def extract_answer(text: str) -> str:
-    """The model's final answer: the last ``\\boxed{...}`` content (nested braces allowed), else the stripped text."""
-    try:
-        from frankeneval.scoring import extract_boxed  # type: ignore[attr-defined]
-
-        found = extract_boxed(text)
-        if found is not None:
-            return str(found).strip()
-    except (ImportError, AttributeError):
-        pass
-    start = text.rfind("\\boxed{")
-    if start >= 0:
-        i, depth = start + len("\\boxed{"), 1
-        for j in range(i, len(text)):
-            depth += {"{": 1, "}": -1}.get(text[j], 0)
-            if depth == 0:
-                return text[i:j].strip()
-    return text.strip()
-
-
-def _norm(s: str) -> str:
-    return " ".join(s.lower().strip().rstrip(".,!?;:").split())
-
-
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def parse_box(text: str) -> list[float] | None:
-    import re
-
-    nums = re.findall(r"-?\d+(?:\.\d+)?", text)
-    return [float(x) for x in nums[:4]] if len(nums) >= 4 else None
-
-
 def is_correct(task: str, answer: str, response: str) -> bool:
     """Whether ``response`` answers a world question of ``task`` whose right answer is ``answer``.
 
-    Boxes: IoU >= 0.5; numbers: numeric equality of the extracted (boxed) answer; words: normalised equality.
+    The shared rules of :mod:`frankeneval.scoring`: boxes by IoU >= 0.5, counts and digits by the first
+    integer, yes/no by the first yes/no word, colour and position words by whitespace-free lower-case equality
+    of the short answer; alignment and reasoning by the final answer (``<answer>`` tag, last ``\\boxed{}``, else
+    the last number) and :func:`frankeneval.scoring.math_equal` (math-verify only when the answer is not a number,
+    since every world answer is an integer).
     """
+    from frankeneval import scoring
+
     if task == "box":
-        box, ref = parse_box(response), parse_box(answer)
-        return box is not None and ref is not None and box_iou(box, ref) >= 0.5
-    got = extract_answer(response)
-    if _norm(got) == _norm(answer):
-        return True
-    try:
-        return abs(float(got.replace(",", "")) - float(answer)) < 1e-6
-    except ValueError:
-        return False
+        return scoring.grounding_correct(response, scoring.parse_box(answer))  # type: ignore[arg-type]
+    if task in ("count", "ocr"):
+        return scoring.counting_correct(response, answer)
+    if task == "yesno":
+        return scoring.yes_no_correct(response, answer)
+    if task in ("colour", "position"):
+        return scoring.normalize_text(scoring.short_answer(response).rstrip(".")) == scoring.normalize_text(answer)
+    got, _ = scoring.extract_final_answer(response)
+    return scoring.math_equal(got, answer, use_math_verify=scoring.parse_number(got) is None)
 
 
 # -- writing to disk -----------------------------------------------------------------------------

@@ -20,6 +20,7 @@ lmms-eval shards the requests by rank.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any
 
@@ -74,13 +75,18 @@ def data_parallel():
 
 
 def build_generator(args: dict[str, Any], device: str | None):
+    import torch
+
     from frankeneval.generation import Generator
 
+    if device and str(device).startswith("cuda") and not torch.cuda.is_available():
+        logging.getLogger(__name__).warning("device %s requested but CUDA is not available: using cpu", device)
+        device = "cpu"
     return Generator.load(
         args["pretrained"],
         dtype=args.get("dtype") or "auto",
         device=device,
-        device_map=None if device is not None and args.get("device_map") in (None, "") else (args.get("device_map") or None),
+        device_map=args.get("device_map") or None,
         attn_implementation=args.get("attn_implementation") or None,
         max_pixels=_int_or_none(args.get("max_pixels")),
         min_pixels=_int_or_none(args.get("min_pixels")),

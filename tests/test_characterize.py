@@ -167,8 +167,10 @@ def test_resume_skips_finished_matrices(tiny_lineage, tmp_path, monkeypatch, ful
 
     monkeypatch.setattr(ch, "measure_update", interrupted)
     args = (tiny_lineage.base, tiny_lineage.in_, tiny_lineage.rl, tmp_path)
+    llm = CharacterizeSettings(sections=("llm",))
+    n_llm = sum(r["section"] == "llm" for r in full.values())
     with pytest.raises(KeyboardInterrupt):
-        characterize(*args, device="cpu", progress=False)
+        characterize(*args, settings=llm, device="cpu", progress=False)
     assert len(load_records(tmp_path / ch.MATRICES_FILE)) == k
     # a torn last line (killed mid-write) is dropped on resume
     with open(tmp_path / ch.MATRICES_FILE, "a") as f:
@@ -181,20 +183,20 @@ def test_resume_skips_finished_matrices(tiny_lineage, tmp_path, monkeypatch, ful
         return real(*args, **kwargs)
 
     monkeypatch.setattr(ch, "measure_update", counting)
-    summary = characterize(*args, device="cpu", progress=False)
-    assert len(calls) == len(full) - k
+    summary = characterize(*args, settings=llm, device="cpu", progress=False)
+    assert len(calls) == n_llm - k
     recs = load_records(tmp_path / ch.MATRICES_FILE)
-    assert len(recs) == len(full) and len({r["name"] for r in recs}) == len(full)
+    assert len(recs) == n_llm and len({r["name"] for r in recs}) == n_llm
     assert summary["complete"]
     for r in recs:
         assert r["delta_rl"]["fro"] == pytest.approx(full[r["name"]]["delta_rl"]["fro"], rel=1e-12)
     # a finished run reruns for free
     calls.clear()
-    characterize(*args, device="cpu", progress=False)
+    characterize(*args, settings=llm, device="cpu", progress=False)
     assert calls == []
     # other settings in the same directory are refused
     with pytest.raises(SpecError, match="different settings"):
-        characterize(*args, settings=CharacterizeSettings(top_k=10), device="cpu", progress=False)
+        characterize(*args, settings=CharacterizeSettings(top_k=10, sections=("llm",)), device="cpu", progress=False)
 
 
 def test_compare_detects_shared_and_opposite_rl_updates(tiny_lineage, tmp_path, full_run):

@@ -160,3 +160,24 @@ def test_cosine_similarity():
     assert cosine_similarity(a, b) == pytest.approx(ref, rel=1e-6)
     assert cosine_similarity(a, -2 * a) == pytest.approx(-1.0)
     assert cosine_similarity(a, torch.zeros_like(a)) is None
+
+
+def test_subspace_iteration_matches_exact_eigenvectors_for_large_gram():
+    """n > EXACT_EIGH_MAX_N takes the block subspace iteration; with a gap at r it finds the exact subspace."""
+    from frankeneval.spectra import EXACT_EIGH_MAX_N, gram, top_eigenvectors
+
+    n, r = EXACT_EIGH_MAX_N + 88, 6
+    g = torch.Generator().manual_seed(11)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    lam = torch.cat([torch.tensor([100.0, 80, 60, 50, 40, 30], dtype=torch.float64), torch.linspace(10, 0.01, n - r, dtype=torch.float64)])
+    sym = (q * lam) @ q.T
+    v = top_eigenvectors(sym, r)
+    np.testing.assert_allclose(principal_angle_cosines(v, q[:, :r]).numpy(), np.ones(r), atol=1e-8)
+    # and through a tall matrix whose Gram is that big
+    m = (torch.randn(n + 40, n, generator=g, dtype=torch.float64) @ (q * lam.sqrt()) @ q.T).float()
+    sigma, u_r, v_r = top_singular_subspaces(m, r)
+    un, sn, vhn = np.linalg.svd(m.numpy().astype(np.float64))
+    np.testing.assert_allclose(sigma.numpy()[:50], sn[:50], rtol=RTOL)
+    assert subspace_overlap(v_r, torch.from_numpy(vhn[:r].T)) == pytest.approx(1.0, abs=1e-6)
+    assert subspace_overlap(u_r, torch.from_numpy(un[:, :r])) == pytest.approx(1.0, abs=1e-6)
+    assert gram(m).shape == (n, n)

@@ -1,0 +1,52 @@
+"""Attention shift: the share of attention that generated (reasoning) tokens pay to the visual tokens, per LLM
+layer and head, for Base, IN and RL on the same prompts; RL - IN and IN - Base per layer, and the early /
+middle / late summary (the paper's claim rests on the middle and late rows).
+
+    frankeneval attention-shift --base B --in I --rl R --out runs/attn                 # built-in rendered probes
+    frankeneval attention-shift --base B --in I --rl R --tasks counting ocr \\
+        --data ../shared/data/vision_probes --samples 25 --max-new-tokens 256 --out runs/attn
+
+Prompts: the probe pairs' target images with their questions, preceded by the step-by-step / \\boxed{}
+instruction (--plain: the bare question). Writes OUT/units.jsonl (resumable), OUT/attention_shift.json (schema:
+frankeneval.attention_shift) and OUT/attention_shift.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from frankeneval.commands.localize_vision import add_generator_arguments, add_probe_arguments, load_generator, probe_sets
+
+COMMAND = "attention-shift"
+HELP = "share of attention generated tokens pay to visual tokens, per layer and head, for Base / IN / RL"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base", required=True, help="Base model (local dir or hub id)")
+    parser.add_argument("--in", dest="in_", metavar="IN", required=True, help="IN model")
+    parser.add_argument("--rl", required=True, help="RL model")
+    add_probe_arguments(parser)
+    parser.add_argument("--plain", action="store_true", help="ask the bare probe question (no step-by-step instruction)")
+    parser.add_argument("--reasoning-prompt", choices=("auto", "on", "off"), default="auto",
+                        help="<think>/<answer> system prompt per member: auto = by model name (default)")
+    parser.add_argument("--out", required=True, help="output folder (a rerun with the same settings resumes)")
+    add_generator_arguments(parser, batch_size=16, max_new_tokens=256)
+
+
+def run(args: argparse.Namespace) -> int:
+    from frankeneval.attention_shift import attention_prompts, format_attention_table, run_attention_shift
+    from frankeneval.plots_localize import plot_attention_shift
+
+    pairs, source = probe_sets(args)
+    prompts = attention_prompts(pairs, instruction=not args.plain)
+    members = {"base": args.base, "in": args.in_, "rl": args.rl}
+    results = run_attention_shift(
+        members, prompts, args.out, load=lambda path: load_generator(args, path), max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size, reasoning_prompt=args.reasoning_prompt, instruction=not args.plain,
+        progress=not args.no_progress, meta={"samples": args.samples, "seed": args.seed, "data": str(source)},
+    )
+    print(format_attention_table(results))
+    png = plot_attention_shift(results, Path(args.out) / "attention_shift.png")
+    print(f"wrote {Path(args.out) / 'attention_shift.json'} and {png}")
+    return 0

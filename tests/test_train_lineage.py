@@ -1,0 +1,121 @@
+"""The trained miniature lineage: a few-step smoke build in the hub layout, caching, bootstrap, and (slow) the
+full build's accuracy ordering on the held-out split."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from frankeneval import train_lineage as tl
+from frankeneval import world
+from frankeneval.checkpoint import Checkpoint
+from frankeneval.lineage import MEMBERS
+
+
+@pytest.fixture(scope="module")
+def smoke_lineage(tmp_path_factory):
+    return tl.build_trained_lineage(tmp_path_factory.mktemp("trained"), seed=0, recipe=tl.SMOKE_RECIPE,
+                                    eval_sizes={"perception": 6, "alignment": 4, "reasoning": 4}, progress=False)
+
+
+def test_smoke_build_writes_hub_layout(smoke_lineage):
+    spec = tl.TRAINED_SPEC
+    for m in MEMBERS:
+        path = smoke_lineage.paths[m]
+        cfg = json.loads((path / "config.json").read_text())
+        assert cfg["model_type"] == "qwen2_5_vl" and cfg["num_hidden_layers"] == spec.num_hidden_layers
+        assert cfg["hidden_size"] == spec.hidden_size and cfg["vision_config"]["depth"] == spec.vision_depth
+        assert "text_config" not in cfg  # flat hub style
+        for f in ("model.safetensors.index.json", "generation_config.json", "preprocessor_config.json",
+                  "tokenizer_config.json"):
+            assert (path / f).is_file(), f
+        assert len(list(path.glob("model-*-of-*.safetensors"))) >= 2  # sharded
+        ck = Checkpoint.open(path)
+        assert any(n.startswith("model.layers.0.") for n in ck.names)
+        assert any(n.startswith("visual.blocks.0.") for n in ck.names)
+        assert not any(n.startswith("model.language_model.") for n in ck.names)  # hub names
+    stamps = [json.loads((smoke_lineage.paths[m] / "frankeneval_lineage.json").read_text()) for m in MEMBERS]
+    assert [s["member"] for s in stamps] == list(MEMBERS)
+    assert set(smoke_lineage.timings) >= {"base", "in", "rl"}
+
+
+def test_each_stage_changes_the_weights(smoke_lineage):
+    base, in_, rl = (Checkpoint.open(smoke_lineage.paths[m]) for m in MEMBERS)
+    name = "model.layers.4.mlp.down_proj.weight"
+    w = [ck.read(name) for ck in (base, in_, rl)]
+    assert not torch.equal(w[0], w[1]) and not torch.equal(w[1], w[2])
+
+
+def test_members_load_and_generate_with_the_processor(smoke_lineage):
+    model, processor = tl.load_member(smoke_lineage.rl)
+    items = world.world_items("test", "alignment", 2, seed=0) + world.world_items("test", "reasoning", 2, seed=0)
+    out = tl.generate(model, processor, items[:2], max_new_tokens=4) + tl.generate(model, processor, items[2:], max_new_tokens=4)
+    assert len(out) == 4 and all(isinstance(o, str) for o in out)
+    # the tokenizer was trained on the world's texts: world words are single tokens
+    assert len(processor.tokenizer.tokenize(" triangle")) == 1
+
+
+def test_build_is_cached(smoke_lineage, monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("retrained a complete cached lineage")
+
+    monkeypatch.setattr(tl, "train_sft", boom)
+    monkeypatch.setattr(tl, "train_grpo", boom)
+    again = tl.build_trained_lineage(smoke_lineage.root, seed=0, recipe=tl.SMOKE_RECIPE, progress=False)
+    assert again.paths == smoke_lineage.paths and again.accuracy == smoke_lineage.accuracy
+
+
+def test_collator_masks_the_prompt():
+    proc = tl.build_processor(tl.TRAINED_SPEC, corpus=world.corpus(0, n=60))
+    items = world.world_items("train", ("count", "arithmetic", "multiply"), 3, seed=0)
+    batch = tl.ChatCollator(proc)(items)
+    assert batch["image_grid_thw"].shape[0] == 2  # the arithmetic item has no image
+    for r, it in enumerate(items):
+        labelled = batch["labels"][r][batch["labels"][r] != -100]
+        assert proc.tokenizer.decode(labelled) == it.target() + "<|im_end|>"
+
+
+def test_correctness_reward():
+    completions = [[{"role": "assistant", "content": "2 red shapes, number 3. 2 * 3 = 6. \\boxed{6}"}],
+                   [{"role": "assistant", "content": "\\boxed{5}"}]]
+    assert tl.correctness_reward(completions, answer=["6", "6"], task=["multiply", "multiply"]) == [1.0, 0.0]
+
+
+def test_bootstrap_intervals():
+    v = np.array([1] * 30 + [0] * 70)
+    lo, hi = tl.bootstrap_ci(v, seed=0)
+    assert lo < 0.3 < hi and hi - lo < 0.25
+    d, dlo, dhi = tl.paired_bootstrap_diff(v, v, seed=0)
+    assert d == dlo == dhi == 0.0
+    d, dlo, dhi = tl.paired_bootstrap_diff(np.ones(50), np.zeros(50), seed=0)
+    assert d == dlo == dhi == 1.0
+
+
+def test_demo_lineage_command_links_the_cached_build(smoke_lineage, tmp_path, monkeypatch):
+    from frankeneval import cli
+
+    monkeypatch.setattr(tl, "trained_lineage_dir", lambda seed=0: smoke_lineage.root)
+    monkeypatch.setattr(tl, "DEFAULT_RECIPE", tl.SMOKE_RECIPE)
+    monkeypatch.setattr(tl.build_trained_lineage, "__kwdefaults__",
+                        {**tl.build_trained_lineage.__kwdefaults__, "recipe": tl.SMOKE_RECIPE})
+    assert cli.main(["demo-lineage", str(tmp_path / "out"), "--trained", "--no-progress"]) == 0
+    for m in MEMBERS:
+        assert (tmp_path / "out" / m / "config.json").is_file()
+        assert (tmp_path / "out" / m).resolve() == smoke_lineage.paths[m].resolve()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_full_build_accuracy_ordering():
+    """The default recipe (cached build): on alignment, IN beats Base and RL beats IN by more than the 95%
+    bootstrap interval of the paired difference."""
+    lineage = tl.build_trained_lineage(seed=0, progress=False)
+    diffs = lineage.accuracy["diffs"]
+    for pair in ("in-base", "rl-in"):
+        d = diffs[f"{pair}/alignment"]
+        assert d["lo"] > 0, f"{pair} on alignment: {d}"
+    acc = lineage.accuracy
+    assert acc["base"]["perception"]["acc"] > 0.5  # Base really learned to see
