@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -117,10 +116,10 @@ def phase_micro(args, lineage_dir: Path) -> dict:
     for shape in shapes[: args.micro_shapes]:
         m = torch.randn(shape, device=dev)
         row = {"shape": list(shape)}
-        for name, fn in (("gram_eigvalsh", lambda: singular_values(m, method="gram")),
-                         ("gram_iter_r8", lambda: top_singular_subspaces(m, 8, method="gram")),
-                         ("gram_eigh_full", lambda: torch.linalg.eigh(gram(m))),
-                         ("svdvals_f64", lambda: singular_values(m, method="svd"))):
+        for name, fn in (("gram_eigvalsh", lambda m=m: singular_values(m, method="gram")),
+                         ("gram_iter_r8", lambda m=m: top_singular_subspaces(m, 8, method="gram")),
+                         ("gram_eigh_full", lambda m=m: torch.linalg.eigh(gram(m))),
+                         ("svdvals_f64", lambda m=m: singular_values(m, method="svd"))):
             if name == "svdvals_f64" and shape[0] * shape[1] > args.max_svd_elems:
                 row[name] = None
                 continue
@@ -131,7 +130,6 @@ def phase_micro(args, lineage_dir: Path) -> dict:
             sync()
             row[name] = time.perf_counter() - t
         rows.append(row)
-        del m
     return {"device": str(dev), "rows": rows}
 
 

@@ -210,10 +210,9 @@ def load_spec(
     given = {k: str(v) for k, v in dict(models or {}).items() if v is not None}
     if "\n" not in text and Path(text).expanduser().is_file():
         spec = MergeSpec.from_yaml(text, n_layers=n_layers, sources=given or None)
-    elif ":" in text and " " not in text and text.split(":", 1)[0] in list_recipes():
-        recipe_name, variant = text.split(":", 1)
-        spec = get_recipe(recipe_name, models=given).variant(variant)
-    elif ":" in text and " " not in text and Path(text.split(":", 1)[0]).suffix in (".yaml", ".yml"):
+    elif ":" in text and " " not in text and (
+        text.split(":", 1)[0] in list_recipes() or Path(text.split(":", 1)[0]).suffix in (".yaml", ".yml")
+    ):
         recipe_name, variant = text.split(":", 1)
         spec = get_recipe(recipe_name, models=given).variant(variant)
     else:

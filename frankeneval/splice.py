@@ -536,7 +536,7 @@ def verify(out_dir: str | os.PathLike, *, progress: bool = False) -> VerifyRepor
     def mapped(path: Path) -> mmap.mmap:
         m = maps.get(path)
         if m is None:
-            f = open(path, "rb")
+            f = open(path, "rb")  # noqa: SIM115 - closed in the finally below
             files.append(f)
             m = maps[path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         return m
@@ -588,8 +588,8 @@ def read_provenance(out_dir: str | os.PathLike) -> dict[str, Any]:
 __all__ = (
     "DEFAULT_SHARD_BYTES",
     "PROVENANCE",
-    "SplicePlan",
     "SpliceError",
+    "SplicePlan",
     "VerifyReport",
     "cache_path",
     "default_splice_cache",

@@ -6,7 +6,13 @@ import pytest
 
 from frankeneval.errors import SpecError
 from frankeneval.mergespec import COMPONENTS, PARTS, MergeSpec
-from frankeneval.recipes import PAPER_VARIANTS, get_recipe, list_recipes, load_spec, tiny_recipe
+from frankeneval.recipes import (
+    PAPER_VARIANTS,
+    get_recipe,
+    list_recipes,
+    load_spec,
+    tiny_recipe,
+)
 
 SOURCES = {"in": "/models/in", "rl": "/models/rl"}
 

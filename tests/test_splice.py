@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-import frankeneval.splice as splice
+from frankeneval import splice
 from frankeneval.cli import main
 from frankeneval.errors import ArchitectureMismatch, FrankenevalError
 from frankeneval.layermap import LayerMap
@@ -246,7 +246,7 @@ def test_written_shards_are_valid_safetensors(tiny_lineage, tmp_path):
     total = 0
     for shard in set(index["weight_map"].values()):
         with safe_open(out / shard, framework="pt") as f:
-            for k in f.keys():
+            for k in f.keys():  # noqa: SIM118 - safe_open is not a dict
                 t = f.get_tensor(k)
                 total += t.numel() * t.element_size()
     assert index["metadata"]["total_size"] == total
