@@ -91,7 +91,11 @@ def bench_vision(gen, pairs, layers, out: Path, args) -> dict:
 def bench_reasoning(gen, questions, layers, out: Path, args) -> dict:
     from frankeneval.generation import GenRequest
     from frankeneval.interventions import Ablate
-    from frankeneval.localize_reasoning import question_prompt, reasoning_units, run_reasoning_sweep
+    from frankeneval.localize_reasoning import (
+        question_prompt,
+        reasoning_units,
+        run_reasoning_sweep,
+    )
 
     shutil.rmtree(out, ignore_errors=True)
     units = reasoning_units("gsm8k", questions, layers, None)

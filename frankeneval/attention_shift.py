@@ -45,12 +45,18 @@ from typing import Any
 import numpy as np
 
 from frankeneval.layermap import llm_region
-from frankeneval.localize import MATH_INSTRUCTION, REASONING_SYSTEM_PROMPT, Unit, run_units, uses_reasoning_prompt
+from frankeneval.localize import (
+    MATH_INSTRUCTION,
+    REASONING_SYSTEM_PROMPT,
+    Unit,
+    run_units,
+    uses_reasoning_prompt,
+)
 from frankeneval.localize_vision import write_json_atomic
 from frankeneval.probes import ProbePair
 from frankeneval.runstore import RunStore
 
-__all__ = ["MEMBERS", "attention_prompts", "run_attention_shift", "summarize_attention", "format_attention_table"]
+__all__ = ["MEMBERS", "attention_prompts", "format_attention_table", "run_attention_shift", "summarize_attention"]
 
 MEMBERS = ("base", "in", "rl")
 RESULTS_FILE = "attention_shift.json"

@@ -25,25 +25,31 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from frankeneval.errors import FrankenevalError
-from frankeneval.scoring import box_iou, parse_box, parse_count, parse_yes_no, short_answer
+from frankeneval.scoring import (
+    box_iou,
+    parse_box,
+    parse_count,
+    parse_yes_no,
+    short_answer,
+)
 
 __all__ = [
-    "MATH_INSTRUCTION",
-    "REASONING_SYSTEM_PROMPT",
-    "REASONING_NAME_MARKERS",
-    "uses_reasoning_prompt",
-    "model_label",
     "CHANGE_MIN_CONTAINMENT_LEN",
-    "normalize_answer",
-    "answer_changed",
-    "task_answer",
-    "task_equal",
-    "task_changed",
-    "source_follows",
-    "parse_layers",
+    "MATH_INSTRUCTION",
+    "REASONING_NAME_MARKERS",
+    "REASONING_SYSTEM_PROMPT",
     "Unit",
-    "run_units",
+    "answer_changed",
+    "model_label",
+    "normalize_answer",
+    "parse_layers",
     "rate",
+    "run_units",
+    "source_follows",
+    "task_answer",
+    "task_changed",
+    "task_equal",
+    "uses_reasoning_prompt",
 ]
 
 CHANGE_MIN_CONTAINMENT_LEN = 20

@@ -54,12 +54,12 @@ from frankeneval.scoring import extract_final_answer, extract_gsm8k_target, math
 __all__ = [
     "REASONING_MAX_NEW_TOKENS",
     "Question",
+    "format_reasoning_table",
     "load_questions",
     "question_prompt",
     "reasoning_units",
     "run_reasoning_sweep",
     "summarize_reasoning",
-    "format_reasoning_table",
 ]
 
 REASONING_MAX_NEW_TOKENS = 1024
@@ -224,8 +224,8 @@ def summarize_reasoning(records: dict[str, dict], dataset: str, questions: Seque
 def format_reasoning_table(results: dict) -> str:
     """Terminal table: accuracy and change per ablated layer."""
     base = results["unablated_accuracy"]
-    lines = [f"{results['dataset']}: {results['n_questions']} questions, unablated accuracy "
-             f"{'-' if base is None else f'{base:.3f}'}",
+    acc = "-" if base is None else f"{base:.3f}"
+    lines = [f"{results['dataset']}: {results['n_questions']} questions, unablated accuracy {acc}",
              f"{'layer':>5} {'accuracy':>9} {'delta':>8}", "-" * 24]
     for row in results["layers"]:
         acc = "-" if row["accuracy"] is None else f"{row['accuracy']:.3f}"

@@ -64,21 +64,26 @@ from frankeneval.localize import (
     source_follows,
     task_changed,
 )
-from frankeneval.probes import PROBE_TASKS, ProbePair, load_probe_pairs, write_probe_pairs
+from frankeneval.probes import (
+    PROBE_TASKS,
+    ProbePair,
+    load_probe_pairs,
+    write_probe_pairs,
+)
 from frankeneval.runstore import RunStore
 from frankeneval.scoring import probe_correct
 
 __all__ = [
     "VISION_MAX_NEW_TOKENS",
+    "format_vision_table",
     "load_probe_sets",
-    "vision_units",
+    "make_executor",
+    "plain_key",
     "run_vision_sweep",
     "summarize_vision",
-    "write_json_atomic",
-    "format_vision_table",
-    "plain_key",
     "swap_key",
-    "make_executor",
+    "vision_units",
+    "write_json_atomic",
 ]
 
 VISION_MAX_NEW_TOKENS = 64

@@ -14,9 +14,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-__all__ = ["plot_vision_localization", "plot_reasoning_localization", "plot_attention_shift"]
+__all__ = ["plot_attention_shift", "plot_reasoning_localization", "plot_vision_localization"]
 
 MEMBER_COLOURS = {"base": "#7f7f7f", "in": "#1f77b4", "rl": "#d62728"}
 

@@ -164,7 +164,7 @@ def test_vision_sweep_batched_equals_single_runs(tiny_rl, small_probes, tmp_path
             rec = pairs[(task, pair.id)]
             target = Image.open(pair.target_image).convert("RGB")
             source = Image.open(pair.source_image).convert("RGB")
-            one = lambda img, iv=None: tiny_rl.generate(  # noqa: E731
+            one = lambda img, iv=None: tiny_rl.generate(
                 [GenRequest(pair.text_prompt, [img])], max_new_tokens=MAX_NEW, interventions=[iv or []], batch_size=1
             )[0].text
             assert rec["original"] == one(target)
@@ -208,7 +208,11 @@ def test_reasoning_sweep_batched_equals_single_runs_and_resumes(tiny_rl, shared_
     from frankeneval.generation import GenRequest
     from frankeneval.interventions import Ablate
     from frankeneval.localize import REASONING_SYSTEM_PROMPT
-    from frankeneval.localize_reasoning import load_questions, question_prompt, run_reasoning_sweep
+    from frankeneval.localize_reasoning import (
+        load_questions,
+        question_prompt,
+        run_reasoning_sweep,
+    )
 
     questions = load_questions("gsm8k", data=shared_data / "gsm8k" / "test.jsonl", samples=2, seed=123)
     assert [q.index for q in questions] == sorted(q.index for q in questions)

@@ -107,7 +107,7 @@ def test_lmms_eval_cli_runs_franken_qwen(tiny_lineage, tmp_path):
     lines = [json.loads(line) for f in out.rglob("*samples_fe_tiny_vqa*.jsonl") for line in f.read_text().splitlines()]
     samples = [s for s in lines if "doc_id" in s]
     assert sorted(s["doc_id"] for s in samples) == [0, 1]
-    assert all(isinstance(s["resps"], str) and s["resps"].strip() for s in samples)
+    assert all(isinstance(s["filtered_resps"], str) and s["filtered_resps"].strip() for s in samples)
 
 
 def test_lm_eval_cli_runs_franken_qwen(tiny_lineage, tmp_path):
@@ -127,16 +127,20 @@ def test_lm_eval_cli_runs_franken_qwen(tiny_lineage, tmp_path):
 
 @pytest.mark.parametrize("legacy", [False, True])
 def test_lmms_eval_registry_finds_franken_qwen(tmp_path, legacy):
+    """Entry point (no variable needed); with the deprecated LMMS_EVAL_PLUGINS=frankeneval the legacy class path
+    ``frankeneval.models.franken_qwen.FrankenQwen`` is registered too and importable."""
     code = (
-        "from lmms_eval.models import get_model, MODEL_REGISTRY_V2\n"
+        "import importlib\n"
+        "from lmms_eval.models import get_model, MODEL_REGISTRY_V2, AVAILABLE_SIMPLE_MODELS\n"
         "cls = get_model('franken_qwen')\n"
-        "print(cls.__module__, cls.__name__, MODEL_REGISTRY_V2.get_manifest('franken_qwen').simple_class_path)\n"
+        "legacy = AVAILABLE_SIMPLE_MODELS.get('franken_qwen')\n"
+        "ok = legacy is None or getattr(importlib.import_module(legacy.rsplit('.', 1)[0]), 'FrankenQwen') is cls\n"
+        "print(cls.__module__, cls.__name__, MODEL_REGISTRY_V2.get_manifest('franken_qwen').simple_class_path, legacy, ok)\n"
     )
     env = {"LMMS_EVAL_PLUGINS": "frankeneval"} if legacy else None
     proc = run([sys.executable, "-W", "ignore", "-c", code], cwd=tmp_path, extra_env=env)
-    line = proc.stdout.strip().splitlines()[-1]
-    assert "FrankenQwen" in line
-    if legacy:
-        assert "frankeneval.models.franken_qwen.FrankenQwen" in line
-    else:
-        assert line.split()[-1] == "frankeneval.model_wrappers.franken_qwen.FrankenQwen"
+    module, name, manifest_path, legacy_path, ok = proc.stdout.strip().splitlines()[-1].split()
+    assert (module, name) == ("frankeneval.model_wrappers.franken_qwen", "FrankenQwen")
+    assert manifest_path == "frankeneval.model_wrappers.franken_qwen.FrankenQwen"
+    assert ok == "True"
+    assert legacy_path == ("frankeneval.models.franken_qwen.FrankenQwen" if legacy else "None")

@@ -16,7 +16,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from frankeneval.commands.localize_vision import add_generator_arguments, add_probe_arguments, load_generator, probe_sets
+from frankeneval.commands.localize_vision import (
+    add_generator_arguments,
+    add_probe_arguments,
+    load_generator,
+    probe_sets,
+)
 
 COMMAND = "attention-shift"
 HELP = "share of attention generated tokens pay to visual tokens, per layer and head, for Base / IN / RL"
@@ -35,7 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from frankeneval.attention_shift import attention_prompts, format_attention_table, run_attention_shift
+    from frankeneval.attention_shift import (
+        attention_prompts,
+        format_attention_table,
+        run_attention_shift,
+    )
     from frankeneval.plots_localize import plot_attention_shift
 
     pairs, source = probe_sets(args)

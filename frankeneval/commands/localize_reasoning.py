@@ -42,7 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from frankeneval.localize import parse_layers, uses_reasoning_prompt
-    from frankeneval.localize_reasoning import format_reasoning_table, load_questions, run_reasoning_sweep
+    from frankeneval.localize_reasoning import (
+        format_reasoning_table,
+        load_questions,
+        run_reasoning_sweep,
+    )
     from frankeneval.plots_localize import plot_reasoning_localization
 
     questions = load_questions(args.dataset, data=args.data, samples=args.samples, seed=args.seed)
