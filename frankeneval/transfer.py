@@ -78,8 +78,13 @@ class Cell:
     def key(self) -> str:
         return f"{self.model}::{self.task}"
 
+    @property
+    def slug(self) -> str:
+        """The task part as a folder name (a comma list of tasks is one cell; lmms-eval splits paths on commas)."""
+        return self.task.replace(",", "+")
+
     def relpath(self) -> Path:
-        return Path("cells") / self.model / self.task
+        return Path("cells") / self.model / self.slug
 
 
 @dataclass
@@ -356,8 +361,8 @@ def run_cells(
         _clear(partial)
         partial.mkdir(parents=True)
         path = str(models[cell.model]["path"])
-        if "," in path:
-            raise CellFailed(f"checkpoint path {path!r} contains a comma, which lmms-eval's --model_args cannot carry")
+        if "," in path or "," in str(run_dir):
+            raise CellFailed(f"{path!r} or {str(run_dir)!r} contains a comma, which lmms-eval's --model_args cannot carry")
         margs = f"pretrained={path},batch_size={batch_size}"
         if max_new_tokens:
             margs += f",max_new_tokens={max_new_tokens}"
@@ -367,7 +372,7 @@ def run_cells(
         if gpu is not None:
             cell_env["CUDA_VISIBLE_DEVICES"] = str(gpu)
         job = CellJob(cell=cell, pretrained=path, output_dir=partial, run_dir=run_dir,
-                      log_path=run_dir / "logs" / f"{cell.model}__{cell.task}.log", model_args=margs,
+                      log_path=run_dir / "logs" / f"{cell.model}__{cell.slug}.log", model_args=margs,
                       include_path=include_path, gen_kwargs=gen_kwargs, env=cell_env)
         t0 = time.perf_counter()
         runner(job)

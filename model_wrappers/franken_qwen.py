@@ -40,9 +40,10 @@ def resolve_pretrained(pretrained: str | None, splice: str | None) -> str:
     if splice and pretrained:
         raise FrankenevalError("give either pretrained= or splice=, not both")
     if splice:
-        from frankeneval.splice import materialize_cached  # written by the splice feature; imported lazily
+        from frankeneval.recipes import load_spec
+        from frankeneval.splice import materialize_cached
 
-        return str(materialize_cached(splice))
+        return str(materialize_cached(load_spec(splice)))
     if not pretrained:
         raise FrankenevalError("franken_qwen needs pretrained=<dir or hub id> or splice=<spec or recipe:variant>")
     return str(pretrained)
