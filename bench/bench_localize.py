@@ -105,10 +105,7 @@ def bench_reasoning(gen, questions, layers, out: Path, args) -> dict:
                         max_new_tokens=args.max_new_tokens_reasoning, batch_size=args.batch_size, progress=False)
     _sync()
     batched_s = time.perf_counter() - t
-    records = {}
-    for line in (out / "units.jsonl").read_text().splitlines()[1:]:
-        obj = json.loads(line)
-        records[obj["key"]] = obj["record"]["response"]
+    records = {key: rec["response"] for key, rec in RunStore(out / "units.jsonl").records().items()}
     by_index = {q.index: q for q in questions}
     subset = _spread(units, args.naive_units)
     equal = 0
@@ -127,6 +124,9 @@ def bench_reasoning(gen, questions, layers, out: Path, args) -> dict:
             "batched_s": batched_s, "naive_units_run": len(subset), "naive_units_total": len(units),
             "naive_subset_s": naive_subset_s, "naive_s_extrapolated": naive_s, "speedup": naive_s / batched_s,
             "equal": equal, "max_new_tokens": args.max_new_tokens_reasoning}
+
+
+from frankeneval.runstore import RunStore  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -271,6 +271,8 @@ class _MemberReader(threading.Thread):
         cuda = self.device.type == "cuda"
         try:
             if cuda:
+                if self.device.index is None:  # "cuda" -> the current device (set_device needs an index)
+                    self.device = torch.device("cuda", torch.cuda.current_device())
                 torch.cuda.set_device(self.device)
                 stream = torch.cuda.Stream(self.device)
                 slots = [torch.empty(self.chunk_bytes, dtype=torch.uint8, pin_memory=True) for _ in range(2)]

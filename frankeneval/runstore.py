@@ -102,7 +102,7 @@ class RunStore:
 
     # ------------------------------------------------------------------ writing
     def _write_line(self, obj: dict) -> None:
-        line = (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
+        line = (json.dumps(obj) + "\n").encode("utf-8")  # ASCII-escaped: no raw U+2028 etc. in a line
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             view = memoryview(line)

@@ -166,7 +166,7 @@ def lmms_eval_runner(job: CellJob) -> None:
 
 def _log_tail(path: Path, n: int = 3) -> str:
     try:
-        lines = [ln for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+        lines = [ln for ln in path.read_text(encoding="utf-8", errors="replace").split("\n") if ln.strip()]
     except OSError:
         return f"see {path}"
     errors = [ln for ln in lines if "Error" in ln or "error" in ln]
