@@ -20,7 +20,7 @@ for s in ${BENCH_STEPS:-char_write char_measure generate localize splice}; do
     char_write)   step $s python3 bench/bench_characterize.py --preset $PRESET --workdir $W --phases write --no-progress ;;
     char_measure) step $s python3 bench/bench_characterize.py --preset $PRESET --workdir $W --phases read energy full micro --no-progress --json-out "$LOG/bench_characterize.json" ;;
     generate)     step $s python3 bench/bench_generate.py --preset $PRESET --workdir "$W/lineage-$PRESET" --unbatched-prompts 16 --out "$LOG/bench_generate.json" ;;
-    localize)     step $s python3 bench/bench_localize.py --preset $PRESET --workdir $W --gsm8k .benchdata/gsm8k/test.jsonl; cp "$W/bench_localize.json" "$LOG/" ;;
+    localize)     step $s python3 bench/bench_localize.py --preset $PRESET --workdir $W --gsm8k .benchdata; cp "$W/bench_localize.json" "$LOG/" ;;
     splice)       rm -rf "$W/lineage-$PRESET/base"; mkdir -p "$W/splice"; ln -sfn "$W/lineage-$PRESET" "$W/splice/lineage"
                   step $s python3 bench/bench_splice.py --preset $PRESET --workdir "$W/splice" --repeats 2 --json "$LOG/bench_splice.json" ;;
   esac

@@ -111,14 +111,14 @@ class Recipe:
         return asdict(self)
 
 
-PERCEPTION_MIX = tuple((t, 1.0) for t in world.AXIS_TASKS["perception"])
+PERCEPTION_MIX = (("count", 3.0), ("ocr", 2.0), ("colour", 1.0), ("yesno", 1.0), ("position", 1.0), ("box", 0.5))
 DEFAULT_RECIPE = Recipe(
-    base=SFTStage(steps=900, batch_size=32, learning_rate=2e-3, warmup_steps=30,
-                  mix=(*PERCEPTION_MIX, ("caption", 1.0), ("arithmetic", 2.0))),
-    in_=SFTStage(steps=60, batch_size=32, learning_rate=1e-3, warmup_steps=10,
-                 mix=(("multiply", 2.0), ("add", 2.0), ("word", 1.0), *((t, 0.25) for t, _ in PERCEPTION_MIX),
+    base=SFTStage(steps=1000, batch_size=32, learning_rate=1e-3, warmup_steps=30,
+                  mix=(*PERCEPTION_MIX, ("caption", 0.5), ("arithmetic", 1.5))),
+    in_=SFTStage(steps=200, batch_size=32, learning_rate=5e-4, warmup_steps=10,
+                 mix=(("multiply", 2.0), ("add", 2.0), ("word", 1.0), *((t, 0.25 * w) for t, w in PERCEPTION_MIX),
                       ("arithmetic", 0.5))),
-    rl=RLStage(steps=60, prompts_per_step=8, num_generations=8, learning_rate=5e-4,
+    rl=RLStage(steps=80, prompts_per_step=8, num_generations=8, learning_rate=1e-4, beta=0.02, temperature=1.0,
                mix=(("multiply", 2.0), ("add", 2.0), ("word", 1.0))),
 )
 SMOKE_RECIPE = Recipe(
@@ -136,17 +136,22 @@ def _pick(mix: Sequence[tuple[str, float]], rng: random.Random) -> str:
 
 
 class WorldStream(torch.utils.data.Dataset):
-    """``length`` train-split items of the mix; item ``i`` is a pure function of ``(seed, stage, i)``."""
+    """``length`` train-split items of the mix; item ``i`` is a pure function of ``(seed, stage, i)``.
 
-    def __init__(self, mix: Sequence[tuple[str, float]], length: int, *, seed: int, stage: str):
+    ``block``: consecutive runs of ``block`` items share one task (GRPO batches must be all-image or all-text).
+    """
+
+    def __init__(self, mix: Sequence[tuple[str, float]], length: int, *, seed: int, stage: str, block: int = 1):
         self.mix, self.length, self.seed, self.offset = tuple(mix), length, seed, STAGE_OFFSETS[stage]
+        self.block = block
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, i: int) -> world.WorldItem:
         idx = self.offset + i
-        task = _pick(self.mix, random.Random(f"mix:{self.seed}:{idx}"))
+        key = idx if self.block == 1 else f"block{self.block}:{idx // self.block}"
+        task = _pick(self.mix, random.Random(f"mix:{self.seed}:{key}"))
         return world.world_item(self.seed, "train", task, idx)
 
 
@@ -169,12 +174,15 @@ class ChatCollator:
         input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         labels = torch.full((len(rows), width), -100, dtype=torch.long)
         attention = torch.zeros((len(rows), width), dtype=torch.long)
+        mm_types = torch.zeros((len(rows), width), dtype=torch.long)  # 1 at image tokens: needed for 3D RoPE
         for r, (p, t) in enumerate(zip(enc["input_ids"], targets)):
             n = len(p) + len(t)
             input_ids[r, :n] = torch.tensor(list(p) + list(t))
             labels[r, len(p):n] = torch.tensor(t)
             attention[r, :n] = 1
-        batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+            if "mm_token_type_ids" in enc:
+                mm_types[r, :len(p)] = torch.tensor(enc["mm_token_type_ids"][r])
+        batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels, "mm_token_type_ids": mm_types}
         if images:
             batch["pixel_values"] = torch.as_tensor(np.asarray(enc["pixel_values"]))
             batch["image_grid_thw"] = torch.as_tensor(np.asarray(enc["image_grid_thw"]))
@@ -261,7 +269,8 @@ def train_sft(model, processor, stage: SFTStage, *, name: str, seed: int, workdi
     trainer = Trainer(model=model, args=_training_args(workdir / name, stage, seed, progress), train_dataset=data,
                       data_collator=ChatCollator(processor, worked=stage.worked))
     trainer.train()
-    return model.eval()
+    model.eval()
+    return trainer.state.log_history
 
 
 def correctness_reward(completions: list, answer: list[str], task: list[str], **_: Any) -> list[float]:
@@ -271,15 +280,18 @@ def correctness_reward(completions: list, answer: list[str], task: list[str], **
 
 
 def rl_dataset(stage: RLStage, *, seed: int):
-    """GRPO prompts (conversational, with an ``image`` column) drawn from the train split."""
+    """GRPO prompts (conversational, with an ``images`` column) drawn from the train split."""
     from datasets import Dataset
 
     n = stage.steps * stage.prompts_per_step
-    stream = WorldStream(stage.mix, n, seed=seed, stage="rl")
+    # one task per step's prompts: TRL's GRPOTrainer cannot mix image and text-only prompts in one batch
+    stream = WorldStream(stage.mix, n, seed=seed, stage="rl", block=stage.prompts_per_step)
     rows = []
     for i in range(n):
         it = stream[i]
-        rows.append({"prompt": it.messages(), "image": it.image(), "answer": it.answer, "task": it.task})
+        # "images" ([] for text-only prompts) rather than "image" (None): TRL drops an all-empty image list
+        rows.append({"prompt": it.messages(), "images": [it.image()] if it.has_image else [], "answer": it.answer,
+                     "task": it.task})
     return Dataset.from_list(rows)
 
 
@@ -298,7 +310,8 @@ def train_grpo(model, processor, stage: RLStage, *, seed: int, workdir: Path, pr
     trainer = GRPOTrainer(model=model, reward_funcs=[correctness_reward], args=args,
                           train_dataset=rl_dataset(stage, seed=seed), processing_class=processor)
     trainer.train()
-    return model.eval()
+    model.eval()
+    return trainer.state.log_history
 
 
 # -- evaluation --------------------------------------------------------------------------------
@@ -425,6 +438,7 @@ def build_trained_lineage(
     config = hub_config(spec, processor.tokenizer)
     config["frankeneval"]["trained"] = {"seed": seed, "version": TRAINED_VERSION}
     timings: dict[str, float] = {}
+    logs: dict[str, list] = {}
     lineage = TrainedLineage(root=root, spec=spec, seed=seed)
     with tempfile.TemporaryDirectory(prefix="frankeneval-train-") as work:
         workdir = Path(work)
@@ -435,10 +449,11 @@ def build_trained_lineage(
             ("rl", lambda: train_grpo(model, processor, recipe.rl, seed=seed, workdir=workdir, progress=progress)),
         ]
         for member, run_stage in stages:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             model.train()
-            run_stage()
+            logs[member] = run_stage()
             timings[member] = round(time.perf_counter() - t0, 1)
+            timings[f"{member}_cpu"] = round(time.process_time() - c0, 1)
             lineage.paths[member] = save_member(model, processor, config, root / member, spec=spec,
                                                 stamp=_stamp(seed, recipe, member))
             if progress:
@@ -449,7 +464,8 @@ def build_trained_lineage(
         accuracy = evaluate_lineage(lineage, seed=seed, sizes=eval_sizes, progress=progress)["accuracy"]
         timings["eval"] = round(time.perf_counter() - t0, 1)
     lineage.timings, lineage.accuracy = timings, accuracy
-    summary = {"seed": seed, "spec": TRAINED_SPEC.name, "recipe": recipe.to_json(), "timings": timings, "accuracy": accuracy}
+    summary = {"seed": seed, "spec": TRAINED_SPEC.name, "recipe": recipe.to_json(), "timings": timings,
+               "accuracy": accuracy, "logs": logs}
     (root / "lineage.json").write_text(json.dumps(summary, indent=2) + "\n")
     return lineage
 

@@ -49,7 +49,7 @@ CANVAS = 84
 CELL = 28
 GRID = 3
 MARGIN = 3
-BACKGROUND = (255, 255, 255)
+BACKGROUND = (128, 128, 128)  # ~ the processor's mean colour: empty patches normalise to ~0
 INK = (0, 0, 0)
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -60,6 +60,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SHAPES = ("circle", "square", "triangle")
 POSITIONS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
 DIGITS = tuple(range(2, 10))
+ALIGNMENT_DIGITS = tuple(range(2, 6))  # alignment: 1-3 shapes and a written 2-5
 MATH_PROMPT = 'Please solve the problem step by step and put your answer in one "\\boxed{}".'
 AXES = ("perception", "alignment", "reasoning")
 AXIS_TASKS: dict[str, tuple[str, ...]] = {
@@ -215,10 +216,9 @@ def make_item(task: str, rng: random.Random) -> WorldItem:
     colour, shape = rng.choice(list(COLOURS)), rng.choice(SHAPES)
     if task in ("count", "multiply", "add"):
         by_colour = task in ("count", "multiply") and (task == "multiply" or rng.random() < 0.5)
-        lo = 0 if task == "count" else 1
-        n = rng.randint(lo, 4)
+        n = rng.randint(0, 4) if task == "count" else rng.randint(1, 3)
         kinds = [(colour, rng.choice(SHAPES)) if by_colour else (rng.choice(list(COLOURS)), shape) for _ in range(n)]
-        digit = rng.choice(DIGITS) if task != "count" else None
+        digit = rng.choice(ALIGNMENT_DIGITS) if task != "count" else None
         fixed = _place(rng, kinds, digit)
         avoid = {(colour, None)} if by_colour else {(None, shape)}
         scene = _random_scene(rng, fixed, rng.randint(0, min(3, 8 - len(fixed))), avoid,
@@ -228,10 +228,10 @@ def make_item(task: str, rng: random.Random) -> WorldItem:
             return WorldItem("", "perception", task, f"How many {what} are there?", str(n), scene=scene)
         if task == "multiply":
             q = f"Multiply the number of {what} by the number written."
-            sol = f"{n} {what}, number {digit}. {n} * {digit} = {n * digit}."
+            sol = f"{n} * {digit} = {n * digit}."
             return WorldItem("", "alignment", task, q, str(n * digit), sol, scene=scene)
         q = f"Add the number written to the number of {what}."
-        sol = f"{n} {what}, number {digit}. {digit} + {n} = {digit + n}."
+        sol = f"{digit} + {n} = {digit + n}."
         return WorldItem("", "alignment", task, q, str(digit + n), sol, scene=scene)
     if task == "ocr":
         scene = _random_scene(rng, [], rng.randint(0, 4), digit=True)
@@ -325,6 +325,7 @@ def corpus(seed: int = 0, n: int = 600) -> list[str]:
     for it in world_items("train", tasks, n, seed):
         texts.append(f"{it.prompt}\n{it.target(worked=True)}")
     texts.append(f"{MATH_PROMPT} Yes No " + " ".join(POSITIONS) + " " + " ".join(COLOURS) + " " + " ".join(SHAPES))
+    texts += ["system\nYou are a helpful assistant.\nuser\nassistant\n"] * 50  # the chat template's own words
     return texts
 
 

