@@ -295,9 +295,21 @@ def rl_dataset(stage: RLStage, *, seed: int):
     return Dataset.from_list(rows)
 
 
-def train_grpo(model, processor, stage: RLStage, *, seed: int, workdir: Path, progress: bool = True):
-    """RL with TRL's ``GRPOTrainer``: group-normalised advantages of a 0/1 correctness reward."""
+def train_grpo(model, processor, stage: RLStage, *, seed: int, workdir: Path, reference: Path | None = None,
+               progress: bool = True):
+    """RL with TRL's ``GRPOTrainer``: group-normalised advantages of a 0/1 correctness reward.
+
+    ``reference``: the written IN member, the KL reference TRL loads when ``stage.beta > 0``.
+    """
     from trl import GRPOConfig, GRPOTrainer
+
+    if stage.beta > 0:
+        if reference is None:
+            raise ValueError("GRPO with beta > 0 needs the reference (IN) checkpoint path")
+        model.config._name_or_path = str(reference)  # TRL builds the reference model from this path
+    # TRL left-pads prompt ids and re-runs the processor for the image fields: the two must pad alike, or the
+    # image-token types (hence Qwen2.5-VL's 3D RoPE positions) of the loss forward are shifted
+    processor.tokenizer.padding_side = "left"
 
     args = GRPOConfig(
         output_dir=str(workdir / "rl"), max_steps=stage.steps, learning_rate=stage.learning_rate,
@@ -397,7 +409,7 @@ def _complete(root: Path, seed: int, recipe: Recipe) -> bool:
         return False
     for m in MEMBERS:
         stamp = root / m / "frankeneval_lineage.json"
-        if not stamp.is_file() or json.loads(stamp.read_text()) != _stamp(seed, recipe, m):
+        if not stamp.is_file() or json.loads(stamp.read_text()) != json.loads(json.dumps(_stamp(seed, recipe, m))):
             return False
     return True
 
@@ -446,7 +458,8 @@ def build_trained_lineage(
         stages: list[tuple[str, Callable[[], Any]]] = [
             ("base", lambda: train_sft(model, processor, recipe.base, name="base", seed=seed, workdir=workdir, progress=progress)),
             ("in", lambda: train_sft(model, processor, recipe.in_, name="in", seed=seed, workdir=workdir, progress=progress)),
-            ("rl", lambda: train_grpo(model, processor, recipe.rl, seed=seed, workdir=workdir, progress=progress)),
+            ("rl", lambda: train_grpo(model, processor, recipe.rl, seed=seed, workdir=workdir, reference=root / "in",
+                                      progress=progress)),
         ]
         for member, run_stage in stages:
             t0, c0 = time.perf_counter(), time.process_time()
