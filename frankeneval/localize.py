@@ -222,3 +222,10 @@ def run_units(
         if progress is not None:
             progress(len(batch))
     return ran
+
+
+def check_layers(layers, n_layers: int) -> None:
+    """Raise a clear error unless every unified LLM layer index is in 1 … n_layers."""
+    bad = [x for x in layers if not 1 <= x <= n_layers]
+    if bad:
+        raise FrankenevalError(f"layer {bad[0]} out of range: the model has LLM layers 1 … {n_layers} (unified)")

@@ -44,6 +44,7 @@ from frankeneval.localize import (
     MATH_INSTRUCTION,
     REASONING_SYSTEM_PROMPT,
     Unit,
+    check_layers,
     rate,
     run_units,
 )
@@ -154,9 +155,7 @@ def run_reasoning_sweep(
     """Run (or resume) the ablation sweep; write ``units.jsonl`` + ``reasoning_localization.json``."""
     out = Path(out_dir)
     n_layers = generator.model.config.get_text_config().num_hidden_layers
-    bad = [x for x in layers if not 1 <= x <= n_layers]
-    if bad:
-        raise FrankenevalError(f"layer {bad[0]} out of range: the model has LLM layers 1 … {n_layers} (unified)")
+    check_layers(layers, n_layers)
     system = REASONING_SYSTEM_PROMPT if reasoning_prompt else None
     store = RunStore(out / UNITS_FILE, header={"analysis": "reasoning_localization", "model": model_name,
                                                "dataset": dataset, "max_new_tokens": max_new_tokens,

@@ -59,6 +59,7 @@ from frankeneval.errors import FrankenevalError
 from frankeneval.localize import (
     Unit,
     answer_changed,
+    check_layers,
     rate,
     run_units,
     source_follows,
@@ -229,9 +230,7 @@ def run_vision_sweep(
     """Run (or resume) the swap sweep, write ``units.jsonl`` + ``vision_localization.json``; return the results."""
     out = Path(out_dir)
     n_layers = generator.model.config.get_text_config().num_hidden_layers
-    bad = [x for x in layers if not 1 <= x <= n_layers]
-    if bad:
-        raise FrankenevalError(f"layer {bad[0]} out of range: the model has LLM layers 1 … {n_layers} (unified)")
+    check_layers(layers, n_layers)
     store = RunStore(out / UNITS_FILE, header={"analysis": "vision_localization", "model": model_name,
                                                "max_new_tokens": max_new_tokens, "system": system})
     units, keys = vision_units(pairs_by_task, layers, system)

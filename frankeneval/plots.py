@@ -24,7 +24,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 SECTION_COLOURS = {"vision": "#dbe9f6", "projector": "#fde3c8", "llm": "#e2f0d9"}
 DELTA_STYLE = {"delta_in": ("ΔIN", "#1f77b4"), "delta_rl": ("ΔRL", "#d62728")}
@@ -41,7 +41,8 @@ def load_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     return load_records(path)
 
 
-def _save(fig, out: str | os.PathLike) -> Path:
+def save_figure(fig, out: str | os.PathLike) -> Path:
+    """Write ``fig`` to ``out`` atomically (temp file, then rename) and close it."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}{out.suffix}")
@@ -92,7 +93,7 @@ def plot_energy_per_layer(summary: dict[str, Any], out: str | os.PathLike, *, re
     ax.set_ylabel("‖Δ‖_F / ‖W_IN‖_F" if relative else "‖Δ‖_F")
     ax.set_title(_title(summary, "Update energy per layer"), pad=14)
     ax.legend(frameon=False)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def plot_ranks_per_layer(summary: dict[str, Any], out: str | os.PathLike) -> Path:
@@ -110,7 +111,7 @@ def plot_ranks_per_layer(summary: dict[str, Any], out: str | os.PathLike) -> Pat
     axes[0].set_title(_title(summary, "Update rank per layer"), pad=14)
     axes[0].legend(frameon=False)
     axes[-1].set_xlabel("unified layer (vision < 0, projector 0, LLM > 0)")
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def default_spectrum_layers(records: list[dict[str, Any]]) -> list[int]:
@@ -155,7 +156,7 @@ def plot_spectra(
     handles = [plt.Line2D([], [], color=c, label=lab) for lab, c in DELTA_STYLE.values()]
     axes[0][-1].legend(handles=handles, frameon=False, fontsize=8)
     fig.suptitle("Singular value spectra", y=1.02)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def plot_compare_heatmap(compare_summary: dict[str, Any], out: str | os.PathLike, *, metric: str = "cosine") -> Path:
@@ -184,7 +185,7 @@ def plot_compare_heatmap(compare_summary: dict[str, Any], out: str | os.PathLike
     ax.set_xlabel("unified layer")
     fig.colorbar(im, ax=ax, label=metric.replace("_", " "))
     ax.set_title(f"ΔRL similarity across lineages ({metric.replace('_', ' ')})")
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 # -- a run directory -----------------------------------------------------------------------------------

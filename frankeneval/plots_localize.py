@@ -16,19 +16,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from frankeneval.plots import save_figure
+
 __all__ = ["plot_attention_shift", "plot_reasoning_localization", "plot_vision_localization"]
 
 MEMBER_COLOURS = {"base": "#7f7f7f", "in": "#1f77b4", "rl": "#d62728"}
-
-
-def _save(fig, out: str | os.PathLike) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}{out.suffix}")
-    fig.savefig(tmp, dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
 
 
 def _nan(x):
@@ -51,7 +43,7 @@ def plot_vision_localization(results: dict, out: str | os.PathLike) -> Path:
     axes[0][0].set_ylabel("rate")
     axes[0][-1].legend(fontsize=7, loc="best")
     fig.suptitle(f"Visual-token KV swap: {results.get('model', '')}", fontsize=9)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def plot_reasoning_localization(results: dict, out: str | os.PathLike) -> Path:
@@ -66,7 +58,7 @@ def plot_reasoning_localization(results: dict, out: str | os.PathLike) -> Path:
     ax.set_title(f"Layer ablation on {results['dataset']} (n={results['n_questions']}): {results.get('model', '')}", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3, axis="y")
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def plot_attention_shift(results: dict, out: str | os.PathLike) -> Path:
@@ -90,4 +82,4 @@ def plot_attention_shift(results: dict, out: str | os.PathLike) -> Path:
     a2.legend(fontsize=7)
     a2.grid(alpha=0.3)
     fig.suptitle(f"Attention to visual tokens ({results['n_prompts']} prompts)", fontsize=9)
-    return _save(fig, out)
+    return save_figure(fig, out)

@@ -37,3 +37,13 @@ def cuda_available() -> bool:
 
 
 requires_gpu = pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU (CI has none)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``slow`` (e.g. the full trained-lineage build) run only with FRANKENEVAL_RUN_SLOW=1."""
+    if os.environ.get("FRANKENEVAL_RUN_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: set FRANKENEVAL_RUN_SLOW=1 to run it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
