@@ -18,7 +18,6 @@ the world's held-out split by greedy generation with the world's answer checks; 
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import shutil
