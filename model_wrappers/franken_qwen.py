@@ -75,6 +75,12 @@ def data_parallel():
     return accelerator, 0, 1, None
 
 
+def merge_cli_defaults(model_args: dict[str, Any], cli_config: dict | None) -> dict[str, Any]:
+    """``--model_args`` win over the harness CLI's ``--batch_size`` / ``--device`` defaults."""
+    extra = {k: v for k, v in (cli_config or {}).items() if v is not None and k in ("batch_size", "max_batch_size", "device")}
+    return {**extra, **model_args}
+
+
 def build_generator(args: dict[str, Any], device: str | None):
     import torch
 
@@ -165,9 +171,7 @@ class FrankenQwen(lmms):
         (instead of a duplicate-keyword error); ``--batch_size auto`` works too."""
         from lmms_eval.utils import simple_parse_args_string
 
-        args = simple_parse_args_string(arg_string)
-        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k in ("batch_size", "max_batch_size", "device")}
-        return cls(**{**extra, **args})
+        return cls(**merge_cli_defaults(simple_parse_args_string(arg_string), additional_config))
 
     # -------------------------------------------------------------------------------------------- properties
     @property

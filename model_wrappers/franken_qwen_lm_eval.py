@@ -16,18 +16,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from lm_eval.api.model import LM
-from lm_eval.api.registry import register_model
-
-from frankeneval.errors import FrankenevalError
 from frankeneval.model_wrappers.franken_qwen import (
     _int_or_none,
     build_generator,
     data_parallel,
+    merge_cli_defaults,
     parse_batch_size,
     read_system_prompt,
     resolve_pretrained,
 )
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+
+from frankeneval.errors import FrankenevalError
 
 LM_EVAL_ARGS = (
     "pretrained", "splice", "dtype", "device", "device_map", "attn_implementation", "batch_size", "max_batch_size",
@@ -80,9 +81,7 @@ class FrankenQwenLM(LM):
         """``--model_args`` override the CLI's ``--batch_size`` / ``--device`` defaults."""
         from lm_eval.utils import simple_parse_args_string
 
-        args = simple_parse_args_string(arg_string)
-        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k in ("batch_size", "max_batch_size", "device")}
-        return cls(**{**extra, **args})
+        return cls(**merge_cli_defaults(simple_parse_args_string(arg_string), additional_config))
 
     @property
     def rank(self):
