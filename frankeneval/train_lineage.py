@@ -23,6 +23,7 @@ import random
 import shutil
 import tempfile
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -46,6 +47,12 @@ from frankeneval.lineage import (
     default_cache_dir,
     hub_config,
 )
+
+
+def _train_on_cpu() -> bool:
+    """Training runs on the CPU (the documented, reproducible path) unless ``FRANKENEVAL_TRAIN_DEVICE=cuda``."""
+    return os.environ.get("FRANKENEVAL_TRAIN_DEVICE", "cpu") == "cpu"
+
 
 TRAINED_VERSION = 1  # bump when the recipe or the world changes what is built
 
@@ -83,7 +90,7 @@ class SFTStage:
     mix: tuple[tuple[str, float], ...]
     warmup_steps: int = 20
     weight_decay: float = 0.0
-    worked: bool = True  # boxed answers preceded by the worked solution
+    worked: float = 1.0  # fraction of boxed targets that show the worked solution (the rest: the bare \boxed{})
 
 
 @dataclass(frozen=True)
@@ -97,7 +104,9 @@ class RLStage:
     mix: tuple[tuple[str, float], ...]
     beta: float = 0.0  # KL weight to the IN model
     temperature: float = 1.0
+    top_k: int = 0  # 0: no top-k truncation of the sampler
     max_completion_length: int = 32
+    warmup_steps: int = 0  # linear warm-up, then constant
 
 
 @dataclass(frozen=True)
@@ -125,6 +134,8 @@ SMOKE_RECIPE = Recipe(
     in_=replace(DEFAULT_RECIPE.in_, steps=2, batch_size=8, warmup_steps=1),
     rl=replace(DEFAULT_RECIPE.rl, steps=2, prompts_per_step=2, num_generations=4, max_completion_length=8),
 )
+TRAIN_RECORD = "frankeneval_training.json"  # per member: its stage's wall/CPU time and the trainer's log history
+_PREVIOUS = {"in": "base", "rl": "in"}
 STAGE_OFFSETS = {"base": 0, "in": 10_000_000, "rl": 20_000_000}  # disjoint item indices per stage
 
 
@@ -154,11 +165,18 @@ class WorldStream(torch.utils.data.Dataset):
         return world.world_item(self.seed, "train", task, idx)
 
 
+def shows_work(item: world.WorldItem, fraction: float) -> bool:
+    """Whether ``item``'s training target shows its worked solution: a fixed per-item draw (its content hash)."""
+    if fraction >= 1.0:
+        return True
+    return zlib.crc32(f"worked:{item.key()}".encode()) % 10_000 < fraction * 10_000
+
+
 class ChatCollator:
     """Tokenizes world items as one user turn (image + prompt) and the assistant's target; loss on the target only."""
 
-    def __init__(self, processor, *, worked: bool = True):
-        self.processor, self.worked = processor, worked
+    def __init__(self, processor, *, worked: float = 1.0):
+        self.processor, self.worked = processor, float(worked)
         tok = processor.tokenizer
         self.pad_id, self.end = tok.pad_token_id, "<|im_end|>"
 
@@ -167,7 +185,7 @@ class ChatCollator:
         prompts = [proc.apply_chat_template(it.messages(), add_generation_prompt=True, tokenize=False) for it in items]
         images = [it.image() for it in items if it.has_image]
         enc = proc(text=prompts, images=images or None, padding=False)
-        targets = tok([it.target(self.worked) + self.end for it in items], add_special_tokens=False)["input_ids"]
+        targets = tok([it.target(shows_work(it, self.worked)) + self.end for it in items], add_special_tokens=False)["input_ids"]
         rows = [list(p) + list(t) for p, t in zip(enc["input_ids"], targets)]
         width = max(map(len, rows))
         input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
@@ -206,8 +224,9 @@ def init_model(config: dict[str, Any], seed: int):
     return model.float()
 
 
-def save_member(model, processor, config: dict[str, Any], path: Path, *, spec: LineageSpec, stamp: dict[str, Any]) -> Path:
-    """Write ``model`` as a hub-layout member at ``path`` (temp dir, then rename)."""
+def save_member(model, processor, config: dict[str, Any], path: Path, *, spec: LineageSpec, stamp: dict[str, Any],
+                record: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` as a hub-layout member at ``path`` (temp dir, then rename); ``record``: its training log."""
     state = {canonical_name(k): v.detach().to(torch.float32).contiguous() for k, v in model.state_dict().items()}
     if config.get("tie_word_embeddings"):
         state.pop("lm_head.weight", None)
@@ -230,6 +249,8 @@ def save_member(model, processor, config: dict[str, Any], path: Path, *, spec: L
         processor.image_processor.save_pretrained(tmp)
         _write_generation_config(tmp, config)
         (tmp / "frankeneval_lineage.json").write_text(json.dumps(stamp) + "\n")
+        if record is not None:
+            (tmp / TRAIN_RECORD).write_text(json.dumps(record) + "\n")
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
@@ -254,7 +275,7 @@ def _training_args(out: Path, stage: SFTStage, seed: int, progress: bool):
     return TrainingArguments(
         output_dir=str(out), max_steps=stage.steps, per_device_train_batch_size=stage.batch_size,
         learning_rate=stage.learning_rate, warmup_steps=stage.warmup_steps, lr_scheduler_type="cosine",
-        weight_decay=stage.weight_decay, max_grad_norm=1.0, seed=seed, data_seed=seed, use_cpu=True,
+        weight_decay=stage.weight_decay, max_grad_norm=1.0, seed=seed, data_seed=seed, use_cpu=_train_on_cpu(),
         report_to="none", save_strategy="no", logging_steps=max(1, stage.steps // 10), disable_tqdm=not progress,
         remove_unused_columns=False, dataloader_num_workers=0, log_level="warning",
     )
@@ -314,9 +335,9 @@ def train_grpo(model, processor, stage: RLStage, *, seed: int, workdir: Path, re
         output_dir=str(workdir / "rl"), max_steps=stage.steps, learning_rate=stage.learning_rate,
         per_device_train_batch_size=stage.prompts_per_step * stage.num_generations,
         num_generations=stage.num_generations, max_completion_length=stage.max_completion_length,
-        temperature=stage.temperature, beta=stage.beta, seed=seed, data_seed=seed, use_cpu=True, bf16=False,
+        temperature=stage.temperature, top_k=stage.top_k, beta=stage.beta, seed=seed, data_seed=seed, use_cpu=_train_on_cpu(), bf16=False,
         report_to="none", save_strategy="no", logging_steps=max(1, stage.steps // 10), disable_tqdm=not progress,
-        lr_scheduler_type="constant", warmup_steps=0, log_level="warning", shuffle_dataset=False,
+        lr_scheduler_type="constant_with_warmup", warmup_steps=stage.warmup_steps, log_level="warning", shuffle_dataset=False,
     )
     trainer = GRPOTrainer(model=model, reward_funcs=[correctness_reward], args=args,
                           train_dataset=rl_dataset(stage, seed=seed), processing_class=processor)
@@ -347,6 +368,7 @@ def generate(model, processor, items: Sequence[world.WorldItem], *, batch_size: 
         texts = [processor.apply_chat_template(it.messages(), add_generation_prompt=True, tokenize=False) for it in chunk]
         images = [it.image() for it in chunk if it.has_image]
         enc = processor(text=texts, images=images or None, padding=True, padding_side="left", return_tensors="pt")
+        enc = enc.to(model.device)
         limit = max_new_tokens or (40 if any(it.boxed for it in chunk) else 16)
         gen = model.generate(**enc, max_new_tokens=limit, do_sample=False)
         out += processor.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
@@ -397,20 +419,26 @@ def trained_lineage_dir(seed: int = 0) -> Path:
     return default_cache_dir() / "lineages" / f"trained-seed{seed}-v{__version__}"
 
 
+_STAGE_FIELDS = {"base": ("base",), "in": ("base", "in_"), "rl": ("base", "in_", "rl")}
+
+
 def _stamp(seed: int, recipe: Recipe, member: str) -> dict[str, Any]:
+    """What determines a member: the seed, the versions and the recipe of its stage and the stages before it."""
+    stages = {k: v for k, v in recipe.to_json().items() if k in _STAGE_FIELDS[member]}
     return {"preset": TRAINED_SPEC.name, "seed": seed, "frankeneval": __version__, "trained_version": TRAINED_VERSION,
-            "world_version": world.WORLD_VERSION, "recipe": recipe.to_json(), "member": member}
+            "world_version": world.WORLD_VERSION, "recipe": stages, "member": member}
+
+
+def _member_is_current(path: Path, seed: int, recipe: Recipe, member: str) -> bool:
+    stamp = path / "frankeneval_lineage.json"
+    return stamp.is_file() and json.loads(stamp.read_text()) == json.loads(json.dumps(_stamp(seed, recipe, member)))
 
 
 def _complete(root: Path, seed: int, recipe: Recipe) -> bool:
     summary = root / "lineage.json"
-    if not summary.is_file():
+    if not summary.is_file() or json.loads(summary.read_text()).get("recipe") != json.loads(json.dumps(recipe.to_json())):
         return False
-    for m in MEMBERS:
-        stamp = root / m / "frankeneval_lineage.json"
-        if not stamp.is_file() or json.loads(stamp.read_text()) != json.loads(json.dumps(_stamp(seed, recipe, m))):
-            return False
-    return True
+    return all(_member_is_current(root / m, seed, recipe, m) for m in MEMBERS)
 
 
 def _load_summary(root: Path, seed: int) -> TrainedLineage:
@@ -453,23 +481,38 @@ def build_trained_lineage(
     lineage = TrainedLineage(root=root, spec=spec, seed=seed)
     with tempfile.TemporaryDirectory(prefix="frankeneval-train-") as work:
         workdir = Path(work)
-        model = init_model(config, seed)
-        stages: list[tuple[str, Callable[[], Any]]] = [
-            ("base", lambda: train_sft(model, processor, recipe.base, name="base", seed=seed, workdir=workdir, progress=progress)),
-            ("in", lambda: train_sft(model, processor, recipe.in_, name="in", seed=seed, workdir=workdir, progress=progress)),
-            ("rl", lambda: train_grpo(model, processor, recipe.rl, seed=seed, workdir=workdir, reference=root / "in",
-                                      progress=progress)),
-        ]
-        for member, run_stage in stages:
+        model = None
+        stages: dict[str, Callable[[Any], Any]] = {
+            "base": lambda m: train_sft(m, processor, recipe.base, name="base", seed=seed, workdir=workdir, progress=progress),
+            "in": lambda m: train_sft(m, processor, recipe.in_, name="in", seed=seed, workdir=workdir, progress=progress),
+            "rl": lambda m: train_grpo(m, processor, recipe.rl, seed=seed, workdir=workdir, reference=root / "in",
+                                       progress=progress),
+        }
+        retrain = force
+        for member, run_stage in stages.items():
+            path = root / member
+            lineage.paths[member] = path
+            if not retrain and _member_is_current(path, seed, recipe, member):
+                # the same seed and recipe prefix already built this member: reuse it (a later stage starts from it)
+                record = json.loads((path / TRAIN_RECORD).read_text()) if (path / TRAIN_RECORD).is_file() else {}
+                timings.update(record.get("timings", {}))
+                logs[member] = record.get("logs", [])
+                model = None
+                if progress:
+                    print(f"[frankeneval] {member}: reusing {path}")
+                continue
+            retrain = True  # every later stage starts from this new member
+            if model is None:
+                model = init_model(config, seed) if member == "base" else load_member(root / _PREVIOUS[member])[0]
             t0, c0 = time.perf_counter(), time.process_time()
             model.train()
-            logs[member] = run_stage()
-            timings[member] = round(time.perf_counter() - t0, 1)
-            timings[f"{member}_cpu"] = round(time.process_time() - c0, 1)
-            lineage.paths[member] = save_member(model, processor, config, root / member, spec=spec,
-                                                stamp=_stamp(seed, recipe, member))
+            logs[member] = run_stage(model)
+            stage_times = {member: round(time.perf_counter() - t0, 1), f"{member}_cpu": round(time.process_time() - c0, 1)}
+            timings.update(stage_times)
+            save_member(model, processor, config, path, spec=spec, stamp=_stamp(seed, recipe, member),
+                        record={"timings": stage_times, "logs": logs[member]})
             if progress:
-                print(f"[frankeneval] {member}: trained in {timings[member]:.0f} s -> {root / member}")
+                print(f"[frankeneval] {member}: trained in {stage_times[member]:.0f} s -> {path}")
     accuracy: dict[str, dict[str, dict[str, float]]] = {}
     if evaluate_members:
         t0 = time.perf_counter()

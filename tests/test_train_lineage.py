@@ -122,3 +122,40 @@ def test_full_build_accuracy_ordering():
         assert d["lo"] > 0, f"{pair} on alignment: {d}"
     acc = lineage.accuracy
     assert acc["base"]["perception"]["acc"] > 0.5  # Base really learned to see
+
+
+def test_changing_only_the_rl_recipe_reuses_base_and_in(smoke_lineage, monkeypatch, tmp_path):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(smoke_lineage.root, root)
+    before = {m: Checkpoint.open(root / m).read("model.layers.4.mlp.down_proj.weight") for m in ("base", "in")}
+
+    def boom(*a, **k):
+        raise AssertionError("retrained a stage whose recipe prefix did not change")
+
+    monkeypatch.setattr(tl, "train_sft", boom)
+    recipe = tl.Recipe(tl.SMOKE_RECIPE.base, tl.SMOKE_RECIPE.in_, tl.replace(tl.SMOKE_RECIPE.rl, steps=1))
+    again = tl.build_trained_lineage(root, seed=0, recipe=recipe, evaluate_members=False, progress=False)
+    for m in ("base", "in"):
+        assert torch.equal(before[m], Checkpoint.open(again.paths[m]).read("model.layers.4.mlp.down_proj.weight"))
+    rl_stamp = json.loads((root / "rl" / "frankeneval_lineage.json").read_text())
+    assert rl_stamp["recipe"]["rl"]["steps"] == 1
+    # a changed IN recipe retrains IN and RL but not Base
+    monkeypatch.undo()
+    calls = []
+    real_sft = tl.train_sft
+    monkeypatch.setattr(tl, "train_sft", lambda *a, **k: calls.append(k["name"]) or real_sft(*a, **k))
+    recipe2 = tl.Recipe(tl.SMOKE_RECIPE.base, tl.replace(tl.SMOKE_RECIPE.in_, steps=1), recipe.rl)
+    tl.build_trained_lineage(root, seed=0, recipe=recipe2, evaluate_members=False, progress=False)
+    assert calls == ["in"]
+
+
+def test_shows_work_is_a_fixed_per_item_fraction():
+    items = world.world_items("train", ("multiply",), 400, seed=0)
+    drawn = [tl.shows_work(it, 0.3) for it in items]
+    assert drawn == [tl.shows_work(it, 0.3) for it in items]  # deterministic
+    assert 0.22 < np.mean(drawn) < 0.38
+    assert all(tl.shows_work(it, 1.0) for it in items) and not any(tl.shows_work(it, 0.0) for it in items)
+    # a larger fraction shows the work of a superset of items
+    assert all(b for a, b in zip(drawn, (tl.shows_work(it, 0.6) for it in items)) if a)
