@@ -474,6 +474,19 @@ def write_vision_probes(out_dir: str | os.PathLike, *, n_per_task: int = 50, see
     return root
 
 
+def write_reasoning_gsm8k(path: str | os.PathLike, *, n: int = 100, seed: int = 0) -> Path:
+    """The first ``n`` held-out reasoning items as a GSM8K-format JSONL (``question``, ``answer`` "... #### N"),
+    so ``frankeneval localize-reasoning --dataset gsm8k --data PATH`` ablates layers on the world's reasoning axis."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{"question": it.question, "answer": f"{it.target(True)}\n#### {it.answer}", "id": it.id}
+            for it in world_items("test", "reasoning", n, seed)]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, path)
+    return path
+
+
 def iter_tasks() -> Iterator[tuple[str, str]]:
     """``(axis, task)`` for every evaluated task."""
     for axis in AXES:

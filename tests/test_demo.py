@@ -24,3 +24,25 @@ def test_demo_runs_all_stages_and_resumes(tmp_path):
     res2 = run_demo(out, lineage="random", fast=True, data=tmp_path, runner=again, localization=False,
                     progress=lambda s: None)
     assert again.calls == [] and res2.markdown == res.markdown
+
+
+def test_demo_on_the_trained_lineage_sweeps_the_world(tmp_path, monkeypatch):
+    """The default (trained) path: world tasks for the table, and both localization sweeps on the world's own
+    reasoning items and vision probe pairs (a few-step smoke lineage stands in for the full build)."""
+    import json
+
+    from frankeneval import demo
+    from frankeneval import train_lineage as tl
+
+    lin = tl.build_trained_lineage(tmp_path / "lineage", recipe=tl.SMOKE_RECIPE, evaluate_members=False,
+                                   progress=False)
+    monkeypatch.setattr(demo, "_lineage", lambda out, kind, log: lin)
+    runner = CountingRunner()
+    res = demo.run_demo(tmp_path / "demo", fast=True, runner=runner, progress=lambda s: None)
+    assert res.lineage == "trained" and res.tasks == ["franken_world"]
+    assert not res.failed_stages, res.failed_stages
+    assert len(runner.calls) == 8
+    reasoning = json.loads((tmp_path / "demo" / "localize" / "reasoning" / "reasoning_localization.json").read_text())
+    assert reasoning["n_questions"] == 8 and len(reasoning["layers"]) == tl.TRAINED_SPEC.num_hidden_layers
+    vision = json.loads((tmp_path / "demo" / "localize" / "vision" / "vision_localization.json").read_text())
+    assert set(vision["tasks"]) == {"counting", "ocr", "grounding", "recognition"}

@@ -277,3 +277,14 @@ def test_lmms_eval_tasks_read_the_written_world(tmp_path, monkeypatch):
                 else f"\\boxed{{{row['answer']}}}"
             assert task.process_results(doc, [good])["rule_acc"]["score"] == 1
             assert task.process_results(doc, ["zzz"])["rule_acc"]["score"] == 0
+
+
+def test_reasoning_items_in_gsm8k_format_feed_the_ablation_sweep(tmp_path):
+    from frankeneval.localize_reasoning import load_questions, question_prompt
+
+    path = world.write_reasoning_gsm8k(tmp_path / "r.jsonl", n=6, seed=0)
+    questions = load_questions("gsm8k", data=path, samples=0)
+    items = world.world_items("test", "reasoning", 6, seed=0)
+    assert [q.target for q in questions] == [it.answer for it in items]
+    # the sweep asks exactly what the world's reasoning task asks
+    assert [question_prompt(q.problem) for q in questions] == [it.prompt for it in items]

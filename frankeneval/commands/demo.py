@@ -2,9 +2,9 @@
 characterize -> splice the six Frankenstein variants -> evaluate IN, RL and the variants through lmms-eval on
 local tasks -> localization sweeps -> leaderboard (markdown printed, HTML / CSV / LaTeX written).
 
-    frankeneval demo                       # into ./frankeneval-demo
+    frankeneval demo                       # the trained miniature lineage (trained once, ~7 min; cached), into ./frankeneval-demo
     frankeneval demo --out runs/demo --fast
-    frankeneval demo --lineage trained     # the trained miniature lineage (trains once, minutes)
+    frankeneval demo --lineage random      # the random tiny lineage with planted updates (seconds; speed tests)
 
 Every stage is resumable: rerun the same command after an interruption.
 """
@@ -21,8 +21,9 @@ HELP = "the whole analysis on the built-in tiny lineage (no downloads, minutes o
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="frankeneval-demo", help="output folder (default ./frankeneval-demo)")
-    parser.add_argument("--lineage", choices=("auto", "trained", "random"), default="auto",
-                        help="trained miniature lineage or random tiny lineage (default: trained if built, else random)")
+    parser.add_argument("--lineage", choices=("trained", "random"), default="trained",
+                        help="the trained miniature lineage (default; built once and cached) or the random tiny lineage "
+                             "with planted updates (no training: for speed tests)")
     parser.add_argument("--fast", action="store_true", help="fewer items and tokens (CI)")
     parser.add_argument("--data", default=None, help="local data folder (FRANKENEVAL_DATA layout) to evaluate on")
     parser.add_argument("--no-localization", action="store_true", help="skip the localization sweeps")
