@@ -54,7 +54,7 @@ def _train_on_cpu() -> bool:
     return os.environ.get("FRANKENEVAL_TRAIN_DEVICE", "cpu") == "cpu"
 
 
-TRAINED_VERSION = 2  # bump when the recipe or the world changes what is built
+TRAINED_VERSION = 3  # bump when the recipe or the world changes what is built
 
 # The measured architecture: 5 LLM layers, hidden 96, vision depth 4; 84 x 84 images -> 9 visual tokens.
 TRAINED_SPEC: LineageSpec = replace(
@@ -128,7 +128,7 @@ PERCEPTION_MIX = (("count", 3.0), ("ocr", 2.0), ("colour", 1.0), ("yesno", 1.0),
 DEFAULT_RECIPE = Recipe(
     base=SFTStage(steps=1000, batch_size=32, learning_rate=1e-3, warmup_steps=30,
                   mix=(*PERCEPTION_MIX, ("caption", 0.5), ("arithmetic", 1.5))),
-    in_=SFTStage(steps=400, batch_size=32, learning_rate=5e-4, warmup_steps=10, worked=0.5,
+    in_=SFTStage(steps=1000, batch_size=32, learning_rate=5e-4, warmup_steps=10,
                  mix=(("multiply", 2.0), ("add", 2.0), ("word", 1.0), *((t, 0.25 * w) for t, w in PERCEPTION_MIX),
                       ("arithmetic", 0.5))),
     rl=RLStage(steps=170, prompts_per_step=16, num_generations=8, learning_rate=3e-5, beta=0.02, temperature=1.0,
