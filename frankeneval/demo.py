@@ -70,6 +70,34 @@ def _lineage(out: Path, kind: str, log: Callable[[str], None]):
     return write_lineage(out / "lineage", preset="tiny", seed=0, progress=False)
 
 
+def _sweep_commands(kind: str, model: Path, out: Path, *, sample_size: int, max_new: int, fast: bool,
+                    data_dir: Path | None) -> dict[str, list[str]]:
+    """The ``frankeneval`` argv of each localization sweep on ``model`` (the RL member).
+
+    Trained lineage: the world's own held-out reasoning items (GSM8K format) and probe pairs, without the
+    <think>/<answer> system prompt the name rule would pick for ".../rl" (the tiny models never saw it).
+    Random lineage: GSM8K from a local data folder when there is one, and the built-in rendered probes.
+    """
+    reasoning = ["localize-reasoning", "--model", str(model), "--dataset", "gsm8k", "--samples", str(sample_size),
+                 "--max-new-tokens", str(max_new), "--out", str(out / "localize" / "reasoning")]
+    vision_out = ["--out", str(out / "localize" / "vision")]
+    if kind == "trained":
+        from frankeneval import world
+
+        n_pairs = 4 if fast else 40
+        items = world.write_reasoning_gsm8k(out / "world_reasoning.jsonl", n=max(sample_size, 40))
+        probes = world.write_vision_probes(out / "probes", n_per_task=n_pairs)
+        return {"reasoning": reasoning[:5] + ["--data", str(items), "--reasoning-prompt", "off"] + reasoning[5:],
+                "vision": ["localize-vision", "--model", str(model), "--data", str(probes), "--samples", str(n_pairs),
+                           "--max-new-tokens", "24", *vision_out]}  # box answers are longer than a word
+    sweeps = {"vision": ["localize-vision", "--model", str(model), "--rendered", str(out / "probes"),
+                         "--samples", "2" if fast else "4", "--max-new-tokens", "8", *vision_out]}
+    if data_dir is not None:
+        sweeps = {"reasoning": reasoning[:5] + ["--data", str(data_dir / "gsm8k" / "test.jsonl")] + reasoning[5:],
+                  **sweeps}
+    return sweeps
+
+
 def run_demo(
     out: str | os.PathLike = "frankeneval-demo",
     *,
@@ -134,29 +162,8 @@ def run_demo(
     if localization:
         from frankeneval.cli import main as cli
 
-        sweeps = {"reasoning": ["localize-reasoning", "--model", str(lin.rl), "--dataset", "gsm8k",
-                                "--samples", str(sample_size), "--max-new-tokens", str(max_new),
-                                "--out", str(out / "localize" / "reasoning")],
-                  "vision": ["localize-vision", "--model", str(lin.rl), "--rendered", str(out / "probes"),
-                             "--samples", "2" if fast else "4", "--max-new-tokens", "8",
-                             "--out", str(out / "localize" / "vision")]}
-        if kind == "trained":  # the world's own held-out reasoning items and vision probe pairs
-            from frankeneval import world
-
-            n_pairs = 4 if fast else 40
-            reasoning_items = world.write_reasoning_gsm8k(out / "world_reasoning.jsonl", n=max(sample_size, 40))
-            # the tiny models never saw the <think>/<answer> system prompt the name rule would pick for ".../rl"
-            sweeps["reasoning"][5:5] = ["--data", str(reasoning_items), "--reasoning-prompt", "off"]
-            probes = world.write_vision_probes(out / "probes", n_per_task=n_pairs)
-            vision = sweeps["vision"]
-            i = vision.index("--rendered")
-            vision[i:i + 2] = ["--data", str(probes)]
-            vision[vision.index("--samples") + 1] = str(n_pairs)
-            vision[vision.index("--max-new-tokens") + 1] = "24"  # box answers are longer than a word
-        elif data_dir is not None:
-            sweeps["reasoning"][5:5] = ["--data", str(data_dir / "gsm8k" / "test.jsonl")]
-        else:
-            sweeps.pop("reasoning")
+        sweeps = _sweep_commands(kind, lin.rl, out, sample_size=sample_size, max_new=max_new, fast=fast,
+                                 data_dir=data_dir)
         for i, (name, argv) in enumerate(sweeps.items()):
             if stages.done(f"localize_{name}"):
                 progress(f"[demo 4/5] localization ({name}): done earlier")
