@@ -140,7 +140,6 @@ SMOKE_RECIPE = Recipe(
     rl=replace(DEFAULT_RECIPE.rl, steps=2, prompts_per_step=2, num_generations=4, max_completion_length=8),
 )
 TRAIN_RECORD = "frankeneval_training.json"  # per member: its stage's wall/CPU time and the trainer's log history
-_PREVIOUS = {"in": "base", "rl": "in"}
 STAGE_OFFSETS = {"base": 0, "in": 10_000_000, "rl": 20_000_000}  # disjoint item indices per stage
 
 
@@ -432,24 +431,30 @@ def trained_lineage_dir(seed: int = 0) -> Path:
     return default_cache_dir() / "lineages" / f"trained-seed{seed}-v{__version__}"
 
 
-_STAGE_FIELDS = {"base": ("base",), "in": ("base", "in_"), "rl": ("base", "in_", "rl")}
+_RECIPE_FIELD = dict(zip(MEMBERS, ("base", "in_", "rl")))  # member -> its Recipe field, in training order
+
+
+def _as_json(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists), so stamps compare with what is on disk."""
+    return json.loads(json.dumps(value))
 
 
 def _stamp(seed: int, recipe: Recipe, member: str) -> dict[str, Any]:
     """What determines a member: the seed, the versions and the recipe of its stage and the stages before it."""
-    stages = {k: v for k, v in recipe.to_json().items() if k in _STAGE_FIELDS[member]}
+    upto = MEMBERS.index(member) + 1
+    stages = {k: v for k, v in recipe.to_json().items() if k in {_RECIPE_FIELD[m] for m in MEMBERS[:upto]}}
     return {"preset": TRAINED_SPEC.name, "seed": seed, "frankeneval": __version__, "trained_version": TRAINED_VERSION,
             "world_version": world.WORLD_VERSION, "recipe": stages, "member": member}
 
 
 def _member_is_current(path: Path, seed: int, recipe: Recipe, member: str) -> bool:
     stamp = path / "frankeneval_lineage.json"
-    return stamp.is_file() and json.loads(stamp.read_text()) == json.loads(json.dumps(_stamp(seed, recipe, member)))
+    return stamp.is_file() and json.loads(stamp.read_text()) == _as_json(_stamp(seed, recipe, member))
 
 
 def _complete(root: Path, seed: int, recipe: Recipe) -> bool:
     summary = root / "lineage.json"
-    if not summary.is_file() or json.loads(summary.read_text()).get("recipe") != json.loads(json.dumps(recipe.to_json())):
+    if not summary.is_file() or json.loads(summary.read_text()).get("recipe") != _as_json(recipe.to_json()):
         return False
     return all(_member_is_current(root / m, seed, recipe, m) for m in MEMBERS)
 
@@ -516,7 +521,7 @@ def build_trained_lineage(
                 continue
             retrain = True  # every later stage starts from this new member
             if model is None:
-                model = init_model(config, seed) if member == "base" else load_member(root / _PREVIOUS[member])[0]
+                model = init_model(config, seed) if member == "base" else load_member(root / MEMBERS[MEMBERS.index(member) - 1])[0]
             t0, c0 = time.perf_counter(), time.process_time()
             model.train()
             logs[member] = run_stage(model)
