@@ -4,8 +4,11 @@ Three stages, with the field's libraries:
 
 * **Base** -- from random init, supervised (transformers ``Trainer``) on perception questions, short captions and
   bare text arithmetic (``Compute 3 * 7.`` -> ``\\boxed{21}``). Base never sees an alignment question.
-* **IN** -- Base after supervised fine-tuning (``Trainer``) on alignment questions with short worked solutions
-  (``2 red shapes, number 7. 2 * 7 = 14. \\boxed{14}``), a few word problems, and a replay of Base's data.
+* **IN** -- Base after supervised fine-tuning (``Trainer``) on alignment questions, a few word problems, and a
+  replay of Base's data. The cold-start replies come from two teachers: half of the alignment targets are short
+  worked solutions that read the image (``2 * 7 = 14. \\boxed{14}``), half are answer-only replies of a text-only
+  teacher that guesses the image's quantities (:meth:`frankeneval.world.WorldItem.blind_target`). IN imitates
+  both, so under greedy decoding it often answers without looking -- the policy-level deficit RL can correct.
 * **RL** -- IN after GRPO (TRL's ``GRPOTrainer``) with a 0/1 correctness reward on alignment and reasoning prompts.
 
 Each member is written in the hub layout (flat ``config.json``, sharded safetensors with hub tensor names,
@@ -91,6 +94,7 @@ class SFTStage:
     warmup_steps: int = 20
     weight_decay: float = 0.0
     worked: float = 1.0  # fraction of boxed targets that show the worked solution (the rest: the bare \boxed{})
+    blind: float = 0.0  # fraction of alignment targets from a text-only teacher (WorldItem.blind_target)
 
 
 @dataclass(frozen=True)
@@ -128,10 +132,10 @@ PERCEPTION_MIX = (("count", 3.0), ("ocr", 2.0), ("colour", 1.0), ("yesno", 1.0),
 DEFAULT_RECIPE = Recipe(
     base=SFTStage(steps=1000, batch_size=32, learning_rate=1e-3, warmup_steps=30,
                   mix=(*PERCEPTION_MIX, ("caption", 0.5), ("arithmetic", 1.5))),
-    in_=SFTStage(steps=1000, batch_size=32, learning_rate=5e-4, warmup_steps=10,
+    in_=SFTStage(steps=1000, batch_size=32, learning_rate=5e-4, warmup_steps=10, blind=0.5,
                  mix=(("multiply", 2.0), ("add", 2.0), ("word", 1.0), *((t, 0.25 * w) for t, w in PERCEPTION_MIX),
                       ("arithmetic", 0.5))),
-    rl=RLStage(steps=170, prompts_per_step=16, num_generations=8, learning_rate=3e-5, beta=0.02, temperature=1.0,
+    rl=RLStage(steps=120, prompts_per_step=16, num_generations=8, learning_rate=3e-5, beta=0.02, temperature=1.0,
                mix=(("multiply", 2.0), ("add", 2.0), ("word", 1.0))),
 )
 SMOKE_RECIPE = Recipe(
@@ -169,18 +173,35 @@ class WorldStream(torch.utils.data.Dataset):
         return world.world_item(self.seed, "train", task, idx)
 
 
+def _item_draw(tag: str, item: world.WorldItem, fraction: float) -> bool:
+    """A fixed per-item Bernoulli(``fraction``) draw from the item's content hash (independent across tags)."""
+    if fraction >= 1.0 or fraction <= 0.0:
+        return fraction >= 1.0
+    return zlib.crc32(f"{tag}:{item.key()}".encode()) % 10_000 < fraction * 10_000
+
+
 def shows_work(item: world.WorldItem, fraction: float) -> bool:
-    """Whether ``item``'s training target shows its worked solution: a fixed per-item draw (its content hash)."""
-    if fraction >= 1.0:
-        return True
-    return zlib.crc32(f"worked:{item.key()}".encode()) % 10_000 < fraction * 10_000
+    """Whether ``item``'s training target shows its worked solution."""
+    return _item_draw("worked", item, fraction)
+
+
+def from_blind_teacher(item: world.WorldItem, fraction: float) -> bool:
+    """Whether ``item``'s training target is the text-only teacher's (alignment items only)."""
+    return item.axis == "alignment" and _item_draw("blind", item, fraction)
+
+
+def training_target(item: world.WorldItem, *, worked: float = 1.0, blind: float = 0.0) -> str:
+    """The assistant reply an SFT stage trains on for ``item``."""
+    if from_blind_teacher(item, blind):
+        return item.blind_target()
+    return item.target(shows_work(item, worked))
 
 
 class ChatCollator:
     """Tokenizes world items as one user turn (image + prompt) and the assistant's target; loss on the target only."""
 
-    def __init__(self, processor, *, worked: float = 1.0):
-        self.processor, self.worked = processor, float(worked)
+    def __init__(self, processor, *, worked: float = 1.0, blind: float = 0.0):
+        self.processor, self.worked, self.blind = processor, float(worked), float(blind)
         tok = processor.tokenizer
         self.pad_id, self.end = tok.pad_token_id, "<|im_end|>"
 
@@ -189,7 +210,8 @@ class ChatCollator:
         prompts = [proc.apply_chat_template(it.messages(), add_generation_prompt=True, tokenize=False) for it in items]
         images = [it.image() for it in items if it.has_image]
         enc = proc(text=prompts, images=images or None, padding=False)
-        targets = tok([it.target(shows_work(it, self.worked)) + self.end for it in items], add_special_tokens=False)["input_ids"]
+        replies = [training_target(it, worked=self.worked, blind=self.blind) + self.end for it in items]
+        targets = tok(replies, add_special_tokens=False)["input_ids"]
         rows = [list(p) + list(t) for p, t in zip(enc["input_ids"], targets)]
         width = max(map(len, rows))
         input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
@@ -291,7 +313,7 @@ def train_sft(model, processor, stage: SFTStage, *, name: str, seed: int, workdi
 
     data = WorldStream(stage.mix, stage.steps * stage.batch_size, seed=seed, stage=name)
     trainer = Trainer(model=model, args=_training_args(workdir / name, stage, seed, progress), train_dataset=data,
-                      data_collator=ChatCollator(processor, worked=stage.worked))
+                      data_collator=ChatCollator(processor, worked=stage.worked, blind=stage.blind))
     trainer.train()
     model.eval()
     return trainer.state.log_history

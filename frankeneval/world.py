@@ -166,6 +166,20 @@ class WorldItem:
         steps = f"{self.solution} " if worked and self.solution else ""
         return f"{steps}\\boxed{{{self.answer}}}"
 
+    def blind_target(self) -> str:
+        """The reply of a text-only teacher that reads the question but cannot see the image.
+
+        It answers without working, guessing the image's quantities (a count of 1-3, a written 2-5: a fixed draw
+        per item) and applying the question's operation correctly -- so it is right only when its guess is.
+        Items that need no image are answered as :meth:`target` does.
+        """
+        if self.axis != "alignment":
+            return self.target(worked=False)
+        rng = random.Random(f"blind:{self.key()}")
+        n, digit = rng.randint(1, 3), rng.choice(ALIGNMENT_DIGITS)
+        guess = n * digit if self.task == "multiply" else n + digit
+        return f"\\boxed{{{guess}}}"
+
     def messages(self) -> list[dict[str, Any]]:
         """The user turn in chat format (image first, then the prompt), as a Qwen2.5-VL chat template takes it."""
         content: list[dict[str, Any]] = [{"type": "image"}] if self.has_image else []

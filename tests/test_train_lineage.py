@@ -130,9 +130,8 @@ def test_full_build_in_beats_base_and_base_sees(full_lineage):
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-@pytest.mark.xfail(reason="open (issue 10): no GRPO recipe tried so far beats IN on alignment by more than the "
-                          "95% interval; see README", strict=False)
 def test_full_build_rl_beats_in_on_alignment(full_lineage):
+    """GRPO's correctness reward lifts alignment beyond the paired 95% interval (IN half-learned to answer blind)."""
     d = full_lineage.accuracy["diffs"]["rl-in/alignment"]
     assert d["lo"] > 0, d
 
@@ -172,3 +171,22 @@ def test_shows_work_is_a_fixed_per_item_fraction():
     assert all(tl.shows_work(it, 1.0) for it in items) and not any(tl.shows_work(it, 0.0) for it in items)
     # a larger fraction shows the work of a superset of items
     assert all(b for a, b in zip(drawn, (tl.shows_work(it, 0.6) for it in items)) if a)
+
+
+def test_blind_teacher_answers_alignment_without_looking():
+    items = world.world_items("train", ("multiply", "add"), 400, seed=0)
+    blind = [tl.from_blind_teacher(it, 0.5) for it in items]
+    assert blind == [tl.from_blind_teacher(it, 0.5) for it in items] and 0.42 < np.mean(blind) < 0.58
+    replies = [tl.training_target(it, blind=0.5) for it, b in zip(items, blind) if b]
+    assert all(r.startswith("\\boxed{") and "=" not in r for r in replies)  # answer only, no working
+    # the guess does not read the image: recompute it from the question alone and check it is right ~ by chance
+    guessed = [int(r[len("\\boxed{"):-1]) for r in replies]
+    ops = [it.task for it, b in zip(items, blind) if b]
+    assert all(g in {n * d if op == "multiply" else n + d for n in (1, 2, 3) for d in world.ALIGNMENT_DIGITS}
+               for g, op in zip(guessed, ops))
+    hit = np.mean([str(g) == it.answer for g, it in zip(guessed, (it for it, b in zip(items, blind) if b))])
+    assert hit < 0.3
+    # sighted items keep the worked solution; perception and text items never come from the blind teacher
+    assert all("=" in tl.training_target(it, blind=0.5) for it, b in zip(items, blind) if not b)
+    word = world.world_items("train", ("word", "count"), 50, seed=0)
+    assert not any(tl.from_blind_teacher(it, 1.0) for it in word)
