@@ -61,6 +61,7 @@ SHAPES = ("circle", "square", "triangle")
 POSITIONS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
 DIGITS = tuple(range(2, 10))
 ALIGNMENT_DIGITS = tuple(range(2, 6))  # alignment: 1-3 shapes and a written 2-5
+ALIGNMENT_COUNTS = (1, 3)  # inclusive range of the shape count in alignment questions
 MATH_PROMPT = 'Please solve the problem step by step and put your answer in one "\\boxed{}".'
 AXES = ("perception", "alignment", "reasoning")
 AXIS_TASKS: dict[str, tuple[str, ...]] = {
@@ -176,7 +177,7 @@ class WorldItem:
         if self.axis != "alignment":
             return self.target(worked=False)
         rng = random.Random(f"blind:{self.key()}")
-        n, digit = rng.randint(1, 3), rng.choice(ALIGNMENT_DIGITS)
+        n, digit = rng.randint(*ALIGNMENT_COUNTS), rng.choice(ALIGNMENT_DIGITS)
         guess = n * digit if self.task == "multiply" else n + digit
         return f"\\boxed{{{guess}}}"
 
@@ -230,7 +231,7 @@ def make_item(task: str, rng: random.Random) -> WorldItem:
     colour, shape = rng.choice(list(COLOURS)), rng.choice(SHAPES)
     if task in ("count", "multiply", "add"):
         by_colour = task in ("count", "multiply") and (task == "multiply" or rng.random() < 0.5)
-        n = rng.randint(0, 4) if task == "count" else rng.randint(1, 3)
+        n = rng.randint(0, 4) if task == "count" else rng.randint(*ALIGNMENT_COUNTS)
         kinds = [(colour, rng.choice(SHAPES)) if by_colour else (rng.choice(list(COLOURS)), shape) for _ in range(n)]
         digit = rng.choice(ALIGNMENT_DIGITS) if task != "count" else None
         fixed = _place(rng, kinds, digit)
