@@ -6,7 +6,7 @@
 Phases (default: all, in this order; results accumulate in WORKDIR/bench_characterize-PRESET.json, so
 phases may be run in separate calls):
 
-* ``write``  -- write the random Base/IN/RL lineage (frankeneval.lineage.write_lineage; bf16 for the
+* ``write``  -- write the random Base/IN/RL lineage (frankeneval.miniature.lineage.write_lineage; bf16 for the
   full-size presets; generated on the GPU when there is one);
 * ``read``   -- ``cat`` every weight file of the three members to /dev/null;
 * ``energy`` -- ``characterize`` with spectra off (Frobenius norms, cosines) in a child process;
@@ -51,7 +51,7 @@ def weight_files(workdir: Path) -> list[Path]:
 
 
 def phase_write(args, lineage_dir: Path) -> dict:
-    from frankeneval.lineage import write_lineage
+    from frankeneval.miniature.lineage import write_lineage
 
     t = time.perf_counter()
     write_lineage(lineage_dir, preset=args.preset, seed=0, progress=not args.no_progress)
@@ -85,7 +85,8 @@ def child(args) -> None:
     """Runs in a fresh process so that ru_maxrss is this measurement's alone."""
     import torch
 
-    from frankeneval.characterize import CharacterizeSettings, characterize
+    from frankeneval.characterization.characterize import characterize
+    from frankeneval.characterization.measure import CharacterizeSettings
 
     lineage_dir, out = Path(args._child[0]), Path(args._child[1])
     settings = CharacterizeSettings(spectra=not args.energy_only, rank_r=args.rank_r)
@@ -104,9 +105,10 @@ def child(args) -> None:
 def phase_micro(args, lineage_dir: Path) -> dict:
     import torch
 
-    from frankeneval.characterize import plan_matrices, resolve_device
-    from frankeneval.checkpoint import Checkpoint
-    from frankeneval.spectra import as_matrix, gram, singular_values, top_singular_subspaces
+    from frankeneval.characterization.plan import plan_matrices
+    from frankeneval.characterization.rundir import resolve_device
+    from frankeneval.core.checkpoint import Checkpoint
+    from frankeneval.characterization.spectra import as_matrix, gram, singular_values, top_singular_subspaces
 
     dev = resolve_device(args.device)
     shapes = sorted({tuple(as_matrix(torch.empty(p.shape, device="meta")).shape) for p in plan_matrices(Checkpoint.open(lineage_dir / "base"))},

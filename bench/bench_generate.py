@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from frankeneval.generation import GenRequest, Generator
-from frankeneval.lineage import write_lineage
+from frankeneval.core.generation import GenRequest, Generator
+from frankeneval.miniature.lineage import write_lineage
 
 
 def make_requests(n: int, image_size: int, seed: int = 0) -> list[GenRequest]:

@@ -44,9 +44,9 @@ def _spread(items: list, k: int) -> list:
 def bench_vision(gen, pairs, layers, out: Path, args) -> dict:
     from PIL import Image
 
-    from frankeneval.generation import GenRequest
-    from frankeneval.interventions import SwapVisualKV
-    from frankeneval.localize_vision import run_vision_sweep, vision_units
+    from frankeneval.core.generation import GenRequest
+    from frankeneval.core.interventions import SwapVisualKV
+    from frankeneval.localization.vision import run_vision_sweep, vision_units
 
     shutil.rmtree(out, ignore_errors=True)
     units, _ = vision_units(pairs, layers)
@@ -73,7 +73,7 @@ def bench_vision(gen, pairs, layers, out: Path, args) -> dict:
         target = Image.open(pair.target_image).convert("RGB")
         source = Image.open(pair.source_image).convert("RGB")
         text = gen.generate([GenRequest(pair.text_prompt, [target])], max_new_tokens=args.max_new_tokens_vision,
-                            interventions=[[SwapVisualKV(source=source, from_layer=u.info["layer"] - 1)]],
+                            interventions=[[SwapVisualKV(source=source, from_layer=u.info["layer"])]],
                             batch_size=1)[0].text
         equal += text == got[(u.info["task"], u.info["pair"], u.info["layer"])]
     _sync()
@@ -89,9 +89,9 @@ def bench_vision(gen, pairs, layers, out: Path, args) -> dict:
 
 
 def bench_reasoning(gen, questions, layers, out: Path, args) -> dict:
-    from frankeneval.generation import GenRequest
-    from frankeneval.interventions import Ablate
-    from frankeneval.localize_reasoning import (
+    from frankeneval.core.generation import GenRequest
+    from frankeneval.core.interventions import Ablate
+    from frankeneval.localization.reasoning import (
         question_prompt,
         reasoning_units,
         run_reasoning_sweep,
@@ -115,7 +115,7 @@ def bench_reasoning(gen, questions, layers, out: Path, args) -> dict:
         q = by_index[u.info["index"]]
         L = u.info["layer"]
         text = gen.generate([GenRequest(question_prompt(q.problem))], max_new_tokens=args.max_new_tokens_reasoning,
-                            interventions=[[] if L is None else [Ablate((L - 1,))]], batch_size=1)[0].text
+                            interventions=[[] if L is None else [Ablate((L,))]], batch_size=1)[0].text
         equal += text == records[u.key]
     _sync()
     naive_subset_s = time.perf_counter() - t
@@ -126,7 +126,7 @@ def bench_reasoning(gen, questions, layers, out: Path, args) -> dict:
             "equal": equal, "max_new_tokens": args.max_new_tokens_reasoning}
 
 
-from frankeneval.runstore import RunStore  # noqa: E402
+from frankeneval.core.runstore import RunStore  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,10 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="auto")
     args = p.parse_args(argv)
 
-    from frankeneval.generation import Generator
-    from frankeneval.lineage import write_lineage
-    from frankeneval.localize_reasoning import load_questions
-    from frankeneval.localize_vision import load_probe_sets
+    from frankeneval.core.generation import Generator
+    from frankeneval.miniature.lineage import write_lineage
+    from frankeneval.localization.reasoning import load_questions
+    from frankeneval.localization.vision import load_probe_sets
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)

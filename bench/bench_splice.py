@@ -3,9 +3,9 @@
     python bench/bench_splice.py --preset qwen2.5-vl-7b --workdir /tmp/fe-bench     # GPU box
     python bench/bench_splice.py --preset tiny --workdir /tmp/fe-bench-tiny          # CPU smoke test
 
-Writes the lineage's ``in`` and ``rl`` members (frankeneval.lineage.write_lineage; kept for reuse), then for
+Writes the lineage's ``in`` and ``rl`` members (frankeneval.miniature.lineage.write_lineage; kept for reuse), then for
 each repeat: times ``cp -r`` of the ``in`` member, deletes the copy, times ``materialize`` of one variant
-(default ``in_early+rl_middle_late``: IN layers 0-8, RL layers 9-27 and non-layer parts from IN) in a child
+(default ``in_early+rl_middle_late``: IN layers 1-9, RL layers 10-28 (unified) and non-layer parts from IN) in a child
 process (so its peak RSS is its own, not the lineage writer's), deletes the output. Target (issue 3):
 splice time <= 1.3x cp time, peak host memory < 4 GB. Prints a table and writes ``bench_splice.json``.
 """
@@ -36,9 +36,9 @@ def _drop(path: Path) -> None:
 def child(args: argparse.Namespace) -> int:
     """Run one materialize in this (fresh) process and print its timing and peak RSS as JSON."""
     t_start = time.perf_counter()
-    from frankeneval.mergespec import MergeSpec
-    from frankeneval.recipes import PAPER_VARIANTS
-    from frankeneval.splice import materialize
+    from frankeneval.transferability.mergespec import MergeSpec
+    from frankeneval.transferability.recipes import PAPER_VARIANTS
+    from frankeneval.transferability.splice import materialize
 
     root = args.workdir / "lineage"
     sources = {"in": str(root / "in"), "rl": str(root / "rl")}
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     if args._child:
         return child(args)
 
-    from frankeneval.lineage import write_lineage
+    from frankeneval.miniature.lineage import write_lineage
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -27,3 +27,7 @@ class SpecError(FrankenevalError):
 
 class InterventionError(FrankenevalError):
     """An intervention cannot be applied to this input (bad layer, visual-token count mismatch, ...)."""
+
+
+class CorruptCheckpoint(FrankenevalError):
+    """A weights file or weights index is malformed (bad header, offsets outside the file, overlapping tensors, ...)."""

@@ -7,7 +7,8 @@
   (The variable also adds frankeneval's tasks folder to lmms-eval's task search path.)
 
 lm-eval has no entry-point group for models: use ``frankeneval-lm-eval`` /
-``python -m frankeneval.model_wrappers.franken_qwen_lm_eval`` (same flags as ``lm_eval``).
+``python -m frankeneval.model_wrappers.franken_qwen_lm_eval`` (same flags as ``lm_eval``; it also puts the lm-eval
+tasks ``franken_gsm8k`` / ``franken_math500`` on lm-eval's task path, and needs no lmms-eval).
 """
 
 from __future__ import annotations

@@ -1,34 +1,45 @@
 """``franken_qwen`` for lm-eval (text-only tasks), registered with ``lm_eval.api.registry.register_model``.
 
 lm-eval 0.4.13 discovers models only by import (no entry-point group), so run it through this module,
-which registers the model and then hands over to lm-eval's own CLI (same flags):
+which registers the model, adds frankeneval's lm-eval task folder (``franken_gsm8k``, ``franken_math500``: the
+repo's ``lm_eval_tasks/``, installed as ``frankeneval.lm_eval_tasks``) to lm-eval's task search path, and then
+hands over to lm-eval's own CLI (same flags; an ``--include_path`` of yours is searched too):
 
-    frankeneval-lm-eval --model franken_qwen --model_args pretrained=DIR --tasks gsm8k
+    frankeneval-lm-eval --model franken_qwen --model_args pretrained=DIR,device=cpu --tasks franken_gsm8k
     python -m frankeneval.model_wrappers.franken_qwen_lm_eval --model franken_qwen ...   # same thing
+
+This module needs lm-eval only (not lmms-eval); argument handling and generation are shared with the lmms-eval
+wrapper through :mod:`frankeneval.model_wrappers.model_args`.
 
 Model args: as the lmms-eval model (``pretrained``/``splice``, ``dtype``, ``device``, ``device_map``,
 ``attn_implementation``, ``batch_size``, ``max_batch_size``, ``max_new_tokens``, ``intervention``,
 ``system_prompt``) plus ``chat`` (default True: the context is the user turn of the chat template and the
 continuation / generation is the assistant's reply; False: raw text, as lm-eval's ``hf`` model).
+``device``, ``batch_size`` and ``max_batch_size`` may also come from lm-eval's ``--device`` / ``--batch_size`` /
+``--max_batch_size``; a value in ``--model_args`` wins (lm-eval always passes its defaults, e.g. ``device=cuda:0``).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from frankeneval.model_wrappers.franken_qwen import (
-    _int_or_none,
-    build_generator,
-    data_parallel,
-    merge_cli_defaults,
-    parse_batch_size,
-    read_system_prompt,
-    resolve_pretrained,
-)
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
 from frankeneval.errors import FrankenevalError
+from frankeneval.model_wrappers.model_args import (
+    build_generator,
+    data_parallel,
+    gen_settings,
+    generate_grouped,
+    int_or_none,
+    model_kwargs,
+    parse_batch_size,
+    parse_bool,
+    read_system_prompt,
+    resolve_pretrained,
+)
 
 LM_EVAL_ARGS = (
     "pretrained", "splice", "dtype", "device", "device_map", "attn_implementation", "batch_size", "max_batch_size",
@@ -38,7 +49,7 @@ LM_EVAL_ARGS = (
 
 @register_model("franken_qwen")
 class FrankenQwenLM(LM):
-    """lm-eval model over ``frankeneval.generation.Generator`` (text only)."""
+    """lm-eval model over ``frankeneval.core.generation.Generator`` (text only)."""
 
     def __init__(
         self,
@@ -60,28 +71,37 @@ class FrankenQwenLM(LM):
         super().__init__()
         if kwargs:
             raise FrankenevalError(f"franken_qwen: unknown model args {sorted(kwargs)}; known: {', '.join(LM_EVAL_ARGS)}")
-        from frankeneval.interventions import parse_intervention_spec
+        from frankeneval.core.interventions import parse_intervention_spec
 
-        self.interventions = parse_intervention_spec(intervention)
         self.batch_size_arg = parse_batch_size(batch_size)
         self.max_new_tokens = int(max_new_tokens)
         self.system_prompt = read_system_prompt(system_prompt)
-        self.chat = str(chat).lower() not in ("false", "0", "no")
+        self.chat = parse_bool(chat)
         self.max_length = int(max_length)
         self.accelerator, self._rank, self._world_size, dp_device = data_parallel()
         args = dict(
             pretrained=resolve_pretrained(pretrained, splice), dtype=dtype, device_map=device_map,
-            attn_implementation=attn_implementation, max_batch_size=_int_or_none(max_batch_size),
+            attn_implementation=attn_implementation, max_batch_size=int_or_none(max_batch_size),
         )
         self.generator = build_generator(args, dp_device or device)
         self._device = self.generator.device
+        # unified LLM layers (ablate:12 = decoder layer 11); parsed with the model's depth for layer words
+        self.interventions = parse_intervention_spec(intervention, n_layers=self.generator.n_llm_layers)
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
-        """``--model_args`` override the CLI's ``--batch_size`` / ``--device`` defaults."""
+        """As lm-eval's, but a value in ``--model_args`` wins over lm-eval's ``--batch_size`` / ``--device`` /
+        ``--max_batch_size`` (instead of a duplicate-keyword error): see :mod:`frankeneval.model_wrappers.model_args`."""
         from lm_eval.utils import simple_parse_args_string
 
-        return cls(**merge_cli_defaults(simple_parse_args_string(arg_string), additional_config))
+        return cls(**model_kwargs(arg_string, additional_config, simple_parse_args_string))
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None):
+        """The path lm-eval 0.4.x's CLI takes (model args already a dict); same rule as :meth:`create_from_arg_string`."""
+        from lm_eval.utils import simple_parse_args_string
+
+        return cls(**model_kwargs(arg_dict, additional_config, simple_parse_args_string))
 
     @property
     def rank(self):
@@ -95,41 +115,23 @@ class FrankenQwenLM(LM):
     def device(self):
         return self._device
 
-    def _rows(self, n: int):
-        return [self.interventions] * n if self.interventions else None
-
     def generate_until(self, requests) -> list[str]:
-        from frankeneval.generation import GenRequest
+        from frankeneval.core.generation import GenRequest
 
-        results: list[str | None] = [None] * len(requests)
-        groups: dict[tuple, list[int]] = {}
-        stops: list[list[str]] = []
-        for i, req in enumerate(requests):
-            context, gen_kwargs = req.args
-            gk = dict(gen_kwargs or {})
-            until = gk.pop("until", None)
-            stops.append([until] if isinstance(until, str) else list(until or []))
-            temperature = float(gk.get("temperature") or 0.0)
-            do_sample = bool(gk.get("do_sample", False)) or temperature > 0
-            key = (
-                int(gk.get("max_gen_toks") or gk.get("max_new_tokens") or self.max_new_tokens),
-                do_sample, temperature if do_sample else None, gk.get("top_p") if do_sample else None,
-            )
-            groups.setdefault(key, []).append(i)
-        for (max_new, do_sample, temperature, top_p), idx in groups.items():
-            if self.chat:
-                reqs = [GenRequest(requests[i].args[0], [], self.system_prompt) for i in idx]
-                outs = self.generator.generate(
-                    reqs, max_new_tokens=max_new, do_sample=do_sample, temperature=temperature, top_p=top_p,
-                    stop=[stops[i] for i in idx], batch_size=self.batch_size_arg, interventions=self._rows(len(idx)),
-                )
-                texts = [o.text for o in outs]
-            else:
-                raise FrankenevalError("generate_until with chat=False is not supported; use chat=True")
+        if not self.chat:
+            raise FrankenevalError("generate_until with chat=False is not supported; use chat=True")
+        parsed = [gen_settings(req.args[1], self.max_new_tokens, max_keys=("max_gen_toks", "max_new_tokens"))
+                  for req in requests]
+
+        def done(idx: list[int], texts: list[str]) -> None:
             for i, text in zip(idx, texts):
-                results[i] = text
                 self.cache_hook.add_partial("generate_until", requests[i].args, text)
-        return results  # type: ignore[return-value]
+
+        return generate_grouped(
+            self.generator, lambda i: GenRequest(requests[i].args[0], [], self.system_prompt), [p[0] for p in parsed],
+            [p[1] for p in parsed], batch_size=self.batch_size_arg, interventions=self.interventions or None,
+            on_group=done,
+        )
 
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:
         out = []
@@ -163,10 +165,43 @@ class FrankenQwenLM(LM):
         return out
 
 
+def lm_eval_tasks_path() -> Path:
+    """The folder of frankeneval's lm-eval task YAMLs (the repo's ``lm_eval_tasks/``)."""
+    import frankeneval.lm_eval_tasks
+
+    return Path(frankeneval.lm_eval_tasks.__file__).resolve().parent
+
+
+def use_frankeneval_tasks() -> None:
+    """Make every lm-eval ``TaskManager`` made from now on in this process also search :func:`lm_eval_tasks_path`
+    (first, so a user's ``--include_path`` can override a task of the same name)."""
+    import lm_eval.tasks
+
+    base = lm_eval.tasks.TaskManager
+    if getattr(base, "_frankeneval", False):
+        return
+    ours = str(lm_eval_tasks_path())
+
+    class TaskManager(base):  # type: ignore[misc,valid-type]
+        _frankeneval = True
+
+        def __init__(self, *args, include_path=None, **kwargs):
+            given = [] if include_path is None else list(include_path) if isinstance(include_path, (list, tuple)) \
+                else [include_path]
+            super().__init__(*args, include_path=[ours, *[p for p in given if str(p) != ours]], **kwargs)
+
+    TaskManager.__doc__ = base.__doc__
+    lm_eval.tasks.TaskManager = TaskManager
+    import lm_eval.evaluator  # simple_evaluate(task_manager=None) makes its own
+
+    lm_eval.evaluator.TaskManager = TaskManager
+
+
 def main() -> None:
-    """lm-eval's CLI with ``franken_qwen`` registered."""
+    """lm-eval's CLI with ``franken_qwen`` registered and frankeneval's lm-eval tasks on the search path."""
     from lm_eval.__main__ import cli_evaluate
 
+    use_frankeneval_tasks()
     cli_evaluate()
 
 

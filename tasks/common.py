@@ -1,4 +1,11 @@
-"""Shared hooks of the frankeneval lmms-eval tasks (imported by each task folder's ``utils.py``).
+"""What every frankeneval task shares; each benchmark's own hooks live in its folder's ``utils.py``
+(``gsm8k/``, ``math500/``, ``mathvista/``, ``probes/``, ``franken_world/``), as lmms-eval's own tasks are organised.
+
+Shared here: the task settings (:class:`TaskSettings`), judge access (:func:`get_judge`, :func:`judge_fields`), the
+instruction of the math benchmarks, image opening, the aggregations (:func:`mean_score`, :func:`count`) and the
+lmms-eval task base class ``FrankenTask``, whose data come from the folder's ``build_docs(spec, settings)`` (each
+folder's ``utils.FrankenTask`` is ``lmms_task(build_docs)``; both are made on first use, so the hooks import without
+lmms-eval). The lm-eval tasks (``lm_eval_tasks/``) reuse the folders' data, prompt and scoring functions.
 
 Every task YAML names ``class: !function utils.FrankenTask``; its ``dataset_kwargs`` say *what* to load
 (``benchmark``, MathVista ``category`` and ``control``, or ``probe_task``) and its ``metadata`` may carry task
@@ -28,29 +35,19 @@ whose judging failed is left out of ``judge_acc`` and counted in ``judge_error``
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from frankeneval import scoring
-from frankeneval.data import (
-    DEFAULT_SAMPLE_SEED,
-    DEFAULT_SAMPLE_SIZE,
-    DataNotFound,
-    load_benchmark_rows,
-    subsample_indices,
-)
+from frankeneval.core import scoring
+from frankeneval.core.data import DEFAULT_SAMPLE_SEED, DEFAULT_SAMPLE_SIZE, DataNotFound
 from frankeneval.errors import FrankenevalError
 
 INSTRUCTION = 'Please solve the problem step by step and put your answer in one "\\boxed{}".'
 
-try:  # lmms-eval is a dependency; keep the scoring hooks importable without it
-    from lmms_eval.api.task import ConfigurableTask
-except Exception:  # pragma: no cover
-    ConfigurableTask = object  # type: ignore[assignment,misc]
 
 
 # --------------------------------------------------------------------------- settings
@@ -111,8 +108,8 @@ _JUDGES_LOCK = threading.Lock()
 
 
 def get_judge(settings: TaskSettings):
-    """One :class:`frankeneval.grading.Judge` per (model, server, cache) in this process."""
-    from frankeneval.grading import Judge, JudgeConfig
+    """One :class:`frankeneval.core.grading.Judge` per (model, server, cache) in this process."""
+    from frankeneval.core.grading import Judge, JudgeConfig
 
     key = (settings.judge_model, settings.judge_base_url, settings.judge_cache)
     with _JUDGES_LOCK:
@@ -122,222 +119,11 @@ def get_judge(settings: TaskSettings):
         return _JUDGES[key]
 
 
-# --------------------------------------------------------------------------- docs
+# --------------------------------------------------------------------------- shared hooks
 
 
-def _choices_block(choices) -> str:
-    if not choices:
-        return ""
-    return "\n\nChoices:\n" + "\n".join(f"{chr(ord('A') + i)}. {c}" for i, c in enumerate(choices))
-
-
-def _mathvista_doc(row: dict, control: str | None) -> dict:
-    md = row.get("metadata") or {}
-    image = row.get("decoded_image")
-    return {
-        "id": str(row["pid"]),
-        "pid": str(row["pid"]),
-        "question": row["question"],
-        "choices": list(row.get("choices") or []),
-        "unit": row.get("unit") or "",
-        "precision": float(row["precision"]) if row.get("precision") is not None else 0.0,
-        "answer": str(row["answer"]),
-        "target": str(row["answer"]),
-        "question_type": row["question_type"],
-        "answer_type": row["answer_type"],
-        "category": md.get("category", ""),
-        "img_width": int(md.get("img_width") or 0),
-        "img_height": int(md.get("img_height") or 0),
-        "image_path": row.get("image_path") or "",
-        "decoded_image": image,
-        "caption_bard": row.get("caption_bard") or "",
-        "control": control or "image",
-        "description": "",
-        "description_source": "",
-    }
-
-
-def _rows_list(rows) -> list[dict]:
-    return rows if isinstance(rows, list) else [dict(r) for r in rows]
-
-
-def build_docs(spec: dict, settings: TaskSettings) -> list[dict]:
-    """The (sub-sampled) docs of one task: ``spec`` is the YAML's ``dataset_kwargs``."""
-    benchmark = spec.get("benchmark")
-    k, seed = settings.sample_size, settings.sample_seed
-    if benchmark == "gsm8k":
-        rows = load_benchmark_rows("gsm8k", settings.data_path)
-        idx = subsample_indices(len(rows), k, seed)
-        return [{"id": f"gsm8k_{i}", "question": rows[i]["question"], "answer": rows[i]["answer"],
-                 "target": scoring.extract_gsm8k_target(rows[i]["answer"])} for i in idx]
-    if benchmark == "math500":
-        rows = load_benchmark_rows("math500", settings.data_path)
-        idx = subsample_indices(len(rows), k, seed)
-        return [{"id": str(rows[i].get("unique_id", f"math500_{i}")), "problem": rows[i]["problem"],
-                 "target": str(rows[i]["answer"]), "subject": str(rows[i].get("subject", "")),
-                 "level": str(rows[i].get("level", ""))} for i in idx]
-    if benchmark == "mathvista":
-        return _build_mathvista(spec, settings)
-    if benchmark == "probes":
-        return _build_probes(spec["probe_task"], settings)
-    raise FrankenevalError(f"task dataset_kwargs.benchmark must be gsm8k, math500, mathvista or probes, not {benchmark!r}")
-
-
-def _build_mathvista(spec: dict, settings: TaskSettings) -> list[dict]:
-    control = spec.get("control") or None
-    category = spec.get("category") or None
-    rows = load_benchmark_rows("mathvista", settings.data_path)
-    if category:
-        if isinstance(rows, list):
-            rows = [r for r in rows if (r.get("metadata") or {}).get("category") == category]
-        else:
-            rows = rows.filter(lambda m: m["category"] == category, input_columns="metadata")
-    idx = subsample_indices(len(rows), settings.sample_size, settings.sample_seed)
-    selected = [rows[i] for i in idx] if isinstance(rows, list) else _rows_list(rows.select(idx))
-    docs = [_mathvista_doc(r, control) for r in selected]
-    if control is None or control == "blackdesc":
-        needs_pixels = control is None or _description_source(settings) == "judge"
-        missing = [d for d in docs if d["decoded_image"] is None and not Path(d["image_path"]).is_file()]
-        if needs_pixels and missing:
-            raise DataNotFound(
-                f"MathVista images not found: {len(missing)} of {len(docs)} selected rows lack their image "
-                f"(e.g. {missing[0]['image_path']}). Put the images at images/<pid>.jpg next to testmini.jsonl "
-                "(the hub dataset's layout), or unset FRANKENEVAL_DATA to read AI4Math/MathVista from the hub. "
-                "The black-image controls need no images."
-            )
-    if control == "blackdesc":
-        _add_descriptions(docs, settings)
-    for d in docs:
-        if control is not None:
-            d["decoded_image"] = None  # the controls never show the image
-    return docs
-
-
-def _description_source(settings: TaskSettings) -> str:
-    if settings.description_source == "auto":
-        return "judge" if settings.judge else "caption_bard"
-    return settings.description_source
-
-
-def _add_descriptions(docs: list[dict], settings: TaskSettings) -> None:
-    """Fill ``description`` / ``description_source`` (judge-written and cached, or the data's ``caption_bard``)."""
-    source = _description_source(settings)
-    judge = get_judge(settings) if source == "judge" else None
-    for d in docs:
-        if judge is not None:
-            from frankeneval.grading import JudgeUnavailable
-
-            try:
-                d["description"], d["description_source"] = judge.describe_image(_open_image(d)), "judge"
-                continue
-            except JudgeUnavailable:
-                pass
-        if d["caption_bard"]:
-            d["description"], d["description_source"] = d["caption_bard"], "caption_bard"
-        else:
-            d["description"], d["description_source"] = "", "missing"
-    n_missing = sum(d["description_source"] == "missing" for d in docs)
-    if n_missing:
-        try:
-            from loguru import logger
-
-            logger.warning(f"black-image + description: {n_missing} of {len(docs)} items have no description "
-                           "(no caption_bard and no judge); they are shown with an empty description.")
-        except ImportError:  # pragma: no cover
-            pass
-
-
-def _probe_folder(task: str, settings: TaskSettings) -> Path:
-    if settings.data_path:
-        root = Path(settings.data_path).expanduser()
-        for c in (root / "vision_probes", root):
-            if (c / task / "data.jsonl").is_file() or (c / "data.jsonl").is_file():
-                return c
-        raise DataNotFound(
-            f"probe task {task}: no {root / 'vision_probes' / task / 'data.jsonl'}; point FRANKENEVAL_DATA "
-            "(or data_path) at a folder in the vision_probes format, or unset it to use the built-in rendered probes."
-        )
-    from frankeneval.probes import write_probe_pairs
-
-    cache = Path(settings.probe_cache or Path.home() / ".cache" / "frankeneval" / "probes").expanduser()
-    write_probe_pairs(cache, tasks=[task], n=100, seed=0)
-    return cache
-
-
-def _build_probes(task: str, settings: TaskSettings) -> list[dict]:
-    from frankeneval.probes import load_probe_pairs
-
-    pairs = load_probe_pairs(_probe_folder(task, settings), task)
-    idx = subsample_indices(len(pairs), settings.sample_size, settings.sample_seed)
-    docs = []
-    for i in idx:
-        p = pairs[i]
-        target = p.answer("target")
-        docs.append({"id": p.id, "task": task, "prompt": p.text_prompt, "image_path": str(p.target_image),
-                     "target": json.dumps(target) if isinstance(target, list) else str(target),
-                     "meta": json.dumps(p.meta)})
-    return docs
-
-
-# --------------------------------------------------------------------------- lmms-eval task class
-
-
-class FrankenTask(ConfigurableTask):  # type: ignore[misc,valid-type]
-    """A ConfigurableTask whose data come from :mod:`frankeneval.data` (hub or local), sub-sampled as the paper."""
-
-    def __init__(self, *args, config: dict | None = None, **kwargs) -> None:
-        if config is not None:
-            config = dict(config)
-            config.pop("class", None)
-        super().__init__(*args, config=config, **kwargs)
-
-    def download(self, dataset_kwargs: dict | None = None) -> None:
-        import datasets
-
-        self.settings = TaskSettings.resolve(self.config.metadata if isinstance(self.config.metadata, dict) else None)
-        docs = build_docs(dict(dataset_kwargs or {}), self.settings)
-        if not docs:
-            raise FrankenevalError(f"task {self.config.task}: no items selected")
-        has_pixels = any(d.get("decoded_image") is not None for d in docs)
-        if not has_pixels:
-            for d in docs:
-                d.pop("decoded_image", None)
-        split = self.config.test_split
-        self.dataset = datasets.DatasetDict({split: datasets.Dataset.from_list(docs)})
-        no_media = self.dataset[split].remove_columns(["decoded_image"]) if has_pixels else self.dataset[split]
-        self.dataset_no_image = datasets.DatasetDict({split: no_media})
-
-    def process_results(self, doc, results, full_docs=None):  # noqa: D401 - lmms-eval hook
-        if results and isinstance(results[0], list):
-            results = results[0]
-        results = [r.strip() if r is not None else "" for r in results]
-        return self.config.process_results(doc, results, settings=getattr(self, "settings", None))
-
-
-# --------------------------------------------------------------------------- prompt hooks
-
-
-def gsm8k_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
-    return f"{INSTRUCTION}\n\n{doc['question']}"
-
-
-def math500_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
-    return f"{INSTRUCTION}\n\n{doc['problem']}"
-
-
-def mathvista_question(doc: dict) -> str:
-    """The question and, for multiple choice, a blank line, ``Choices:`` and ``A. …`` lines."""
-    return doc["question"] + _choices_block(doc.get("choices"))
-
-
-def mathvista_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
-    if doc.get("control") == "blackdesc":
-        return (f"{INSTRUCTION}\n\nImage Description: {doc.get('description', '')}\n\n"
-                f"Question: {mathvista_question(doc)}")
-    return f"{INSTRUCTION}\n\n{mathvista_question(doc)}"
-
-
-def _open_image(doc: dict):
+def open_image(doc: dict):
+    """The doc's image as RGB: its ``decoded_image``, else the file at ``image_path``."""
     from PIL import Image
 
     if doc.get("decoded_image") is not None:
@@ -349,34 +135,9 @@ def _open_image(doc: dict):
         return im.convert("RGB")
 
 
-def black_image(width: int, height: int):
-    """An all-black RGB image of the given size."""
-    from PIL import Image
-
-    if width <= 0 or height <= 0:
-        raise FrankenevalError(f"black-image control needs the image size, got {width}x{height}")
-    return Image.new("RGB", (int(width), int(height)), (0, 0, 0))
-
-
-def mathvista_doc_to_visual(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> list:
-    if doc.get("control") in ("black", "blackdesc"):
-        return [black_image(doc["img_width"], doc["img_height"])]
-    return [_open_image(doc)]
-
-
-def probe_doc_to_visual(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> list:
-    return [_open_image(doc)]
-
-
-def probe_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
-    return doc["prompt"]
-
-
-# --------------------------------------------------------------------------- scoring hooks
-
-
-def _judge_fields(settings: TaskSettings, doc_id: str, rule_ok: bool, question: str, choices, target: str,
-                  response: str) -> dict:
+def judge_fields(settings: TaskSettings, doc_id: str, rule_ok: bool, question: str, choices, target: str,
+                 response: str) -> dict:
+    """``judge_acc`` / ``judge_error`` of one sample (rules first: a rule-correct sample costs no judge call)."""
     if rule_ok:
         return {"judge_acc": {"id": doc_id, "score": 1, "judged_by": "rule"}, "judge_error": 0}
     j = get_judge(settings).judge(question, choices, target, response)
@@ -386,7 +147,8 @@ def _judge_fields(settings: TaskSettings, doc_id: str, rule_ok: bool, question: 
                           "extracted": j.extracted_answer, "reason": j.reason}, "judge_error": 0}
 
 
-def _math_results(doc: dict, results: list[str], settings: TaskSettings | None, question: str, *, gsm8k: bool) -> dict:
+def math_results(doc: dict, results: list[str], settings: TaskSettings | None, question: str, *, gsm8k: bool) -> dict:
+    """``rule_acc`` (and the judge's metrics when on) of a free-form math answer (GSM8K, MATH-500)."""
     settings = settings or TaskSettings.resolve()
     response = results[0] if results else ""
     extracted, method = scoring.extract_final_answer(response, allow_hashes=gsm8k)
@@ -394,35 +156,71 @@ def _math_results(doc: dict, results: list[str], settings: TaskSettings | None, 
     out: dict[str, Any] = {"rule_acc": {"id": doc["id"], "score": int(ok), "extracted": extracted, "method": method,
                                         "target": doc["target"]}}
     if settings.judge:
-        out.update(_judge_fields(settings, doc["id"], ok, question, None, doc["target"], response))
+        out.update(judge_fields(settings, doc["id"], ok, question, None, doc["target"], response))
     return out
 
 
-def gsm8k_process_results(doc: dict, results: list[str], settings: TaskSettings | None = None) -> dict:
-    return _math_results(doc, results, settings, doc["question"], gsm8k=True)
+# --------------------------------------------------------------------------- lmms-eval task class
+# Made on first use, not at import: the lm-eval tasks import the folders' hooks without paying for (or needing)
+# lmms-eval. ``common.FrankenTask`` is the base class; a folder's ``utils.FrankenTask`` is ``lmms_task(build_docs)``.
 
 
-def math500_process_results(doc: dict, results: list[str], settings: TaskSettings | None = None) -> dict:
-    return _math_results(doc, results, settings, doc["problem"], gsm8k=False)
+@functools.lru_cache(maxsize=None)
+def _lmms_task_base() -> type:
+    from lmms_eval.api.task import ConfigurableTask
+
+    class FrankenTask(ConfigurableTask):
+        """A ConfigurableTask whose data come from :mod:`frankeneval.core.data` (hub or local), sub-sampled as the
+        paper; :meth:`build_docs` (set by :func:`lmms_task`) makes the docs from the YAML's ``dataset_kwargs``."""
+
+        def __init__(self, *args, config: dict | None = None, **kwargs) -> None:
+            if config is not None:
+                config = dict(config)
+                config.pop("class", None)
+            super().__init__(*args, config=config, **kwargs)
+
+        @staticmethod
+        def build_docs(spec: dict, settings: TaskSettings) -> list[dict]:
+            raise NotImplementedError("a task folder's FrankenTask sets build_docs (common.lmms_task)")
+
+        def download(self, dataset_kwargs: dict | None = None) -> None:
+            import datasets
+
+            self.settings = TaskSettings.resolve(self.config.metadata if isinstance(self.config.metadata, dict) else None)
+            docs = self.build_docs(dict(dataset_kwargs or {}), self.settings)
+            if not docs:
+                raise FrankenevalError(f"task {self.config.task}: no items selected")
+            has_pixels = any(d.get("decoded_image") is not None for d in docs)
+            if not has_pixels:
+                for d in docs:
+                    d.pop("decoded_image", None)
+            split = self.config.test_split
+            self.dataset = datasets.DatasetDict({split: datasets.Dataset.from_list(docs)})
+            no_media = self.dataset[split].remove_columns(["decoded_image"]) if has_pixels else self.dataset[split]
+            self.dataset_no_image = datasets.DatasetDict({split: no_media})
+
+        def process_results(self, doc, results, full_docs=None):  # noqa: D401 - lmms-eval hook
+            if results and isinstance(results[0], list):
+                results = results[0]
+            results = [r.strip() if r is not None else "" for r in results]
+            return self.config.process_results(doc, results, settings=getattr(self, "settings", None))
+
+    FrankenTask.__module__ = __name__
+    FrankenTask.__qualname__ = "FrankenTask"
+    return FrankenTask
 
 
-def mathvista_process_results(doc: dict, results: list[str], settings: TaskSettings | None = None) -> dict:
-    settings = settings or TaskSettings.resolve()
-    response = results[0] if results else ""
-    ok, pred = scoring.mathvista_correct(response, doc)
-    out: dict[str, Any] = {"rule_acc": {"id": doc["id"], "score": int(ok), "prediction": pred, "target": doc["target"],
-                                        "category": doc.get("category", ""), "control": doc.get("control", "image")}}
-    if settings.judge:
-        out.update(_judge_fields(settings, doc["id"], ok, doc["question"], list(doc.get("choices") or []),
-                                 doc["target"], response))
-    return out
+def lmms_task(build_docs) -> type:
+    """The lmms-eval task class (a ``FrankenTask``) whose docs are ``build_docs(spec, settings)``."""
+    base = _lmms_task_base()
+    return type("FrankenTask", (base,), {"build_docs": staticmethod(build_docs), "__module__": build_docs.__module__,
+                                         "__doc__": f"The lmms-eval task over {build_docs.__module__}.build_docs."})
 
 
-def probe_process_results(doc: dict, results: list[str], settings: TaskSettings | None = None) -> dict:
-    response = results[0] if results else ""
-    ok = scoring.probe_correct(doc["task"], response, json.loads(doc["meta"]), "target")
-    return {"rule_acc": {"id": doc["id"], "score": int(ok), "answer": scoring.short_answer(response)[:200],
-                         "target": doc["target"]}}
+def __getattr__(name: str):  # PEP 562: ``common.FrankenTask`` imports lmms-eval on first use
+    if name == "FrankenTask":
+        return _lmms_task_base()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------- aggregation

@@ -13,7 +13,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def tiny_lineage(tmp_path_factory):
     """The built-in tiny random lineage (base/, in/, rl/), written once per session in a temp dir."""
-    from frankeneval.lineage import write_lineage
+    from frankeneval.miniature.lineage import write_lineage
 
     return write_lineage(tmp_path_factory.mktemp("lineage"), preset="tiny", seed=0, progress=False)
 

@@ -11,33 +11,31 @@ import numpy as np
 import pytest
 import torch
 
-import frankeneval.characterize as ch
-from frankeneval.characterize import (
-    CharacterizeSettings,
-    LineageRef,
-    characterize,
-    compare,
-    load_records,
-    plan_matrices,
-    stream_tensors,
-)
-from frankeneval.checkpoint import Checkpoint
+import frankeneval.characterization.characterize as ch
+from frankeneval.characterization.characterize import characterize
+from frankeneval.characterization.compare import LineageRef, compare
+from frankeneval.characterization.measure import CharacterizeSettings
+from frankeneval.characterization.plan import plan_matrices
+from frankeneval.characterization.schema import COMPARE_FILE, MATRICES_FILE
+from frankeneval.core.results import read_jsonl
+from frankeneval.core.tensor_stream import stream_tensors
+from frankeneval.core.checkpoint import Checkpoint
 from frankeneval.errors import ArchitectureMismatch, SpecError
-from frankeneval.lineage import planted_rl_layers
+from frankeneval.miniature.lineage import planted_rl_layers
 
 
 @pytest.fixture(scope="module")
 def full_run(tiny_lineage, tmp_path_factory):
     out = tmp_path_factory.mktemp("char")
     summary = characterize(tiny_lineage.base, tiny_lineage.in_, tiny_lineage.rl, out, device="cpu", progress=False)
-    return out, summary, {r["name"]: r for r in load_records(out / ch.MATRICES_FILE)}
+    return out, summary, {r["name"]: r for r in read_jsonl(out / MATRICES_FILE)}
 
 
 def test_every_analysed_matrix_is_measured_once(full_run, tiny_lineage):
     out, summary, records = full_run
     plan = plan_matrices(Checkpoint.open(tiny_lineage.base))
     assert sorted(records) == sorted(p.name for p in plan)
-    assert len(load_records(out / ch.MATRICES_FILE)) == len(plan)
+    assert len(read_jsonl(out / MATRICES_FILE)) == len(plan)
     assert summary["complete"] and summary["n_matrices"] == len(plan)
     for r in records.values():
         assert len(r["shape"]) >= 2 and r["component"] != "norm" and r["name"].endswith(".weight")
@@ -115,7 +113,7 @@ def test_aggregates_are_means_and_sums_of_records(full_run):
 def test_energy_only_matches_full_run(tiny_lineage, tmp_path, full_run):
     _, _, full = full_run
     characterize(tiny_lineage.base, tiny_lineage.in_, tiny_lineage.rl, tmp_path, settings=CharacterizeSettings(spectra=False, sections=("llm",)), device="cpu", progress=False)
-    recs = load_records(tmp_path / ch.MATRICES_FILE)
+    recs = read_jsonl(tmp_path / MATRICES_FILE)
     assert recs and all(r["section"] == "llm" for r in recs)
     for r in recs:
         assert "stable_rank" not in r["delta_rl"]
@@ -171,9 +169,9 @@ def test_resume_skips_finished_matrices(tiny_lineage, tmp_path, monkeypatch, ful
     n_llm = sum(r["section"] == "llm" for r in full.values())
     with pytest.raises(KeyboardInterrupt):
         characterize(*args, settings=llm, device="cpu", progress=False)
-    assert len(load_records(tmp_path / ch.MATRICES_FILE)) == k
+    assert len(read_jsonl(tmp_path / MATRICES_FILE)) == k
     # a torn last line (killed mid-write) is dropped on resume
-    with open(tmp_path / ch.MATRICES_FILE, "a") as f:
+    with open(tmp_path / MATRICES_FILE, "a") as f:
         f.write('{"name": "model.layers.0.mlp.up_pro')
 
     calls.clear()
@@ -185,7 +183,7 @@ def test_resume_skips_finished_matrices(tiny_lineage, tmp_path, monkeypatch, ful
     monkeypatch.setattr(ch, "measure_update", counting)
     summary = characterize(*args, settings=llm, device="cpu", progress=False)
     assert len(calls) == n_llm - k
-    recs = load_records(tmp_path / ch.MATRICES_FILE)
+    recs = read_jsonl(tmp_path / MATRICES_FILE)
     assert len(recs) == n_llm and len({r["name"] for r in recs}) == n_llm
     assert summary["complete"]
     for r in recs:
@@ -204,7 +202,7 @@ def test_compare_detects_shared_and_opposite_rl_updates(tiny_lineage, tmp_path, 
     same = LineageRef("A", str(tiny_lineage.in_), str(tiny_lineage.rl))
     flipped = LineageRef("B", str(tiny_lineage.rl), str(tiny_lineage.in_))  # ΔRL_B = -ΔRL_A
     summary = compare([same, flipped, str(run_dir)], tmp_path, rank_r=4, sections=["llm"], device="cpu", progress=False)
-    recs = load_records(tmp_path / ch.COMPARE_FILE)
+    recs = read_jsonl(tmp_path / COMPARE_FILE)
     assert recs and summary["complete"]
     label_c = run_dir.name
     for r in recs:
@@ -221,7 +219,7 @@ def test_compare_detects_shared_and_opposite_rl_updates(tiny_lineage, tmp_path, 
 
 
 def test_plots_are_written(full_run, tmp_path, tiny_lineage):
-    from frankeneval.plots import plot_run
+    from frankeneval.reports.characterization_plots import plot_run
 
     run_dir, _, _ = full_run
     written = plot_run(run_dir, tmp_path / "plots")

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from frankeneval.data import DataNotFound, load_benchmark_rows, resolve_local_file, subsample, subsample_indices
+from frankeneval.core.data import DataNotFound, load_benchmark_rows, resolve_local_file, subsample, subsample_indices
 
 
 def test_subsample_is_the_papers_rule():
@@ -73,7 +73,8 @@ def test_task_settings_precedence(monkeypatch):
 
 
 def test_mathvista_docs_filter_subsample_and_controls(shared_data, tmp_path):
-    from frankeneval.tasks.common import TaskSettings, build_docs, mathvista_doc_to_text, mathvista_doc_to_visual
+    from frankeneval.tasks.common import TaskSettings
+    from frankeneval.tasks.mathvista.utils import build_docs, mathvista_doc_to_text, mathvista_doc_to_visual
 
     settings = TaskSettings(data_path=str(shared_data), sample_size=100, sample_seed=123)
     docs = build_docs({"benchmark": "mathvista", "category": "general-vqa", "control": "black"}, settings)

@@ -6,14 +6,14 @@ import re
 
 import pytest
 
+from frankeneval.core.layermap import select_layers
 from frankeneval.errors import FrankenevalError
-from frankeneval.freeze import (
+from frankeneval.necessity.freeze import (
     check_against,
     freeze_mask,
     model_parameter_names,
     module_regex,
     parameter_regex,
-    parse_layers,
     render,
 )
 
@@ -29,16 +29,26 @@ def _llm(names, layers, subs=("self_attn.", "mlp.", "input_layernorm.", "post_at
     return {n for n in names for i in layers for s in subs if n.startswith(f"model.language_model.layers.{i}.{s}")}
 
 
-def test_parse_layers_regions_and_ranges():
-    assert parse_layers("early", 28)[0] == list(range(0, 9))
-    assert parse_layers("middle", 28)[0] == list(range(9, 18))
-    assert parse_layers("late", 28)[0] == list(range(18, 28))
-    assert parse_layers("0-8,20", 28)[0] == [*range(9), 20]
-    assert parse_layers("late", 28, cuts=(8, 20))[0] == list(range(20, 28))
-    assert parse_layers("middle,vision", 6) == ([2, 3], True, False)
-    for bad in ("bogus", "0-40", "5-2", ""):
+def test_freeze_layers_are_unified_regions_and_ranges():
+    # unified LLM layers 1 … n (decoder layer j is j + 1); the block cuts keep decoder thirds 0-8 | 9-17 | 18-27
+    assert freeze_mask("early", n_layers=28).layers == tuple(range(1, 10))
+    assert freeze_mask("middle", n_layers=28).layers == tuple(range(10, 19))
+    assert freeze_mask("late", n_layers=28).layers == tuple(range(19, 29))
+    assert freeze_mask("1-9,21", n_layers=28).layers == (*range(1, 10), 21)
+    assert freeze_mask("late", n_layers=28, cuts=(8, 20)).layers == tuple(range(21, 29))
+    m = freeze_mask("middle,vision", n_layers=6)
+    assert (m.layers, m.vision, m.projector) == ((3, 4), True, False)
+    assert freeze_mask("1-9", n_layers=28).describe() == "LLM layers 1-9 of 1-28 (unified; all components)"
+    sel = select_layers("late,projector", 6, sections=("llm", "vision", "projector"))
+    assert (sel.llm, sel.projector, sel.whole_vision) == ((5, 6), True, False)
+    for bad in ("bogus", "1-40", "5-2", "", "-3"):
         with pytest.raises(FrankenevalError):
-            parse_layers(bad, 28)
+            freeze_mask(bad, n_layers=28)
+    # the old 0-based forms say how to write them now
+    with pytest.raises(FrankenevalError, match="layer 0 is the projector.*write 1-9"):
+        freeze_mask("0-8", n_layers=28)
+    with pytest.raises(FrankenevalError, match="write 1"):
+        freeze_mask("0", n_layers=28)
     with pytest.raises(FrankenevalError):
         freeze_mask("late", n_layers=6, components="attn,everything")
 
@@ -48,7 +58,7 @@ def test_parse_layers_regions_and_ranges():
     [
         ("late", None, [4, 5], ("self_attn.", "mlp.", "input_layernorm.", "post_attention_layernorm.")),
         ("early,middle", None, [0, 1, 2, 3], ("self_attn.", "mlp.", "input_layernorm.", "post_attention_layernorm.")),
-        ("1-2,5", "attention", [1, 2, 5], ("self_attn.",)),
+        ("2-3,6", "attention", [1, 2, 5], ("self_attn.",)),  # unified 2-3,6 = decoder modules 1, 2, 5
         ("middle", "mlp,norm", [2, 3], ("mlp.", "input_layernorm.", "post_attention_layernorm.")),
     ],
 )

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from frankeneval.grading import Judge, JudgeConfig, build_judge_prompt, parse_judge_json
+from frankeneval.core.grading import Judge, JudgeConfig, build_judge_prompt, parse_judge_json
 
 
 class FakeServer:
@@ -145,7 +145,8 @@ def test_describe_image_is_cached(server, tmp_path):
 
 def test_task_judge_metrics_rules_first_and_judge_error(server, tmp_path, monkeypatch):
     """process_results: rule-correct samples skip the judge; judge errors are counted, not scored wrong."""
-    from frankeneval.tasks.common import TaskSettings, gsm8k_process_results, mean_score
+    from frankeneval.tasks.common import TaskSettings, mean_score
+    from frankeneval.tasks.gsm8k.utils import gsm8k_process_results
 
     settings = TaskSettings(judge=True, judge_model="m", judge_base_url=server.url, judge_cache=str(tmp_path / "c"))
     doc = {"id": "g1", "question": "2+2?", "target": "4"}
@@ -155,7 +156,7 @@ def test_task_judge_metrics_rules_first_and_judge_error(server, tmp_path, monkey
     out = gsm8k_process_results(doc, ["the result is four"], settings)
     assert out["rule_acc"]["score"] == 0 and out["judge_acc"]["score"] == 1 and out["judge_error"] == 0
     server.default = (500, "down")
-    monkeypatch.setattr("frankeneval.grading.time.sleep", lambda s: None)
+    monkeypatch.setattr("frankeneval.core.grading.time.sleep", lambda s: None)
     from frankeneval.tasks import common
 
     common._JUDGES.clear()

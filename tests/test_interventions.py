@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from frankeneval.errors import InterventionError, SpecError
-from frankeneval.generation import GenRequest, Generator
-from frankeneval.interventions import (
+from frankeneval.core.generation import GenRequest, Generator
+from frankeneval.core.interventions import (
     Ablate,
     CaptureAttention,
     SwapVisualKV,
@@ -52,17 +52,17 @@ def after_visual(inputs, row: int = 0) -> slice:
 
 
 # ------------------------------------------------------------------------------------------------ swap
-def test_swap_from_layer0_equals_running_on_source(gen):
+def test_swap_from_layer1_equals_running_on_source(gen):
     target, source = noise_image(1), noise_image(2)
     kv = gen.visual_kv(source, prompt=PROMPT)
-    swapped, inputs = prefill_logits(gen, [GenRequest(PROMPT, [target])], [[SwapVisualKV(kv, 0)]])
+    swapped, inputs = prefill_logits(gen, [GenRequest(PROMPT, [target])], [[SwapVisualKV(kv, 1)]])
     on_source, _ = prefill_logits(gen, [GenRequest(PROMPT, [source])])
     on_target, _ = prefill_logits(gen, [GenRequest(PROMPT, [target])])
     s = after_visual(inputs)
     assert not torch.allclose(on_target[:, s], on_source[:, s], atol=1e-3)  # the images do matter
     torch.testing.assert_close(swapped[:, s], on_source[:, s], atol=ATOL, rtol=0)
     # greedy generation (decode steps read the edited cache), with a PIL source encoded by the Generator
-    out = gen.generate([GenRequest(PROMPT, [target])], max_new_tokens=12, interventions=[SwapVisualKV(source, 0)])
+    out = gen.generate([GenRequest(PROMPT, [target])], max_new_tokens=12, interventions=[SwapVisualKV(source, 1)])
     ref = gen.generate([GenRequest(PROMPT, [source])], max_new_tokens=12)
     assert out[0].token_ids == ref[0].token_ids
 
@@ -71,20 +71,20 @@ def test_swap_past_last_layer_is_unmodified(gen):
     target, source = noise_image(3), noise_image(4)
     n = len(decoder_layers(gen.model))
     kv = gen.visual_kv(source, prompt=PROMPT)
-    swapped, _ = prefill_logits(gen, [GenRequest(PROMPT, [target])], [[SwapVisualKV(kv, n)]])
+    swapped, _ = prefill_logits(gen, [GenRequest(PROMPT, [target])], [[SwapVisualKV(kv, n + 1)]])
     plain, _ = prefill_logits(gen, [GenRequest(PROMPT, [target])])
     torch.testing.assert_close(swapped, plain, atol=0, rtol=0)
-    mid, inputs = prefill_logits(gen, [GenRequest(PROMPT, [target])], [[SwapVisualKV(kv, n // 2)]])
+    mid, inputs = prefill_logits(gen, [GenRequest(PROMPT, [target])], [[SwapVisualKV(kv, n // 2 + 1)]])
     s = after_visual(inputs)
     assert not torch.allclose(mid[:, s], plain[:, s], atol=1e-4)  # a real swap changes the text logits
-    out = gen.generate([GenRequest(PROMPT, [target])], max_new_tokens=8, interventions=[SwapVisualKV(source, n)])
+    out = gen.generate([GenRequest(PROMPT, [target])], max_new_tokens=8, interventions=[SwapVisualKV(source, n + 1)])
     assert out[0].token_ids == gen.generate([GenRequest(PROMPT, [target])], max_new_tokens=8)[0].token_ids
 
 
 def test_swap_needs_equal_visual_token_count(gen):
     with pytest.raises(InterventionError, match="same number of visual tokens"):
         gen.generate([GenRequest(PROMPT, [noise_image(5)])], max_new_tokens=2,
-                     interventions=[SwapVisualKV(noise_image(6, size=(56, 56)), 0)])
+                     interventions=[SwapVisualKV(noise_image(6, size=(56, 56)), 1)])
 
 
 # ------------------------------------------------------------------------------------------------ ablate
@@ -92,8 +92,8 @@ def test_ablate_equals_zeroed_o_proj_and_down_proj(gen, tiny_lineage):
     reqs = [GenRequest(PROMPT, [noise_image(7)])]
     zeroed = Generator.load(str(tiny_lineage.rl), device="cpu")
     layers = decoder_layers(zeroed.model)
-    for i in (0, 4):
-        ablated, _ = prefill_logits(gen, reqs, [[Ablate([i])]])
+    for i in (0, 4):  # decoder module i is unified LLM layer i + 1
+        ablated, _ = prefill_logits(gen, reqs, [[Ablate([i + 1])]])
         with torch.no_grad():
             saved = layers[i].self_attn.o_proj.weight.clone(), layers[i].mlp.down_proj.weight.clone()
             layers[i].self_attn.o_proj.weight.zero_()
@@ -111,7 +111,7 @@ def test_batched_rows_with_different_ablations_equal_single_calls(gen):
     images = [noise_image(10), None, noise_image(11), noise_image(12)]
     prompts = [PROMPT, "Tell me a long story about a cat", "Describe", PROMPT]
     reqs = [GenRequest(p, [im] if im is not None else []) for p, im in zip(prompts, images)]
-    rows = [[Ablate([0])], [Ablate([2, 3])], [], [Ablate([5])]]
+    rows = [[Ablate([1])], [Ablate([3, 4])], [], [Ablate([6])]]
     batched, inputs = prefill_logits(gen, reqs, rows)
     for r, (req, row) in enumerate(zip(reqs, rows)):
         single, sin = prefill_logits(gen, [req], [row])
@@ -124,8 +124,13 @@ def test_batched_rows_with_different_ablations_equal_single_calls(gen):
 
 
 def test_ablate_layer_out_of_range(gen):
-    with pytest.raises(InterventionError, match="out of range"):
+    with pytest.raises(InterventionError, match="out of range: LLM layers are 1-6"):
         gen.generate([GenRequest(PROMPT, [])], max_new_tokens=1, interventions=[Ablate([99])])
+    with pytest.raises(InterventionError, match="out of range"):
+        gen.generate([GenRequest(PROMPT, [])], max_new_tokens=1, interventions=[Ablate([7])])  # n + 1
+    for make in (lambda: Ablate([0]), lambda: SwapVisualKV(None, 0), lambda: CaptureAttention(layers=[0, 2])):
+        with pytest.raises(SpecError, match="layer 0 is the projector"):  # the old 0-based decoder index
+            make()
 
 
 def test_hooks_removed_after_block(gen):
@@ -165,13 +170,13 @@ def test_captured_mass_equals_eager_output_attentions(gen, gen_eager, which):
     out = g.generate([req], max_new_tokens=6, ignore_eos=True, interventions=[CaptureAttention()])[0]
     assert out.token_ids == tokens
     cap = out.captures[0]
-    assert cap.layers == tuple(range(6)) and cap.mass.shape == reference.shape == (6, 4, 6)
+    assert cap.layers == tuple(range(1, 7)) and cap.mass.shape == reference.shape == (6, 4, 6)
     torch.testing.assert_close(cap.mass, reference, atol=ATOL, rtol=0)
 
 
 def test_capture_prompt_and_layer_subset_in_a_padded_batch(gen, gen_eager):
     reqs = [GenRequest("short", [noise_image(21)]), GenRequest(PROMPT + " and some more words here", [noise_image(22)])]
-    rows = [[CaptureAttention(llm_layers=[1, 3], query="prompt")], [CaptureAttention(query="last")]]
+    rows = [[CaptureAttention(layers=[2, 4], query="prompt")], [CaptureAttention(query="last")]]
     inputs = gen.encode(reqs)
     with torch.inference_mode(), apply_interventions(gen.model, rows, input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]) as session:
         gen.model(**inputs)
@@ -183,7 +188,7 @@ def test_capture_prompt_and_layer_subset_in_a_padded_batch(gen, gen_eager):
         ref = torch.stack([a[0][:, :, visual].sum(-1) for a in att]).float()  # (layers, heads, queries)
         cap = session.captures(r)[0]
         if r == 0:
-            assert cap.layers == (1, 3)
+            assert cap.layers == (2, 4)  # unified LLM layers = decoder modules 1 and 3
             torch.testing.assert_close(cap.mass, ref[[1, 3]], atol=ATOL, rtol=0)
         else:
             torch.testing.assert_close(cap.mass, ref[:, :, -1:], atol=ATOL, rtol=0)
@@ -202,3 +207,17 @@ def test_parse_intervention_spec(tmp_path):
     for bad in ("ablate:x", "ablate:5-3", "drop:1", "swapkv:a:b", f"swapkv:1:{tmp_path / 'missing.png'}"):
         with pytest.raises(SpecError):
             parse_intervention_spec(bad)
+    # the layer grammar, unified: words need the depth, ranges are checked against it
+    assert parse_intervention_spec("ablate:late", n_layers=6) == [Ablate((5, 6))]
+    assert parse_intervention_spec("ablate:1+6", n_layers=6) == [Ablate((1, 6))]
+    with pytest.raises(SpecError, match="depth"):
+        parse_intervention_spec("ablate:late")
+    with pytest.raises(SpecError, match="LLM layers are 1-6"):
+        parse_intervention_spec("ablate:7", n_layers=6)
+    # old 0-based forms fail with the unified spelling
+    with pytest.raises(SpecError, match="write 1$"):
+        parse_intervention_spec("ablate:0")
+    with pytest.raises(SpecError, match="write 1-3"):
+        parse_intervention_spec("ablate:0-2", n_layers=6)
+    with pytest.raises(SpecError, match="layer 0 is the projector"):
+        parse_intervention_spec(f"swapkv:0:{path}")

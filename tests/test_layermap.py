@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import pytest
 
-from frankeneval.layermap import (
+from frankeneval.core.layermap import (
     LayerMap,
+    LayerSpecError,
     UnclassifiedTensor,
     canonical_name,
+    decoder_index,
     default_block_cuts,
+    format_layers,
     llm_region,
+    parse_layers,
+    select_layers,
     transformers_name,
+    unified_llm_layer,
 )
-from frankeneval.lineage import PRESETS, build_processor, hub_config, tensor_shapes
+from frankeneval.errors import SpecError
+from frankeneval.miniature.lineage import (
+    PRESETS,
+    build_processor,
+    hub_config,
+    tensor_shapes,
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +57,7 @@ def test_both_naming_schemes_give_the_same_roles(tiny_lineage):
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_lineage.base)
     in_memory = list(model.state_dict())
     assert any(n.startswith("model.language_model.layers.") for n in in_memory)  # the new scheme
-    from frankeneval.checkpoint import Checkpoint
+    from frankeneval.core.checkpoint import Checkpoint
 
     hub = Checkpoint.open(tiny_lineage.base).names
     assert any(n.startswith("model.layers.") for n in hub)  # the hub scheme
@@ -112,3 +124,74 @@ def test_regions_and_cuts():
     assert default_block_cuts(28) == (9, 18)
     assert default_block_cuts(6) == (2, 4)
     assert [llm_region(j, 6) for j in range(6)] == ["early", "early", "middle", "middle", "late", "late"]
+
+
+# ------------------------------------------------------------------------------------------------ the layer grammar
+WHOLE = ("llm", "vision", "projector")
+
+
+def test_unified_decoder_conversion():
+    assert [decoder_index(L, 28) for L in (1, 12, 28)] == [0, 11, 27]
+    assert [unified_llm_layer(j) for j in (0, 11, 27)] == [1, 12, 28]
+    with pytest.raises(LayerSpecError, match="layer 0 is the projector"):
+        decoder_index(0, 28)
+    with pytest.raises(LayerSpecError, match="1-28"):
+        decoder_index(29, 28)
+
+
+def test_grammar_singles_ranges_lists_and_words():
+    assert parse_layers("12", 28) == [12]
+    assert parse_layers("9-17", 28) == list(range(9, 18))
+    assert parse_layers("3,7 9-10+1", 28) == [1, 3, 7, 9, 10]
+    assert parse_layers(["1-3", "6", 2], 6) == [1, 2, 3, 6]
+    assert parse_layers("all", 28) == parse_layers(None, 28) == list(range(1, 29))
+    # block thirds at the cuts n//3, 2n//3: the same decoder layers as before (0-8 | 9-17 | 18-27)
+    assert parse_layers("early", 28) == list(range(1, 10))
+    assert parse_layers("middle", 28) == list(range(10, 19))
+    assert parse_layers("late", 28) == list(range(19, 29))
+    assert parse_layers("early 1/3", 28) == parse_layers("early", 28)
+    assert parse_layers("early 2/3", 28) == list(range(1, 19)) == parse_layers("early2/3", 28)
+    assert parse_layers("late 2/3", 28) == list(range(10, 29))
+    assert parse_layers("late", 28, cuts=(8, 20)) == list(range(21, 29))
+    assert parse_layers("early,late", 6) == [1, 2, 5, 6]
+
+
+def test_grammar_whole_axis():
+    assert parse_layers("vision", 6, n_vision_blocks=4, sections=WHOLE) == [-4, -3, -2, -1]
+    assert parse_layers("projector", 6, n_vision_blocks=4, sections=WHOLE) == [0]
+    assert parse_layers("-4..-3,0,6", 6, n_vision_blocks=4, sections=WHOLE) == [-4, -3, 0, 6]
+    assert parse_layers("-2--1", 6, n_vision_blocks=4, sections=WHOLE) == [-2, -1]
+    assert parse_layers("-1..2", 6, n_vision_blocks=4, sections=WHOLE) == [-1, 0, 1, 2]
+    lmap = LayerMap(n_vision_blocks=4, n_llm_layers=6)
+    assert lmap.parse_layers("vision,late") == [-4, -3, -2, -1, 5, 6]
+    assert format_layers([-4, -3, -2, -1, 0, 1, 2, 3, 7]) == "-4..-1,0,1-3,7"
+    assert parse_layers(format_layers([-4, -3, 0, 1, 2, 5]), 6, n_vision_blocks=4, sections=WHOLE) == [-4, -3, 0, 1, 2, 5]
+    sel = select_layers("vision,projector,2", 6, sections=WHOLE)  # vision depth unknown: the word is a flag
+    assert sel.whole_vision and sel.projector and sel.llm == (2,) and sel.decoder_layers() == [1]
+
+
+@pytest.mark.parametrize(
+    "spec,kwargs,message",
+    [
+        ("29", {}, "out of range: LLM layers are 1-28$"),
+        ("20-30", {}, "LLM layers are 1-28"),
+        ("5-3", {}, "start after end"),
+        ("bogus", {}, "Layer grammar"),
+        ("", {"default_all": False}, "no layers given"),
+        ("vision", {}, "only LLM layers"),
+        ("-3", {}, "vision block"),
+        ("-5", {"n_vision_blocks": 4, "sections": WHOLE}, "vision blocks -4..-1"),
+        ("middle 2/3", {}, "one third"),
+        # forms that used to mean decoder layers counted from 0
+        ("0", {}, "layer 0 is the projector; LLM layers are 1-28 \\(decoder layer j is j\\+1\\): write 1$"),
+        ("0-8", {}, "write 1-9$"),
+        ("0-27", {}, "write 1-28$"),
+        ("0-8", {"n_vision_blocks": 32, "sections": WHOLE}, "write 1-9 \\(or 0,1-8: the projector and LLM layers 1-8\\)"),
+        ("0", {"sections": WHOLE}, "write 1 \\(the projector: write projector\\)"),
+        ("30", {"sections": WHOLE}, "LLM layers are 1-28 \\(also: vision, projector\\)$"),
+    ],
+)
+def test_grammar_errors_are_one_line(spec, kwargs, message):
+    with pytest.raises(SpecError, match=message) as info:
+        parse_layers(spec, 28, **kwargs)
+    assert "\n" not in str(info.value)

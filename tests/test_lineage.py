@@ -6,8 +6,8 @@ import json
 
 import torch
 
-from frankeneval.checkpoint import Checkpoint
-from frankeneval.lineage import planted_rl_layers, write_lineage
+from frankeneval.core.checkpoint import Checkpoint
+from frankeneval.miniature.lineage import planted_rl_layers, write_lineage
 
 
 def test_hub_layout(tiny_lineage):

@@ -7,14 +7,14 @@ import json
 import pytest
 
 from frankeneval.errors import FrankenevalError
-from frankeneval.localize import (
+from frankeneval.localization.common import (
     answer_changed,
     parse_layers,
     source_follows,
     task_changed,
     uses_reasoning_prompt,
 )
-from frankeneval.runstore import RunStore, RunStoreMismatch
+from frankeneval.core.runstore import RunStore, RunStoreMismatch
 
 # --------------------------------------------------------------------------- metric definitions
 
@@ -71,10 +71,13 @@ def test_parse_layers_and_prompt_rule():
     assert parse_layers(None, 6) == [1, 2, 3, 4, 5, 6]
     assert parse_layers(["1-3", "6", "2"], 6) == [1, 2, 3, 6]
     assert parse_layers("all", 3) == [1, 2, 3]
-    with pytest.raises(FrankenevalError):
-        parse_layers("0-3", 6)  # unified LLM indices start at 1
-    with pytest.raises(FrankenevalError):
+    assert parse_layers("late", 6) == [5, 6] and parse_layers("3+1", 6) == [1, 3]
+    with pytest.raises(FrankenevalError, match="write 1-4"):
+        parse_layers("0-3", 6)  # unified LLM indices start at 1: the old 0-based form says how to write it
+    with pytest.raises(FrankenevalError, match="LLM layers are 1-6"):
         parse_layers("7", 6)
+    with pytest.raises(FrankenevalError, match="only LLM layers"):
+        parse_layers("vision", 6)
     assert uses_reasoning_prompt("lmms-lab/OpenMMReasoner-ColdStart")
     assert uses_reasoning_prompt("/ckpt/my-rl-model/")
     assert not uses_reasoning_prompt("Qwen/Qwen2.5-VL-7B-Instruct")
@@ -108,15 +111,15 @@ def test_run_store_append_resume_and_truncated_line(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_rl(tiny_lineage):
-    from frankeneval.generation import Generator
+    from frankeneval.core.generation import Generator
 
     return Generator.load(str(tiny_lineage.rl), dtype="float32", device="cpu")
 
 
 @pytest.fixture(scope="module")
 def small_probes(tmp_path_factory):
-    from frankeneval.localize_vision import load_probe_sets
-    from frankeneval.probes import write_probe_pairs
+    from frankeneval.localization.vision import load_probe_sets
+    from frankeneval.core.probes import write_probe_pairs
 
     root = tmp_path_factory.mktemp("probes")
     write_probe_pairs(root, tasks=("counting", "grounding"), n=3, seed=0, size=112)
@@ -148,9 +151,9 @@ MAX_NEW = 6
 def test_vision_sweep_batched_equals_single_runs(tiny_rl, small_probes, tmp_path):
     from PIL import Image
 
-    from frankeneval.generation import GenRequest
-    from frankeneval.interventions import SwapVisualKV
-    from frankeneval.localize_vision import run_vision_sweep
+    from frankeneval.core.generation import GenRequest
+    from frankeneval.core.interventions import SwapVisualKV
+    from frankeneval.localization.vision import run_vision_sweep
 
     counter = CountingGenerator(tiny_rl)
     res = run_vision_sweep(counter, small_probes, VISION_LAYERS, tmp_path, model_name="rl", max_new_tokens=MAX_NEW,
@@ -171,7 +174,7 @@ def test_vision_sweep_batched_equals_single_runs(tiny_rl, small_probes, tmp_path
             assert rec["source_own"] == one(source)
             for L in VISION_LAYERS:
                 # naive path: the Generator encodes the PIL source itself, per call
-                assert rec["swapped"][str(L)] == one(target, [SwapVisualKV(source=source, from_layer=L - 1)])
+                assert rec["swapped"][str(L)] == one(target, [SwapVisualKV(source=source, from_layer=L)])  # unified
             # swapping every layer's visual K/V reproduces the source run exactly
             assert rec["swapped"]["1"] == rec["source_own"]
     for task in small_probes:
@@ -181,7 +184,7 @@ def test_vision_sweep_batched_equals_single_runs(tiny_rl, small_probes, tmp_path
 
 
 def test_vision_sweep_resumes_without_recomputing(tiny_rl, small_probes, tmp_path):
-    from frankeneval.localize_vision import run_vision_sweep, vision_units
+    from frankeneval.localization.vision import run_vision_sweep, vision_units
 
     units, _ = vision_units(small_probes, VISION_LAYERS)
     total = len(units)
@@ -205,10 +208,10 @@ REASONING_LAYERS = [1, 4, 6]
 
 
 def test_reasoning_sweep_batched_equals_single_runs_and_resumes(tiny_rl, shared_data, tmp_path):
-    from frankeneval.generation import GenRequest
-    from frankeneval.interventions import Ablate
-    from frankeneval.localize import REASONING_SYSTEM_PROMPT
-    from frankeneval.localize_reasoning import (
+    from frankeneval.core.generation import GenRequest
+    from frankeneval.core.interventions import Ablate
+    from frankeneval.localization.common import REASONING_SYSTEM_PROMPT
+    from frankeneval.localization.reasoning import (
         load_questions,
         question_prompt,
         run_reasoning_sweep,
@@ -229,7 +232,7 @@ def test_reasoning_sweep_batched_equals_single_runs_and_resumes(tiny_rl, shared_
     for q in questions:
         req = GenRequest(question_prompt(q.problem), [], REASONING_SYSTEM_PROMPT)
         for L in [None, *REASONING_LAYERS]:
-            iv = [] if L is None else [Ablate((L - 1,))]
+            iv = [] if L is None else [Ablate((L,))]  # unified LLM layer
             single = tiny_rl.generate([req], max_new_tokens=MAX_NEW, interventions=[iv], batch_size=1)[0].text
             assert responses[f"gsm8k/{q.index}/" + ("none" if L is None else f"L{L}")] == single
     assert [r["layer"] for r in res["layers"]] == REASONING_LAYERS
@@ -237,7 +240,7 @@ def test_reasoning_sweep_batched_equals_single_runs_and_resumes(tiny_rl, shared_
 
 
 def test_reasoning_summary_scores_with_math_verify():
-    from frankeneval.localize_reasoning import Question, summarize_reasoning
+    from frankeneval.localization.reasoning import Question, summarize_reasoning
 
     qs = [Question(0, "p", "0.5"), Question(1, "p", "12")]
     records = {
@@ -252,7 +255,7 @@ def test_reasoning_summary_scores_with_math_verify():
 
 
 def test_attention_summary_differences_and_regions():
-    from frankeneval.attention_shift import summarize_attention
+    from frankeneval.localization.attention import summarize_attention
 
     prompts = [{"id": "p0"}, {"id": "p1"}]
     # 6 layers x 2 heads; base 0.1 everywhere, in +0.05 late, rl +0.1 middle/late
@@ -275,8 +278,8 @@ def test_attention_summary_differences_and_regions():
 
 
 def test_attention_shift_end_to_end(tiny_lineage, small_probes, tmp_path):
-    from frankeneval.attention_shift import attention_prompts, run_attention_shift
-    from frankeneval.generation import Generator
+    from frankeneval.localization.attention import attention_prompts, run_attention_shift
+    from frankeneval.core.generation import Generator
 
     prompts = attention_prompts({"counting": small_probes["counting"][:1]})
     members = {"base": str(tiny_lineage.base), "in": str(tiny_lineage.in_), "rl": str(tiny_lineage.rl)}

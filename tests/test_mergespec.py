@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from frankeneval.errors import SpecError
-from frankeneval.mergespec import COMPONENTS, PARTS, MergeSpec
-from frankeneval.recipes import (
+from frankeneval.transferability.mergespec import COMPONENTS, PARTS, MergeSpec
+from frankeneval.transferability.recipes import (
     PAPER_VARIANTS,
     get_recipe,
     list_recipes,
@@ -74,10 +74,10 @@ def test_in_aliases(alias):
 
 
 def test_arbitrary_ranges_and_components():
-    spec = MergeSpec.parse("IN all layers + RL layers 9-17 attention only + RL layers 20,22-23 mlp-only", 28, SOURCES)
-    for j, choice in enumerate(spec.layers):
-        assert choice["attention"] == ("rl" if 9 <= j <= 17 else "in")
-        assert choice["mlp"] == ("rl" if j in (20, 22, 23) else "in")
+    spec = MergeSpec.parse("IN all layers + RL layers 10-18 attention only + RL layers 21,23-24 mlp-only", 28, SOURCES)
+    for j, choice in enumerate(spec.layers):  # spec.layers[j] is decoder layer j = unified layer j + 1
+        assert choice["attention"] == ("rl" if 10 <= j + 1 <= 18 else "in")
+        assert choice["mlp"] == ("rl" if j + 1 in (21, 23, 24) else "in")
         assert choice["norm"] == "in" and choice["other"] == "in"
     assert spec.host == "in"
 
@@ -85,7 +85,7 @@ def test_arbitrary_ranges_and_components():
 def test_unassigned_layers_come_from_the_host():
     spec = MergeSpec.parse("RL late 1/3 layers", 6, SOURCES, host="in")
     assert sources_by_layer(spec) == ["in"] * 4 + ["rl"] * 2
-    spec = MergeSpec.parse("RL layers 2-3 norm", 6, SOURCES, host="in")
+    spec = MergeSpec.parse("RL layers 3-4 norm", 6, SOURCES, host="in")
     assert [ch["norm"] for ch in spec.layers] == ["in", "in", "rl", "rl", "in", "in"]
     assert all(ch["attention"] == "in" for ch in spec.layers)
 
@@ -96,7 +96,8 @@ def test_unassigned_layers_come_from_the_host():
         ("IN early 2/3 layers + RL late 2/3 layers", "overlaps"),
         ("XX early 1/3 + RL late 2/3", "unknown source 'XX'"),
         ("IN early 1/3 layers + RL late 2/3 bananas", "bananas"),
-        ("IN early 1/3 + RL layers 4-9", "past the last LLM layer"),
+        ("IN early 1/3 + RL layers 4-9", "out of range: LLM layers are 1-6"),
+        ("IN layers 0-1 + RL late 2/3", "layer 0 is the projector.*write 1-2"),  # the old 0-based form
         ("IN middle 2/3 + RL late 1/3", "middle"),
         ("base early 1/3 + RL late 2/3", "base"),
         ("IN + RL late 2/3", "names no layers"),
@@ -115,8 +116,8 @@ num_hidden_layers: 6
 cuts: [1, 3]
 blocks:
   - {region: early, source: in}
-  - {layers: "1-5", source: rl}
-  - {layers: [2, "4-5"], source: in, components: [mlp, norms]}
+  - {layers: "2-6", source: rl}
+  - {layers: [3, "5-6"], source: in, components: [mlp, norms]}
 parts: {vision: rl, lm_head: rl}
 """
     path = tmp_path / "demo.yaml"
@@ -130,6 +131,16 @@ parts: {vision: rl, lm_head: rl}
     assert spec.parts == {"vision": "rl", "projector": "in", "embeddings": "in", "final_norm": "in", "lm_head": "rl"}
     again = MergeSpec.from_yaml(spec.to_yaml())
     assert again == spec and again.spec_hash() == spec.spec_hash()
+
+
+def test_blocks_and_description_speak_unified_layers():
+    spec = MergeSpec.parse("IN early 1/3 layers + RL late 2/3 layers", 28, SOURCES)
+    assert spec.describe() == "in: layers 1-9 | rl: layers 10-28 | host in"
+    assert spec.to_dict()["blocks"] == [{"layers": "1-9", "source": "in"}, {"layers": "10-28", "source": "rl"}]
+    # the default block cuts keep the same decoder layers: thirds 0-8 | 9-17 | 18-27 = unified 1-9 | 10-18 | 19-28
+    assert sources_by_layer(spec) == ["in"] * 9 + ["rl"] * 19
+    same = MergeSpec.parse("IN layers 1-9 + RL layers 10-28", 28, SOURCES)
+    assert same.layers == spec.layers and same.spec_hash() == spec.spec_hash()
 
 
 def test_blocks_mapping_form_equals_phrase():
@@ -159,7 +170,7 @@ def test_yaml_errors():
 
 
 def test_source_of_both_naming_schemes_and_parts():
-    spec = MergeSpec.parse("IN all layers + RL layers 3-4 attention", 6, SOURCES, host="in")
+    spec = MergeSpec.parse("IN all layers + RL layers 4-5 attention", 6, SOURCES, host="in")  # decoder 3-4
     spec = MergeSpec(spec.sources, spec.host, spec.n_layers, spec.layers, parts={"vision": "rl"})
     assert spec.source_of("model.layers.3.self_attn.q_proj.weight") == "rl"
     assert spec.source_of("model.language_model.layers.3.self_attn.q_proj.bias") == "rl"

@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from frankeneval.report import (
+from frankeneval.reports.leaderboard import (
     bootstrap_ci,
     build_leaderboard,
     render,
     task_column,
     write_report,
 )
-from frankeneval.transfer import CellJob, run_cells
+from frankeneval.transferability.transfer import CellJob, run_cells
 
 TASKS = ["franken_mathvista_perception", "franken_mathvista_alignment", "franken_math500", "franken_mathvista_perception_black"]
 MODELS = ["in", "rl", "v_a", "v_b"]
@@ -139,7 +139,7 @@ def _chromium() -> str | None:
 def test_html_is_self_contained_and_renders_in_chromium(run_dir, tmp_path):
     plots = tmp_path / "characterize"
     plots.mkdir()
-    from frankeneval.plots_report import save_leaderboard_chart
+    from frankeneval.reports.leaderboard_plots import save_leaderboard_chart
 
     save_leaderboard_chart(build_leaderboard(run_dir), plots / "energy_per_layer.png")
     written = write_report(run_dir, ["html", "md"], out_dir=tmp_path / "out", plot_dirs=[plots])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from frankeneval import scoring as S
+from frankeneval.core import scoring as S
 
 
 @pytest.mark.parametrize(

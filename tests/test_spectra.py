@@ -1,4 +1,4 @@
-"""frankeneval.spectra against an independent computation: numpy's full SVD in float64."""
+"""frankeneval.characterization.spectra against an independent computation: numpy's full SVD in float64."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from frankeneval.spectra import (
+from frankeneval.characterization.spectra import (
     as_matrix,
     cosine_similarity,
     delta,
@@ -164,7 +164,7 @@ def test_cosine_similarity():
 
 def test_subspace_iteration_matches_exact_eigenvectors_for_large_gram():
     """n > EXACT_EIGH_MAX_N takes the block subspace iteration; with a gap at r it finds the exact subspace."""
-    from frankeneval.spectra import EXACT_EIGH_MAX_N, gram, top_eigenvectors
+    from frankeneval.characterization.spectra import EXACT_EIGH_MAX_N, gram, top_eigenvectors
 
     n, r = EXACT_EIGH_MAX_N + 88, 6
     g = torch.Generator().manual_seed(11)

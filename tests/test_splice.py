@@ -11,13 +11,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from frankeneval import splice
+from frankeneval.transferability import splice
 from frankeneval.cli import main
 from frankeneval.errors import ArchitectureMismatch, FrankenevalError
-from frankeneval.layermap import LayerMap
-from frankeneval.mergespec import MergeSpec
-from frankeneval.recipes import tiny_recipe
-from frankeneval.splice import PROVENANCE, materialize, materialize_cached, verify
+from frankeneval.core.layermap import LayerMap
+from frankeneval.transferability.mergespec import MergeSpec
+from frankeneval.transferability.recipes import tiny_recipe
+from frankeneval.transferability.splice import PROVENANCE, materialize, materialize_cached, verify
 
 SHARD = 300_000  # small shards so the tiny model is written as several files
 
@@ -80,8 +80,8 @@ def test_per_component_and_parts(tiny_lineage, tmp_path):
 sources: {{in: {tiny_lineage.in_}, rl: {tiny_lineage.rl}}}
 host: in
 blocks:
-  - {{layers: "0-5", source: in}}
-  - {{layers: "2-3", source: rl, components: [attention]}}
+  - {{layers: "1-6", source: in}}
+  - {{layers: "3-4", source: rl, components: [attention]}}
 parts: {{vision: rl}}
 """
     spec = MergeSpec.from_yaml(text)  # depth read from the host's config.json
@@ -91,7 +91,7 @@ parts: {{vision: rl}}
     lmap = LayerMap.from_names(got)
     for name, t in got.items():
         r = lmap.role(name)
-        from_rl = (r.section == "llm" and r.block in (2, 3) and r.component == "attention") or r.tower == "vision" and r.section != "projector"
+        from_rl = (r.section == "llm" and r.layer in (3, 4) and r.component == "attention")  # unified LLM layers or r.tower == "vision" and r.section != "projector"
         assert torch.equal(t, (rls if from_rl else ins)[name]), name
     assert torch.equal(got["visual.patch_embed.proj.weight"], rls["visual.patch_embed.proj.weight"])
 

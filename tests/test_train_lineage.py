@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from frankeneval import train_lineage as tl
-from frankeneval import world
-from frankeneval.checkpoint import Checkpoint
-from frankeneval.lineage import MEMBERS
+from frankeneval.miniature import training as tl
+from frankeneval.miniature import world
+from frankeneval.core.checkpoint import Checkpoint
+from frankeneval.miniature.lineage import MEMBERS
 
 
 @pytest.fixture(scope="module")

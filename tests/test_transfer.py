@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from frankeneval.errors import FrankenevalError
-from frankeneval.transfer import CellJob, find_results, plan_cells, run_cells, run_transfer
+from frankeneval.transferability.transfer import CellJob, find_results, plan_cells, run_cells, run_transfer
 
 TASKS = ["franken_mathvista_perception", "franken_mathvista_alignment", "franken_math500"]
 
@@ -52,7 +52,7 @@ class CountingRunner:
 
 @pytest.fixture()
 def recipe(tiny_lineage):
-    from frankeneval.recipes import tiny_recipe
+    from frankeneval.transferability.recipes import tiny_recipe
 
     return tiny_recipe(tiny_lineage)
 
@@ -63,7 +63,7 @@ def test_plan_cells_is_model_major():
 
 
 def test_transfer_runs_every_variant_and_resumes_after_crash(tmp_path, recipe):
-    from frankeneval.report import build_leaderboard
+    from frankeneval.reports.leaderboard import build_leaderboard
 
     run = tmp_path / "run"
     kwargs = dict(tasks=TASKS, splice_cache=tmp_path / "splices", sample_size=6, sample_seed=123,
@@ -119,7 +119,7 @@ def test_failed_cells_do_not_stop_the_others(tmp_path, recipe):
 
     def flaky(job: CellJob) -> None:
         if job.cell.model == "in":
-            from frankeneval.transfer import CellFailed
+            from frankeneval.transferability.transfer import CellFailed
 
             raise CellFailed("boom")
         write_fake_lmms_output(job)
@@ -159,7 +159,7 @@ def test_real_lmms_eval_cell(tmp_path, tiny_lineage, shared_data):
     data = json.loads(res.read_text())
     assert "rule_acc,none" in data["results"]["franken_gsm8k"]
     assert len(samples["franken_gsm8k"].read_text().splitlines()) == 2
-    from frankeneval.report import build_leaderboard
+    from frankeneval.reports.leaderboard import build_leaderboard
 
     entry = build_leaderboard(run).get("in", "franken_gsm8k", "rule_acc")
     assert entry.value == data["results"]["franken_gsm8k"]["rule_acc,none"] and entry.n == 2

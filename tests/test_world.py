@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from frankeneval import scoring, world
+from frankeneval.core import scoring
+from frankeneval.miniature import world
 
 N_SAMPLE = 40  # items per task checked against the pixels
 
@@ -242,9 +243,9 @@ def test_vision_probes_format_and_answers(tmp_path):
 
 
 def test_probe_folder_reads_with_the_shared_probe_loader(tmp_path):
-    probes = pytest.importorskip("frankeneval.probes")
+    probes = pytest.importorskip("frankeneval.core.probes")
     if not hasattr(probes, "load_probe_pairs"):
-        pytest.skip("frankeneval.probes.load_probe_pairs not available")
+        pytest.skip("frankeneval.core.probes.load_probe_pairs not available")
     root = world.write_vision_probes(tmp_path / "probes", n_per_task=3, seed=0)
     for task in world.PROBE_TASKS:
         pairs = probes.load_probe_pairs(root, task)
@@ -280,7 +281,7 @@ def test_lmms_eval_tasks_read_the_written_world(tmp_path, monkeypatch):
 
 
 def test_reasoning_items_in_gsm8k_format_feed_the_ablation_sweep(tmp_path):
-    from frankeneval.localize_reasoning import load_questions, question_prompt
+    from frankeneval.localization.reasoning import load_questions, question_prompt
 
     path = world.write_reasoning_gsm8k(tmp_path / "r.jsonl", n=6, seed=0)
     questions = load_questions("gsm8k", data=path, samples=0)

@@ -97,7 +97,9 @@ def test_lmms_eval_cli_runs_franken_qwen(tiny_lineage, tmp_path):
     out = tmp_path / "out"
     run(
         [lmms_eval_exe(), "--model", "franken_qwen",
-         "--model_args", f"pretrained={tiny_lineage.rl},batch_size=auto,intervention=ablate:1-2,max_pixels=12544",
+         "--model_args",
+         f"pretrained={tiny_lineage.rl},batch_size=auto,device=cpu,dtype=float32,intervention=ablate:1-2,max_pixels=12544",
+         "--batch_size", "2", "--device", "cpu",  # model args win over lmms-eval's own flags, no duplicate keyword
          "--tasks", "fe_tiny_vqa", "--include_path", str(task_dir), "--limit", "2",
          "--output_path", str(out), "--log_samples"],
         cwd=tmp_path,

@@ -8,7 +8,7 @@ middle / late summary (the paper's claim rests on the middle and late rows).
 
 Prompts: the probe pairs' target images with their questions, preceded by the step-by-step / \\boxed{}
 instruction (--plain: the bare question). Writes OUT/units.jsonl (resumable), OUT/attention_shift.json (schema:
-frankeneval.attention_shift) and OUT/attention_shift.png.
+frankeneval.localization.attention) and OUT/attention_shift.png.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from frankeneval.commands.localize_vision import (
+from frankeneval.commands._shared import (
     add_generator_arguments,
     add_probe_arguments,
     load_generator,
@@ -40,12 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from frankeneval.attention_shift import (
+    from frankeneval.localization.attention import (
         attention_prompts,
         format_attention_table,
         run_attention_shift,
     )
-    from frankeneval.plots_localize import plot_attention_shift
+    from frankeneval.reports.localization_plots import plot_attention_shift
 
     pairs, source = probe_sets(args)
     prompts = attention_prompts(pairs, instruction=not args.plain)

@@ -48,7 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from frankeneval.characterize import CharacterizeSettings, characterize, compare
+    from frankeneval.characterization.characterize import characterize
+    from frankeneval.characterization.compare import compare
+    from frankeneval.characterization.measure import CharacterizeSettings
 
     common = dict(device=args.device, overwrite=args.overwrite, progress=not args.no_progress)
     if args.compare:
@@ -62,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     models = {"base": args.base, "in": args.in_, "rl": args.rl}
     label = None
     if args.recipe:
-        from frankeneval.recipes import get_recipe  # lazy
+        from frankeneval.transferability.recipes import get_recipe  # lazy
 
         recipe_models = dict(get_recipe(args.recipe).models)
         models = {k: models[k] or recipe_models.get(k) for k in models}

@@ -1,8 +1,8 @@
 """Write a built-in Base -> IN -> RL lineage (``base/``, ``in/``, ``rl/`` in the hub layout) into DIR.
 
-By default the lineage is random with planted, known updates (``frankeneval.lineage.write_lineage``; any preset,
+By default the lineage is random with planted, known updates (``frankeneval.miniature.lineage.write_lineage``; any preset,
 seconds for ``tiny``). With ``--trained`` it is the trained miniature lineage: a tiny Qwen2.5-VL taken through
-pre-training, SFT and GRPO on the rendered world (``frankeneval.train_lineage``; minutes on a CPU). The trained
+pre-training, SFT and GRPO on the rendered world (``frankeneval.miniature.training``; minutes on a CPU). The trained
 lineage is built once per (version, seed) in the cache (``$FRANKENEVAL_CACHE/lineages/trained-seed<S>-v<V>``) and
 linked or copied into DIR, so a second call returns at once; ``--force`` rebuilds it.
 
@@ -55,7 +55,7 @@ def _place(src: Path, dst: Path, force: bool) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if not args.trained:
-        from frankeneval.lineage import write_lineage
+        from frankeneval.miniature.lineage import write_lineage
 
         lineage = write_lineage(args.dir, preset=args.preset, seed=args.seed, overwrite=args.force,
                                 progress=not args.no_progress)
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{m}: {p}")
         return 0
 
-    from frankeneval import train_lineage as tl
+    from frankeneval.miniature import training as tl
 
     cache = tl.trained_lineage_dir(args.seed)
     lineage = tl.build_trained_lineage(cache, seed=args.seed, recipe=tl.DEFAULT_RECIPE, force=args.force,

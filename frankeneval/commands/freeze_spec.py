@@ -1,11 +1,12 @@
 """Print the parameter-name patterns to freeze for the necessity test (re-run RL with a block held fixed).
 
-Layers: block regions early / middle / late / all (cuts n // 3 and 2n // 3, or --cuts), inclusive LLM layer
-ranges (0-8, 12), and vision / projector for the whole vision encoder or the patch merger. Names are the
-ones trainers see (transformers module names, model.language_model.layers.N...). Examples:
+Layers: the layer grammar (README "Layer grammar"): unified LLM layers 1 ... n (decoder layer j is j + 1), block
+regions early / middle / late / all (cuts n // 3 and 2n // 3, or --cuts), inclusive ranges (1-9, 12), and
+vision / projector for the whole vision encoder or the patch merger. Names are the ones trainers see
+(transformers module names, model.language_model.layers.N... with N = unified layer - 1). Examples:
 
     frankeneval freeze-spec --layers middle,late --format trl
-    frankeneval freeze-spec --layers 0-8 --components attention --n-layers 28 --format verl
+    frankeneval freeze-spec --layers 1-9 --components attention --n-layers 28 --format verl
     frankeneval freeze-spec --layers late --model path/to/checkpoint --format names
 """
 
@@ -15,19 +16,20 @@ import argparse
 import sys
 
 from frankeneval.errors import FrankenevalError
-from frankeneval.freeze import FORMATS, check_against, freeze_mask, model_parameter_names, render
+from frankeneval.necessity.freeze import FORMATS, check_against, freeze_mask, model_parameter_names, render
 
 COMMAND = "freeze-spec"
 HELP = "print the parameter patterns to freeze (necessity test) for TRL, verl or as a regex"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--layers", required=True, help="early,middle,late,all,vision,projector or ranges like 0-8,12")
+    parser.add_argument("--layers", required=True,
+                        help="unified LLM layers 1-n, e.g. 1-9,12 or late, plus vision / projector (README 'Layer grammar')")
     parser.add_argument("--components", default="all", help="attention,mlp,norm (default: all)")
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--n-layers", type=int, default=None, help="number of LLM layers (default 28, Qwen2.5-VL-7B)")
     src.add_argument("--model", default=None, help="checkpoint dir: read the depth and check the patterns on its names")
-    parser.add_argument("--cuts", default=None, help="block cuts c1,c2 (default n//3,2n//3)")
+    parser.add_argument("--cuts", default=None, help="block cuts c1,c2: early 1-c1, middle c1+1-c2, late c2+1-n (default n//3,2n//3)")
     parser.add_argument("--format", choices=FORMATS, default="regex", help="output form (default: regex)")
 
 

@@ -7,9 +7,9 @@ input), against the unablated accuracy; answers checked with math-verify.
 
 Prompt: the method's step-by-step / \\boxed{} instruction, a blank line, the problem; the <think>/<answer>
 system prompt for reasoning-tuned models (--reasoning-prompt auto: the reference's rule on the model's name,
-"openmmreasoner", "coldstart" or "rl"; on / off force it). Layers are unified LLM indices (decoder layer
-j = L - 1). Writes OUT/units.jsonl (resumable), OUT/reasoning_localization.json (schema:
-frankeneval.localize_reasoning) and OUT/reasoning_localization.png.
+"openmmreasoner", "coldstart" or "rl"; on / off force it). --layers takes the layer grammar (README "Layer
+grammar"): unified LLM layers 1 ... n, decoder layer j = L - 1. Writes OUT/units.jsonl (resumable), OUT/reasoning_localization.json (schema:
+frankeneval.localization.reasoning) and OUT/reasoning_localization.png.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from frankeneval.commands.localize_vision import add_generator_arguments, load_generator
+from frankeneval.commands._shared import add_generator_arguments, load_generator
 
 COMMAND = "localize-reasoning"
 HELP = "layer-ablation sweep: GSM8K / MATH-500 accuracy with each LLM layer ablated"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from frankeneval.data import DEFAULT_SAMPLE_SEED, DEFAULT_SAMPLE_SIZE
+    from frankeneval.core.data import DEFAULT_SAMPLE_SEED, DEFAULT_SAMPLE_SIZE
 
     parser.add_argument("--model", required=True, help="model (local dir or hub id)")
     parser.add_argument("--dataset", required=True, choices=("gsm8k", "math500"))
@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLE_SIZE,
                         help=f"questions: the paper's sub-sample (default {DEFAULT_SAMPLE_SIZE}; 0 = all)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SAMPLE_SEED, help=f"sub-sampling seed (default {DEFAULT_SAMPLE_SEED})")
-    parser.add_argument("--layers", nargs="+", default=None, help="unified LLM layers, e.g. 1-28 (default: all)")
+    parser.add_argument("--layers", nargs="+", default=None,
+                        help="unified LLM layers 1-n, e.g. 1-28, 9-17 or late (README 'Layer grammar'; default: all)")
     parser.add_argument("--reasoning-prompt", choices=("auto", "on", "off"), default="auto",
                         help="<think>/<answer> system prompt: auto = by model name (default)")
     parser.add_argument("--seed-compatible", action="store_true", help="also accept a 1%% relative error, as the reference")
@@ -41,17 +42,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from frankeneval.localize import parse_layers, uses_reasoning_prompt
-    from frankeneval.localize_reasoning import (
+    from frankeneval.core.layermap import parse_layers
+    from frankeneval.localization.common import uses_reasoning_prompt
+    from frankeneval.localization.reasoning import (
         format_reasoning_table,
         load_questions,
         run_reasoning_sweep,
     )
-    from frankeneval.plots_localize import plot_reasoning_localization
+    from frankeneval.reports.localization_plots import plot_reasoning_localization
 
     questions = load_questions(args.dataset, data=args.data, samples=args.samples, seed=args.seed)
     gen = load_generator(args, args.model)
-    layers = parse_layers(args.layers, gen.model.config.get_text_config().num_hidden_layers)
+    layers = parse_layers(args.layers, gen.n_llm_layers)  # unified LLM layers 1 … n
     results = run_reasoning_sweep(
         gen, args.dataset, questions, layers, args.out, model_name=args.model,
         reasoning_prompt=uses_reasoning_prompt(args.model, args.reasoning_prompt), max_new_tokens=args.max_new_tokens,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from frankeneval.probes import PROBE_TASKS, write_probe_pairs
+from frankeneval.core.probes import PROBE_TASKS, write_probe_pairs
 
 COMMAND = "make-probes"
 HELP = "render the built-in counting / OCR / grounding / recognition probe pairs"

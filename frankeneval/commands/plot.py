@@ -5,7 +5,7 @@
 * characterize --compare (compare_summary.json): cross-lineage ΔRL similarity heatmaps.
 
     frankeneval plot runs/char                 # PNGs into runs/char/plots
-    frankeneval plot runs/char --out figs --layers -32 0 1 14 28
+    frankeneval plot runs/char --out figs --layers -32 0 1 14 28      # the layer grammar, whole unified axis
 """
 
 from __future__ import annotations
@@ -21,13 +21,15 @@ HELP = "draw the figures of a run directory (characterize, compare, ...)"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", help="a frankeneval output directory")
     parser.add_argument("--out", help="where to write PNGs (default RUN_DIR/plots)")
-    parser.add_argument("--layers", type=int, nargs="+", help="unified layers for the spectra figure")
+    parser.add_argument("--layers", nargs="+",
+                        help="unified layers for the spectra figure, e.g. -32 0 1 14 28 or vision,late (README "
+                             "'Layer grammar'; a spec starting with a minus range: --layers=-32..-1)")
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from frankeneval.plots import plot_run
+    from frankeneval.reports.characterization_plots import plot_run
 
     if not Path(args.run_dir).is_dir():
         raise FrankenevalError(f"{args.run_dir} is not a directory")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from frankeneval.report import FORMATS, build_leaderboard, find_plots, render, write_report
+from frankeneval.reports.leaderboard import FORMATS, build_leaderboard, find_plots, render, write_report
 
 COMMAND = "report"
 HELP = "leaderboard of a transfer run as markdown, csv, html or latex"

@@ -2,7 +2,7 @@
 
 SPEC is one of
   * a built-in recipe variant, RECIPE:VARIANT   (e.g. openmmreasoner:in_early+rl_middle_late)
-  * a merge-spec YAML file                       (see merges/ and frankeneval.mergespec)
+  * a merge-spec YAML file                       (see merges/ and frankeneval.transferability.mergespec)
   * a paper phrase with its models               ("SFT early 1/3 layers + RL late 2/3 layers" --in DIR --rl DIR)
 
 The result is an ordinary hub-layout checkpoint (sharded safetensors + index, the host's config, tokenizer,
@@ -37,7 +37,8 @@ def _size(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("spec", nargs="?", help="RECIPE:VARIANT, a merge-spec YAML file, or a quoted paper phrase")
+    parser.add_argument("spec", nargs="?", help="RECIPE:VARIANT, a merge-spec YAML file, or a quoted paper phrase "
+                        "(layers: unified LLM layers 1-n, README 'Layer grammar')")
     parser.add_argument("--out", "-o", help="output directory of the spliced checkpoint")
     parser.add_argument("--recipe", help="built-in recipe name (or recipe YAML) -- with --variant")
     parser.add_argument("--variant", help="variant of --recipe (see --list)")
@@ -45,8 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rl", metavar="DIR_OR_ID", help="the RL model")
     parser.add_argument("--base", metavar="DIR_OR_ID", help="the base model (only if the spec uses it)")
     parser.add_argument("--cuts", nargs=2, type=int, metavar=("C1", "C2"),
-                        help="block cuts: early [0,C1) middle [C1,C2) late [C2,n) (default n//3 2n//3)")
-    parser.add_argument("--host", help="source that supplies non-layer parts, config and tokenizer (default: layer 0's)")
+                        help="block cuts on the unified axis: early 1-C1, middle C1+1-C2, late C2+1-n (default n//3 2n//3)")
+    parser.add_argument("--host", help="source that supplies non-layer parts, config and tokenizer (default: layer 1's)")
     parser.add_argument("--force", action="store_true", help="rewrite even if OUT already holds this splice")
     parser.add_argument("--shard-size", type=_size, default=None, help="output shard size (default 5GiB)")
     parser.add_argument("--dry-run", action="store_true", help="print which source every block comes from, write nothing")
@@ -56,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _list() -> int:
-    from frankeneval.recipes import get_recipe, list_recipes
+    from frankeneval.transferability.recipes import get_recipe, list_recipes
 
     for name in list_recipes():
         r = get_recipe(name)
@@ -72,8 +73,8 @@ def _list() -> int:
 
 def run(args: argparse.Namespace) -> int:
     from frankeneval.errors import SpecError
-    from frankeneval.recipes import get_recipe, load_spec
-    from frankeneval.splice import DEFAULT_SHARD_BYTES, materialize, plan_splice, verify
+    from frankeneval.transferability.recipes import get_recipe, load_spec
+    from frankeneval.transferability.splice import DEFAULT_SHARD_BYTES, materialize, plan_splice, verify
 
     if args.list:
         return _list()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from frankeneval.transfer import DEFAULT_TASKS, run_transfer
+from frankeneval.transferability.transfer import DEFAULT_TASKS, run_transfer
 
 COMMAND = "transfer"
 HELP = "run the transferability cells (IN, RL, variants x tasks) through lmms-eval, resumably"

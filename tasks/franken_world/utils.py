@@ -1,12 +1,12 @@
-"""lmms-eval hooks of the rendered world's tasks (data and answers from :mod:`frankeneval.world`)."""
+"""lmms-eval hooks of the rendered world's tasks (data and answers from :mod:`frankeneval.miniature.world`)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from frankeneval import world
-from frankeneval.data import subsample_indices
+from frankeneval.miniature import world
+from frankeneval.core.data import subsample_indices
 from frankeneval.errors import FrankenevalError
 from frankeneval.tasks.common import DEFAULT_SAMPLE_SEED, FrankenTask, mean_score  # noqa: F401
 
@@ -19,7 +19,7 @@ def world_root(metadata: dict | None) -> Path:
     if explicit:
         root = Path(explicit).expanduser()
         if not root.is_dir():
-            raise FrankenevalError(f"world data folder {root} does not exist (write it with frankeneval.world.write_world)")
+            raise FrankenevalError(f"world data folder {root} does not exist (write it with frankeneval.miniature.world.write_world)")
         return root
     return world.write_world(seed=int(md.get("world_seed", 0)))
 
@@ -30,7 +30,7 @@ def world_docs(axis: str, metadata: dict | None) -> list[dict]:
         raise FrankenevalError(f"world task axis must be one of {world.AXES}, not {axis!r}")
     root = world_root(md)
     if not (root / axis / "test.jsonl").is_file():
-        raise FrankenevalError(f"no {root / axis / 'test.jsonl'}; write the world with frankeneval.world.write_world")
+        raise FrankenevalError(f"no {root / axis / 'test.jsonl'}; write the world with frankeneval.miniature.world.write_world")
     rows = world.read_world(root, axis)
     k = int(md.get("sample_size") or os.environ.get("FRANKENEVAL_SAMPLE_SIZE") or 0)
     seed = int(md.get("sample_seed") or os.environ.get("FRANKENEVAL_SAMPLE_SEED") or DEFAULT_SAMPLE_SEED)

@@ -1,4 +1,36 @@
-"""lmms-eval hooks of this task folder (``!function utils.X`` in its YAML); the implementation is shared in
-frankeneval.tasks.common."""
+"""GSM8K hooks (``!function utils.X`` in ``franken_gsm8k.yaml``; the lm-eval task ``franken_gsm8k`` reuses them).
 
-from frankeneval.tasks.common import *  # noqa: F401,F403
+Data: hub ``openai/gsm8k`` (config ``main``) or ``$FRANKENEVAL_DATA/gsm8k/test.jsonl``; the target is the number
+after ``####``. Scored by rules (``\\boxed{}``, then ``####``, then the last number) and, when on, the judge.
+"""
+
+from __future__ import annotations
+
+from frankeneval.core import scoring
+from frankeneval.core.data import load_benchmark_rows, subsample_indices
+from frankeneval.tasks import common
+from frankeneval.tasks.common import INSTRUCTION, TaskSettings, count, mean_score  # noqa: F401 - YAML hooks
+
+
+def build_docs(spec: dict, settings: TaskSettings) -> list[dict]:
+    """The (sub-sampled) GSM8K docs: ``id``, ``question``, ``answer`` (the worked solution) and ``target``."""
+    rows = load_benchmark_rows("gsm8k", settings.data_path)
+    idx = subsample_indices(len(rows), settings.sample_size, settings.sample_seed)
+    return [{"id": f"gsm8k_{i}", "question": rows[i]["question"], "answer": rows[i]["answer"],
+             "target": scoring.extract_gsm8k_target(rows[i]["answer"])} for i in idx]
+
+
+def __getattr__(name: str):
+    """``FrankenTask`` (the YAML's ``class:``): the lmms-eval task over :func:`build_docs`, made on first use, so
+    the hooks here import without lmms-eval (the lm-eval task reuses them)."""
+    if name == "FrankenTask":
+        return common.lmms_task(build_docs)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def gsm8k_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
+    return f"{INSTRUCTION}\n\n{doc['question']}"
+
+
+def gsm8k_process_results(doc: dict, results: list[str], settings: TaskSettings | None = None) -> dict:
+    return common.math_results(doc, results, settings, doc["question"], gsm8k=True)

@@ -1,4 +1,36 @@
-"""lmms-eval hooks of this task folder (``!function utils.X`` in its YAML); the implementation is shared in
-frankeneval.tasks.common."""
+"""MATH-500 hooks (``!function utils.X`` in ``franken_math500.yaml``; the lm-eval task ``franken_math500`` reuses them).
 
-from frankeneval.tasks.common import *  # noqa: F401,F403
+Data: hub ``HuggingFaceH4/MATH-500`` or ``$FRANKENEVAL_DATA/math500/test.jsonl``. Scored by rules (``\\boxed{}``,
+then the last number; symbolic equality) and, when on, the judge.
+"""
+
+from __future__ import annotations
+
+from frankeneval.core.data import load_benchmark_rows, subsample_indices
+from frankeneval.tasks import common
+from frankeneval.tasks.common import INSTRUCTION, TaskSettings, count, mean_score  # noqa: F401 - YAML hooks
+
+
+def build_docs(spec: dict, settings: TaskSettings) -> list[dict]:
+    """The (sub-sampled) MATH-500 docs: ``id`` (the data's ``unique_id``), ``problem``, ``target``, ``subject``, ``level``."""
+    rows = load_benchmark_rows("math500", settings.data_path)
+    idx = subsample_indices(len(rows), settings.sample_size, settings.sample_seed)
+    return [{"id": str(rows[i].get("unique_id", f"math500_{i}")), "problem": rows[i]["problem"],
+             "target": str(rows[i]["answer"]), "subject": str(rows[i].get("subject", "")),
+             "level": str(rows[i].get("level", ""))} for i in idx]
+
+
+def __getattr__(name: str):
+    """``FrankenTask`` (the YAML's ``class:``): the lmms-eval task over :func:`build_docs`, made on first use, so
+    the hooks here import without lmms-eval (the lm-eval task reuses them)."""
+    if name == "FrankenTask":
+        return common.lmms_task(build_docs)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def math500_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
+    return f"{INSTRUCTION}\n\n{doc['problem']}"
+
+
+def math500_process_results(doc: dict, results: list[str], settings: TaskSettings | None = None) -> dict:
+    return common.math_results(doc, results, settings, doc["problem"], gsm8k=False)

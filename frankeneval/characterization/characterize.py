@@ -1,0 +1,119 @@
+"""Update characterization: energy and spectra of ΔIN = IN - Base and ΔRL = RL - IN, streamed.
+
+:func:`characterize` reads every analysed weight matrix (:mod:`~frankeneval.characterization.plan`: ≥ 2-D weights
+that are not norms; embeddings and lm_head included, off the unified axis) of Base, IN and RL exactly once
+(:func:`frankeneval.core.tensor_stream.stream_tensors`), measures it (:mod:`~frankeneval.characterization.measure`,
+on the GPU when there is one, CPU otherwise) and appends one JSON line per matrix to ``matrices.jsonl``; at the
+end ``summary.json`` aggregates them (:mod:`~frankeneval.characterization.aggregate`). A rerun skips the matrices
+already in ``matrices.jsonl`` (resumable); ``run.json`` holds the run's metadata and settings, and a rerun with
+different settings or different weights refuses to mix results (:mod:`~frankeneval.characterization.rundir`).
+The cross-lineage ΔRL comparison is :mod:`frankeneval.characterization.compare`.
+
+Output schema: see :mod:`frankeneval.characterization.schema`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from frankeneval import __version__
+from frankeneval.characterization.aggregate import summarize
+from frankeneval.characterization.measure import CharacterizeSettings, measure_update
+from frankeneval.characterization.plan import plan_matrices, role_fields
+from frankeneval.characterization.rundir import device_info, open_checkpoint, prepare_run_dir, resolve_device, utc_now
+from frankeneval.characterization.schema import MATRICES_FILE, RUN_FILE, SCHEMA, SUMMARY_FILE
+from frankeneval.core.checkpoint import Checkpoint, check_compatible
+from frankeneval.core.results import JsonlLog, write_json_atomic
+from frankeneval.core.tensor_stream import stream_tensors
+from frankeneval.errors import FrankenevalError
+
+
+def characterize(
+    base: str | os.PathLike | Checkpoint,
+    in_: str | os.PathLike | Checkpoint,
+    rl: str | os.PathLike | Checkpoint,
+    out_dir: str | os.PathLike,
+    *,
+    settings: CharacterizeSettings | None = None,
+    device: str | torch.device = "auto",
+    overwrite: bool = False,
+    progress: bool = True,
+    queue_depth: int = 2,
+    chunk_bytes: int = 64 << 20,
+    label: str | None = None,
+) -> dict[str, Any]:
+    """Measure ΔIN and ΔRL of every analysed matrix; write matrices.jsonl, summary.json, run.json.
+
+    Returns the summary. Raises :class:`ArchitectureMismatch` when the three checkpoints do not share
+    every tensor name and shape.
+    """
+    settings = settings or CharacterizeSettings()
+    dev = resolve_device(device)
+    ckpts = [open_checkpoint(x) for x in (base, in_, rl)]
+    check_compatible(ckpts, ["base", "in", "rl"])
+    lmap = ckpts[0].layer_map
+    plan = plan_matrices(ckpts[0], settings.sections)
+    if not plan:
+        raise FrankenevalError("no analysed weight matrices found (check --sections)")
+    out = Path(out_dir)
+    models = {k: c.fingerprint() for k, c in zip(("base", "in", "rl"), ckpts)}
+    settings_d = asdict(settings)
+    meta = {
+        "schema": SCHEMA,
+        "frankeneval": __version__,
+        "created": utc_now(),
+        "label": label,
+        "models": models,
+        "settings": settings_d,
+        "n_vision_blocks": lmap.n_vision_blocks,
+        "n_llm_layers": lmap.n_llm_layers,
+        "n_planned": len(plan),
+        "reference_deviation": (
+            "deltas in float32 (the reference subtracts in fp16); matrices with more than 1e8 elements are "
+            "measured (the reference skips them); embeddings and lm_head are measured, off the unified axis"
+        ),
+        "resume_key": {"settings": settings_d, "weights": [m["weights_sha256"] for m in models.values()]},
+        **device_info(dev),
+    }
+    prepare_run_dir(out, RUN_FILE, meta, overwrite=overwrite, files=(MATRICES_FILE, SUMMARY_FILE))
+    log = JsonlLog(out / MATRICES_FILE, allow_nan=False)
+    done = {r["name"] for r in log.records}
+    todo = [p for p in plan if p.name not in done]
+    t0 = time.perf_counter()
+    try:
+        bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc="characterize", unit="matrix", disable=not progress, dynamic_ncols=True)
+        with stream_tensors(ckpts, [p.name for p in todo], dev, queue_depth=queue_depth, chunk_bytes=chunk_bytes) as (items, bytes_read):
+            by_name = {p.name: p for p in todo}
+            for name, (w_base, w_in, w_rl) in items:
+                t1 = time.perf_counter()
+                rec = role_fields(by_name[name], lmap)
+                rec.update(measure_update(w_base, w_in, w_rl, settings))
+                rec["seconds"] = round(time.perf_counter() - t1, 6)
+                del w_base, w_in, w_rl
+                log.append(rec)
+                bar.update()
+                bar.set_postfix(read=f"{bytes_read() / 1e9:.1f}GB", refresh=False)
+        bar.close()
+    finally:
+        log.close()
+    planned = {p.name for p in plan}
+    records = [r for r in log.records if r["name"] in planned]
+    summary = summarize(records, meta, n_planned=len(plan), seconds=time.perf_counter() - t0)
+    write_json_atomic(out / SUMMARY_FILE, summary, indent=2, allow_nan=False)
+    return summary
+
+
+def characterize_recipe(name: str, out_dir: str | os.PathLike, **kwargs) -> dict[str, Any]:
+    """:func:`characterize` for a built-in recipe (``frankeneval.transferability.recipes.get_recipe(name).models``)."""
+    from frankeneval.transferability.recipes import get_recipe  # lazy: recipes is an optional sibling module
+
+    models = get_recipe(name).models
+    return characterize(models["base"], models["in"], models["rl"], out_dir, label=name, **kwargs)
+

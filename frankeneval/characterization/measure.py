@@ -1,0 +1,96 @@
+"""Per-matrix measurement: energy and spectra of ΔIN = IN - Base and ΔRL = RL - IN of one weight matrix
+(the metric part of a ``matrices.jsonl`` record), and the settings that say what is measured."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from frankeneval.characterization.spectra import (
+    EPS,
+    SVD_METHODS,
+    as_matrix,
+    choose_method,
+    delta,
+    dot64,
+    frobenius_norm,
+    gram,
+    overlap_report,
+    singular_values_batch,
+    spectral_metrics,
+    subspaces_from_gram,
+    top_singular_subspaces,
+)
+from frankeneval.errors import SpecError
+
+SPECTRAL_METRICS = (
+    "spectral_norm",
+    "nuclear_norm",
+    "stable_rank",
+    "effective_rank",
+    "condition_number",
+    "log_spectral_volume",
+)
+DELTA_METRICS = ("fro", "rel_fro", *SPECTRAL_METRICS)
+
+
+@dataclass(frozen=True)
+class CharacterizeSettings:
+    """What is measured. Two runs with equal settings (and weights) may share an output directory."""
+
+    top_k: int = 50  # singular values kept per matrix
+    volume_k: int = 50  # singular values in the log spectral volume (METHOD.md: 50)
+    rank_r: int = 8  # top-r singular subspaces for the ΔIN/ΔRL overlap (0: skip)
+    spectra: bool = True  # False: energy only (Frobenius norms, cosines)
+    svd_method: str = "auto"
+    sections: tuple[str, ...] | None = None  # None: every section
+
+    def __post_init__(self) -> None:
+        if self.svd_method not in SVD_METHODS:
+            raise SpecError(f"svd_method must be one of {SVD_METHODS}, got {self.svd_method!r}")
+        if self.top_k < 1 or self.volume_k < 1 or self.rank_r < 0:
+            raise SpecError("top_k and volume_k must be >= 1 and rank_r >= 0")
+
+
+def measure_update(w_base: torch.Tensor, w_in: torch.Tensor, w_rl: torch.Tensor, settings: CharacterizeSettings) -> dict[str, Any]:
+    """Energy (and spectra) of ΔIN and ΔRL of one matrix: the metric part of a matrices.jsonl record."""
+    d_in = as_matrix(delta(w_base, w_in))
+    d_rl = as_matrix(delta(w_in, w_rl))
+    norms = torch.stack(
+        [frobenius_norm(w_base), frobenius_norm(w_in), frobenius_norm(w_rl), frobenius_norm(d_in), frobenius_norm(d_rl), dot64(d_in, d_rl)]
+    ).tolist()
+    n_base, n_in, n_rl, f_in, f_rl, dot = norms
+    rec: dict[str, Any] = {
+        "norm_base": n_base,
+        "norm_in": n_in,
+        "norm_rl": n_rl,
+        "cos_in_rl": dot / (f_in * f_rl) if f_in > 0 and f_rl > 0 else None,
+        "delta_in": {"fro": f_in, "rel_fro": f_in / n_in if n_in > 0 else None},
+        "delta_rl": {"fro": f_rl, "rel_fro": f_rl / n_in if n_in > 0 else None},
+    }
+    if not settings.spectra:
+        return rec
+    method = choose_method(d_in.shape, d_in.device) if settings.svd_method == "auto" else settings.svd_method
+    rec["svd_method"] = method
+    if method == "gram":  # one Gram per delta, one batched eigvalsh for both
+        grams = [gram(d_in), gram(d_rl)]
+        s_in, s_rl = (ev.flip(-1).clamp_min(0).sqrt() for ev in torch.linalg.eigvalsh(torch.stack(grams)).unbind(0))
+    else:
+        s_in, s_rl = singular_values_batch([d_in, d_rl], method=method)
+    if settings.rank_r > 0:
+        both = f_in > EPS and f_rl > EPS
+        if both:
+            if method == "gram":
+                u_in, v_in = subspaces_from_gram(d_in, grams[0], settings.rank_r)
+                u_rl, v_rl = subspaces_from_gram(d_rl, grams[1], settings.rank_r)
+            else:
+                _, u_in, v_in = top_singular_subspaces(d_in, settings.rank_r, method=method)
+                _, u_rl, v_rl = top_singular_subspaces(d_rl, settings.rank_r, method=method)
+        rec["overlap_in_rl"] = overlap_report(u_in, v_in, u_rl, v_rl) if both else None
+    kw = {"top_k": settings.top_k, "volume_k": settings.volume_k}
+    rec["delta_in"].update(spectral_metrics(s_in, fro_sq=f_in**2, **kw))
+    rec["delta_rl"].update(spectral_metrics(s_rl, fro_sq=f_rl**2, **kw))
+    return rec
+

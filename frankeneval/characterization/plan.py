@@ -1,0 +1,68 @@
+"""The plan of a characterization: which weight matrices are analysed, in on-disk order, and the record
+fields that describe each one's role on the unified layer axis."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from frankeneval.core.checkpoint import Checkpoint
+from frankeneval.core.layermap import LayerMap, TensorRole, canonical_name
+from frankeneval.errors import SpecError
+
+REFERENCE_MAX_ELEMENTS = 100_000_000  # the reference implementation skips larger matrices; we do not
+
+
+@dataclass(frozen=True)
+class PlannedMatrix:
+    """One analysed matrix: its role and stored shape."""
+
+    role: TensorRole
+    shape: tuple[int, ...]
+
+    @property
+    def name(self) -> str:
+        return self.role.canonical
+
+
+def plan_matrices(ckpt: Checkpoint, sections: Iterable[str] | None = None) -> list[PlannedMatrix]:
+    """The analysed matrices of ``ckpt`` (optionally only some sections), in on-disk order."""
+    lmap = ckpt.layer_map
+    infos = {canonical_name(k): v for k, v in ckpt.tensor_infos().items()}
+    wanted = None if sections is None else set(sections)
+    if wanted is not None:
+        unknown = wanted - {"vision", "projector", "llm", "embeddings", "final_norm", "lm_head"}
+        if unknown:
+            raise SpecError(f"unknown section(s) {sorted(unknown)}; choose from vision, projector, llm, embeddings, lm_head")
+    order = {s: i for i, s in enumerate(ckpt.shards)}
+    offsets = {canonical_name(n): loc.offset for n, loc in ckpt.locations().items()}
+    plan = [
+        PlannedMatrix(role, infos[name].shape)
+        for name, role in lmap.roles.items()
+        if role.is_analysed_matrix(infos[name].shape) and (wanted is None or role.section in wanted)
+    ]
+    plan.sort(key=lambda p: (order.get(infos[p.name].shard, 0), offsets.get(p.name, 0), p.name))
+    return plan
+
+
+def role_fields(p: PlannedMatrix, lmap: LayerMap) -> dict[str, Any]:
+    """The fields of a matrices.jsonl record that say what the matrix is (name, shape, section, layer, ...)."""
+    r = p.role
+    rows = p.shape[0]
+    rest = math.prod(p.shape[1:])
+    return {
+        "name": p.name,
+        "shape": list(p.shape),
+        "matrix_shape": [rows, rest],
+        "numel": rows * rest,
+        "section": r.section,
+        "layer": r.layer,
+        "block": r.block,
+        "component": r.component,
+        "submodule": r.submodule,
+        "region": lmap.region(r),
+        "over_reference_limit": rows * rest > REFERENCE_MAX_ELEMENTS,
+    }
+

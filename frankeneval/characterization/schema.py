@@ -1,0 +1,38 @@
+"""What a characterization run writes: file names, schema ids and the documentation of each record.
+
+Output schema (``SCHEMA``): see :data:`RECORD_DOC` and :data:`SUMMARY_DOC`.
+"""
+
+SCHEMA = "frankeneval.characterize/1"
+COMPARE_SCHEMA = "frankeneval.characterize.compare/1"
+RUN_FILE = "run.json"
+MATRICES_FILE = "matrices.jsonl"
+SUMMARY_FILE = "summary.json"
+COMPARE_RUN_FILE = "compare_run.json"
+COMPARE_FILE = "compare.jsonl"
+COMPARE_SUMMARY_FILE = "compare_summary.json"
+
+RECORD_DOC = """One line of matrices.jsonl (one analysed weight matrix):
+  name, shape (stored), matrix_shape [out, rest], numel, section, layer (unified index or null), block,
+  component, submodule, region (early/middle/late for LLM tensors, else null), over_reference_limit,
+  norm_base, norm_in, norm_rl (‖W‖_F), cos_in_rl (cosine of ΔIN and ΔRL, null if either is zero),
+  delta_in / delta_rl: {fro: ‖Δ‖_F, rel_fro: ‖Δ‖_F / ‖W_IN‖_F, and with spectra: spectral_norm σ₁,
+    nuclear_norm Σσ, stable_rank ‖Δ‖_F²/σ₁² (null for Δ = 0), effective_rank exp(-Σ p log p), p = σ/Σσ
+    over σ > 1e-12 (null for Δ = 0), condition_number σ₁/(σ_min + 1e-12), log_spectral_volume
+    Σ_{i≤volume_k} log(σᵢ + 1e-12), sigma_min, n_sigma, sigma_top (top_k σ, descending)},
+  overlap_in_rl (with spectra and rank_r > 0; null if either Δ = 0): {r, left, right (mean cos² of the
+    principal angles between the top-r left / right singular subspaces of ΔIN and ΔRL), left_cosines,
+    right_cosines, chance_left = r/out, chance_right = r/rest},
+  svd_method, seconds."""
+
+SUMMARY_DOC = """summary.json:
+  schema, run (= run.json: versions, models with fingerprints, settings, device), complete (every planned
+  matrix measured), n_matrices, n_planned, seconds (compute wall time of the runs so far, last run),
+  notes, off_axis (names of measured matrices with no unified layer: embeddings, lm_head),
+  over_reference_limit (names with > 1e8 elements, which the reference skips),
+  aggregates: {by_layer (keys: unified index as a string), by_section, by_component,
+    by_section_component ("llm/attention"), by_region, all}: each group is
+    {n, energy: {delta_in_fro, delta_rl_fro (sqrt of Σ‖Δ‖_F²), delta_in_rel_fro, delta_rl_rel_fro
+      (sqrt(Σ‖Δ‖²)/sqrt(Σ‖W_IN‖²))}, delta_in / delta_rl: {metric: {mean, sum, n}} for fro, rel_fro and the
+     spectral metrics, cos_in_rl: {mean, sum, n}, overlap_left / overlap_right: {mean, sum, n}}."""
+

@@ -1,0 +1,54 @@
+"""Options and loaders shared by several commands (not a command: modules starting with ``_`` are skipped)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+
+def add_generator_arguments(parser: argparse.ArgumentParser, *, batch_size: int, max_new_tokens: int) -> None:
+    """Model-loading and generation options shared by the localization commands."""
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help=f"greedy new tokens (default {max_new_tokens})")
+    parser.add_argument("--batch-size", type=int, default=batch_size,
+                        help=f"generations per batched call (sample x layer units; default {batch_size})")
+    parser.add_argument("--dtype", default="auto", help="auto | bfloat16 | float16 | float32 (default auto)")
+    parser.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if present)")
+    parser.add_argument("--attn-implementation", default=None, help="sdpa | eager | flash_attention_2 (default: the model's)")
+    parser.add_argument("--max-pixels", type=int, default=None, help="processor max_pixels (default: the processor's)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def load_generator(args: argparse.Namespace, model: str):
+    from frankeneval.core.generation import Generator
+
+    return Generator.load(model, dtype=args.dtype, device=args.device, attn_implementation=args.attn_implementation,
+                          max_pixels=args.max_pixels, max_batch_size=args.batch_size)
+
+
+def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
+    from frankeneval.core.data import DEFAULT_SAMPLE_SEED
+    from frankeneval.core.probes import PROBE_TASKS
+
+    parser.add_argument("--tasks", nargs="+", choices=PROBE_TASKS, default=list(PROBE_TASKS), help="probe tasks (default: all four)")
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--data", help="probe folder in the vision_probes format (root or one task folder)")
+    src.add_argument("--rendered", nargs="?", const="", default=None, metavar="DIR",
+                     help="use the built-in rendered probes (rendered into DIR, default OUT/probes); the default "
+                          "when neither --data nor $FRANKENEVAL_DATA/vision_probes is given")
+    parser.add_argument("--samples", type=int, default=None, help="pairs per task: the paper's sub-sample (default: all)")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SAMPLE_SEED, help=f"sub-sampling seed (default {DEFAULT_SAMPLE_SEED})")
+
+
+def probe_sets(args: argparse.Namespace):
+    from frankeneval.localization.vision import load_probe_sets
+
+    data = args.data
+    if data is None and args.rendered is None:
+        env = os.environ.get("FRANKENEVAL_DATA", "").strip()
+        if env and (Path(env) / "vision_probes").is_dir():
+            data = str(Path(env) / "vision_probes")
+    rendered = None
+    if data is None:
+        rendered = args.rendered or str(Path(args.out) / "probes")
+    return load_probe_sets(args.tasks, data=data, rendered_dir=rendered, samples=args.samples, seed=args.seed), (data or rendered)

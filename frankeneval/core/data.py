@@ -1,0 +1,151 @@
+"""Benchmark data: the hub dataset by default, or local files when ``FRANKENEVAL_DATA`` / a task argument points at them.
+
+Local layout accepted (the ``../shared/data`` shape; pass the root folder, the benchmark folder or the file)::
+
+    gsm8k/test.jsonl                 question, answer ("… #### 42")
+    math500/test.jsonl               problem, solution, answer, subject, level, unique_id
+    mathvista/testmini.jsonl         MathVista rows (pid, question, image, choices, unit, precision, answer, …)
+    mathvista/images/<pid>.jpg       the images (only needed by the image settings, not by the black-image controls)
+    vision_probes/<task>/data.jsonl  probe pairs (see :mod:`frankeneval.core.probes`)
+
+Sub-sampling is the paper's: ``numpy.random.RandomState(seed).choice(n, k, replace=False)``, sorted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from frankeneval.errors import FrankenevalError
+
+__all__ = [
+    "BenchmarkSource",
+    "BENCHMARKS",
+    "DEFAULT_SAMPLE_SIZE",
+    "DEFAULT_SAMPLE_SEED",
+    "DataNotFound",
+    "data_root_from_env",
+    "resolve_local_file",
+    "read_jsonl",
+    "load_benchmark_rows",
+    "subsample_indices",
+    "subsample",
+    "mathvista_image_path",
+]
+
+DEFAULT_SAMPLE_SIZE = 100
+DEFAULT_SAMPLE_SEED = 123
+
+
+class DataNotFound(FrankenevalError):
+    """A benchmark could be read neither from a local path nor from the dataset hub."""
+
+
+@dataclass(frozen=True)
+class BenchmarkSource:
+    """Where one benchmark lives: hub id / config / split, and its file in the local layout."""
+
+    name: str
+    hub_id: str
+    hub_config: str | None
+    hub_split: str
+    local_file: str  # relative to the data root
+
+
+BENCHMARKS: dict[str, BenchmarkSource] = {
+    "gsm8k": BenchmarkSource("gsm8k", "openai/gsm8k", "main", "test", "gsm8k/test.jsonl"),
+    "math500": BenchmarkSource("math500", "HuggingFaceH4/MATH-500", None, "test", "math500/test.jsonl"),
+    "mathvista": BenchmarkSource("mathvista", "AI4Math/MathVista", None, "testmini", "mathvista/testmini.jsonl"),
+}
+
+
+def data_root_from_env() -> str | None:
+    """``$FRANKENEVAL_DATA`` (empty -> None)."""
+    value = os.environ.get("FRANKENEVAL_DATA", "").strip()
+    return value or None
+
+
+def resolve_local_file(benchmark: str, data_path: str | os.PathLike) -> Path:
+    """The local JSONL of ``benchmark`` under ``data_path`` (a file, the benchmark folder or the data root)."""
+    src = BENCHMARKS[benchmark]
+    p = Path(data_path).expanduser()
+    rel = Path(src.local_file)
+    candidates = [p] if p.is_file() else [p / rel, p / rel.name]
+    for c in candidates:
+        if c.is_file():
+            return Path(os.path.abspath(c))  # not resolve(): a symlinked file keeps its folder's images/
+    raise DataNotFound(
+        f"{benchmark}: no local data at {p} (looked for {', '.join(str(c) for c in candidates)}). "
+        f"Either point FRANKENEVAL_DATA (or the task argument data_path) at a folder holding {src.local_file}, "
+        f"or unset it to load the hub dataset {src.hub_id}"
+        + (f" (config {src.hub_config})" if src.hub_config else "")
+        + f", split {src.hub_split}."
+    )
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Rows of a JSONL file (blank lines skipped); a bad line raises a FrankenevalError naming it."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise FrankenevalError(f"{path}:{i}: not valid JSON ({exc.msg})") from None
+    return rows
+
+
+def mathvista_image_path(jsonl: Path, row: dict) -> Path:
+    """Absolute image path of a local MathVista row (``image`` relative to the JSONL's folder, else images/<pid>.jpg)."""
+    rel = row.get("image") or f"images/{row['pid']}.jpg"
+    return Path(os.path.abspath(jsonl.parent / rel))
+
+
+def _load_hub(src: BenchmarkSource):
+    try:
+        import datasets
+
+        return datasets.load_dataset(src.hub_id, src.hub_config, split=src.hub_split)
+    except Exception as exc:  # offline, no such dataset, auth ...
+        raise DataNotFound(
+            f"{src.name}: could not load the hub dataset {src.hub_id} (split {src.hub_split}): "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. Either make the hub reachable, "
+            f"or point FRANKENEVAL_DATA (or the task argument data_path) at a folder holding {src.local_file}."
+        ) from None
+
+
+def load_benchmark_rows(benchmark: str, data_path: str | os.PathLike | None = None):
+    """The benchmark's rows: local JSONL rows (list of dicts) when ``data_path`` is given, else the hub Dataset.
+
+    Local MathVista rows gain ``image_path`` (absolute path of the image, which may not exist).
+    Hub MathVista rows keep the hub's ``decoded_image`` (PIL) column.
+    """
+    if benchmark not in BENCHMARKS:
+        raise FrankenevalError(f"unknown benchmark {benchmark!r}; known: {', '.join(BENCHMARKS)}")
+    if data_path is None:
+        return _load_hub(BENCHMARKS[benchmark])
+    path = resolve_local_file(benchmark, data_path)
+    rows = read_jsonl(path)
+    if benchmark == "mathvista":
+        for row in rows:
+            row["image_path"] = str(mathvista_image_path(path, row))
+    return rows
+
+
+def subsample_indices(n: int, k: int | None, seed: int = DEFAULT_SAMPLE_SEED) -> list[int]:
+    """The paper's sub-sample: ``sorted(RandomState(seed).choice(n, k, replace=False))``; all when k is 0/None/≥ n."""
+    if not k or k <= 0 or k >= n:
+        return list(range(n))
+    return sorted(int(i) for i in np.random.RandomState(seed).choice(n, k, replace=False))
+
+
+def subsample(rows: Sequence[Any], k: int | None, seed: int = DEFAULT_SAMPLE_SEED) -> list[Any]:
+    """``rows`` at :func:`subsample_indices`."""
+    return [rows[i] for i in subsample_indices(len(rows), k, seed)]

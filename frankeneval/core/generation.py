@@ -1,0 +1,423 @@
+"""The Generator: batched Qwen2.5-VL generation with per-row interventions, shared by the lmms-eval / lm-eval
+wrapper and the analyses (localization sweeps, transfer).
+
+    gen = Generator.load("path/or/hub-id", dtype="auto", device="cuda")
+    out = gen.generate([GenRequest("Describe the image.", images=[img])], max_new_tokens=64)
+    out[0].text, out[0].token_ids, out[0].finish_reason      # "stop" (EOS / stop string) or "length"
+
+* Prompts go through the processor's chat template (system message, then the user turn: images first,
+  then the text), are padded on the left and generated in batches; greedy unless ``do_sample=True``.
+* ``stop``: one list of stop strings for all rows, or one list per row; the text is cut at the first stop
+  string and a row stops generating once it has one (the batch stops when every row is done).
+* ``batch_size="auto"``: start at ``max_batch_size`` (or the last size that fitted) and halve on
+  ``torch.cuda.OutOfMemoryError``; the size that worked is remembered for the next call.
+* ``interventions``: one entry per request (see ``frankeneval.core.interventions``); ``CaptureAttention`` results
+  come back in ``GenResult.captures``. ``SwapVisualKV`` with a PIL image source is encoded once with the
+  row's own prompt/system (cached), or pass a ``VisualKV`` from ``Generator.visual_kv``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from frankeneval.errors import FrankenevalError, InterventionError
+from frankeneval.core.interventions import (
+    AttentionCapture,
+    SwapVisualKV,
+    VisualKV,
+    _RecordVisualKV,
+    apply_interventions,
+    normalize_rows,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BATCH_SIZE = 64
+
+
+@dataclass
+class GenRequest:
+    """One prompt: user text, images shown before it, optional system message (None: the template's default)."""
+
+    prompt: str
+    images: list = field(default_factory=list)
+    system: str | None = None
+
+
+@dataclass
+class GenResult:
+    """Generated text (cut at the first stop string), generated token ids (no trailing EOS), why it ended."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" | "length"
+    captures: list[AttentionCapture] = field(default_factory=list)
+
+
+class _StopOnStrings:
+    """Stopping criterion recording, per row, when it finished (EOS or its own stop strings)."""
+
+    def __init__(self, tokenizer, prompt_len: int, stops: list[list[str]], eos_ids: set[int]):
+        self.tokenizer = tokenizer
+        self.prompt_len = prompt_len
+        self.stops = stops
+        self.eos_ids = eos_ids
+        self.window = [max((len(s) for s in row), default=0) + 4 for row in stops]
+        self.finished_at: list[int | None] = [None] * len(stops)
+        self.reason: list[str] = ["length"] * len(stops)
+
+    def __call__(self, input_ids: torch.Tensor, scores=None, **kwargs) -> torch.Tensor:
+        new = input_ids[:, self.prompt_len :]
+        n = new.shape[1]
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        last = new[:, -1].tolist()
+        for r in range(input_ids.shape[0]):
+            if self.finished_at[r] is not None:
+                done[r] = True
+                continue
+            if last[r] in self.eos_ids:
+                self.finished_at[r], self.reason[r] = n - 1, "eos"
+                done[r] = True
+            elif self.stops[r]:
+                tail = self.tokenizer.decode(new[r, -self.window[r] :], skip_special_tokens=True)
+                if any(s in tail for s in self.stops[r]):
+                    self.finished_at[r], self.reason[r] = n, "stop"
+                    done[r] = True
+        return done
+
+
+def _image_key(image) -> str:
+    h = hashlib.sha1()
+    h.update(f"{image.mode}{image.size}".encode())
+    h.update(image.tobytes())
+    return h.hexdigest()
+
+
+def _is_oom(exc: BaseException) -> bool:
+    oom = getattr(torch.cuda, "OutOfMemoryError", None)
+    return (oom is not None and isinstance(exc, oom)) or "out of memory" in str(exc).lower()
+
+
+class Generator:
+    """Batched generation / scoring over one loaded Qwen2.5-VL model and its processor."""
+
+    def __init__(self, model, processor, *, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE):
+        self.model = model.eval()
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.max_batch_size = max_batch_size
+        self._auto_batch_size: int | None = None
+        self._kv_cache: OrderedDict[tuple, VisualKV] = OrderedDict()
+        self.kv_cache_size = 64
+
+    # ------------------------------------------------------------------------------------------------ load
+    @classmethod
+    def load(
+        cls,
+        pretrained: str,
+        *,
+        dtype: str | torch.dtype = "auto",
+        device: str | None = None,
+        device_map: str | dict | None = None,
+        attn_implementation: str | None = None,
+        max_pixels: int | None = None,
+        min_pixels: int | None = None,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    ) -> Generator:
+        """Load model + processor from a local dir or hub id (``device`` or ``device_map``, not both)."""
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        if isinstance(dtype, str) and dtype != "auto":
+            if not hasattr(torch, dtype):
+                raise FrankenevalError(f"unknown dtype {dtype!r} (use auto, bfloat16, float16 or float32)")
+            dtype = getattr(torch, dtype)
+        proc_kwargs = {k: v for k, v in (("max_pixels", max_pixels), ("min_pixels", min_pixels)) if v is not None}
+        try:
+            processor = AutoProcessor.from_pretrained(pretrained, **proc_kwargs)
+            model_kwargs: dict[str, Any] = {"dtype": dtype}
+            if device_map is not None:
+                model_kwargs["device_map"] = device_map
+            if attn_implementation is not None:
+                model_kwargs["attn_implementation"] = attn_implementation
+            model = AutoModelForImageTextToText.from_pretrained(pretrained, **model_kwargs)
+        except OSError as exc:
+            raise FrankenevalError(f"cannot load model {pretrained!r}: {exc}") from exc
+        if device_map is None:
+            model = model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        return cls(model, processor, max_batch_size=max_batch_size)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def n_llm_layers(self) -> int:
+        """The number of LLM decoder layers (unified LLM layers are 1 ... this)."""
+        return int(self.model.config.get_text_config().num_hidden_layers)
+
+    # ------------------------------------------------------------------------------------------------ inputs
+    def chat_text(self, request: GenRequest) -> str:
+        """The chat-templated prompt text of one request, ending with the assistant turn opener."""
+        content = [{"type": "image"} for _ in request.images] + [{"type": "text", "text": request.prompt}]
+        messages = []
+        if request.system is not None:
+            messages.append({"role": "system", "content": [{"type": "text", "text": request.system}]})
+        messages.append({"role": "user", "content": content})
+        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def encode(self, requests: Sequence[GenRequest]):
+        """Processor outputs for a batch (left padding), on the model's device."""
+        texts = [self.chat_text(r) for r in requests]
+        images = [im.convert("RGB") if getattr(im, "mode", "RGB") != "RGB" else im for r in requests for im in r.images]
+        inputs = self.processor(text=texts, images=images or None, padding=True, padding_side="left", return_tensors="pt")
+        return inputs.to(self.device)
+
+    def _eos_ids(self) -> set[int]:
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
+        return {int(i) for i in ids if i is not None}
+
+    def _pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = self.model.generation_config.pad_token_id
+        if pad is None:
+            pad = min(self._eos_ids())
+        return int(pad)
+
+    # ------------------------------------------------------------------------------------------------ visual KV
+    def visual_kv(self, image, *, prompt: str = "", system: str | None = None) -> VisualKV:
+        """Post-RoPE K/V of ``image``'s visual tokens at every LLM layer, with this prompt/system (cached).
+
+        The visual tokens come before the prompt text, so only the system message and the image matter.
+        """
+        return self._visual_kvs([GenRequest(prompt, [image], system)])[0]
+
+    def _visual_kvs(self, requests: list[GenRequest]) -> list[VisualKV]:
+        keys = [(tuple(_image_key(im) for im in r.images), r.system, r.prompt) for r in requests]
+        todo = [i for i, k in enumerate(keys) if k not in self._kv_cache]
+        for i in todo:  # one prefill per unique source (usually few)
+            if keys[i] in self._kv_cache:
+                continue
+            req = requests[i]
+            inputs = self.encode([req])
+            with torch.inference_mode(), apply_interventions(
+                self.model, [[_RecordVisualKV()]], input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask")
+            ) as session:
+                self.model(**inputs, use_cache=False)
+            grid = tuple(tuple(int(x) for x in g) for g in inputs.get("image_grid_thw", torch.zeros(0, 3)).tolist())
+            self._kv_cache[keys[i]] = session.visual_kv(0, grid)
+            while len(self._kv_cache) > self.kv_cache_size:
+                self._kv_cache.popitem(last=False)
+        return [self._kv_cache[k] for k in keys]
+
+    def _resolve_sources(self, requests: list[GenRequest], rows: list[list]) -> list[list]:
+        out = []
+        for req, row in zip(requests, rows):
+            new_row = []
+            for it in row:
+                if isinstance(it, SwapVisualKV) and not isinstance(it.source, VisualKV):
+                    if not hasattr(it.source, "tobytes"):
+                        raise InterventionError("SwapVisualKV.source must be a PIL image or a VisualKV")
+                    n_images = len(req.images)
+                    if n_images != 1:
+                        raise InterventionError(f"SwapVisualKV with an image source needs one target image per row, got {n_images}")
+                    kv = self._visual_kvs([GenRequest(req.prompt, [it.source], req.system)])[0]
+                    it = replace(it, source=kv)
+                new_row.append(it)
+            out.append(new_row)
+        return out
+
+    # ------------------------------------------------------------------------------------------------ generate
+    def generate(
+        self,
+        requests: Sequence[GenRequest],
+        *,
+        max_new_tokens: int = 256,
+        do_sample: bool = False,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        repetition_penalty: float | None = None,
+        stop: Sequence[str] | Sequence[Sequence[str]] | None = None,
+        ignore_eos: bool = False,
+        interventions: Any = None,
+        batch_size: int | str = "auto",
+        seed: int | None = None,
+        progress: bool = False,
+    ) -> list[GenResult]:
+        """Generate for every request (results in request order). See the module docstring."""
+        requests = list(requests)
+        n = len(requests)
+        if n == 0:
+            return []
+        rows = normalize_rows(interventions, n)
+        stops = self._normalize_stops(stop, n)
+        if seed is not None:
+            torch.manual_seed(seed)
+        # longest prompts first: less padding, and an out-of-memory shows up on the first batch
+        order = sorted(range(n), key=lambda i: (-len(requests[i].images), -len(requests[i].prompt)))
+        kwargs = dict(
+            max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
+            repetition_penalty=repetition_penalty, ignore_eos=ignore_eos,
+        )
+        results: list[GenResult | None] = [None] * n
+        auto = isinstance(batch_size, str)
+        if auto and batch_size != "auto" and not batch_size.startswith("auto"):
+            raise FrankenevalError(f"batch_size must be an int or 'auto', got {batch_size!r}")
+        bs = (self._auto_batch_size or self.max_batch_size) if auto else int(batch_size)
+        bs = max(1, min(bs, n))
+        pbar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            pbar = tqdm(total=n, desc="generate")
+        i = 0
+        while i < n:
+            idx = order[i : i + bs]
+            try:
+                batch = self._generate_batch([requests[j] for j in idx], [rows[j] for j in idx], [stops[j] for j in idx], **kwargs)
+            except Exception as exc:
+                if not (auto and _is_oom(exc)) or bs == 1:
+                    raise
+                bs = max(1, bs // 2)
+                log.warning("out of memory: retrying with batch size %d", bs)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                continue
+            if auto:
+                self._auto_batch_size = bs
+            for j, res in zip(idx, batch):
+                results[j] = res
+            i += len(idx)
+            if pbar is not None:
+                pbar.update(len(idx))
+        if pbar is not None:
+            pbar.close()
+        return results  # type: ignore[return-value]
+
+    @staticmethod
+    def _normalize_stops(stop, n: int) -> list[list[str]]:
+        if stop is None:
+            return [[] for _ in range(n)]
+        stop = list(stop)
+        if all(isinstance(s, str) for s in stop):
+            return [[s for s in stop if s] for _ in range(n)]
+        if len(stop) != n:
+            raise FrankenevalError(f"stop must be one list of strings or one list per request ({n}), got {len(stop)}")
+        return [[s for s in ([row] if isinstance(row, str) else (row or [])) if s] for row in stop]
+
+    def _generate_batch(self, requests, rows, stops, *, max_new_tokens, do_sample, temperature, top_p, repetition_penalty, ignore_eos):
+        from transformers import GenerationConfig, StoppingCriteriaList
+
+        rows = self._resolve_sources(requests, rows)
+        inputs = self.encode(requests)
+        prompt_len = inputs["input_ids"].shape[1]
+        eos_ids = set() if ignore_eos else self._eos_ids()
+        pad_id = self._pad_id()
+        gen_cfg = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature if do_sample else None,
+            top_p=top_p if do_sample else None,
+            top_k=None,
+            repetition_penalty=repetition_penalty,
+            pad_token_id=pad_id,
+            eos_token_id=None if ignore_eos else sorted(eos_ids),
+            bos_token_id=self.model.generation_config.bos_token_id,
+        )
+        criterion = _StopOnStrings(self.tokenizer, prompt_len, stops, eos_ids)
+        with torch.inference_mode(), apply_interventions(
+            self.model, rows, input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask")
+        ) as session:
+            out = self.model.generate(**inputs, generation_config=gen_cfg, stopping_criteria=StoppingCriteriaList([criterion]))
+        new = out[:, prompt_len:].tolist()
+        results = []
+        for r, toks in enumerate(new):
+            end = criterion.finished_at[r]
+            reason = criterion.reason[r]
+            if end is None:  # ran to max_new_tokens
+                end, reason = len(toks), "length"
+            n_gen = end + 1 if reason == "eos" else end  # queries that produced a token (EOS included)
+            reason = "stop" if reason == "eos" else reason
+            toks = toks[:end]
+            text = self.tokenizer.decode(toks, skip_special_tokens=True)
+            cut = [text.find(s) for s in stops[r] if s in text]
+            if cut:
+                text, reason = text[: min(cut)], "stop"
+            results.append(GenResult(text=text, token_ids=toks, finish_reason=reason, captures=session.captures(r, n_gen)))
+        return results
+
+    # ------------------------------------------------------------------------------------------------ scoring
+    @torch.inference_mode()
+    def loglikelihood(
+        self,
+        context: str,
+        continuation: str,
+        images: Sequence = (),
+        *,
+        system: str | None = None,
+        chat: bool = True,
+        interventions: Sequence | None = None,
+    ) -> tuple[float, bool]:
+        """log p(continuation | context) and whether greedy decoding would produce it.
+
+        ``chat=True``: the context is the user turn (images first) of the chat template and the continuation
+        starts the assistant's reply. ``chat=False`` (lm-eval text tasks): raw text, split the way lm-eval's
+        HF model does (``tok(context + continuation)`` cut at ``len(tok(context))``).
+        """
+        if chat:
+            inputs = self.encode([GenRequest(context, list(images), system)])
+            ctx_ids = inputs["input_ids"]
+            cont_ids = torch.tensor([self.tokenizer(continuation, add_special_tokens=False)["input_ids"]], device=self.device)
+            ids = torch.cat([ctx_ids, cont_ids], dim=1)
+            extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
+            if "mm_token_type_ids" in inputs:
+                extra["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(cont_ids)], dim=1)
+            n_ctx = ctx_ids.shape[1]
+        else:
+            if images:
+                raise FrankenevalError("chat=False scoring is text-only")
+            n_spaces = len(context) - len(context.rstrip())
+            if n_spaces:
+                continuation, context = context[-n_spaces:] + continuation, context[:-n_spaces]
+            whole = self.tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
+            ctx = self.tokenizer(context, add_special_tokens=False)["input_ids"] if context else []
+            cont = whole[len(ctx) :]
+            if not ctx:
+                ctx = [self._prefix_token_id()]
+            ids = torch.tensor([ctx + cont], device=self.device)
+            extra = {}
+            n_ctx = len(ctx)
+        return self._score(ids, n_ctx, extra, interventions)
+
+    def _prefix_token_id(self) -> int:
+        eos = self.tokenizer.eos_token_id
+        return int(eos if eos is not None else self._pad_id())
+
+    def token_logprobs(self, token_ids: Sequence[int], *, interventions: Sequence | None = None) -> torch.Tensor:
+        """Log-probabilities of ``token_ids[1:]`` given their prefixes (text only), shape ``(len - 1,)``."""
+        ids = torch.tensor([list(token_ids)], device=self.device)
+        with torch.inference_mode(), apply_interventions(self.model, [interventions or []], input_ids=ids):
+            logits = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits[0, :-1].float()
+        return torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None])[:, 0].cpu()
+
+    @torch.inference_mode()
+    def _score(self, ids: torch.Tensor, n_ctx: int, extra: dict, interventions) -> tuple[float, bool]:
+        if ids.shape[1] <= n_ctx:
+            return 0.0, True
+        with apply_interventions(self.model, [interventions or []], input_ids=ids):
+            logits = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False, **extra).logits
+        logits = logits[0, n_ctx - 1 : -1].float()
+        target = ids[0, n_ctx:]
+        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, target[:, None])[:, 0]
+        greedy = bool((logits.argmax(-1) == target).all())
+        return float(logprobs.sum()), greedy

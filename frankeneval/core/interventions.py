@@ -1,0 +1,538 @@
+"""Interventions on the LLM of a Qwen2.5-VL model, applied per batch row.
+
+An intervention is a small frozen dataclass; a batched call takes one list of them per row, so one
+``Generator.generate`` call can ablate a different layer in every row (what makes localization sweeps fast).
+
+* ``Ablate(layers)`` -- the layer returns its input (h_{i+1} = h_i): the attention and MLP outputs of the
+  chosen decoder layers are zeroed for that row, the residual stream is kept. Same as zeroing the layer's
+  ``o_proj`` and ``down_proj`` weights (neither has a bias in Qwen2.5-VL).
+* ``SwapVisualKV(source, from_layer)`` -- at every LLM layer ``>= from_layer`` the row's keys/values at the
+  visual-token positions are replaced by the source image's post-RoPE keys/values (``VisualKV``), at prefill;
+  the edit lands in the KV cache, so decode steps read it. Source and target must have the same number of
+  visual tokens (else ``InterventionError``). A ``from_layer`` past the last layer is a no-op.
+* ``CaptureAttention(layers=None, query="generated")`` -- per layer and head, the attention mass
+  (softmax probability summed over the visual-token keys) of the chosen query tokens. Computed inside the
+  attention function with one extra attention call whose values are the visual-token indicator, so no
+  ``(query x key)`` probability matrix is kept. ``query``: ``"generated"`` (the query that produced each
+  generated token: the last prompt position, then each fed-back token), ``"last"`` (last prompt position)
+  or ``"prompt"`` (every non-padding prompt position).
+
+**Layer indexing**: ``layers`` / ``from_layer`` (and ``AttentionCapture.layers``) are LLM layers on the
+unified axis of ``frankeneval.core.layermap``: 1 ... n, where unified layer ``L`` is the decoder module
+``model.model.language_model.layers[L - 1]``. The conversion happens in one place, ``_Session`` (through
+``layermap.decoder_index``); ``0`` (the projector on the unified axis, decoder layer 0 in old specs) is refused
+with a message saying how to write it now.
+
+Mechanics (no patched model code): ``Ablate`` uses forward hooks on ``self_attn`` and ``mlp``; swap and
+capture use an attention function registered in transformers' ``AttentionInterface`` (plus the matching mask
+function in ``AttentionMaskInterface``) that wraps the model's own implementation (``sdpa``, ``eager`` or
+flash) and is switched on for the language model only while ``apply_interventions`` is active. The context
+manager always removes hooks and restores the attention implementation.
+
+Wrapper spec strings (``parse_intervention_spec``), ``;`` between interventions:
+``ablate:12`` | ``ablate:3-5`` | ``ablate:3+7+9`` | ``ablate:late`` | ``swapkv:<from_layer>:<image path>`` |
+``none``. Layers follow the layer grammar (``layermap.LAYER_GRAMMAR``) with ``+`` as the list separator (the
+harnesses split model args on commas): ``ablate:12`` is LLM layer 12 = decoder layer 11.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import torch
+import torch.nn.functional as F
+
+from frankeneval.core.layermap import decoder_index, select_layers
+from frankeneval.errors import InterventionError, SpecError
+
+PREFIX = "frankeneval_"
+QUERY_MODES = ("generated", "last", "prompt")
+
+
+# ---------------------------------------------------------------------------------------------- dataclasses
+def _layers_tuple(layers: Any) -> tuple[int, ...]:
+    """Unified LLM layers (1 ... n), sorted and unique; 0 and negatives are refused with a one-line fix."""
+    if isinstance(layers, int):
+        layers = (layers,)
+    out = tuple(sorted({int(L) for L in layers}))
+    for L in out:
+        decoder_index(L)  # raises LayerSpecError (a SpecError) for L < 1
+    return out
+
+
+@dataclass(frozen=True)
+class Ablate:
+    """Zero the attention and MLP outputs of unified LLM layers ``layers`` (1 ... n), keeping the residual."""
+
+    layers: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", _layers_tuple(self.layers))
+
+
+@dataclass(frozen=True, eq=False)
+class VisualKV:
+    """Post-RoPE keys and values of one input's visual tokens at every decoder layer.
+
+    ``keys`` / ``values``: ``(n_layers, n_kv_heads, n_visual, head_dim)``; ``grid_thw``: the images' grids.
+    """
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    grid_thw: tuple[tuple[int, int, int], ...] = ()
+
+    @property
+    def n_visual(self) -> int:
+        return int(self.keys.shape[2])
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.keys.shape[0])
+
+
+@dataclass(frozen=True, eq=False)
+class SwapVisualKV:
+    """Replace the row's visual-token K/V by ``source``'s at every LLM layer ``>= from_layer`` (unified, prefill).
+
+    ``from_layer = 1`` swaps at every layer; a ``from_layer`` past the last layer swaps nothing.
+
+    ``source`` is a ``VisualKV`` (from ``Generator.visual_kv``) or a PIL image, which the Generator encodes
+    once with the row's own prompt and system message (and caches).
+    """
+
+    source: Any
+    from_layer: int
+
+    def __post_init__(self) -> None:
+        decoder_index(self.from_layer)  # unified LLM layer >= 1
+        object.__setattr__(self, "from_layer", int(self.from_layer))
+
+
+@dataclass(frozen=True)
+class CaptureAttention:
+    """Record the attention mass from ``query`` tokens to the visual tokens, per unified LLM layer and head
+    (``layers``: unified LLM layers 1 ... n; ``None`` = every layer)."""
+
+    layers: tuple[int, ...] | None = None
+    query: str = "generated"
+
+    def __post_init__(self) -> None:
+        if self.layers is not None:
+            object.__setattr__(self, "layers", _layers_tuple(self.layers))
+        if self.query not in QUERY_MODES:
+            raise SpecError(f"CaptureAttention.query must be one of {QUERY_MODES}, got {self.query!r}")
+
+
+@dataclass
+class AttentionCapture:
+    """Result of a ``CaptureAttention``: ``mass[l, h, q]`` for unified LLM layer ``layers[l]``, head ``h``,
+    query token ``q``."""
+
+    layers: tuple[int, ...]
+    query: str
+    mass: torch.Tensor
+
+    def mean_mass(self) -> torch.Tensor:
+        """``(n_layers, n_heads)``: mass averaged over the query tokens."""
+        return self.mass.float().mean(dim=-1)
+
+
+@dataclass(frozen=True, eq=False)
+class _RecordVisualKV:
+    """Internal: keep this row's visual-token K/V at every layer (used to build a ``VisualKV``)."""
+
+
+Intervention = Union[Ablate, SwapVisualKV, CaptureAttention, _RecordVisualKV]
+RowSpec = Union[None, Intervention, Sequence[Intervention]]
+
+
+def normalize_rows(interventions: Any, n_rows: int) -> list[list[Intervention]]:
+    """One list of interventions per row. ``None`` -> nothing; a single intervention -> the same for every row;
+    else a sequence with one entry per row, each ``None``, an intervention, or a sequence of interventions."""
+    kinds = (Ablate, SwapVisualKV, CaptureAttention, _RecordVisualKV)
+    if interventions is None:
+        return [[] for _ in range(n_rows)]
+    if isinstance(interventions, kinds):
+        return [[interventions] for _ in range(n_rows)]
+    rows = list(interventions)
+    if len(rows) != n_rows:
+        raise SpecError(f"interventions must have one entry per request ({n_rows}), got {len(rows)}")
+    out = []
+    for row in rows:
+        if row is None:
+            out.append([])
+        elif isinstance(row, kinds):
+            out.append([row])
+        else:
+            items = list(row)
+            bad = [x for x in items if not isinstance(x, kinds)]
+            if bad:
+                raise SpecError(f"not an intervention: {bad[0]!r}")
+            out.append(items)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- spec strings
+def parse_intervention_spec(spec: str | None, n_layers: int | None = None) -> list[Intervention]:
+    """Parse the wrapper's ``intervention=`` string into interventions (applied to every row).
+
+    ``ablate:12`` | ``ablate:3-5`` | ``ablate:3+7`` | ``ablate:late`` | ``swapkv:<from_layer>:<image path>`` |
+    ``none``; several separated by ``;``. Layers are unified LLM layers 1 ... n in the layer grammar
+    (``frankeneval.core.layermap``), ``+`` between list items: ``ablate:12`` is decoder layer 11. ``n_layers``
+    (the model's LLM depth) is needed for the words (``early``, ``late``, ``all`` ...) and range checks; without
+    it only numbers are accepted and the range is checked when the interventions run.
+    """
+    if spec is None or not str(spec).strip() or str(spec).strip().lower() == "none":
+        return []
+    out: list[Intervention] = []
+    for item in str(spec).split(";"):
+        item = item.strip()
+        if not item:
+            continue
+        kind, _, rest = item.partition(":")
+        kind = kind.strip().lower()
+        if kind == "ablate":
+            out.append(Ablate(_spec_layers(rest, n_layers, item)))
+        elif kind in ("swapkv", "swap_visual_kv"):
+            layer, _, path = rest.partition(":")
+            if not layer.strip() or not path:
+                raise SpecError(f"bad swap spec {item!r}: use swapkv:<from_layer>:<image path> (unified LLM layer 1-n)")
+            layers = _spec_layers(layer, n_layers, item)
+            if len(layers) != 1:
+                raise SpecError(f"bad swap spec {item!r}: swapkv takes one from-layer")
+            from PIL import Image
+
+            try:
+                image = Image.open(path).convert("RGB")
+            except OSError as exc:
+                raise SpecError(f"cannot read swap source image {path!r}: {exc}") from exc
+            out.append(SwapVisualKV(source=image, from_layer=layers[0]))
+        else:
+            raise SpecError(f"unknown intervention {item!r}: expected ablate:<layers> or swapkv:<L>:<image>")
+    return out
+
+
+def _spec_layers(text: str, n_layers: int | None, item: str) -> tuple[int, ...]:
+    """Unified LLM layers of one spec item, through the layer map's grammar."""
+    if n_layers is not None:
+        return tuple(select_layers(text, n_layers).llm)
+    # depth unknown (checked when the interventions run): refuse the words that need it, parse numbers
+    if any(ch.isalpha() for ch in text):
+        raise SpecError(f"{item!r}: layer words (early, late, all ...) need the model's depth; give numbers")
+    return tuple(select_layers(text, 1 << 16).llm)
+
+
+# ---------------------------------------------------------------------------------------------- model access
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The LLM decoder layers of a Qwen2.5-VL (or plain causal LM) model."""
+    for path in ("model.language_model.layers", "language_model.layers", "model.layers"):
+        obj: Any = model
+        try:
+            for attr in path.split("."):
+                obj = getattr(obj, attr)
+        except AttributeError:
+            continue
+        if isinstance(obj, torch.nn.ModuleList):
+            return obj
+    raise InterventionError(f"cannot find the LLM decoder layers of {type(model).__name__}")
+
+
+def text_config(model: torch.nn.Module):
+    cfg = model.config
+    return getattr(cfg, "text_config", None) or cfg
+
+
+# ---------------------------------------------------------------------------------------------- attention fn
+_ACTIVE: contextvars.ContextVar[_Session | None] = contextvars.ContextVar("frankeneval_session", default=None)
+
+
+def _eager_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Plain eager attention (same maths as transformers' eager path), returning the weights."""
+    n_rep = query.shape[1] // key.shape[1]
+    key = key.repeat_interleave(n_rep, dim=1)
+    value = value.repeat_interleave(n_rep, dim=1)
+    scores = torch.matmul(query, key.transpose(2, 3)) * (scaling if scaling is not None else query.shape[-1] ** -0.5)
+    if attention_mask is not None:
+        scores = scores + attention_mask[:, :, :, : key.shape[-2]]
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    out = torch.matmul(weights, value).transpose(1, 2).contiguous()
+    return out, weights
+
+
+def _base_attention(base: str):
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    if base == "eager":
+        return _eager_attention
+    return ALL_ATTENTION_FUNCTIONS[base]
+
+
+def _make_attention(base: str):
+    def attention(module, query, key, value, attention_mask, **kwargs):
+        session = _ACTIVE.get()
+        if session is not None:
+            layer = session.layer_of.get(id(module))
+            if layer is not None:
+                session.before_attention(layer, query, key, value, attention_mask, kwargs.get("scaling"))
+        return _base_attention(base)(module, query, key, value, attention_mask, **kwargs)
+
+    attention.__name__ = f"{PREFIX}{base}"
+    return attention
+
+
+def ensure_registered(base: str) -> str:
+    """Register ``frankeneval_<base>`` (attention + mask function) and return its name."""
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+
+    if base.startswith(PREFIX):
+        return base
+    name = f"{PREFIX}{base}"
+    if name not in ALL_ATTENTION_FUNCTIONS:
+        if base != "eager" and base not in ALL_ATTENTION_FUNCTIONS:
+            raise InterventionError(f"attention implementation {base!r} is not registered in transformers")
+        AttentionInterface.register(name, _make_attention(base))
+        mask_fn = ALL_MASK_ATTENTION_FUNCTIONS._global_mapping.get(base)
+        if mask_fn is not None:
+            ALL_MASK_ATTENTION_FUNCTIONS.register(name, mask_fn)
+    return name
+
+
+def _visual_mass(query, key, visual, mask, scaling) -> torch.Tensor:
+    """Attention mass ``(rows, heads, q)`` from ``query`` to the keys flagged in ``visual`` ``(rows, k)``.
+
+    One attention call with the visual-key indicator as the values: the output is sum_k p_qk [k visual].
+    """
+    n_rep = query.shape[1] // key.shape[1]
+    q = query.float()
+    k = key.float().repeat_interleave(n_rep, dim=1)
+    ind = visual.to(q.dtype)[:, None, :, None].expand(-1, q.shape[1], -1, 1)
+    out = F.scaled_dot_product_attention(q, k, ind, attn_mask=mask, scale=scaling)
+    return out[..., 0]
+
+
+def _select_mask(mask, rows, q_index, q_len, k_len, device) -> torch.Tensor:
+    """The attention mask for ``rows`` and absolute query indices ``q_index`` (within this forward)."""
+    if mask is None or mask.dim() != 4:
+        offset = k_len - q_len
+        allowed = torch.arange(k_len, device=device)[None, :] <= (q_index + offset)[:, None]
+        m = allowed[None, None].expand(len(rows), 1, -1, -1)
+        if mask is not None and mask.dim() == 2:  # flash-style 2D padding mask
+            m = m & mask[rows].bool()[:, None, None, : k_len]
+        return m
+    m = mask[:, :, :, :k_len]
+    m = m.expand(max(m.shape[0], int(rows.max()) + 1), -1, -1, -1)[rows][:, :, q_index]
+    return m if m.dtype == torch.bool else m.to(torch.float32)
+
+
+@dataclass
+class _RowState:
+    """One row's interventions, in decoder-layer module indices (converted once, in ``_Session``)."""
+
+    ablate: set[int] = field(default_factory=set)
+    swap: SwapVisualKV | None = None
+    swap_from: int = 0
+    capture: CaptureAttention | None = None
+    capture_layers: set[int] | None = None  # None: every layer
+    record: bool = False
+
+
+class _Session:
+    """Per-batch state of one ``apply_interventions`` block."""
+
+    def __init__(self, rows: list[list[Intervention]], n_layers: int, visual: torch.Tensor, padding: torch.Tensor | None):
+        self.n_layers = n_layers
+        self.visual = visual  # (rows, prompt_len) bool: visual-token positions
+        self.padding = padding  # (rows, prompt_len) bool: real tokens, or None
+        self.layer_of: dict[int, int] = {}
+        self.states = [self._row_state(r, i) for i, r in enumerate(rows)]
+        self.recorded: dict[int, tuple[list, list]] = {}
+        self.captured: dict[int, dict[int, list[torch.Tensor]]] = {}
+        self.swap_rows = [i for i, s in enumerate(self.states) if s.swap is not None]
+        self.capture_rows = [i for i, s in enumerate(self.states) if s.capture is not None]
+        self.record_rows = [i for i, s in enumerate(self.states) if s.record]
+
+    def _row_state(self, items: list[Intervention], row: int) -> _RowState:
+        st = _RowState()
+        n_vis = int(self.visual[row].sum())
+        for it in items:
+            if isinstance(it, Ablate):
+                st.ablate.update(self._decoder(it.layers, "Ablate"))
+            elif isinstance(it, SwapVisualKV):
+                if st.swap is not None:
+                    raise InterventionError("at most one SwapVisualKV per row")
+                src = it.source
+                if not isinstance(src, VisualKV):
+                    raise InterventionError("SwapVisualKV.source must be a VisualKV here (Generator encodes images)")
+                if src.n_visual != n_vis:
+                    raise InterventionError(
+                        f"SwapVisualKV needs the same number of visual tokens: source has {src.n_visual}, "
+                        f"target row {row} has {n_vis} (resize both images to the same size)"
+                    )
+                if src.n_layers != self.n_layers:
+                    raise InterventionError(f"VisualKV has {src.n_layers} layers, the model {self.n_layers}")
+                st.swap = it
+                st.swap_from = decoder_index(it.from_layer)  # past the last layer: no layer swaps
+            elif isinstance(it, CaptureAttention):
+                if st.capture is not None:
+                    raise InterventionError("at most one CaptureAttention per row")
+                if it.layers is not None:
+                    st.capture_layers = self._decoder(it.layers, "CaptureAttention")
+                if n_vis == 0:
+                    raise InterventionError(f"CaptureAttention on row {row}, which has no visual tokens")
+                st.capture = it
+            elif isinstance(it, _RecordVisualKV):
+                st.record = True
+        return st
+
+    def _decoder(self, layers: tuple[int, ...], what: str) -> set[int]:
+        """Unified LLM layers -> decoder-layer module indices, checked against this model's depth."""
+        bad = [L for L in layers if not 1 <= L <= self.n_layers]
+        if bad:
+            raise InterventionError(
+                f"{what} layer {bad[0]} out of range: LLM layers are 1-{self.n_layers} on the unified axis"
+            )
+        return {decoder_index(L, self.n_layers) for L in layers}
+
+    @property
+    def needs_attention_fn(self) -> bool:
+        return bool(self.swap_rows or self.capture_rows or self.record_rows)
+
+    def before_attention(self, layer: int, query, key, value, mask, scaling) -> None:
+        q_len, k_len = query.shape[2], key.shape[2]
+        prefill = q_len == k_len
+        n_prompt = self.visual.shape[1]
+        if prefill and k_len == n_prompt:
+            for r in self.record_rows:
+                pos = self.visual[r]
+                keys, vals = self.recorded.setdefault(r, ([None] * self.n_layers, [None] * self.n_layers))
+                keys[layer] = key[r][:, pos].detach().clone()
+                vals[layer] = value[r][:, pos].detach().clone()
+            for r in self.swap_rows:
+                sw = self.states[r].swap
+                if layer >= self.states[r].swap_from:
+                    pos = self.visual[r].nonzero().squeeze(-1)
+                    # in place: these are the tensors the KV cache returned (its storage), so decode reads them
+                    key[r, :, pos] = sw.source.keys[layer].to(key.device, key.dtype)
+                    value[r, :, pos] = sw.source.values[layer].to(value.device, value.dtype)
+        if self.capture_rows:
+            self._capture(layer, query, key, mask, scaling, prefill)
+
+    def _capture(self, layer, query, key, mask, scaling, prefill) -> None:
+        rows = [
+            r for r in self.capture_rows
+            if self.states[r].capture_layers is None or layer in self.states[r].capture_layers
+        ]
+        if not rows:
+            return
+        q_len, k_len = query.shape[2], key.shape[2]
+        n_prompt = self.visual.shape[1]
+        by_mode: dict[tuple[str, ...], list[int]] = {}
+        for r in rows:
+            mode = self.states[r].capture.query
+            if mode == "generated":
+                idx = (q_len - 1,) if prefill else ((0,) if q_len == 1 else ())
+            elif mode == "last":
+                idx = (q_len - 1,) if prefill else ()
+            else:  # prompt
+                idx = tuple(range(q_len)) if prefill else ()
+            if idx:
+                by_mode.setdefault(idx, []).append(r)
+        for idx, rs in by_mode.items():
+            rows_t = torch.tensor(rs, device=query.device)
+            q_index = torch.tensor(idx, device=query.device)
+            visual = torch.zeros(len(rs), k_len, dtype=torch.bool, device=query.device)
+            visual[:, :n_prompt] = self.visual[rs].to(query.device)
+            m = _select_mask(mask, rows_t, q_index, q_len, k_len, query.device)
+            mass = _visual_mass(query[rows_t][:, :, q_index], key[rows_t], visual, m, scaling)
+            for i, r in enumerate(rs):
+                self.captured.setdefault(r, {}).setdefault(layer, []).append(mass[i].detach().float().cpu())
+
+    def captures(self, row: int, n_generated: int | None = None) -> list[AttentionCapture]:
+        st = self.states[row]
+        if st.capture is None:
+            return []
+        layers = st.capture.layers if st.capture.layers is not None else tuple(range(1, self.n_layers + 1))
+        per_layer = self.captured.get(row, {})
+        stacks = []
+        for j in (decoder_index(L) for L in layers):
+            chunks = per_layer.get(j, [])
+            mass = torch.cat(chunks, dim=-1) if chunks else torch.zeros(0)
+            if st.capture.query == "prompt" and self.padding is not None and mass.numel():
+                mass = mass[:, self.padding[row].cpu()]
+            if st.capture.query == "generated" and n_generated is not None:
+                mass = mass[:, :n_generated]
+            stacks.append(mass)
+        return [AttentionCapture(layers=tuple(layers), query=st.capture.query, mass=torch.stack(stacks) if stacks else torch.zeros(0))]
+
+    def visual_kv(self, row: int, grid_thw=()) -> VisualKV:
+        keys, vals = self.recorded[row]
+        if any(k is None for k in keys):
+            raise InterventionError("visual K/V were not recorded at every layer (was the prefill run?)")
+        return VisualKV(keys=torch.stack(keys), values=torch.stack(vals), grid_thw=tuple(grid_thw))
+
+
+# ---------------------------------------------------------------------------------------------- hooks
+def _zero_rows_hook(keep: torch.Tensor):
+    def hook(module, args, output):
+        if isinstance(output, tuple):
+            out = output[0]
+            return (out * keep.to(out.device, out.dtype)[:, None, None],) + tuple(output[1:])
+        return output * keep.to(output.device, output.dtype)[:, None, None]
+
+    return hook
+
+
+@contextmanager
+def apply_interventions(
+    model: torch.nn.Module,
+    interventions: Any,
+    *,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    image_token_id: int | None = None,
+) -> Iterator[_Session]:
+    """Apply one list of interventions per row of ``input_ids`` (the prompt batch) while the block runs.
+
+    Yields the session; after the block, ``session.captures(row)`` and ``session.visual_kv(row)`` give the
+    recorded data. Hooks are removed and the attention implementation restored even on error.
+    """
+    layers = decoder_layers(model)
+    rows = normalize_rows(interventions, input_ids.shape[0])
+    tok = image_token_id if image_token_id is not None else getattr(model.config, "image_token_id", None)
+    visual = (input_ids == tok) if tok is not None else torch.zeros_like(input_ids, dtype=torch.bool)
+    video_tok = getattr(model.config, "video_token_id", None)
+    if video_tok is not None:
+        visual = visual | (input_ids == video_tok)
+    padding = attention_mask.bool() if attention_mask is not None else None
+    session = _Session(rows, len(layers), visual, padding)
+    for j, layer in enumerate(layers):
+        session.layer_of[id(layer.self_attn)] = j
+
+    handles = []
+    cfg = text_config(model)
+    previous_impl = cfg._attn_implementation
+    token = None
+    try:
+        for j, layer in enumerate(layers):
+            keep = torch.tensor([0.0 if j in st.ablate else 1.0 for st in session.states])
+            if (keep == 0).any():
+                handles.append(layer.self_attn.register_forward_hook(_zero_rows_hook(keep)))
+                handles.append(layer.mlp.register_forward_hook(_zero_rows_hook(keep)))
+        if session.needs_attention_fn:
+            impl = ensure_registered(previous_impl or "eager")
+            if impl != previous_impl:
+                model.set_attn_implementation({"text_config": impl} if hasattr(model.config, "text_config") else impl)
+            token = _ACTIVE.set(session)
+        yield session
+    finally:
+        for h in handles:
+            h.remove()
+        if token is not None:
+            _ACTIVE.reset(token)
+        if cfg._attn_implementation != previous_impl:
+            model.set_attn_implementation({"text_config": previous_impl} if hasattr(model.config, "text_config") else previous_impl)

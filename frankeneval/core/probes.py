@@ -1,0 +1,238 @@
+"""Vision probes: paired (target, source) images for visual-token swapping, and the built-in rendered generator.
+
+A probe folder holds ``<task>/data.jsonl`` (rows: ``id``, ``task``, ``target_image``, ``source_image`` relative to the
+task folder, ``prompt``, ``meta``) and the images. ``meta`` carries the answers for both images:
+counting / recognition ``target_answer`` / ``source_answer``; OCR ``target_text`` / ``source_text``; grounding
+``target_bbox_xyxy`` / ``source_bbox_xyxy``, ``object_name``, ``iou_threshold``. The two images of a pair always have
+the same size, so they give the same number of visual tokens.
+
+``write_probe_pairs`` renders such a folder with PIL, deterministically from a seed:
+counting (coloured shapes, different counts), OCR (a word, different words), grounding (one coloured shape at
+different places), recognition (a named shape present in the target, absent in the source).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from frankeneval.core.results import atomic_output, atomic_write_text, write_json_atomic
+from frankeneval.errors import FrankenevalError
+
+__all__ = ["PROBE_TASKS", "ProbePair", "load_probe_pairs", "write_probe_pairs", "render_pair", "probe_task_dir"]
+
+PROBE_TASKS = ("counting", "ocr", "grounding", "recognition")
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 30),
+           "purple": (140, 60, 180), "orange": (240, 140, 30)}
+SHAPES = ("circle", "square", "triangle")
+WORDS = ("gradient", "spectrum", "alignment", "manifold", "curvature", "singular", "tensor", "entropy", "lattice",
+         "momentum", "variance", "kernel", "horizon", "quantum", "vector", "matrix", "theorem", "integral")
+
+PROMPTS = {
+    "counting": "How many items are there in the image?",
+    "ocr": "Read the text in the image. Answer with the exact word only.",
+    "grounding": "Locate the object: {object}. Return bounding box as x1,y1,x2,y2.",
+    "recognition": "Is there a {object} in the image? Answer Yes or No only.",
+}
+
+
+@dataclass(frozen=True)
+class ProbePair:
+    """One probe pair; image paths are absolute."""
+
+    id: str
+    task: str
+    target_image: Path
+    source_image: Path
+    prompt: str
+    meta: dict
+
+    @property
+    def text_prompt(self) -> str:
+        """The prompt without the ``<image>`` placeholder some rows carry (the image is given before the text)."""
+        return self.prompt.replace("<image>", "").strip()
+
+    def answer(self, which: str = "target"):
+        """The expected answer for the ``target`` or ``source`` image (str, or an xyxy box for grounding)."""
+        m = self.meta
+        if self.task == "ocr":
+            return m[f"{which}_text"]
+        if self.task == "grounding":
+            return list(m[f"{which}_bbox_xyxy"])
+        return str(m[f"{which}_answer"])
+
+
+def probe_task_dir(folder: str | os.PathLike, task: str) -> Path:
+    """``folder`` if it is a task folder, else ``folder/<task>`` (or ``folder/vision_probes/<task>``)."""
+    p = Path(folder).expanduser()
+    for c in (p, p / task, p / "vision_probes" / task):
+        if (c / "data.jsonl").is_file() and (c.name == task or c == p):
+            return c
+    raise FrankenevalError(
+        f"no probe data for task {task!r} under {p} (expected {p / task / 'data.jsonl'}); "
+        "point FRANKENEVAL_DATA / data_path at a folder in the vision_probes format, or generate one with "
+        "`frankeneval make-probes OUT`."
+    )
+
+
+def load_probe_pairs(folder: str | os.PathLike, task: str, *, check_images: bool = True) -> list[ProbePair]:
+    """The pairs of one probe task from a vision_probes-format folder (root or task folder)."""
+    if task not in PROBE_TASKS:
+        raise FrankenevalError(f"unknown probe task {task!r}; known: {', '.join(PROBE_TASKS)}")
+    tdir = probe_task_dir(folder, task)
+    pairs = []
+    with open(tdir / "data.jsonl", encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                pair = ProbePair(str(row["id"]), row.get("task", task), (tdir / row["target_image"]).resolve(),
+                                 (tdir / row["source_image"]).resolve(), row["prompt"], dict(row.get("meta") or {}))
+            except (json.JSONDecodeError, KeyError) as exc:
+                raise FrankenevalError(f"{tdir / 'data.jsonl'}:{i}: bad probe row ({exc})") from None
+            if pair.task != task:
+                continue
+            if check_images:
+                for img in (pair.target_image, pair.source_image):
+                    if not img.is_file():
+                        raise FrankenevalError(f"{tdir / 'data.jsonl'}:{i}: image not found: {img}")
+            pairs.append(pair)
+    return pairs
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def _draw_shape(draw, shape: str, box: tuple[int, int, int, int], colour) -> None:
+    x1, y1, x2, y2 = box
+    if shape == "circle":
+        draw.ellipse(box, fill=colour)
+    elif shape == "square":
+        draw.rectangle(box, fill=colour)
+    else:
+        draw.polygon([((x1 + x2) // 2, y1), (x2, y2), (x1, y2)], fill=colour)
+
+
+def _place_boxes(rng: random.Random, n: int, size: int, lo: int, hi: int) -> list[tuple[int, int, int, int]]:
+    """``n`` non-overlapping boxes (with a margin) inside a ``size`` canvas."""
+    for _ in range(200):
+        boxes: list[tuple[int, int, int, int]] = []
+        for _ in range(n * 50):
+            if len(boxes) == n:
+                break
+            w, h = rng.randint(lo, hi), rng.randint(lo, hi)
+            x, y = rng.randint(4, size - w - 4), rng.randint(4, size - h - 4)
+            b = (x, y, x + w, y + h)
+            if all(b[2] + 6 < o[0] or o[2] + 6 < b[0] or b[3] + 6 < o[1] or o[3] + 6 < b[1] for o in boxes):
+                boxes.append(b)
+        if len(boxes) == n:
+            return boxes
+    raise RuntimeError(f"could not place {n} shapes on a {size}px canvas")
+
+
+def _canvas(size: int):
+    from PIL import Image
+
+    return Image.new("RGB", (size, size), (245, 245, 245))
+
+
+def render_pair(task: str, rng: random.Random, size: int = 384):
+    """``(target_image, source_image, prompt, meta)`` for one pair of ``task``."""
+    from PIL import ImageDraw
+
+    imgs = [_canvas(size), _canvas(size)]
+    draws = [ImageDraw.Draw(im) for im in imgs]
+    if task == "counting":
+        counts = rng.sample(range(2, 10), 2)
+        for d, n in zip(draws, counts):
+            for b in _place_boxes(rng, n, size, max(6, size // 14), max(8, size // 8)):
+                _draw_shape(d, rng.choice(SHAPES), b, COLOURS[rng.choice(list(COLOURS))])
+        meta = {"target_answer": str(counts[0]), "source_answer": str(counts[1]), "canvas_size": [size, size]}
+        prompt = PROMPTS["counting"]
+    elif task == "ocr":
+        words = rng.sample(WORDS, 2)
+        font = _font(max(16, size // 10))
+        for d, w in zip(draws, words):
+            left, top, right, bottom = d.textbbox((0, 0), w, font=font)
+            x = rng.randint(4, max(4, size - (right - left) - 4))
+            y = rng.randint(4, max(4, size - (bottom - top) - 4))
+            d.text((x - left, y - top), w, fill=(10, 10, 10), font=font)
+        meta = {"target_text": words[0], "source_text": words[1], "canvas_size": [size, size]}
+        prompt = PROMPTS["ocr"]
+    elif task == "grounding":
+        colour, shape = rng.choice(list(COLOURS)), rng.choice(("circle", "square"))
+        boxes = []
+        for d in draws:
+            b = _place_boxes(rng, 1, size, size // 6, size // 4)[0]
+            _draw_shape(d, shape, b, COLOURS[colour])
+            boxes.append(list(b))
+        name = f"{colour} {shape}"
+        meta = {"object_name": name, "target_bbox_xyxy": boxes[0], "source_bbox_xyxy": boxes[1],
+                "canvas_size": [size, size], "iou_threshold": 0.5}
+        prompt = PROMPTS["grounding"].format(object=name)
+    elif task == "recognition":
+        present = rng.choice(SHAPES)
+        others = [s for s in SHAPES if s != present]
+        n = rng.randint(2, 4)
+        for k, d in enumerate(draws):
+            boxes = _place_boxes(rng, n, size, max(8, size // 10), max(10, size // 6))
+            kinds = [rng.choice(others) for _ in boxes]
+            if k == 0:
+                kinds[rng.randrange(n)] = present
+            for b, s in zip(boxes, kinds):
+                _draw_shape(d, s, b, COLOURS[rng.choice(list(COLOURS))])
+        meta = {"category_name": present, "target_answer": "Yes", "source_answer": "No", "canvas_size": [size, size]}
+        prompt = PROMPTS["recognition"].format(object=present)
+    else:
+        raise FrankenevalError(f"unknown probe task {task!r}; known: {', '.join(PROBE_TASKS)}")
+    return imgs[0], imgs[1], prompt, meta
+
+
+def write_probe_pairs(out_dir: str | os.PathLike, tasks: Iterable[str] = PROBE_TASKS, n: int = 100, seed: int = 0,
+                      size: int = 384) -> dict[str, Path]:
+    """Render ``n`` pairs per task into ``out_dir/<task>/`` (data.jsonl + images/); returns the task folders.
+
+    Deterministic: the same (task, n, seed, size) gives the same files. Already complete folders are kept.
+    """
+    out = Path(out_dir).expanduser()
+    written = {}
+    for task in tasks:
+        if task not in PROBE_TASKS:
+            raise FrankenevalError(f"unknown probe task {task!r}; known: {', '.join(PROBE_TASKS)}")
+        tdir = out / task
+        (tdir / "images").mkdir(parents=True, exist_ok=True)
+        stamp = {"task": task, "n": n, "seed": seed, "size": size}
+        stamp_path = tdir / "generator.json"
+        if (tdir / "data.jsonl").is_file() and stamp_path.is_file() and json.loads(stamp_path.read_text()) == stamp:
+            written[task] = tdir
+            continue
+        rng = random.Random(f"{seed}:{task}")
+        rows = []
+        for i in range(n):
+            target, source, prompt, meta = render_pair(task, rng, size)
+            pid = f"{task}_{i:06d}"
+            t_rel, s_rel = f"images/{pid}_t.png", f"images/{pid}_s.png"
+            for image, rel in ((target, t_rel), (source, s_rel)):
+                with atomic_output(tdir / rel) as tmp:
+                    image.save(tmp)
+            rows.append({"id": pid, "task": task, "target_image": t_rel, "source_image": s_rel, "prompt": prompt,
+                         "meta": meta})
+        atomic_write_text(tdir / "data.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        write_json_atomic(stamp_path, stamp, newline=False)
+        written[task] = tdir
+    return written

@@ -1,0 +1,211 @@
+"""Shared pieces of the localization sweeps: layer selection, answer-change metrics, batched unit execution.
+
+Layer indices: every sweep speaks the unified axis -- LLM layers 1 … n (decoder layer ``j`` is unified ``j + 1``), as
+the interventions take them. ``--layers`` is parsed by :func:`frankeneval.core.layermap.parse_layers` (``1-28``,
+``1,5,9``, ``late``, ``all``).
+
+Answer-change metrics (vision localization, :mod:`frankeneval.localization.vision`):
+
+* :func:`answer_changed` -- the method's rule (seed-compatible with the reference): both answers lower-cased,
+  stripped, trailing ``.,!?;:`` removed; if both are shorter than 20 characters they *changed* when they differ;
+  otherwise (either one 20 characters or longer) they are *unchanged* when one contains the other, changed if not.
+* :func:`task_answer` / :func:`task_equal` -- frankeneval's task-aware reading of a probe response: counting ->
+  the integer (digits or number words), OCR -> the word (case, spaces and punctuation ignored), grounding -> the
+  ``xyxy`` box (equal when IoU >= 0.5), recognition -> yes / no. Responses are first reduced to their
+  ``<answer>`` / ``\\boxed{}`` content when they have one. When neither response parses, they are compared as
+  normalized strings; when only one parses, they differ.
+* task-aware changed = not :func:`task_equal` (swapped, original); source-follow = :func:`task_equal` (swapped,
+  the model's own answer on the source image).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from frankeneval.core.layermap import decoder_index
+from frankeneval.core.layermap import parse_layers as _parse_layers
+from frankeneval.core.scoring import (
+    box_iou,
+    parse_box,
+    parse_count,
+    parse_yes_no,
+    short_answer,
+)
+from frankeneval.errors import FrankenevalError
+
+__all__ = [
+    "CHANGE_MIN_CONTAINMENT_LEN",
+    "MATH_INSTRUCTION",
+    "REASONING_NAME_MARKERS",
+    "REASONING_SYSTEM_PROMPT",
+    "Unit",
+    "answer_changed",
+    "model_label",
+    "normalize_answer",
+    "parse_layers",
+    "rate",
+    "run_units",
+    "source_follows",
+    "task_answer",
+    "task_changed",
+    "task_equal",
+    "uses_reasoning_prompt",
+]
+
+CHANGE_MIN_CONTAINMENT_LEN = 20
+
+# --------------------------------------------------------------------------- prompts (METHOD.md)
+
+MATH_INSTRUCTION = 'Please solve the problem step by step and put your answer in one "\\boxed{}".'
+REASONING_SYSTEM_PROMPT = (
+    "You are a helpful assistant. You first think about the reasoning process step by step and then give the "
+    "final answer. The reasoning process is enclosed within <think> </think> tags and the final answer within "
+    "<answer> </answer> tags, i.e. <think> reasoning process here </think><answer> answer here </answer>."
+)
+# the reference's rule: these substrings of the model's name mark a reasoning-tuned (IN / RL) model
+REASONING_NAME_MARKERS = ("openmmreasoner", "coldstart", "rl")
+
+
+def model_label(model: Any) -> str:
+    """The model's name as the prompt rule reads it: the last path component / hub id part, lower-cased."""
+    s = str(model).rstrip("/\\")
+    return s.replace("\\", "/").split("/")[-1].lower()
+
+
+def uses_reasoning_prompt(model: Any, setting: str = "auto") -> bool:
+    """Whether the reasoning system prompt is used: ``on`` / ``off``, or ``auto`` = the reference's name rule."""
+    setting = str(setting).lower()
+    if setting in ("on", "true", "1", "yes"):
+        return True
+    if setting in ("off", "false", "0", "no"):
+        return False
+    if setting != "auto":
+        raise FrankenevalError(f"reasoning prompt setting must be auto, on or off, not {setting!r}")
+    name = model_label(model)
+    return any(m in name for m in REASONING_NAME_MARKERS)
+_TRAILING = ".,!?;:"
+
+
+# --------------------------------------------------------------------------- answer-change metrics
+
+
+def normalize_answer(text: Any) -> str:
+    """Lower-cased, stripped, trailing ``.,!?;:`` removed (the method's normalization)."""
+    s = str(text if text is not None else "").lower().strip()
+    while s and s[-1] in _TRAILING:
+        s = s[:-1].rstrip()
+    return s
+
+
+def answer_changed(original: Any, swapped: Any) -> bool:
+    """The method's change rule: exact for short answers (< 20 chars), containment for longer ones."""
+    a, b = normalize_answer(original), normalize_answer(swapped)
+    if len(a) < CHANGE_MIN_CONTAINMENT_LEN and len(b) < CHANGE_MIN_CONTAINMENT_LEN:
+        return a != b
+    return not (a in b or b in a)
+
+
+def _word(text: str) -> str | None:
+    w = re.sub(r"[^\w]", "", text.lower())
+    return w or None
+
+
+def task_answer(task: str, response: Any) -> Any:
+    """The task-aware reading of a probe response (int / word / box / "yes"|"no"), or None if it has none."""
+    text = short_answer(str(response if response is not None else ""))
+    if task == "counting":
+        return parse_count(text)
+    if task == "ocr":
+        return _word(text)
+    if task == "grounding":
+        return parse_box(text)
+    if task == "recognition":
+        return parse_yes_no(text)
+    raise FrankenevalError(f"unknown probe task {task!r}")
+
+
+def task_equal(task: str, a: Any, b: Any, *, iou_threshold: float = 0.5) -> bool:
+    """Whether two responses give the same task answer (boxes: IoU >= ``iou_threshold``)."""
+    pa, pb = task_answer(task, a), task_answer(task, b)
+    if pa is None and pb is None:
+        return normalize_answer(a) == normalize_answer(b)
+    if pa is None or pb is None:
+        return False
+    if task == "grounding":
+        return box_iou(pa, pb) >= iou_threshold
+    return pa == pb
+
+
+def task_changed(task: str, original: Any, swapped: Any, *, iou_threshold: float = 0.5) -> bool:
+    """Task-aware change: the swapped answer is not the same task answer as the original."""
+    return not task_equal(task, original, swapped, iou_threshold=iou_threshold)
+
+
+def source_follows(task: str, swapped: Any, source_own: Any, *, iou_threshold: float = 0.5) -> bool:
+    """Source-follow: the swapped answer equals the model's own answer on the source image (task-aware)."""
+    return task_equal(task, swapped, source_own, iou_threshold=iou_threshold)
+
+
+def rate(flags: Iterable[bool]) -> float | None:
+    """Mean of booleans (None when empty)."""
+    flags = list(flags)
+    return sum(bool(f) for f in flags) / len(flags) if flags else None
+
+
+# --------------------------------------------------------------------------- layers
+
+
+# one grammar for every --layers flag: frankeneval.core.layermap.parse_layers (LLM layers only, None = all)
+parse_layers = _parse_layers
+
+
+# --------------------------------------------------------------------------- batched unit execution
+
+
+@dataclass
+class Unit:
+    """One generation of a sweep: a store key, a request, its intervention list, and what to record with it."""
+
+    key: str
+    request: Any
+    interventions: list = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+    group: Any = None  # units of one group share setup (e.g. a probe pair's source KV); kept together in batches
+
+
+def run_units(
+    units: Sequence[Unit],
+    execute: Callable[[list[Unit]], list[dict]],
+    store,
+    *,
+    batch_size: int,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Run the units the store does not hold yet, ``batch_size`` at a time; append each result as it finishes.
+
+    ``execute(batch) -> [record per unit]`` runs one batched generate call. Units are taken in order, so callers
+    order them to keep shared work (one pair's units, one prompt's layers) inside the same batch. Returns the
+    number of units run.
+    """
+    todo = [u for u in units if not store.done(u.key)]
+    ran = 0
+    for i in range(0, len(todo), max(1, batch_size)):
+        batch = todo[i : i + batch_size]
+        records = execute(batch)
+        if len(records) != len(batch):
+            raise RuntimeError(f"executor returned {len(records)} records for {len(batch)} units")
+        for u, rec in zip(batch, records):
+            store.append(u.key, {**u.info, **rec})
+        ran += len(batch)
+        if progress is not None:
+            progress(len(batch))
+    return ran
+
+
+def check_layers(layers, n_layers: int) -> None:
+    """Raise a clear error unless every unified LLM layer index is in 1 … n_layers."""
+    for L in layers:
+        decoder_index(L, n_layers)

@@ -1,0 +1,235 @@
+"""Reasoning localization: the layer-ablation sweep (METHOD.md, "Reasoning localization").
+
+For each question of GSM8K or MATH-500 (the paper's sub-sample: ``--samples`` k with ``--seed`` s), the model
+answers once unablated and once with each swept LLM layer ablated (the layer returns its input: attention and
+MLP outputs zeroed, residual kept). Greedy, ``max_new_tokens`` new tokens.
+
+* Prompt: user message ``Please solve the problem step by step and put your answer in one "\\boxed{}".``, a
+  blank line, the problem. The reasoning system prompt (``<think>`` / ``<answer>``) is added for reasoning-tuned
+  models: ``reasoning_prompt="auto"`` applies the reference's name rule (``openmmreasoner``, ``coldstart``,
+  ``rl`` in the model's name), ``"on"`` / ``"off"`` force it.
+* Answer: the ``<answer>`` tag's content, else the last ``\\boxed{}`` (:func:`frankeneval.core.scoring.extract_final_answer`);
+  correct by :func:`frankeneval.core.scoring.math_equal` (normalized match, math-verify, numbers within 1e-6;
+  ``seed_compatible`` adds the reference's 1 % relative tolerance).
+
+Speed by design: the (question, layer) units are packed into batched generate calls with a different
+``Ablate`` per row, question by question (rows of one batch share a prompt length: no padding waste). Every
+finished unit is appended to ``units.jsonl`` (resumable).
+
+Output ``reasoning_localization.json`` schema::
+
+    {
+      "analysis": "reasoning_localization",
+      "model": str, "dataset": "gsm8k" | "math500", "data": str, "samples": int | null, "seed": int,
+      "reasoning_prompt": bool, "max_new_tokens": int, "seed_compatible": bool,
+      "n_questions": int,
+      "unablated_accuracy": float,
+      "layers": [ {"layer": int,                 # unified LLM layer ablated (1 … n)
+                   "decoder_layer": int,         # its decoder-module index, layer - 1
+                   "accuracy": float, "delta": float,   # accuracy - unablated
+                   "n": int}, ... ],
+      "questions": [ {"index": int, "target": str, "unablated": {"answer": str|null, "correct": bool},
+                      "ablated": {"<unified layer>": {"answer": str|null, "correct": bool}}}, ... ]
+    }
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from frankeneval.core.data import DEFAULT_SAMPLE_SEED, load_benchmark_rows, subsample_indices
+from frankeneval.errors import FrankenevalError
+from frankeneval.localization.common import (
+    MATH_INSTRUCTION,
+    REASONING_SYSTEM_PROMPT,
+    Unit,
+    check_layers,
+    rate,
+    run_units,
+)
+from frankeneval.core.results import write_json_atomic
+from frankeneval.core.runstore import RunStore
+from frankeneval.core.scoring import extract_final_answer, extract_gsm8k_target, math_equal
+
+__all__ = [
+    "REASONING_MAX_NEW_TOKENS",
+    "Question",
+    "format_reasoning_table",
+    "load_questions",
+    "question_prompt",
+    "reasoning_units",
+    "run_reasoning_sweep",
+    "summarize_reasoning",
+]
+
+REASONING_MAX_NEW_TOKENS = 1024
+RESULTS_FILE = "reasoning_localization.json"
+UNITS_FILE = "units.jsonl"
+DATASETS = ("gsm8k", "math500")
+
+
+class Question(tuple):
+    """``(index, problem, target)``: the row index in the full benchmark, the problem text, the gold answer."""
+
+    __slots__ = ()
+
+    def __new__(cls, index: int, problem: str, target: str):
+        return super().__new__(cls, (index, problem, target))
+
+    index = property(lambda self: self[0])
+    problem = property(lambda self: self[1])
+    target = property(lambda self: self[2])
+
+
+def load_questions(dataset: str, *, data: str | os.PathLike | None = None, samples: int | None = 100,
+                   seed: int = DEFAULT_SAMPLE_SEED) -> list[Question]:
+    """The sub-sampled questions of ``gsm8k`` / ``math500`` (hub by default, or a local JSONL / data folder)."""
+    if dataset not in DATASETS:
+        raise FrankenevalError(f"--dataset must be one of {', '.join(DATASETS)}, not {dataset!r}")
+    rows = load_benchmark_rows(dataset, data)
+    idx = subsample_indices(len(rows), samples, seed)
+    out = []
+    for i in idx:
+        row = rows[i]
+        if dataset == "gsm8k":
+            out.append(Question(i, row["question"], extract_gsm8k_target(row["answer"])))
+        else:
+            out.append(Question(i, row["problem"], str(row["answer"])))
+    return out
+
+
+def question_prompt(problem: str) -> str:
+    """The method's user message: the step-by-step / boxed instruction, a blank line, the problem."""
+    return f"{MATH_INSTRUCTION}\n\n{problem}"
+
+
+def unit_key(dataset: str, q: Question, layer: int | None) -> str:
+    return f"{dataset}/{q.index}/" + ("none" if layer is None else f"L{layer}")
+
+
+def reasoning_units(dataset: str, questions: Sequence[Question], layers: Sequence[int], system: str | None) -> list[Unit]:
+    """Units question by question: unablated first, then each ablated layer (unified index)."""
+    from frankeneval.core.generation import GenRequest
+    from frankeneval.core.interventions import Ablate
+
+    units = []
+    for q in questions:
+        req = GenRequest(question_prompt(q.problem), [], system)
+        for layer in [None, *layers]:
+            iv = [] if layer is None else [Ablate((layer,))]  # unified LLM layer
+            units.append(Unit(unit_key(dataset, q, layer), req, iv,
+                              {"index": q.index, "layer": layer}, group=q.index))
+    return units
+
+
+def make_executor(generator, *, max_new_tokens: int):
+    def execute(batch: list[Unit]) -> list[dict]:
+        results = generator.generate([u.request for u in batch], max_new_tokens=max_new_tokens,
+                                     interventions=[u.interventions for u in batch], batch_size=len(batch))
+        out = []
+        for r in results:
+            answer, method = extract_final_answer(r.text)
+            out.append({"response": r.text, "answer": answer, "method": method, "n_tokens": len(r.token_ids),
+                        "finish_reason": r.finish_reason})
+        return out
+
+    return execute
+
+
+def run_reasoning_sweep(
+    generator,
+    dataset: str,
+    questions: Sequence[Question],
+    layers: Sequence[int],
+    out_dir: str | os.PathLike,
+    *,
+    model_name: str,
+    reasoning_prompt: bool,
+    max_new_tokens: int = REASONING_MAX_NEW_TOKENS,
+    batch_size: int = 32,
+    seed_compatible: bool = False,
+    progress: bool = True,
+    meta: dict | None = None,
+) -> dict:
+    """Run (or resume) the ablation sweep; write ``units.jsonl`` + ``reasoning_localization.json``."""
+    out = Path(out_dir)
+    n_layers = generator.model.config.get_text_config().num_hidden_layers
+    check_layers(layers, n_layers)
+    system = REASONING_SYSTEM_PROMPT if reasoning_prompt else None
+    store = RunStore(out / UNITS_FILE, header={"analysis": "reasoning_localization", "model": model_name,
+                                               "dataset": dataset, "max_new_tokens": max_new_tokens,
+                                               "system": system})
+    units = reasoning_units(dataset, questions, layers, system)
+    todo = len(store.missing(u.key for u in units))
+    bar = None
+    if progress and todo:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=todo, desc="ablation sweep", unit="gen")
+    try:
+        run_units(units, make_executor(generator, max_new_tokens=max_new_tokens), store, batch_size=batch_size,
+                  progress=bar.update if bar else None)
+    finally:
+        if bar:
+            bar.close()
+    results = summarize_reasoning(store.records(), dataset, questions, layers, seed_compatible=seed_compatible)
+    results.update({"model": model_name, "reasoning_prompt": reasoning_prompt, "max_new_tokens": max_new_tokens,
+                    "seed_compatible": seed_compatible, **(meta or {})})
+    write_json_atomic(out / RESULTS_FILE, results, indent=1, ensure_ascii=False, newline=False)
+    return results
+
+
+def summarize_reasoning(records: dict[str, dict], dataset: str, questions: Sequence[Question],
+                        layers: Sequence[int], *, seed_compatible: bool = False) -> dict:
+    """Accuracy unablated and per ablated layer from finished unit records (schema in the module docstring)."""
+    rel_tol = 0.01 if seed_compatible else None
+    cache: dict[tuple[Any, str], bool] = {}
+
+    def judge(answer, target) -> bool:
+        k = (answer, target)
+        if k not in cache:
+            cache[k] = math_equal(answer, target, rel_tol=rel_tol)
+        return cache[k]
+
+    per_q = []
+    base_ok: list[bool] = []
+    layer_ok: dict[int, list[bool]] = {L: [] for L in layers}
+    for q in questions:
+        rec = records[unit_key(dataset, q, None)]
+        ok = judge(rec.get("answer"), q.target)
+        base_ok.append(ok)
+        ablated = {}
+        for L in layers:
+            r = records[unit_key(dataset, q, L)]
+            c = judge(r.get("answer"), q.target)
+            layer_ok[L].append(c)
+            ablated[str(L)] = {"answer": r.get("answer"), "correct": c}
+        per_q.append({"index": q.index, "target": q.target, "unablated": {"answer": rec.get("answer"), "correct": ok},
+                      "ablated": ablated})
+    base = rate(base_ok)
+    return {
+        "analysis": "reasoning_localization",
+        "dataset": dataset,
+        "n_questions": len(questions),
+        "unablated_accuracy": base,
+        "layers": [{"layer": L, "decoder_layer": L - 1, "accuracy": rate(layer_ok[L]),
+                    "delta": (rate(layer_ok[L]) - base) if base is not None and layer_ok[L] else None,
+                    "n": len(layer_ok[L])} for L in layers],
+        "questions": per_q,
+    }
+
+
+def format_reasoning_table(results: dict) -> str:
+    """Terminal table: accuracy and change per ablated layer."""
+    base = results["unablated_accuracy"]
+    acc = "-" if base is None else f"{base:.3f}"
+    lines = [f"{results['dataset']}: {results['n_questions']} questions, unablated accuracy {acc}",
+             f"{'layer':>5} {'accuracy':>9} {'delta':>8}", "-" * 24]
+    for row in results["layers"]:
+        acc = "-" if row["accuracy"] is None else f"{row['accuracy']:.3f}"
+        d = "-" if row["delta"] is None else f"{row['delta']:+.3f}"
+        lines.append(f"{row['layer']:>5} {acc:>9} {d:>8}")
+    return "\n".join(lines)

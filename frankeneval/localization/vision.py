@@ -1,0 +1,310 @@
+"""Vision localization: the visual-token KV swap sweep (METHOD.md, "Vision localization").
+
+For each probe pair (target image, source image, prompt) of each task, three kinds of generation:
+
+* the **original** answer: the target image, no intervention;
+* the **source's own** answer: the source image, no intervention;
+* for each unified LLM layer ``L`` of the sweep, the **swapped** answer: the target image with, at every LLM
+  layer ``>= L`` (unified; decoder modules ``L - 1`` on), the keys/values at the visual-token positions replaced by the source's
+  post-RoPE keys/values, at prefill (decode steps read the edited cache). Greedy, ``max_new_tokens`` (64).
+
+Speed by design: the source's visual K/V is computed once per pair (one prefill) and shared by all of the
+pair's layers; the units (pair x layer) are packed into batched ``Generator.generate`` calls with a different
+``SwapVisualKV`` per row; plain generations are keyed by (image content, prompt) so a repeated prompt/image is
+generated once. Every finished unit is appended to ``units.jsonl`` (:class:`frankeneval.core.runstore.RunStore`);
+a rerun skips it.
+
+Metrics per task and layer (see :mod:`frankeneval.localization.common`): ``change_rate`` (the method's rule,
+seed-compatible), ``task_change_rate`` (numbers / words / boxes by IoU >= 0.5 / yes-no), ``source_follow_rate``
+(the swapped answer equals the model's own answer on the source image, task-aware), the same over the
+*informative* pairs only (those whose original and source answers differ, task-aware), and
+``source_truth_rate`` (the swapped answer is correct for the source image's ground truth).
+
+Output ``vision_localization.json`` schema::
+
+    {
+      "analysis": "vision_localization",
+      "model": str, "max_new_tokens": int, "system": str | null,
+      "layers": [int, ...],                   # unified LLM indices swept (decoder layer j = L - 1)
+      "samples": int | null, "seed": int, "data": str,
+      "tasks": {
+        "<task>": {
+          "n_pairs": int,
+          "target_accuracy": float,           # original answers correct for the target's ground truth
+          "source_accuracy": float,           # source's own answers correct for the source's ground truth
+          "n_informative": int,               # pairs whose original and source answers differ (task-aware)
+          "layers": [ {"layer": int, "decoder_layer": int, "n": int,   # unified LLM layer; decoder index layer - 1
+                       "change_rate": float, "task_change_rate": float,
+                       "source_follow_rate": float, "source_follow_rate_informative": float | null,
+                       "source_truth_rate": float}, ... ]
+        }, ...
+      },
+      "pairs": [ {"task": str, "id": str, "original": str, "source_own": str,
+                  "swapped": {"<unified layer>": str, ...}}, ... ]
+    }
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from frankeneval.core.data import DEFAULT_SAMPLE_SEED, subsample
+from frankeneval.errors import FrankenevalError
+from frankeneval.localization.common import (
+    Unit,
+    answer_changed,
+    check_layers,
+    rate,
+    run_units,
+    source_follows,
+    task_changed,
+)
+from frankeneval.core.probes import (
+    PROBE_TASKS,
+    ProbePair,
+    load_probe_pairs,
+    write_probe_pairs,
+)
+from frankeneval.core.results import write_json_atomic
+from frankeneval.core.runstore import RunStore
+from frankeneval.core.scoring import probe_correct
+
+__all__ = [
+    "VISION_MAX_NEW_TOKENS",
+    "format_vision_table",
+    "load_probe_sets",
+    "make_executor",
+    "plain_key",
+    "run_vision_sweep",
+    "summarize_vision",
+    "swap_key",
+    "vision_units",
+]
+
+VISION_MAX_NEW_TOKENS = 64
+RESULTS_FILE = "vision_localization.json"
+UNITS_FILE = "units.jsonl"
+
+
+def load_probe_sets(
+    tasks: Sequence[str] = PROBE_TASKS,
+    *,
+    data: str | os.PathLike | None = None,
+    rendered_dir: str | os.PathLike | None = None,
+    n_rendered: int = 100,
+    samples: int | None = None,
+    seed: int = DEFAULT_SAMPLE_SEED,
+) -> dict[str, list[ProbePair]]:
+    """Probe pairs per task: from ``data`` (a vision_probes-format folder), else rendered into ``rendered_dir``.
+
+    ``samples``: the paper's sub-sample (``RandomState(seed).choice``, sorted) of each task's pairs.
+    """
+    if data is None and rendered_dir is None:
+        raise FrankenevalError("give a probe folder (--data) or a folder to render built-in probes into (--rendered)")
+    if data is None:
+        write_probe_pairs(rendered_dir, tasks=tasks, n=n_rendered, seed=0)
+        data = rendered_dir
+    out = {}
+    for task in tasks:
+        pairs = load_probe_pairs(data, task)
+        if not pairs:
+            raise FrankenevalError(f"no probe pairs for task {task!r} in {data}")
+        out[task] = subsample(pairs, samples, seed)
+    return out
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def _text_digest(*parts: Any) -> str:
+    return hashlib.sha1("\x00".join(str(p) for p in parts).encode()).hexdigest()[:12]
+
+
+def plain_key(image: Path, prompt: str, system: str | None) -> str:
+    """Store key of an unmodified generation: image content + prompt (so duplicates are generated once)."""
+    return f"gen/{_file_digest(image)}/{_text_digest(system, prompt)}"
+
+
+def swap_key(pair: ProbePair, layer: int) -> str:
+    return f"swap/{pair.task}/{pair.id}/L{layer}"
+
+
+def _open_image(path: Path):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def vision_units(pairs_by_task: dict[str, list[ProbePair]], layers: Sequence[int], system: str | None = None) -> tuple[list[Unit], dict]:
+    """All units of the sweep, in execution order (a pair's plain and swap units together), and a key index.
+
+    Returns ``(units, keys)`` with ``keys[(task, pair_id)] = {"original": key, "source_own": key,
+    "swapped": {layer: key}}``. Plain units with the same key appear once.
+    """
+    units: list[Unit] = []
+    seen: set[str] = set()
+    keys: dict[tuple[str, str], dict] = {}
+    for task, pairs in pairs_by_task.items():
+        for pair in pairs:
+            prompt = pair.text_prompt
+            k_orig = plain_key(pair.target_image, prompt, system)
+            k_src = plain_key(pair.source_image, prompt, system)
+            for key, image in ((k_orig, pair.target_image), (k_src, pair.source_image)):
+                if key not in seen:
+                    seen.add(key)
+                    units.append(Unit(key, ("plain", image, prompt), [], {"kind": "plain", "image": str(image)}, group=pair.id))
+            swapped = {}
+            for layer in layers:
+                key = swap_key(pair, layer)
+                swapped[layer] = key
+                units.append(Unit(key, ("swap", pair, prompt, layer), [], {"kind": "swap", "task": task,
+                                                                           "pair": pair.id, "layer": layer}, group=pair.id))
+            keys[(task, pair.id)] = {"original": k_orig, "source_own": k_src, "swapped": swapped}
+    return units, keys
+
+
+def make_executor(generator, *, max_new_tokens: int, system: str | None):
+    """``execute(batch) -> records``: one batched generate call; source K/V computed once per pair (cached)."""
+    from frankeneval.core.generation import GenRequest
+    from frankeneval.core.interventions import SwapVisualKV
+
+    source_kv: dict[str, Any] = {}
+
+    def execute(batch: list[Unit]) -> list[dict]:
+        requests, rows = [], []
+        live = {u.group for u in batch}
+        for pid in list(source_kv):  # units come pair by pair: drop sources no longer needed
+            if pid not in live:
+                del source_kv[pid]
+        for u in batch:
+            kind = u.request[0]
+            if kind == "plain":
+                _, image, prompt = u.request
+                requests.append(GenRequest(prompt, [_open_image(image)], system))
+                rows.append([])
+            else:
+                _, pair, prompt, layer = u.request
+                if pair.id not in source_kv:
+                    source_kv[pair.id] = generator.visual_kv(_open_image(pair.source_image), prompt=prompt, system=system)
+                requests.append(GenRequest(prompt, [_open_image(pair.target_image)], system))
+                rows.append([SwapVisualKV(source=source_kv[pair.id], from_layer=layer)])  # unified
+        results = generator.generate(requests, max_new_tokens=max_new_tokens, interventions=rows,
+                                     batch_size=len(requests))
+        return [{"response": r.text, "n_tokens": len(r.token_ids)} for r in results]
+
+    return execute
+
+
+def run_vision_sweep(
+    generator,
+    pairs_by_task: dict[str, list[ProbePair]],
+    layers: Sequence[int],
+    out_dir: str | os.PathLike,
+    *,
+    model_name: str,
+    max_new_tokens: int = VISION_MAX_NEW_TOKENS,
+    batch_size: int = 32,
+    system: str | None = None,
+    progress: bool = True,
+    meta: dict | None = None,
+) -> dict:
+    """Run (or resume) the swap sweep, write ``units.jsonl`` + ``vision_localization.json``; return the results."""
+    out = Path(out_dir)
+    n_layers = generator.model.config.get_text_config().num_hidden_layers
+    check_layers(layers, n_layers)
+    store = RunStore(out / UNITS_FILE, header={"analysis": "vision_localization", "model": model_name,
+                                               "max_new_tokens": max_new_tokens, "system": system})
+    units, keys = vision_units(pairs_by_task, layers, system)
+    todo = len(store.missing(u.key for u in units))
+    bar = None
+    if progress and todo:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=todo, desc="swap sweep", unit="gen")
+    try:
+        run_units(units, make_executor(generator, max_new_tokens=max_new_tokens, system=system), store,
+                  batch_size=batch_size, progress=bar.update if bar else None)
+    finally:
+        if bar:
+            bar.close()
+    results = summarize_vision(store.records(), pairs_by_task, keys, layers)
+    results.update({"model": model_name, "max_new_tokens": max_new_tokens, "system": system, **(meta or {})})
+    write_json_atomic(out / RESULTS_FILE, results, indent=1, ensure_ascii=False, newline=False)
+    return results
+
+
+def summarize_vision(records: dict[str, dict], pairs_by_task: dict[str, list[ProbePair]], keys: dict,
+                     layers: Sequence[int]) -> dict:
+    """Per task and layer metrics from finished unit records (see the module docstring)."""
+    tasks_out: dict[str, Any] = {}
+    pairs_out = []
+    for task, pairs in pairs_by_task.items():
+        per_layer: dict[int, dict[str, list]] = {L: {"chg": [], "tchg": [], "follow": [], "follow_inf": [],
+                                                     "truth": []} for L in layers}
+        tgt_ok, src_ok, n_inf = [], [], 0
+        for pair in pairs:
+            k = keys[(task, pair.id)]
+            orig = records[k["original"]]["response"]
+            src = records[k["source_own"]]["response"]
+            iou = float(pair.meta.get("iou_threshold", 0.5))
+            tgt_ok.append(probe_correct(task, orig, pair.meta, "target"))
+            src_ok.append(probe_correct(task, src, pair.meta, "source"))
+            informative = task_changed(task, orig, src, iou_threshold=iou)
+            n_inf += informative
+            swapped = {}
+            for L in layers:
+                sw = records[k["swapped"][L]]["response"]
+                swapped[str(L)] = sw
+                acc = per_layer[L]
+                acc["chg"].append(answer_changed(orig, sw))
+                acc["tchg"].append(task_changed(task, orig, sw, iou_threshold=iou))
+                follow = source_follows(task, sw, src, iou_threshold=iou)
+                acc["follow"].append(follow)
+                if informative:
+                    acc["follow_inf"].append(follow)
+                acc["truth"].append(probe_correct(task, sw, pair.meta, "source"))
+            pairs_out.append({"task": task, "id": pair.id, "original": orig, "source_own": src, "swapped": swapped})
+        tasks_out[task] = {
+            "n_pairs": len(pairs),
+            "target_accuracy": rate(tgt_ok),
+            "source_accuracy": rate(src_ok),
+            "n_informative": n_inf,
+            "layers": [
+                {"layer": L, "decoder_layer": L - 1, "n": len(per_layer[L]["chg"]),
+                 "change_rate": rate(per_layer[L]["chg"]), "task_change_rate": rate(per_layer[L]["tchg"]),
+                 "source_follow_rate": rate(per_layer[L]["follow"]),
+                 "source_follow_rate_informative": rate(per_layer[L]["follow_inf"]),
+                 "source_truth_rate": rate(per_layer[L]["truth"])}
+                for L in layers
+            ],
+        }
+    return {"analysis": "vision_localization", "layers": list(layers), "tasks": tasks_out, "pairs": pairs_out}
+
+
+def format_vision_table(results: dict) -> str:
+    """A terminal table: one row per layer, change / task-change / source-follow per task."""
+    tasks = list(results["tasks"])
+    head = f"{'layer':>5} | " + " | ".join(f"{t[:11]:^23}" for t in tasks)
+    sub = f"{'':>5} | " + " | ".join(f"{'chg':>7}{'task':>8}{'follow':>8}" for _ in tasks)
+    lines = [head, sub, "-" * len(sub)]
+
+    def f(x):
+        return "   -   " if x is None else f"{x:7.2f}"
+
+    for i, L in enumerate(results["layers"]):
+        cells = []
+        for t in tasks:
+            row = results["tasks"][t]["layers"][i]
+            cells.append(f"{f(row['change_rate'])} {f(row['task_change_rate'])} {f(row['source_follow_rate'])}")
+        lines.append(f"{L:>5} | " + " | ".join(cells))
+    acc = "  ".join(f"{t}: target acc {f(results['tasks'][t]['target_accuracy']).strip()}, "
+                    f"informative {results['tasks'][t]['n_informative']}/{results['tasks'][t]['n_pairs']}"
+                    for t in tasks)
+    lines.append(acc)
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Tables and plots of every analysis: characterization plots, localization plots, the transfer leaderboard."""

@@ -1,0 +1,518 @@
+"""The transferability leaderboard: IN, RL and each Frankenstein variant x perception / alignment / reasoning.
+
+Reads every finished cell of a transfer run (:mod:`frankeneval.transferability.transfer`): lmms-eval's results file gives each
+leaf task's score (``rule_acc``, and ``judge_acc`` when the judge ran), its samples file the per-sample
+correctness from which the sample count and a seeded 95 % percentile-bootstrap interval are computed.
+
+Columns: a task maps to a dimension from its name (``perception``, ``alignment``, ``reasoning`` for MATH-500 /
+GSM8K / reasoning tasks) and a condition (the image; the controls ``black`` and ``black+desc``). Each
+entry shows the score, its interval, and its difference to IN and to RL; the best row per column is marked.
+
+Formats: ``md`` (a table per metric), ``csv`` (tidy: one line per model x column x metric), ``html`` (one
+self-contained page: tables, a bar chart and the layer plots of characterization / localization runs, all
+images embedded as data URIs) and ``latex`` (booktabs).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import math
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from frankeneval.errors import FrankenevalError
+from frankeneval.core.results import atomic_write_text
+
+__all__ = [
+    "FORMATS",
+    "METRICS",
+    "Column",
+    "Entry",
+    "Leaderboard",
+    "bootstrap_ci",
+    "build_leaderboard",
+    "find_plots",
+    "render",
+    "task_column",
+    "write_report",
+]
+
+FORMATS: tuple[str, ...] = ("md", "csv", "html", "latex")
+METRICS: tuple[str, ...] = ("rule_acc", "judge_acc")
+METRIC_LABELS = {"rule_acc": "rule", "judge_acc": "judge"}
+DIMENSIONS: tuple[str, ...] = ("perception", "alignment", "reasoning")
+CONDITIONS: tuple[str, ...] = ("image", "text", "black", "black+desc")
+BOOTSTRAP_SAMPLES = 2000
+
+
+@dataclass(frozen=True)
+class Column:
+    """One leaderboard column: a dimension under a condition (one lmms-eval leaf task)."""
+
+    key: str  # the leaf task name
+    dimension: str
+    condition: str
+    label: str
+
+    @property
+    def is_control(self) -> bool:
+        return self.condition in ("black", "black+desc")
+
+
+@dataclass
+class Entry:
+    """One model's score in one column for one metric."""
+
+    value: float | None  # the lmms-eval results file's aggregate
+    n: int  # samples that carry a score
+    ci: tuple[float, float] | None
+    delta_in: float | None = None
+    delta_rl: float | None = None
+    best: bool = False
+
+
+@dataclass
+class Leaderboard:
+    run_dir: Path
+    rows: list[str]  # model labels, IN and RL first
+    descriptions: dict[str, str]
+    kinds: dict[str, str]
+    columns: list[Column]
+    metrics: list[str]
+    entries: dict[tuple[str, str, str], Entry] = field(default_factory=dict)  # (row, column key, metric)
+    recipe: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def get(self, row: str, column: str, metric: str) -> Entry | None:
+        return self.entries.get((row, column, metric))
+
+    def row_label(self, row: str) -> str:
+        return {"in": "IN", "rl": "RL"}.get(row, row)
+
+
+# -- statistics -----------------------------------------------------------------------------------
+def bootstrap_ci(scores: Sequence[float], *, seed: int = 0, n_boot: int = BOOTSTRAP_SAMPLES, level: float = 0.95) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the mean of ``scores`` (``numpy.random.default_rng(seed)``)."""
+    x = np.asarray(list(scores), dtype=np.float64)
+    if x.size == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.size, size=(n_boot, x.size))
+    means = x[idx].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
+def _sample_score(value: Any) -> float | None:
+    """Per-sample correctness from a samples-file metric field: ``{"score": 0/1, ...}`` or a number."""
+    if isinstance(value, dict):
+        value = value.get("score")
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def read_sample_scores(path: Path, metric: str) -> list[float]:
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            s = _sample_score(json.loads(line).get(metric))
+            if s is not None:
+                out.append(s)
+    return out
+
+
+# -- columns --------------------------------------------------------------------------------------
+def task_column(task: str) -> tuple[str, str]:
+    """(dimension, condition) of a leaf task from its name."""
+    name = task[len("franken_") :] if task.startswith("franken_") else task
+    if name.endswith("_blackdesc"):
+        condition, name = "black+desc", name[: -len("_blackdesc")]
+    elif name.endswith("_black"):
+        condition, name = "black", name[: -len("_black")]
+    else:
+        condition = "image"
+    for dim in DIMENSIONS:
+        if dim in name:
+            break
+    else:
+        dim = "reasoning" if re.search(r"math500|gsm8k|math", name) else name
+    if dim == "reasoning" and condition == "image" and not re.search(r"mathvista|world", name):
+        condition = "text"
+    return dim, condition
+
+
+def _make_columns(tasks: Iterable[str]) -> list[Column]:
+    tasks = sorted(set(tasks))
+    info = {t: task_column(t) for t in tasks}
+    base_label = {t: d if c in ("image", "text") else f"{d} ({c})" for t, (d, c) in info.items()}
+    clash = {lab for lab in base_label.values() if list(base_label.values()).count(lab) > 1}
+    cols = []
+    for t in tasks:
+        d, c = info[t]
+        label = base_label[t]
+        if label in clash:
+            short = t[len("franken_") :] if t.startswith("franken_") else t
+            label = f"{label}: {short}"
+        cols.append(Column(key=t, dimension=d, condition=c, label=label))
+
+    def order(col: Column) -> tuple:
+        d = DIMENSIONS.index(col.dimension) if col.dimension in DIMENSIONS else len(DIMENSIONS)
+        return (col.is_control, d, col.dimension, CONDITIONS.index(col.condition) if col.condition in CONDITIONS else 9, col.key)
+
+    return sorted(cols, key=order)
+
+
+# -- reading a run --------------------------------------------------------------------------------
+def _finished_cells(run_dir: Path) -> list[dict[str, Any]]:
+    from frankeneval.core.runstore import RunStore
+    from frankeneval.transferability.transfer import STORE
+
+    path = run_dir / STORE
+    if not path.is_file():
+        raise FrankenevalError(f"{run_dir} is not a transfer run (no {STORE}); run `frankeneval transfer` first")
+    return list(RunStore(path).records().values())
+
+
+def _metric_value(metrics: dict[str, Any], metric: str) -> float | None:
+    """``metric,<filter>`` from a results entry (filter ``none`` preferred)."""
+    keys = [k for k in metrics if k.split(",", 1)[0] == metric and "," in k]
+    keys.sort(key=lambda k: (k.split(",", 1)[1] != "none", k))
+    for k in keys:
+        v = metrics[k]
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v) if math.isfinite(v) else None
+    return None
+
+
+def build_leaderboard(run_dir: str | os.PathLike, *, metrics: Sequence[str] = METRICS, seed: int = 0) -> Leaderboard:
+    """Collect every finished cell of ``run_dir`` into a :class:`Leaderboard`."""
+    from frankeneval.transferability.transfer import read_manifest
+
+    run_dir = Path(run_dir).expanduser().absolute()
+    manifest = read_manifest(run_dir)
+    records = _finished_cells(run_dir)
+    if not records:
+        raise FrankenevalError(f"{run_dir}: no finished cells yet")
+    entries: dict[tuple[str, str, str], Entry] = {}
+    tasks: set[str] = set()
+    seen_models: list[str] = []
+    for rec in records:
+        model = rec["model"]
+        res_path = run_dir / rec["results"]
+        try:
+            data = json.loads(res_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise FrankenevalError(f"cannot read results of {model} x {rec['task']}: {res_path} ({exc})") from exc
+        for task, task_metrics in (data.get("results") or {}).items():
+            for metric in metrics:
+                value = _metric_value(task_metrics, metric)
+                if value is None:
+                    continue
+                sample_rel = (rec.get("samples") or {}).get(task)
+                scores = read_sample_scores(run_dir / sample_rel, metric) if sample_rel else []
+                entries[(model, task, metric)] = Entry(value=value, n=len(scores), ci=bootstrap_ci(scores, seed=seed))
+                tasks.add(task)
+        if model not in seen_models:
+            seen_models.append(model)
+    order = [m for m in manifest.get("order", []) if m in seen_models]
+    order += [m for m in seen_models if m not in order]
+    order = [m for m in ("in", "rl") if m in order] + [m for m in order if m not in ("in", "rl")]
+    models_info = manifest.get("models") or {}
+    used_metrics = [m for m in metrics if any(k[2] == m for k in entries)]
+    board = Leaderboard(
+        run_dir=run_dir,
+        rows=order,
+        descriptions={m: str((models_info.get(m) or {}).get("description", "")) for m in order},
+        kinds={m: str((models_info.get(m) or {}).get("kind", "variant" if m not in ("in", "rl") else m)) for m in order},
+        columns=_make_columns(tasks),
+        metrics=used_metrics,
+        entries=entries,
+        recipe=manifest.get("recipe"),
+        settings=dict(manifest.get("settings") or {}),
+    )
+    _fill_deltas_and_best(board)
+    return board
+
+
+def _fill_deltas_and_best(board: Leaderboard) -> None:
+    for col in board.columns:
+        for metric in board.metrics:
+            ref_in = board.get("in", col.key, metric)
+            ref_rl = board.get("rl", col.key, metric)
+            values = []
+            for row in board.rows:
+                e = board.get(row, col.key, metric)
+                if e is None or e.value is None:
+                    continue
+                e.delta_in = e.value - ref_in.value if ref_in and ref_in.value is not None else None
+                e.delta_rl = e.value - ref_rl.value if ref_rl and ref_rl.value is not None else None
+                values.append(e.value)
+            if not values:
+                continue
+            top = max(values)
+            for row in board.rows:
+                e = board.get(row, col.key, metric)
+                if e is not None and e.value is not None and abs(e.value - top) < 1e-12:
+                    e.best = True
+
+
+# -- formatting -----------------------------------------------------------------------------------
+def _pct(x: float | None, signed: bool = False) -> str:
+    if x is None:
+        return "–"
+    return f"{100 * x:+.1f}" if signed else f"{100 * x:.1f}"
+
+
+def _n_of(board: Leaderboard, col: Column, metric: str) -> str:
+    ns = {e.n for r in board.rows if (e := board.get(r, col.key, metric)) is not None}
+    return f"n={ns.pop()}" if len(ns) == 1 else "n varies"
+
+
+def _cell_parts(board: Leaderboard, row: str, col: Column, metric: str, show_n: bool) -> tuple[str, str, str] | None:
+    """(score, interval, deltas) strings of one entry, or None."""
+    e = board.get(row, col.key, metric)
+    if e is None or e.value is None:
+        return None
+    ci = f"[{_pct(e.ci[0])}, {_pct(e.ci[1])}]" if e.ci else ""
+    deltas = []
+    if row != "in" and e.delta_in is not None:
+        deltas.append(f"ΔIN {_pct(e.delta_in, True)}")
+    if row != "rl" and e.delta_rl is not None:
+        deltas.append(f"ΔRL {_pct(e.delta_rl, True)}")
+    if show_n:
+        deltas.append(f"n={e.n}")
+    return _pct(e.value), ci, ", ".join(deltas)
+
+
+def _title(board: Leaderboard) -> str:
+    s = board.settings
+    bits = [f"recipe {board.recipe}" if board.recipe else None,
+            f"sample size {s['sample_size']} (seed {s.get('sample_seed')})" if s.get("sample_size") else None]
+    return "Transferability leaderboard" + (" — " + ", ".join(b for b in bits if b) if any(bits) else "")
+
+
+def _legend() -> str:
+    return ("Scores in % (lmms-eval results); [95 % bootstrap interval over samples]; ΔIN / ΔRL: difference to IN / RL "
+            "in points; best per column in bold.")
+
+
+def to_markdown(board: Leaderboard) -> str:
+    lines = [f"## {_title(board)}", "", _legend(), ""]
+    for metric in board.metrics:
+        varying = {c.key: _n_of(board, c, metric) == "n varies" for c in board.columns}
+        heads = [f"{c.label} ({_n_of(board, c, metric)})" if not varying[c.key] else c.label for c in board.columns]
+        lines.append(f"### {METRIC_LABELS.get(metric, metric)} ({metric})")
+        lines.append("")
+        lines.append("| model | blocks | " + " | ".join(heads) + " |")
+        lines.append("|---|---|" + "---:|" * len(heads))
+        for row in board.rows:
+            cells = []
+            for c in board.columns:
+                parts = _cell_parts(board, row, c, metric, varying[c.key])
+                if parts is None:
+                    cells.append("–")
+                    continue
+                score, ci, deltas = parts
+                e = board.get(row, c.key, metric)
+                score = f"**{score}**" if e and e.best else score
+                cells.append(" ".join(x for x in (score, ci, f"({deltas})" if deltas else "") if x))
+            desc = board.descriptions.get(row, "") if board.kinds.get(row) == "variant" else ""
+            lines.append(f"| {board.row_label(row)} | {desc.replace('|', '/')} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def to_csv(board: Leaderboard) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["model", "kind", "description", "column", "task", "dimension", "condition", "metric", "value",
+                "ci_low", "ci_high", "n", "delta_in", "delta_rl", "best"])
+    for row in board.rows:
+        for c in board.columns:
+            for metric in board.metrics:
+                e = board.get(row, c.key, metric)
+                if e is None:
+                    continue
+                w.writerow([board.row_label(row), board.kinds.get(row, ""), board.descriptions.get(row, ""), c.label, c.key,
+                            c.dimension, c.condition, metric, _num(e.value), _num(e.ci[0] if e.ci else None),
+                            _num(e.ci[1] if e.ci else None), e.n, _num(e.delta_in), _num(e.delta_rl), int(e.best)])
+    return buf.getvalue()
+
+
+def _num(x: float | None) -> str:
+    return "" if x is None else repr(float(x))
+
+
+def _tex(text: str) -> str:
+    repl = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+            "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+    return "".join(repl.get(ch, ch) for ch in text)
+
+
+def to_latex(board: Leaderboard) -> str:
+    out = [f"% {_title(board)}", "% " + _legend(), "% needs \\usepackage{booktabs}"]
+    for metric in board.metrics:
+        cols = board.columns
+        out += [r"\begin{table}[t]", r"\centering", r"\small",
+                r"\begin{tabular}{l" + "r" * len(cols) + "}", r"\toprule",
+                "Model & " + " & ".join(_tex(c.label) for c in cols) + r" \\",
+                " & " + " & ".join(_tex(_n_of(board, c, metric)) for c in cols) + r" \\", r"\midrule"]
+        for i, row in enumerate(board.rows):
+            if i == 2 and len(board.rows) > 2:
+                out.append(r"\midrule")
+            cells = []
+            for c in cols:
+                e = board.get(row, c.key, metric)
+                if e is None or e.value is None:
+                    cells.append("--")
+                    continue
+                v = _pct(e.value)
+                v = rf"\textbf{{{v}}}" if e.best else v
+                ci = rf"{{\scriptsize[{_pct(e.ci[0])}, {_pct(e.ci[1])}]}}" if e.ci else ""
+                d = []
+                if row != "in" and e.delta_in is not None:
+                    d.append(rf"{_pct(e.delta_in, True)}")
+                if row != "rl" and e.delta_rl is not None:
+                    d.append(rf"{_pct(e.delta_rl, True)}")
+                dd = rf" {{\scriptsize({'/'.join(d)})}}" if d else ""
+                cells.append(f"{v}\\,{ci}{dd}")
+            out.append(_tex(board.row_label(row)) + " & " + " & ".join(cells) + r" \\")
+        caption = (f"{METRIC_LABELS.get(metric, metric)} accuracy (\\%) with 95\\% bootstrap intervals; in brackets the "
+                   "difference to IN / RL in points; best per column in bold.")
+        out += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}",
+                rf"\label{{tab:transfer-{metric.replace('_', '-')}}}", r"\end{table}", ""]
+    return "\n".join(out)
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def find_plots(dirs: Iterable[str | os.PathLike]) -> list[Path]:
+    """PNG files under ``dirs`` (recursively; sorted, each once)."""
+    seen: dict[Path, None] = {}
+    for d in dirs:
+        p = Path(d).expanduser()
+        files = [p] if p.is_file() and p.suffix.lower() == ".png" else sorted(p.rglob("*.png")) if p.is_dir() else []
+        for f in files:
+            seen.setdefault(f.resolve(), None)
+    return list(seen)
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#1b1b1b;background:#fff}
+h1{font-size:22px}h2{font-size:18px;margin-top:28px}p.legend{color:#555;font-size:13px}
+table{border-collapse:collapse;margin:12px 0;font-size:14px}
+th,td{border:1px solid #c9c9c9;padding:6px 10px;text-align:right;vertical-align:top}
+th{background:#eef1f6}td.model,th.model{text-align:left;font-weight:600}td.desc{text-align:left;color:#555;font-size:12px}
+td.best,tr.ref td.best{background:#e3f4e1;font-weight:700}span.ci,span.delta{display:block;font-size:11px;color:#666;font-weight:400}
+tr.ref td{background:#fafafa}figure{display:inline-block;margin:8px;vertical-align:top}
+figure img{max-width:560px;border:1px solid #ddd}figcaption{font-size:12px;color:#555}
+"""
+
+
+def to_html(board: Leaderboard, plots: Sequence[Path] = (), chart_png: bytes | None = None) -> str:
+    esc = html.escape
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             f"<title>{esc(_title(board))}</title><style>{_CSS}</style></head><body>",
+             f"<h1>{esc(_title(board))}</h1>", f'<p class="legend">{esc(_legend())}</p>']
+    for metric in board.metrics:
+        parts.append(f"<h2>{esc(METRIC_LABELS.get(metric, metric))} ({esc(metric)})</h2>")
+        parts.append(f'<table class="leaderboard" id="table-{esc(metric)}"><thead><tr><th class="model">model</th><th class="model">blocks</th>')
+        for c in board.columns:
+            parts.append(f"<th>{esc(c.label)}<span class='ci'>{esc(_n_of(board, c, metric))}</span></th>")
+        parts.append("</tr></thead><tbody>")
+        for row in board.rows:
+            cls = ' class="ref"' if row in ("in", "rl") else ""
+            desc = board.descriptions.get(row, "") if board.kinds.get(row) == "variant" else ""
+            parts.append(f"<tr{cls}><td class='model'>{esc(board.row_label(row))}</td><td class='desc'>{esc(desc)}</td>")
+            for c in board.columns:
+                e = board.get(row, c.key, metric)
+                varying = _n_of(board, c, metric) == "n varies"
+                cp = _cell_parts(board, row, c, metric, varying)
+                if cp is None or e is None:
+                    parts.append("<td>–</td>")
+                    continue
+                score, ci, deltas = cp
+                td = ' class="best"' if e.best else ""
+                parts.append(f"<td{td}>{esc(score)}<span class='ci'>{esc(ci)}</span><span class='delta'>{esc(deltas)}</span></td>")
+            parts.append("</tr>")
+        parts.append("</tbody></table>")
+    if chart_png:
+        parts.append("<h2>Scores by column</h2>")
+        parts.append(f'<figure><img alt="leaderboard chart" src="{_data_uri(chart_png)}"></figure>')
+    if plots:
+        parts.append("<h2>Layer plots (characterization and localization)</h2>")
+        for p in plots:
+            try:
+                data = p.read_bytes()
+            except OSError:
+                continue
+            parts.append(f'<figure><img alt="{esc(p.stem)}" src="{_data_uri(data)}"><figcaption>{esc(p.parent.name)}/{esc(p.name)}</figcaption></figure>')
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def render(board: Leaderboard, fmt: str, *, plots: Sequence[Path] = (), chart: bool = True) -> str:
+    """The leaderboard as ``md``, ``csv``, ``html`` or ``latex`` text."""
+    if fmt == "md":
+        return to_markdown(board)
+    if fmt == "csv":
+        return to_csv(board)
+    if fmt == "latex":
+        return to_latex(board)
+    if fmt == "html":
+        png = None
+        if chart:
+            from frankeneval.reports.leaderboard_plots import leaderboard_chart_png
+
+            png = leaderboard_chart_png(board)
+        return to_html(board, plots, png)
+    raise FrankenevalError(f"unknown report format {fmt!r}; choose from {', '.join(FORMATS)}")
+
+
+def default_plot_dirs(run_dir: Path) -> list[Path]:
+    """Plot folders looked at by default: ``<run>/plots`` and sibling characterization / localization runs."""
+    cands = [run_dir / "plots"]
+    parent = run_dir.parent
+    for name in ("characterize", "characterization", "localize", "localization", "localize_reasoning", "localize_vision"):
+        cands.append(parent / name)
+    return [c for c in cands if c.exists()]
+
+
+def write_report(
+    run_dir: str | os.PathLike,
+    formats: Sequence[str] = FORMATS,
+    *,
+    out_dir: str | os.PathLike | None = None,
+    plot_dirs: Sequence[str | os.PathLike] | None = None,
+    seed: int = 0,
+) -> dict[str, Path]:
+    """Write ``report.<ext>`` for each format into ``out_dir`` (default: the run dir); returns the paths."""
+    board = build_leaderboard(run_dir, seed=seed)
+    out = Path(out_dir or board.run_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    plots = find_plots(default_plot_dirs(board.run_dir) if plot_dirs is None else plot_dirs)
+    ext = {"md": "md", "csv": "csv", "html": "html", "latex": "tex"}
+    written = {}
+    for fmt in formats:
+        text = render(board, fmt, plots=plots)
+        path = out / f"report.{ext[fmt]}"
+        atomic_write_text(path, text)
+        written[fmt] = path
+    return written

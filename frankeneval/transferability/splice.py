@@ -1,0 +1,525 @@
+"""Materialize a Frankenstein checkpoint from a :class:`~frankeneval.transferability.mergespec.MergeSpec`, and check one.
+
+:func:`materialize` writes an ordinary hub-layout checkpoint (``model-0000i-of-0000n.safetensors`` +
+``model.safetensors.index.json`` + the host's config / tokenizer / processor / chat template / generation
+config) that transformers, lmms-eval and vLLM load like any other model, plus ``frankeneval_provenance.json``
+(the resolved spec, source ids / revisions / fingerprints, which tensor came from where, frankeneval
+version).
+
+Tensors are never decoded: each output shard's safetensors header is written first, then every tensor's
+bytes are copied straight from its source shard's byte range (``os.copy_file_range`` -- in-kernel, no
+user-space buffer; a bounded read/write loop where unavailable). So splicing runs at ``cp`` speed with a few
+MB of memory. The write goes to a temporary directory next to ``out_dir`` and is renamed into place
+(:func:`frankeneval.core.results.staged_directory`), so an
+interrupted run leaves nothing at ``out_dir``; a rerun with the same spec and unchanged sources is a no-op.
+
+:func:`verify` re-reads every tensor of a materialized checkpoint and compares its bytes with its declared
+source (bit-exact).
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import hashlib
+import json
+import mmap
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from frankeneval import __version__
+from frankeneval.core.checkpoint import (
+    METADATA_PATTERNS,
+    SAFETENSORS_INDEX,
+    Checkpoint,
+    check_compatible,
+)
+from frankeneval.core.results import staged_directory, write_all, write_json_atomic
+from frankeneval.core.safetensors_file import DTYPE_SIZES, TensorLocation
+from frankeneval.errors import ArchitectureMismatch, FrankenevalError, SpecError
+from frankeneval.core.layermap import canonical_name
+from frankeneval.transferability.mergespec import MergeSpec, resolve_ref
+
+PROVENANCE = "frankeneval_provenance.json"
+DEFAULT_SHARD_BYTES = 5 * 1024**3  # like the hub's 7B checkpoints (about 4-5 GB per shard)
+FORMAT_VERSION = 1  # bump when the bytes written for the same spec + sources change
+_COPY_CHUNK = 64 * 1024**2
+# Files of a source that are never copied into a splice (weights index, our own stamps).
+_NOT_COPIED = {SAFETENSORS_INDEX, "pytorch_model.bin.index.json", PROVENANCE, "frankeneval_lineage.json"}
+
+
+class SpliceError(FrankenevalError):
+    """A splice could not be materialized or checked."""
+
+
+# -- reading source shards ---------------------------------------------------------------------
+def _locate(ckpt: Checkpoint) -> dict[str, TensorLocation | None]:
+    """canonical name -> the Checkpoint's byte location of every tensor (None for tensors in pickle shards)."""
+    locations = ckpt.locations()
+    return {canonical_name(n): locations.get(n) for n in ckpt.names}
+
+
+# -- the plan ------------------------------------------------------------------------------------
+@dataclass
+class SplicePlan:
+    """Every output tensor with its source, resolved against the opened source checkpoints."""
+
+    spec: MergeSpec
+    checkpoints: dict[str, Checkpoint]
+    tensors: dict[str, str]  # output (hub) name -> source name, in host file order
+    locations: dict[str, dict[str, TensorLocation | None]]  # source -> canonical name -> bytes
+    fingerprints: dict[str, dict[str, Any]]
+    build_hash: str
+    dtype_notes: list[str] = field(default_factory=list)
+
+    def stored(self, name: str) -> TensorLocation | None:
+        return self.locations[self.tensors[name]][name]
+
+    def counts(self) -> dict[str, int]:
+        """Number of output tensors per source."""
+        out: dict[str, int] = {}
+        for s in self.tensors.values():
+            out[s] = out.get(s, 0) + 1
+        return out
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self._nbytes(n) for n in self.tensors)
+
+    def _nbytes(self, name: str) -> int:
+        st = self.stored(name)
+        if st is not None:
+            return st.nbytes
+        info = self.checkpoints[self.tensors[name]].tensor_infos()
+        stored = {canonical_name(k): v for k, v in info.items()}[name]
+        return stored.numel * DTYPE_SIZES.get(stored.dtype, 4)
+
+
+def open_sources(spec: MergeSpec) -> dict[str, Checkpoint]:
+    """Open every source the spec uses (host first); hub ids resolve through the Hugging Face cache."""
+    out = {}
+    for name in spec.used_sources():
+        ref = resolve_ref(spec.sources[name])
+        out[name] = Checkpoint.open(ref, revision=spec.revisions.get(name))
+    return out
+
+
+def plan_splice(spec: MergeSpec, checkpoints: dict[str, Checkpoint] | None = None) -> SplicePlan:
+    """Open the sources, refuse incompatible ones, and decide the source of every output tensor."""
+    ckpts = checkpoints or open_sources(spec)
+    names = list(ckpts)
+    labels = [f"{n} ({spec.sources[n]})" for n in names]
+    if len(ckpts) > 1:
+        report = check_compatible([ckpts[n] for n in names], labels)
+        dtype_notes = list(report.dtype_differences)
+    else:
+        dtype_notes = []
+    host = ckpts[spec.host]
+    lmap = host.layer_map
+    if lmap.n_llm_layers != spec.n_layers:
+        raise ArchitectureMismatch(
+            f"the spec is written for {spec.n_layers} LLM layers but host {spec.host} ({spec.sources[spec.host]}) "
+            f"has {lmap.n_llm_layers}"
+        )
+    locations = {n: _locate(c) for n, c in ckpts.items()}
+    host_loc = locations[spec.host]
+    order = sorted(host_loc, key=lambda k: _host_order_key(host, host_loc[k], k))
+    tensors = {name: spec.source_of(lmap.role(name)) for name in order}
+    _check_tied_embeddings(spec, host, tensors)
+    fingerprints = {n: {"ref": spec.sources[n], **c.fingerprint()} for n, c in ckpts.items()}
+    build = {
+        "format": FORMAT_VERSION,
+        "spec": spec.spec_hash(),
+        "sources": {n: fp["weights_sha256"] for n, fp in fingerprints.items()},
+    }
+    build_hash = hashlib.sha256(json.dumps(build, sort_keys=True).encode()).hexdigest()
+    return SplicePlan(spec, ckpts, tensors, locations, fingerprints, build_hash, dtype_notes)
+
+
+def _host_order_key(host: Checkpoint, st: TensorLocation | None, name: str) -> tuple:
+    if st is None:
+        return (str(host.shard_of(name)), 0, name)
+    return (st.file.name, st.offset, name)
+
+
+def _check_tied_embeddings(spec: MergeSpec, host: Checkpoint, tensors: dict[str, str]) -> None:
+    tied = host.config.get("tie_word_embeddings", (host.config.get("text_config") or {}).get("tie_word_embeddings"))
+    if tied and "lm_head.weight" not in tensors and spec.parts["lm_head"] != spec.parts["embeddings"]:
+        raise SpecError(
+            f"the host ties lm_head to the token embeddings (tie_word_embeddings), so lm_head cannot come from "
+            f"{spec.parts['lm_head']} while embeddings come from {spec.parts['embeddings']}"
+        )
+
+
+# -- writing -------------------------------------------------------------------------------------
+def _copy_range(src_fd: int, dst_fd: int, offset: int, length: int) -> None:
+    """Append ``length`` bytes of ``src_fd`` from ``offset`` to ``dst_fd`` (at its current position)."""
+    global _FAST_COPY
+    done = 0
+    if _FAST_COPY:
+        try:
+            while done < length:
+                n = os.copy_file_range(src_fd, dst_fd, min(length - done, 1 << 30), offset + done)
+                if n == 0:
+                    raise SpliceError("source file ended early (truncated shard?)")
+                done += n
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
+                raise
+            _FAST_COPY = False  # fall back for the rest of the process
+    buf = bytearray(min(_COPY_CHUNK, max(length - done, 1)))
+    view = memoryview(buf)
+    while done < length:
+        want = min(len(buf), length - done)
+        n = os.preadv(src_fd, [view[:want]], offset + done)
+        if n == 0:
+            raise SpliceError("source file ended early (truncated shard?)")
+        write_all(dst_fd, view[:n])
+        done += n
+
+
+_FAST_COPY = hasattr(os, "copy_file_range")
+
+
+def _plan_shards(plan: SplicePlan, shard_bytes: int) -> list[list[str]]:
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name in plan.tensors:
+        nb = plan._nbytes(name)
+        if shards[-1] and size + nb > shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nb
+    return shards
+
+
+def _entry(plan: SplicePlan, name: str) -> tuple[str, tuple[int, ...], int]:
+    st = plan.stored(name)
+    if st is not None:
+        return st.dtype, st.shape, st.nbytes
+    src = plan.tensors[name]
+    info = {canonical_name(k): v for k, v in plan.checkpoints[src].tensor_infos().items()}[name]
+    return info.dtype, info.shape, info.numel * DTYPE_SIZES.get(info.dtype, 4)
+
+
+def _write_shard(path: Path, names: list[str], plan: SplicePlan, fds: dict[Path, int], bar) -> int:
+    """Write one safetensors shard: our own header, then each tensor's bytes copied from its source."""
+    entries = [(n, *_entry(plan, n)) for n in names]
+    # alignment: larger element sizes first (stable, so source-offset order is kept and reads stay sequential)
+    entries.sort(key=lambda e: -DTYPE_SIZES.get(e[1], 1))
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for n, dtype, shape, nbytes in entries:
+        header[n] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        write_all(fd, len(raw).to_bytes(8, "little") + raw)
+        for n, _dtype, _shape, nbytes in entries:
+            st = plan.stored(n)
+            if st is not None:
+                src_fd = fds.get(st.file)
+                if src_fd is None:
+                    src_fd = fds[st.file] = os.open(st.file, os.O_RDONLY)
+                _copy_range(src_fd, fd, st.offset, nbytes)
+            else:
+                write_all(fd, plan.checkpoints[plan.tensors[n]].read_bytes(n))
+            if bar is not None:
+                bar.update(nbytes)
+    finally:
+        os.close(fd)
+    return offset
+
+
+def _copy_metadata(host_dir: Path, out: Path) -> list[str]:
+    copied = []
+    for p in sorted(host_dir.iterdir()):
+        if not p.is_file() or p.name in _NOT_COPIED:
+            continue
+        if any(fnmatch.fnmatch(p.name, pat) for pat in METADATA_PATTERNS):
+            shutil.copyfile(p, out / p.name)  # follows hub-cache symlinks
+            copied.append(p.name)
+    return copied
+
+
+def _read_provenance(out_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((out_dir / PROVENANCE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _holds(out_dir: Path, build_hash: str) -> bool:
+    """True when ``out_dir`` is a complete splice of the same spec and source contents."""
+    prov = _read_provenance(out_dir)
+    if not prov or prov.get("build_hash") != build_hash or not (out_dir / SAFETENSORS_INDEX).is_file():
+        return False
+    for shard, size in (prov.get("shards") or {}).items():
+        p = out_dir / shard
+        if not p.is_file() or p.stat().st_size != size:
+            return False
+    return bool(prov.get("shards"))
+
+
+def _log(progress: bool, msg: str) -> None:
+    if progress:
+        print(f"frankeneval splice: {msg}", file=sys.stderr, flush=True)
+
+
+def materialize(
+    spec: MergeSpec,
+    out_dir: str | os.PathLike,
+    *,
+    force: bool = False,
+    progress: bool = True,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
+    plan: SplicePlan | None = None,
+) -> Path:
+    """Write the Frankenstein checkpoint ``spec`` declares to ``out_dir`` (atomically) and return its path.
+
+    Skips the work when ``out_dir`` already holds this spec built from the same source contents (checked by
+    hash) unless ``force``. Refuses sources that do not share tensor names and shapes
+    (:class:`~frankeneval.errors.ArchitectureMismatch` naming the first mismatches), and refuses to replace a
+    non-empty directory that is not a frankeneval splice unless ``force``.
+    """
+    out = Path(out_dir).expanduser().absolute()
+    plan = plan or plan_splice(spec)
+    if not force and _holds(out, plan.build_hash):
+        _log(progress, f"{out} already holds this splice ({plan.build_hash[:12]}); skipping (use --force to rewrite)")
+        return out
+    if out.exists():
+        if not out.is_dir():
+            raise SpliceError(f"{out} exists and is not a directory")
+        if any(out.iterdir()) and _read_provenance(out) is None and not force:
+            raise SpliceError(f"{out} is a non-empty directory that is not a frankeneval splice; pass --force to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fds: dict[Path, int] = {}
+    t0 = time.perf_counter()
+    try:
+        with staged_directory(out) as tmp:
+            shards = _plan_shards(plan, shard_bytes)
+            n = len(shards)
+            weight_map: dict[str, str] = {}
+            shard_sizes: dict[str, int] = {}
+            total = 0
+            bar = None
+            if progress:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=plan.total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
+                           desc=f"splice {spec.name or out.name}", leave=False)
+            try:
+                for i, names in enumerate(shards):
+                    fname = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+                    total += _write_shard(tmp / fname, names, plan, fds, bar)
+                    shard_sizes[fname] = (tmp / fname).stat().st_size
+                    weight_map.update({name: fname for name in names})
+            finally:
+                if bar is not None:
+                    bar.close()
+            index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+            write_json_atomic(tmp / SAFETENSORS_INDEX, index, indent=2)
+            copied = _copy_metadata(plan.checkpoints[spec.host].path, tmp)
+            provenance = {
+                "frankeneval_version": __version__,
+                "format": FORMAT_VERSION,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "build_hash": plan.build_hash,
+                "spec_hash": spec.spec_hash(),
+                "spec": spec.to_dict(),
+                "phrase": spec.phrase,
+                "host": spec.host,
+                "sources": plan.fingerprints,
+                "metadata_from_host": copied,
+                "dtype_differences": plan.dtype_notes,
+                "tensor_counts": plan.counts(),
+                "shards": shard_sizes,
+                "tensors": dict(plan.tensors),
+            }
+            write_json_atomic(tmp / PROVENANCE, provenance, indent=1)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    _log(progress, f"wrote {out} ({total / 1e6:.1f} MB, {len(plan.tensors)} tensors, {n} shard(s)) "
+                   f"in {time.perf_counter() - t0:.1f} s: {spec.describe()}")
+    return out
+
+
+def default_splice_cache() -> Path:
+    """Where :func:`materialize_cached` puts splices: ``$FRANKENEVAL_SPLICE_CACHE`` or
+    ``<frankeneval cache>/splices``."""
+    env = os.environ.get("FRANKENEVAL_SPLICE_CACHE")
+    if env:
+        return Path(env).expanduser()
+    from frankeneval.miniature.lineage import default_cache_dir
+
+    return default_cache_dir() / "splices"
+
+
+def cache_path(spec: MergeSpec, cache_dir: str | os.PathLike | None = None, *, plan: SplicePlan | None = None) -> Path:
+    """The cache directory of ``spec``: ``<cache>/<name>-<build hash[:16]>`` (spec + source contents)."""
+    plan = plan or plan_splice(spec)
+    slug = re.sub(r"[^A-Za-z0-9_.+-]+", "_", spec.name or "splice").strip("_") or "splice"
+    return Path(cache_dir or default_splice_cache()).expanduser() / f"{slug}-{plan.build_hash[:16]}"
+
+
+def materialize_cached(spec: MergeSpec, cache_dir: str | os.PathLike | None = None, *, progress: bool = True,
+                       shard_bytes: int = DEFAULT_SHARD_BYTES) -> Path:
+    """Materialize ``spec`` into a cache directory keyed by its hash (reused when present) and return it."""
+    plan = plan_splice(spec)
+    out = cache_path(spec, cache_dir, plan=plan)
+    return materialize(spec, out, progress=progress, shard_bytes=shard_bytes, plan=plan)
+
+
+# -- checking --------------------------------------------------------------------------------------
+@dataclass
+class VerifyReport:
+    """Result of :func:`verify`: every tensor compared byte for byte with its declared source."""
+
+    out_dir: Path
+    n_tensors: int = 0
+    n_checked: int = 0
+    mismatches: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # declared in provenance, absent from the checkpoint
+    extra: list[str] = field(default_factory=list)  # in the checkpoint, not declared
+    source_changes: list[str] = field(default_factory=list)  # sources whose fingerprint changed since the splice
+    per_source: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.mismatches or self.missing or self.extra)
+
+    def summary(self) -> str:
+        if self.ok:
+            src = ", ".join(f"{k}: {v}" for k, v in sorted(self.per_source.items()))
+            warn = f" (warning: {'; '.join(self.source_changes)})" if self.source_changes else ""
+            return f"OK: {self.n_checked}/{self.n_tensors} tensors equal their declared sources bit for bit ({src}){warn}"
+        lines = [f"FAILED: {len(self.mismatches)} mismatching, {len(self.missing)} missing, {len(self.extra)} undeclared tensor(s)"]
+        lines += [f"  mismatch: {m}" for m in self.mismatches[:20]]
+        lines += [f"  missing: {m}" for m in self.missing[:20]]
+        lines += [f"  undeclared: {m}" for m in self.extra[:20]]
+        lines += [f"  note: {m}" for m in self.source_changes]
+        return "\n".join(lines)
+
+
+def _equal_ranges(a: mmap.mmap, a0: int, b: mmap.mmap, b0: int, length: int) -> bool:
+    pos = 0
+    while pos < length:
+        n = min(_COPY_CHUNK, length - pos)
+        if a[a0 + pos : a0 + pos + n] != b[b0 + pos : b0 + pos + n]:
+            return False
+        pos += n
+    return True
+
+
+def _open_recorded_source(name: str, info: dict[str, Any]) -> Checkpoint:
+    path = info.get("path")
+    if path and Path(path).is_dir():
+        return Checkpoint(Path(path), source_id=info.get("ref") or path, revision=info.get("revision"))
+    return Checkpoint.open(resolve_ref(info["ref"]), revision=info.get("revision"))
+
+
+def verify(out_dir: str | os.PathLike, *, progress: bool = False) -> VerifyReport:
+    """Check a materialized splice: every tensor equals its declared source tensor, bit for bit.
+
+    Also reports tensors missing from / not declared in the provenance file, and sources whose fingerprint
+    changed since the splice was written (their comparison is still made).
+    """
+    out = Path(out_dir).expanduser()
+    prov = _read_provenance(out)
+    if prov is None:
+        raise SpliceError(f"{out} has no readable {PROVENANCE}: it is not a frankeneval splice")
+    report = VerifyReport(out)
+    result = Checkpoint(out)
+    sources: dict[str, Checkpoint] = {}
+    for name, info in prov["sources"].items():
+        ckpt = _open_recorded_source(name, info)
+        sources[name] = ckpt
+        if ckpt.fingerprint()["weights_sha256"] != info.get("weights_sha256"):
+            report.source_changes.append(f"source {name} ({info.get('ref')}) changed since the splice was written")
+    declared: dict[str, str] = prov["tensors"]
+    out_loc = _locate(result)
+    src_loc = {n: _locate(c) for n, c in sources.items()}
+    report.n_tensors = len(out_loc)
+    report.extra = sorted(set(out_loc) - set(declared))
+    report.missing = sorted(set(declared) - set(out_loc))
+    maps: dict[Path, mmap.mmap] = {}
+    files = []
+
+    def mapped(path: Path) -> mmap.mmap:
+        m = maps.get(path)
+        if m is None:
+            f = open(path, "rb")  # noqa: SIM115 - closed in the finally below
+            files.append(f)
+            m = maps[path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        return m
+
+    names = [n for n in out_loc if n in declared]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(names), desc=f"check {out.name}", unit="tensor", leave=False)
+    try:
+        for name in names:
+            src = declared[name]
+            report.per_source[src] = report.per_source.get(src, 0) + 1
+            o = out_loc[name]
+            s = src_loc.get(src, {}).get(name, "absent")
+            if src not in sources or s == "absent":
+                report.mismatches.append(f"{name}: declared source {src} has no such tensor")
+            elif o is None or s is None:  # pickle shards: compare through torch
+                import torch
+
+                if not torch.equal(result.read(name), sources[src].read(name)):
+                    report.mismatches.append(f"{name}: differs from {src}")
+            elif (o.dtype, o.shape) != (s.dtype, s.shape):
+                report.mismatches.append(f"{name}: {o.dtype}{list(o.shape)} but {src} has {s.dtype}{list(s.shape)}")
+            elif not _equal_ranges(mapped(o.file), o.offset, mapped(s.file), s.offset, o.nbytes):
+                report.mismatches.append(f"{name}: bytes differ from {src} ({sources[src].source_id})")
+            report.n_checked += 1
+            if bar is not None:
+                bar.update()
+    finally:
+        if bar is not None:
+            bar.close()
+        for m in maps.values():
+            m.close()
+        for f in files:
+            f.close()
+    return report
+
+
+def read_provenance(out_dir: str | os.PathLike) -> dict[str, Any]:
+    """The provenance record of a materialized splice."""
+    prov = _read_provenance(Path(out_dir))
+    if prov is None:
+        raise SpliceError(f"{out_dir} has no readable {PROVENANCE}")
+    return prov
+
+
+__all__ = (
+    "DEFAULT_SHARD_BYTES",
+    "PROVENANCE",
+    "SpliceError",
+    "SplicePlan",
+    "VerifyReport",
+    "cache_path",
+    "default_splice_cache",
+    "materialize",
+    "materialize_cached",
+    "open_sources",
+    "plan_splice",
+    "read_provenance",
+    "verify",
+)

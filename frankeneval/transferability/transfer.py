@@ -1,0 +1,478 @@
+"""Transferability: evaluate IN, RL and every Frankenstein variant on the task groups, cell by cell.
+
+A *cell* is one (model, task) pair; the model is ``in``, ``rl`` or a variant of the recipe, the task an
+lmms-eval task or group (``franken_perception``, ``franken_alignment``, ``franken_reasoning``, ...). Each
+variant is materialized once through :func:`frankeneval.transferability.splice.materialize_cached`. Each cell runs
+lmms-eval in a subprocess::
+
+    python -m lmms_eval --model franken_qwen --model_args pretrained=<dir>,batch_size=...
+        --tasks <task> --include_path <frankeneval tasks> --output_path <run>/cells/<model>/<task> --log_samples
+
+with the run directory as working directory (so a source checkout never shadows the installed package).
+
+Run layout (``run_dir``)::
+
+    transfer.json                  manifest: recipe, models (label -> checkpoint, kind, phrase), tasks, settings
+    cells.jsonl                    run store: one line per finished cell (frankeneval.core.runstore.RunStore)
+    cells/<model>/<task>/          lmms-eval output (<model name>/<date>_results.json, _samples_<task>.jsonl)
+    logs/<model>__<task>.log       the cell's lmms-eval output
+
+**Resumable**: a cell writes into ``<task>.partial`` first and is renamed into place only after lmms-eval
+finished and wrote its results file; then the cell is appended to the run store. A rerun after a crash or
+Ctrl-C skips recorded cells, adopts a renamed-but-unrecorded cell, and restarts unfinished ones from
+scratch. ``gpus=N`` runs N cells at a time, one lmms-eval process per GPU (``CUDA_VISIBLE_DEVICES``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from frankeneval.errors import FrankenevalError
+from frankeneval.core.results import write_json_atomic
+from frankeneval.core.runstore import RunStore
+
+__all__ = [
+    "DEFAULT_TASKS",
+    "Cell",
+    "CellFailed",
+    "CellJob",
+    "TransferResult",
+    "find_results",
+    "lmms_eval_runner",
+    "plan_cells",
+    "prepare_models",
+    "read_manifest",
+    "run_cells",
+    "run_transfer",
+]
+
+DEFAULT_TASKS: tuple[str, ...] = ("franken_perception", "franken_alignment", "franken_reasoning")
+MANIFEST = "transfer.json"
+STORE = "cells.jsonl"
+REFERENCE_LABELS = {"in": "IN", "rl": "RL"}
+
+
+class CellFailed(FrankenevalError):
+    """One (model, task) cell's lmms-eval run failed."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (model, task) pair of the leaderboard."""
+
+    model: str
+    task: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.model}::{self.task}"
+
+    @property
+    def slug(self) -> str:
+        """The task part as a folder name (a comma list of tasks is one cell; lmms-eval splits paths on commas)."""
+        return self.task.replace(",", "+")
+
+    def relpath(self) -> Path:
+        return Path("cells") / self.model / self.slug
+
+
+@dataclass
+class CellJob:
+    """Everything a cell runner needs: write lmms-eval output for ``cell`` under ``output_dir``."""
+
+    cell: Cell
+    pretrained: str
+    output_dir: Path
+    run_dir: Path
+    log_path: Path
+    model_args: str
+    include_path: str
+    gen_kwargs: str | None
+    env: dict[str, str]
+
+
+CellRunner = Callable[[CellJob], None]
+
+
+@dataclass
+class TransferResult:
+    run_dir: Path
+    cells: list[Cell]
+    ran: list[Cell] = field(default_factory=list)
+    skipped: list[Cell] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # cell key -> error
+
+
+# -- lmms-eval output -----------------------------------------------------------------------------
+def find_results(cell_dir: Path) -> tuple[Path | None, dict[str, Path]]:
+    """The newest ``*_results.json`` under ``cell_dir`` and its ``*_samples_<task>.jsonl`` files.
+
+    lmms-eval 0.7.3 writes ``<output_path>/<sanitized model name>/<date_id>_results.json`` and
+    ``<date_id>_samples_<task>.jsonl`` (one per evaluated task, the date id shared).
+    """
+    if not cell_dir.is_dir():
+        return None, {}
+    results = sorted(cell_dir.rglob("*_results.json"), key=lambda p: p.name)
+    if not results:
+        return None, {}
+    res = results[-1]
+    date_id = res.name[: -len("_results.json")]
+    prefix = f"{date_id}_samples_"
+    samples = {p.name[len(prefix) : -len(".jsonl")]: p for p in res.parent.glob(f"{prefix}*.jsonl")}
+    return res, samples
+
+
+# -- the default runner: lmms-eval in a subprocess -----------------------------------------------
+def lmms_eval_command(job: CellJob) -> list[str]:
+    cmd = [
+        sys.executable, "-m", "lmms_eval",
+        "--model", "franken_qwen",
+        "--model_args", job.model_args,
+        "--tasks", job.cell.task,
+        "--include_path", job.include_path,
+        "--output_path", str(job.output_dir),
+        "--log_samples",
+    ]  # fmt: skip
+    if job.gen_kwargs:
+        cmd += ["--gen_kwargs", job.gen_kwargs]
+    return cmd
+
+
+def lmms_eval_runner(job: CellJob) -> None:
+    """Run one cell as ``python -m lmms_eval`` (cwd = run dir); output to ``job.log_path``."""
+    job.log_path.parent.mkdir(parents=True, exist_ok=True)
+    cmd = lmms_eval_command(job)
+    with open(job.log_path, "w", encoding="utf-8") as log:
+        log.write("$ " + " ".join(cmd) + "\n")
+        log.flush()
+        rc = subprocess.call(cmd, cwd=job.run_dir, env=job.env, stdout=log, stderr=subprocess.STDOUT)
+    if rc != 0:
+        raise CellFailed(f"lmms-eval exited with {rc}; {_log_tail(job.log_path)}")
+    # lmms-eval logs evaluation errors and still exits 0: the results file is the proof of success
+    if find_results(job.output_dir)[0] is None:
+        raise CellFailed(f"lmms-eval wrote no results file; {_log_tail(job.log_path)}")
+
+
+def _log_tail(path: Path, n: int = 3) -> str:
+    try:
+        lines = [ln for ln in path.read_text(encoding="utf-8", errors="replace").split("\n") if ln.strip()]
+    except OSError:
+        return f"see {path}"
+    errors = [ln for ln in lines if "Error" in ln or "error" in ln]
+    tail = (errors or lines)[-n:]
+    return f"see {path}: " + " | ".join(t.strip()[:300] for t in tail)
+
+
+# -- models ---------------------------------------------------------------------------------------
+def _resolve_local(ref: str) -> str:
+    from frankeneval.core.checkpoint import resolve
+    from frankeneval.transferability.mergespec import resolve_ref
+
+    return str(resolve(resolve_ref(ref))[0])
+
+
+def _load_recipe(recipe: Any, models: Mapping[str, str] | None):
+    """A :class:`frankeneval.transferability.recipes.Recipe` from a Recipe, a built-in name, a recipe YAML or a spec YAML."""
+    from frankeneval.transferability.recipes import Recipe, get_recipe
+
+    if isinstance(recipe, Recipe):
+        return recipe.with_models(dict(models)) if models else recipe
+    text = str(recipe)
+    try:
+        return get_recipe(text, models=models)
+    except FrankenevalError:
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise
+    # a single merge-spec file: one variant, its sources are IN and RL
+    from frankeneval.transferability.mergespec import MergeSpec
+
+    spec = MergeSpec.from_yaml(path, sources=dict(models) if models else None)
+    name = spec.name or path.stem
+    if not {"in", "rl"} <= set(spec.sources):
+        raise FrankenevalError(f"{path}: the spec names no 'in' and 'rl' sources to compare against")
+    return Recipe(name=name, models=dict(spec.sources), variants={name: spec}, n_layers=spec.n_layers,
+                  definitions={name: spec.phrase or spec.describe()})
+
+
+def prepare_models(
+    recipe: Any,
+    *,
+    variants: Sequence[str] | None = None,
+    models: Mapping[str, str] | None = None,
+    splice_cache: str | os.PathLike | None = None,
+    progress: Callable[[str], None] = print,
+) -> tuple[str, dict[str, dict[str, str]]]:
+    """(recipe name, {label: {"path", "kind", "description"}}) for IN, RL and the chosen variants.
+
+    Variants are materialized (cached by spec and source contents) one after the other.
+    """
+    from frankeneval.transferability.splice import materialize_cached
+
+    rec = _load_recipe(recipe, models)
+    chosen = list(rec.variants) if variants is None else list(variants)
+    for v in chosen:
+        rec.variant(v)  # clear error naming the choices
+    out: dict[str, dict[str, str]] = {}
+    for kind in ("in", "rl"):
+        if kind not in rec.models:
+            raise FrankenevalError(f"recipe {rec.name!r} names no {kind!r} model")
+        out[kind] = {"path": _resolve_local(rec.models[kind]), "kind": kind, "description": f"{REFERENCE_LABELS[kind]} ({rec.models[kind]})"}
+    for i, v in enumerate(chosen, 1):
+        spec = rec.variant(v)
+        progress(f"[splice {i}/{len(chosen)}] {v}: {rec.definitions.get(v, spec.describe())}")
+        path = materialize_cached(spec, splice_cache, progress=False)
+        out[v] = {"path": str(path), "kind": "variant", "description": str(rec.definitions.get(v) or spec.describe())}
+    return rec.name, out
+
+
+# -- cells ----------------------------------------------------------------------------------------
+def plan_cells(models: Iterable[str], tasks: Iterable[str]) -> list[Cell]:
+    """Every (model, task) pair, model-major (so a model's cells run next to each other)."""
+    tasks = list(tasks)
+    return [Cell(m, t) for m in models for t in tasks]
+
+
+def read_manifest(run_dir: str | os.PathLike) -> dict[str, Any]:
+    path = Path(run_dir) / MANIFEST
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _update_manifest(run_dir: Path, recipe: str | None, models: Mapping[str, Mapping[str, str]], tasks: Sequence[str], settings: Mapping[str, Any]) -> dict[str, Any]:
+    old = read_manifest(run_dir)
+    merged_models = dict(old.get("models") or {})
+    merged_models.update({k: dict(v) for k, v in models.items()})
+    order = list(old.get("order") or [])
+    order += [m for m in models if m not in order]
+    # IN and RL first, then the variants in the order they were first run
+    order = [m for m in ("in", "rl") if m in order] + [m for m in order if m not in ("in", "rl")]
+    all_tasks = list(old.get("tasks") or [])
+    all_tasks += [t for t in tasks if t not in all_tasks]
+    data = {"recipe": recipe or old.get("recipe"), "models": merged_models, "order": order, "tasks": all_tasks, "settings": dict(settings)}
+    write_json_atomic(run_dir / MANIFEST, data, indent=2, ensure_ascii=False)
+    return data
+
+
+def _base_env(data_dir: str | None, sample_size: int | None, sample_seed: int | None, offline: bool, extra: Mapping[str, str] | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)  # never let a source folder shadow the installed package
+    if offline:
+        env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    if data_dir:
+        env["FRANKENEVAL_DATA"] = str(Path(data_dir).expanduser().resolve())
+    if sample_size is not None:
+        env["FRANKENEVAL_SAMPLE_SIZE"] = str(sample_size)
+    if sample_seed is not None:
+        env["FRANKENEVAL_SAMPLE_SEED"] = str(sample_seed)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.update(extra or {})
+    return env
+
+
+def _clear(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def run_cells(
+    run_dir: str | os.PathLike,
+    models: Mapping[str, Mapping[str, str]],
+    tasks: Sequence[str],
+    *,
+    recipe: str | None = None,
+    sample_size: int | None = None,
+    sample_seed: int | None = None,
+    data_dir: str | os.PathLike | None = None,
+    batch_size: int | str = 1,
+    max_new_tokens: int | None = None,
+    model_args: str | None = None,
+    gpus: int = 0,
+    offline: bool | None = None,
+    env: Mapping[str, str] | None = None,
+    runner: CellRunner | None = None,
+    progress: Callable[[str], None] = print,
+) -> TransferResult:
+    """Run every missing (model, task) cell; finished cells are skipped (see the module docstring).
+
+    ``models``: label -> {"path": checkpoint dir, "kind": in|rl|variant, "description": ...}.
+    ``runner`` (default :func:`lmms_eval_runner`) is called once per cell that has to run.
+    Failed cells are reported in the result (and retried by the next run); they never stop the others.
+    """
+    from frankeneval.commands.tasks_path import tasks_path
+
+    run_dir = Path(run_dir).expanduser().absolute()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    runner = runner or lmms_eval_runner
+    offline = bool(data_dir) if offline is None else offline
+    settings = {"sample_size": sample_size, "sample_seed": sample_seed, "max_new_tokens": max_new_tokens,
+                "model_args": model_args or "", "data_dir": str(data_dir) if data_dir else None}
+    store = RunStore(run_dir / STORE, header=settings)
+    _update_manifest(run_dir, recipe, models, tasks, settings)
+    cells = plan_cells(models, tasks)
+    result = TransferResult(run_dir=run_dir, cells=cells)
+    base_env = _base_env(str(data_dir) if data_dir else None, sample_size, sample_seed, offline, env)
+    include_path = str(tasks_path())
+    gen_kwargs = f"max_new_tokens={max_new_tokens}" if max_new_tokens else None
+
+    pending: list[Cell] = []
+    for cell in cells:
+        final = run_dir / cell.relpath()
+        if store.done(cell.key) and find_results(final)[0] is not None:
+            result.skipped.append(cell)
+            continue
+        res, samples = find_results(final)
+        if res is not None:  # renamed into place but not recorded (crash between the two): adopt it
+            store.append(cell.key, _record(run_dir, cell, models, res, samples, None))
+            result.skipped.append(cell)
+            continue
+        pending.append(cell)
+    if result.skipped:
+        progress(f"[transfer] {len(result.skipped)}/{len(cells)} cells already finished; {len(pending)} to run")
+    else:
+        progress(f"[transfer] {len(cells)} cells ({len(models)} models x {len(tasks)} tasks)")
+
+    counter = {"done": 0}
+    lock = threading.Lock()
+
+    def run_one(cell: Cell, gpu: int | None) -> None:
+        final = run_dir / cell.relpath()
+        partial = final.with_name(final.name + ".partial")
+        _clear(partial)
+        partial.mkdir(parents=True)
+        path = str(models[cell.model]["path"])
+        if "," in path or "," in str(run_dir):
+            raise CellFailed(f"{path!r} or {str(run_dir)!r} contains a comma, which lmms-eval's --model_args cannot carry")
+        margs = f"pretrained={path},batch_size={batch_size}"
+        if max_new_tokens:
+            margs += f",max_new_tokens={max_new_tokens}"
+        if model_args:
+            margs += "," + model_args
+        cell_env = dict(base_env)
+        if gpu is not None:
+            cell_env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+        job = CellJob(cell=cell, pretrained=path, output_dir=partial, run_dir=run_dir,
+                      log_path=run_dir / "logs" / f"{cell.model}__{cell.slug}.log", model_args=margs,
+                      include_path=include_path, gen_kwargs=gen_kwargs, env=cell_env)
+        t0 = time.perf_counter()
+        runner(job)
+        seconds = time.perf_counter() - t0
+        if find_results(partial)[0] is None:
+            raise CellFailed(f"{cell.key}: the runner wrote no *_results.json under {partial}")
+        _clear(final)
+        os.replace(partial, final)  # atomic: the cell dir only ever holds a finished lmms-eval output
+        res, samples = find_results(final)
+        store.append(cell.key, _record(run_dir, cell, models, res, samples, seconds))
+        with lock:
+            counter["done"] += 1
+            progress(f"[transfer {counter['done']}/{len(pending)}] {cell.model} x {cell.task}: "
+                     f"{_headline(res)} ({seconds:.1f}s{'' if gpu is None else f', GPU {gpu}'})")
+
+    def attempt(cell: Cell, gpu: int | None) -> None:
+        try:
+            run_one(cell, gpu)
+            result.ran.append(cell)
+        except (FrankenevalError, OSError, subprocess.SubprocessError) as exc:
+            result.failed[cell.key] = str(exc)
+            progress(f"[transfer] FAILED {cell.model} x {cell.task}: {exc}")
+
+    if gpus and gpus > 1:
+        free: queue.Queue[int] = queue.Queue()
+        for g in range(gpus):
+            free.put(g)
+
+        def worker(cell: Cell) -> None:
+            gpu = free.get()
+            try:
+                attempt(cell, gpu)
+            finally:
+                free.put(gpu)
+
+        with ThreadPoolExecutor(max_workers=gpus) as pool:
+            futures = [pool.submit(worker, c) for c in pending]
+            try:
+                for f in as_completed(futures):
+                    f.result()
+            except KeyboardInterrupt:
+                for f in futures:
+                    f.cancel()
+                raise
+    else:
+        for cell in pending:
+            attempt(cell, 0 if gpus == 1 else None)
+    return result
+
+
+def _record(run_dir: Path, cell: Cell, models: Mapping[str, Mapping[str, str]], res: Path, samples: Mapping[str, Path], seconds: float | None) -> dict[str, Any]:
+    return {
+        "model": cell.model,
+        "task": cell.task,
+        "pretrained": str(models[cell.model]["path"]),
+        "results": str(res.relative_to(run_dir)),
+        "samples": {t: str(p.relative_to(run_dir)) for t, p in sorted(samples.items())},
+        "seconds": None if seconds is None else round(seconds, 2),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def _headline(res: Path | None) -> str:
+    """``task rule_acc=0.42`` for the leaf tasks of a results file (for progress lines)."""
+    if res is None:
+        return "no results"
+    try:
+        data = json.loads(res.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return "unreadable results"
+    parts = []
+    for task, metrics in (data.get("results") or {}).items():
+        for key, value in metrics.items():
+            if key.startswith("rule_acc,") and isinstance(value, (int, float)):
+                parts.append(f"{task}={value:.3f}")
+    return "rule_acc " + ", ".join(parts) if parts else "done"
+
+
+def run_transfer(
+    run_dir: str | os.PathLike,
+    recipe: Any,
+    *,
+    variants: Sequence[str] | None = None,
+    tasks: Sequence[str] = DEFAULT_TASKS,
+    models: Mapping[str, str] | None = None,
+    splice_cache: str | os.PathLike | None = None,
+    include_reference: bool = True,
+    progress: Callable[[str], None] = print,
+    **kwargs: Any,
+) -> TransferResult:
+    """Materialize the variants of ``recipe`` and run every (model, task) cell (see :func:`run_cells`).
+
+    ``recipe``: a built-in name (``openmmreasoner``, ``revisual_r1``, ``mmr1``, ``tiny``), a recipe YAML, a
+    merge-spec YAML, or a :class:`frankeneval.transferability.recipes.Recipe`. ``models`` re-points ``in`` / ``rl`` /
+    ``base`` at local copies. Raises :class:`FrankenevalError` naming the failed cells, if any, after
+    running all the others.
+    """
+    name, prepared = prepare_models(recipe, variants=variants, models=models, splice_cache=splice_cache, progress=progress)
+    if not include_reference:
+        prepared = {k: v for k, v in prepared.items() if v["kind"] == "variant"}
+    result = run_cells(run_dir, prepared, list(tasks), recipe=name, progress=progress, **kwargs)
+    if result.failed:
+        first = next(iter(result.failed.items()))
+        raise FrankenevalError(
+            f"{len(result.failed)} of {len(result.cells)} cells failed (rerun to retry them; finished cells are kept). "
+            f"First: {first[0]}: {first[1]}"
+        )
+    return result

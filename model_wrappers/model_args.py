@@ -1,0 +1,191 @@
+"""What the two ``franken_qwen`` wrappers share: model-arg handling and driving the Generator.
+
+Imports neither harness (the lmms-eval wrapper :mod:`frankeneval.model_wrappers.franken_qwen` and the lm-eval
+wrapper :mod:`frankeneval.model_wrappers.franken_qwen_lm_eval` both build on it; each imports only its own harness).
+
+Harness flags and model args (the rule both wrappers follow)
+-------------------------------------------------------------
+Both harnesses build the model with ``create_from_arg_string`` (lm-eval also with ``create_from_arg_obj``, which its
+0.4.x CLI uses), passing their own ``--batch_size``, ``--max_batch_size`` and ``--device`` flags as
+``additional_config`` -- always, default or not (lm-eval: ``batch_size=1``, ``device=cuda:0`` from the CLI config;
+lmms-eval: ``batch_size=1``). The wrapper cannot tell a default from a flag the user typed, so:
+
+* a value given in ``--model_args`` wins over the harness flag, whether the flag was typed or defaulted
+  (``model_args=device=cpu`` with lm-eval's default ``cuda:0`` loads on CPU; no duplicate-keyword error);
+* a harness flag fills in what ``--model_args`` leaves unset (``--device cpu --batch_size 4`` work alone);
+* when both are given and differ, the model arg is used and the harness value is logged as ignored (a
+  warning unless it is that harness's known default).
+
+``dtype`` and the other model args have no harness flag: they come from ``--model_args`` only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable
+
+from frankeneval.errors import FrankenevalError
+
+log = logging.getLogger(__name__)
+
+HARNESS_FLAGS = ("batch_size", "max_batch_size", "device")
+# values the harnesses pass when the user typed no flag (lm-eval 0.4.x: batch_size 1, device cuda:0 or None;
+# lmms-eval 0.7.x: batch_size 1, device None): overriding them is not worth a warning
+_HARNESS_DEFAULTS = {"batch_size": ("1", "None"), "max_batch_size": ("None",), "device": ("None", "cuda", "cuda:0")}
+
+
+def merge_harness_flags(model_args: dict[str, Any], harness_config: dict | None) -> dict[str, Any]:
+    """The constructor kwargs: ``model_args`` plus the harness flags they leave unset (see the module docstring)."""
+    merged = dict(model_args)
+    for key, value in (harness_config or {}).items():
+        if key not in HARNESS_FLAGS or value is None:
+            continue  # lm-eval/lmms-eval drop None too; anything else in additional_config is not a flag we take
+        if key not in merged:
+            merged[key] = value
+        elif str(merged[key]) != str(value):
+            level = logging.DEBUG if str(value) in _HARNESS_DEFAULTS[key] else logging.WARNING
+            log.log(level, "franken_qwen: model arg %s=%s wins over the harness's --%s %s", key, merged[key], key, value)
+    return merged
+
+
+def model_kwargs(args: str | dict | None, harness_config: dict | None, parse: Callable[[str], dict]) -> dict[str, Any]:
+    """``--model_args`` (a string, parsed by the harness's own ``parse``, or a dict) merged with the harness flags."""
+    if args is None:
+        parsed: dict[str, Any] = {}
+    elif isinstance(args, dict):
+        parsed = dict(args)
+    else:
+        parsed = parse(args)
+    return merge_harness_flags(parsed, harness_config)
+
+
+# --------------------------------------------------------------------------- single args
+
+
+def resolve_pretrained(pretrained: str | None, splice: str | None) -> str:
+    """The checkpoint to load: ``pretrained``, or the cached materialization of the ``splice`` spec."""
+    if splice and pretrained:
+        raise FrankenevalError("give either pretrained= or splice=, not both")
+    if splice:
+        from frankeneval.transferability.recipes import load_spec
+        from frankeneval.transferability.splice import materialize_cached
+
+        return str(materialize_cached(load_spec(splice)))
+    if not pretrained:
+        raise FrankenevalError("franken_qwen needs pretrained=<dir or hub id> or splice=<spec or recipe:variant>")
+    return str(pretrained)
+
+
+def int_or_none(value) -> int | None:
+    return None if value in (None, "", "None") else int(value)
+
+
+def parse_batch_size(value) -> int | str:
+    """An int >= 1 or ``"auto"`` (``auto:N`` is taken as ``auto``)."""
+    if value is None or value == "":
+        return 1
+    text = str(value)
+    if text.startswith("auto"):
+        return "auto"
+    try:
+        return max(1, int(text))
+    except ValueError as exc:
+        raise FrankenevalError(f"batch_size must be an integer or auto, got {value!r}") from exc
+
+
+def parse_bool(value) -> bool:
+    return str(value).strip().lower() not in ("false", "0", "no", "off", "")
+
+
+def read_system_prompt(value: str | None) -> str | None:
+    """``system_prompt``: a file's text, or the text itself (``\\n`` escapes allowed); None: the chat template's."""
+    if value is None or value == "":
+        return None
+    value = str(value)
+    if os.path.isfile(value):
+        with open(value, encoding="utf-8") as f:
+            return f.read().strip()
+    return value.replace("\\n", "\n")
+
+
+def data_parallel():
+    """(accelerator, rank, world_size, device) following the harnesses' protocol (``accelerate launch``)."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator()
+    if accelerator.num_processes > 1:
+        return accelerator, accelerator.local_process_index, accelerator.num_processes, f"cuda:{accelerator.local_process_index}"
+    return accelerator, 0, 1, None
+
+
+def build_generator(args: dict[str, Any], device: str | None):
+    """The :class:`frankeneval.core.generation.Generator` of the model args (``cuda`` falls back to CPU with a warning)."""
+    import torch
+
+    from frankeneval.core.generation import Generator
+
+    if device and str(device).startswith("cuda") and not torch.cuda.is_available():
+        log.warning("device %s requested but CUDA is not available: using cpu", device)
+        device = "cpu"
+    return Generator.load(
+        args["pretrained"],
+        dtype=args.get("dtype") or "auto",
+        device=device,
+        device_map=args.get("device_map") or None,
+        attn_implementation=args.get("attn_implementation") or None,
+        max_pixels=int_or_none(args.get("max_pixels")),
+        min_pixels=int_or_none(args.get("min_pixels")),
+        max_batch_size=int_or_none(args.get("max_batch_size")) or 64,
+    )
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def gen_settings(gen_kwargs: dict | None, default_max_new_tokens: int, *, max_keys: tuple[str, ...] = ("max_new_tokens",),
+                 drop_blank_line_stop: bool = False) -> tuple[dict, list[str]]:
+    """(settings for ``Generator.generate``, stop strings) of one request's generation kwargs.
+
+    ``max_keys``: the kwargs naming the token budget, first set wins (lm-eval: ``max_gen_toks``, then
+    ``max_new_tokens``); ``drop_blank_line_stop``: ignore a ``"\\n\\n"`` stop (as lmms-eval's own Qwen2.5-VL model)."""
+    gk = dict(gen_kwargs or {})
+    until = gk.pop("until", None)
+    until = [until] if isinstance(until, str) else list(until or [])
+    if drop_blank_line_stop:
+        until = [u for u in until if u != "\n\n"]
+    temperature = float(gk.get("temperature") or 0.0)
+    do_sample = bool(gk.get("do_sample", False)) or temperature > 0
+    max_new = next((gk[k] for k in max_keys if gk.get(k)), None) or default_max_new_tokens
+    settings = dict(
+        max_new_tokens=int(max_new),
+        do_sample=do_sample,
+        temperature=temperature if do_sample and temperature > 0 else None,
+        top_p=(float(gk["top_p"]) if gk.get("top_p") is not None else None) if do_sample else None,
+    )
+    return settings, until
+
+
+def generate_grouped(generator, build_request: Callable[[int], Any], settings: list[dict], stops: list[list[str]], *,
+                     batch_size, interventions: list | None,
+                     on_group: Callable[[list[int], list[str]], None] | None = None) -> list[str]:
+    """Generate request ``i`` (``build_request(i)``, a ``GenRequest``, built when its group runs) for every ``i`` of
+    ``settings``: one ``generator.generate`` call per distinct generation setting, so a batch shares its settings;
+    ``on_group(indices, texts)`` after each call. Returns the texts in request order."""
+    import json
+
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(settings):
+        groups.setdefault(json.dumps(s, sort_keys=True), []).append(i)
+    texts: list[str | None] = [None] * len(settings)
+    for idx in groups.values():
+        outs = generator.generate(
+            [build_request(i) for i in idx], stop=[stops[i] for i in idx], batch_size=batch_size,
+            interventions=[interventions] * len(idx) if interventions else None, **settings[idx[0]],
+        )
+        group_texts = [o.text for o in outs]
+        for i, text in zip(idx, group_texts):
+            texts[i] = text
+        if on_group is not None:
+            on_group(idx, group_texts)
+    return texts  # type: ignore[return-value]
