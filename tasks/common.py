@@ -165,31 +165,46 @@ def math_results(doc: dict, results: list[str], settings: TaskSettings | None, q
 # lmms-eval. ``common.FrankenTask`` is the base class; a folder's ``utils.FrankenTask`` is ``lmms_task(build_docs)``.
 
 
+class LocalDocsTask:
+    """What the lmms-eval and lm-eval task classes share (mixed into each harness's ``ConfigurableTask``): the
+    YAML's ``class:`` key is dropped, the docs come from :attr:`build_docs` under the task's settings, and the
+    responses are stripped before the YAML's ``process_results`` hook scores them with those settings."""
+
+    def __init__(self, *args, config: dict | None = None, **kwargs) -> None:
+        if config is not None:
+            config = dict(config)
+            config.pop("class", None)
+        super().__init__(*args, config=config, **kwargs)
+
+    @staticmethod
+    def build_docs(spec: dict, settings: TaskSettings) -> list[dict]:
+        raise NotImplementedError("a task folder's task class sets build_docs")
+
+    def load_docs(self, dataset_kwargs: dict | None) -> list[dict]:
+        """The task's docs (never empty), with ``self.settings`` resolved from the task metadata."""
+        self.settings = TaskSettings.resolve(self.config.metadata if isinstance(self.config.metadata, dict) else None)
+        docs = self.build_docs(dict(dataset_kwargs or {}), self.settings)
+        if not docs:
+            raise FrankenevalError(f"task {self.config.task}: no items selected")
+        return docs
+
+    def score(self, doc: dict, results: list) -> dict:
+        results = [r.strip() if isinstance(r, str) else "" for r in results]
+        return self.config.process_results(doc, results, settings=getattr(self, "settings", None))
+
+
 @functools.lru_cache(maxsize=None)
 def _lmms_task_base() -> type:
     from lmms_eval.api.task import ConfigurableTask
 
-    class FrankenTask(ConfigurableTask):
+    class FrankenTask(LocalDocsTask, ConfigurableTask):
         """A ConfigurableTask whose data come from :mod:`frankeneval.core.data` (hub or local), sub-sampled as the
         paper; :meth:`build_docs` (set by :func:`lmms_task`) makes the docs from the YAML's ``dataset_kwargs``."""
-
-        def __init__(self, *args, config: dict | None = None, **kwargs) -> None:
-            if config is not None:
-                config = dict(config)
-                config.pop("class", None)
-            super().__init__(*args, config=config, **kwargs)
-
-        @staticmethod
-        def build_docs(spec: dict, settings: TaskSettings) -> list[dict]:
-            raise NotImplementedError("a task folder's FrankenTask sets build_docs (common.lmms_task)")
 
         def download(self, dataset_kwargs: dict | None = None) -> None:
             import datasets
 
-            self.settings = TaskSettings.resolve(self.config.metadata if isinstance(self.config.metadata, dict) else None)
-            docs = self.build_docs(dict(dataset_kwargs or {}), self.settings)
-            if not docs:
-                raise FrankenevalError(f"task {self.config.task}: no items selected")
+            docs = self.load_docs(dataset_kwargs)
             has_pixels = any(d.get("decoded_image") is not None for d in docs)
             if not has_pixels:
                 for d in docs:
@@ -202,8 +217,7 @@ def _lmms_task_base() -> type:
         def process_results(self, doc, results, full_docs=None):  # noqa: D401 - lmms-eval hook
             if results and isinstance(results[0], list):
                 results = results[0]
-            results = [r.strip() if r is not None else "" for r in results]
-            return self.config.process_results(doc, results, settings=getattr(self, "settings", None))
+            return self.score(doc, results)
 
     FrankenTask.__module__ = __name__
     FrankenTask.__qualname__ = "FrankenTask"
