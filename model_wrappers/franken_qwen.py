@@ -39,6 +39,7 @@ from frankeneval.model_wrappers.model_args import (
     int_or_none,
     model_kwargs,
     parse_batch_size,
+    parse_bool,
     read_system_prompt,
     resolve_pretrained,
 )
@@ -46,6 +47,7 @@ from frankeneval.model_wrappers.model_args import (
 MODEL_ARGS = (
     "pretrained", "splice", "dtype", "device", "device_map", "attn_implementation", "batch_size", "max_batch_size",
     "max_pixels", "min_pixels", "max_new_tokens", "intervention", "backend", "system_prompt", "keep_blank_line_stop",
+    "allow_pickle",
 )
 
 
@@ -72,6 +74,7 @@ class FrankenQwen(lmms):
         backend: str = "hf",
         system_prompt: str | None = None,
         keep_blank_line_stop: bool = False,
+        allow_pickle: bool | str = False,
         **kwargs,
     ) -> None:
         super().__init__()
@@ -79,7 +82,8 @@ class FrankenQwen(lmms):
             raise FrankenevalError(f"franken_qwen: unknown model args {sorted(kwargs)}; known: {', '.join(MODEL_ARGS)}")
         from frankeneval.core.interventions import parse_intervention_spec
 
-        self.pretrained = resolve_pretrained(pretrained, splice)
+        allow_pickle = parse_bool(allow_pickle)
+        self.pretrained = resolve_pretrained(pretrained, splice, allow_pickle=allow_pickle)
         self.interventions = []  # parsed below, once the model's depth is known (layer words need it)
         self.batch_size_arg = parse_batch_size(batch_size)
         self.max_new_tokens = int(max_new_tokens)
@@ -90,7 +94,7 @@ class FrankenQwen(lmms):
         device = dp_device or device
         args = dict(
             pretrained=self.pretrained, dtype=dtype, device_map=device_map, attn_implementation=attn_implementation,
-            max_pixels=max_pixels, min_pixels=min_pixels, max_batch_size=max_batch_size,
+            max_pixels=max_pixels, min_pixels=min_pixels, max_batch_size=max_batch_size, allow_pickle=allow_pickle,
         )
         if self.backend == "hf":
             self.generator = build_generator(args, device)
@@ -100,6 +104,10 @@ class FrankenQwen(lmms):
             if intervention and str(intervention).strip().lower() != "none":
                 raise FrankenevalError("backend=vllm runs without interventions; use backend=hf with intervention=")
             self.generator = None
+            if not allow_pickle:
+                from frankeneval.core.generation import refuse_pickle_only
+
+                refuse_pickle_only(self.pretrained)
             self._vllm = _VLLMBackend(self.pretrained, max_pixels=int_or_none(max_pixels), min_pixels=int_or_none(min_pixels))
             self._device = device or "cuda"
         else:

@@ -43,7 +43,7 @@ from frankeneval.model_wrappers.model_args import (
 
 LM_EVAL_ARGS = (
     "pretrained", "splice", "dtype", "device", "device_map", "attn_implementation", "batch_size", "max_batch_size",
-    "max_new_tokens", "intervention", "system_prompt", "chat", "max_length",
+    "max_new_tokens", "intervention", "system_prompt", "chat", "max_length", "allow_pickle",
 )
 
 
@@ -66,6 +66,7 @@ class FrankenQwenLM(LM):
         system_prompt: str | None = None,
         chat: bool = True,
         max_length: int = 4096,
+        allow_pickle: bool | str = False,
         **kwargs: Any,
     ) -> None:
         super().__init__()
@@ -80,8 +81,9 @@ class FrankenQwenLM(LM):
         self.max_length = int(max_length)
         self.accelerator, self._rank, self._world_size, dp_device = data_parallel()
         args = dict(
-            pretrained=resolve_pretrained(pretrained, splice), dtype=dtype, device_map=device_map,
-            attn_implementation=attn_implementation, max_batch_size=int_or_none(max_batch_size),
+            pretrained=resolve_pretrained(pretrained, splice, allow_pickle=parse_bool(allow_pickle)), dtype=dtype,
+            device_map=device_map, attn_implementation=attn_implementation, max_batch_size=int_or_none(max_batch_size),
+            allow_pickle=parse_bool(allow_pickle),
         )
         self.generator = build_generator(args, dp_device or device)
         self._device = self.generator.device

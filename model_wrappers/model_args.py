@@ -63,15 +63,16 @@ def model_kwargs(args: str | dict | None, harness_config: dict | None, parse: Ca
 # --------------------------------------------------------------------------- single args
 
 
-def resolve_pretrained(pretrained: str | None, splice: str | None) -> str:
-    """The checkpoint to load: ``pretrained``, or the cached materialization of the ``splice`` spec."""
+def resolve_pretrained(pretrained: str | None, splice: str | None, *, allow_pickle: bool = False) -> str:
+    """The checkpoint to load: ``pretrained``, or the cached materialization of the ``splice`` spec
+    (pickle sources only with ``allow_pickle``)."""
     if splice and pretrained:
         raise FrankenevalError("give either pretrained= or splice=, not both")
     if splice:
         from frankeneval.transferability.recipes import load_spec
         from frankeneval.transferability.splice import materialize_cached
 
-        return str(materialize_cached(load_spec(splice)))
+        return str(materialize_cached(load_spec(splice), allow_pickle=allow_pickle))
     if not pretrained:
         raise FrankenevalError("franken_qwen needs pretrained=<dir or hub id> or splice=<spec or recipe:variant>")
     return str(pretrained)
@@ -137,6 +138,7 @@ def build_generator(args: dict[str, Any], device: str | None):
         max_pixels=int_or_none(args.get("max_pixels")),
         min_pixels=int_or_none(args.get("min_pixels")),
         max_batch_size=int_or_none(args.get("max_batch_size")) or 64,
+        allow_pickle=parse_bool(args.get("allow_pickle", False)),
     )
 
 

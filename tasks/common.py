@@ -22,14 +22,21 @@ judge                  FRANKENEVAL_JUDGE               1 = LLM judge on (off)
 judge_model            FRANKENEVAL_JUDGE_MODEL         judge model (gpt-4o-mini)
 judge_base_url         OPENAI_BASE_URL                 OpenAI-compatible server (OpenAI)
 judge_cache            FRANKENEVAL_JUDGE_CACHE         judge / description cache (~/.cache/frankeneval/judge)
+judge_timeout          FRANKENEVAL_JUDGE_TIMEOUT       seconds the judge gets per try (60)
+judge_retries          FRANKENEVAL_JUDGE_RETRIES       retries after a failed try: 429, 5xx, timeout (3)
+judge_probe            FRANKENEVAL_JUDGE_PROBE         1 = ask the judge once before the run, fail fast (on)
 description_source     FRANKENEVAL_DESCRIPTION_SOURCE  auto | judge | caption_bard (auto: judge if on, else caption_bard)
 seed_compatible        FRANKENEVAL_SEED_COMPATIBLE     1 = also accept 1 % relative error, as the reference (off)
 probe_cache            FRANKENEVAL_PROBE_CACHE         where built-in probes are rendered (~/.cache/frankeneval/probes)
 =====================  ==============================  ========================================================
 
-Metrics (fractions in [0, 1]): ``rule_acc`` always; ``judge_acc`` and ``judge_error`` only when the judge is on
-(absent otherwise). A sample the rules mark correct is correct for the judge too (rules first; no call); a sample
-whose judging failed is left out of ``judge_acc`` and counted in ``judge_error``. Per-sample values are dicts with
+Metrics: ``rule_acc`` always; ``judge_acc`` and ``judge_error`` only when the judge is on (absent otherwise);
+``*_acc`` are fractions in [0, 1], ``judge_error`` a count. A sample the rules mark correct is correct for the judge
+too (rules first; no call); a sample whose judging failed -- the judge did not answer, or its reply had no clear
+boolean ``is_correct`` -- is left out of ``judge_acc`` (never counted wrong) and counted in ``judge_error``.
+With the judge on (or ``description_source: judge``), loading a task's docs first asks the judge once
+(:meth:`frankeneval.core.grading.Judge.probe`): a judge that does not answer stops the run with one line naming
+the server and model. Per-sample values are dicts with
 ``id`` and ``score`` (0/1), kept in lmms-eval's samples file for bootstrapping.
 """
 
@@ -40,7 +47,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from frankeneval.core import scoring
 from frankeneval.core.data import DEFAULT_SAMPLE_SEED, DEFAULT_SAMPLE_SIZE, DataNotFound
@@ -68,6 +75,9 @@ class TaskSettings:
     judge_model: str | None = None
     judge_base_url: str | None = None
     judge_cache: str | None = None
+    judge_timeout: float | None = None  # None: JudgeConfig's default (60 s)
+    judge_retries: int | None = None  # None: JudgeConfig's default (3)
+    judge_probe: bool = True
     description_source: str = "auto"
     seed_compatible: bool = False
     probe_cache: str | None = None
@@ -77,18 +87,23 @@ class TaskSettings:
         return 0.01 if self.seed_compatible else None
 
     @classmethod
-    def resolve(cls, metadata: dict | None = None) -> "TaskSettings":
+    def resolve(cls, metadata: dict | None = None, environ: Mapping[str, str] | None = None) -> "TaskSettings":
         md = dict(metadata or {})
+        environ = os.environ if environ is None else environ
 
         def get(key: str, env: str, default: Any = None) -> Any:
             if md.get(key) is not None:
                 return md[key]
-            value = os.environ.get(env, "").strip()
+            value = str(environ.get(env, "")).strip()
             return value if value else default
 
         source = str(get("description_source", "FRANKENEVAL_DESCRIPTION_SOURCE", "auto")).lower()
         if source not in ("auto", "judge", "caption_bard"):
             raise FrankenevalError(f"description_source must be auto, judge or caption_bard, not {source!r}")
+        from frankeneval.core.grading import judge_number_setting
+
+        timeout = get("judge_timeout", "FRANKENEVAL_JUDGE_TIMEOUT")
+        retries = get("judge_retries", "FRANKENEVAL_JUDGE_RETRIES")
         return cls(
             data_path=get("data_path", "FRANKENEVAL_DATA"),
             sample_size=int(get("sample_size", "FRANKENEVAL_SAMPLE_SIZE", DEFAULT_SAMPLE_SIZE)),
@@ -97,6 +112,11 @@ class TaskSettings:
             judge_model=get("judge_model", "FRANKENEVAL_JUDGE_MODEL"),
             judge_base_url=get("judge_base_url", "OPENAI_BASE_URL"),
             judge_cache=get("judge_cache", "FRANKENEVAL_JUDGE_CACHE"),
+            judge_timeout=None if timeout is None else judge_number_setting(
+                timeout, integer=False, source="judge_timeout (FRANKENEVAL_JUDGE_TIMEOUT)"),
+            judge_retries=None if retries is None else judge_number_setting(
+                retries, integer=True, source="judge_retries (FRANKENEVAL_JUDGE_RETRIES)"),
+            judge_probe=_truthy(get("judge_probe", "FRANKENEVAL_JUDGE_PROBE", "1")),
             description_source=source,
             seed_compatible=_truthy(get("seed_compatible", "FRANKENEVAL_SEED_COMPATIBLE", "0")),
             probe_cache=get("probe_cache", "FRANKENEVAL_PROBE_CACHE"),
@@ -108,15 +128,34 @@ _JUDGES_LOCK = threading.Lock()
 
 
 def get_judge(settings: TaskSettings):
-    """One :class:`frankeneval.core.grading.Judge` per (model, server, cache) in this process."""
+    """One :class:`frankeneval.core.grading.Judge` per (model, server, cache, timeout, retries) in this process."""
     from frankeneval.core.grading import Judge, JudgeConfig
 
-    key = (settings.judge_model, settings.judge_base_url, settings.judge_cache)
+    key = (settings.judge_model, settings.judge_base_url, settings.judge_cache, settings.judge_timeout,
+           settings.judge_retries)
     with _JUDGES_LOCK:
         if key not in _JUDGES:
             _JUDGES[key] = Judge(JudgeConfig(model=settings.judge_model, base_url=settings.judge_base_url,
-                                             cache_dir=settings.judge_cache))
+                                             cache_dir=settings.judge_cache, timeout_s=settings.judge_timeout,
+                                             max_retries=settings.judge_retries))
         return _JUDGES[key]
+
+
+def judge_in_use(settings: TaskSettings) -> bool:
+    """Whether the task calls the judge: grading on, or descriptions written by the judge."""
+    return settings.judge or settings.description_source == "judge"
+
+
+def probe_judge(environ: Mapping[str, str]) -> None:
+    """Fail fast before starting harness processes with ``environ``: when it turns the judge on (and
+    ``FRANKENEVAL_JUDGE_PROBE`` is not 0), ask the judge once; JudgeNotAnswering (one line) if it does not answer."""
+    from frankeneval.core.grading import Judge, JudgeConfig
+
+    settings = TaskSettings.resolve(None, environ=environ)
+    if judge_in_use(settings) and settings.judge_probe:
+        Judge(JudgeConfig(model=settings.judge_model, base_url=settings.judge_base_url,
+                          api_key=environ.get("OPENAI_API_KEY") or None, cache_dir=settings.judge_cache,
+                          timeout_s=settings.judge_timeout, max_retries=settings.judge_retries)).probe()
 
 
 # --------------------------------------------------------------------------- shared hooks
@@ -137,7 +176,8 @@ def open_image(doc: dict):
 
 def judge_fields(settings: TaskSettings, doc_id: str, rule_ok: bool, question: str, choices, target: str,
                  response: str) -> dict:
-    """``judge_acc`` / ``judge_error`` of one sample (rules first: a rule-correct sample costs no judge call)."""
+    """``judge_acc`` / ``judge_error`` of one sample (rules first: a rule-correct sample costs no judge call). What
+    is kept of the judge's reply is its verdict, the extracted answer and a short reason, all key-redacted."""
     if rule_ok:
         return {"judge_acc": {"id": doc_id, "score": 1, "judged_by": "rule"}, "judge_error": 0}
     j = get_judge(settings).judge(question, choices, target, response)
@@ -183,6 +223,8 @@ class LocalDocsTask:
     def load_docs(self, dataset_kwargs: dict | None) -> list[dict]:
         """The task's docs (never empty), with ``self.settings`` resolved from the task metadata."""
         self.settings = TaskSettings.resolve(self.config.metadata if isinstance(self.config.metadata, dict) else None)
+        if judge_in_use(self.settings) and self.settings.judge_probe:
+            get_judge(self.settings).probe()  # fail fast: one line when the judge does not answer at all
         docs = self.build_docs(dict(dataset_kwargs or {}), self.settings)
         if not docs:
             raise FrankenevalError(f"task {self.config.task}: no items selected")

@@ -133,7 +133,7 @@ def test_hub_id_offline_names_the_id_and_the_fix(tmp_path, monkeypatch):
 
 
 def test_not_a_checkpoint(tmp_path):
-    with pytest.raises(CheckpointNotFound, match="neither a local checkpoint directory nor a hub id"):
+    with pytest.raises(CheckpointNotFound, match="no such local checkpoint directory"):
         Checkpoint.open(tmp_path / "nope" / "deeper")
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointNotFound, match="no weights found"):

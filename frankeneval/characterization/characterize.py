@@ -28,7 +28,7 @@ from frankeneval.characterization.aggregate import summarize
 from frankeneval.characterization.measure import CharacterizeSettings, measure_update
 from frankeneval.characterization.plan import plan_matrices, role_fields
 from frankeneval.characterization.rundir import device_info, open_checkpoint, prepare_run_dir, resolve_device, utc_now
-from frankeneval.characterization.schema import MATRICES_FILE, RUN_FILE, SCHEMA, SUMMARY_FILE
+from frankeneval.characterization.schema import MATRICES_FILE, RUN_FILE, SCHEMA, SUMMARY_FILE, matrix_record_problem
 from frankeneval.core.checkpoint import Checkpoint, check_compatible
 from frankeneval.core.results import JsonlLog, write_json_atomic
 from frankeneval.core.tensor_stream import stream_tensors
@@ -48,6 +48,7 @@ def characterize(
     queue_depth: int = 2,
     chunk_bytes: int = 64 << 20,
     label: str | None = None,
+    allow_pickle: bool = False,
 ) -> dict[str, Any]:
     """Measure ΔIN and ΔRL of every analysed matrix; write matrices.jsonl, summary.json, run.json.
 
@@ -56,7 +57,7 @@ def characterize(
     """
     settings = settings or CharacterizeSettings()
     dev = resolve_device(device)
-    ckpts = [open_checkpoint(x) for x in (base, in_, rl)]
+    ckpts = [open_checkpoint(x, allow_pickle=allow_pickle) for x in (base, in_, rl)]
     check_compatible(ckpts, ["base", "in", "rl"])
     lmap = ckpts[0].layer_map
     plan = plan_matrices(ckpts[0], settings.sections)
@@ -83,7 +84,7 @@ def characterize(
         **device_info(dev),
     }
     prepare_run_dir(out, RUN_FILE, meta, overwrite=overwrite, files=(MATRICES_FILE, SUMMARY_FILE))
-    log = JsonlLog(out / MATRICES_FILE, allow_nan=False)
+    log = JsonlLog(out / MATRICES_FILE, allow_nan=False, check=matrix_record_problem)
     done = {r["name"] for r in log.records}
     todo = [p for p in plan if p.name not in done]
     t0 = time.perf_counter()

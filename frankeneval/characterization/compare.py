@@ -19,7 +19,7 @@ from frankeneval import __version__
 from frankeneval.characterization.aggregate import GROUPINGS, group_by, mean_sum
 from frankeneval.characterization.plan import plan_matrices, role_fields
 from frankeneval.characterization.rundir import device_info, open_checkpoint, prepare_run_dir, resolve_device, utc_now
-from frankeneval.characterization.schema import COMPARE_FILE, COMPARE_RUN_FILE, COMPARE_SCHEMA, COMPARE_SUMMARY_FILE, RUN_FILE
+from frankeneval.characterization.schema import COMPARE_FILE, COMPARE_RUN_FILE, COMPARE_SCHEMA, COMPARE_SUMMARY_FILE, RUN_FILE, compare_record_problem
 from frankeneval.characterization.spectra import (
     EPS,
     SVD_METHODS,
@@ -93,6 +93,7 @@ def compare(
     progress: bool = True,
     queue_depth: int = 2,
     chunk_bytes: int = 64 << 20,
+    allow_pickle: bool = False,
 ) -> dict[str, Any]:
     """Cosine similarity and top-r subspace overlap between the ΔRL of two or more lineages.
 
@@ -110,7 +111,7 @@ def compare(
     dev = resolve_device(device)
     ckpts: list[Checkpoint] = []
     for r in refs:
-        ckpts += [open_checkpoint(r.in_), open_checkpoint(r.rl)]
+        ckpts += [open_checkpoint(r.in_, allow_pickle=allow_pickle), open_checkpoint(r.rl, allow_pickle=allow_pickle)]
     check_compatible(ckpts, [f"{lab}/{m}" for lab in labels for m in ("in", "rl")])
     lmap = ckpts[0].layer_map
     plan = plan_matrices(ckpts[0], sections)
@@ -131,7 +132,7 @@ def compare(
         **device_info(dev),
     }
     prepare_run_dir(out, COMPARE_RUN_FILE, meta, overwrite=overwrite, files=(COMPARE_FILE, COMPARE_SUMMARY_FILE))
-    log = JsonlLog(out / COMPARE_FILE, allow_nan=False)
+    log = JsonlLog(out / COMPARE_FILE, allow_nan=False, check=compare_record_problem)
     done = {r["name"] for r in log.records}
     todo = [p for p in plan if p.name not in done]
     pairs = [(i, j) for i in range(len(refs)) for j in range(i + 1, len(refs))]

@@ -36,9 +36,10 @@ def device_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def open_checkpoint(ref: str | os.PathLike | Checkpoint) -> Checkpoint:
-    """``ref`` itself when it is a Checkpoint, else the checkpoint it names."""
-    return ref if isinstance(ref, Checkpoint) else Checkpoint.open(ref)
+def open_checkpoint(ref: str | os.PathLike | Checkpoint, *, allow_pickle: bool = False) -> Checkpoint:
+    """``ref`` itself when it is a Checkpoint, else the checkpoint it names (pickle weights only with
+    ``allow_pickle``, ``--allow-pickle``)."""
+    return ref if isinstance(ref, Checkpoint) else Checkpoint.open(ref, allow_pickle=allow_pickle)
 
 
 def utc_now() -> str:

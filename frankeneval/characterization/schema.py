@@ -12,6 +12,27 @@ COMPARE_RUN_FILE = "compare_run.json"
 COMPARE_FILE = "compare.jsonl"
 COMPARE_SUMMARY_FILE = "compare_summary.json"
 
+# The fields every complete record holds (role fields + measurements); a line without one of them is not finished
+# and is measured again on resume. One place, used by the writers (resume) and the readers (plots).
+MATRIX_FIELDS = ("name", "shape", "matrix_shape", "numel", "section", "layer", "block", "component", "submodule",
+                 "region", "norm_base", "norm_in", "norm_rl", "cos_in_rl", "delta_in", "delta_rl")
+COMPARE_FIELDS = ("name", "shape", "matrix_shape", "numel", "section", "layer", "block", "component", "submodule",
+                  "region", "delta_rl_fro", "pairs")
+
+
+def matrix_record_problem(record):
+    """None for a complete matrices.jsonl record, else why it is not (see :data:`MATRIX_FIELDS`)."""
+    from frankeneval.core.results import require_fields
+
+    return require_fields(*MATRIX_FIELDS)(record)
+
+
+def compare_record_problem(record):
+    """None for a complete compare.jsonl record, else why it is not (see :data:`COMPARE_FIELDS`)."""
+    from frankeneval.core.results import require_fields
+
+    return require_fields(*COMPARE_FIELDS)(record)
+
 RECORD_DOC = """One line of matrices.jsonl (one analysed weight matrix):
   name, shape (stored), matrix_shape [out, rest], numel, section, layer (unified index or null), block,
   component, submodule, region (early/middle/late for LLM tensors, else null), over_reference_limit,

@@ -16,6 +16,8 @@ def add_generator_arguments(parser: argparse.ArgumentParser, *, batch_size: int,
     parser.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if present)")
     parser.add_argument("--attn-implementation", default=None, help="sdpa | eager | flash_attention_2 (default: the model's)")
     parser.add_argument("--max-pixels", type=int, default=None, help="processor max_pixels (default: the processor's)")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="allow pickle (.bin) weights (loading them can run code from the file!)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -23,7 +25,8 @@ def load_generator(args: argparse.Namespace, model: str):
     from frankeneval.core.generation import Generator
 
     return Generator.load(model, dtype=args.dtype, device=args.device, attn_implementation=args.attn_implementation,
-                          max_pixels=args.max_pixels, max_batch_size=args.batch_size)
+                          max_pixels=args.max_pixels, max_batch_size=args.batch_size,
+                          allow_pickle=getattr(args, "allow_pickle", False))
 
 
 def add_probe_arguments(parser: argparse.ArgumentParser) -> None:

@@ -44,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sections", nargs="+", choices=("vision", "projector", "llm", "embeddings", "lm_head"),
                         help="only these sections (default: all)")
     parser.add_argument("--overwrite", action="store_true", help="discard an existing run in --out")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="allow pickle (.bin) weights (loading them can run code from the file!)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from frankeneval.characterization.compare import compare
     from frankeneval.characterization.measure import CharacterizeSettings
 
-    common = dict(device=args.device, overwrite=args.overwrite, progress=not args.no_progress)
+    common = dict(device=args.device, overwrite=args.overwrite, progress=not args.no_progress, allow_pickle=args.allow_pickle)
     if args.compare:
         summary = compare(args.compare, args.out, rank_r=args.rank_r, sections=args.sections, svd_method=args.svd_method, **common)
         overall = summary["aggregates"]["all"] or {"pairs": {}}

@@ -30,13 +30,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--n-layers", type=int, default=None, help="number of LLM layers (default 28, Qwen2.5-VL-7B)")
     src.add_argument("--model", default=None, help="checkpoint dir: read the depth and check the patterns on its names")
     parser.add_argument("--cuts", default=None, help="block cuts c1,c2: early 1-c1, middle c1+1-c2, late c2+1-n (default n//3,2n//3)")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="with --model: allow pickle (.bin) weights (loading them can run code from the file!)")
     parser.add_argument("--format", choices=FORMATS, default="regex", help="output form (default: regex)")
 
 
 def run(args: argparse.Namespace) -> int:
     names = None
     if args.model:
-        names, n_layers = model_parameter_names(args.model)
+        names, n_layers = model_parameter_names(args.model, allow_pickle=args.allow_pickle)
     else:
         n_layers = args.n_layers or 28
     cuts = None

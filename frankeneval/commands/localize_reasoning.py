@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--model", required=True, help="model (local dir or hub id)")
     parser.add_argument("--dataset", required=True, choices=("gsm8k", "math500"))
-    parser.add_argument("--data", default=None, help="local JSONL (or data folder) instead of the hub dataset")
+    parser.add_argument("--data", default=None,
+                        help="local JSONL (or data folder) instead of the hub dataset (default: $FRANKENEVAL_DATA when set)")
     parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLE_SIZE,
                         help=f"questions: the paper's sub-sample (default {DEFAULT_SAMPLE_SIZE}; 0 = all)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SAMPLE_SEED, help=f"sub-sampling seed (default {DEFAULT_SAMPLE_SEED})")
@@ -42,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from frankeneval.core.data import data_root_from_env
     from frankeneval.core.layermap import parse_layers
     from frankeneval.localization.common import uses_reasoning_prompt
     from frankeneval.localization.reasoning import (
@@ -51,14 +53,15 @@ def run(args: argparse.Namespace) -> int:
     )
     from frankeneval.reports.localization_plots import plot_reasoning_localization
 
-    questions = load_questions(args.dataset, data=args.data, samples=args.samples, seed=args.seed)
+    data = args.data or data_root_from_env()  # as the other commands and the lmms-eval tasks: $FRANKENEVAL_DATA
+    questions = load_questions(args.dataset, data=data, samples=args.samples, seed=args.seed)
     gen = load_generator(args, args.model)
     layers = parse_layers(args.layers, gen.n_llm_layers)  # unified LLM layers 1 … n
     results = run_reasoning_sweep(
         gen, args.dataset, questions, layers, args.out, model_name=args.model,
         reasoning_prompt=uses_reasoning_prompt(args.model, args.reasoning_prompt), max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size, seed_compatible=args.seed_compatible, progress=not args.no_progress,
-        meta={"data": args.data or "hub", "samples": args.samples, "seed": args.seed},
+        meta={"data": data or "hub", "samples": args.samples, "seed": args.seed},
     )
     print(format_reasoning_table(results))
     png = plot_reasoning_localization(results, Path(args.out) / "reasoning_localization.png")

@@ -48,11 +48,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cuts", nargs=2, type=int, metavar=("C1", "C2"),
                         help="block cuts on the unified axis: early 1-C1, middle C1+1-C2, late C2+1-n (default n//3 2n//3)")
     parser.add_argument("--host", help="source that supplies non-layer parts, config and tokenizer (default: layer 1's)")
-    parser.add_argument("--force", action="store_true", help="rewrite even if OUT already holds this splice")
+    parser.add_argument("--force", action="store_true", help="rewrite even if OUT already holds this splice (never replaces a source, a folder holding one, "
+                        "or files frankeneval did not write)")
     parser.add_argument("--shard-size", type=_size, default=None, help="output shard size (default 5GiB)")
     parser.add_argument("--dry-run", action="store_true", help="print which source every block comes from, write nothing")
     parser.add_argument("--check", metavar="DIR", help="verify every tensor of a splice against its declared source")
     parser.add_argument("--list", action="store_true", help="list built-in recipes and their variants")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="allow pickle (.bin) source weights (loading them can run code from the file!)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress output")
 
 
@@ -79,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         return _list()
     if args.check:
-        report = verify(args.check, progress=not args.quiet)
+        report = verify(args.check, progress=not args.quiet, allow_pickle=args.allow_pickle)
         print(report.summary())
         return 0 if report.ok else 1
     models = {"in": args.in_, "rl": args.rl, "base": args.base}
@@ -96,13 +99,13 @@ def run(args: argparse.Namespace) -> int:
         raise SpecError("nothing to do: give SPEC (or --recipe/--variant) with --out, --check DIR, or --list")
     spec = load_spec(spec_text, models=models, cuts=args.cuts, host=args.host)
     if args.dry_run:
-        plan = plan_splice(spec)
+        plan = plan_splice(spec, allow_pickle=args.allow_pickle)
         print(json.dumps({"spec": spec.to_dict(), "tensors_per_source": plan.counts(),
                           "bytes": plan.total_bytes, "build_hash": plan.build_hash}, indent=2))
         return 0
     if not args.out:
         raise SpecError("--out DIR is required (where to write the spliced checkpoint)")
     out = materialize(spec, args.out, force=args.force, progress=not args.quiet,
-                      shard_bytes=args.shard_size or DEFAULT_SHARD_BYTES)
+                      shard_bytes=args.shard_size or DEFAULT_SHARD_BYTES, allow_pickle=args.allow_pickle)
     print(out)
     return 0

@@ -39,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpus", type=int, default=0, help="run N cells at once, one lmms-eval process per GPU")
     parser.add_argument("--splice-cache", default=None, help="where variants are materialized (default: frankeneval's cache)")
     parser.add_argument("--no-reference", action="store_true", help="skip the IN and RL cells")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="read pickle (.bin) weights, which can run code when loaded: only for sources you trust")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         model_args=args.model_args,
         gpus=args.gpus,
+        allow_pickle=args.allow_pickle,
     )
     print(f"[transfer] done: {len(result.ran)} cells run, {len(result.skipped)} already finished -> {result.run_dir}")
     print(f"[transfer] leaderboard: frankeneval report {result.run_dir}")

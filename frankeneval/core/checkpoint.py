@@ -77,10 +77,10 @@ def resolve(ref: str | os.PathLike, *, revision: str | None = None, token: str |
     if path.is_dir():
         return path.resolve(), str(path.resolve()), None
     ref = str(ref)
-    if path.exists() or ref.startswith((".", "/", "~")) or ref.count("/") != 1:
-        raise CheckpointNotFound(
-            f"{ref!r} is neither a local checkpoint directory nor a hub id of the form 'org/name'"
-        )
+    if path.exists():
+        raise CheckpointNotFound(f"{ref} is a file, not a checkpoint directory")
+    if _looks_like_path(ref):
+        raise CheckpointNotFound(f"no such local checkpoint directory: {path}")
     try:
         from huggingface_hub import snapshot_download
         from huggingface_hub.utils import HFValidationError
@@ -97,15 +97,28 @@ def resolve(ref: str | os.PathLike, *, revision: str | None = None, token: str |
             )
             return Path(local), ref, revision or _snapshot_revision(Path(local))
         except HFValidationError as exc:
-            raise CheckpointNotFound(f"{ref!r} is not a valid hub id: {exc}") from exc
+            reason = " ".join(str(exc).split())
+            raise CheckpointNotFound(
+                f"no such local checkpoint directory: {path}, and {ref!r} is not a valid hub id either ({reason})"
+            ) from None
         except Exception as exc:  # network errors, missing repo, missing cache entry
             last_error = exc
+    if Path(ref.split("/", 1)[0]).is_dir():  # "runs/x" with a local runs/: surely a mistyped path
+        raise CheckpointNotFound(f"no such local checkpoint directory: {path} (nor is {ref!r} a hub id in the cache)")
+    detail = " ".join(f"{type(last_error).__name__}: {last_error}".split())
     raise CheckpointNotFound(
         f"could not find {ref!r}: it is not a local directory and it is not in the Hugging Face cache"
         f"{' (HF_HUB_OFFLINE=1)' if offline else ' and the hub could not be reached'}. "
         f"Download it on a machine with network access (`huggingface-cli download {ref}`) and pass the "
-        f"local directory instead, or set HF_HOME to a cache that holds it. ({type(last_error).__name__}: {last_error})"
+        f"local directory instead, or set HF_HOME to a cache that holds it. ({detail})"
     )
+
+
+def _looks_like_path(ref: str) -> bool:
+    """True when ``ref`` can only be meant as a local path, not a hub id ``org/name``: it starts with ``.``,
+    ``/`` or ``~``, has a backslash, or has not exactly one ``/``. (``org/name`` with a local folder ``org`` is
+    still tried as a hub id first, and reported as a missing local directory when it is not one.)"""
+    return ref.startswith((".", "/", "~")) or "\\" in ref or ref.count("/") != 1 or os.path.isabs(ref)
 
 
 def _snapshot_revision(path: Path) -> str | None:
@@ -143,25 +156,32 @@ class Checkpoint:
     def _read_weight_map(self) -> dict[str, str]:
         p = self.path
         if (p / SAFETENSORS_INDEX).is_file():
+            _check_inside(p, SAFETENSORS_INDEX)
             weight_map = _read_index(p / SAFETENSORS_INDEX)
         elif (p / SAFETENSORS_SINGLE).is_file():
+            _check_inside(p, SAFETENSORS_SINGLE)
             weight_map = {k: SAFETENSORS_SINGLE for k in sorted(self._header(SAFETENSORS_SINGLE).tensors)}
         elif (p / PICKLE_INDEX).is_file() or (p / PICKLE_SINGLE).is_file():
             if not self.allow_pickle:
                 raise UnsafeWeights(
                     f"{self.source_id} holds only pickle weights (pytorch_model*.bin), which can run arbitrary "
-                    "code when loaded. Convert it to safetensors, or pass --allow-pickle (allow_pickle=True) "
-                    "if you trust its source."
+                    "code when loaded. Convert it to safetensors, or pass --allow-pickle (the franken_qwen wrapper: "
+                    "model arg allow_pickle=true) if you trust its source."
                 )
             if (p / PICKLE_INDEX).is_file():
+                _check_inside(p, PICKLE_INDEX)
                 weight_map = _read_index(p / PICKLE_INDEX)
             else:
+                _check_inside(p, PICKLE_SINGLE)
                 state = torch.load(p / PICKLE_SINGLE, map_location="cpu", mmap=True, weights_only=True)
                 weight_map = {k: PICKLE_SINGLE for k in state}
         else:
             raise CheckpointNotFound(
                 f"{self.source_id}: no weights found (expected {SAFETENSORS_INDEX} or {SAFETENSORS_SINGLE})"
             )
+        for shard in dict.fromkeys(weight_map.values()):
+            _check_plain_name(p, shard)
+            _check_inside(p, shard)
         missing = sorted({s for s in weight_map.values() if not (p / s).is_file()})
         if missing:
             raise MissingShard(
@@ -198,7 +218,10 @@ class Checkpoint:
     @cached_property
     def config(self) -> dict[str, Any]:
         cfg = self.path / "config.json"
-        return json.loads(cfg.read_text()) if cfg.is_file() else {}
+        if not cfg.is_file():
+            return {}
+        _check_inside(self.path, "config.json")
+        return json.loads(cfg.read_text())
 
     @cached_property
     def layer_map(self) -> LayerMap:
@@ -292,21 +315,55 @@ class Checkpoint:
 
     # -- provenance -------------------------------------------------------------------------
     def fingerprint(self) -> dict[str, Any]:
-        """What identifies this checkpoint: source id, revision, and a hash of its index + shard sizes.
+        """What identifies this checkpoint: source id, revision, and a hash of its weight bytes.
 
-        Hashing every byte of a 15 GB checkpoint is slow; the index (names, shapes, offsets of every tensor
-        live in the shard headers) plus shard sizes and mtimes is cheap and changes with any rewrite.
+        ``weights_sha256`` is the SHA-256 of the weight index (tensor name -> shard) and the SHA-256 of every
+        byte of every shard (:mod:`frankeneval.core.fingerprint`), so two checkpoints that differ in any tensor
+        byte never share it, whatever their names, sizes and mtimes. Each file's digest is cached by its
+        (resolved path, device, inode, size, mtime_ns, ctime_ns): the first call on a 15 GB checkpoint reads it
+        once, later ones cost a ``stat`` per shard.
         """
+        from frankeneval.core.fingerprint import ALGORITHM, file_digests
+
+        digests = file_digests([self.path / s for s in self.shards])
         h = hashlib.sha256()
-        for shard in self.shards:
-            st = (self.path / shard).stat()
-            h.update(f"{shard}:{st.st_size}:{int(st.st_mtime)}\n".encode())
-            if shard.endswith(".safetensors"):
-                h.update(self._header(shard).raw)
-        return {"source": self.source_id, "revision": self.revision, "path": str(self.path), "weights_sha256": h.hexdigest()}
+        h.update(json.dumps(self._weight_map, sort_keys=True).encode())
+        for shard, digest in zip(self.shards, digests):
+            h.update(f"\n{shard}:{digest}".encode())
+        return {"source": self.source_id, "revision": self.revision, "path": str(self.path),
+                "weights_sha256": h.hexdigest(), "weights_hash": f"{ALGORITHM}-content-v1"}
 
     def __repr__(self) -> str:
         return f"Checkpoint({self.source_id!r}, {len(self._weight_map)} tensors in {len(self.shards)} shard(s))"
+
+
+def _check_plain_name(root: Path, shard: str) -> None:
+    """A weight index's shard name must be a plain file name inside the checkpoint (no folder, no ``..``)."""
+    if not shard or shard in (".", "..") or "/" in shard or "\\" in shard or "\0" in shard or os.path.isabs(shard):
+        raise CorruptCheckpoint(
+            f"{root}: the weight index names shard {shard!r}, which is not a plain file name inside the checkpoint"
+        )
+
+
+def inside_checkpoint(root: str | os.PathLike, name: str) -> bool:
+    """True when ``root/name``, symlinks followed, stays inside the checkpoint folder ``root``.
+
+    A huggingface_hub snapshot (``<repo>/snapshots/<rev>/``) holds symlinks into its own repo's ``blobs/``
+    folder (``../../blobs/<hash>``): those count as inside; a link into another repo's blobs does not.
+    """
+    root = Path(root).resolve()
+    target = (root / name).resolve()
+    if target.is_relative_to(root):
+        return True
+    return root.parent.name == "snapshots" and target.parent == root.parent.parent / "blobs"
+
+
+def _check_inside(root: Path, name: str) -> None:
+    if not inside_checkpoint(root, name):
+        raise CorruptCheckpoint(
+            f"{root}: {name} is a symlink that leaves the checkpoint folder (to {(Path(root) / name).resolve()}); "
+            "copy the file into the checkpoint instead"
+        )
 
 
 def _read_index(path: Path) -> dict[str, str]:

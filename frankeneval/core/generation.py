@@ -23,11 +23,12 @@ import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from frankeneval.errors import FrankenevalError, InterventionError
+from frankeneval.errors import FrankenevalError, InterventionError, UnsafeWeights
 from frankeneval.core.interventions import (
     AttentionCapture,
     SwapVisualKV,
@@ -100,6 +101,19 @@ def _image_key(image) -> str:
     return h.hexdigest()
 
 
+def refuse_pickle_only(pretrained: str) -> None:
+    """Raise :class:`UnsafeWeights` when the local checkpoint ``pretrained`` holds pickle weights and no safetensors."""
+    path = Path(str(pretrained)).expanduser()
+    if not path.is_dir() or any(path.glob("*.safetensors")):
+        return
+    if any(path.glob("pytorch_model*.bin")) or any(path.glob("*.bin")):
+        raise UnsafeWeights(
+            f"{pretrained} holds only pickle weights (*.bin), which can run arbitrary code when loaded. Convert it "
+            "to safetensors, or pass --allow-pickle (the franken_qwen wrapper: model arg allow_pickle=true) if you "
+            "trust its source."
+        )
+
+
 def _is_oom(exc: BaseException) -> bool:
     oom = getattr(torch.cuda, "OutOfMemoryError", None)
     return (oom is not None and isinstance(exc, oom)) or "out of memory" in str(exc).lower()
@@ -130,9 +144,17 @@ class Generator:
         max_pixels: int | None = None,
         min_pixels: int | None = None,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        allow_pickle: bool = False,
     ) -> Generator:
-        """Load model + processor from a local dir or hub id (``device`` or ``device_map``, not both)."""
+        """Load model + processor from a local dir or hub id (``device`` or ``device_map``, not both).
+
+        Only safetensors weights unless ``allow_pickle`` (``--allow-pickle``; the wrapper's ``allow_pickle=true``):
+        a pickle-only checkpoint (``pytorch_model*.bin``) is refused with :class:`UnsafeWeights` before loading.
+        """
         from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        if not allow_pickle:
+            refuse_pickle_only(pretrained)
 
         if isinstance(dtype, str) and dtype != "auto":
             if not hasattr(torch, dtype):
@@ -142,13 +164,15 @@ class Generator:
         try:
             processor = AutoProcessor.from_pretrained(pretrained, **proc_kwargs)
             model_kwargs: dict[str, Any] = {"dtype": dtype}
+            if not allow_pickle:
+                model_kwargs["use_safetensors"] = True  # hub ids too: never fall back to a pickle file
             if device_map is not None:
                 model_kwargs["device_map"] = device_map
             if attn_implementation is not None:
                 model_kwargs["attn_implementation"] = attn_implementation
             model = AutoModelForImageTextToText.from_pretrained(pretrained, **model_kwargs)
         except OSError as exc:
-            raise FrankenevalError(f"cannot load model {pretrained!r}: {exc}") from exc
+            raise FrankenevalError(f"cannot load model {pretrained!r}: {' '.join(str(exc).split())}") from exc
         if device_map is None:
             model = model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         return cls(model, processor, max_batch_size=max_batch_size)

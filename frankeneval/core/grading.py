@@ -4,12 +4,20 @@
   ``{"is_correct": bool, "extracted_answer": str, "reason": str}``.
 * ``Judge.describe_image(image)`` writes the description used by the black-image + description control.
 
-Every successful call is cached on disk, keyed by (judge model, hash of the request), with atomic writes, so a
-rerun costs nothing. Rate limits (429), server errors (5xx), timeouts and connection errors are retried with
-exponential backoff; when every try fails the result carries ``judge_error=True`` (never counted as wrong).
+A verdict is a boolean or it is a judge error: a reply whose ``is_correct`` is not a clear boolean (``null``, a
+number, ``"maybe"``, no JSON) gives ``judge_error=True`` and ``is_correct=None`` -- never a wrong answer -- and is not
+cached. Every clear verdict is cached on disk as the parsed verdict (``is_correct``, ``extracted_answer`` and a short
+``reason``; never the raw reply), keyed by (judge model, hash of the request), with atomic writes, so a rerun costs
+nothing. Rate limits (429), server errors (5xx), timeouts and connection errors are retried with exponential backoff;
+when every try fails the result carries ``judge_error=True``. Each try waits at most the timeout, so a judge that
+never answers costs at most ``(retries + 1) x timeout`` plus the backoff per item; :meth:`Judge.probe` checks that
+the judge answers at all before a run starts. Nothing that looks like a key (``sk-...``, ``Bearer ...``, the
+configured key, ...) is written: reasons, descriptions and error messages pass through :func:`redact_secrets`.
 
 Configuration: ``OPENAI_API_KEY``, ``OPENAI_BASE_URL`` (or ``base_url=``), ``FRANKENEVAL_JUDGE_MODEL``
-(default ``gpt-4o-mini``), ``FRANKENEVAL_JUDGE_CACHE`` (default ``~/.cache/frankeneval/judge``).
+(default ``gpt-4o-mini``), ``FRANKENEVAL_JUDGE_CACHE`` (default ``~/.cache/frankeneval/judge``),
+``FRANKENEVAL_JUDGE_TIMEOUT`` (seconds per try, default 60), ``FRANKENEVAL_JUDGE_RETRIES`` (retries after the
+first try, default 3).
 """
 
 from __future__ import annotations
@@ -21,14 +29,20 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from frankeneval.core.results import write_json_atomic
+from frankeneval.errors import FrankenevalError
 
 __all__ = [
     "DEFAULT_JUDGE_MODEL",
+    "DEFAULT_JUDGE_RETRIES",
+    "DEFAULT_JUDGE_TIMEOUT_S",
+    "JudgeNotAnswering",
+    "judge_number_setting",
+    "redact_secrets",
     "JudgeConfig",
     "Judgment",
     "Judge",
@@ -39,6 +53,9 @@ __all__ = [
 ]
 
 DEFAULT_JUDGE_MODEL = "gpt-4o-mini"
+DEFAULT_JUDGE_TIMEOUT_S = 60.0
+DEFAULT_JUDGE_RETRIES = 3
+MAX_REASON_CHARS = 240  # what of the judge's reason is kept (redacted) in samples and the cache
 
 JUDGE_SYSTEM = "You are a strict grader of answers to benchmark questions. Reply with one JSON object only."
 
@@ -52,6 +69,53 @@ class JudgeUnavailable(RuntimeError):
     """Every attempt to reach the judge failed (kept internal: callers get ``judge_error``)."""
 
 
+class JudgeNotAnswering(FrankenevalError):
+    """The fail-fast probe before a run got no answer from the judge (one line: server and model)."""
+
+
+# --------------------------------------------------------------------------- redaction
+_SECRET_PATTERNS = [
+    re.compile(r"(?i)\bBearer\s+[^\s\"',;]+"),  # Authorization: Bearer <token>
+    re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"),  # OpenAI / Anthropic style (sk-..., sk-proj-..., sk-ant-...)
+    re.compile(r"\b(?:hf|ghp|gho|ghs|ghu|github_pat|xox[abprs]|glpat)_[A-Za-z0-9_\-]{10,}"),  # HF, GitHub, Slack, GitLab
+    re.compile(r"\bxox[abprs]-[A-Za-z0-9\-]{10,}"),
+    re.compile(r"\bAIza[0-9A-Za-z_\-]{30,}"),  # Google
+    re.compile(r"\bAKIA[0-9A-Z]{16}\b"),  # AWS access key id
+    re.compile(r"(?i)\b(api[_-]?key|access[_-]?token|secret|password)(\"?\s*[:=]\s*\"?)[^\s\"',;]{6,}"),
+]
+REDACTED = "[redacted]"
+
+
+def redact_secrets(text: Any, secrets: Sequence[str | None] = ()) -> str:
+    """``text`` with anything that looks like a key replaced by ``[redacted]``: the given ``secrets`` (e.g. the
+    configured key; values shorter than 6 characters and the ``EMPTY`` placeholder are ignored), ``sk-...``,
+    ``Bearer ...``, ``hf_...``, ``ghp_...``, ``AIza...``, ``AKIA...`` and ``api_key=...``-style assignments."""
+    out = "" if text is None else str(text)
+    for secret in secrets:
+        if secret and len(secret) >= 6 and secret != "EMPTY":
+            out = out.replace(secret, REDACTED)
+    for pat in _SECRET_PATTERNS:
+        if pat.groups >= 2:
+            out = pat.sub(lambda m: m.group(1) + m.group(2) + REDACTED, out)
+        else:
+            out = pat.sub(REDACTED, out)
+    return out
+
+
+def judge_number_setting(value: Any, *, integer: bool, source: str) -> float | int:
+    """A judge timeout (float > 0 seconds) or retry count (``integer``: int >= 0) from ``value``; a one-line
+    FrankenevalError naming ``source`` otherwise."""
+    try:
+        number = int(str(value).strip()) if integer else float(value)
+    except (TypeError, ValueError):
+        number = None
+    if integer and (number is None or number < 0):
+        raise FrankenevalError(f"{source} must be a whole number >= 0, not {value!r}")
+    if not integer and (number is None or not (0 < number < float("inf"))):
+        raise FrankenevalError(f"{source} must be a number of seconds > 0, not {value!r}")
+    return number
+
+
 @dataclass
 class JudgeConfig:
     """Judge settings; ``None`` fields come from the environment."""
@@ -60,13 +124,21 @@ class JudgeConfig:
     base_url: str | None = None
     api_key: str | None = None
     cache_dir: str | os.PathLike | None = None
-    max_retries: int = 5
+    max_retries: int | None = None  # FRANKENEVAL_JUDGE_RETRIES, else DEFAULT_JUDGE_RETRIES
     backoff_s: float = 1.0
-    max_backoff_s: float = 60.0
-    timeout_s: float = 120.0
+    max_backoff_s: float = 30.0
+    timeout_s: float | None = None  # FRANKENEVAL_JUDGE_TIMEOUT, else DEFAULT_JUDGE_TIMEOUT_S
     temperature: float = 0.0
 
     def resolved(self) -> "JudgeConfig":
+        timeout = self.timeout_s
+        if timeout is None:
+            env = os.environ.get("FRANKENEVAL_JUDGE_TIMEOUT", "").strip()
+            timeout = env if env else DEFAULT_JUDGE_TIMEOUT_S
+        retries = self.max_retries
+        if retries is None:
+            env = os.environ.get("FRANKENEVAL_JUDGE_RETRIES", "").strip()
+            retries = env if env else DEFAULT_JUDGE_RETRIES
         return JudgeConfig(
             model=self.model or os.environ.get("FRANKENEVAL_JUDGE_MODEL") or DEFAULT_JUDGE_MODEL,
             base_url=self.base_url or os.environ.get("OPENAI_BASE_URL") or None,
@@ -76,24 +148,26 @@ class JudgeConfig:
                 or os.environ.get("FRANKENEVAL_JUDGE_CACHE")
                 or Path.home() / ".cache" / "frankeneval" / "judge"
             ).expanduser(),
-            max_retries=self.max_retries,
+            max_retries=judge_number_setting(retries, integer=True,
+                                             source="the judge's retries (FRANKENEVAL_JUDGE_RETRIES)"),
             backoff_s=self.backoff_s,
             max_backoff_s=self.max_backoff_s,
-            timeout_s=self.timeout_s,
+            timeout_s=judge_number_setting(timeout, integer=False,
+                                           source="the judge's timeout (FRANKENEVAL_JUDGE_TIMEOUT)"),
             temperature=self.temperature,
         )
 
 
 @dataclass
 class Judgment:
-    """One judge verdict. ``is_correct`` is None exactly when ``judge_error`` is True."""
+    """One judge verdict. ``is_correct`` is None exactly when ``judge_error`` is True. The judge's raw reply is
+    never kept: ``extracted_answer`` and ``reason`` are redacted (and ``reason`` shortened)."""
 
     is_correct: bool | None
     extracted_answer: str | None = None
     reason: str = ""
     judge_error: bool = False
     cached: bool = False
-    raw: str | None = field(default=None, repr=False)
 
     def as_dict(self) -> dict:
         return {
@@ -124,8 +198,23 @@ def build_judge_prompt(question: str, choices: Sequence[str] | None, ground_trut
     return "\n".join(parts)
 
 
+_TRUE, _FALSE = ("true", "yes"), ("false", "no")
+
+
+def _clear_boolean(v: Any) -> bool | None:
+    """``v`` as a verdict: JSON true/false, or the strings true/false/yes/no; None for anything else."""
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str):
+        t = v.strip().lower()
+        return True if t in _TRUE else False if t in _FALSE else None
+    return None
+
+
 def parse_judge_json(text: str) -> dict:
-    """The judge's JSON object (code fences and surrounding text tolerated); ValueError when there is none."""
+    """The judge's JSON object (code fences and surrounding text tolerated) whose ``is_correct`` is a clear boolean
+    (JSON true/false or the strings true/false/yes/no); ValueError when there is none (``null``, numbers, other
+    strings are not verdicts). The error message never quotes the reply."""
     t = (text or "").strip()
     t = re.sub(r"^```(?:json)?\s*|\s*```$", "", t)
     candidates = [t] + re.findall(r"\{.*\}", t, flags=re.DOTALL)
@@ -135,14 +224,12 @@ def parse_judge_json(text: str) -> dict:
         except (json.JSONDecodeError, TypeError):
             continue
         if isinstance(obj, dict) and "is_correct" in obj:
-            v = obj["is_correct"]
-            if isinstance(v, str):
-                if v.strip().lower() not in ("true", "false", "yes", "no"):
-                    continue
-                v = v.strip().lower() in ("true", "yes")
-            obj["is_correct"] = bool(v)
+            v = _clear_boolean(obj["is_correct"])
+            if v is None:
+                continue
+            obj["is_correct"] = v
             return obj
-    raise ValueError(f"no judge JSON with is_correct in: {t[:200]!r}")
+    raise ValueError(f"judge reply ({len(t)} chars) has no JSON object with a boolean is_correct")
 
 
 def _image_data_url(image) -> str:
@@ -159,6 +246,7 @@ class Judge:
         self.config = (config or JudgeConfig()).resolved()
         self._client = client
         self._sleep = sleep or (lambda seconds: time.sleep(seconds))
+        self._probed = False
         self.calls = 0  # requests actually sent (cache misses, retries included)
 
     # ------------------------------------------------------------------ plumbing
@@ -170,16 +258,38 @@ class Judge:
             self._client = OpenAI(
                 api_key=self.config.api_key or "EMPTY",
                 base_url=self.config.base_url,
-                max_retries=0,  # our own backoff, so every failure mode is counted and bounded
-                timeout=self.config.timeout_s,
+                max_retries=0,  # our own backoff (config.max_retries), so every failure mode is counted and bounded
+                timeout=self.config.timeout_s,  # per try: a judge that never answers costs at most this
             )
         return self._client
+
+    def redact(self, text: Any) -> str:
+        """``text`` with the configured key and anything key-like removed (see :func:`redact_secrets`)."""
+        return redact_secrets(text, (self.config.api_key,))
+
+    def _request(self, messages: list[dict], max_tokens: int) -> dict:
+        return {"model": self.config.model, "messages": messages, "temperature": self.config.temperature,
+                "max_tokens": max_tokens}
 
     def cache_path(self, request: dict) -> Path:
         """The cache file of a request: ``<cache>/<model>/<sha256 of the request>.json``."""
         digest = hashlib.sha256(json.dumps(request, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
         safe_model = re.sub(r"[^A-Za-z0-9._-]+", "_", self.config.model)
         return Path(self.config.cache_dir) / safe_model / digest[:2] / f"{digest}.json"
+
+    def _read_cache(self, request: dict) -> dict | None:
+        path = self.cache_path(request)
+        if not path.is_file():
+            return None
+        try:
+            entry = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+            return None  # a damaged entry is refetched
+        return entry if isinstance(entry, dict) else None
+
+    def _write_cache(self, request: dict, entry: dict) -> None:
+        write_json_atomic(self.cache_path(request), {"model": self.config.model, **entry}, ensure_ascii=False,
+                          newline=False)
 
     @staticmethod
     def _retryable(exc: Exception) -> bool:
@@ -191,58 +301,96 @@ class Judge:
             return exc.status_code == 429 or exc.status_code >= 500
         return False
 
-    def complete(self, messages: list[dict], *, max_tokens: int = 512) -> tuple[str, bool]:
-        """The assistant text for ``messages`` and whether it came from the cache; JudgeUnavailable on failure."""
-        request = {"model": self.config.model, "messages": messages, "temperature": self.config.temperature,
-                   "max_tokens": max_tokens}
-        path = self.cache_path(request)
-        if path.is_file():
-            try:
-                return json.loads(path.read_text(encoding="utf-8"))["content"], True
-            except (json.JSONDecodeError, KeyError, OSError):
-                pass  # a damaged entry is refetched
+    def _call(self, request: dict, *, retries: int) -> str:
+        """The assistant text of one request (no cache), after up to ``retries`` retries; JudgeUnavailable with a
+        redacted one-line reason when every try failed."""
         last: Exception | None = None
-        for attempt in range(self.config.max_retries + 1):
+        for attempt in range(retries + 1):
             try:
                 self.calls += 1
                 resp = self.client.chat.completions.create(**request)
-                content = resp.choices[0].message.content or ""
-                return content, False
+                return resp.choices[0].message.content or ""
             except Exception as exc:  # noqa: BLE001 - classified below
                 last = exc
-                if not self._retryable(exc) or attempt == self.config.max_retries:
+                if not self._retryable(exc) or attempt == retries:
                     break
                 self._sleep(min(self.config.max_backoff_s, self.config.backoff_s * (2**attempt)))
-        raise JudgeUnavailable(f"{type(last).__name__}: {last}")
+        reason = " ".join(self.redact(f"{type(last).__name__}: {last}").split())
+        raise JudgeUnavailable(reason[:300] + ("..." if len(reason) > 300 else ""))
 
-    def _store(self, messages: list[dict], content: str, *, max_tokens: int) -> None:
-        request = {"model": self.config.model, "messages": messages, "temperature": self.config.temperature,
-                   "max_tokens": max_tokens}
-        write_json_atomic(self.cache_path(request), {"model": self.config.model, "content": content}, ensure_ascii=False, newline=False)
+    def complete(self, messages: list[dict], *, max_tokens: int = 512) -> tuple[str, bool]:
+        """The (redacted) assistant text for ``messages`` and whether it came from the cache; JudgeUnavailable on
+        failure. Only :meth:`describe_image` stores such text; verdicts are stored parsed (:meth:`judge`)."""
+        request = self._request(messages, max_tokens)
+        entry = self._read_cache(request)
+        if entry is not None and isinstance(entry.get("content"), str):
+            return self.redact(entry["content"]), True
+        return self.redact(self._call(request, retries=self.config.max_retries)), False
+
+    def _verdict(self, obj: dict) -> dict:
+        """The stored form of a parsed verdict: boolean, redacted extracted answer, redacted short reason."""
+        extracted = obj.get("extracted_answer")
+        reason = " ".join(self.redact(obj.get("reason") or "").split())
+        if len(reason) > MAX_REASON_CHARS:
+            reason = reason[: MAX_REASON_CHARS - 3] + "..."
+        return {"is_correct": bool(obj["is_correct"]),
+                "extracted_answer": None if extracted is None else self.redact(extracted)[:500],
+                "reason": reason}
+
+    def probe(self) -> None:
+        """Fail fast: one small, uncached request (at most one retry) to check that the judge answers at all;
+        :class:`JudgeNotAnswering` (one line naming the server and model, key redacted) when it does not.
+        Done once per :class:`Judge`."""
+        if self._probed:
+            return
+        request = self._request([{"role": "system", "content": JUDGE_SYSTEM},
+                                 {"role": "user", "content": 'Reply with JSON only: {"is_correct": true}'}], 16)
+        try:
+            self._call(request, retries=min(1, self.config.max_retries))
+        except JudgeUnavailable as exc:
+            where = self.config.base_url or "https://api.openai.com/v1 (OPENAI_BASE_URL unset)"
+            raise JudgeNotAnswering(
+                f"the LLM judge does not answer: model {self.config.model!r} at {where} ({exc}); check the server, "
+                "OPENAI_BASE_URL / judge_base_url, the model name and OPENAI_API_KEY "
+                "(or set FRANKENEVAL_JUDGE_PROBE=0 to skip this check)") from None
+        self._probed = True
 
     # ------------------------------------------------------------------ public API
     def judge(self, question: str, choices: Sequence[str] | None, ground_truth: Any, model_answer: str) -> Judgment:
-        """Judge one answer; on final failure (or unparsable replies) ``judge_error=True`` and ``is_correct=None``."""
+        """Judge one answer. A clear boolean verdict is cached; on final failure, or a reply without a clear boolean
+        ``is_correct``, ``judge_error=True`` and ``is_correct=None`` (not cached, never a wrong answer)."""
         messages = [
             {"role": "system", "content": JUDGE_SYSTEM},
             {"role": "user", "content": build_judge_prompt(question, choices, str(ground_truth), model_answer)},
         ]
+        request = self._request(messages, 512)
+        entry = self._read_cache(request)
+        if entry is not None:
+            verdict = entry.get("verdict")
+            if isinstance(verdict, dict) and isinstance(verdict.get("is_correct"), bool):
+                return Judgment(**self._verdict(verdict), cached=True)
+            if isinstance(entry.get("content"), str):  # an entry of an older version: the raw reply
+                try:
+                    verdict = self._verdict(parse_judge_json(entry["content"]))
+                except ValueError:
+                    verdict = None  # e.g. {"is_correct": null}, once cached as wrong: ask again
+                if verdict is not None:
+                    self._write_cache(request, {"verdict": verdict})  # rewritten without the raw reply
+                    return Judgment(**verdict, cached=True)
         try:
-            content, cached = self.complete(messages, max_tokens=512)
+            content = self._call(request, retries=self.config.max_retries)
         except JudgeUnavailable as exc:
             return Judgment(None, None, f"judge unavailable: {exc}", judge_error=True)
         try:
-            obj = parse_judge_json(content)
+            verdict = self._verdict(parse_judge_json(content))
         except ValueError as exc:
-            return Judgment(None, None, str(exc), judge_error=True, raw=content)
-        if not cached:
-            self._store(messages, content, max_tokens=512)
-        extracted = obj.get("extracted_answer")
-        return Judgment(bool(obj["is_correct"]), None if extracted is None else str(extracted),
-                        str(obj.get("reason", "")), cached=cached, raw=content)
+            return Judgment(None, None, str(exc), judge_error=True)
+        self._write_cache(request, {"verdict": verdict})
+        return Judgment(**verdict)
 
     def describe_image(self, image, *, prompt: str = DESCRIBE_PROMPT, max_tokens: int = 1024) -> str:
-        """A text description of a PIL image (cached by model + image bytes + prompt); JudgeUnavailable on failure."""
+        """A text description of a PIL image (cached by model + image bytes + prompt, key-like text redacted);
+        JudgeUnavailable on failure."""
         messages = [
             {"role": "user", "content": [
                 {"type": "text", "text": prompt},
@@ -254,5 +402,5 @@ class Judge:
         if not content:
             raise JudgeUnavailable("empty description")
         if not cached:
-            self._store(messages, content, max_tokens=max_tokens)
+            self._write_cache(self._request(messages, max_tokens), {"content": content})
         return content

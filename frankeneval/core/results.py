@@ -5,9 +5,13 @@ Every file frankeneval writes goes through here, so a crash never leaves a half-
 * :func:`atomic_write_bytes` / :func:`atomic_write_text` / :func:`write_json_atomic` -- write a temp file in
   the same folder, flush + fsync, then ``os.replace`` it onto the target;
 * :func:`atomic_output` -- the same for writers that want a path (``savefig``, ``Image.save``);
-* :func:`staged_directory` -- a whole folder (a checkpoint) built in a temp folder and swapped into place;
+* :func:`staged_directory` -- a whole folder (a checkpoint) built in a temp folder and swapped into place,
+  under the output's lock, replacing only a folder that holds exactly a frankeneval result and is no input;
+* :func:`safe_name` -- names from specs and recipes that become folder names are single path components;
 * :class:`JsonlLog` -- one JSON object per line, each appended with a single ``os.write`` on an ``O_APPEND``
-  descriptor and fsynced; on open a torn last line (an interrupted append) is cut off;
+  descriptor and fsynced; on open a torn last line (an interrupted append) is cut off, and a corrupt or
+  incomplete line (per the log's ``check``, e.g. :func:`require_fields`) is named (file:line) and skipped, so
+  its unit counts as not done and is recomputed;
 * :func:`read_jsonl` -- the complete records of such a log, read-only.
 """
 
@@ -15,22 +19,31 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
-import tempfile
-from collections.abc import Iterator
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from frankeneval.errors import FrankenevalError
+from frankeneval.core.locks import output_lock, pid_alive
+from frankeneval.errors import FrankenevalError, SpecError
 
 __all__ = [
     "JsonlLog",
+    "RecordCheck",
     "atomic_output",
     "atomic_write_bytes",
     "atomic_write_text",
+    "foreign_entries",
+    "is_object",
     "read_jsonl",
+    "refuse_inputs",
+    "require_fields",
+    "safe_name",
     "staged_directory",
     "write_all",
     "write_json_atomic",
@@ -39,8 +52,38 @@ __all__ = [
 
 # -- atomic writes --------------------------------------------------------------------------------------
 def _temp_path(path: Path) -> Path:
-    """A fresh name next to ``path`` that keeps its suffix (writers infer formats from it)."""
+    """A fresh name next to ``path`` that keeps its suffix (writers infer formats from it); it carries the
+    writer's pid, so a later writer can tell a killed writer's leftover (:func:`_sweep_stale_temp_files`)."""
     return path.with_name(f".{path.stem}.tmp-{os.getpid()}-{secrets.token_hex(4)}{path.suffix}")
+
+
+_STALE_AFTER_S = 60.0  # a temp file of a dead pid untouched this long is a leftover (guards pid namespaces)
+_swept: set[tuple[str, str, str]] = set()
+
+
+def _sweep_stale_temp_files(path: Path) -> None:
+    """Remove ``path``'s temp files left by killed writers (our own temp name, a pid no longer running, not
+    touched for a minute); once per target per process."""
+    key = (str(path.parent), path.stem, path.suffix)
+    if key in _swept:
+        return
+    _swept.add(key)
+    pattern = re.compile(rf"\.{re.escape(path.stem)}\.tmp-(\d+)-[0-9a-f]{{8}}{re.escape(path.suffix)}")
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return
+    now = time.time()
+    for e in entries:
+        m = pattern.fullmatch(e.name)
+        if not m or not e.is_file(follow_symlinks=False):
+            continue
+        try:
+            if pid_alive(int(m.group(1))) or now - e.stat(follow_symlinks=False).st_mtime < _STALE_AFTER_S:
+                continue
+            os.unlink(e.path)
+        except OSError:
+            pass
 
 
 def _fsync_file(path: Path) -> None:
@@ -59,6 +102,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_stale_temp_files(path)
     tmp = _temp_path(path)
     try:
         yield tmp
@@ -100,26 +144,119 @@ def write_json_atomic(
     return atomic_write_text(path, text + "\n" if newline else text)
 
 
-@contextmanager
-def staged_directory(final: str | os.PathLike) -> Iterator[Path]:
-    """Yield a fresh temp folder next to ``final``; when the block ends cleanly it replaces ``final`` (an
-    existing ``final`` is moved aside first and put back if the swap fails). On an exception it is removed."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+def safe_name(name: Any, what: str = "name") -> str:
+    """``name`` if it is a single path component (it becomes a folder or file name); else a one-line
+    :class:`SpecError`. Refused: empty, ``.``, ``..``, anything with ``/``, ``\\`` or a NUL byte."""
+    text = str(name) if name is not None else ""
+    if not text or text in (".", "..") or any(c in text for c in "/\\\0") or os.path.isabs(text):
+        raise SpecError(f"{what} {text!r} must be a single path component (a plain name: no '/', '\\', '..', not empty)")
+    return text
+
+
+def _real(path: str | os.PathLike) -> Path:
+    return Path(os.path.realpath(Path(path).expanduser()))
+
+
+def refuse_inputs(target: str | os.PathLike, inputs: Iterable[tuple[str, str | os.PathLike]], what: str = "output") -> None:
+    """One-line :class:`FrankenevalError` when ``target`` is one of ``inputs`` ((label, path) pairs), holds one,
+    or lies inside one (real paths: symlinks resolved)."""
+    out = _real(target)
+    for label, path in inputs:
+        src = _real(path)
+        if out == src:
+            rel = "is"
+        elif out in src.parents:
+            rel = "holds"
+        elif src in out.parents:
+            rel = "lies inside"
+        else:
+            continue
+        raise FrankenevalError(f"{target}: the {what} {rel} input {label} ({path}); nothing was written, choose "
+                               f"another {what}")
+
+
+def foreign_entries(folder: Path, expected: Iterable[str]) -> str | None:
+    """None when every entry of ``folder`` is a plain file named in ``expected``; else why not (for
+    :func:`staged_directory`'s ``owned``)."""
+    names = set(expected)
+    extra = sorted(e.name for e in os.scandir(folder) if e.name not in names or not e.is_file(follow_symlinks=False))
+    if not extra:
+        return None
+    shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+    return f"it holds files frankeneval did not write ({shown}); move them away or choose another output"
+
+
+def _check_replaceable(final: Path, owned: Callable[[Path], str | None] | None) -> None:
+    if not os.path.lexists(final):
+        return
+    if final.is_symlink():
+        reason = "it is a symbolic link"
+    elif not final.is_dir():
+        reason = "it is not a folder"
+    elif not any(os.scandir(final)):
+        return
+    else:
+        reason = owned(final) if owned is not None else foreign_entries(final, ())
+    if reason:
+        raise FrankenevalError(f"{final} was not replaced: {reason}")
+
+
+def _staged_name(final: Path, kind: str) -> Path:
+    return final.with_name(f".{final.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def _sweep_stale_staging(final: Path) -> None:
+    """Remove temp / old folders of ``final`` left by killed writers (called under ``final``'s lock, so no
+    live writer owns one). Also the names of older versions (``mkdtemp``'s 8 random characters)."""
+    pattern = re.compile(rf"\.{re.escape(final.name)}\.(?:tmp|old)-(?:\d+-[0-9a-f]{{8}}|[a-z0-9_]{{8}})")
     try:
-        yield tmp
-        _swap_in(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        entries = list(os.scandir(final.parent))
+    except OSError:
+        return
+    for e in entries:
+        if pattern.fullmatch(e.name) and e.is_dir(follow_symlinks=False):
+            shutil.rmtree(e.path, ignore_errors=True)
+
+
+@contextmanager
+def staged_directory(
+    final: str | os.PathLike,
+    *,
+    owned: Callable[[Path], str | None] | None = None,
+    inputs: Iterable[tuple[str, str | os.PathLike]] = (),
+) -> Iterator[Path]:
+    """Yield a fresh temp folder next to ``final``; when the block ends cleanly it replaces ``final`` (an
+    existing ``final`` is moved aside first and put back if the swap fails). On an exception it is removed.
+
+    Safety: the whole block holds ``final``'s lock (one writer at a time; temp folders of killed writers of
+    ``final`` are removed first). An existing ``final`` is replaced only when it is an empty folder or
+    ``owned(final)`` returns None (it holds exactly a frankeneval result; a string says why not), and never
+    when it is one of ``inputs`` ((label, path) pairs), holds one or lies inside one: otherwise a one-line
+    :class:`FrankenevalError` and nothing is touched.
+    """
+    final = Path(final).expanduser().absolute()
+    inputs = list(inputs)
+    refuse_inputs(final, inputs)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(final):
+        _sweep_stale_staging(final)
+        _check_replaceable(final, owned)
+        tmp = _staged_name(final, "tmp")
+        tmp.mkdir()
+        try:
+            yield tmp
+            _swap_in(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 def _swap_in(tmp: Path, final: Path) -> None:
-    if not final.exists():
+    if not os.path.lexists(final):
         os.replace(tmp, final)
         return
-    trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+    trash = _staged_name(final, "old")
+    trash.mkdir()
     os.replace(final, trash / "old")
     try:
         os.replace(tmp, final)
@@ -139,51 +276,108 @@ def write_all(fd: int, data) -> None:
 
 
 # -- append-only JSONL ----------------------------------------------------------------------------------
-def _parse_lines(path: Path, data: bytes) -> tuple[list[Any], int]:
-    """(records, length of the complete part of ``data``): a torn last line is left out; any other line that is
-    not JSON raises a one-line :class:`FrankenevalError`."""
+RecordCheck = Callable[[Any], "str | None"]
+"""A log's notion of a complete record: ``check(record)`` is None for a complete one, else the reason it is not."""
+
+_JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+_warned: set[tuple[str, int, str]] = set()
+
+
+def is_object(record: Any) -> str | None:
+    """The default check: every line of a results log is one JSON object."""
+    if isinstance(record, dict):
+        return None
+    return "not a JSON object (null)" if record is None else f"not a JSON object ({_JSON_KINDS.get(type(record), 'a value')})"
+
+
+def require_fields(*fields: str) -> RecordCheck:
+    """A check: a JSON object that holds every one of ``fields``."""
+
+    def check(record: Any) -> str | None:
+        problem = is_object(record)
+        if problem:
+            return problem
+        missing = [f for f in fields if f not in record]
+        return f"incomplete record (no {', '.join(missing)})" if missing else None
+
+    return check
+
+
+def _warn_skipped(path: Path, skipped: list[tuple[int, str]]) -> None:
+    """One stderr line per skipped line (each once per process): the file, the line, why."""
+    for line, reason in skipped:
+        token = (str(path), line, reason)
+        if token in _warned:
+            continue
+        _warned.add(token)
+        print(f"frankeneval: warning: {path}:{line}: {reason}; skipped, not counted as finished "
+              "(a rerun recomputes it)", file=sys.stderr, flush=True)
+
+
+def _decode(raw: bytes) -> tuple[Any, str | None]:
+    try:
+        return json.loads(raw), None
+    except ValueError:  # JSONDecodeError, or bytes that are not UTF-8
+        return None, "corrupt line (not JSON)"
+
+
+def _parse_lines(path: Path, data: bytes, check: RecordCheck = is_object) -> tuple[list[Any], int]:
+    """(complete records, length of the complete part of ``data``).
+
+    A torn last line (an interrupted append) is left out of both. Any other line that is not JSON, or whose
+    record ``check`` finds incomplete, is skipped with a one-line warning naming the file and line: it is not
+    counted as finished, so the run that owns the log recomputes it (and appends the new record)."""
     lines = data.split(b"\n")
     tail = lines.pop()  # after the last newline: empty, or an unterminated last line
-    records = []
-    for i, raw in enumerate(lines):
-        if raw.strip():
-            try:
-                records.append(json.loads(raw))
-            except json.JSONDecodeError:
-                raise FrankenevalError(f"{path}:{i + 1}: corrupt line in a results log") from None
+    records, skipped = [], []
     keep = len(data) - len(tail)
+    numbered = [(i + 1, raw) for i, raw in enumerate(lines)]
     if tail.strip():
-        try:
-            records.append(json.loads(tail))
-            keep = len(data)  # complete record, only its newline is missing
-        except json.JSONDecodeError:
-            pass  # torn by an interrupted append
+        if _decode(tail)[1] is None:
+            numbered.append((len(lines) + 1, tail))
+            keep = len(data)  # a complete line, only its newline is missing
+        # else: torn by an interrupted append; cut off
+    for number, raw in numbered:
+        if not raw.strip():
+            continue
+        record, problem = _decode(raw)
+        if problem is None:
+            problem = check(record)
+        if problem is None:
+            records.append(record)
+        else:
+            skipped.append((number, problem))
+    if skipped:
+        _warn_skipped(path, skipped)
     return records, keep
 
 
-def read_jsonl(path: str | os.PathLike) -> list[Any]:
-    """The complete records of a JSONL log (a torn last line is ignored; the file is not changed)."""
+def read_jsonl(path: str | os.PathLike, *, check: RecordCheck = is_object) -> list[Any]:
+    """The complete records of a JSONL log (a torn last line is ignored, a corrupt or incomplete one skipped
+    with a warning; the file is not changed)."""
     path = Path(path)
     if not path.is_file():
         return []
-    return _parse_lines(path, path.read_bytes())[0]
+    return _parse_lines(path, path.read_bytes(), check)[0]
 
 
 class JsonlLog:
-    """Append-only JSONL file; opening it cuts off a torn last line. ``records`` holds every record, in order."""
+    """Append-only JSONL file; opening it cuts off a torn last line. ``records`` holds every complete record (in
+    order); corrupt or incomplete lines (``check``) are skipped with a warning and stay in the file untouched."""
 
-    def __init__(self, path: str | os.PathLike, *, allow_nan: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike, *, allow_nan: bool = True, check: RecordCheck = is_object) -> None:
         self.path = Path(path)
         self.allow_nan = allow_nan
+        self.check = check
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.records: list[Any] = []
         if self.path.is_file():
             data = self.path.read_bytes()
-            self.records, keep = _parse_lines(self.path, data)
+            self.records, keep = _parse_lines(self.path, data, check)
             if keep < len(data):
                 os.truncate(self.path, keep)
             elif data and not data.endswith(b"\n"):
-                self._write(b"\n")
+                self._write(b"\n")  # later appends start on a line of their own
 
     def _write(self, data: bytes) -> None:
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

@@ -130,7 +130,8 @@ def run_attention_shift(
     """
     out = Path(out_dir)
     store = RunStore(out / UNITS_FILE, header={"analysis": "attention_shift", "members": dict(members),
-                                               "max_new_tokens": max_new_tokens, "reasoning_prompt": reasoning_prompt})
+                                               "max_new_tokens": max_new_tokens, "reasoning_prompt": reasoning_prompt},
+                     required=("mass", "response"))
     uses = {m: uses_reasoning_prompt(path, reasoning_prompt) for m, path in members.items()}
     for member, path in members.items():
         units = _member_units(member, prompts, REASONING_SYSTEM_PROMPT if uses[member] else None)

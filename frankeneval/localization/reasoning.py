@@ -161,7 +161,7 @@ def run_reasoning_sweep(
     system = REASONING_SYSTEM_PROMPT if reasoning_prompt else None
     store = RunStore(out / UNITS_FILE, header={"analysis": "reasoning_localization", "model": model_name,
                                                "dataset": dataset, "max_new_tokens": max_new_tokens,
-                                               "system": system})
+                                               "system": system}, required=("response", "answer"))
     units = reasoning_units(dataset, questions, layers, system)
     todo = len(store.missing(u.key for u in units))
     bar = None

@@ -219,7 +219,8 @@ def run_vision_sweep(
     n_layers = generator.model.config.get_text_config().num_hidden_layers
     check_layers(layers, n_layers)
     store = RunStore(out / UNITS_FILE, header={"analysis": "vision_localization", "model": model_name,
-                                               "max_new_tokens": max_new_tokens, "system": system})
+                                               "max_new_tokens": max_new_tokens, "system": system},
+                     required=("response",))
     units, keys = vision_units(pairs_by_task, layers, system)
     todo = len(store.missing(u.key for u in units))
     bar = None

@@ -494,7 +494,7 @@ def write_lineage(
                 continue
             raise FileExistsError(f"{final} exists and was not written by this lineage preset/seed; pass overwrite=True")
         shapes = shapes or tensor_shapes(config)
-        with staged_directory(final) as tmp:
+        with staged_directory(final, owned=owned_member) as tmp:
             write_json_atomic(tmp / "config.json", config, indent=2)
             processor.save_pretrained(tmp)
             processor.image_processor.save_pretrained(tmp)  # preprocessor_config.json, as on the hub
@@ -502,6 +502,25 @@ def write_lineage(
             write_member(tmp, member, spec=spec, config=config, shapes=shapes, seed=seed, device=dev, progress=progress)
             write_json_atomic(tmp / "frankeneval_lineage.json", {**stamp, "member": member})
     return lineage
+
+
+def owned_member(path: Path) -> str | None:
+    """None when ``path`` holds only what frankeneval writes into a lineage member (its stamp, weights index,
+    the shards the index names, config / tokenizer / processor / training-record files); else why not."""
+    import fnmatch
+
+    from frankeneval.core.checkpoint import METADATA_PATTERNS
+    from frankeneval.core.results import foreign_entries
+
+    if not (path / "frankeneval_lineage.json").is_file():
+        return "it is a non-empty folder that is not a frankeneval lineage member (no frankeneval_lineage.json)"
+    try:
+        shards = set(json.loads((path / "model.safetensors.index.json").read_text())["weight_map"].values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        shards = set()
+    names = {p.name for p in path.iterdir()}
+    expected = {n for n in names if n in shards or any(fnmatch.fnmatch(n, pat) for pat in METADATA_PATTERNS)}
+    return foreign_entries(path, expected)
 
 
 def _write_generation_config(path: Path, config: dict[str, Any]) -> None:

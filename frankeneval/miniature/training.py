@@ -259,7 +259,9 @@ def save_member(model, processor, config: dict[str, Any], path: Path, *, spec: L
         state.pop("lm_head.weight", None)
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     plan = _plan_shards(shapes, 4, spec.shard_bytes)
-    with staged_directory(path) as tmp:
+    from frankeneval.miniature.lineage import owned_member
+
+    with staged_directory(path, owned=owned_member) as tmp:
         weight_map, total = {}, 0
         for i, names in enumerate(plan):
             fname = f"model-{i + 1:05d}-of-{len(plan):05d}.safetensors"

@@ -161,11 +161,11 @@ def frozen_parameters(mask: FreezeMask, names: Iterable[str]) -> list[str]:
     return out
 
 
-def model_parameter_names(model_dir: str | os.PathLike) -> tuple[list[str], int]:
+def model_parameter_names(model_dir: str | os.PathLike, *, allow_pickle: bool = False) -> tuple[list[str], int]:
     """(parameter names as transformers names them in memory, number of LLM layers) of a checkpoint."""
     from frankeneval.core.checkpoint import Checkpoint
 
-    ckpt = Checkpoint.open(model_dir)
+    ckpt = Checkpoint.open(model_dir, allow_pickle=allow_pickle)
     names = [transformers_name(n) for n in ckpt.names]
     cfg = ckpt.config
     n = cfg.get("num_hidden_layers", (cfg.get("text_config") or {}).get("num_hidden_layers"))

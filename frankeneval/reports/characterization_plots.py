@@ -27,6 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from frankeneval.core.results import atomic_output, read_jsonl
+from frankeneval.characterization.schema import MATRICES_FILE, matrix_record_problem
 
 SECTION_COLOURS = {"vision": "#dbe9f6", "projector": "#fde3c8", "llm": "#e2f0d9"}
 DELTA_STYLE = {"delta_in": ("ΔIN", "#1f77b4"), "delta_rl": ("ΔRL", "#d62728")}
@@ -213,7 +214,7 @@ def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = Non
         has_spectra = any("stable_rank" in (g.get("delta_rl") or {}) for g in summary["aggregates"]["by_layer"].values())
         if has_spectra:
             written.append(plot_ranks_per_layer(summary, out / "rank_per_layer.png"))
-            records = load_jsonl(run_dir / "matrices.jsonl")
+            records = read_jsonl(run_dir / MATRICES_FILE, check=matrix_record_problem)
             if records:
                 written.append(plot_spectra(records, out / "spectra.png", layers=spectrum_layers))
     if (run_dir / "compare_summary.json").is_file():

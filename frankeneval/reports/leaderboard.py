@@ -23,6 +23,7 @@ import json
 import math
 import os
 import re
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,7 @@ class Entry:
     delta_in: float | None = None
     delta_rl: float | None = None
     best: bool = False
+    errors: int | None = None  # judge_acc only: items the judge could not decide (judge_error), not in value / n
 
 
 @dataclass
@@ -92,6 +94,7 @@ class Leaderboard:
     entries: dict[tuple[str, str, str], Entry] = field(default_factory=dict)  # (row, column key, metric)
     recipe: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    missing: dict[str, str] = field(default_factory=dict)  # planned cell key ("model::task") -> why it is not shown
 
     def get(self, row: str, column: str, metric: str) -> Entry | None:
         return self.entries.get((row, column, metric))
@@ -125,15 +128,30 @@ def _sample_score(value: Any) -> float | None:
 
 
 def read_sample_scores(path: Path, metric: str) -> list[float]:
+    """Per-sample scores of ``metric``; an unreadable file or line is named on stderr and left out (n shows it)."""
     out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            s = _sample_score(json.loads(line).get(metric))
-            if s is not None:
-                out.append(s)
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for i, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    row = None
+                if not isinstance(row, dict):
+                    _warn(f"{path}:{i}: corrupt samples line; left out of n and the interval")
+                    continue
+                s = _sample_score(row.get(metric))
+                if s is not None:
+                    out.append(s)
+    except OSError as exc:
+        _warn(f"{path}: samples unreadable ({exc.strerror or exc}); no interval for this cell")
     return out
+
+
+def _warn(msg: str) -> None:
+    print(f"frankeneval: warning: {msg}", file=sys.stderr, flush=True)
 
 
 # -- columns --------------------------------------------------------------------------------------
@@ -178,14 +196,35 @@ def _make_columns(tasks: Iterable[str]) -> list[Column]:
 
 
 # -- reading a run --------------------------------------------------------------------------------
-def _finished_cells(run_dir: Path) -> list[dict[str, Any]]:
-    from frankeneval.core.runstore import RunStore
-    from frankeneval.transferability.transfer import STORE
+def _finished_cells(run_dir: Path, manifest: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """(records of the finished cells, {key: why} of the planned cells that are not finished), read-only.
+
+    A corrupt or incomplete ``cells.jsonl`` line is named and skipped (the run store's one check); a planned cell
+    without a record whose finished lmms-eval output is on disk (``cells/<model>/<task>``, only ever renamed into
+    place once finished) is read from there, as ``transfer`` adopts it on its next run."""
+    from frankeneval.core.runstore import read_records
+    from frankeneval.transferability.transfer import CELL_FIELDS, STORE, find_results, plan_cells
 
     path = run_dir / STORE
     if not path.is_file():
         raise FrankenevalError(f"{run_dir} is not a transfer run (no {STORE}); run `frankeneval transfer` first")
-    return list(RunStore(path).records().values())
+    records = read_records(path, CELL_FIELDS)[1]
+    missing: dict[str, str] = {}
+    models = [str(m) for m in manifest.get("order") or manifest.get("models") or []]
+    for cell in plan_cells(models, [str(t) for t in manifest.get("tasks") or []]):
+        if cell.key in records:
+            continue
+        res, samples = find_results(run_dir / cell.relpath())
+        if res is None:
+            missing[cell.key] = "not finished"
+            continue
+        records[cell.key] = {"model": cell.model, "task": cell.task, "results": str(res.relative_to(run_dir)),
+                             "samples": {t: str(p.relative_to(run_dir)) for t, p in sorted(samples.items())}}
+    return list(records.values()), missing
+
+
+def _cell_key(rec: dict[str, Any]) -> str:
+    return f"{rec['model']}::{rec['task']}"
 
 
 def _metric_value(metrics: dict[str, Any], metric: str) -> float | None:
@@ -204,32 +243,43 @@ def build_leaderboard(run_dir: str | os.PathLike, *, metrics: Sequence[str] = ME
     from frankeneval.transferability.transfer import read_manifest
 
     run_dir = Path(run_dir).expanduser().absolute()
-    manifest = read_manifest(run_dir)
-    records = _finished_cells(run_dir)
+    try:
+        manifest = read_manifest(run_dir)
+    except FrankenevalError as exc:  # the finished cells are still readable from cells.jsonl
+        _warn(str(exc))
+        manifest = {}
+    records, missing = _finished_cells(run_dir, manifest)
     if not records:
         raise FrankenevalError(f"{run_dir}: no finished cells yet")
     entries: dict[tuple[str, str, str], Entry] = {}
     tasks: set[str] = set()
     seen_models: list[str] = []
     for rec in records:
-        model = rec["model"]
-        res_path = run_dir / rec["results"]
+        model = str(rec["model"])
+        res_path = run_dir / str(rec["results"])
         try:
             data = json.loads(res_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise FrankenevalError(f"cannot read results of {model} x {rec['task']}: {res_path} ({exc})") from exc
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as exc:  # shown as missing, with the reason; the other cells still render
+            missing[_cell_key(rec)] = f"results unreadable: {res_path} ({getattr(exc, 'strerror', None) or exc})"
+            _warn(f"{res_path}: results of {model} x {rec['task']} unreadable; shown as missing")
+            continue
         for task, task_metrics in (data.get("results") or {}).items():
             for metric in metrics:
                 value = _metric_value(task_metrics, metric)
-                if value is None:
+                n_err = _metric_value(task_metrics, "judge_error") if metric == "judge_acc" else None
+                if value is None and not n_err:  # (a cell whose every item was a judge error still shows the count)
                     continue
                 sample_rel = (rec.get("samples") or {}).get(task)
                 scores = read_sample_scores(run_dir / sample_rel, metric) if sample_rel else []
                 entries[(model, task, metric)] = Entry(value=value, n=len(scores), ci=bootstrap_ci(scores, seed=seed))
+                if metric == "judge_acc":  # judge errors are reported beside the judge's accuracy, never as wrong
+                    entries[(model, task, metric)].errors = int(n_err) if n_err is not None else 0
                 tasks.add(task)
         if model not in seen_models:
             seen_models.append(model)
-    order = [m for m in manifest.get("order", []) if m in seen_models]
+    order = [m for m in manifest.get("order", []) if m in seen_models or any(k.startswith(f"{m}::") for k in missing)]
     order += [m for m in seen_models if m not in order]
     order = [m for m in ("in", "rl") if m in order] + [m for m in order if m not in ("in", "rl")]
     models_info = manifest.get("models") or {}
@@ -244,6 +294,7 @@ def build_leaderboard(run_dir: str | os.PathLike, *, metrics: Sequence[str] = ME
         entries=entries,
         recipe=manifest.get("recipe"),
         settings=dict(manifest.get("settings") or {}),
+        missing=missing,
     )
     _fill_deltas_and_best(board)
     return board
@@ -286,6 +337,8 @@ def _n_of(board: Leaderboard, col: Column, metric: str) -> str:
 def _cell_parts(board: Leaderboard, row: str, col: Column, metric: str, show_n: bool) -> tuple[str, str, str] | None:
     """(score, interval, deltas) strings of one entry, or None."""
     e = board.get(row, col.key, metric)
+    if e is not None and e.value is None and e.errors:
+        return "–", "", f"{e.errors} judge error{'s' if e.errors != 1 else ''}"
     if e is None or e.value is None:
         return None
     ci = f"[{_pct(e.ci[0])}, {_pct(e.ci[1])}]" if e.ci else ""
@@ -296,6 +349,8 @@ def _cell_parts(board: Leaderboard, row: str, col: Column, metric: str, show_n: 
         deltas.append(f"ΔRL {_pct(e.delta_rl, True)}")
     if show_n:
         deltas.append(f"n={e.n}")
+    if e.errors:
+        deltas.append(f"{e.errors} judge error{'s' if e.errors != 1 else ''}")
     return _pct(e.value), ci, ", ".join(deltas)
 
 
@@ -308,11 +363,25 @@ def _title(board: Leaderboard) -> str:
 
 def _legend() -> str:
     return ("Scores in % (lmms-eval results); [95 % bootstrap interval over samples]; ΔIN / ΔRL: difference to IN / RL "
-            "in points; best per column in bold.")
+            "in points; best per column in bold. Judge errors (items the judge could not decide) are left out of the "
+            "judge score and counted beside it.")
+
+
+def missing_note(board: Leaderboard) -> str | None:
+    """One line naming the planned cells that are not in the tables (and why), or None."""
+    if not board.missing:
+        return None
+    items = []
+    for key, why in board.missing.items():
+        model, _, task = key.partition("::")
+        items.append(f"{board.row_label(model)} × {task} ({why})")
+    return f"Missing cells ({len(items)}; rerun `frankeneval transfer` to finish them): " + "; ".join(items)
 
 
 def to_markdown(board: Leaderboard) -> str:
     lines = [f"## {_title(board)}", "", _legend(), ""]
+    if missing_note(board):
+        lines += [f"**{missing_note(board)}**", ""]
     for metric in board.metrics:
         varying = {c.key: _n_of(board, c, metric) == "n varies" for c in board.columns}
         heads = [f"{c.label} ({_n_of(board, c, metric)})" if not varying[c.key] else c.label for c in board.columns]
@@ -341,7 +410,8 @@ def to_csv(board: Leaderboard) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["model", "kind", "description", "column", "task", "dimension", "condition", "metric", "value",
-                "ci_low", "ci_high", "n", "delta_in", "delta_rl", "best"])
+                "ci_low", "ci_high", "n", "delta_in", "delta_rl", "best",
+                "judge_errors"])
     for row in board.rows:
         for c in board.columns:
             for metric in board.metrics:
@@ -350,7 +420,8 @@ def to_csv(board: Leaderboard) -> str:
                     continue
                 w.writerow([board.row_label(row), board.kinds.get(row, ""), board.descriptions.get(row, ""), c.label, c.key,
                             c.dimension, c.condition, metric, _num(e.value), _num(e.ci[0] if e.ci else None),
-                            _num(e.ci[1] if e.ci else None), e.n, _num(e.delta_in), _num(e.delta_rl), int(e.best)])
+                            _num(e.ci[1] if e.ci else None), e.n, _num(e.delta_in), _num(e.delta_rl), int(e.best),
+                            "" if e.errors is None else e.errors])
     return buf.getvalue()
 
 
@@ -366,6 +437,8 @@ def _tex(text: str) -> str:
 
 def to_latex(board: Leaderboard) -> str:
     out = [f"% {_title(board)}", "% " + _legend(), "% needs \\usepackage{booktabs}"]
+    if missing_note(board):
+        out.append("% " + missing_note(board))
     for metric in board.metrics:
         cols = board.columns
         out += [r"\begin{table}[t]", r"\centering", r"\small",
@@ -431,6 +504,8 @@ def to_html(board: Leaderboard, plots: Sequence[Path] = (), chart_png: bytes | N
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              f"<title>{esc(_title(board))}</title><style>{_CSS}</style></head><body>",
              f"<h1>{esc(_title(board))}</h1>", f'<p class="legend">{esc(_legend())}</p>']
+    if missing_note(board):
+        parts.append(f'<p class="missing">{esc(missing_note(board))}</p>')
     for metric in board.metrics:
         parts.append(f"<h2>{esc(METRIC_LABELS.get(metric, metric))} ({esc(metric)})</h2>")
         parts.append(f'<table class="leaderboard" id="table-{esc(metric)}"><thead><tr><th class="model">model</th><th class="model">blocks</th>')

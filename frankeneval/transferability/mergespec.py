@@ -71,6 +71,7 @@ from frankeneval.core.layermap import (
     select_layers,
     unified_llm_layer,
 )
+from frankeneval.core.yamlio import load_yaml
 from frankeneval.errors import SpecError
 
 COMPONENTS: tuple[str, ...] = ("attention", "mlp", "norm", "other")
@@ -138,6 +139,22 @@ def resolve_ref(ref: str | os.PathLike) -> str:
     from frankeneval.miniature.lineage import tiny_lineage
 
     return str(tiny_lineage().paths[m.group("member")])
+
+
+def resolve_relative_refs(refs: Mapping[str, Any], base_dir: str | os.PathLike) -> dict[str, Any]:
+    """``refs`` (name -> hub id or local path) with relative local paths made absolute against ``base_dir`` (the
+    folder of the spec or recipe file that names them). A ref is a relative path when it exists under
+    ``base_dir`` or cannot be a hub id (starts with ``.``, or has no or several ``/``); ``org/name`` hub ids,
+    ``lineage:`` refs, absolute and ``~`` paths are kept as they are."""
+    out: dict[str, Any] = {}
+    for name, ref in refs.items():
+        if isinstance(ref, str) and ref and not _LINEAGE_REF.match(ref) and not ref.startswith("~") \
+                and not os.path.isabs(ref):
+            local = Path(base_dir) / ref
+            if local.exists() or ref.startswith(".") or ref.count("/") != 1:
+                ref = os.path.normpath(os.path.abspath(local))
+        out[name] = ref
+    return out
 
 
 def read_num_hidden_layers(ref: str | os.PathLike) -> int:
@@ -252,18 +269,21 @@ class MergeSpec:
         text = str(path_or_text)
         p = Path(text).expanduser()
         single_line = "\n" not in text and len(text) < 4096
+        spec_dir = None
         if single_line and (p.suffix in (".yaml", ".yml") or p.is_file()):
             if not p.is_file():
                 raise SpecError(f"merge spec file {text!r} does not exist")
             text = p.read_text()
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise SpecError(f"merge spec is not valid YAML: {exc}") from exc
+            spec_dir = p.absolute().parent
+        data = load_yaml(text, p if spec_dir is not None else "merge spec")
         if isinstance(data, str):  # a bare phrase
             data = {"phrase": data}
         if not isinstance(data, dict):
             raise SpecError("a merge spec must be a YAML mapping (or a phrase such as 'IN early 1/3 layers + RL late 2/3 layers')")
+        if spec_dir is not None:  # the file's own relative paths are relative to the file, not to the current folder
+            for k in ("sources", "models"):
+                if isinstance(data.get(k), Mapping):
+                    data = {**data, k: resolve_relative_refs(data[k], spec_dir)}
         if sources:
             data = {**data, "sources": {**dict(data.get("sources") or data.get("models") or {}), **dict(sources)}}
             data.pop("models", None)

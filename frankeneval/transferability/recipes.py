@@ -26,10 +26,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from frankeneval.core.yamlio import load_yaml
+from frankeneval.core.results import safe_name
 from frankeneval.errors import SpecError
-from frankeneval.transferability.mergespec import MergeSpec, read_num_hidden_layers, resolve_ref
+from frankeneval.transferability.mergespec import MergeSpec, read_num_hidden_layers, resolve_ref, resolve_relative_refs
 
 __all__ = [
     "PAPER_VARIANTS",
@@ -79,6 +79,8 @@ class Recipe:
             n = read_num_hidden_layers(merged.get("in") or next(iter(merged.values())))
         cuts = data.get("cuts")
         definitions = dict(data.get("variants") or {})
+        for v in definitions:  # variant names become folder names (transfer cells, logs)
+            safe_name(v, f"recipe {name!r}: variant name")
         variants = {v: _variant_spec(name, v, d, merged, int(n), cuts) for v, d in definitions.items()}
         return cls(
             name=name,
@@ -164,18 +166,35 @@ def list_recipes() -> list[str]:
 def get_recipe(name: str, models: Mapping[str, str | os.PathLike] | None = None) -> Recipe:
     """A built-in recipe by name (or a recipe YAML file by path), optionally re-pointed at local copies."""
     path = Path(name).expanduser()
+    recipe_dir = None
     if name.endswith((".yaml", ".yml")) and path.is_file():
-        text = path.read_text()
+        text, source = path.read_text(), path
+        recipe_dir = path.absolute().parent
     else:
         candidates = [f"{name}.yaml", f"{name}.yml", f"{name.replace('-', '_').lower()}.yaml"]
         entry = next((_builtin_dir() / c for c in candidates if (_builtin_dir() / c).is_file()), None)
         if entry is None:
             raise SpecError(f"no recipe named {name!r}; built-in recipes: {', '.join(list_recipes())}")
-        text = entry.read_text()
-    data = yaml.safe_load(text)
+        text, source = entry.read_text(), f"built-in recipe {entry.name}"
+    data = load_yaml(text, source)
     if not isinstance(data, dict):
         raise SpecError(f"recipe {name!r} is not a YAML mapping")
+    if recipe_dir is not None:  # the file's relative model paths are relative to the file, not to the current folder
+        data = _relative_to(data, recipe_dir)
     return Recipe.from_dict(data, models={k: str(v) for k, v in (models or {}).items() if v is not None})
+
+
+def _relative_to(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    data = dict(data)
+    if isinstance(data.get("models"), Mapping):
+        data["models"] = resolve_relative_refs(data["models"], folder)
+    if isinstance(data.get("variants"), Mapping):
+        data["variants"] = {
+            v: {**d, "sources": resolve_relative_refs(d["sources"], folder)}
+            if isinstance(d, Mapping) and isinstance(d.get("sources"), Mapping) else d
+            for v, d in data["variants"].items()
+        }
+    return data
 
 
 def tiny_recipe(lineage) -> Recipe:
@@ -184,7 +203,7 @@ def tiny_recipe(lineage) -> Recipe:
     Works for any preset: the variants are rebuilt for the lineage's depth (e.g. 28 layers for the
     ``qwen2.5-vl-7b`` preset) and the recipe is named after the preset.
     """
-    data = yaml.safe_load((_builtin_dir() / "tiny.yaml").read_text())
+    data = load_yaml((_builtin_dir() / "tiny.yaml").read_text(), "built-in recipe tiny.yaml")
     preset = lineage.spec.name
     if preset != "tiny":
         data["name"] = f"lineage-{preset}"

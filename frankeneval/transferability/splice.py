@@ -39,8 +39,10 @@ from frankeneval.core.checkpoint import (
     SAFETENSORS_INDEX,
     Checkpoint,
     check_compatible,
+    inside_checkpoint,
 )
-from frankeneval.core.results import staged_directory, write_all, write_json_atomic
+from frankeneval.core.locks import output_lock
+from frankeneval.core.results import foreign_entries, refuse_inputs, staged_directory, write_all, write_json_atomic
 from frankeneval.core.safetensors_file import DTYPE_SIZES, TensorLocation
 from frankeneval.errors import ArchitectureMismatch, FrankenevalError, SpecError
 from frankeneval.core.layermap import canonical_name
@@ -101,18 +103,19 @@ class SplicePlan:
         return stored.numel * DTYPE_SIZES.get(stored.dtype, 4)
 
 
-def open_sources(spec: MergeSpec) -> dict[str, Checkpoint]:
-    """Open every source the spec uses (host first); hub ids resolve through the Hugging Face cache."""
+def open_sources(spec: MergeSpec, *, allow_pickle: bool = False) -> dict[str, Checkpoint]:
+    """Open every source the spec uses (host first); hub ids resolve through the Hugging Face cache.
+    Pickle (``.bin``) sources only with ``allow_pickle`` (``--allow-pickle``)."""
     out = {}
     for name in spec.used_sources():
         ref = resolve_ref(spec.sources[name])
-        out[name] = Checkpoint.open(ref, revision=spec.revisions.get(name))
+        out[name] = Checkpoint.open(ref, revision=spec.revisions.get(name), allow_pickle=allow_pickle)
     return out
 
 
-def plan_splice(spec: MergeSpec, checkpoints: dict[str, Checkpoint] | None = None) -> SplicePlan:
+def plan_splice(spec: MergeSpec, checkpoints: dict[str, Checkpoint] | None = None, *, allow_pickle: bool = False) -> SplicePlan:
     """Open the sources, refuse incompatible ones, and decide the source of every output tensor."""
-    ckpts = checkpoints or open_sources(spec)
+    ckpts = checkpoints or open_sources(spec, allow_pickle=allow_pickle)
     names = list(ckpts)
     labels = [f"{n} ({spec.sources[n]})" for n in names]
     if len(ckpts) > 1:
@@ -247,7 +250,10 @@ def _copy_metadata(host_dir: Path, out: Path) -> list[str]:
         if not p.is_file() or p.name in _NOT_COPIED:
             continue
         if any(fnmatch.fnmatch(p.name, pat) for pat in METADATA_PATTERNS):
-            shutil.copyfile(p, out / p.name)  # follows hub-cache symlinks
+            if not inside_checkpoint(host_dir, p.name):
+                raise SpliceError(f"{p} is a symlink that leaves the host checkpoint folder (to {p.resolve()}); "
+                                  "copy the file into the checkpoint instead")
+            shutil.copyfile(p, out / p.name)  # follows hub-cache symlinks (into the repo's own blobs/)
             copied.append(p.name)
     return copied
 
@@ -276,6 +282,27 @@ def _log(progress: bool, msg: str) -> None:
         print(f"frankeneval splice: {msg}", file=sys.stderr, flush=True)
 
 
+def _input_paths(plan: SplicePlan) -> list[tuple[str, Path]]:
+    """(label, path) of every source folder and every file it resolves to (hub-cache blobs)."""
+    out: list[tuple[str, Path]] = []
+    for name, ckpt in plan.checkpoints.items():
+        out.append((name, ckpt.path))
+        try:
+            out += [(name, p) for p in ckpt.path.iterdir() if p.is_symlink()]
+        except OSError:
+            pass
+    return out
+
+
+def _owned_splice(out: Path) -> str | None:
+    """None when ``out`` holds exactly a frankeneval splice (its provenance and the files it lists)."""
+    prov = _read_provenance(out)
+    if prov is None:
+        return f"it is a non-empty folder that is not a frankeneval splice (no readable {PROVENANCE})"
+    expected = {PROVENANCE, SAFETENSORS_INDEX, *(prov.get("shards") or {}), *(prov.get("metadata_from_host") or [])}
+    return foreign_entries(out, expected)
+
+
 def materialize(
     spec: MergeSpec,
     out_dir: str | os.PathLike,
@@ -284,29 +311,37 @@ def materialize(
     progress: bool = True,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
     plan: SplicePlan | None = None,
+    allow_pickle: bool = False,
 ) -> Path:
     """Write the Frankenstein checkpoint ``spec`` declares to ``out_dir`` (atomically) and return its path.
 
     Skips the work when ``out_dir`` already holds this spec built from the same source contents (checked by
     hash) unless ``force``. Refuses sources that do not share tensor names and shapes
-    (:class:`~frankeneval.errors.ArchitectureMismatch` naming the first mismatches), and refuses to replace a
-    non-empty directory that is not a frankeneval splice unless ``force``.
+    (:class:`~frankeneval.errors.ArchitectureMismatch` naming the first mismatches).
+
+    Never deletes what frankeneval did not write: ``out_dir`` must not be, hold or lie inside a source (even
+    with ``force``), and an existing ``out_dir`` is replaced only when it holds exactly a frankeneval splice.
+    One writer at a time: a second process writing the same ``out_dir`` waits, then finds the splice done.
     """
     out = Path(out_dir).expanduser().absolute()
-    plan = plan or plan_splice(spec)
+    plan = plan or plan_splice(spec, allow_pickle=allow_pickle)
+    refuse_inputs(out, _input_paths(plan), "splice output")
+    with output_lock(out):
+        return _materialize_locked(spec, out, force=force, progress=progress, shard_bytes=shard_bytes, plan=plan)
+
+
+def _materialize_locked(spec: MergeSpec, out: Path, *, force: bool, progress: bool, shard_bytes: int,
+                        plan: SplicePlan) -> Path:
     if not force and _holds(out, plan.build_hash):
         _log(progress, f"{out} already holds this splice ({plan.build_hash[:12]}); skipping (use --force to rewrite)")
         return out
-    if out.exists():
-        if not out.is_dir():
-            raise SpliceError(f"{out} exists and is not a directory")
-        if any(out.iterdir()) and _read_provenance(out) is None and not force:
-            raise SpliceError(f"{out} is a non-empty directory that is not a frankeneval splice; pass --force to replace it")
+    if out.exists() and not out.is_dir():
+        raise SpliceError(f"{out} exists and is not a directory")
     out.parent.mkdir(parents=True, exist_ok=True)
     fds: dict[Path, int] = {}
     t0 = time.perf_counter()
     try:
-        with staged_directory(out) as tmp:
+        with staged_directory(out, owned=_owned_splice, inputs=_input_paths(plan)) as tmp:
             shards = _plan_shards(plan, shard_bytes)
             n = len(shards)
             weight_map: dict[str, str] = {}
@@ -366,17 +401,18 @@ def default_splice_cache() -> Path:
     return default_cache_dir() / "splices"
 
 
-def cache_path(spec: MergeSpec, cache_dir: str | os.PathLike | None = None, *, plan: SplicePlan | None = None) -> Path:
+def cache_path(spec: MergeSpec, cache_dir: str | os.PathLike | None = None, *, plan: SplicePlan | None = None,
+               allow_pickle: bool = False) -> Path:
     """The cache directory of ``spec``: ``<cache>/<name>-<build hash[:16]>`` (spec + source contents)."""
-    plan = plan or plan_splice(spec)
+    plan = plan or plan_splice(spec, allow_pickle=allow_pickle)
     slug = re.sub(r"[^A-Za-z0-9_.+-]+", "_", spec.name or "splice").strip("_") or "splice"
     return Path(cache_dir or default_splice_cache()).expanduser() / f"{slug}-{plan.build_hash[:16]}"
 
 
 def materialize_cached(spec: MergeSpec, cache_dir: str | os.PathLike | None = None, *, progress: bool = True,
-                       shard_bytes: int = DEFAULT_SHARD_BYTES) -> Path:
+                       shard_bytes: int = DEFAULT_SHARD_BYTES, allow_pickle: bool = False) -> Path:
     """Materialize ``spec`` into a cache directory keyed by its hash (reused when present) and return it."""
-    plan = plan_splice(spec)
+    plan = plan_splice(spec, allow_pickle=allow_pickle)
     out = cache_path(spec, cache_dir, plan=plan)
     return materialize(spec, out, progress=progress, shard_bytes=shard_bytes, plan=plan)
 
@@ -422,14 +458,15 @@ def _equal_ranges(a: mmap.mmap, a0: int, b: mmap.mmap, b0: int, length: int) -> 
     return True
 
 
-def _open_recorded_source(name: str, info: dict[str, Any]) -> Checkpoint:
+def _open_recorded_source(name: str, info: dict[str, Any], allow_pickle: bool = False) -> Checkpoint:
     path = info.get("path")
     if path and Path(path).is_dir():
-        return Checkpoint(Path(path), source_id=info.get("ref") or path, revision=info.get("revision"))
-    return Checkpoint.open(resolve_ref(info["ref"]), revision=info.get("revision"))
+        return Checkpoint(Path(path), source_id=info.get("ref") or path, revision=info.get("revision"),
+                          allow_pickle=allow_pickle)
+    return Checkpoint.open(resolve_ref(info["ref"]), revision=info.get("revision"), allow_pickle=allow_pickle)
 
 
-def verify(out_dir: str | os.PathLike, *, progress: bool = False) -> VerifyReport:
+def verify(out_dir: str | os.PathLike, *, progress: bool = False, allow_pickle: bool = False) -> VerifyReport:
     """Check a materialized splice: every tensor equals its declared source tensor, bit for bit.
 
     Also reports tensors missing from / not declared in the provenance file, and sources whose fingerprint
@@ -443,7 +480,9 @@ def verify(out_dir: str | os.PathLike, *, progress: bool = False) -> VerifyRepor
     result = Checkpoint(out)
     sources: dict[str, Checkpoint] = {}
     for name, info in prov["sources"].items():
-        ckpt = _open_recorded_source(name, info)
+        ckpt = _open_recorded_source(name, info, allow_pickle)
+        if os.path.realpath(ckpt.path) == os.path.realpath(out):
+            raise SpliceError(f"{out}: its recorded source {name} is the splice itself; there is nothing to check it against")
         sources[name] = ckpt
         if ckpt.fingerprint()["weights_sha256"] != info.get("weights_sha256"):
             report.source_changes.append(f"source {name} ({info.get('ref')}) changed since the splice was written")

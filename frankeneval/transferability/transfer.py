@@ -40,7 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from frankeneval.errors import FrankenevalError
-from frankeneval.core.results import write_json_atomic
+from frankeneval.core.locks import file_lock, run_child
+from frankeneval.core.results import safe_name, write_json_atomic
 from frankeneval.core.runstore import RunStore
 
 __all__ = [
@@ -61,6 +62,7 @@ __all__ = [
 DEFAULT_TASKS: tuple[str, ...] = ("franken_perception", "franken_alignment", "franken_reasoning")
 MANIFEST = "transfer.json"
 STORE = "cells.jsonl"
+CELL_FIELDS = ("model", "task", "results")  # a cells.jsonl record without one of them is not a finished cell
 REFERENCE_LABELS = {"in": "IN", "rl": "RL"}
 
 
@@ -101,6 +103,7 @@ class CellJob:
     include_path: str
     gen_kwargs: str | None
     env: dict[str, str]
+    keep_fds: tuple[int, ...] = ()  # the run folder's lock: the child holds it while it lives
 
 
 CellRunner = Callable[[CellJob], None]
@@ -157,7 +160,9 @@ def lmms_eval_runner(job: CellJob) -> None:
     with open(job.log_path, "w", encoding="utf-8") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
-        rc = subprocess.call(cmd, cwd=job.run_dir, env=job.env, stdout=log, stderr=subprocess.STDOUT)
+        # own process group, SIGKILL when we die (Linux), whole group killed on Ctrl-C; it inherits the run
+        # folder's lock, so a rerun cannot start while a child of a killed run still writes into its cell
+        rc = run_child(cmd, cwd=job.run_dir, env=job.env, stdout=log, stderr=subprocess.STDOUT, pass_fds=job.keep_fds)
     if rc != 0:
         raise CellFailed(f"lmms-eval exited with {rc}; {_log_tail(job.log_path)}")
     # lmms-eval logs evaluation errors and still exits 0: the results file is the proof of success
@@ -214,6 +219,7 @@ def prepare_models(
     models: Mapping[str, str] | None = None,
     splice_cache: str | os.PathLike | None = None,
     progress: Callable[[str], None] = print,
+    allow_pickle: bool = False,
 ) -> tuple[str, dict[str, dict[str, str]]]:
     """(recipe name, {label: {"path", "kind", "description"}}) for IN, RL and the chosen variants.
 
@@ -233,7 +239,7 @@ def prepare_models(
     for i, v in enumerate(chosen, 1):
         spec = rec.variant(v)
         progress(f"[splice {i}/{len(chosen)}] {v}: {rec.definitions.get(v, spec.describe())}")
-        path = materialize_cached(spec, splice_cache, progress=False)
+        path = materialize_cached(spec, splice_cache, progress=False, allow_pickle=allow_pickle)
         out[v] = {"path": str(path), "kind": "variant", "description": str(rec.definitions.get(v) or spec.describe())}
     return rec.name, out
 
@@ -249,7 +255,14 @@ def read_manifest(run_dir: str | os.PathLike) -> dict[str, Any]:
     path = Path(run_dir) / MANIFEST
     if not path.is_file():
         return {}
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise FrankenevalError(f"{path}: unreadable run manifest ({type(exc).__name__}); delete it and rerun "
+                               "`frankeneval transfer` to rewrite it") from None
+    if not isinstance(data, dict):
+        raise FrankenevalError(f"{path}: the run manifest is not a JSON object; delete it and rerun `frankeneval transfer`")
+    return data
 
 
 def _update_manifest(run_dir: Path, recipe: str | None, models: Mapping[str, Mapping[str, str]], tasks: Sequence[str], settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -290,7 +303,43 @@ def _clear(path: Path) -> None:
         path.unlink()
 
 
-def run_cells(
+RUN_LOCK = ".frankeneval.lock"
+
+
+def _check_run_folder(run_dir: Path) -> None:
+    """A run folder is new, empty, or one frankeneval transfer wrote (its manifest or run store is there)."""
+    if not os.path.lexists(run_dir):
+        return
+    if not run_dir.is_dir() or run_dir.is_symlink() and not run_dir.resolve().is_dir():
+        raise FrankenevalError(f"{run_dir} is not a folder; choose another run folder")
+    if (run_dir / MANIFEST).is_file() or (run_dir / STORE).is_file():
+        return
+    if any(e.name != RUN_LOCK for e in os.scandir(run_dir)):
+        raise FrankenevalError(f"{run_dir} is not a frankeneval transfer run folder (no {MANIFEST} or {STORE}) and is "
+                               "not empty; choose a new or empty run folder")
+
+
+def run_cells(run_dir: str | os.PathLike, models: Mapping[str, Mapping[str, str]], tasks: Sequence[str],
+              **kwargs: Any) -> TransferResult:
+    """Run every missing (model, task) cell; finished cells are skipped (see the module docstring).
+
+    Keyword arguments as :func:`_run_cells` (``recipe``, ``sample_size``, ``runner``, ``gpus``, ...).
+    Model labels and task names must be single path components (they name the cell folders). The run folder
+    must be new, empty or a transfer run; one ``transfer`` at a time per run folder (a second fails at once
+    naming the first's pid); the lock is inherited by the lmms-eval children.
+    """
+    for label in models:
+        safe_name(label, "model / variant name")
+    for task in tasks:
+        safe_name(Cell("m", str(task)).slug, "task name")
+    run_dir = Path(run_dir).expanduser().absolute()
+    _check_run_folder(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with file_lock(run_dir / RUN_LOCK, wait=False, what=f"run folder {run_dir}") as fd:
+        return _run_cells(run_dir, models, tasks, _keep_fds=(fd,), **kwargs)
+
+
+def _run_cells(
     run_dir: str | os.PathLike,
     models: Mapping[str, Mapping[str, str]],
     tasks: Sequence[str],
@@ -307,6 +356,7 @@ def run_cells(
     env: Mapping[str, str] | None = None,
     runner: CellRunner | None = None,
     progress: Callable[[str], None] = print,
+    _keep_fds: tuple[int, ...] = (),
 ) -> TransferResult:
     """Run every missing (model, task) cell; finished cells are skipped (see the module docstring).
 
@@ -322,7 +372,7 @@ def run_cells(
     offline = bool(data_dir) if offline is None else offline
     settings = {"sample_size": sample_size, "sample_seed": sample_seed, "max_new_tokens": max_new_tokens,
                 "model_args": model_args or "", "data_dir": str(data_dir) if data_dir else None}
-    store = RunStore(run_dir / STORE, header=settings)
+    store = RunStore(run_dir / STORE, header=settings, required=CELL_FIELDS)
     _update_manifest(run_dir, recipe, models, tasks, settings)
     cells = plan_cells(models, tasks)
     result = TransferResult(run_dir=run_dir, cells=cells)
@@ -346,6 +396,10 @@ def run_cells(
         progress(f"[transfer] {len(result.skipped)}/{len(cells)} cells already finished; {len(pending)} to run")
     else:
         progress(f"[transfer] {len(cells)} cells ({len(models)} models x {len(tasks)} tasks)")
+    if pending and runner is lmms_eval_runner:
+        from frankeneval.tasks.common import probe_judge
+
+        probe_judge(base_env)  # judge on but not answering: one line now, not a failure in every cell
 
     counter = {"done": 0}
     lock = threading.Lock()
@@ -368,7 +422,7 @@ def run_cells(
             cell_env["CUDA_VISIBLE_DEVICES"] = str(gpu)
         job = CellJob(cell=cell, pretrained=path, output_dir=partial, run_dir=run_dir,
                       log_path=run_dir / "logs" / f"{cell.model}__{cell.slug}.log", model_args=margs,
-                      include_path=include_path, gen_kwargs=gen_kwargs, env=cell_env)
+                      include_path=include_path, gen_kwargs=gen_kwargs, env=cell_env, keep_fds=_keep_fds)
         t0 = time.perf_counter()
         runner(job)
         seconds = time.perf_counter() - t0
@@ -456,16 +510,21 @@ def run_transfer(
     splice_cache: str | os.PathLike | None = None,
     include_reference: bool = True,
     progress: Callable[[str], None] = print,
+    allow_pickle: bool = False,
     **kwargs: Any,
 ) -> TransferResult:
     """Materialize the variants of ``recipe`` and run every (model, task) cell (see :func:`run_cells`).
 
     ``recipe``: a built-in name (``openmmreasoner``, ``revisual_r1``, ``mmr1``, ``tiny``), a recipe YAML, a
     merge-spec YAML, or a :class:`frankeneval.transferability.recipes.Recipe`. ``models`` re-points ``in`` / ``rl`` /
-    ``base`` at local copies. Raises :class:`FrankenevalError` naming the failed cells, if any, after
+    ``base`` at local copies. ``allow_pickle``: read pickle (``.bin``) sources when splicing and let every cell's
+    ``franken_qwen`` load them (model arg ``allow_pickle=true``). Raises :class:`FrankenevalError` naming the failed cells, if any, after
     running all the others.
     """
-    name, prepared = prepare_models(recipe, variants=variants, models=models, splice_cache=splice_cache, progress=progress)
+    name, prepared = prepare_models(recipe, variants=variants, models=models, splice_cache=splice_cache, progress=progress,
+                                    allow_pickle=allow_pickle)
+    if allow_pickle:
+        kwargs["model_args"] = ",".join(x for x in (kwargs.get("model_args"), "allow_pickle=true") if x)
     if not include_reference:
         prepared = {k: v for k, v in prepared.items() if v["kind"] == "variant"}
     result = run_cells(run_dir, prepared, list(tasks), recipe=name, progress=progress, **kwargs)
