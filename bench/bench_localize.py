@@ -101,7 +101,7 @@ def bench_reasoning(gen, questions, layers, out: Path, args) -> dict:
     units = reasoning_units("gsm8k", questions, layers, None)
     _sync()
     t = time.perf_counter()
-    run_reasoning_sweep(gen, "gsm8k", questions, layers, out, model_name="bench", reasoning_prompt=False,
+    run_reasoning_sweep(gen, "gsm8k", questions, layers, out, model_name="bench", system_prompt="none",
                         max_new_tokens=args.max_new_tokens_reasoning, batch_size=args.batch_size, progress=False)
     _sync()
     batched_s = time.perf_counter() - t

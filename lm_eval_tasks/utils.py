@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from lm_eval.api.task import ConfigurableTask
 
-from frankeneval.tasks.common import LocalDocsTask, count, mean_score  # noqa: F401 - YAML hooks
+from frankeneval.tasks.common import LocalDocsTask, count, judge_accuracy, mean_score  # noqa: F401 - YAML hooks
 from frankeneval.tasks.gsm8k import utils as gsm8k
 from frankeneval.tasks.math500 import utils as math500
 

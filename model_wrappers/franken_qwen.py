@@ -11,7 +11,9 @@ materialized once into a cache dir by ``frankeneval.transferability.splice.mater
 ``intervention`` (``frankeneval.core.interventions.parse_intervention_spec``: ``ablate:12``, ``ablate:3-5``,
 ``ablate:3+7``, ``ablate:late``, ``swapkv:<L>:<image>``; unified LLM layers 1-n as everywhere in frankeneval, so
 ``ablate:12`` is decoder layer 11; ``+`` between list items, README "Layer grammar"), ``backend`` (``hf`` or ``vllm``, the latter without
-interventions), ``system_prompt`` (text or a file; default: the chat template's), ``keep_blank_line_stop``
+interventions), ``system_prompt`` (default ``auto``: METHOD.md's
+rule on the hub id or the directory's own name, a splice its sources' prompt; ``reasoner``, ``revisual``, ``none`` = the
+chat template's default, ``@FILE`` or a text: :mod:`frankeneval.core.prompts`), ``keep_blank_line_stop``
 (False: like lmms-eval's own Qwen2.5-VL model, a ``"\\n\\n"`` stop sequence is ignored).
 
 ``device``, ``batch_size`` and ``max_batch_size`` may also come from lmms-eval's own ``--device`` / ``--batch_size`` /
@@ -40,8 +42,8 @@ from frankeneval.model_wrappers.model_args import (
     model_kwargs,
     parse_batch_size,
     parse_bool,
-    read_system_prompt,
     resolve_pretrained,
+    system_prompt_arg,
 )
 
 MODEL_ARGS = (
@@ -72,7 +74,7 @@ class FrankenQwen(lmms):
         max_new_tokens: int = 1024,
         intervention: str | None = None,
         backend: str = "hf",
-        system_prompt: str | None = None,
+        system_prompt: str | None = "auto",
         keep_blank_line_stop: bool = False,
         allow_pickle: bool | str = False,
         **kwargs,
@@ -87,7 +89,9 @@ class FrankenQwen(lmms):
         self.interventions = []  # parsed below, once the model's depth is known (layer words need it)
         self.batch_size_arg = parse_batch_size(batch_size)
         self.max_new_tokens = int(max_new_tokens)
-        self.system_prompt = read_system_prompt(system_prompt)
+        # METHOD.md "System prompts": auto = the name rule on the hub id / dir's own name, a splice its sources'
+        self.system_prompt_choice = system_prompt_arg(self.pretrained, system_prompt)
+        self.system_prompt = self.system_prompt_choice.text
         self.keep_blank_line_stop = bool(keep_blank_line_stop)
         self.backend = str(backend).lower()
         self.accelerator, self._rank, self._world_size, dp_device = data_parallel()
@@ -186,13 +190,35 @@ class FrankenQwen(lmms):
                 self.cache_hook.add_partial("generate_until", (parsed[i][0], parsed[i][1]), text)
             pbar.update(len(idx))
 
+        finish: list = [None] * len(parsed)
         results = generate_grouped(
             self._vllm if self.backend == "vllm" else self.generator, build, [p[2] for p in parsed],
             [p[3] for p in parsed], batch_size=self.batch_size_arg, interventions=self.interventions or None,
-            on_group=done,
+            on_group=done, finish=finish,
         )
         pbar.close()
+        self._record_hit_limit(parsed, finish)
         return results
+
+    def _record_hit_limit(self, parsed: list, finish: list) -> None:
+        """Tell the task's scoring which answers ran to ``max_new_tokens`` (its per-item ``hit_limit`` metric),
+        keyed by task and the doc's ``id`` column (tasks without one are not recorded)."""
+        from frankeneval.core.generation import record_hit_limit
+
+        ids: dict[tuple[str, str], list | None] = {}
+        for p, reason in zip(parsed, finish):
+            if reason is None:
+                continue
+            doc_id, task, split = p[5], p[6], p[7]
+            if (task, split) not in ids:
+                try:
+                    ds = self.task_dict[task][split]
+                    ids[(task, split)] = list(ds["id"]) if "id" in getattr(ds, "column_names", ()) else None
+                except (KeyError, TypeError, AttributeError):
+                    ids[(task, split)] = None
+            col = ids[(task, split)]
+            if col is not None and 0 <= doc_id < len(col):
+                record_hit_limit(task, col[doc_id], reason == "length")
 
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
         if self.generator is None:
@@ -259,4 +285,4 @@ class _VLLMBackend:
             for s in stop
         ]
         outs = self.llm.generate(prompts, params)
-        return [SimpleNamespace(text=o.outputs[0].text) for o in outs]
+        return [SimpleNamespace(text=o.outputs[0].text, finish_reason=o.outputs[0].finish_reason) for o in outs]

@@ -13,7 +13,7 @@ wrapper through :mod:`frankeneval.model_wrappers.model_args`.
 
 Model args: as the lmms-eval model (``pretrained``/``splice``, ``dtype``, ``device``, ``device_map``,
 ``attn_implementation``, ``batch_size``, ``max_batch_size``, ``max_new_tokens``, ``intervention``,
-``system_prompt``) plus ``chat`` (default True: the context is the user turn of the chat template and the
+``system_prompt``: default ``auto``, :mod:`frankeneval.core.prompts`) plus ``chat`` (default True: the context is the user turn of the chat template and the
 continuation / generation is the assistant's reply; False: raw text, as lm-eval's ``hf`` model).
 ``device``, ``batch_size`` and ``max_batch_size`` may also come from lm-eval's ``--device`` / ``--batch_size`` /
 ``--max_batch_size``; a value in ``--model_args`` wins (lm-eval always passes its defaults, e.g. ``device=cuda:0``).
@@ -37,8 +37,8 @@ from frankeneval.model_wrappers.model_args import (
     model_kwargs,
     parse_batch_size,
     parse_bool,
-    read_system_prompt,
     resolve_pretrained,
+    system_prompt_arg,
 )
 
 LM_EVAL_ARGS = (
@@ -63,7 +63,7 @@ class FrankenQwenLM(LM):
         max_batch_size: int | None = None,
         max_new_tokens: int = 1024,
         intervention: str | None = None,
-        system_prompt: str | None = None,
+        system_prompt: str | None = "auto",
         chat: bool = True,
         max_length: int = 4096,
         allow_pickle: bool | str = False,
@@ -76,12 +76,15 @@ class FrankenQwenLM(LM):
 
         self.batch_size_arg = parse_batch_size(batch_size)
         self.max_new_tokens = int(max_new_tokens)
-        self.system_prompt = read_system_prompt(system_prompt)
         self.chat = parse_bool(chat)
         self.max_length = int(max_length)
         self.accelerator, self._rank, self._world_size, dp_device = data_parallel()
+        self.pretrained = resolve_pretrained(pretrained, splice, allow_pickle=parse_bool(allow_pickle))
+        # METHOD.md "System prompts": auto = the name rule on the hub id / dir's own name, a splice its sources'
+        self.system_prompt_choice = system_prompt_arg(self.pretrained, system_prompt)
+        self.system_prompt = self.system_prompt_choice.text
         args = dict(
-            pretrained=resolve_pretrained(pretrained, splice, allow_pickle=parse_bool(allow_pickle)), dtype=dtype,
+            pretrained=self.pretrained, dtype=dtype,
             device_map=device_map, attn_implementation=attn_implementation, max_batch_size=int_or_none(max_batch_size),
             allow_pickle=parse_bool(allow_pickle),
         )

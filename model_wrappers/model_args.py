@@ -22,7 +22,6 @@ lmms-eval: ``batch_size=1``). The wrapper cannot tell a default from a flag the 
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any, Callable
 
 from frankeneval.errors import FrankenevalError
@@ -99,15 +98,15 @@ def parse_bool(value) -> bool:
     return str(value).strip().lower() not in ("false", "0", "no", "off", "")
 
 
-def read_system_prompt(value: str | None) -> str | None:
-    """``system_prompt``: a file's text, or the text itself (``\\n`` escapes allowed); None: the chat template's."""
-    if value is None or value == "":
-        return None
-    value = str(value)
-    if os.path.isfile(value):
-        with open(value, encoding="utf-8") as f:
-            return f.read().strip()
-    return value.replace("\\n", "\n")
+def system_prompt_arg(pretrained: str, value: str | None):
+    """``system_prompt`` (default ``auto``): the :class:`frankeneval.core.prompts.SystemPrompt` for ``pretrained``
+    (``auto`` = METHOD.md's name rule, or a splice's sources; ``reasoner`` / ``revisual`` / ``none``; ``@FILE`` or a
+    file path; or the text itself, ``\\n`` escapes allowed). Logged, so the harness's log says which and why."""
+    from frankeneval.core.prompts import resolve_system_prompt
+
+    prompt = resolve_system_prompt(pretrained, value)
+    log.info("franken_qwen: system prompt %s", prompt)
+    return prompt
 
 
 def data_parallel():
@@ -170,10 +169,13 @@ def gen_settings(gen_kwargs: dict | None, default_max_new_tokens: int, *, max_ke
 
 def generate_grouped(generator, build_request: Callable[[int], Any], settings: list[dict], stops: list[list[str]], *,
                      batch_size, interventions: list | None,
-                     on_group: Callable[[list[int], list[str]], None] | None = None) -> list[str]:
+                     on_group: Callable[[list[int], list[str]], None] | None = None,
+                     finish: list | None = None) -> list[str]:
     """Generate request ``i`` (``build_request(i)``, a ``GenRequest``, built when its group runs) for every ``i`` of
     ``settings``: one ``generator.generate`` call per distinct generation setting, so a batch shares its settings;
-    ``on_group(indices, texts)`` after each call. Returns the texts in request order."""
+    ``on_group(indices, texts)`` after each call. Returns the texts in request order; ``finish`` (a list of
+    ``len(settings)``), when given, receives each request's finish reason (``"length"``: it hit ``max_new_tokens``;
+    ``"stop"``; None when the backend does not say)."""
     import json
 
     groups: dict[str, list[int]] = {}
@@ -186,8 +188,10 @@ def generate_grouped(generator, build_request: Callable[[int], Any], settings: l
             interventions=[interventions] * len(idx) if interventions else None, **settings[idx[0]],
         )
         group_texts = [o.text for o in outs]
-        for i, text in zip(idx, group_texts):
+        for i, text, o in zip(idx, group_texts, outs):
             texts[i] = text
+            if finish is not None:
+                finish[i] = getattr(o, "finish_reason", None)
         if on_group is not None:
             on_group(idx, group_texts)
     return texts  # type: ignore[return-value]

@@ -27,13 +27,22 @@ judge_retries          FRANKENEVAL_JUDGE_RETRIES       retries after a failed tr
 judge_probe            FRANKENEVAL_JUDGE_PROBE         1 = ask the judge once before the run, fail fast (on)
 description_source     FRANKENEVAL_DESCRIPTION_SOURCE  auto | judge | caption_bard (auto: judge if on, else caption_bard)
 seed_compatible        FRANKENEVAL_SEED_COMPATIBLE     1 = also accept 1 % relative error, as the reference (off)
+grading                FRANKENEVAL_GRADING             paper | seed: with the judge on, rules first (paper) or the
+                                                       judge decides every item, as the reference (seed) (paper)
+extraction             FRANKENEVAL_EXTRACTION          rules | mathvista: MathVista also scored by its own protocol
+                                                       (quick rules, LLM extraction, official normalization) (rules)
 probe_cache            FRANKENEVAL_PROBE_CACHE         where built-in probes are rendered (~/.cache/frankeneval/probes)
 =====================  ==============================  ========================================================
 
 Metrics: ``rule_acc`` always; ``judge_acc`` and ``judge_error`` only when the judge is on (absent otherwise);
-``*_acc`` are fractions in [0, 1], ``judge_error`` a count. A sample the rules mark correct is correct for the judge
+``*_acc`` are fractions in [0, 1], ``judge_error`` a count; ``hit_limit`` (a count: answers that ran to the task's
+``max_new_tokens`` and are cut off) whenever the model is ``franken_qwen``, which records each answer's finish reason. A sample the rules mark correct is correct for the judge
 too (rules first; no call); a sample whose judging failed -- the judge did not answer, or its reply had no clear
-boolean ``is_correct`` -- is left out of ``judge_acc`` (never counted wrong) and counted in ``judge_error``.
+boolean ``is_correct`` -- is not marked wrong (its sample has no ``score``) and is counted in ``judge_error``;
+``judge_acc`` (:func:`judge_accuracy`) is the credited share of all samples and is defined only when every sample
+has a verdict: with any judge error it is NaN (shown as "–" beside the error count), never a number that counts
+errors as wrong or one over the rule-credited samples alone. ``grading: seed`` lets the judge decide every item (see
+:func:`judge_fields`). MathVista with ``extraction: mathvista`` adds ``mathvista_acc`` (MathVista's own protocol).
 With the judge on (or ``description_source: judge``), loading a task's docs first asks the judge once
 (:meth:`frankeneval.core.grading.Judge.probe`): a judge that does not answer stops the run with one line naming
 the server and model. Per-sample values are dicts with
@@ -81,6 +90,8 @@ class TaskSettings:
     description_source: str = "auto"
     seed_compatible: bool = False
     probe_cache: str | None = None
+    grading: str = "paper"  # paper | seed
+    extraction: str = "rules"  # rules | mathvista
 
     @property
     def rel_tol(self) -> float | None:
@@ -100,6 +111,12 @@ class TaskSettings:
         source = str(get("description_source", "FRANKENEVAL_DESCRIPTION_SOURCE", "auto")).lower()
         if source not in ("auto", "judge", "caption_bard"):
             raise FrankenevalError(f"description_source must be auto, judge or caption_bard, not {source!r}")
+        grading = str(get("grading", "FRANKENEVAL_GRADING", "paper")).strip().lower()
+        if grading not in ("paper", "seed"):
+            raise FrankenevalError(f"grading must be paper or seed, not {grading!r}")
+        extraction = str(get("extraction", "FRANKENEVAL_EXTRACTION", "rules")).strip().lower()
+        if extraction not in ("rules", "mathvista"):
+            raise FrankenevalError(f"extraction must be rules or mathvista, not {extraction!r}")
         from frankeneval.core.grading import judge_number_setting
 
         timeout = get("judge_timeout", "FRANKENEVAL_JUDGE_TIMEOUT")
@@ -120,6 +137,8 @@ class TaskSettings:
             description_source=source,
             seed_compatible=_truthy(get("seed_compatible", "FRANKENEVAL_SEED_COMPATIBLE", "0")),
             probe_cache=get("probe_cache", "FRANKENEVAL_PROBE_CACHE"),
+            grading=grading,
+            extraction=extraction,
         )
 
 
@@ -142,8 +161,8 @@ def get_judge(settings: TaskSettings):
 
 
 def judge_in_use(settings: TaskSettings) -> bool:
-    """Whether the task calls the judge: grading on, or descriptions written by the judge."""
-    return settings.judge or settings.description_source == "judge"
+    """Whether the task calls the judge: grading on, descriptions written by the judge, or MathVista's extraction."""
+    return settings.judge or settings.description_source == "judge" or settings.extraction == "mathvista"
 
 
 def probe_judge(environ: Mapping[str, str]) -> None:
@@ -175,9 +194,18 @@ def open_image(doc: dict):
 
 
 def judge_fields(settings: TaskSettings, doc_id: str, rule_ok: bool, question: str, choices, target: str,
-                 response: str) -> dict:
-    """``judge_acc`` / ``judge_error`` of one sample (rules first: a rule-correct sample costs no judge call). What
-    is kept of the judge's reply is its verdict, the extracted answer and a short reason, all key-redacted."""
+                 response: str, extracted: str | None = None) -> dict:
+    """``judge_acc`` / ``judge_error`` of one sample. ``grading: paper`` (default): rules first -- a rule-correct
+    sample costs no judge call; a judge failure is ``judge_error``, not a wrong answer. ``grading: seed`` (the
+    reference): the judge decides every sample from the ``extracted`` answer (the response when none), a failed
+    call counts as wrong (and in ``judge_error``), an unparsable reply is read by "true" near its start. What is
+    kept of the judge's reply is its verdict, the extracted answer and a short reason, all key-redacted."""
+    if settings.grading == "seed":
+        j = get_judge(settings).judge_seed(question, choices, target, extracted if extracted else response)
+        return {"judge_acc": {"id": doc_id, "score": int(bool(j.is_correct)), "judged_by": "judge (seed)",
+                              "extracted": j.extracted_answer, "reason": j.reason,
+                              **({"judge_error": True} if j.judge_error else {})},
+                "judge_error": int(j.judge_error)}
     if rule_ok:
         return {"judge_acc": {"id": doc_id, "score": 1, "judged_by": "rule"}, "judge_error": 0}
     j = get_judge(settings).judge(question, choices, target, response)
@@ -231,8 +259,36 @@ class LocalDocsTask:
         return docs
 
     def score(self, doc: dict, results: list) -> dict:
-        results = [r.strip() if isinstance(r, str) else "" for r in results]
-        return self.config.process_results(doc, results, settings=getattr(self, "settings", None))
+        """The YAML's ``process_results`` on the stripped responses (each a :class:`Response` carrying whether its
+        generation hit ``max_new_tokens``), plus the per-item ``hit_limit`` (0/1) when the task lists that metric
+        and the wrapper recorded it (``franken_qwen`` does; unknown otherwise, and then left out)."""
+        hit = None
+        task = getattr(self.config, "task", None)
+        if task and isinstance(doc, dict) and doc.get("id") is not None:
+            from frankeneval.core.generation import hit_limit_of
+
+            hit = hit_limit_of(task, doc["id"])
+        results = [Response(r.strip() if isinstance(r, str) else "", hit_limit=hit) for r in results]
+        out = self.config.process_results(doc, results, settings=getattr(self, "settings", None))
+        if hit is not None and "hit_limit" in _metric_names(self.config):
+            out = {**out, "hit_limit": int(hit)}
+        return out
+
+
+class Response(str):
+    """A model's (stripped) answer; ``hit_limit``: True when its generation ran to ``max_new_tokens`` (the answer
+    is cut off), False when it stopped by itself, None when unknown. Behaves as the plain string otherwise."""
+
+    hit_limit: bool | None
+
+    def __new__(cls, text: str, hit_limit: bool | None = None):  # noqa: PYI034 - a str subclass
+        obj = super().__new__(cls, text)
+        obj.hit_limit = hit_limit
+        return obj
+
+
+def _metric_names(config) -> set[str]:
+    return {m.get("metric") for m in (getattr(config, "metric_list", None) or []) if isinstance(m, dict)}
 
 
 @functools.lru_cache(maxsize=None)
@@ -287,6 +343,17 @@ def mean_score(items: list) -> float:
     scores = [float(x["score"]) if isinstance(x, dict) else float(x) for x in items
               if not (isinstance(x, dict) and "score" not in x)]
     return sum(scores) / len(scores) if scores else float("nan")
+
+
+def judge_accuracy(items: list) -> float:
+    """``judge_acc``: the share of samples credited (by the rules or the judge), defined only when every sample has
+    a verdict. A judge error is neither credited nor marked wrong: with any judge error the accuracy is NaN (not a
+    number that counts the errors as wrong, nor one over the rule-credited samples only, which reads as 100 % when
+    the judge is down); ``judge_error`` counts them and a rerun asks the judge again (failures are not cached)."""
+    scores = [x.get("score") if isinstance(x, dict) else x for x in items]
+    if not scores or any(v is None for v in scores):
+        return float("nan")
+    return sum(float(v) for v in scores) / len(scores)
 
 
 def count(items: list) -> int:

@@ -82,7 +82,10 @@ def test_mathvista_docs_filter_subsample_and_controls(shared_data, tmp_path):
     assert [d["pid"] for d in docs] == [rows[i]["pid"] for i in subsample_indices(460, 100, 123)]
     d = docs[0]
     (img,) = mathvista_doc_to_visual(d)
-    assert img.size == (d["img_width"], d["img_height"]) and img.getextrema() == ((0, 0), (0, 0), (0, 0))
+    from frankeneval.tasks.mathvista.utils import paper_image_size
+
+    assert img.size == paper_image_size(d["img_width"], d["img_height"])
+    assert img.getextrema() == ((0, 0), (0, 0), (0, 0))
     mc = next(x for x in docs if x["choices"])
     text = mathvista_doc_to_text(mc)
     assert text.startswith('Please solve the problem step by step and put your answer in one "\\boxed{}".\n\n')
@@ -94,4 +97,4 @@ def test_mathvista_docs_filter_subsample_and_controls(shared_data, tmp_path):
     desc = build_docs({"benchmark": "mathvista", "category": "math-targeted-vqa", "control": "blackdesc"}, settings)
     assert all(x["description_source"] == "caption_bard" for x in desc)
     t = mathvista_doc_to_text(desc[0])
-    assert f"Image Description: {desc[0]['caption_bard']}\n\nQuestion: {desc[0]['question']}" in t
+    assert f"\n\nImage Description:\n{desc[0]['caption_bard']}\n\nQuestion:\n{desc[0]['question']}" in t

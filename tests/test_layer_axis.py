@@ -89,7 +89,8 @@ def wrapper_answers(tiny_lineage, layer: int) -> list[str]:
     from frankeneval.model_wrappers.franken_qwen import FrankenQwen
     from lmms_eval.api.instance import Instance
 
-    lm = FrankenQwen.create_from_arg_string(f"pretrained={tiny_lineage.rl},device=cpu,batch_size=1,intervention=ablate:{layer}")
+    lm = FrankenQwen.create_from_arg_string(f"pretrained={tiny_lineage.rl},device=cpu,batch_size=1,intervention=ablate:{layer},"
+                                          "system_prompt=none")  # as the sweep's --reasoning-prompt off
     reqs = [
         Instance(request_type="generate_until", idx=0, metadata={"task": "t", "doc_id": i, "repeats": 1},
                  arguments=(p, {"until": [], "max_new_tokens": MAX_NEW, "do_sample": False}, None, i, "t", "test"))

@@ -12,7 +12,6 @@ from frankeneval.localization.common import (
     parse_layers,
     source_follows,
     task_changed,
-    uses_reasoning_prompt,
 )
 from frankeneval.core.runstore import RunStore, RunStoreMismatch
 
@@ -78,11 +77,12 @@ def test_parse_layers_and_prompt_rule():
         parse_layers("7", 6)
     with pytest.raises(FrankenevalError, match="only LLM layers"):
         parse_layers("vision", 6)
-    assert uses_reasoning_prompt("lmms-lab/OpenMMReasoner-ColdStart")
-    assert uses_reasoning_prompt("/ckpt/my-rl-model/")
-    assert not uses_reasoning_prompt("Qwen/Qwen2.5-VL-7B-Instruct")
-    assert uses_reasoning_prompt("Qwen/Qwen2.5-VL-7B-Instruct", "on")
-    assert not uses_reasoning_prompt("/x/rl", "off")
+    # the system prompt rule itself: tests/test_prompts.py
+    from frankeneval.core.prompts import resolve_system_prompt
+
+    assert resolve_system_prompt("lmms-lab/OpenMMReasoner-ColdStart").name == "reasoner"
+    assert resolve_system_prompt("/ckpt/my-rl-model/").name == "reasoner"
+    assert resolve_system_prompt("Qwen/Qwen2.5-VL-7B-Instruct").name == "none"
 
 
 # --------------------------------------------------------------------------- run store
@@ -210,7 +210,7 @@ REASONING_LAYERS = [1, 4, 6]
 def test_reasoning_sweep_batched_equals_single_runs_and_resumes(tiny_rl, shared_data, tmp_path):
     from frankeneval.core.generation import GenRequest
     from frankeneval.core.interventions import Ablate
-    from frankeneval.localization.common import REASONING_SYSTEM_PROMPT
+    from frankeneval.core.prompts import REASONER_SYSTEM_PROMPT
     from frankeneval.localization.reasoning import (
         load_questions,
         question_prompt,
@@ -230,7 +230,7 @@ def test_reasoning_sweep_batched_equals_single_runs_and_resumes(tiny_rl, shared_
     records = [json.loads(line) for line in (tmp_path / "units.jsonl").read_text().splitlines()[1:]]
     responses = {r["key"]: r["record"]["response"] for r in records}
     for q in questions:
-        req = GenRequest(question_prompt(q.problem), [], REASONING_SYSTEM_PROMPT)
+        req = GenRequest(question_prompt(q.problem), [], REASONER_SYSTEM_PROMPT)
         for L in [None, *REASONING_LAYERS]:
             iv = [] if L is None else [Ablate((L,))]  # unified LLM layer
             single = tiny_rl.generate([req], max_new_tokens=MAX_NEW, interventions=[iv], batch_size=1)[0].text
@@ -292,6 +292,8 @@ def test_attention_shift_end_to_end(tiny_lineage, small_probes, tmp_path):
     res = run_attention_shift(members, prompts, tmp_path, load=load, max_new_tokens=3, progress=False)
     assert len(res["visual_share"]["rl"]) == 6 and len(res["visual_share_heads"]["rl"][0]) >= 1
     assert all(0.0 <= v <= 1.0 for m in res["visual_share"].values() for v in m)
-    assert res["reasoning_prompt"] == {"base": False, "in": False, "rl": True}
+    # auto: the member dirs' own names base / in / rl -> reasoner (unknown names and 'rl' alike), recorded with why
+    assert {m: p["name"] for m, p in res["system_prompt"].items()} == {"base": "reasoner", "in": "reasoner", "rl": "reasoner"}
+    assert res["system_prompt"]["rl"]["reason"] == "auto: name 'rl' contains 'rl'"
     run_attention_shift(members, prompts, tmp_path, load=load, max_new_tokens=3, progress=False)
     assert len(loads) == 3  # rerun: every unit finished, no model loaded

@@ -41,7 +41,8 @@ def _fake_runner(job: CellJob) -> None:
             f.write(json.dumps({"doc_id": i, "rule_acc": {"id": str(i), "score": int(rule[i])}, "judge_acc": jd}) + "\n")
     judge_vals = [judge[i] for i in range(n) if i not in judge_missing]
     res = {"alias": task, "rule_acc,none": float(rule.mean()), "rule_acc_stderr,none": "N/A",
-           "judge_acc,none": float(np.mean(judge_vals)), "judge_error,none": 1}
+           "judge_acc,none": float(np.mean(judge_vals)), "judge_error,none": 1,
+           "hit_limit,none": 2 if job.cell.model == "v_b" else 0}
     (out / "20260101_000000_results.json").write_text(json.dumps({"results": {task: res}}))
 
 
@@ -109,12 +110,23 @@ def test_numbers_equal_lmms_eval_files(run_dir):
 
 def test_csv_round_trips_the_numbers(run_dir):
     board = build_leaderboard(run_dir)
-    rows = list(csv.DictReader(io.StringIO(render(board, "csv"))))
+    rows = [r for r in csv.DictReader(io.StringIO(render(board, "csv"))) if r["table"] == "leaderboard"]
     assert len(rows) == len(MODELS) * len(TASKS) * 2
     for r in rows:
         model = {"IN": "in", "RL": "rl"}.get(r["model"], r["model"])
         assert float(r["value"]) == _results(run_dir, model, r["task"])[f"{r['metric']},none"]
         assert int(r["n"]) == len(_samples(run_dir, model, r["task"], r["metric"]))
+
+
+def test_answers_that_hit_the_token_limit_are_counted_beside_the_score(run_dir):
+    board = build_leaderboard(run_dir)
+    md = render(board, "md")
+    v_b_rows = [line for line in md.splitlines() if line.startswith("| v_b | phrase of v_b |")]
+    assert v_b_rows and all("2 hit the token limit" in line for line in v_b_rows)
+    assert not any("hit the token limit" in line for line in md.splitlines() if line.startswith("| IN |"))
+    rows = [r for r in csv.DictReader(io.StringIO(render(board, "csv"))) if r["table"] == "leaderboard"]
+    assert {r["hit_limit"] for r in rows if r["model"] == "v_b"} == {"2"}
+    assert {r["hit_limit"] for r in rows if r["model"] == "IN"} == {"0"}
 
 
 def test_markdown_and_latex(run_dir):
@@ -125,7 +137,73 @@ def test_markdown_and_latex(run_dir):
     v = _results(run_dir, "v_a", "franken_math500")["rule_acc,none"]
     assert f"{100 * v:.1f}" in md
     tex = render(board, "latex")
-    assert tex.count(r"\begin{tabular}") == 2 and r"\textbf{" in tex and "v\\_a" in tex
+    # the paper's table (v1), the transitions, then a leaderboard table per metric
+    assert tex.count(r"\begin{tabular}") == 4 and r"\textbf{" in tex and "v\\_a" in tex
+    assert tex.index("tab:paper-v1") < tex.index("tab:transitions") < tex.index("tab:transfer-rule-acc")
+
+
+def _items(run: Path, model: str, task: str) -> dict[str, float | None]:
+    path = next((run / "cells" / model / task).rglob(f"*_samples_{task}.jsonl"))
+    return {str(r["judge_acc"]["id"]): r["judge_acc"].get("score") for r in map(json.loads, path.read_text().splitlines())}
+
+
+def test_paper_table_leads_and_equals_hand_counts(run_dir):
+    board = build_leaderboard(run_dir, seed=0)
+    assert board.paper_metric == "judge_acc"  # the judge ran: its verdict is the primary score
+    assert [(p.split, p.dimension, p.a, p.b) for p in board.parts] == [
+        ("v1", "perception", "franken_mathvista_perception", "franken_mathvista_perception_black"),
+        ("v1", "reasoning", "franken_math500", None)]  # alignment has no blackdesc control in this run
+    vis, rea = board.parts
+    for m in MODELS:
+        a, b = _items(run_dir, m, vis.a), _items(run_dir, m, vis.b)
+        both = [k for k in a if a[k] is not None and b.get(k) is not None]
+        tf = sum(a[k] == 1 and b[k] == 0 for k in both)
+        tt = sum(a[k] == 1 and b[k] == 1 for k in both)
+        cell = board.paper[(m, vis.key)]
+        assert cell.metric.n == len(both) == 7 and cell.metric.excluded == 1  # item 3: a judge error
+        assert cell.metric.value == pytest.approx(tf / 7)
+        assert (cell.transitions.n_tt, cell.transitions.n_tf) == (tt, tf)
+        r = _items(run_dir, m, rea.a)
+        scored = [v for v in r.values() if v is not None]
+        assert board.paper[(m, rea.key)].metric.value == pytest.approx(sum(scored) / len(scored))
+        if m != "in":  # paired difference to IN on the same items
+            ind, ref = board.paper[(m, vis.key)].metric, board.paper[("in", vis.key)].metric
+            d = board.paper[(m, vis.key)].diff_ref
+            assert d.value == pytest.approx(ind.value - ref.value) and d.ci[0] <= d.value <= d.ci[1]
+    md = render(board, "md")
+    assert md.index("The paper's table") < md.index("Transitions") < md.index("## Leaderboard")
+    v = board.paper[("rl", vis.key)].metric.value
+    assert f"| RL | {board.prompt('rl')} | {100 * v:.1f} [" in md
+    rows = list(csv.DictReader(io.StringIO(render(board, "csv"))))
+    assert [r["table"] for r in rows[: 2 * len(MODELS)]].count("paper") == len(MODELS)
+    paper = {(r["model"], r["metric"]): r for r in rows if r["table"] == "paper"}
+    assert float(paper[("RL", "M_vis")]["value"]) == pytest.approx(v) and paper[("IN", "M_vis")]["delta_in"] == ""
+    trans = [r for r in rows if r["table"] == "transitions"]
+    assert len(trans) == len(MODELS) and all(int(r["n"]) == 7 for r in trans)
+    page = render(board, "html", chart=False)
+    assert page.index('id="paper-v1"') < page.index('id="transitions"') < page.index('id="table-rule_acc"')
+
+
+def test_prompt_column_shows_the_recorded_prompt_or_a_dash(tmp_path):
+    from frankeneval.reports.leaderboard import _prompt_label
+
+    assert _prompt_label({"name": "reasoner", "setting": "auto", "reason": "name rule", "text": "You are"}) == (
+        "reasoner", "name rule")
+    assert _prompt_label(None) == ("", "")
+    run = tmp_path / "run"
+    models = {"in": {"path": "/models/in", "kind": "in"}}
+    run_cells(run, models, ["franken_math500"], runner=_fake_runner, progress=lambda s: None)
+    store = run / "cells.jsonl"
+    lines = [json.loads(x) for x in store.read_text().splitlines()]
+    for rec in lines:  # a run whose cells recorded no prompt (as before prompts were recorded)
+        (rec.get("record") or {}).pop("system_prompt", None)
+    store.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    manifest = json.loads((run / "transfer.json").read_text())
+    for info in manifest["models"].values():
+        info.pop("system_prompt", None)
+    (run / "transfer.json").write_text(json.dumps(manifest))
+    board = build_leaderboard(run)
+    assert board.prompt("in") == "—" and "| IN | — |" in render(board, "md")
 
 
 def _chromium() -> str | None:

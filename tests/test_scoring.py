@@ -74,7 +74,8 @@ MC = {"question_type": "multi_choice", "answer_type": "text", "choices": ["135°
         ("<answer>(C)</answer>", True),
         ("The answer is C", True),
         ("\\boxed{145°}", True),
-        ("so the angle is 145°.", True),
+        ("so the answer is 145°.", True),
+        ("so the angle is 145°.", False),  # no final-answer statement: not credited by rules
         ("\\boxed{B}", False),
         ("\\boxed{140°}", False),
         ("\\boxed{E}", False),
@@ -84,9 +85,11 @@ def test_mathvista_multiple_choice(response, ok):
     assert S.mathvista_correct(response, MC)[0] is ok
 
 
-def test_mathvista_multiple_choice_prefers_longest_contained_text():
+def test_mathvista_multiple_choice_whole_option_text_only():
     doc = dict(MC, choices=["40°", "140°"], answer="140°")
-    assert S.mathvista_correct("it is 140°", doc)[0]
+    assert S.mathvista_correct("The answer is 140°", doc)[0]
+    assert not S.mathvista_correct("The answer is 40°", doc)[0]
+    assert not S.mathvista_correct("it is 140°", doc)[0]  # option text inside a sentence selects nothing
 
 
 def test_mathvista_free_form_precision_unit_and_types():
@@ -96,7 +99,8 @@ def test_mathvista_free_form_precision_unit_and_types():
     integer = {"question_type": "free_form", "answer_type": "integer", "precision": None, "answer": "11",
                "unit": "years"}
     assert S.mathvista_correct("\\boxed{11 years}", integer)[0]
-    assert S.mathvista_correct("He is 11 years old", integer)[0]
+    assert S.mathvista_correct("The answer is 11 years.", integer)[0]
+    assert not S.mathvista_correct("He is 11 years old", integer)[0]  # free form needs a stated final answer
     assert not S.mathvista_correct("\\boxed{12}", integer)[0]
     two = {"question_type": "free_form", "answer_type": "float", "precision": 2, "answer": "0.57", "unit": ""}
     assert S.mathvista_correct("\\boxed{0.5714}", two)[0]

@@ -68,7 +68,7 @@ def test_transfer_runs_every_variant_and_resumes_after_crash(tmp_path, recipe):
     run = tmp_path / "run"
     kwargs = dict(tasks=TASKS, splice_cache=tmp_path / "splices", sample_size=6, sample_seed=123,
                   data_dir=tmp_path, progress=lambda s: None)
-    n_models = 2 + len(recipe.variants)
+    n_models = 3 + len(recipe.variants)  # Base, IN, RL and the variants (the paper's tables have a Base row)
     assert len(recipe.variants) == 6
     n_cells = n_models * len(TASKS)
 
@@ -91,7 +91,8 @@ def test_transfer_runs_every_variant_and_resumes_after_crash(tmp_path, recipe):
     assert again.calls == [] and len(result.skipped) == n_cells
 
     board = build_leaderboard(run)
-    assert board.rows == ["in", "rl", *recipe.variants]
+    assert board.rows == ["base", "in", "rl", *recipe.variants]
+    assert board.kinds["base"] == "base" and board.row_label("base") == "Base"
     assert [c.key for c in board.columns] == TASKS
     for row in board.rows:
         for col in board.columns:

@@ -55,3 +55,22 @@ def probe_sets(args: argparse.Namespace):
     if data is None:
         rendered = args.rendered or str(Path(args.out) / "probes")
     return load_probe_sets(args.tasks, data=data, rendered_dir=rendered, samples=args.samples, seed=args.seed), (data or rendered)
+
+
+def add_system_prompt_arguments(parser: argparse.ArgumentParser, *, per_member: bool = False) -> None:
+    """``--system-prompt auto|reasoner|revisual|none|TEXT|@FILE`` (:mod:`frankeneval.core.prompts`) and the old
+    ``--reasoning-prompt auto|on|off`` (on = reasoner, off = none)."""
+    from frankeneval.core.prompts import SETTING_HELP
+
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--system-prompt", default=None, metavar="auto|reasoner|revisual|none|TEXT|@FILE",
+                       help=SETTING_HELP + (" (auto: decided per member)" if per_member else ""))
+    group.add_argument("--reasoning-prompt", choices=("auto", "on", "off"), default=None,
+                       help="old spelling of --system-prompt: auto = auto, on = reasoner, off = none")
+
+
+def system_prompt_setting(args: argparse.Namespace) -> str:
+    """The ``--system-prompt`` setting of the parsed args (``--reasoning-prompt`` mapped; default ``auto``)."""
+    if getattr(args, "system_prompt", None) is not None:
+        return args.system_prompt
+    return {"on": "reasoner", "off": "none"}.get(getattr(args, "reasoning_prompt", None) or "auto", "auto")

@@ -7,7 +7,8 @@ middle / late summary (the paper's claim rests on the middle and late rows).
         --data ../shared/data/vision_probes --samples 25 --max-new-tokens 256 --out runs/attn
 
 Prompts: the probe pairs' target images with their questions, preceded by the step-by-step / \\boxed{}
-instruction (--plain: the bare question). Writes OUT/units.jsonl (resumable), OUT/attention_shift.json (schema:
+instruction (--plain: the bare question); each member's system prompt by --system-prompt (default auto:
+METHOD.md's rule on its hub id / directory's own name), recorded in the JSON with the reason. Writes OUT/units.jsonl (resumable), OUT/attention_shift.json (schema:
 frankeneval.localization.attention) and OUT/attention_shift.png.
 """
 
@@ -19,8 +20,10 @@ from pathlib import Path
 from frankeneval.commands._shared import (
     add_generator_arguments,
     add_probe_arguments,
+    add_system_prompt_arguments,
     load_generator,
     probe_sets,
+    system_prompt_setting,
 )
 
 COMMAND = "attention-shift"
@@ -33,8 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rl", required=True, help="RL model")
     add_probe_arguments(parser)
     parser.add_argument("--plain", action="store_true", help="ask the bare probe question (no step-by-step instruction)")
-    parser.add_argument("--reasoning-prompt", choices=("auto", "on", "off"), default="auto",
-                        help="<think>/<answer> system prompt per member: auto = by model name (default)")
+    add_system_prompt_arguments(parser, per_member=True)
     parser.add_argument("--out", required=True, help="output folder (a rerun with the same settings resumes)")
     add_generator_arguments(parser, batch_size=16, max_new_tokens=256)
 
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     members = {"base": args.base, "in": args.in_, "rl": args.rl}
     results = run_attention_shift(
         members, prompts, args.out, load=lambda path: load_generator(args, path), max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size, reasoning_prompt=args.reasoning_prompt, instruction=not args.plain,
+        batch_size=args.batch_size, system_prompt=system_prompt_setting(args), instruction=not args.plain,
         progress=not args.no_progress, meta={"samples": args.samples, "seed": args.seed, "data": str(source)},
     )
     print(format_attention_table(results))

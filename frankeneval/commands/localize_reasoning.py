@@ -5,9 +5,10 @@ input), against the unablated accuracy; answers checked with math-verify.
     frankeneval localize-reasoning --model M --dataset math500 --data ../shared/data/math500/test.jsonl \\
         --samples 50 --layers 1-28 --max-new-tokens 1024 --out runs/ablate-math
 
-Prompt: the method's step-by-step / \\boxed{} instruction, a blank line, the problem; the <think>/<answer>
-system prompt for reasoning-tuned models (--reasoning-prompt auto: the reference's rule on the model's name,
-"openmmreasoner", "coldstart" or "rl"; on / off force it). --layers takes the layer grammar (README "Layer
+Prompt: the method's step-by-step / \\boxed{} instruction, a blank line, the problem; the system prompt of
+--system-prompt (default auto: METHOD.md's rule on the hub id or the directory's own name, a splice its sources';
+reasoner / revisual / none / a text / @FILE fix it; --reasoning-prompt on|off is the old spelling of reasoner|none),
+recorded in the JSON with the reason it was chosen. --layers takes the layer grammar (README "Layer
 grammar"): unified LLM layers 1 ... n, decoder layer j = L - 1. Writes OUT/units.jsonl (resumable), OUT/reasoning_localization.json (schema:
 frankeneval.localization.reasoning) and OUT/reasoning_localization.png.
 """
@@ -17,7 +18,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from frankeneval.commands._shared import add_generator_arguments, load_generator
+from frankeneval.commands._shared import (
+    add_generator_arguments,
+    add_system_prompt_arguments,
+    load_generator,
+    system_prompt_setting,
+)
 
 COMMAND = "localize-reasoning"
 HELP = "layer-ablation sweep: GSM8K / MATH-500 accuracy with each LLM layer ablated"
@@ -35,8 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=DEFAULT_SAMPLE_SEED, help=f"sub-sampling seed (default {DEFAULT_SAMPLE_SEED})")
     parser.add_argument("--layers", nargs="+", default=None,
                         help="unified LLM layers 1-n, e.g. 1-28, 9-17 or late (README 'Layer grammar'; default: all)")
-    parser.add_argument("--reasoning-prompt", choices=("auto", "on", "off"), default="auto",
-                        help="<think>/<answer> system prompt: auto = by model name (default)")
+    add_system_prompt_arguments(parser)
     parser.add_argument("--seed-compatible", action="store_true", help="also accept a 1%% relative error, as the reference")
     parser.add_argument("--out", required=True, help="output folder (a rerun with the same settings resumes)")
     add_generator_arguments(parser, batch_size=32, max_new_tokens=1024)
@@ -45,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from frankeneval.core.data import data_root_from_env
     from frankeneval.core.layermap import parse_layers
-    from frankeneval.localization.common import uses_reasoning_prompt
+    from frankeneval.core.prompts import resolve_system_prompt
     from frankeneval.localization.reasoning import (
         format_reasoning_table,
         load_questions,
@@ -57,9 +62,11 @@ def run(args: argparse.Namespace) -> int:
     questions = load_questions(args.dataset, data=data, samples=args.samples, seed=args.seed)
     gen = load_generator(args, args.model)
     layers = parse_layers(args.layers, gen.n_llm_layers)  # unified LLM layers 1 … n
+    prompt = resolve_system_prompt(args.model, system_prompt_setting(args))
+    print(f"system prompt: {prompt}")
     results = run_reasoning_sweep(
         gen, args.dataset, questions, layers, args.out, model_name=args.model,
-        reasoning_prompt=uses_reasoning_prompt(args.model, args.reasoning_prompt), max_new_tokens=args.max_new_tokens,
+        system_prompt=prompt, max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size, seed_compatible=args.seed_compatible, progress=not args.no_progress,
         meta={"data": data or "hub", "samples": args.samples, "seed": args.seed},
     )

@@ -62,6 +62,22 @@ class GenResult:
     captures: list[AttentionCapture] = field(default_factory=list)
 
 
+# Which answers hit ``max_new_tokens``: the lmms-eval wrapper records each request's finish reason under (task name,
+# the doc's ``id``) and the task's scoring (``frankeneval.tasks.common``) reads it back in the same process, where it
+# becomes the per-item ``hit_limit`` metric. Unknown (another model, a cached response) -> None.
+_HIT_LIMIT: dict[tuple[str, str], bool] = {}
+
+
+def record_hit_limit(task: str, doc_key: Any, hit: bool) -> None:
+    """Record whether the answer of ``doc_key`` (the doc's ``id``) in ``task`` ran to ``max_new_tokens``."""
+    _HIT_LIMIT[(str(task), str(doc_key))] = bool(hit)
+
+
+def hit_limit_of(task: str, doc_key: Any) -> bool | None:
+    """What :func:`record_hit_limit` recorded for that item (None: nothing recorded)."""
+    return _HIT_LIMIT.get((str(task), str(doc_key)))
+
+
 class _StopOnStrings:
     """Stopping criterion recording, per row, when it finished (EOS or its own stop strings)."""
 

@@ -3,6 +3,9 @@
 * ``Judge.judge(question, choices, ground_truth, model_answer)`` asks the judge model for JSON
   ``{"is_correct": bool, "extracted_answer": str, "reason": str}``.
 * ``Judge.describe_image(image)`` writes the description used by the black-image + description control.
+* ``Judge.judge_seed(...)`` is the reference's rule (``grading: seed``): the judge decides every item from the
+  extracted answer, a failed call is wrong, an unparsable reply is read by "true" near its start.
+* ``Judge.extract_mathvista(prompt)`` is the LLM step of MathVista's own extraction (``extraction: mathvista``).
 
 A verdict is a boolean or it is a judge error: a reply whose ``is_correct`` is not a clear boolean (``null``, a
 number, ``"maybe"``, no JSON) gives ``judge_error=True`` and ``is_correct=None`` -- never a wrong answer -- and is not
@@ -55,6 +58,7 @@ __all__ = [
 DEFAULT_JUDGE_MODEL = "gpt-4o-mini"
 DEFAULT_JUDGE_TIMEOUT_S = 60.0
 DEFAULT_JUDGE_RETRIES = 3
+SEED_TRUE_WINDOW = 50  # grading: seed reads an unparsable reply as correct when "true" is in its first 50 chars
 MAX_REASON_CHARS = 240  # what of the judge's reason is kept (redacted) in samples and the cache
 
 JUDGE_SYSTEM = "You are a strict grader of answers to benchmark questions. Reply with one JSON object only."
@@ -359,6 +363,11 @@ class Judge:
     def judge(self, question: str, choices: Sequence[str] | None, ground_truth: Any, model_answer: str) -> Judgment:
         """Judge one answer. A clear boolean verdict is cached; on final failure, or a reply without a clear boolean
         ``is_correct``, ``judge_error=True`` and ``is_correct=None`` (not cached, never a wrong answer)."""
+        return self._judge(question, choices, ground_truth, model_answer)[0]
+
+    def _judge(self, question: str, choices: Sequence[str] | None, ground_truth: Any,
+               model_answer: str) -> tuple[Judgment, str | None]:
+        """:meth:`judge`'s verdict and, for an unparsable reply, the start of that reply (redacted; else None)."""
         messages = [
             {"role": "system", "content": JUDGE_SYSTEM},
             {"role": "user", "content": build_judge_prompt(question, choices, str(ground_truth), model_answer)},
@@ -368,7 +377,7 @@ class Judge:
         if entry is not None:
             verdict = entry.get("verdict")
             if isinstance(verdict, dict) and isinstance(verdict.get("is_correct"), bool):
-                return Judgment(**self._verdict(verdict), cached=True)
+                return Judgment(**self._verdict(verdict), cached=True), None
             if isinstance(entry.get("content"), str):  # an entry of an older version: the raw reply
                 try:
                     verdict = self._verdict(parse_judge_json(entry["content"]))
@@ -376,17 +385,43 @@ class Judge:
                     verdict = None  # e.g. {"is_correct": null}, once cached as wrong: ask again
                 if verdict is not None:
                     self._write_cache(request, {"verdict": verdict})  # rewritten without the raw reply
-                    return Judgment(**verdict, cached=True)
+                    return Judgment(**verdict, cached=True), None
         try:
             content = self._call(request, retries=self.config.max_retries)
         except JudgeUnavailable as exc:
-            return Judgment(None, None, f"judge unavailable: {exc}", judge_error=True)
+            return Judgment(None, None, f"judge unavailable: {exc}", judge_error=True), None
         try:
             verdict = self._verdict(parse_judge_json(content))
         except ValueError as exc:
-            return Judgment(None, None, str(exc), judge_error=True)
+            return Judgment(None, None, str(exc), judge_error=True), self.redact(content).strip()[:SEED_TRUE_WINDOW]
         self._write_cache(request, {"verdict": verdict})
-        return Judgment(**verdict)
+        return Judgment(**verdict), None
+
+    def judge_seed(self, question: str, choices: Sequence[str] | None, ground_truth: Any,
+                   extracted_answer: str) -> Judgment:
+        """The reference's rule (``grading: seed``, seed-compatible only): the judge decides from the extracted
+        answer; a reply without a clear JSON verdict is read as correct when "true" occurs in its first
+        :data:`SEED_TRUE_WINDOW` characters (lower-cased), wrong otherwise; a failed call counts as **wrong**
+        (``is_correct=False`` with ``judge_error=True``, so it is still counted). Clear verdicts share
+        :meth:`judge`'s cache."""
+        j, reply_start = self._judge(question, choices, ground_truth, extracted_answer)
+        if not j.judge_error:
+            return j
+        if reply_start is None:  # the call failed
+            return Judgment(False, None, j.reason, judge_error=True)
+        content = reply_start
+        verdict = "true" in content.strip().lower()[:SEED_TRUE_WINDOW]
+        return Judgment(verdict, None, f"unparsable reply read as {str(verdict).lower()} (seed rule)")
+
+    def extract_mathvista(self, prompt: str, *, max_tokens: int = 256) -> str:
+        """MathVista's LLM extraction step: the model's completion of ``prompt`` (few-shot examples, the query, the
+        response, ``Extracted answer: ``), stripped; cached by request. JudgeUnavailable on failure."""
+        messages = [{"role": "user", "content": prompt}]
+        content, cached = self.complete(messages, max_tokens=max_tokens)
+        content = content.strip()
+        if not cached:
+            self._write_cache(self._request(messages, max_tokens), {"content": content})
+        return content
 
     def describe_image(self, image, *, prompt: str = DESCRIBE_PROMPT, max_tokens: int = 1024) -> str:
         """A text description of a PIL image (cached by model + image bytes + prompt, key-like text redacted);

@@ -11,8 +11,10 @@ what the paper's claim (RL shifts attention to the image in mid/late layers) res
 
 Prompts: the target images of the probe pairs of ``tasks`` (``--data`` folder or the built-in rendered probes),
 each question preceded by the method's step-by-step / ``\\boxed{}`` instruction (``instruction=False``: the bare
-probe prompt), so the generated tokens are reasoning tokens. The reasoning system prompt follows the same
-``auto | on | off`` rule as the reasoning sweep, decided per member from its name.
+probe prompt), so the generated tokens are reasoning tokens. The system prompt is decided per member by
+:func:`frankeneval.core.prompts.resolve_system_prompt` (``system_prompt="auto"``: METHOD.md's name rule on the hub id
+/ the directory's own name, a splice its sources'; or one fixed choice for all: ``reasoner`` / ``revisual`` /
+``none`` / a text), and recorded with its reason.
 
 Members are loaded one at a time; every finished (member, prompt) unit is appended to ``units.jsonl``.
 
@@ -22,7 +24,7 @@ Output ``attention_shift.json`` schema::
       "analysis": "attention_shift",
       "members": {"base": str, "in": str, "rl": str},          # model paths / hub ids
       "tasks": [str, ...], "n_prompts": int, "max_new_tokens": int, "instruction": bool,
-      "reasoning_prompt": {"base": bool, "in": bool, "rl": bool},
+      "system_prompt": {"<member>": {"name": str, "setting": str, "reason": str, "text": str | null}},
       "layers": [int, ...],                                    # unified LLM indices 1 … n
       "visual_share": {"<member>": [float per layer]},         # mean over prompts and heads
       "visual_share_heads": {"<member>": [[float per head] per layer]},
@@ -47,12 +49,11 @@ import numpy as np
 from frankeneval.core.layermap import llm_region
 from frankeneval.localization.common import (
     MATH_INSTRUCTION,
-    REASONING_SYSTEM_PROMPT,
     Unit,
     run_units,
-    uses_reasoning_prompt,
 )
 from frankeneval.core.probes import ProbePair
+from frankeneval.core.prompts import resolve_system_prompt
 from frankeneval.core.results import write_json_atomic
 from frankeneval.core.runstore import RunStore
 
@@ -119,22 +120,24 @@ def run_attention_shift(
     load: Callable[[str], Any],
     max_new_tokens: int = 256,
     batch_size: int = 16,
-    reasoning_prompt: str = "auto",
+    system_prompt: str | None = "auto",
     instruction: bool = True,
     progress: bool = True,
     meta: dict | None = None,
 ) -> dict:
     """Capture the visual attention share of every member on ``prompts``; write units + ``attention_shift.json``.
 
-    ``members``: ``{"base": path, "in": path, "rl": path}``; ``load(path) -> Generator`` (one member at a time).
+    ``members``: ``{"base": path, "in": path, "rl": path}``; ``load(path) -> Generator`` (one member at a time);
+    ``system_prompt``: the setting every member's prompt is resolved with (``auto``: per member, by its name).
     """
     out = Path(out_dir)
+    chosen = {m: resolve_system_prompt(path, system_prompt) for m, path in members.items()}
     store = RunStore(out / UNITS_FILE, header={"analysis": "attention_shift", "members": dict(members),
-                                               "max_new_tokens": max_new_tokens, "reasoning_prompt": reasoning_prompt},
+                                               "max_new_tokens": max_new_tokens,
+                                               "system": {m: p.text for m, p in chosen.items()}},
                      required=("mass", "response"))
-    uses = {m: uses_reasoning_prompt(path, reasoning_prompt) for m, path in members.items()}
     for member, path in members.items():
-        units = _member_units(member, prompts, REASONING_SYSTEM_PROMPT if uses[member] else None)
+        units = _member_units(member, prompts, chosen[member].text)
         todo = store.missing(u.key for u in units)
         if not todo:
             continue
@@ -154,7 +157,8 @@ def run_attention_shift(
             gc.collect()
     results = summarize_attention(store.records(), list(members), prompts)
     results.update({"members": dict(members), "tasks": sorted({p["task"] for p in prompts}),
-                    "max_new_tokens": max_new_tokens, "instruction": instruction, "reasoning_prompt": uses,
+                    "max_new_tokens": max_new_tokens, "instruction": instruction,
+                    "system_prompt": {m: p.record() for m, p in chosen.items()},
                     **(meta or {})})
     write_json_atomic(out / RESULTS_FILE, results, indent=1, ensure_ascii=False, newline=False)
     return results

@@ -39,11 +39,8 @@ from frankeneval.errors import FrankenevalError
 __all__ = [
     "CHANGE_MIN_CONTAINMENT_LEN",
     "MATH_INSTRUCTION",
-    "REASONING_NAME_MARKERS",
-    "REASONING_SYSTEM_PROMPT",
     "Unit",
     "answer_changed",
-    "model_label",
     "normalize_answer",
     "parse_layers",
     "rate",
@@ -52,7 +49,6 @@ __all__ = [
     "task_answer",
     "task_changed",
     "task_equal",
-    "uses_reasoning_prompt",
 ]
 
 CHANGE_MIN_CONTAINMENT_LEN = 20
@@ -60,32 +56,7 @@ CHANGE_MIN_CONTAINMENT_LEN = 20
 # --------------------------------------------------------------------------- prompts (METHOD.md)
 
 MATH_INSTRUCTION = 'Please solve the problem step by step and put your answer in one "\\boxed{}".'
-REASONING_SYSTEM_PROMPT = (
-    "You are a helpful assistant. You first think about the reasoning process step by step and then give the "
-    "final answer. The reasoning process is enclosed within <think> </think> tags and the final answer within "
-    "<answer> </answer> tags, i.e. <think> reasoning process here </think><answer> answer here </answer>."
-)
-# the reference's rule: these substrings of the model's name mark a reasoning-tuned (IN / RL) model
-REASONING_NAME_MARKERS = ("openmmreasoner", "coldstart", "rl")
-
-
-def model_label(model: Any) -> str:
-    """The model's name as the prompt rule reads it: the last path component / hub id part, lower-cased."""
-    s = str(model).rstrip("/\\")
-    return s.replace("\\", "/").split("/")[-1].lower()
-
-
-def uses_reasoning_prompt(model: Any, setting: str = "auto") -> bool:
-    """Whether the reasoning system prompt is used: ``on`` / ``off``, or ``auto`` = the reference's name rule."""
-    setting = str(setting).lower()
-    if setting in ("on", "true", "1", "yes"):
-        return True
-    if setting in ("off", "false", "0", "no"):
-        return False
-    if setting != "auto":
-        raise FrankenevalError(f"reasoning prompt setting must be auto, on or off, not {setting!r}")
-    name = model_label(model)
-    return any(m in name for m in REASONING_NAME_MARKERS)
+# the system prompt: frankeneval.core.prompts (METHOD.md "System prompts"; one resolver for every analysis)
 _TRAILING = ".,!?;:"
 
 

@@ -5,9 +5,9 @@ answers once unablated and once with each swept LLM layer ablated (the layer ret
 MLP outputs zeroed, residual kept). Greedy, ``max_new_tokens`` new tokens.
 
 * Prompt: user message ``Please solve the problem step by step and put your answer in one "\\boxed{}".``, a
-  blank line, the problem. The reasoning system prompt (``<think>`` / ``<answer>``) is added for reasoning-tuned
-  models: ``reasoning_prompt="auto"`` applies the reference's name rule (``openmmreasoner``, ``coldstart``,
-  ``rl`` in the model's name), ``"on"`` / ``"off"`` force it.
+  blank line, the problem. The system prompt: :func:`frankeneval.core.prompts.resolve_system_prompt` of the model
+  (``system_prompt="auto"``: METHOD.md's name rule on the hub id / the directory's own name, a splice its sources';
+  or ``reasoner`` / ``revisual`` / ``none`` / a text), recorded with the reason it was chosen.
 * Answer: the ``<answer>`` tag's content, else the last ``\\boxed{}`` (:func:`frankeneval.core.scoring.extract_final_answer`);
   correct by :func:`frankeneval.core.scoring.math_equal` (normalized match, math-verify, numbers within 1e-6;
   ``seed_compatible`` adds the reference's 1 % relative tolerance).
@@ -21,7 +21,9 @@ Output ``reasoning_localization.json`` schema::
     {
       "analysis": "reasoning_localization",
       "model": str, "dataset": "gsm8k" | "math500", "data": str, "samples": int | null, "seed": int,
-      "reasoning_prompt": bool, "max_new_tokens": int, "seed_compatible": bool,
+      "system_prompt": {"name": "reasoner" | "revisual" | "none" | "text", "setting": str, "reason": str,
+                        "text": str | null},
+      "max_new_tokens": int, "seed_compatible": bool,
       "n_questions": int,
       "unablated_accuracy": float,
       "layers": [ {"layer": int,                 # unified LLM layer ablated (1 … n)
@@ -41,10 +43,10 @@ from pathlib import Path
 from typing import Any
 
 from frankeneval.core.data import DEFAULT_SAMPLE_SEED, load_benchmark_rows, subsample_indices
+from frankeneval.core.prompts import SystemPrompt, resolve_system_prompt
 from frankeneval.errors import FrankenevalError
 from frankeneval.localization.common import (
     MATH_INSTRUCTION,
-    REASONING_SYSTEM_PROMPT,
     Unit,
     check_layers,
     rate,
@@ -147,18 +149,26 @@ def run_reasoning_sweep(
     out_dir: str | os.PathLike,
     *,
     model_name: str,
-    reasoning_prompt: bool,
+    system_prompt: SystemPrompt | str | None = "auto",
+    reasoning_prompt: bool | None = None,
     max_new_tokens: int = REASONING_MAX_NEW_TOKENS,
     batch_size: int = 32,
     seed_compatible: bool = False,
     progress: bool = True,
     meta: dict | None = None,
 ) -> dict:
-    """Run (or resume) the ablation sweep; write ``units.jsonl`` + ``reasoning_localization.json``."""
+    """Run (or resume) the ablation sweep; write ``units.jsonl`` + ``reasoning_localization.json``.
+
+    ``system_prompt``: a :class:`SystemPrompt`, or a setting resolved for ``model_name`` (``auto``, ``reasoner``,
+    ``revisual``, ``none``, ``@FILE``, a text); ``reasoning_prompt`` (old spelling): True = reasoner, False = none.
+    """
+    if reasoning_prompt is not None:
+        system_prompt = "reasoner" if reasoning_prompt else "none"
+    prompt = system_prompt if isinstance(system_prompt, SystemPrompt) else resolve_system_prompt(model_name, system_prompt)
     out = Path(out_dir)
     n_layers = generator.model.config.get_text_config().num_hidden_layers
     check_layers(layers, n_layers)
-    system = REASONING_SYSTEM_PROMPT if reasoning_prompt else None
+    system = prompt.text
     store = RunStore(out / UNITS_FILE, header={"analysis": "reasoning_localization", "model": model_name,
                                                "dataset": dataset, "max_new_tokens": max_new_tokens,
                                                "system": system}, required=("response", "answer"))
@@ -176,7 +186,7 @@ def run_reasoning_sweep(
         if bar:
             bar.close()
     results = summarize_reasoning(store.records(), dataset, questions, layers, seed_compatible=seed_compatible)
-    results.update({"model": model_name, "reasoning_prompt": reasoning_prompt, "max_new_tokens": max_new_tokens,
+    results.update({"model": model_name, "system_prompt": prompt.record(), "max_new_tokens": max_new_tokens,
                     "seed_compatible": seed_compatible, **(meta or {})})
     write_json_atomic(out / RESULTS_FILE, results, indent=1, ensure_ascii=False, newline=False)
     return results

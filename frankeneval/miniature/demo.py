@@ -5,10 +5,12 @@ Stages (each resumable; a rerun skips finished work):
 1. lineage -- the trained miniature lineage (``frankeneval.miniature.training``; built once, cached), or with
    ``lineage="random"`` the random tiny lineage with planted updates (``frankeneval.miniature.lineage.write_lineage``);
 2. characterize -- ΔIN / ΔRL energy and rank per layer, plus its plots;
-3. splice + evaluate -- the six Frankenstein variants materialized, then IN, RL and the variants evaluated
-   through lmms-eval (:mod:`frankeneval.transferability.transfer`) on local tasks: the world tasks for the trained lineage,
-   else GSM8K and the black-image MathVista controls from a local data folder when present, else the
-   built-in rendered probes; small sample sizes;
+3. splice + evaluate -- the six Frankenstein variants materialized, then Base, IN, RL and the variants evaluated
+   through lmms-eval (:mod:`frankeneval.transferability.transfer`) on local tasks: for the trained lineage the
+   world's three axes and the paper's paired controls on the same items (perception with a black image: M_vis;
+   alignment with a black image, and with a black image + the world's own description of the scene: M_v2r;
+   reasoning: M_rea), 100 items per task; else GSM8K and the black-image MathVista controls from a local data folder
+   when present, else the built-in rendered probes; small sample sizes;
 4. localization -- a layer-ablation sweep (reasoning) and a visual-token swap sweep (vision) on the RL model;
 5. report -- the leaderboard (markdown printed; HTML, CSV, LaTeX written).
 """
@@ -50,12 +52,20 @@ def shared_data_dir() -> Path | None:
 
 
 def choose_tasks(lineage_kind: str, data: Path | None) -> list[str]:
-    """One lmms-eval invocation per model (a comma list is one cell): world tasks, local data, or probes."""
+    """One lmms-eval invocation per model (a comma list is one cell): world tasks, local data, or probes.
+    The ``franken_world`` group holds the three axes and their controls (``franken_world_perception_black``,
+    ``franken_world_alignment_black``, ``franken_world_alignment_blackdesc``)."""
     if lineage_kind == "trained":
         return ["franken_world"]
     if data is not None:
         return ["franken_gsm8k,franken_mathvista_perception_black,franken_mathvista_alignment_black"]
     return ["franken_probes"]
+
+
+# the miniature lineages (random and trained) were never trained with a system prompt: the demo evaluates them
+# without one (explicitly, recorded as "fixed: none"), as before the resolver existed -- not by the name rule, which
+# gives the member dirs base / in / rl (and their splices) the reasoner prompt
+DEMO_SYSTEM_PROMPT = "none"
 
 
 def _lineage(out: Path, kind: str, log: Callable[[str], None]):
@@ -74,12 +84,14 @@ def _sweep_commands(kind: str, model: Path, out: Path, *, sample_size: int, max_
                     data_dir: Path | None) -> dict[str, list[str]]:
     """The ``frankeneval`` argv of each localization sweep on ``model`` (the RL member).
 
-    Trained lineage: the world's own held-out reasoning items (GSM8K format) and probe pairs, without the
-    <think>/<answer> system prompt the name rule would pick for ".../rl" (the tiny models never saw it).
+    Trained lineage: the world's own held-out reasoning items (GSM8K format) and probe pairs. Both lineages run
+    with ``--system-prompt none`` (:data:`DEMO_SYSTEM_PROMPT`): the name rule would pick the reasoner prompt for the
+    member dirs ``base`` / ``in`` / ``rl``, which the tiny models never saw.
     Random lineage: GSM8K from a local data folder when there is one, and the built-in rendered probes.
     """
     reasoning = ["localize-reasoning", "--model", str(model), "--dataset", "gsm8k", "--samples", str(sample_size),
-                 "--max-new-tokens", str(max_new), "--out", str(out / "localize" / "reasoning")]
+                 "--max-new-tokens", str(max_new), "--system-prompt", DEMO_SYSTEM_PROMPT,
+                 "--out", str(out / "localize" / "reasoning")]
     vision_out = ["--out", str(out / "localize" / "vision")]
     if kind == "trained":
         from frankeneval.miniature import world
@@ -87,7 +99,7 @@ def _sweep_commands(kind: str, model: Path, out: Path, *, sample_size: int, max_
         n_pairs = 4 if fast else 40
         items = world.write_reasoning_gsm8k(out / "world_reasoning.jsonl", n=max(sample_size, 40))
         probes = world.write_vision_probes(out / "probes", n_per_task=n_pairs)
-        return {"reasoning": reasoning[:5] + ["--data", str(items), "--reasoning-prompt", "off"] + reasoning[5:],
+        return {"reasoning": reasoning[:5] + ["--data", str(items)] + reasoning[5:],
                 "vision": ["localize-vision", "--model", str(model), "--data", str(probes), "--samples", str(n_pairs),
                            "--max-new-tokens", "24", *vision_out]}  # box answers are longer than a word
     sweeps = {"vision": ["localize-vision", "--model", str(model), "--rendered", str(out / "probes"),
@@ -149,12 +161,12 @@ def run_demo(
 
     # 3. splice + evaluate
     t0 = time.perf_counter()
-    progress(f"[demo 3/5] splice the six variants and evaluate IN, RL and the variants on {', '.join(tasks)} "
+    progress(f"[demo 3/5] splice the six variants and evaluate Base, IN, RL and the variants on {', '.join(tasks)} "
              f"({sample_size} items per task, {max_new} new tokens)")
     run_transfer(out / "transfer", tiny_recipe(lin), tasks=tasks, splice_cache=out / "splices", sample_size=sample_size,
                  sample_seed=123, data_dir=data_dir, offline=True, max_new_tokens=max_new,
                  batch_size=8 if kind == "random" else 32,
-                 runner=runner, progress=progress)
+                 system_prompt=DEMO_SYSTEM_PROMPT, runner=runner, progress=progress)
     result.seconds["transfer"] = time.perf_counter() - t0
 
     # 4. localization sweeps (through their commands, so the demo runs exactly what a user would)

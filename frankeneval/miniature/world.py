@@ -21,6 +21,11 @@ Alignment and reasoning questions are asked with the method's step-by-step / ``\
 (:data:`MATH_PROMPT`); perception questions are asked plainly and answered with a word, a number or a box.
 Answers are right by construction: the scene is drawn from the same description the answer is computed from.
 
+Controls (the paper's transfer settings): the same held-out items with an all-black image of the same size, or with
+the black image and the world's own exact text description of the scene (:func:`describe_scene`,
+:func:`blackdesc_prompt`): the ``franken_world_*_black`` / ``*_blackdesc`` tasks, computed from the written rows'
+scenes, so the held-out split and its files are unchanged.
+
 Splits: an item belongs to the held-out ``test`` split when a hash of its content (question, scene) falls in one
 fifth of the hash space, otherwise to ``train`` -- so no test question (with its image) is ever trained on.
 Item ``i`` of a split is a pure function of ``(seed, split, axis, i)``.
@@ -121,6 +126,32 @@ def render(scene: Sequence[Obj]) -> Image.Image:
         else:
             draw.polygon([(x1, y2 - 1), (x2 - 1, y2 - 1), ((x1 + x2 - 1) / 2, y1)], fill=fill)
     return img
+
+
+def describe_scene(scene: Sequence[Obj]) -> str:
+    """The world's own exact text description of a scene (the black + description control's ``Image Description``).
+
+    Deterministic, and complete for every question of the world: each object with its position (cell order), then
+    the shape count of every colour and of every kind -- in the words the questions use ("red shapes", "circles") --
+    and the number written. E.g. ``"Objects: red circle at top left, number 4 at center. Red shapes: 1. Green
+    shapes: 0. Blue shapes: 0. Yellow shapes: 0. Circles: 1. Squares: 0. Triangles: 0. Number written: 4."``
+    """
+    objs = sorted(scene, key=lambda o: o.cell)
+    shapes = [o for o in objs if o.shape != "digit"]
+    parts = [f"Objects: {', '.join(f'{o.name} at {POSITIONS[o.cell]}' for o in objs) or 'none'}."]
+    parts += [f"{c.capitalize()} shapes: {sum(o.colour == c for o in shapes)}." for c in COLOURS]
+    parts += [f"{_plural(k).capitalize()}: {sum(o.shape == k for o in shapes)}." for k in SHAPES]
+    digit = _digit_of(objs)
+    parts.append(f"Number written: {'none' if digit is None else digit}.")
+    return " ".join(parts)
+
+
+def blackdesc_prompt(description: str, question: str, *, boxed: bool) -> str:
+    """The black + description prompt of a world question, laid out as MathVista's (METHOD.md): for a boxed
+    (alignment) question the step-by-step prefix and a blank line first, then ``Image Description:``, newline, the
+    description, blank line, ``Question:``, newline, the question."""
+    body = f"Image Description:\n{description}\n\nQuestion:\n{question}"
+    return f"{MATH_PROMPT}\n\n{body}" if boxed else body
 
 
 def scene_to_json(scene: Sequence[Obj]) -> list[dict[str, Any]]:

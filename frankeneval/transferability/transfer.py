@@ -1,7 +1,11 @@
-"""Transferability: evaluate IN, RL and every Frankenstein variant on the task groups, cell by cell.
+"""Transferability: evaluate Base, IN, RL and every Frankenstein variant on the task groups, cell by cell.
 
-A *cell* is one (model, task) pair; the model is ``in``, ``rl`` or a variant of the recipe, the task an
-lmms-eval task or group (``franken_perception``, ``franken_alignment``, ``franken_reasoning``, ...). Each
+A *cell* is one (model, task) pair; the model is ``base`` (when the recipe names one), ``in``, ``rl`` or a variant
+of the recipe, the task an lmms-eval task or group. The splits (METHOD.md "Transferability") are task groups
+(:data:`SPLITS`): ``v1`` = ``franken_perception``, ``franken_alignment``, ``franken_reasoning`` (the default);
+``v2`` = ``franken_v2_perception``, ``franken_v2_vision_reasoning``, ``franken_v2_reasoning``; each MathVista group
+holds the image setting and its controls (black, black + description), from which the report pairs per item
+(:mod:`frankeneval.transferability.metrics`). Each
 variant is materialized once through :func:`frankeneval.transferability.splice.materialize_cached`. Each cell runs
 lmms-eval in a subprocess::
 
@@ -46,6 +50,7 @@ from frankeneval.core.runstore import RunStore
 
 __all__ = [
     "DEFAULT_TASKS",
+    "SPLITS",
     "Cell",
     "CellFailed",
     "CellJob",
@@ -57,13 +62,31 @@ __all__ = [
     "read_manifest",
     "run_cells",
     "run_transfer",
+    "split_tasks",
 ]
 
-DEFAULT_TASKS: tuple[str, ...] = ("franken_perception", "franken_alignment", "franken_reasoning")
+# the paper's splits as lmms-eval task groups (tasks/groups/franken_*.yaml); v1 is the default
+SPLITS: dict[str, tuple[str, ...]] = {
+    "v1": ("franken_perception", "franken_alignment", "franken_reasoning"),
+    "v2": ("franken_v2_perception", "franken_v2_vision_reasoning", "franken_v2_reasoning"),
+}
+DEFAULT_SPLITS = "v1"
+DEFAULT_TASKS: tuple[str, ...] = SPLITS[DEFAULT_SPLITS]
 MANIFEST = "transfer.json"
 STORE = "cells.jsonl"
 CELL_FIELDS = ("model", "task", "results")  # a cells.jsonl record without one of them is not a finished cell
-REFERENCE_LABELS = {"in": "IN", "rl": "RL"}
+REFERENCE_LABELS = {"base": "Base", "in": "IN", "rl": "RL"}
+REFERENCE_ORDER: tuple[str, ...] = ("base", "in", "rl")  # rows before the variants
+
+
+def split_tasks(splits: str) -> list[str]:
+    """The task groups of ``--splits``: ``v1``, ``v2`` or ``both`` (v1's groups, then v2's)."""
+    key = str(splits).strip().lower()
+    if key == "both":
+        return [*SPLITS["v1"], *SPLITS["v2"]]
+    if key not in SPLITS:
+        raise FrankenevalError(f"--splits {splits!r}: choose v1, v2 or both")
+    return list(SPLITS[key])
 
 
 class CellFailed(FrankenevalError):
@@ -221,7 +244,8 @@ def prepare_models(
     progress: Callable[[str], None] = print,
     allow_pickle: bool = False,
 ) -> tuple[str, dict[str, dict[str, str]]]:
-    """(recipe name, {label: {"path", "kind", "description"}}) for IN, RL and the chosen variants.
+    """(recipe name, {label: {"path", "kind", "description"}}) for Base (when the recipe names a ``base``), IN,
+    RL and the chosen variants.
 
     Variants are materialized (cached by spec and source contents) one after the other.
     """
@@ -232,6 +256,9 @@ def prepare_models(
     for v in chosen:
         rec.variant(v)  # clear error naming the choices
     out: dict[str, dict[str, str]] = {}
+    if rec.models.get("base"):  # the paper's tables have a Base row
+        out["base"] = {"path": _resolve_local(rec.models["base"]), "kind": "base",
+                       "description": f"Base ({rec.models['base']})"}
     for kind in ("in", "rl"):
         if kind not in rec.models:
             raise FrankenevalError(f"recipe {rec.name!r} names no {kind!r} model")
@@ -271,8 +298,8 @@ def _update_manifest(run_dir: Path, recipe: str | None, models: Mapping[str, Map
     merged_models.update({k: dict(v) for k, v in models.items()})
     order = list(old.get("order") or [])
     order += [m for m in models if m not in order]
-    # IN and RL first, then the variants in the order they were first run
-    order = [m for m in ("in", "rl") if m in order] + [m for m in order if m not in ("in", "rl")]
+    # Base, IN and RL first, then the variants in the order they were first run
+    order = [m for m in REFERENCE_ORDER if m in order] + [m for m in order if m not in REFERENCE_ORDER]
     all_tasks = list(old.get("tasks") or [])
     all_tasks += [t for t in tasks if t not in all_tasks]
     data = {"recipe": recipe or old.get("recipe"), "models": merged_models, "order": order, "tasks": all_tasks, "settings": dict(settings)}
@@ -351,9 +378,11 @@ def _run_cells(
     batch_size: int | str = 1,
     max_new_tokens: int | None = None,
     model_args: str | None = None,
+    system_prompt: str | None = "auto",
     gpus: int = 0,
     offline: bool | None = None,
     env: Mapping[str, str] | None = None,
+    grading: str = "paper",
     runner: CellRunner | None = None,
     progress: Callable[[str], None] = print,
     _keep_fds: tuple[int, ...] = (),
@@ -361,6 +390,11 @@ def _run_cells(
     """Run every missing (model, task) cell; finished cells are skipped (see the module docstring).
 
     ``models``: label -> {"path": checkpoint dir, "kind": in|rl|variant, "description": ...}.
+    ``system_prompt``: the setting each model's system prompt is resolved with
+    (:func:`frankeneval.core.prompts.resolve_system_prompt`; ``auto``: METHOD.md's rule per model, a variant its
+    sources'); passed to every cell as ``system_prompt=`` and recorded in the manifest and in every cell record.
+    ``grading``: ``paper`` (rules first, the judge for the rest) or ``seed`` (the reference: the judge decides every
+    item); passed to every cell as ``FRANKENEVAL_GRADING`` and recorded in the manifest (it matters with the judge on).
     ``runner`` (default :func:`lmms_eval_runner`) is called once per cell that has to run.
     Failed cells are reported in the result (and retried by the next run); they never stop the others.
     """
@@ -370,8 +404,17 @@ def _run_cells(
     run_dir.mkdir(parents=True, exist_ok=True)
     runner = runner or lmms_eval_runner
     offline = bool(data_dir) if offline is None else offline
+    if any(a.split("=", 1)[0].strip() == "system_prompt" for a in (model_args or "").split(",")):
+        raise FrankenevalError("give the system prompt as --system-prompt (system_prompt=), not in --model-args")
     settings = {"sample_size": sample_size, "sample_seed": sample_seed, "max_new_tokens": max_new_tokens,
-                "model_args": model_args or "", "data_dir": str(data_dir) if data_dir else None}
+                "model_args": model_args or "", "data_dir": str(data_dir) if data_dir else None,
+                "system_prompt": "auto" if system_prompt is None else str(system_prompt), "grading": grading}
+    if grading not in ("paper", "seed"):
+        raise FrankenevalError(f"grading must be paper or seed, not {grading!r}")
+    env = {**dict(env or {}), "FRANKENEVAL_GRADING": grading}
+    prompts = _system_prompts(run_dir, models, system_prompt)
+    models = {label: {**dict(info), "system_prompt": prompts[label][0].name, "system_prompt_reason": prompts[label][0].reason}
+              for label, info in models.items()}
     store = RunStore(run_dir / STORE, header=settings, required=CELL_FIELDS)
     _update_manifest(run_dir, recipe, models, tasks, settings)
     cells = plan_cells(models, tasks)
@@ -388,7 +431,7 @@ def _run_cells(
             continue
         res, samples = find_results(final)
         if res is not None:  # renamed into place but not recorded (crash between the two): adopt it
-            store.append(cell.key, _record(run_dir, cell, models, res, samples, None))
+            store.append(cell.key, _record(run_dir, cell, models, res, samples, None, prompts[cell.model][0]))
             result.skipped.append(cell)
             continue
         pending.append(cell)
@@ -412,7 +455,7 @@ def _run_cells(
         path = str(models[cell.model]["path"])
         if "," in path or "," in str(run_dir):
             raise CellFailed(f"{path!r} or {str(run_dir)!r} contains a comma, which lmms-eval's --model_args cannot carry")
-        margs = f"pretrained={path},batch_size={batch_size}"
+        margs = f"pretrained={path},batch_size={batch_size},system_prompt={prompts[cell.model][1]}"
         if max_new_tokens:
             margs += f",max_new_tokens={max_new_tokens}"
         if model_args:
@@ -431,7 +474,7 @@ def _run_cells(
         _clear(final)
         os.replace(partial, final)  # atomic: the cell dir only ever holds a finished lmms-eval output
         res, samples = find_results(final)
-        store.append(cell.key, _record(run_dir, cell, models, res, samples, seconds))
+        store.append(cell.key, _record(run_dir, cell, models, res, samples, seconds, prompts[cell.model][0]))
         with lock:
             counter["done"] += 1
             progress(f"[transfer {counter['done']}/{len(pending)}] {cell.model} x {cell.task}: "
@@ -472,11 +515,30 @@ def _run_cells(
     return result
 
 
-def _record(run_dir: Path, cell: Cell, models: Mapping[str, Mapping[str, str]], res: Path, samples: Mapping[str, Path], seconds: float | None) -> dict[str, Any]:
+def _system_prompts(run_dir: Path, models: Mapping[str, Mapping[str, str]], setting: str | None) -> dict[str, tuple[Any, str]]:
+    """{label: (SystemPrompt, its ``system_prompt=`` model arg)}; a free text goes to ``run_dir/system_prompt.txt``
+    (lmms-eval's ``--model_args`` cannot carry its commas) and is passed as ``@FILE``."""
+    from frankeneval.core.prompts import resolve_system_prompt
+
+    out: dict[str, tuple[Any, str]] = {}
+    for label, info in models.items():
+        prompt = resolve_system_prompt(str(info["path"]), setting)
+        arg = prompt.model_arg
+        if arg is None:
+            file = run_dir / "system_prompt.txt"
+            file.write_text(prompt.text or "", encoding="utf-8")
+            arg = f"@{file}"
+        out[label] = (prompt, arg)
+    return out
+
+
+def _record(run_dir: Path, cell: Cell, models: Mapping[str, Mapping[str, str]], res: Path, samples: Mapping[str, Path],
+            seconds: float | None, prompt: Any = None) -> dict[str, Any]:
     return {
         "model": cell.model,
         "task": cell.task,
         "pretrained": str(models[cell.model]["path"]),
+        "system_prompt": prompt.record() if prompt is not None else None,
         "results": str(res.relative_to(run_dir)),
         "samples": {t: str(p.relative_to(run_dir)) for t, p in sorted(samples.items())},
         "seconds": None if seconds is None else round(seconds, 2),
@@ -517,7 +579,8 @@ def run_transfer(
 
     ``recipe``: a built-in name (``openmmreasoner``, ``revisual_r1``, ``mmr1``, ``tiny``), a recipe YAML, a
     merge-spec YAML, or a :class:`frankeneval.transferability.recipes.Recipe`. ``models`` re-points ``in`` / ``rl`` /
-    ``base`` at local copies. ``allow_pickle``: read pickle (``.bin``) sources when splicing and let every cell's
+    ``base`` at local copies; Base (when the recipe names it), IN and RL are run unless ``include_reference`` is
+    false. ``allow_pickle``: read pickle (``.bin``) sources when splicing and let every cell's
     ``franken_qwen`` load them (model arg ``allow_pickle=true``). Raises :class:`FrankenevalError` naming the failed cells, if any, after
     running all the others.
     """

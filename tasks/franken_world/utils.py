@@ -1,4 +1,10 @@
-"""lmms-eval hooks of the rendered world's tasks (data and answers from :mod:`frankeneval.miniature.world`)."""
+"""lmms-eval hooks of the rendered world's tasks (data and answers from :mod:`frankeneval.miniature.world`).
+
+``dataset_kwargs``: ``axis`` (perception, alignment, reasoning) and ``control`` (absent = the image; ``black``: an
+all-black image of the item image's size; ``blackdesc``: the black image, and the prompt gives the world's own exact
+description of the scene, :func:`frankeneval.miniature.world.describe_scene`, before the question). A control task has
+the same items, in the same order and with the same ``id`` s, as its image task: the paired settings of METHOD.md.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ from pathlib import Path
 from frankeneval.miniature import world
 from frankeneval.core.data import subsample_indices
 from frankeneval.errors import FrankenevalError
-from frankeneval.tasks.common import DEFAULT_SAMPLE_SEED, FrankenTask, mean_score  # noqa: F401
+from frankeneval.tasks.common import DEFAULT_SAMPLE_SEED, FrankenTask, count, mean_score  # noqa: F401
 
 
 def world_root(metadata: dict | None) -> Path:
@@ -24,10 +30,17 @@ def world_root(metadata: dict | None) -> Path:
     return world.write_world(seed=int(md.get("world_seed", 0)))
 
 
-def world_docs(axis: str, metadata: dict | None) -> list[dict]:
+CONTROLS = ("black", "blackdesc")
+
+
+def world_docs(axis: str, metadata: dict | None, control: str | None = None) -> list[dict]:
     md = metadata or {}
     if axis not in world.AXES:
         raise FrankenevalError(f"world task axis must be one of {world.AXES}, not {axis!r}")
+    control = control or None
+    if control is not None and (control not in CONTROLS or axis == "reasoning"):
+        raise FrankenevalError(f"world task control must be one of {CONTROLS} on an image axis, not {control!r} "
+                               f"on {axis}")
     root = world_root(md)
     if not (root / axis / "test.jsonl").is_file():
         raise FrankenevalError(f"no {root / axis / 'test.jsonl'}; write the world with frankeneval.miniature.world.write_world")
@@ -37,8 +50,14 @@ def world_docs(axis: str, metadata: dict | None) -> list[dict]:
     docs = []
     for i in subsample_indices(len(rows), k, seed):
         r = rows[i]
-        docs.append({"id": r["id"], "axis": r["axis"], "task": r["task"], "prompt": r["prompt"],
-                     "target": r["answer"], "image_path": str(root / r["image"]) if r["image"] else ""})
+        doc = {"id": r["id"], "axis": r["axis"], "task": r["task"], "prompt": r["prompt"],
+               "target": r["answer"], "image_path": str(root / r["image"]) if r["image"] else "",
+               "control": control or "image"}
+        if control == "blackdesc":
+            scene = world.scene_from_json((r.get("meta") or {}).get("scene") or [])
+            doc["description"] = world.describe_scene(scene)
+            doc["prompt"] = world.blackdesc_prompt(doc["description"], r["question"], boxed=r["axis"] != "perception")
+        docs.append(doc)
     return docs
 
 
@@ -49,7 +68,8 @@ class WorldTask(FrankenTask):
         import datasets
 
         md = self.config.metadata if isinstance(self.config.metadata, dict) else {}
-        docs = world_docs(str((dataset_kwargs or {}).get("axis")), md)
+        kwargs = dataset_kwargs or {}
+        docs = world_docs(str(kwargs.get("axis")), md, kwargs.get("control"))
         split = self.config.test_split
         self.settings = None
         self.dataset = datasets.DatasetDict({split: datasets.Dataset.from_list(docs)})
@@ -62,6 +82,8 @@ def world_doc_to_visual(doc: dict, lmms_eval_specific_kwargs: dict | None = None
     if not doc.get("image_path"):
         return []
     with Image.open(doc["image_path"]) as im:
+        if doc.get("control") in CONTROLS:  # the same size, every pixel 0
+            return [Image.new("RGB", im.size, (0, 0, 0))]
         return [im.convert("RGB")]
 
 
@@ -73,4 +95,4 @@ def world_process_results(doc: dict, results: list[str], settings=None) -> dict:
     response = results[0] if results else ""
     ok = world.is_correct(doc["task"], doc["target"], response)
     return {"rule_acc": {"id": doc["id"], "score": int(ok), "task": doc["task"], "target": doc["target"],
-                         "response": response[:200]}}
+                         "control": doc.get("control", "image"), "response": response[:200]}}

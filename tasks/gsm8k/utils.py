@@ -9,7 +9,7 @@ from __future__ import annotations
 from frankeneval.core import scoring
 from frankeneval.core.data import load_benchmark_rows, subsample_indices
 from frankeneval.tasks import common
-from frankeneval.tasks.common import INSTRUCTION, TaskSettings, count, mean_score  # noqa: F401 - YAML hooks
+from frankeneval.tasks.common import INSTRUCTION, TaskSettings, count, judge_accuracy, mean_score  # noqa: F401 - YAML hooks
 
 
 def build_docs(spec: dict, settings: TaskSettings) -> list[dict]:

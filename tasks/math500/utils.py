@@ -8,12 +8,27 @@ from __future__ import annotations
 
 from frankeneval.core.data import load_benchmark_rows, subsample_indices
 from frankeneval.tasks import common
-from frankeneval.tasks.common import INSTRUCTION, TaskSettings, count, mean_score  # noqa: F401 - YAML hooks
+from frankeneval.tasks.common import INSTRUCTION, TaskSettings, count, judge_accuracy, mean_score  # noqa: F401 - YAML hooks
+
+
+def _rows_list(rows) -> list[dict]:
+    return rows if isinstance(rows, list) else [dict(r) for r in rows]
+
+
+def _level(row: dict) -> int | None:
+    """The row's difficulty level as an int (``4``, ``"4"`` or ``"Level 4"``), None if it has none."""
+    text = str(row.get("level", "")).strip().lower().removeprefix("level").strip()
+    return int(text) if text.isdigit() else None
 
 
 def build_docs(spec: dict, settings: TaskSettings) -> list[dict]:
-    """The (sub-sampled) MATH-500 docs: ``id`` (the data's ``unique_id``), ``problem``, ``target``, ``subject``, ``level``."""
+    """The (sub-sampled) MATH-500 docs: ``id`` (the data's ``unique_id``), ``problem``, ``target``, ``subject``, ``level``.
+
+    ``spec`` (the YAML's ``dataset_kwargs``): ``min_level`` keeps the rows of level >= it (v2 reasoning: 4)."""
     rows = load_benchmark_rows("math500", settings.data_path)
+    min_level = spec.get("min_level")
+    if min_level is not None:  # v2 reasoning: level >= 4; filter first (dataset order), then sub-sample
+        rows = [r for r in _rows_list(rows) if _level(r) is not None and _level(r) >= int(min_level)]
     idx = subsample_indices(len(rows), settings.sample_size, settings.sample_seed)
     return [{"id": str(rows[i].get("unique_id", f"math500_{i}")), "problem": rows[i]["problem"],
              "target": str(rows[i]["answer"]), "subject": str(rows[i].get("subject", "")),

@@ -2,9 +2,11 @@
 
 Data: hub ``AI4Math/MathVista`` (split ``testmini``) or ``$FRANKENEVAL_DATA/mathvista/testmini.jsonl`` with
 ``images/<pid>.jpg`` next to it. ``dataset_kwargs``: ``category`` (``general-vqa`` = perception,
-``math-targeted-vqa`` = alignment, absent = all) and ``control`` (absent = the image; ``black``: an all-black image
-of the same size; ``blackdesc``: the black image plus a text description of the real one, written by the judge or
-taken from the data's ``caption_bard``, see ``description_source``).
+``math-targeted-vqa`` = alignment, absent = all), ``any_of`` (v2 splits: metadata field -> values, see
+:func:`metadata_selector`) and ``control`` (absent = the image; ``black``: an all-black image
+of the size the image is shown at (every image is resized to at most 1280 x 720: :func:`paper_image_size`);
+``blackdesc``: the black image plus a text description of the real one, written by the judge or taken from the data's
+``caption_bard``, see ``description_source``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from frankeneval.core import scoring
 from frankeneval.core.data import DataNotFound, load_benchmark_rows, subsample_indices
 from frankeneval.errors import FrankenevalError
 from frankeneval.tasks import common
-from frankeneval.tasks.common import INSTRUCTION, TaskSettings, count, mean_score  # noqa: F401 - YAML hooks
+from frankeneval.tasks.common import INSTRUCTION, TaskSettings, count, judge_accuracy, mean_score  # noqa: F401 - YAML hooks
 
 # --------------------------------------------------------------------------- docs
 
@@ -57,16 +59,42 @@ def _rows_list(rows) -> list[dict]:
     return rows if isinstance(rows, list) else [dict(r) for r in rows]
 
 
+def metadata_selector(spec: dict):
+    """The row filter of a task's ``dataset_kwargs`` over MathVista's ``metadata``, or None (all rows).
+
+    ``category``: ``metadata.category`` equals it (v1: ``general-vqa`` perception, ``math-targeted-vqa`` alignment).
+    ``any_of``: a mapping metadata field -> allowed values; a row is kept when **any** field's value is among its
+    allowed values (v2 perception: ``context`` in natural image, bar chart, ...; v2 vision+reasoning: ``context``
+    geometry diagram or ``task`` geometry problem solving). Both given: both must hold.
+    """
+    category = spec.get("category") or None
+    any_of = spec.get("any_of") or None
+    if any_of is not None:
+        if not isinstance(any_of, dict) or not any_of:
+            raise FrankenevalError(f"MathVista dataset_kwargs any_of must be a mapping field -> values, not {any_of!r}")
+        any_of = {str(k): {str(x) for x in ([v] if isinstance(v, str) else list(v))} for k, v in any_of.items()}
+    if category is None and any_of is None:
+        return None
+
+    def keep(md: dict) -> bool:
+        md = md or {}
+        if category is not None and md.get("category") != category:
+            return False
+        return any_of is None or any(str(md.get(k)) in allowed for k, allowed in any_of.items())
+
+    return keep
+
+
 def build_docs(spec: dict, settings: TaskSettings) -> list[dict]:
     """The (sub-sampled) docs of one MathVista task (``spec``: the YAML's ``dataset_kwargs``)."""
     control = spec.get("control") or None
-    category = spec.get("category") or None
+    keep = metadata_selector(spec)
     rows = load_benchmark_rows("mathvista", settings.data_path)
-    if category:
+    if keep is not None:  # filter first (ids stay in dataset order), then sub-sample the split
         if isinstance(rows, list):
-            rows = [r for r in rows if (r.get("metadata") or {}).get("category") == category]
+            rows = [r for r in rows if keep(r.get("metadata") or {})]
         else:
-            rows = rows.filter(lambda m: m["category"] == category, input_columns="metadata")
+            rows = rows.filter(keep, input_columns="metadata")
     idx = subsample_indices(len(rows), settings.sample_size, settings.sample_seed)
     selected = [rows[i] for i in idx] if isinstance(rows, list) else _rows_list(rows.select(idx))
     docs = [_mathvista_doc(r, control) for r in selected]
@@ -139,11 +167,49 @@ def mathvista_question(doc: dict) -> str:
     return doc["question"] + _choices_block(doc.get("choices"))
 
 
+def blackdesc_text(description: str, question: str) -> str:
+    """The black + description prompt (METHOD.md): the step-by-step prefix, a blank line, ``Image Description:``,
+    newline, the description, blank line, ``Question:``, newline, the question (with its choices)."""
+    return f"{INSTRUCTION}\n\nImage Description:\n{description}\n\nQuestion:\n{question}"
+
+
 def mathvista_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
     if doc.get("control") == "blackdesc":
-        return (f"{INSTRUCTION}\n\nImage Description: {doc.get('description', '')}\n\n"
-                f"Question: {mathvista_question(doc)}")
+        return blackdesc_text(doc.get("description") or "", mathvista_question(doc))
     return f"{INSTRUCTION}\n\n{mathvista_question(doc)}"
+
+
+MAX_IMAGE_SIZE = (1280, 720)  # the paper's bound on every image (width, height)
+MIN_IMAGE_SIDE = 28  # Qwen2.5-VL's smallest side (one 2 x 2 patch merge of 14-pixel patches)
+
+
+def paper_image_size(width: int, height: int) -> tuple[int, int]:
+    """The size an image of ``width`` x ``height`` is shown at: at most 1280 x 720, aspect ratio kept, never enlarged.
+
+    Exact rule (integers, no floating point): an image within the bound keeps its size. Otherwise the side that
+    binds (width when ``width * 720 >= height * 1280``) becomes exactly 1280 (resp. 720) and the other side is the
+    proportional length rounded half up: ``floor(height * 1280 / width + 1/2)`` (resp. ``floor(width * 720 / height
+    + 1/2)``). Last, a side below 28 pixels becomes 28 (only extreme aspect ratios or tiny images: there the ratio
+    gives way). E.g. 2000 x 1000 -> 1280 x 640, 500 x 2000 -> 180 x 720, 640 x 480 -> 640 x 480.
+    """
+    w, h = int(width), int(height)
+    if w <= 0 or h <= 0:
+        raise FrankenevalError(f"image size must be positive, got {width}x{height}")
+    max_w, max_h = MAX_IMAGE_SIZE
+    if w > max_w or h > max_h:
+        if w * max_h >= h * max_w:  # width binds
+            w, h = max_w, (2 * h * max_w + w) // (2 * w)
+        else:
+            w, h = (2 * w * max_h + h) // (2 * h), max_h
+    return max(w, MIN_IMAGE_SIDE), max(h, MIN_IMAGE_SIDE)
+
+
+def fit_image(image):
+    """``image`` resized to :func:`paper_image_size` (bicubic; the same object when the size does not change)."""
+    from PIL import Image
+
+    size = paper_image_size(*image.size)
+    return image if size == tuple(image.size) else image.resize(size, Image.Resampling.BICUBIC)
 
 
 def black_image(width: int, height: int):
@@ -156,21 +222,53 @@ def black_image(width: int, height: int):
 
 
 def mathvista_doc_to_visual(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> list:
+    """The image resized as the paper (:func:`paper_image_size`); for the controls, a black image of that size."""
     if doc.get("control") in ("black", "blackdesc"):
-        return [black_image(doc["img_width"], doc["img_height"])]
-    return [common.open_image(doc)]
+        w, h = int(doc.get("img_width") or 0), int(doc.get("img_height") or 0)
+        if w <= 0 or h <= 0:
+            raise FrankenevalError(f"black-image control needs the image size (metadata img_width / img_height), "
+                                   f"got {w}x{h} for pid {doc.get('pid')}")
+        return [black_image(*paper_image_size(w, h))]
+    return [fit_image(common.open_image(doc))]
 
 
 # --------------------------------------------------------------------------- scoring hooks
 
 
 def mathvista_process_results(doc: dict, results: list[str], settings: TaskSettings | None = None) -> dict:
+    """``rule_acc`` (the rules: only a stated final answer counts, see :func:`frankeneval.core.scoring.
+    mathvista_correct`; an answer that hit ``max_new_tokens`` is credited only from a tag or box), ``judge_acc`` /
+    ``judge_error`` with the judge on (``grading: paper`` rules first, or ``seed``), and ``mathvista_acc`` with
+    ``extraction: mathvista`` (MathVista's own extraction then normalization, :func:`mathvista_protocol`)."""
     settings = settings or TaskSettings.resolve()
     response = results[0] if results else ""
-    ok, pred = scoring.mathvista_correct(response, doc)
+    truncated = bool(getattr(response, "hit_limit", None))
+    extracted, method = scoring.mathvista_final_answer(response, doc, truncated=truncated)
+    ok, pred = scoring.mathvista_correct(response, doc, extraction=extracted) if extracted is not None else (False, None)
     out: dict[str, Any] = {"rule_acc": {"id": doc["id"], "score": int(ok), "prediction": pred, "target": doc["target"],
+                                        "extracted": extracted, "method": method, "truncated": truncated,
                                         "category": doc.get("category", ""), "control": doc.get("control", "image")}}
     if settings.judge:
         out.update(common.judge_fields(settings, doc["id"], ok, doc["question"], list(doc.get("choices") or []),
-                                       doc["target"], response))
+                                       doc["target"], response, extracted=extracted))
+    if settings.extraction == "mathvista":
+        out["mathvista_acc"] = mathvista_protocol(doc, str(response), settings)
     return out
+
+
+def mathvista_protocol(doc: dict, response: str, settings: TaskSettings) -> dict:
+    """One item scored by MathVista's own protocol: its quick rules, else the LLM extraction (few-shot prompt, sent
+    by the judge client), then its normalization and exact comparison. An extraction call that fails is a
+    ``judge_error`` (no ``score``: not counted wrong)."""
+    extraction = scoring.mathvista_quick_extract(response, doc)
+    how = "quick"
+    if extraction is None:
+        from frankeneval.core.grading import JudgeUnavailable
+
+        try:
+            extraction = common.get_judge(settings).extract_mathvista(scoring.mathvista_extraction_prompt(doc, response))
+            how = "llm"
+        except JudgeUnavailable as exc:
+            return {"id": doc["id"], "judge_error": True, "reason": str(exc)[:240]}
+    ok, prediction = scoring.mathvista_official_correct(extraction, doc)
+    return {"id": doc["id"], "score": int(ok), "extraction": extraction, "prediction": prediction, "extracted_by": how}
