@@ -42,10 +42,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from frankeneval.errors import FrankenevalError
 from frankeneval.core.results import atomic_write_text
+from frankeneval.transferability.metrics import BOOTSTRAP_SAMPLES
 
 __all__ = [
     "FORMATS",
@@ -69,7 +69,6 @@ METRICS: tuple[str, ...] = ("rule_acc", "judge_acc")
 METRIC_LABELS = {"rule_acc": "rule", "judge_acc": "judge"}
 DIMENSIONS: tuple[str, ...] = ("perception", "alignment", "vision+reasoning", "reasoning")
 CONDITIONS: tuple[str, ...] = ("image", "text", "black", "black+desc")
-BOOTSTRAP_SAMPLES = 2000
 
 
 @dataclass(frozen=True)
@@ -134,15 +133,10 @@ class Leaderboard:
 
 # -- statistics -----------------------------------------------------------------------------------
 def bootstrap_ci(scores: Sequence[float], *, seed: int = 0, n_boot: int = BOOTSTRAP_SAMPLES, level: float = 0.95) -> tuple[float, float] | None:
-    """Percentile bootstrap interval of the mean of ``scores`` (``numpy.random.default_rng(seed)``)."""
-    x = np.asarray(list(scores), dtype=np.float64)
-    if x.size == 0:
-        return None
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, x.size, size=(n_boot, x.size))
-    means = x[idx].mean(axis=1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(lo), float(hi)
+    """Percentile bootstrap interval of the mean of ``scores`` (:func:`frankeneval.transferability.metrics.bootstrap_mean_ci`)."""
+    from frankeneval.transferability.metrics import bootstrap_mean_ci
+
+    return bootstrap_mean_ci(scores, seed=seed, n_boot=n_boot, level=level)
 
 
 def _sample_score(value: Any) -> float | None:
@@ -156,9 +150,9 @@ def _sample_score(value: Any) -> float | None:
     return None
 
 
-def read_sample_scores(path: Path, metric: str) -> list[float]:
-    """Per-sample scores of ``metric``; an unreadable file or line is named on stderr and left out (n shows it)."""
-    out = []
+def _sample_rows(path: Path, use: str) -> Iterable[dict]:
+    """The JSON-object lines of a samples file; an unreadable file or line is named on stderr (``use``: what it is
+    then left out of) and skipped."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             for i, line in enumerate(f, 1):
@@ -169,14 +163,17 @@ def read_sample_scores(path: Path, metric: str) -> list[float]:
                 except ValueError:
                     row = None
                 if not isinstance(row, dict):
-                    _warn(f"{path}:{i}: corrupt samples line; left out of n and the interval")
+                    _warn(f"{path}:{i}: corrupt samples line; left out of {use}")
                     continue
-                s = _sample_score(row.get(metric))
-                if s is not None:
-                    out.append(s)
+                yield row
     except OSError as exc:
-        _warn(f"{path}: samples unreadable ({exc.strerror or exc}); no interval for this cell")
-    return out
+        _warn(f"{path}: samples unreadable ({exc.strerror or exc}); left out of {use}")
+
+
+def read_sample_scores(path: Path, metric: str) -> list[float]:
+    """Per-sample scores of ``metric``; an unreadable file or line is named on stderr and left out (n shows it)."""
+    scores = (_sample_score(row.get(metric)) for row in _sample_rows(path, "n and the interval"))
+    return [s for s in scores if s is not None]
 
 
 def _item_id(row: dict, value: Any) -> str | None:
@@ -193,26 +190,13 @@ def read_item_table(path: Path, metric: str) -> dict[str, bool | None]:
     """``{doc id: correct}`` of ``metric`` in one samples file; ``None`` for an item without a score (a judge error,
     or the metric absent on that line). Unreadable files / lines are named on stderr and left out."""
     out: dict[str, bool | None] = {}
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for i, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    row = None
-                if not isinstance(row, dict):
-                    _warn(f"{path}:{i}: corrupt samples line; left out of the paired metrics")
-                    continue
-                value = row.get(metric)
-                key = _item_id(row, value)
-                if key is None:
-                    continue
-                s = _sample_score(value)
-                out[key] = None if s is None else s >= 0.5
-    except OSError as exc:
-        _warn(f"{path}: samples unreadable ({exc.strerror or exc}); left out of the paired metrics")
+    for row in _sample_rows(path, "the paired metrics"):
+        value = row.get(metric)
+        key = _item_id(row, value)
+        if key is None:
+            continue
+        s = _sample_score(value)
+        out[key] = None if s is None else s >= 0.5
     return out
 
 
