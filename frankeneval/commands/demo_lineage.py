@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", type=Path, help="output folder (base/, in/, rl/ are written inside)")
     parser.add_argument("--trained", action="store_true", help="the trained miniature lineage (cached build)")
     parser.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    parser.add_argument("--preset", default="tiny", choices=["tiny", "qwen2.5-vl-3b", "qwen2.5-vl-7b"],
+    parser.add_argument("--preset", default="tiny", choices=["tiny", "tiny-vllm", "qwen2.5-vl-3b", "qwen2.5-vl-7b"],
                         help="random lineage size (ignored with --trained, which has its own tiny architecture)")
     parser.add_argument("--force", action="store_true", help="rewrite / retrain even when a complete copy exists")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -14,6 +14,8 @@ members differ by *planted, known* updates, so every analysis has something true
   update with equal singular values (stable rank == ``rl_rank``), relative size ``rl_scale``; every other
   tensor changes only by a tiny dense perturbation (``rl_noise_scale``), and the vision tower not at all.
 
+Preset ``tiny-vllm`` is ``tiny`` with head size 32 (vLLM's CPU attention needs 32, 64, 80, ...; ``tiny`` has 16)
+and a larger init (std 0.1), so that its greedy replies depend on the prompt.
 Presets ``qwen2.5-vl-3b`` and ``qwen2.5-vl-7b`` write full-size random lineages (bf16) for GPU benchmarks:
 tensors are generated on the GPU when one is present and streamed to disk shard by shard.
 """
@@ -127,6 +129,24 @@ PRESETS: dict[str, LineageSpec] = {
         vision_num_heads=2,
         fullatt_block_indexes=(1, 3),
         window_size=56,
+    ),
+    # As "tiny" but with head sizes vLLM's CPU attention supports (32, 64, 80, ...; "tiny" has 16): the lane that
+    # serves lineages and their splices with vLLM (README "Serve a Frankenstein checkpoint with vLLM").
+    "tiny-vllm": LineageSpec(
+        name="tiny-vllm",
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=6,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        vision_depth=4,
+        vision_hidden_size=64,
+        vision_intermediate_size=128,
+        vision_num_heads=2,
+        fullatt_block_indexes=(1, 3),
+        window_size=56,
+        mrope_section=(4, 6, 6),
+        init_std=0.1,  # answers that depend on the prompt (at 0.02 every prompt gets the same greedy reply)
     ),
     "qwen2.5-vl-3b": LineageSpec(
         name="qwen2.5-vl-3b",
