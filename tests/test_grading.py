@@ -267,12 +267,13 @@ def test_timeout_and_retries_are_settings(server, tmp_path, monkeypatch):
     # the settings reach the openai client itself
     judge = Judge(JudgeConfig(model="m", base_url=server.url, cache_dir=tmp_path / "c"), sleep=lambda s: None)
     assert judge.client.timeout == 0.4
-    # a judge that holds its answer longer than the timeout: 2 tries (1 retry), then a judge error, quickly
-    server.delay = 3.0
+    # a judge that holds its answer longer than the timeout: 2 tries (1 retry), then a judge error -- sooner than
+    # one held answer (without the timeout a single try would take the whole delay; a wide margin for loaded CI)
+    server.delay = 6.0
     t0 = time.perf_counter()
     j = judge.judge("q", None, "1", "2")
     assert j.judge_error and j.is_correct is None
-    assert server.calls == 2 and time.perf_counter() - t0 < 2.5
+    assert server.calls == 2 and time.perf_counter() - t0 < server.delay - 1.0
     # task metadata wins over the environment
     s = TaskSettings.resolve({"judge": 1, "judge_timeout": 7, "judge_retries": 0, "judge_base_url": server.url,
                               "judge_cache": str(tmp_path / "c3")})

@@ -16,6 +16,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -144,3 +145,17 @@ def _check_no_overlap(path: Path, locations) -> None:
         if last is not None and loc.offset < last.end:
             raise CorruptCheckpoint(f"{path}: tensors {last.name!r} and {loc.name!r} overlap (their bytes share the file)")
         last = loc
+
+
+def pack_shards(sizes: Iterable[tuple[str, int]], shard_bytes: int) -> list[list[str]]:
+    """Tensor names grouped into shards in order: a new shard starts when the next tensor would push the current one
+    past ``shard_bytes`` (a tensor larger than ``shard_bytes`` gets a shard of its own)."""
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name, nbytes in sizes:
+        if shards[-1] and size + nbytes > shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes
+    return shards

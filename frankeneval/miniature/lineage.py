@@ -27,7 +27,7 @@ import math
 import os
 import tempfile
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -130,24 +130,6 @@ PRESETS: dict[str, LineageSpec] = {
         fullatt_block_indexes=(1, 3),
         window_size=56,
     ),
-    # As "tiny" but with head sizes vLLM's CPU attention supports (32, 64, 80, ...; "tiny" has 16): the lane that
-    # serves lineages and their splices with vLLM (README "Serve a Frankenstein checkpoint with vLLM").
-    "tiny-vllm": LineageSpec(
-        name="tiny-vllm",
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=6,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        vision_depth=4,
-        vision_hidden_size=64,
-        vision_intermediate_size=128,
-        vision_num_heads=2,
-        fullatt_block_indexes=(1, 3),
-        window_size=56,
-        mrope_section=(4, 6, 6),
-        init_std=0.1,  # answers that depend on the prompt (at 0.02 every prompt gets the same greedy reply)
-    ),
     "qwen2.5-vl-3b": LineageSpec(
         name="qwen2.5-vl-3b",
         hidden_size=2048,
@@ -196,6 +178,18 @@ PRESETS: dict[str, LineageSpec] = {
         max_position_embeddings=128000,
     ),
 }
+# As "tiny" but with head sizes vLLM's CPU attention supports (32, 64, 80, ...; "tiny" has 16): the lane that serves
+# lineages and their splices with vLLM (README "Serve a Frankenstein checkpoint with vLLM").
+PRESETS["tiny-vllm"] = replace(
+    PRESETS["tiny"],
+    name="tiny-vllm",
+    num_attention_heads=2,  # 64 / 2 = 32
+    num_key_value_heads=1,
+    vision_hidden_size=64,  # 64 / 2 = 32
+    vision_intermediate_size=128,
+    mrope_section=(4, 6, 6),  # sums to head_dim / 2
+    init_std=0.1,  # answers that depend on the prompt (at 0.02 every prompt gets the same greedy reply)
+)
 
 
 @dataclass
@@ -429,16 +423,9 @@ def member_tensor(name: str, shape: tuple[int, ...], member: str, *, spec: Linea
 
 
 def _plan_shards(shapes: dict[str, tuple[int, ...]], bytes_per_el: int, shard_bytes: int) -> list[list[str]]:
-    shards: list[list[str]] = [[]]
-    size = 0
-    for name, shape in shapes.items():
-        nbytes = math.prod(shape) * bytes_per_el
-        if shards[-1] and size + nbytes > shard_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(name)
-        size += nbytes
-    return shards
+    from frankeneval.core.safetensors_file import pack_shards
+
+    return pack_shards(((n, math.prod(s) * bytes_per_el) for n, s in shapes.items()), shard_bytes)
 
 
 def _default_device() -> torch.device:

@@ -39,10 +39,11 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import tempfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -50,7 +51,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from frankeneval.core.results import atomic_write_text, write_json_atomic
+from frankeneval.core.results import atomic_write_text, staged_directory, write_json_atomic
 
 CANVAS = 84
 CELL = 28
@@ -493,14 +494,33 @@ def probe_pair(task: str, rng: random.Random) -> tuple[list[Obj], list[Obj], str
     raise ValueError(f"unknown probe task {task!r}; expected one of {PROBE_TASKS}")
 
 
+def _owned_probe_folder(task: str) -> Callable[[Path], str | None]:
+    """For :func:`staged_directory`: a probe task folder may be replaced only when it holds exactly what
+    :func:`write_vision_probes` writes (``data.jsonl`` and ``images/<task>_NNNNNN_[ts].png``)."""
+    pattern = re.compile(rf"{re.escape(task)}_\d{{6}}_[ts]\.png")
+
+    def owned(folder: Path) -> str | None:
+        extra = [e.name for e in os.scandir(folder)
+                 if not (e.name == "data.jsonl" and e.is_file(follow_symlinks=False))
+                 and not (e.name == "images" and e.is_dir(follow_symlinks=False))]
+        images = folder / "images"
+        if images.is_dir() and not images.is_symlink():
+            extra += [f"images/{e.name}" for e in os.scandir(images)
+                      if not (e.is_file(follow_symlinks=False) and pattern.fullmatch(e.name))]
+        if not extra:
+            return None
+        return f"it holds files frankeneval did not write ({', '.join(sorted(extra)[:5])}); move them away or choose another output"
+
+    return owned
+
+
 def write_vision_probes(out_dir: str | os.PathLike, *, n_per_task: int = 50, seed: int = 0,
                         tasks: Sequence[str] = PROBE_TASKS) -> Path:
-    """Write ``<out_dir>/<task>/data.jsonl`` + ``images/`` in the ``vision_probes`` folder format."""
+    """Write ``<out_dir>/<task>/data.jsonl`` + ``images/`` in the ``vision_probes`` folder format. An existing task
+    folder is replaced only when it holds exactly an earlier run's probes (``core.results.staged_directory``)."""
     root = Path(out_dir)
     for task in tasks:
-        tdir = root / task
-        tmp = Path(tempfile.mkdtemp(prefix=f".{task}.tmp-", dir=root if root.exists() else None))
-        try:
+        with staged_directory(root / task, owned=_owned_probe_folder(task)) as tmp:
             (tmp / "images").mkdir()
             with open(tmp / "data.jsonl", "w") as f:
                 for i in range(n_per_task):
@@ -513,12 +533,6 @@ def write_vision_probes(out_dir: str | os.PathLike, *, n_per_task: int = 50, see
                     row = {"id": pid, "task": task, "target_image": f"images/{pid}_t.png",
                            "source_image": f"images/{pid}_s.png", "prompt": prompt, "meta": meta}
                     f.write(json.dumps(row) + "\n")
-            tdir.parent.mkdir(parents=True, exist_ok=True)
-            if tdir.exists():
-                shutil.rmtree(tdir)
-            shutil.move(str(tmp), str(tdir))
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return root
 
 

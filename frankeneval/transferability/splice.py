@@ -43,7 +43,7 @@ from frankeneval.core.checkpoint import (
 )
 from frankeneval.core.locks import output_lock
 from frankeneval.core.results import foreign_entries, refuse_inputs, staged_directory, write_all, write_json_atomic
-from frankeneval.core.safetensors_file import DTYPE_SIZES, TensorLocation
+from frankeneval.core.safetensors_file import DTYPE_SIZES, TensorLocation, pack_shards
 from frankeneval.errors import ArchitectureMismatch, FrankenevalError, SpecError
 from frankeneval.core.layermap import canonical_name
 from frankeneval.transferability.mergespec import MergeSpec, resolve_ref
@@ -191,19 +191,6 @@ def _copy_range(src_fd: int, dst_fd: int, offset: int, length: int) -> None:
 _FAST_COPY = hasattr(os, "copy_file_range")
 
 
-def _plan_shards(plan: SplicePlan, shard_bytes: int) -> list[list[str]]:
-    shards: list[list[str]] = [[]]
-    size = 0
-    for name in plan.tensors:
-        nb = plan._nbytes(name)
-        if shards[-1] and size + nb > shard_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(name)
-        size += nb
-    return shards
-
-
 def _entry(plan: SplicePlan, name: str) -> tuple[str, tuple[int, ...], int]:
     st = plan.stored(name)
     if st is not None:
@@ -342,7 +329,7 @@ def _materialize_locked(spec: MergeSpec, out: Path, *, force: bool, progress: bo
     t0 = time.perf_counter()
     try:
         with staged_directory(out, owned=_owned_splice, inputs=_input_paths(plan)) as tmp:
-            shards = _plan_shards(plan, shard_bytes)
+            shards = pack_shards(((n, plan._nbytes(n)) for n in plan.tensors), shard_bytes)
             n = len(shards)
             weight_map: dict[str, str] = {}
             shard_sizes: dict[str, int] = {}
