@@ -26,9 +26,11 @@ judge_timeout          FRANKENEVAL_JUDGE_TIMEOUT       seconds the judge gets pe
 judge_retries          FRANKENEVAL_JUDGE_RETRIES       retries after a failed try: 429, 5xx, timeout (3)
 judge_probe            FRANKENEVAL_JUDGE_PROBE         1 = ask the judge once before the run, fail fast (on)
 description_source     FRANKENEVAL_DESCRIPTION_SOURCE  auto | judge | caption_bard (auto: judge if on, else caption_bard)
-seed_compatible        FRANKENEVAL_SEED_COMPATIBLE     1 = also accept 1 % relative error, as the reference (off)
+seed_compatible        FRANKENEVAL_SEED_COMPATIBLE     1 = the reference's rules: a 1 % relative error accepted, and
+                                                       grading seed unless grading is set (off)
 grading                FRANKENEVAL_GRADING             paper | seed: with the judge on, rules first (paper) or the
-                                                       judge decides every item, as the reference (seed) (paper)
+                                                       judge decides every item, as the reference (seed) (paper;
+                                                       seed with seed_compatible)
 extraction             FRANKENEVAL_EXTRACTION          rules | mathvista: MathVista also scored by its own protocol
                                                        (quick rules, LLM extraction, official normalization) (rules)
 probe_cache            FRANKENEVAL_PROBE_CACHE         where built-in probes are rendered (~/.cache/frankeneval/probes)
@@ -111,7 +113,8 @@ class TaskSettings:
         source = str(get("description_source", "FRANKENEVAL_DESCRIPTION_SOURCE", "auto")).lower()
         if source not in ("auto", "judge", "caption_bard"):
             raise FrankenevalError(f"description_source must be auto, judge or caption_bard, not {source!r}")
-        grading = str(get("grading", "FRANKENEVAL_GRADING", "paper")).strip().lower()
+        seed_compatible = _truthy(get("seed_compatible", "FRANKENEVAL_SEED_COMPATIBLE", "0"))
+        grading = str(get("grading", "FRANKENEVAL_GRADING", "seed" if seed_compatible else "paper")).strip().lower()
         if grading not in ("paper", "seed"):
             raise FrankenevalError(f"grading must be paper or seed, not {grading!r}")
         extraction = str(get("extraction", "FRANKENEVAL_EXTRACTION", "rules")).strip().lower()
@@ -135,7 +138,7 @@ class TaskSettings:
                 retries, integer=True, source="judge_retries (FRANKENEVAL_JUDGE_RETRIES)"),
             judge_probe=_truthy(get("judge_probe", "FRANKENEVAL_JUDGE_PROBE", "1")),
             description_source=source,
-            seed_compatible=_truthy(get("seed_compatible", "FRANKENEVAL_SEED_COMPATIBLE", "0")),
+            seed_compatible=seed_compatible,
             probe_cache=get("probe_cache", "FRANKENEVAL_PROBE_CACHE"),
             grading=grading,
             extraction=extraction,

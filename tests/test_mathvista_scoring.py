@@ -195,3 +195,116 @@ def test_mathvista_protocol_quick_rules_then_llm(monkeypatch):
     out = mathvista_process_results(doc, ["I would say the second one."], s)
     assert out["mathvista_acc"] == {"id": "1", "score": 1, "extraction": "B", "prediction": "No", "extracted_by": "llm"}
     assert out["rule_acc"]["score"] == 0  # the rules never guess
+
+
+# --------------------------------------------------------------------------- the task's rule verdict
+# Forms measured on recorded MathVista responses against the official verdicts (bench/mathvista_agreement.py,
+# BENCHMARKS.md); hand-written responses. Each credit below was missed before (or, for the letter conflicts, wrongly
+# given), and each false-credit form stays uncredited.
+
+RATIO = dict(INTEGER, question="How many apples are on the table?")
+
+
+def _rule(response, doc, **kw):
+    from frankeneval.tasks.mathvista.utils import mathvista_rule_verdict
+
+    return mathvista_rule_verdict(response, doc, **kw)
+
+
+def _rule_acc(response, doc):
+    from frankeneval.tasks.common import TaskSettings
+    from frankeneval.tasks.mathvista.utils import mathvista_process_results
+
+    doc = dict(doc, id="1", target=doc["answer"], question=doc.get("question", "Q?"))
+    return mathvista_process_results(doc, [response], TaskSettings())["rule_acc"]
+
+
+@pytest.mark.parametrize(
+    "doc, response",
+    [
+        (ANGLES, "Therefore, the correct answer is (C) 150°."),  # letter C, but 150° is D's text: contradicts itself
+        (ANGLES, "The answer is (C) 135°."),  # letter C with A's text
+        (ANGLES, "So the answer is (C) 160°."),  # letter C with a number that is no option's
+        (WORDS, "The correct answer is (A) dog."),  # letter A with B's text
+    ],
+)
+def test_letter_contradicting_its_text_is_not_credited(doc, response):
+    """A letter next to another option's text or another number is no stated answer (the judge decides)."""
+    out = _rule_acc(response, doc)
+    assert out["score"] == 0 and out["verdict"] == "undecided" and "letter_conflict" in out["method"]
+
+
+def test_letter_with_its_own_text_is_still_credited():
+    for r in ("The answer is (C) 145°.", "The correct answer is (C) 145°, since BOC = 90° + 55°.", "(C) 145"):
+        assert _rule_acc(r, ANGLES)["score"] == 1, r
+    assert _rule_acc("The correct answer is (B) No. There are no such bikes.", YES_NO)["score"] == 1
+
+
+@pytest.mark.parametrize(
+    "doc, response, method",
+    [
+        (INTEGER, "Dividing 8 dots into 2 groups, so the answer to the blank is **4**.", "answer_to"),
+        (ANGLES, "By the bisector theorem, angle BOC is (C) 145°.", "final_is_letter"),
+        (ANGLES, "We get 145 degrees for BOC, which is option (C).", "final_is_letter"),
+        (YES_NO, "No, the blue bar is shorter than the red one.\n\nThe red bar reaches 40.", "yes_no_lead"),
+        (YES_NO, "**No**. The blue bar is shorter.\nIt reaches 20, the red one 40.", "yes_no_lead"),
+        (RATIO, "There are 4 apples on the table.", "short_statement"),
+        (RATIO, "I count them one by one. There are four apples on the table.", "short_statement"),
+        (dict(FLOAT, question="What is the ratio of red to blue?"), "The ratio of red to blue is 1.2.", "short_statement"),
+    ],
+)
+def test_further_stated_answers_are_credited(doc, response, method):
+    out = _rule_acc(response, doc)
+    assert out["score"] == 1 and out["verdict"] == "credit" and out["method"] == method
+
+
+@pytest.mark.parametrize(
+    "doc, response",
+    [
+        (ANGLES, "By the bisector theorem, angle BOC is not (C) 145°."),  # negated
+        (ANGLES, "Option (C) is incorrect because BOC is larger."),  # an option discussed, not stated
+        (YES_NO, "No, I cannot tell from this image."),  # a refusal that opens with "No" (one line: was credited)
+        (YES_NO, "No, I cannot tell.\nThe image is too dark."),  # ... over two lines
+        (YES_NO, "Nobody can tell from this image."),  # "No" inside another word
+        (YES_NO, "Not really clear, the bars overlap."),
+        (RATIO, "There are 3 red apples and 4 green apples."),  # two numbers: which one is the answer?
+        (RATIO, "I cannot tell whether there are 4 apples."),  # a refusal
+        (RATIO, "There are 4 apples on the table, and"),  # cut off: no full stop
+        (RATIO, "Step 1: count the apples.\nStep 2: there are 4 apples."),  # more than one paragraph
+        (dict(RATIO, question="How many of the 4 baskets hold apples?"), "All 4 baskets hold apples."),  # the question's number
+    ],
+)
+def test_further_forms_never_credit_unstated_answers(doc, response):
+    assert _rule_acc(response, doc)["score"] == 0
+
+
+@pytest.mark.parametrize(
+    "doc, response",
+    [
+        (YES_NO, "The image does not provide enough information to answer the question."),
+        (YES_NO, "I cannot see the image clearly; please let me know more about it."),
+        (COLORS, "Olive Drab is clearly greater than olive drab's neighbour."),
+        (YES_NO, "There are no tiny gray bicycles here, so I cannot tell."),
+        (YES_NO, "Nothing in the figure answers this."),
+        (WORDS, "The category of this concatenated picture is unclear."),
+        (WORDS, "A dog is next to a cat and a tree."),
+        (INTEGER, "Let me count: 1, 2, 3, 4"),
+        (FLOAT, "The length is about 1.2 and then we still need to add the"),
+    ],
+)
+def test_task_rules_keep_every_false_credit_form_uncredited(doc, response):
+    assert _rule(response, doc)["correct"] is False
+
+
+def test_further_forms_never_apply_to_a_truncated_response():
+    assert _rule("No, the blue bar is shorter.", YES_NO)["correct"] is True
+    assert _rule("No, the blue bar is shorter.", YES_NO, truncated=True)["verdict"] == "undecided"
+    assert _rule("There are 4 apples on the table.", RATIO, truncated=True)["verdict"] == "undecided"
+    assert _rule("So BOC is (C) 145°.", ANGLES, truncated=True)["verdict"] == "undecided"
+
+
+def test_rule_verdict_classes():
+    assert _rule("\\boxed{C}", ANGLES)["verdict"] == "credit"
+    assert _rule("\\boxed{A}", ANGLES)["verdict"] == "wrong"  # a stated answer, wrong
+    assert _rule("\\boxed{92.5}", ANGLES)["verdict"] == "undecided"  # stated, but no option: the judge decides
+    assert _rule("It looks like a cat.", WORDS)["verdict"] == "undecided"  # option text inside a sentence

@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from frankeneval.characterization import reference
 from frankeneval.characterization.measure import DELTA_METRICS
 from frankeneval.characterization.schema import RECORD_DOC, SCHEMA, SUMMARY_DOC
 
@@ -68,8 +69,10 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
 def summarize(records: list[dict[str, Any]], run: dict[str, Any], *, n_planned: int, seconds: float | None = None) -> dict[str, Any]:
     """The summary.json object for the records measured so far."""
     run = {k: v for k, v in run.items() if k != "resume_key"}
+    skipped = {r["name"]: r["spectra_skipped"] for r in records if r.get("spectra_skipped")}
     return {
         "schema": SCHEMA,
+        "seed_compatible": bool(run.get("seed_compatible", False)),
         "run": run,
         "complete": len(records) == n_planned,
         "n_matrices": len(records),
@@ -78,6 +81,8 @@ def summarize(records: list[dict[str, Any]], run: dict[str, Any], *, n_planned: 
         "notes": [SUMMARY_DOC, RECORD_DOC],
         "off_axis": [r["name"] for r in records if r["layer"] is None],
         "over_reference_limit": [r["name"] for r in records if r.get("over_reference_limit")],
+        "skipped_by_reference_rule": [n for n, why in skipped.items() if why == reference.SKIP_OVER_LIMIT],
+        "spectra_skipped": skipped,
         "aggregates": aggregate(records),
     }
 

@@ -7,6 +7,9 @@ on the GPU when there is one, CPU otherwise) and appends one JSON line per matri
 end ``summary.json`` aggregates them (:mod:`~frankeneval.characterization.aggregate`). A rerun skips the matrices
 already in ``matrices.jsonl`` (resumable); ``run.json`` holds the run's metadata and settings, and a rerun with
 different settings or different weights refuses to mix results (:mod:`~frankeneval.characterization.rundir`).
+``settings.seed_compatible`` (``--seed-compatible``) reproduces the paper's reference scripts instead of METHOD.md's
+definitions (:mod:`~frankeneval.characterization.reference`); every output records which, and the resume check keys
+on it.
 The cross-lineage ΔRL comparison is :mod:`frankeneval.characterization.compare`.
 
 Output schema: see :mod:`frankeneval.characterization.schema`.
@@ -24,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from frankeneval import __version__
+from frankeneval.characterization import reference
 from frankeneval.characterization.aggregate import summarize
 from frankeneval.characterization.measure import CharacterizeSettings, measure_update
 from frankeneval.characterization.plan import plan_matrices, role_fields
@@ -32,7 +36,7 @@ from frankeneval.characterization.schema import MATRICES_FILE, RUN_FILE, SCHEMA,
 from frankeneval.core.checkpoint import Checkpoint, check_compatible
 from frankeneval.core.results import JsonlLog, write_json_atomic
 from frankeneval.core.tensor_stream import stream_tensors
-from frankeneval.errors import FrankenevalError
+from frankeneval.errors import FrankenevalError, SpecError
 
 
 def characterize(
@@ -60,7 +64,8 @@ def characterize(
     ckpts = [open_checkpoint(x, allow_pickle=allow_pickle) for x in (base, in_, rl)]
     check_compatible(ckpts, ["base", "in", "rl"])
     lmap = ckpts[0].layer_map
-    plan = plan_matrices(ckpts[0], settings.sections)
+    seed = settings.seed_compatible
+    plan = plan_matrices(ckpts[0], settings.sections, seed_compatible=seed)
     if not plan:
         raise FrankenevalError("no analysed weight matrices found (check --sections)")
     out = Path(out_dir)
@@ -71,20 +76,24 @@ def characterize(
         "frankeneval": __version__,
         "created": utc_now(),
         "label": label,
+        "seed_compatible": seed,
         "models": models,
         "settings": settings_d,
         "n_vision_blocks": lmap.n_vision_blocks,
         "n_llm_layers": lmap.n_llm_layers,
         "n_planned": len(plan),
-        "reference_deviation": (
-            "deltas in float32 (the reference subtracts in fp16); matrices with more than 1e8 elements are "
-            "measured (the reference skips them); embeddings and lm_head are measured, off the unified axis"
-        ),
+        "reference_deviation": reference.DEVIATIONS if seed else reference.DEFAULT_DEVIATIONS,
         "resume_key": {"settings": settings_d, "weights": [m["weights_sha256"] for m in models.values()]},
         **device_info(dev),
     }
-    prepare_run_dir(out, RUN_FILE, meta, overwrite=overwrite, files=(MATRICES_FILE, SUMMARY_FILE))
+    prepare_run_dir(out, RUN_FILE, meta, overwrite=overwrite, files=(MATRICES_FILE, SUMMARY_FILE),
+                    legacy_settings={"seed_compatible": False})
     log = JsonlLog(out / MATRICES_FILE, allow_nan=False, check=matrix_record_problem)
+    foreign = [r["name"] for r in log.records if bool(r.get("seed_compatible", False)) != seed]
+    if foreign:
+        log.close()
+        raise SpecError(f"{out}/{MATRICES_FILE} holds records measured with seed_compatible={not seed} "
+                        f"(e.g. {foreign[0]}); use another --out directory or --overwrite")
     done = {r["name"] for r in log.records}
     todo = [p for p in plan if p.name not in done]
     t0 = time.perf_counter()

@@ -8,11 +8,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from frankeneval.characterization import reference
 from frankeneval.core.checkpoint import Checkpoint
 from frankeneval.core.layermap import LayerMap, TensorRole, canonical_name
 from frankeneval.errors import SpecError
-
-REFERENCE_MAX_ELEMENTS = 100_000_000  # the reference implementation skips larger matrices; we do not
 
 
 @dataclass(frozen=True)
@@ -27,8 +26,9 @@ class PlannedMatrix:
         return self.role.canonical
 
 
-def plan_matrices(ckpt: Checkpoint, sections: Iterable[str] | None = None) -> list[PlannedMatrix]:
-    """The analysed matrices of ``ckpt`` (optionally only some sections), in on-disk order."""
+def plan_matrices(ckpt: Checkpoint, sections: Iterable[str] | None = None, *, seed_compatible: bool = False) -> list[PlannedMatrix]:
+    """The analysed matrices of ``ckpt`` (optionally only some sections), in on-disk order; with
+    ``seed_compatible`` also the tensors only the reference's energy script counts (``visual.merger.ln_q.weight``)."""
     lmap = ckpt.layer_map
     infos = {canonical_name(k): v for k, v in ckpt.tensor_infos().items()}
     wanted = None if sections is None else set(sections)
@@ -41,21 +41,23 @@ def plan_matrices(ckpt: Checkpoint, sections: Iterable[str] | None = None) -> li
     plan = [
         PlannedMatrix(role, infos[name].shape)
         for name, role in lmap.roles.items()
-        if role.is_analysed_matrix(infos[name].shape) and (wanted is None or role.section in wanted)
+        if (role.is_analysed_matrix(infos[name].shape) or (seed_compatible and reference.is_energy_extra(role, infos[name].shape)))
+        and (wanted is None or role.section in wanted)
     ]
     plan.sort(key=lambda p: (order.get(infos[p.name].shard, 0), offsets.get(p.name, 0), p.name))
     return plan
 
 
 def role_fields(p: PlannedMatrix, lmap: LayerMap) -> dict[str, Any]:
-    """The fields of a matrices.jsonl record that say what the matrix is (name, shape, section, layer, ...)."""
+    """The fields of a matrices.jsonl record that say what the matrix is (name, shape, section, layer, ...);
+    a 1-D weight (seed-compatible energy only) keeps its one dimension as ``matrix_shape``."""
     r = p.role
     rows = p.shape[0]
     rest = math.prod(p.shape[1:])
     return {
         "name": p.name,
         "shape": list(p.shape),
-        "matrix_shape": [rows, rest],
+        "matrix_shape": [rows, rest] if len(p.shape) >= 2 else [rows],
         "numel": rows * rest,
         "section": r.section,
         "layer": r.layer,
@@ -63,6 +65,6 @@ def role_fields(p: PlannedMatrix, lmap: LayerMap) -> dict[str, Any]:
         "component": r.component,
         "submodule": r.submodule,
         "region": lmap.region(r),
-        "over_reference_limit": rows * rest > REFERENCE_MAX_ELEMENTS,
+        "over_reference_limit": reference.over_limit(rows * rest),
     }
 

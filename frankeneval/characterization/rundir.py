@@ -47,8 +47,10 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def prepare_run_dir(out: Path, run_file: str, meta: dict[str, Any], *, overwrite: bool, files: Sequence[str]) -> None:
-    """Create ``out``; refuse to resume a run whose settings or weights differ."""
+def prepare_run_dir(out: Path, run_file: str, meta: dict[str, Any], *, overwrite: bool, files: Sequence[str],
+                    legacy_settings: dict[str, Any] | None = None) -> None:
+    """Create ``out``; refuse to resume a run whose settings or weights differ. ``legacy_settings``: values of
+    settings that runs written before the setting existed were measured with (filled into their resume key)."""
     out.mkdir(parents=True, exist_ok=True)
     run_path = out / run_file
     if overwrite:
@@ -56,7 +58,10 @@ def prepare_run_dir(out: Path, run_file: str, meta: dict[str, Any], *, overwrite
             (out / f).unlink(missing_ok=True)
     if run_path.is_file():
         old = json.loads(run_path.read_text())
-        if old.get("resume_key") != json.loads(json.dumps(meta["resume_key"])):  # compare as stored (tuples -> lists)
+        old_key = old.get("resume_key")
+        if legacy_settings and isinstance(old_key, dict) and isinstance(old_key.get("settings"), dict):
+            old_key = {**old_key, "settings": {**legacy_settings, **old_key["settings"]}}
+        if old_key != json.loads(json.dumps(meta["resume_key"])):  # compare as stored (tuples -> lists)
             raise SpecError(
                 f"{out} holds a run with different settings or weights ({run_file} differs); "
                 "use another --out directory or --overwrite"

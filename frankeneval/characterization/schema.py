@@ -44,13 +44,18 @@ RECORD_DOC = """One line of matrices.jsonl (one analysed weight matrix):
   overlap_in_rl (with spectra and rank_r > 0; null if either Δ = 0): {r, left, right (mean cos² of the
     principal angles between the top-r left / right singular subspaces of ΔIN and ΔRL), left_cosines,
     right_cosines, chance_left = r/out, chance_right = r/rest},
-  svd_method, seconds."""
+  svd_method, seconds, seed_compatible (true: measured with the reference scripts' arithmetic, see
+  characterization.reference), spectra_skipped (seed-compatible only: why the reference has no spectra for it --
+  more than 1e8 elements, or a 1-D weight such as visual.merger.ln_q.weight, which then has energy fields only)."""
 
 SUMMARY_DOC = """summary.json:
-  schema, run (= run.json: versions, models with fingerprints, settings, device), complete (every planned
+  schema, seed_compatible (true: the reference scripts' definitions, false: the paper's / METHOD.md's),
+  run (= run.json: versions, models with fingerprints, settings, device), complete (every planned
   matrix measured), n_matrices, n_planned, seconds (compute wall time of the runs so far, last run),
   notes, off_axis (names of measured matrices with no unified layer: embeddings, lm_head),
-  over_reference_limit (names with > 1e8 elements, which the reference skips),
+  over_reference_limit (names with > 1e8 elements, which the reference skips; their spectra are measured
+  unless seed-compatible), skipped_by_reference_rule (seed-compatible: those whose spectra were skipped),
+  spectra_skipped ({name: reason} for every record without spectra under seed_compatible),
   aggregates: {by_layer (keys: unified index as a string), by_section, by_component,
     by_section_component ("llm/attention"), by_region, all}: each group is
     {n, energy: {delta_in_fro, delta_rl_fro (sqrt of Σ‖Δ‖_F²), delta_in_rel_fro, delta_rl_rel_fro

@@ -40,7 +40,8 @@ def as_matrix(t: torch.Tensor) -> torch.Tensor:
 
 
 def delta(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
-    """``after - before`` in float32 (METHOD.md: the reference subtracts in fp16; we do not)."""
+    """``after - before`` in float32 (METHOD.md: the reference subtracts in fp16; we do not unless seed-compatible:
+    :func:`frankeneval.characterization.reference.fp16_delta`)."""
     return after.to(torch.float32) - before.to(torch.float32)
 
 

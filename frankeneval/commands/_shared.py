@@ -7,9 +7,12 @@ import os
 from pathlib import Path
 
 
-def add_generator_arguments(parser: argparse.ArgumentParser, *, batch_size: int, max_new_tokens: int) -> None:
-    """Model-loading and generation options shared by the localization commands."""
-    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help=f"greedy new tokens (default {max_new_tokens})")
+def add_generator_arguments(parser: argparse.ArgumentParser, *, batch_size: int, max_new_tokens: int | None,
+                            max_new_tokens_help: str | None = None) -> None:
+    """Model-loading and generation options shared by the localization commands (``max_new_tokens=None``: the
+    command picks its default after parsing, described by ``max_new_tokens_help``)."""
+    shown = max_new_tokens_help or max_new_tokens
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help=f"greedy new tokens (default {shown})")
     parser.add_argument("--batch-size", type=int, default=batch_size,
                         help=f"generations per batched call (sample x layer units; default {batch_size})")
     parser.add_argument("--dtype", default="auto", help="auto | bfloat16 | float16 | float32 (default auto)")
@@ -74,3 +77,13 @@ def system_prompt_setting(args: argparse.Namespace) -> str:
     if getattr(args, "system_prompt", None) is not None:
         return args.system_prompt
     return {"on": "reasoner", "off": "none"}.get(getattr(args, "reasoning_prompt", None) or "auto", "auto")
+
+
+SEED_COMPATIBLE_HELP = (
+    "reproduce the paper's reference code where it deviates from the paper (README: 'Paper definition vs reference "
+    "code'); default off = the paper's definitions. Every output records whether it was on")
+
+
+def add_seed_compatible_argument(parser: argparse.ArgumentParser) -> None:
+    """The one ``--seed-compatible`` switch every analysis command takes (same name as the model arg / task metadata)."""
+    parser.add_argument("--seed-compatible", action="store_true", help=SEED_COMPATIBLE_HELP)

@@ -4,6 +4,7 @@ for every weight matrix, streamed (each tensor read once), on the GPU when there
     frankeneval characterize --base B --in I --rl R --out runs/char
     frankeneval characterize --recipe NAME --out runs/char           # a built-in recipe's lineage
     frankeneval characterize --base B --in I --rl R --out runs/energy --energy-only
+    frankeneval characterize --base B --in I --rl R --out runs/char-seed --seed-compatible   # the reference scripts
 
 Writes OUT/matrices.jsonl (one line per matrix), OUT/summary.json (mean and sum per unified layer,
 section, component and LLM region) and OUT/run.json (metadata). A rerun resumes: finished matrices are
@@ -14,12 +15,17 @@ matrix and per layer):
     frankeneval characterize --compare A=IN_A,RL_A B=IN_B,RL_B recipe:NAME --out runs/cmp
 
 Then `frankeneval plot OUT` draws the figures.
+
+--seed-compatible reproduces the paper's reference scripts (frankeneval.characterization.reference): fp16
+deltas, fp32 svdvals, no spectra for matrices over 1e8 elements, the 1-D visual.merger.ln_q.weight in the
+projector's energy, and the energy plot's mean of per-matrix ratios. Default: the paper's definitions.
 """
 
 from __future__ import annotations
 
 import argparse
 
+from frankeneval.commands._shared import add_seed_compatible_argument
 from frankeneval.errors import SpecError
 
 COMMAND = "characterize"
@@ -47,6 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-pickle", action="store_true",
                         help="allow pickle (.bin) weights (loading them can run code from the file!)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_seed_compatible_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
 
     common = dict(device=args.device, overwrite=args.overwrite, progress=not args.no_progress, allow_pickle=args.allow_pickle)
     if args.compare:
+        if args.seed_compatible:
+            raise SpecError("--seed-compatible has no counterpart for --compare (the reference scripts have no cross-lineage comparison)")
         summary = compare(args.compare, args.out, rank_r=args.rank_r, sections=args.sections, svd_method=args.svd_method, **common)
         overall = summary["aggregates"]["all"] or {"pairs": {}}
         for key, p in overall["pairs"].items():
@@ -81,14 +90,25 @@ def run(args: argparse.Namespace) -> int:
         spectra=not args.energy_only,
         svd_method=args.svd_method,
         sections=tuple(args.sections) if args.sections else None,
+        seed_compatible=args.seed_compatible,
     )
     summary = characterize(models["base"], models["in"], models["rl"], args.out, settings=settings, label=label, **common)
     sec = summary["aggregates"]["by_section"]
+    seed = summary["seed_compatible"]
     for name, g in sec.items():
-        e = g["energy"]
+        if seed:  # the reference's numbers: mean over matrices of the per-matrix ratio
+            rel_in, rel_rl, what = g["delta_in"]["rel_fro"]["mean"], g["delta_rl"]["rel_fro"]["mean"], "mean "
+        else:
+            rel_in, rel_rl, what = g["energy"]["delta_in_rel_fro"], g["energy"]["delta_rl_rel_fro"], ""
         sr = g["delta_rl"].get("stable_rank", {}).get("mean")
-        print(f"{name:<11} {g['n']:>4} matrices  ‖ΔIN‖/‖W‖ {_fmt(e['delta_in_rel_fro'])}  ‖ΔRL‖/‖W‖ {_fmt(e['delta_rl_rel_fro'])}"
+        print(f"{name:<11} {g['n']:>4} matrices  {what}‖ΔIN‖/‖W‖ {_fmt(rel_in)}  {what}‖ΔRL‖/‖W‖ {_fmt(rel_rl)}"
               + (f"  ΔRL stable rank (mean) {_fmt(sr)}" if sr is not None else ""))
+    print(f"seed_compatible: {'true' if seed else 'false'}")
+    if seed:
+        for name, why in summary["spectra_skipped"].items():
+            print(f"no spectra for {name}: {why}")
+    elif summary["over_reference_limit"]:
+        print(f"measured {len(summary['over_reference_limit'])} matrices with more than 1e8 elements (the reference skips them)")
     print(f"wrote {args.out}/matrices.jsonl and summary.json ({summary['n_matrices']}/{summary['n_planned']} matrices)")
     return 0
 

@@ -8,7 +8,9 @@ input), against the unablated accuracy; answers checked with math-verify.
 Prompt: the method's step-by-step / \\boxed{} instruction, a blank line, the problem; the system prompt of
 --system-prompt (default auto: METHOD.md's rule on the hub id or the directory's own name, a splice its sources';
 reasoner / revisual / none / a text / @FILE fix it; --reasoning-prompt on|off is the old spelling of reasoner|none),
-recorded in the JSON with the reason it was chosen. --layers takes the layer grammar (README "Layer
+recorded in the JSON with the reason it was chosen. --seed-compatible scores the responses as the paper's reference
+script (first <answer> tag, "answer is" / "therefore" fallbacks, last 50 characters, 1 % relative error) and
+defaults to its 2048 new tokens (default 1024). --layers takes the layer grammar (README "Layer
 grammar"): unified LLM layers 1 ... n, decoder layer j = L - 1. Writes OUT/units.jsonl (resumable), OUT/reasoning_localization.json (schema:
 frankeneval.localization.reasoning) and OUT/reasoning_localization.png.
 """
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from frankeneval.commands._shared import (
     add_generator_arguments,
+    add_seed_compatible_argument,
     add_system_prompt_arguments,
     load_generator,
     system_prompt_setting,
@@ -42,9 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", nargs="+", default=None,
                         help="unified LLM layers 1-n, e.g. 1-28, 9-17 or late (README 'Layer grammar'; default: all)")
     add_system_prompt_arguments(parser)
-    parser.add_argument("--seed-compatible", action="store_true", help="also accept a 1%% relative error, as the reference")
+    add_seed_compatible_argument(parser)
     parser.add_argument("--out", required=True, help="output folder (a rerun with the same settings resumes)")
-    add_generator_arguments(parser, batch_size=32, max_new_tokens=1024)
+    add_generator_arguments(parser, batch_size=32, max_new_tokens=None,
+                            max_new_tokens_help="1024; the reference's 2048 with --seed-compatible")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,12 +56,16 @@ def run(args: argparse.Namespace) -> int:
     from frankeneval.core.layermap import parse_layers
     from frankeneval.core.prompts import resolve_system_prompt
     from frankeneval.localization.reasoning import (
+        REASONING_MAX_NEW_TOKENS,
+        REFERENCE_MAX_NEW_TOKENS,
         format_reasoning_table,
         load_questions,
         run_reasoning_sweep,
     )
     from frankeneval.reports.localization_plots import plot_reasoning_localization
 
+    if args.max_new_tokens is None:
+        args.max_new_tokens = REFERENCE_MAX_NEW_TOKENS if args.seed_compatible else REASONING_MAX_NEW_TOKENS
     data = args.data or data_root_from_env()  # as the other commands and the lmms-eval tasks: $FRANKENEVAL_DATA
     questions = load_questions(args.dataset, data=data, samples=args.samples, seed=args.seed)
     gen = load_generator(args, args.model)

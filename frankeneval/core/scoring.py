@@ -32,6 +32,8 @@ __all__ = [
     "normalize_text",
     "parse_number",
     "math_equal",
+    "reference_final_answer",
+    "reference_math_correct",
     "mathvista_final_answer",
     "mathvista_extract",
     "mathvista_correct",
@@ -194,6 +196,75 @@ def math_equal(pred: Any, gold: Any, *, rel_tol: float | None = None, use_math_v
         if rel_tol is not None and abs(a - b) <= rel_tol * max(abs(b), 1e-12):
             return True
     return use_math_verify and _math_verify_equal(pred, gold)
+
+
+# --------------------------------------------------------------------------- the reference's rules (seed-compatible)
+# Reasoning localization as the paper's reference script scores it (``--seed-compatible`` only): the *first*
+# closed ``<answer>`` tag, else the last ``\\boxed{}``, else an "answer is" / "therefore" pattern (a match under 100
+# characters), else the last number, else the response's last 50 characters; correct by whitespace-free lower-case
+# match, math-verify on the raw strings, or numbers (``,`` and ``%`` removed) within 1e-6 or a 1 % relative error.
+
+_REF_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
+_REF_PATTERNS = (
+    re.compile(r"(?:the\s+)?(?:final\s+)?answer\s*(?:is|:)\s*[:\s]*(.+?)(?:\.|$)", re.IGNORECASE),
+    re.compile(r"(?:therefore|thus|hence|so)[,\s]+(?:the\s+)?(?:answer\s+is\s+)?(.+?)(?:\.|$)", re.IGNORECASE),
+)
+_REF_NUMBER = re.compile(r"(-?\d+\.?\d*)")
+
+
+def _reference_boxed(text: str) -> str | None:
+    """The reference's ``\\boxed{`` reader: the last one, balanced braces, None when unclosed."""
+    found = list(re.finditer(r"\\boxed\s*\{", text))
+    if not found:
+        return None
+    start = i = found[-1].end()
+    depth = 1
+    while i < len(text) and depth:
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        i += 1
+    return text[start:i - 1].strip() if depth == 0 else None
+
+
+def reference_final_answer(text: str) -> str:
+    """The reference script's answer extraction (seed-compatible; see the section comment)."""
+    if not text:
+        return ""
+    tag = _REF_TAG.search(text)
+    if tag and tag.group(1).strip():
+        return tag.group(1).strip()
+    boxed = _reference_boxed(text)
+    if boxed:
+        return boxed
+    for pattern in _REF_PATTERNS:
+        m = pattern.search(text)
+        if m and m.group(1).strip() and len(m.group(1).strip()) < 100:
+            return m.group(1).strip()
+    numbers = _REF_NUMBER.findall(text)
+    if numbers:
+        return numbers[-1]
+    return text.strip()[-50:]
+
+
+def reference_math_correct(pred: Any, gold: Any) -> bool:
+    """The reference script's check (seed-compatible): exact, math-verify, numbers within 1e-6 or 1 %."""
+    pred, gold = str(pred or "").strip(), str(gold or "").strip()
+    if not pred or not gold:
+        return False
+    p, g = pred.lower().replace(" ", ""), gold.lower().replace(" ", "")
+    if p == g:
+        return True
+    try:
+        from math_verify import parse, verify
+
+        if verify(parse(pred), parse(gold)):
+            return True
+    except Exception:  # noqa: BLE001 - the reference ignores every math-verify failure
+        pass
+    try:
+        a, b = float(p.replace(",", "").replace("%", "")), float(g.replace(",", "").replace("%", ""))
+    except ValueError:
+        return False
+    return abs(a - b) < 1e-6 or (b != 0 and abs(a - b) / abs(b) < 0.01)
 
 
 # --------------------------------------------------------------------------- MathVista

@@ -9,8 +9,11 @@ MLP outputs zeroed, residual kept). Greedy, ``max_new_tokens`` new tokens.
   (``system_prompt="auto"``: METHOD.md's name rule on the hub id / the directory's own name, a splice its sources';
   or ``reasoner`` / ``revisual`` / ``none`` / a text), recorded with the reason it was chosen.
 * Answer: the ``<answer>`` tag's content, else the last ``\\boxed{}`` (:func:`frankeneval.core.scoring.extract_final_answer`);
-  correct by :func:`frankeneval.core.scoring.math_equal` (normalized match, math-verify, numbers within 1e-6;
-  ``seed_compatible`` adds the reference's 1 % relative tolerance).
+  correct by :func:`frankeneval.core.scoring.math_equal` (normalized match, math-verify, numbers within 1e-6).
+  ``seed_compatible`` scores the same responses as the reference script does
+  (:func:`~frankeneval.core.scoring.reference_final_answer`: the first ``<answer>`` tag, "answer is" / "therefore"
+  patterns, the last 50 characters; :func:`~frankeneval.core.scoring.reference_math_correct`: adds a 1 % relative
+  error); its CLI default is the reference's 2048 new tokens.
 
 Speed by design: the (question, layer) units are packed into batched generate calls with a different
 ``Ablate`` per row, question by question (rows of one batch share a prompt length: no padding waste). Every
@@ -54,10 +57,17 @@ from frankeneval.localization.common import (
 )
 from frankeneval.core.results import write_json_atomic
 from frankeneval.core.runstore import RunStore
-from frankeneval.core.scoring import extract_final_answer, extract_gsm8k_target, math_equal
+from frankeneval.core.scoring import (
+    extract_final_answer,
+    extract_gsm8k_target,
+    math_equal,
+    reference_final_answer,
+    reference_math_correct,
+)
 
 __all__ = [
     "REASONING_MAX_NEW_TOKENS",
+    "REFERENCE_MAX_NEW_TOKENS",
     "Question",
     "format_reasoning_table",
     "load_questions",
@@ -68,6 +78,7 @@ __all__ = [
 ]
 
 REASONING_MAX_NEW_TOKENS = 1024
+REFERENCE_MAX_NEW_TOKENS = 2048  # the reference script's default (--seed-compatible)
 RESULTS_FILE = "reasoning_localization.json"
 UNITS_FILE = "units.jsonl"
 DATASETS = ("gsm8k", "math500")
@@ -195,13 +206,17 @@ def run_reasoning_sweep(
 def summarize_reasoning(records: dict[str, dict], dataset: str, questions: Sequence[Question],
                         layers: Sequence[int], *, seed_compatible: bool = False) -> dict:
     """Accuracy unablated and per ablated layer from finished unit records (schema in the module docstring)."""
-    rel_tol = 0.01 if seed_compatible else None
     cache: dict[tuple[Any, str], bool] = {}
+
+    def answer_of(rec: dict):
+        # seed-compatible: the reference's extraction from the stored response (same generations either way)
+        return reference_final_answer(rec.get("response") or "") if seed_compatible else rec.get("answer")
 
     def judge(answer, target) -> bool:
         k = (answer, target)
         if k not in cache:
-            cache[k] = math_equal(answer, target, rel_tol=rel_tol)
+            cache[k] = (reference_math_correct(answer, target) if seed_compatible
+                        else math_equal(answer, target))
         return cache[k]
 
     per_q = []
@@ -209,15 +224,15 @@ def summarize_reasoning(records: dict[str, dict], dataset: str, questions: Seque
     layer_ok: dict[int, list[bool]] = {L: [] for L in layers}
     for q in questions:
         rec = records[unit_key(dataset, q, None)]
-        ok = judge(rec.get("answer"), q.target)
+        ok = judge(answer_of(rec), q.target)
         base_ok.append(ok)
         ablated = {}
         for L in layers:
             r = records[unit_key(dataset, q, L)]
-            c = judge(r.get("answer"), q.target)
+            c = judge(answer_of(r), q.target)
             layer_ok[L].append(c)
-            ablated[str(L)] = {"answer": r.get("answer"), "correct": c}
-        per_q.append({"index": q.index, "target": q.target, "unablated": {"answer": rec.get("answer"), "correct": ok},
+            ablated[str(L)] = {"answer": answer_of(r), "correct": c}
+        per_q.append({"index": q.index, "target": q.target, "unablated": {"answer": answer_of(rec), "correct": ok},
                       "ablated": ablated})
     base = rate(base_ok)
     return {

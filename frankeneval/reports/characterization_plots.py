@@ -7,7 +7,9 @@ exist and draws every figure it can.
 Characterization (``summary.json`` / ``matrices.jsonl`` / ``compare_summary.json``):
 
 * :func:`plot_energy_per_layer` -- relative update energy ‖Δ‖_F/‖W_IN‖_F of ΔIN and ΔRL across the unified
-  layer axis, vision / projector / LLM shaded;
+  layer axis, vision / projector / LLM shaded (per layer: the ratio of the layer's root-sum-squares; for a
+  seed-compatible run the reference's mean over the layer's matrices of the per-matrix ratio,
+  :func:`energy_per_layer_values`);
 * :func:`plot_ranks_per_layer` -- mean stable and effective rank of ΔIN and ΔRL per layer;
 * :func:`plot_spectra` -- normalized top-k singular values of ΔIN and ΔRL for chosen layers;
 * :func:`plot_compare_heatmap` -- cross-lineage ΔRL similarity (cosine or subspace overlap) per layer.
@@ -78,21 +80,49 @@ def _title(summary: dict[str, Any], what: str) -> str:
 
 
 # -- characterization figures --------------------------------------------------------------------------
-def plot_energy_per_layer(summary: dict[str, Any], out: str | os.PathLike, *, relative: bool = True, log: bool = True) -> Path:
-    """ΔIN vs ΔRL energy per unified layer (sqrt of the layer's Σ‖Δ‖_F², relative to Σ‖W_IN‖_F² by default)."""
+def is_seed_compatible(summary: dict[str, Any]) -> bool:
+    """Whether a summary.json was measured with ``seed_compatible`` (older summaries: no)."""
+    return bool(summary.get("seed_compatible", (summary.get("run") or {}).get("seed_compatible", False)))
+
+
+def energy_per_layer_values(
+    summary: dict[str, Any], *, relative: bool = True, seed_compatible: bool | None = None
+) -> tuple[list[int], dict[str, list[float | None]]]:
+    """The energy plot's points: unified layers and, per delta, one value per layer.
+
+    Default (the paper's definition): ``sqrt(Σ‖Δ‖_F²) / sqrt(Σ‖W_IN‖_F²)`` over the layer's matrices (a ratio of
+    aggregates; without ``relative`` the numerator alone). Seed-compatible (the reference's plot): the mean over the
+    layer's matrices of the per-matrix ratio ``‖Δ‖_F / (‖W_IN‖_F + 1e-8)`` (without ``relative``: mean ‖Δ‖_F).
+    ``seed_compatible=None``: as the run was measured.
+    """
+    seed = is_seed_compatible(summary) if seed_compatible is None else seed_compatible
     rows = _layers(summary)
-    xs = [k for k, _ in rows]
-    key = "{}_rel_fro" if relative else "{}_fro"
+    ys: dict[str, list[float | None]] = {}
+    for d in DELTA_STYLE:
+        if seed:
+            metric = "rel_fro" if relative else "fro"
+            ys[d] = [((g.get(d) or {}).get(metric) or {}).get("mean") for _, g in rows]
+        else:
+            ys[d] = [g["energy"][f"{d}_rel_fro" if relative else f"{d}_fro"] for _, g in rows]
+    return [k for k, _ in rows], ys
+
+
+def plot_energy_per_layer(summary: dict[str, Any], out: str | os.PathLike, *, relative: bool = True, log: bool = True,
+                          seed_compatible: bool | None = None) -> Path:
+    """ΔIN vs ΔRL energy per unified layer (:func:`energy_per_layer_values`: relative to ‖W_IN‖_F by default;
+    the reference's mean of per-matrix ratios for a seed-compatible run)."""
+    seed = is_seed_compatible(summary) if seed_compatible is None else seed_compatible
+    xs, values = energy_per_layer_values(summary, relative=relative, seed_compatible=seed)
     fig, ax = plt.subplots(figsize=(max(6, 0.22 * len(xs) + 3), 3.6))
     shade_sections(ax, xs)
     for d, (lab, col) in DELTA_STYLE.items():
-        ys = [g["energy"][key.format(d)] for _, g in rows]
-        ax.plot(xs, [float("nan") if y is None else y for y in ys], marker="o", ms=3, color=col, label=lab)
-    if log and any((g["energy"][key.format(d)] or 0) > 0 for _, g in rows for d in DELTA_STYLE):
+        ax.plot(xs, [float("nan") if y is None else y for y in values[d]], marker="o", ms=3, color=col, label=lab)
+    if log and any((y or 0) > 0 for ys in values.values() for y in ys):
         ax.set_yscale("symlog", linthresh=1e-6)
     ax.set_xlabel("unified layer (vision < 0, projector 0, LLM > 0)")
-    ax.set_ylabel("‖Δ‖_F / ‖W_IN‖_F" if relative else "‖Δ‖_F")
-    ax.set_title(_title(summary, "Update energy per layer"), pad=14)
+    label = "‖Δ‖_F / ‖W_IN‖_F" if relative else "‖Δ‖_F"
+    ax.set_ylabel(f"mean per matrix of {label}" if seed else label)
+    ax.set_title(_title(summary, "Update energy per layer" + (" (seed-compatible)" if seed else "")), pad=14)
     ax.legend(frameon=False)
     return save_figure(fig, out)
 
@@ -109,7 +139,7 @@ def plot_ranks_per_layer(summary: dict[str, Any], out: str | os.PathLike) -> Pat
             ax.plot(xs, [float("nan") if y is None else y for y in ys], marker="o", ms=3, color=col, label=lab)
         ax.set_yscale("log")
         ax.set_ylabel(f"mean {name}")
-    axes[0].set_title(_title(summary, "Update rank per layer"), pad=14)
+    axes[0].set_title(_title(summary, "Update rank per layer" + (" (seed-compatible)" if is_seed_compatible(summary) else "")), pad=14)
     axes[0].legend(frameon=False)
     axes[-1].set_xlabel("unified layer (vision < 0, projector 0, LLM > 0)")
     return save_figure(fig, out)
