@@ -15,7 +15,9 @@ interventions; ``gpu_memory_utilization``: vLLM's, default 0.1 without a CUDA de
 vLLM's own), ``system_prompt`` (default ``auto``: METHOD.md's
 rule on the hub id or the directory's own name, a splice its sources' prompt; ``reasoner``, ``revisual``, ``none`` = the
 chat template's default, ``@FILE`` or a text: :mod:`frankeneval.core.prompts`), ``keep_blank_line_stop``
-(False: like lmms-eval's own Qwen2.5-VL model, a ``"\\n\\n"`` stop sequence is ignored).
+(False: like lmms-eval's own Qwen2.5-VL model, a ``"\\n\\n"`` stop sequence is ignored), ``seed_compatible``
+(the paper's reference code where it deviates: ``swapkv`` re-appends the source's visual K/V at every decode step;
+the tasks' scoring takes the same name in their metadata / ``FRANKENEVAL_SEED_COMPATIBLE``).
 
 ``device``, ``batch_size`` and ``max_batch_size`` may also come from lmms-eval's own ``--device`` / ``--batch_size`` /
 ``--max_batch_size``; a value in ``--model_args`` wins (the rule of :mod:`frankeneval.model_wrappers.model_args`,
@@ -49,6 +51,7 @@ from frankeneval.model_wrappers.model_args import (
 
 MODEL_ARGS = (
     "pretrained", "splice", "dtype", "device", "device_map", "attn_implementation", "batch_size", "max_batch_size",
+    "seed_compatible",
     "max_pixels", "min_pixels", "max_new_tokens", "intervention", "backend", "system_prompt", "keep_blank_line_stop",
     "allow_pickle", "gpu_memory_utilization",
 )
@@ -79,6 +82,7 @@ class FrankenQwen(lmms):
         keep_blank_line_stop: bool = False,
         allow_pickle: bool | str = False,
         gpu_memory_utilization: float | str | None = None,
+        seed_compatible: bool | str = False,
         **kwargs,
     ) -> None:
         super().__init__()
@@ -87,6 +91,7 @@ class FrankenQwen(lmms):
         from frankeneval.core.interventions import parse_intervention_spec
 
         allow_pickle = parse_bool(allow_pickle)
+        self.seed_compatible = parse_bool(seed_compatible)
         self.pretrained = resolve_pretrained(pretrained, splice, allow_pickle=allow_pickle)
         self.interventions = []  # parsed below, once the model's depth is known (layer words need it)
         self.batch_size_arg = parse_batch_size(batch_size)
@@ -105,7 +110,8 @@ class FrankenQwen(lmms):
         if self.backend == "hf":
             self.generator = build_generator(args, device)
             self._device = self.generator.device
-            self.interventions = parse_intervention_spec(intervention, n_layers=self.generator.n_llm_layers)
+            self.interventions = parse_intervention_spec(intervention, n_layers=self.generator.n_llm_layers,
+                                                         seed_compatible=self.seed_compatible)
         elif self.backend == "vllm":
             if intervention and str(intervention).strip().lower() != "none":
                 raise FrankenevalError("backend=vllm runs without interventions; use backend=hf with intervention=")
@@ -201,7 +207,18 @@ class FrankenQwen(lmms):
         )
         pbar.close()
         self._record_hit_limit(parsed, finish)
+        self._log_auto_batch_size()
         return results
+
+    def _log_auto_batch_size(self) -> None:
+        """Say in lmms-eval's log which batch size ``batch_size=auto`` settled on (once per change)."""
+        size = getattr(self.generator, "auto_batch_size", None)
+        if size is not None and size != getattr(self, "_logged_batch_size", None):
+            self._logged_batch_size = size
+            from loguru import logger
+
+            logger.info(f"franken_qwen: batch_size auto settled on {size} rows per call (max_batch_size "
+                        f"{self.generator.max_batch_size})")
 
     def _record_hit_limit(self, parsed: list, finish: list) -> None:
         """Tell the task's scoring which answers ran to ``max_new_tokens`` (its per-item ``hit_limit`` metric),

@@ -298,3 +298,13 @@ def test_switch_refuses_what_the_reference_cannot_do(tiny_lineage, tmp_path):
     rc = main(["characterize", "--compare", f"A={tiny_lineage.in_},{tiny_lineage.rl}", f"B={tiny_lineage.rl},{tiny_lineage.in_}",
                "--out", str(tmp_path / "cmp"), "--seed-compatible", "--no-progress"])
     assert rc != 0
+
+
+def test_reference_axis_labels_shown_where_they_differ():
+    from frankeneval.characterization.aggregate import reference_axis
+
+    shallow = [{"section": "vision", "layer": -2 + b, "block": b} for b in range(2)] + [
+        {"section": "llm", "layer": 1, "block": 0}]
+    assert reference_axis(shallow)["labels"] == {"-2": -32, "-1": -31}
+    full = [{"section": "vision", "layer": -32 + b, "block": b} for b in range(32)]
+    assert reference_axis(full) is None

@@ -168,7 +168,7 @@ def test_vision_sweep_batched_equals_single_runs(tiny_rl, small_probes, tmp_path
             target = Image.open(pair.target_image).convert("RGB")
             source = Image.open(pair.source_image).convert("RGB")
             one = lambda img, iv=None: tiny_rl.generate(
-                [GenRequest(pair.text_prompt, [img])], max_new_tokens=MAX_NEW, interventions=[iv or []], batch_size=1
+                [GenRequest(pair.prompt, [img])], max_new_tokens=MAX_NEW, interventions=[iv or []], batch_size=1
             )[0].text
             assert rec["original"] == one(target)
             assert rec["source_own"] == one(source)

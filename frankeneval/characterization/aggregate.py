@@ -83,6 +83,20 @@ def summarize(records: list[dict[str, Any]], run: dict[str, Any], *, n_planned: 
         "over_reference_limit": [r["name"] for r in records if r.get("over_reference_limit")],
         "skipped_by_reference_rule": [n for n, why in skipped.items() if why == reference.SKIP_OVER_LIMIT],
         "spectra_skipped": skipped,
+        "reference_axis": reference_axis(records),
         "aggregates": aggregate(records),
     }
+
+
+def reference_axis(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Where the reference code's vision labels (-32 + block) differ from the unified axis (a tower of other than
+    32 blocks): unified layer -> the reference's label, so both can be reported; None where they agree."""
+    from frankeneval.core.layermap import reference_vision_label
+
+    labels = {r["layer"]: reference_vision_label(r["block"]) for r in records
+              if r["section"] == "vision" and r["layer"] is not None and r.get("block") is not None}
+    differ = {str(k): v for k, v in sorted(labels.items()) if k != v}
+    if not differ:
+        return None
+    return {"rule": "the reference labels vision block i as -32 + i whatever the depth", "labels": differ}
 

@@ -42,7 +42,9 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--rendered", nargs="?", const="", default=None, metavar="DIR",
                      help="use the built-in rendered probes (rendered into DIR, default OUT/probes); the default "
                           "when neither --data nor $FRANKENEVAL_DATA/vision_probes is given")
-    parser.add_argument("--samples", type=int, default=None, help="pairs per task: the paper's sub-sample (default: all)")
+    parser.add_argument("--samples", type=int, default=None,
+                        help="pairs per task: the paper's sub-sample (default: all); with --seed-compatible the first "
+                             "k pairs in file order, as the reference (default 50)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SAMPLE_SEED, help=f"sub-sampling seed (default {DEFAULT_SAMPLE_SEED})")
 
 

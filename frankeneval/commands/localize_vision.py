@@ -4,11 +4,14 @@ and measure how often the answer changes, and how often it becomes the source im
     frankeneval localize-vision --model M --out runs/vision                       # built-in rendered probes
     frankeneval localize-vision --model M --data ../shared/data/vision_probes --samples 25 --out runs/vision
     frankeneval localize-vision --model M --tasks counting ocr --layers 1-14 --out runs/vision
+    frankeneval localize-vision --model M --data ../shared/data/vision_probes --seed-compatible --out runs/vision-ref
 
 Layers are unified LLM indices (decoder layer j = L - 1); default: all. Per task and layer it reports the
 method's change rate (seed-compatible rule), the task-aware change rate (numbers, words, boxes by IoU >= 0.5,
 yes/no) and the source-follow rate. Writes OUT/units.jsonl (every finished generation; a rerun resumes),
 OUT/vision_localization.json (schema: frankeneval.localization.vision) and OUT/vision_localization.png.
+Prompts are the data's verbatim. --seed-compatible reproduces the reference code: the swap re-appends the source's
+visual K/V at every decode step, and the pairs are the first 50 (or --samples) of each task file, in file order.
 """
 
 from __future__ import annotations
@@ -16,7 +19,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from frankeneval.commands._shared import add_generator_arguments, add_probe_arguments, load_generator, probe_sets
+from frankeneval.commands._shared import (
+    add_generator_arguments,
+    add_probe_arguments,
+    add_seed_compatible_argument,
+    load_generator,
+    probe_sets,
+)
 
 COMMAND = "localize-vision"
 HELP = "visual-token KV swap sweep: change and source-follow rate per layer per probe task"
@@ -27,21 +36,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_probe_arguments(parser)
     parser.add_argument("--layers", nargs="+", default=None,
                         help="unified LLM layers 1-n, e.g. 1-28, 1 5 9 or late (README 'Layer grammar'; default: all)")
+    add_seed_compatible_argument(parser)
     parser.add_argument("--out", required=True, help="output folder (a rerun with the same settings resumes)")
     add_generator_arguments(parser, batch_size=32, max_new_tokens=64)
 
 
 def run(args: argparse.Namespace) -> int:
     from frankeneval.core.layermap import parse_layers
-    from frankeneval.localization.vision import format_vision_table, run_vision_sweep
+    from frankeneval.localization.vision import (
+        format_vision_table,
+        pair_selection,
+        run_vision_sweep,
+        select_pairs,
+    )
     from frankeneval.reports.localization_plots import plot_vision_localization
 
-    pairs, source = probe_sets(args)
+    sc = args.seed_compatible
+    every, source = probe_sets(argparse.Namespace(**{**vars(args), "samples": None}))  # every pair, file order
+    pairs = {t: select_pairs(p, args.samples, args.seed, seed_compatible=sc) for t, p in every.items()}
     gen = load_generator(args, args.model)
     layers = parse_layers(args.layers, gen.n_llm_layers)  # unified LLM layers 1 … n
     results = run_vision_sweep(gen, pairs, layers, args.out, model_name=args.model, max_new_tokens=args.max_new_tokens,
-                               batch_size=args.batch_size, progress=not args.no_progress,
-                               meta={"samples": args.samples, "seed": args.seed, "data": str(source)})
+                               batch_size=args.batch_size, seed_compatible=sc, progress=not args.no_progress,
+                               meta={"samples": args.samples, "seed": args.seed, "data": str(source),
+                                     "pair_selection": pair_selection(args.samples, args.seed, seed_compatible=sc)})
     print(format_vision_table(results))
     png = plot_vision_localization(results, Path(args.out) / "vision_localization.png")
     print(f"wrote {Path(args.out) / 'vision_localization.json'} and {png}")

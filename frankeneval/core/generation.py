@@ -198,6 +198,11 @@ class Generator:
         return self.model.device
 
     @property
+    def auto_batch_size(self) -> int | None:
+        """The rows per call ``batch_size="auto"`` settled on (None before its first batch)."""
+        return self._auto_batch_size
+
+    @property
     def n_llm_layers(self) -> int:
         """The number of LLM decoder layers (unified LLM layers are 1 ... this)."""
         return int(self.model.config.get_text_config().num_hidden_layers)
@@ -333,8 +338,9 @@ class Generator:
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 continue
-            if auto:
+            if auto and self._auto_batch_size != bs:
                 self._auto_batch_size = bs
+                log.info("batch_size auto: %d rows per call", bs)
             for j, res in zip(idx, batch):
                 results[j] = res
             i += len(idx)

@@ -10,6 +10,8 @@ An intervention is a small frozen dataclass; a batched call takes one list of th
   visual-token positions are replaced by the source image's post-RoPE keys/values (``VisualKV``), at prefill;
   the edit lands in the KV cache, so decode steps read it. Source and target must have the same number of
   visual tokens (else ``InterventionError``). A ``from_layer`` past the last layer is a no-op.
+  ``seed_compatible=True`` adds the reference code's decode-step re-append (METHOD.md, "Vision localization"):
+  see *Seed-compatible swap* below.
 * ``CaptureAttention(layers=None, query="generated")`` -- per layer and head, the attention mass
   (softmax probability summed over the visual-token keys) of the chosen query tokens. Computed inside the
   attention function with one extra attention call whose values are the visual-token indicator, so no
@@ -29,6 +31,17 @@ function in ``AttentionMaskInterface``) that wraps the model's own implementatio
 flash) and is switched on for the language model only while ``apply_interventions`` is active. The context
 manager always removes hooks and restores the attention implementation.
 
+**Seed-compatible swap** (``SwapVisualKV(..., seed_compatible=True)``): the reference's swap also fires at every
+decode step. Its attention forward replaces positions ``[start, start + n_visual)`` of the step's new K/V, which at
+decode holds one token, so the step's own K/V is kept first and a copy of the source's ``n_visual`` visual K/V is
+appended after it, at every swapped layer (the cache grows by ``1 + n_visual`` per generated token). It runs only
+under FlashAttention-2, whose one-query path (batch 1, no mask) lets the new query attend to *every* cached key,
+all copies included (RoPE is already in the stored keys and the token's own position does not move). Emulated
+here with sdpa / eager maths, without growing the cache: at decode step ``s`` (the ``s``-th fed-back token) the
+query attends to the cache plus one extra copy of the source visual K/V whose scores get ``+ log(s)``; ``s``
+identical copies contribute ``s * exp(score)``, so this is the same softmax (order of keys does not matter on the
+unmasked one-query path). Prefill, hence the first generated token, is the default swap's.
+
 Wrapper spec strings (``parse_intervention_spec``), ``;`` between interventions:
 ``ablate:12`` | ``ablate:3-5`` | ``ablate:3+7+9`` | ``ablate:late`` | ``swapkv:<from_layer>:<image path>`` |
 ``none``. Layers follow the layer grammar (``layermap.LAYER_GRAMMAR``) with ``+`` as the list separator (the
@@ -38,6 +51,7 @@ harnesses split model args on commas): ``ablate:12`` is LLM layer 12 = decoder l
 from __future__ import annotations
 
 import contextvars
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -101,15 +115,18 @@ class SwapVisualKV:
     ``from_layer = 1`` swaps at every layer; a ``from_layer`` past the last layer swaps nothing.
 
     ``source`` is a ``VisualKV`` (from ``Generator.visual_kv``) or a PIL image, which the Generator encodes
-    once with the row's own prompt and system message (and caches).
+    once with the row's own prompt and system message (and caches). ``seed_compatible``: also re-append the
+    source's visual K/V at every decode step, as the reference code does (module docstring).
     """
 
     source: Any
     from_layer: int
+    seed_compatible: bool = False
 
     def __post_init__(self) -> None:
         decoder_index(self.from_layer)  # unified LLM layer >= 1
         object.__setattr__(self, "from_layer", int(self.from_layer))
+        object.__setattr__(self, "seed_compatible", bool(self.seed_compatible))
 
 
 @dataclass(frozen=True)
@@ -177,14 +194,16 @@ def normalize_rows(interventions: Any, n_rows: int) -> list[list[Intervention]]:
 
 
 # ---------------------------------------------------------------------------------------------- spec strings
-def parse_intervention_spec(spec: str | None, n_layers: int | None = None) -> list[Intervention]:
+def parse_intervention_spec(spec: str | None, n_layers: int | None = None, *,
+                            seed_compatible: bool = False) -> list[Intervention]:
     """Parse the wrapper's ``intervention=`` string into interventions (applied to every row).
 
     ``ablate:12`` | ``ablate:3-5`` | ``ablate:3+7`` | ``ablate:late`` | ``swapkv:<from_layer>:<image path>`` |
     ``none``; several separated by ``;``. Layers are unified LLM layers 1 ... n in the layer grammar
     (``frankeneval.core.layermap``), ``+`` between list items: ``ablate:12`` is decoder layer 11. ``n_layers``
     (the model's LLM depth) is needed for the words (``early``, ``late``, ``all`` ...) and range checks; without
-    it only numbers are accepted and the range is checked when the interventions run.
+    it only numbers are accepted and the range is checked when the interventions run. ``seed_compatible``: swaps
+    re-append the source's visual K/V at every decode step (the reference code's behaviour).
     """
     if spec is None or not str(spec).strip() or str(spec).strip().lower() == "none":
         return []
@@ -210,7 +229,7 @@ def parse_intervention_spec(spec: str | None, n_layers: int | None = None) -> li
                 image = Image.open(path).convert("RGB")
             except OSError as exc:
                 raise SpecError(f"cannot read swap source image {path!r}: {exc}") from exc
-            out.append(SwapVisualKV(source=image, from_layer=layers[0]))
+            out.append(SwapVisualKV(source=image, from_layer=layers[0], seed_compatible=seed_compatible))
         else:
             raise SpecError(f"unknown intervention {item!r}: expected ablate:<layers> or swapkv:<L>:<image>")
     return out
@@ -278,6 +297,9 @@ def _make_attention(base: str):
             layer = session.layer_of.get(id(module))
             if layer is not None:
                 session.before_attention(layer, query, key, value, attention_mask, kwargs.get("scaling"))
+                copies = session.decode_copies(layer, query, key)
+                if copies is not None:  # seed-compatible swap rows at a decode step
+                    return _attend_with_copies(query, key, value, attention_mask, copies, kwargs.get("scaling"))
         return _base_attention(base)(module, query, key, value, attention_mask, **kwargs)
 
     attention.__name__ = f"{PREFIX}{base}"
@@ -329,6 +351,25 @@ def _select_mask(mask, rows, q_index, q_len, k_len, device) -> torch.Tensor:
     return m if m.dtype == torch.bool else m.to(torch.float32)
 
 
+def _attend_with_copies(query, key, value, mask, copies, scaling):
+    """Attention of the cache plus the re-appended visual K/V (``copies = (keys, values, bias)``), in float32.
+
+    ``bias`` ``(rows, m)``: ``log(number of copies)`` on a row's appended slots, ``-inf`` on slots it does not have.
+    """
+    extra_k, extra_v, bias = copies
+    rows, q_len, k_len = query.shape[0], query.shape[2], key.shape[2]
+    m = _select_mask(mask, torch.arange(rows, device=query.device), torch.arange(q_len, device=query.device),
+                     q_len, k_len, query.device)
+    base = torch.zeros(m.shape, dtype=torch.float32, device=query.device).masked_fill(~m, float("-inf")) \
+        if m.dtype == torch.bool else m.float()
+    full = torch.cat([base.expand(rows, 1, q_len, k_len), bias[:, None, None, :].expand(-1, 1, q_len, -1)], dim=-1)
+    n_rep = query.shape[1] // key.shape[1]
+    k = torch.cat([key, extra_k.to(key.dtype)], dim=2).float().repeat_interleave(n_rep, dim=1)
+    v = torch.cat([value, extra_v.to(value.dtype)], dim=2).float().repeat_interleave(n_rep, dim=1)
+    out = F.scaled_dot_product_attention(query.float(), k, v, attn_mask=full, scale=scaling)
+    return out.to(query.dtype).transpose(1, 2).contiguous(), None
+
+
 @dataclass
 class _RowState:
     """One row's interventions, in decoder-layer module indices (converted once, in ``_Session``)."""
@@ -336,6 +377,7 @@ class _RowState:
     ablate: set[int] = field(default_factory=set)
     swap: SwapVisualKV | None = None
     swap_from: int = 0
+    reappend: bool = False  # seed-compatible swap: re-append the source's visual K/V at every decode step
     capture: CaptureAttention | None = None
     capture_layers: set[int] | None = None  # None: every layer
     record: bool = False
@@ -355,6 +397,8 @@ class _Session:
         self.swap_rows = [i for i, s in enumerate(self.states) if s.swap is not None]
         self.capture_rows = [i for i, s in enumerate(self.states) if s.capture is not None]
         self.record_rows = [i for i, s in enumerate(self.states) if s.record]
+        self.reappend_rows = [i for i in self.swap_rows if self.states[i].reappend]
+        self._copies: dict[int, tuple] = {}  # decoder layer -> (keys, values, valid) of the re-appended copies
 
     def _row_state(self, items: list[Intervention], row: int) -> _RowState:
         st = _RowState()
@@ -377,6 +421,7 @@ class _Session:
                     raise InterventionError(f"VisualKV has {src.n_layers} layers, the model {self.n_layers}")
                 st.swap = it
                 st.swap_from = decoder_index(it.from_layer)  # past the last layer: no layer swaps
+                st.reappend = it.seed_compatible
             elif isinstance(it, CaptureAttention):
                 if st.capture is not None:
                     raise InterventionError("at most one CaptureAttention per row")
@@ -387,6 +432,8 @@ class _Session:
                 st.capture = it
             elif isinstance(it, _RecordVisualKV):
                 st.record = True
+        if st.reappend and st.capture is not None:
+            raise InterventionError(f"row {row}: CaptureAttention cannot be combined with a seed-compatible SwapVisualKV")
         return st
 
     def _decoder(self, layers: tuple[int, ...], what: str) -> set[int]:
@@ -421,6 +468,37 @@ class _Session:
                     value[r, :, pos] = sw.source.values[layer].to(value.device, value.dtype)
         if self.capture_rows:
             self._capture(layer, query, key, mask, scaling, prefill)
+
+    def decode_copies(self, layer: int, query, key):
+        """``(keys, values, bias)`` of the seed-compatible re-appended visual K/V at a decode step, or None.
+
+        At decode step ``s`` (cache = prompt + ``s`` tokens) a reappending row has ``s`` copies of its source's visual
+        K/V at this layer (one per fed-back token): one copy whose scores get ``+ log(s)``.
+        """
+        if not self.reappend_rows or query.shape[2] != 1 or key.shape[2] <= self.visual.shape[1]:
+            return None
+        if layer not in self._copies:
+            rows = [r for r in self.reappend_rows if layer >= self.states[r].swap_from]
+            if not rows:
+                self._copies[layer] = None
+            else:
+                n = max(self.states[r].swap.source.n_visual for r in rows)
+                b, h, d = key.shape[0], key.shape[1], key.shape[3]
+                ks = key.new_zeros(b, h, n, d)
+                vs = key.new_zeros(b, h, n, d)
+                valid = torch.zeros(b, n, dtype=torch.bool, device=key.device)
+                for r in rows:
+                    src = self.states[r].swap.source
+                    ks[r, :, : src.n_visual] = src.keys[layer].to(key.device, key.dtype)
+                    vs[r, :, : src.n_visual] = src.values[layer].to(key.device, key.dtype)
+                    valid[r, : src.n_visual] = True
+                self._copies[layer] = (ks, vs, valid)
+        if self._copies[layer] is None:
+            return None
+        ks, vs, valid = self._copies[layer]
+        steps = key.shape[2] - self.visual.shape[1]
+        bias = torch.full(valid.shape, float("-inf"), device=key.device).masked_fill(valid, math.log(steps))
+        return ks, vs, bias
 
     def _capture(self, layer, query, key, mask, scaling, prefill) -> None:
         rows = [

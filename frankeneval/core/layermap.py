@@ -184,6 +184,14 @@ def unified_llm_layer(decoder_layer: int) -> int:
     return int(decoder_layer) + 1
 
 
+REFERENCE_VISION_BLOCKS = 32  # the reference code labels vision block i as -32 + i whatever the tower's depth
+
+
+def reference_vision_label(block: int) -> int:
+    """The reference code's axis label of vision block ``block`` (equal to the unified index for 32 blocks)."""
+    return int(block) - REFERENCE_VISION_BLOCKS
+
+
 def decoder_index(layer: int, n_llm_layers: int | None = None) -> int:
     """Unified LLM layer ``L`` (1 ... n) -> decoder-layer module index ``L - 1``: the one place that converts.
 

@@ -1,10 +1,11 @@
 """Vision probes: paired (target, source) images for visual-token swapping, and the built-in rendered generator.
 
 A probe folder holds ``<task>/data.jsonl`` (rows: ``id``, ``task``, ``target_image``, ``source_image`` relative to the
-task folder, ``prompt``, ``meta``) and the images. ``meta`` carries the answers for both images:
-counting / recognition ``target_answer`` / ``source_answer``; OCR ``target_text`` / ``source_text``; grounding
-``target_bbox_xyxy`` / ``source_bbox_xyxy``, ``object_name``, ``iou_threshold``. The two images of a pair always have
-the same size, so they give the same number of visual tokens.
+task folder, ``prompt``, ``meta``) and the images. Vision localization gives ``prompt`` verbatim after the image (a
+literal ``<image>`` in it stays text); ``text_prompt`` drops it (the harness tasks' form). ``meta`` carries the
+answers for both images: counting / recognition ``target_answer`` / ``source_answer``; OCR ``target_text`` /
+``source_text``; grounding ``target_bbox_xyxy`` / ``source_bbox_xyxy``, ``object_name``, ``iou_threshold``. The two
+images of a pair always have the same size, so they give the same number of visual tokens.
 
 ``write_probe_pairs`` renders such a folder with PIL, deterministically from a seed:
 counting (coloured shapes, different counts), OCR (a word, different words), grounding (one coloured shape at
@@ -54,7 +55,8 @@ class ProbePair:
 
     @property
     def text_prompt(self) -> str:
-        """The prompt without the ``<image>`` placeholder some rows carry (the image is given before the text)."""
+        """The prompt without the literal ``<image>`` some rows carry (the harness tasks' form). Vision localization
+        gives ``prompt`` verbatim instead (METHOD.md: the ``<image>`` stays text)."""
         return self.prompt.replace("<image>", "").strip()
 
     def answer(self, which: str = "target"):

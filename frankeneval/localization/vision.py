@@ -8,6 +8,14 @@ For each probe pair (target image, source image, prompt) of each task, three kin
   layer ``>= L`` (unified; decoder modules ``L - 1`` on), the keys/values at the visual-token positions replaced by the source's
   post-RoPE keys/values, at prefill (decode steps read the edited cache). Greedy, ``max_new_tokens`` (64).
 
+The prompt is the data's ``prompt`` field verbatim (a literal ``<image>`` stays text), after the image. Pairs: the
+paper's sub-sample (``--samples k``: ``RandomState(seed).choice``, sorted; default all).
+
+``seed_compatible=True`` (``--seed-compatible``) reproduces the reference code: the swap also re-appends the source's
+visual K/V at every decode step (:class:`frankeneval.core.interventions.SwapVisualKV`), and the pairs are the first
+50 (or ``samples``) of each task file, in file order. Its swap units are keyed apart and the run store's header
+records it, so a run never reuses units computed with the other setting.
+
 Speed by design: the source's visual K/V is computed once per pair (one prefill) and shared by all of the
 pair's layers; the units (pair x layer) are packed into batched ``Generator.generate`` calls with a different
 ``SwapVisualKV`` per row; plain generations are keyed by (image content, prompt) so a repeated prompt/image is
@@ -25,6 +33,8 @@ Output ``vision_localization.json`` schema::
     {
       "analysis": "vision_localization",
       "model": str, "max_new_tokens": int, "system": str | null,
+      "seed_compatible": bool,                # the reference's decode-step re-append and first-50 pairs
+      "pair_selection": str,                  # how the pairs were chosen (select_pairs; given by the command)
       "layers": [int, ...],                   # unified LLM indices swept (decoder layer j = L - 1)
       "samples": int | null, "seed": int, "data": str,
       "tasks": {
@@ -34,6 +44,7 @@ Output ``vision_localization.json`` schema::
           "source_accuracy": float,           # source's own answers correct for the source's ground truth
           "n_informative": int,               # pairs whose original and source answers differ (task-aware)
           "layers": [ {"layer": int, "decoder_layer": int, "n": int,   # unified LLM layer; decoder index layer - 1
+                                                                       # (= the reference's 0-based swap layer)
                        "change_rate": float, "task_change_rate": float,
                        "source_follow_rate": float, "source_follow_rate_informative": float | null,
                        "source_truth_rate": float}, ... ]
@@ -74,18 +85,22 @@ from frankeneval.core.runstore import RunStore
 from frankeneval.core.scoring import probe_correct
 
 __all__ = [
+    "REFERENCE_PAIRS",
     "VISION_MAX_NEW_TOKENS",
     "format_vision_table",
     "load_probe_sets",
     "make_executor",
+    "pair_selection",
     "plain_key",
     "run_vision_sweep",
+    "select_pairs",
     "summarize_vision",
     "swap_key",
     "vision_units",
 ]
 
 VISION_MAX_NEW_TOKENS = 64
+REFERENCE_PAIRS = 50  # the reference code uses the first 50 pairs of each task file (seed-compatible)
 RESULTS_FILE = "vision_localization.json"
 UNITS_FILE = "units.jsonl"
 
@@ -98,10 +113,11 @@ def load_probe_sets(
     n_rendered: int = 100,
     samples: int | None = None,
     seed: int = DEFAULT_SAMPLE_SEED,
+    seed_compatible: bool = False,
 ) -> dict[str, list[ProbePair]]:
     """Probe pairs per task: from ``data`` (a vision_probes-format folder), else rendered into ``rendered_dir``.
 
-    ``samples``: the paper's sub-sample (``RandomState(seed).choice``, sorted) of each task's pairs.
+    Each task's pairs are chosen by :func:`select_pairs` (``samples``, ``seed``, ``seed_compatible``).
     """
     if data is None and rendered_dir is None:
         raise FrankenevalError("give a probe folder (--data) or a folder to render built-in probes into (--rendered)")
@@ -113,8 +129,27 @@ def load_probe_sets(
         pairs = load_probe_pairs(data, task)
         if not pairs:
             raise FrankenevalError(f"no probe pairs for task {task!r} in {data}")
-        out[task] = subsample(pairs, samples, seed)
+        out[task] = select_pairs(pairs, samples, seed, seed_compatible=seed_compatible)
     return out
+
+
+def select_pairs(pairs: Sequence[ProbePair], samples: int | None, seed: int = DEFAULT_SAMPLE_SEED, *,
+                 seed_compatible: bool = False) -> list[ProbePair]:
+    """The pairs a run uses, from one task's pairs in file order.
+
+    Default (the paper): the sub-sample ``sorted(RandomState(seed).choice(n, samples))``, all when ``samples`` is
+    None. Seed-compatible (the reference code): the first ``samples`` (default 50) pairs, in file order.
+    """
+    if seed_compatible:
+        return list(pairs[: samples or REFERENCE_PAIRS])
+    return subsample(pairs, samples, seed)
+
+
+def pair_selection(samples: int | None, seed: int = DEFAULT_SAMPLE_SEED, *, seed_compatible: bool = False) -> str:
+    """How :func:`select_pairs` chose the pairs, in words (recorded in the results)."""
+    if seed_compatible:
+        return f"first {samples or REFERENCE_PAIRS} of each task file (reference code)"
+    return f"RandomState({seed}).choice(n, {samples}), sorted" if samples else "all"
 
 
 def _file_digest(path: Path) -> str:
@@ -130,8 +165,9 @@ def plain_key(image: Path, prompt: str, system: str | None) -> str:
     return f"gen/{_file_digest(image)}/{_text_digest(system, prompt)}"
 
 
-def swap_key(pair: ProbePair, layer: int) -> str:
-    return f"swap/{pair.task}/{pair.id}/L{layer}"
+def swap_key(pair: ProbePair, layer: int, system: str | None = None, *, seed_compatible: bool = False) -> str:
+    """Store key of a swap unit: pair, prompt (+ system), layer, and the seed-compatible mode (never mixed)."""
+    return f"swap/{pair.task}/{pair.id}/{_text_digest(system, pair.prompt)}/L{layer}" + ("/seed" if seed_compatible else "")
 
 
 def _open_image(path: Path):
@@ -141,8 +177,11 @@ def _open_image(path: Path):
         return im.convert("RGB")
 
 
-def vision_units(pairs_by_task: dict[str, list[ProbePair]], layers: Sequence[int], system: str | None = None) -> tuple[list[Unit], dict]:
+def vision_units(pairs_by_task: dict[str, list[ProbePair]], layers: Sequence[int], system: str | None = None, *,
+                 seed_compatible: bool = False) -> tuple[list[Unit], dict]:
     """All units of the sweep, in execution order (a pair's plain and swap units together), and a key index.
+
+    Every prompt is the pair's ``prompt`` verbatim (METHOD.md: a literal ``<image>`` stays text).
 
     Returns ``(units, keys)`` with ``keys[(task, pair_id)] = {"original": key, "source_own": key,
     "swapped": {layer: key}}``. Plain units with the same key appear once.
@@ -152,7 +191,7 @@ def vision_units(pairs_by_task: dict[str, list[ProbePair]], layers: Sequence[int
     keys: dict[tuple[str, str], dict] = {}
     for task, pairs in pairs_by_task.items():
         for pair in pairs:
-            prompt = pair.text_prompt
+            prompt = pair.prompt  # verbatim, after the image
             k_orig = plain_key(pair.target_image, prompt, system)
             k_src = plain_key(pair.source_image, prompt, system)
             for key, image in ((k_orig, pair.target_image), (k_src, pair.source_image)):
@@ -161,7 +200,7 @@ def vision_units(pairs_by_task: dict[str, list[ProbePair]], layers: Sequence[int
                     units.append(Unit(key, ("plain", image, prompt), [], {"kind": "plain", "image": str(image)}, group=pair.id))
             swapped = {}
             for layer in layers:
-                key = swap_key(pair, layer)
+                key = swap_key(pair, layer, system, seed_compatible=seed_compatible)
                 swapped[layer] = key
                 units.append(Unit(key, ("swap", pair, prompt, layer), [], {"kind": "swap", "task": task,
                                                                            "pair": pair.id, "layer": layer}, group=pair.id))
@@ -169,8 +208,11 @@ def vision_units(pairs_by_task: dict[str, list[ProbePair]], layers: Sequence[int
     return units, keys
 
 
-def make_executor(generator, *, max_new_tokens: int, system: str | None):
-    """``execute(batch) -> records``: one batched generate call; source K/V computed once per pair (cached)."""
+def make_executor(generator, *, max_new_tokens: int, system: str | None, seed_compatible: bool = False):
+    """``execute(batch) -> records``: one batched generate call; source K/V computed once per pair (cached).
+
+    ``seed_compatible``: the swaps re-append the source's visual K/V at every decode step (the reference code).
+    """
     from frankeneval.core.generation import GenRequest
     from frankeneval.core.interventions import SwapVisualKV
 
@@ -193,7 +235,8 @@ def make_executor(generator, *, max_new_tokens: int, system: str | None):
                 if pair.id not in source_kv:
                     source_kv[pair.id] = generator.visual_kv(_open_image(pair.source_image), prompt=prompt, system=system)
                 requests.append(GenRequest(prompt, [_open_image(pair.target_image)], system))
-                rows.append([SwapVisualKV(source=source_kv[pair.id], from_layer=layer)])  # unified
+                rows.append([SwapVisualKV(source=source_kv[pair.id], from_layer=layer,  # unified
+                                          seed_compatible=seed_compatible)])
         results = generator.generate(requests, max_new_tokens=max_new_tokens, interventions=rows,
                                      batch_size=len(requests))
         return [{"response": r.text, "n_tokens": len(r.token_ids)} for r in results]
@@ -211,17 +254,23 @@ def run_vision_sweep(
     max_new_tokens: int = VISION_MAX_NEW_TOKENS,
     batch_size: int = 32,
     system: str | None = None,
+    seed_compatible: bool = False,
     progress: bool = True,
     meta: dict | None = None,
 ) -> dict:
-    """Run (or resume) the swap sweep, write ``units.jsonl`` + ``vision_localization.json``; return the results."""
+    """Run (or resume) the swap sweep, write ``units.jsonl`` + ``vision_localization.json``; return the results.
+
+    ``seed_compatible``: the reference's decode-step re-append in every swap (pick the pairs with
+    :func:`select_pairs`); recorded in the results and the store header (a store of the other setting is refused).
+    """
     out = Path(out_dir)
     n_layers = generator.model.config.get_text_config().num_hidden_layers
     check_layers(layers, n_layers)
     store = RunStore(out / UNITS_FILE, header={"analysis": "vision_localization", "model": model_name,
-                                               "max_new_tokens": max_new_tokens, "system": system},
+                                               "max_new_tokens": max_new_tokens, "system": system,
+                                               "seed_compatible": bool(seed_compatible)},
                      required=("response",))
-    units, keys = vision_units(pairs_by_task, layers, system)
+    units, keys = vision_units(pairs_by_task, layers, system, seed_compatible=seed_compatible)
     todo = len(store.missing(u.key for u in units))
     bar = None
     if progress and todo:
@@ -229,13 +278,14 @@ def run_vision_sweep(
 
         bar = tqdm(total=todo, desc="swap sweep", unit="gen")
     try:
-        run_units(units, make_executor(generator, max_new_tokens=max_new_tokens, system=system), store,
-                  batch_size=batch_size, progress=bar.update if bar else None)
+        execute = make_executor(generator, max_new_tokens=max_new_tokens, system=system, seed_compatible=seed_compatible)
+        run_units(units, execute, store, batch_size=batch_size, progress=bar.update if bar else None)
     finally:
         if bar:
             bar.close()
     results = summarize_vision(store.records(), pairs_by_task, keys, layers)
-    results.update({"model": model_name, "max_new_tokens": max_new_tokens, "system": system, **(meta or {})})
+    results.update({"model": model_name, "max_new_tokens": max_new_tokens, "system": system, **(meta or {}),
+                    "seed_compatible": bool(seed_compatible)})
     write_json_atomic(out / RESULTS_FILE, results, indent=1, ensure_ascii=False, newline=False)
     return results
 
@@ -308,4 +358,6 @@ def format_vision_table(results: dict) -> str:
                     f"informative {results['tasks'][t]['n_informative']}/{results['tasks'][t]['n_pairs']}"
                     for t in tasks)
     lines.append(acc)
+    if results.get("seed_compatible"):
+        lines.append("seed-compatible: the reference's decode-step re-append; " + results.get("pair_selection", ""))
     return "\n".join(lines)

@@ -42,7 +42,8 @@ def plot_vision_localization(results: dict, out: str | os.PathLike) -> Path:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("rate")
     axes[0][-1].legend(fontsize=7, loc="best")
-    fig.suptitle(f"Visual-token KV swap: {results.get('model', '')}", fontsize=9)
+    mode = " (seed-compatible: reference decode-step re-append)" if results.get("seed_compatible") else ""
+    fig.suptitle(f"Visual-token KV swap: {results.get('model', '')}{mode}", fontsize=9)
     return save_figure(fig, out)
 
 
