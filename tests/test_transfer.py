@@ -169,3 +169,246 @@ def test_real_lmms_eval_cell(tmp_path, tiny_lineage, shared_data):
     assert run_cells(run, models, ["franken_gsm8k"], sample_size=2, sample_seed=123, data_dir=shared_data,
                      max_new_tokens=4, batch_size=2, runner=again, progress=lambda s: None).skipped
     assert again.calls == []
+
+
+# -- --evict-variants ----------------------------------------------------------------------------------------
+N_REF_CELLS = 3 * len(TASKS)  # Base, IN, RL: run first, never materialized or deleted
+
+
+def variant_dirs(cache: Path) -> list[str]:
+    """The splice folders in the cache (not the lock files, not staging folders)."""
+    if not cache.is_dir():
+        return []
+    return sorted(p.name for p in cache.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+class CacheWatchingRunner(CountingRunner):
+    """A CountingRunner that notes how many variant folders the splice cache holds whenever a cell runs (and
+    checks that the cell's own model is on disk)."""
+
+    def __init__(self, cache: Path, crash_after: int | None = None, fail: str | None = None):
+        super().__init__(crash_after)
+        self.cache, self.fail = cache, fail
+        self.on_disk: list[int] = []
+        self.devices: set[str] = set()
+        self.inodes: dict[str, set[int]] = {}  # model -> inode(s) of its folder while its cells ran
+
+    def __call__(self, job: CellJob) -> None:
+        assert Path(job.pretrained).is_dir(), f"{job.cell.key}: its model {job.pretrained} is not on disk"
+        self.inodes.setdefault(job.cell.model, set()).add(Path(job.pretrained).stat().st_ino)
+        self.on_disk.append(len(variant_dirs(self.cache)))
+        self.devices.add(job.env.get("CUDA_VISIBLE_DEVICES", ""))
+        if self.fail is not None and job.cell.key == self.fail:
+            from frankeneval.transferability.transfer import CellFailed
+
+            raise CellFailed("boom")
+        super().__call__(job)
+
+
+@pytest.fixture()
+def spliced(monkeypatch, recipe):
+    """Spy on materialize_cached: the variant labels it was called for, in order (and the folder count after)."""
+    from frankeneval.transferability import splice
+
+    calls: list[str] = []
+    real = splice.materialize_cached
+
+    def spy(spec, cache_dir=None, **kw):
+        calls.append(next(v for v in recipe.variants if recipe.variant(v) is spec))
+        return real(spec, cache_dir, **kw)
+
+    monkeypatch.setattr(splice, "materialize_cached", spy)
+    return calls
+
+
+def _evict_kwargs(tmp_path: Path, **extra) -> dict:
+    return dict(tasks=TASKS, splice_cache=tmp_path / "splices", sample_size=6, sample_seed=123, data_dir=tmp_path,
+                progress=lambda s: None, **extra)
+
+
+def _manifest(run: Path) -> dict:
+    return json.loads((run / "transfer.json").read_text())
+
+
+@pytest.mark.parametrize("gpus", [0, 1])
+def test_evict_variants_holds_one_variant_at_a_time(tmp_path, recipe, spliced, gpus):
+    from frankeneval.reports.leaderboard import build_leaderboard
+
+    cache, run = tmp_path / "splices", tmp_path / "run"
+    runner = CacheWatchingRunner(cache)
+    result = run_transfer(run, recipe, runner=runner, evict_variants=True, gpus=gpus, **_evict_kwargs(tmp_path))
+    n_cells = (3 + len(recipe.variants)) * len(TASKS)
+    assert len(result.ran) == n_cells and not result.failed and len(result.cells) == n_cells
+    assert spliced == list(recipe.variants)  # lazily, model-major, each once
+    assert runner.on_disk[:N_REF_CELLS] == [0] * N_REF_CELLS  # Base / IN / RL run first, before any splice
+    assert max(runner.on_disk) == 1 and min(runner.on_disk[N_REF_CELLS:]) == 1
+    assert variant_dirs(cache) == []  # every variant this run materialized is gone
+    data = _manifest(run)
+    assert data["evict_variants"] is True
+    for v in recipe.variants:
+        entry = data["models"][v]
+        assert entry["evicted"] is True and "splice_owner" not in entry and "kept" not in entry
+        assert str(cache.absolute()) in entry["path"]  # what was evaluated stays recorded
+    for ref in ("base", "in", "rl"):
+        assert Path(data["models"][ref]["path"]).is_dir() and "evicted" not in data["models"][ref]
+    board = build_leaderboard(run)  # the report reads the cells, not the checkpoints
+    assert board.rows == ["base", "in", "rl", *recipe.variants] and not board.missing
+
+
+def test_evict_variants_with_two_gpus_holds_two_variants_at_a_time(tmp_path, recipe, spliced):
+    cache = tmp_path / "splices"
+    runner = CacheWatchingRunner(cache)
+    result = run_transfer(tmp_path / "run", recipe, runner=runner, evict_variants=True, gpus=2, **_evict_kwargs(tmp_path))
+    assert len(result.ran) == (3 + len(recipe.variants)) * len(TASKS) and not result.failed
+    assert runner.devices == {"0", "1"}
+    assert max(runner.on_disk) == 2 and min(runner.on_disk[N_REF_CELLS:]) == 2  # chunks of two (6 variants)
+    assert spliced == list(recipe.variants) and variant_dirs(cache) == []
+
+
+def test_evict_variants_keeps_a_splice_that_was_in_the_cache_before(tmp_path, recipe):
+    from frankeneval.transferability.splice import PROVENANCE, materialize_cached
+
+    cache, run = tmp_path / "splices", tmp_path / "run"
+    first = next(iter(recipe.variants))
+    served = materialize_cached(recipe.variant(first), cache, progress=False)  # e.g. for vLLM serving
+    before = ((served / PROVENANCE).read_bytes(), served.stat().st_ino)
+    runner = CacheWatchingRunner(cache)
+    run_transfer(run, recipe, runner=runner, evict_variants=True, **_evict_kwargs(tmp_path))
+    assert variant_dirs(cache) == [served.name]
+    assert ((served / PROVENANCE).read_bytes(), served.stat().st_ino) == before
+    entry = _manifest(run)["models"][first]
+    assert entry["evicted"] is False and "before this run" in entry["kept"] and "splice_owner" not in entry
+    assert all(_manifest(run)["models"][v]["evicted"] for v in recipe.variants if v != first)
+    # a rerun does not take it for its own either
+    run_transfer(run, recipe, runner=CountingRunner(), evict_variants=True, **_evict_kwargs(tmp_path))
+    assert variant_dirs(cache) == [served.name]
+
+
+def test_evict_variants_rerun_of_a_finished_run_materializes_nothing(tmp_path, recipe, spliced):
+    run = tmp_path / "run"
+    run_transfer(run, recipe, runner=CountingRunner(), evict_variants=True, **_evict_kwargs(tmp_path))
+    spliced.clear()
+    again = CountingRunner()
+    result = run_transfer(run, recipe, runner=again, evict_variants=True, **_evict_kwargs(tmp_path))
+    assert spliced == [] and again.calls == [] and not result.ran
+    assert len(result.skipped) == len(result.cells) == (3 + len(recipe.variants)) * len(TASKS)
+    assert variant_dirs(tmp_path / "splices") == [] and _manifest(run)["evict_variants"] is True
+
+
+def test_evict_variants_resumes_after_a_crash_without_resplicing_finished_variants(tmp_path, recipe, spliced):
+    from frankeneval.transferability.splice import cache_path
+
+    cache, run = tmp_path / "splices", tmp_path / "run"
+    names = list(recipe.variants)
+    crash_after = N_REF_CELLS + len(TASKS) + 1  # the first variant finishes, the second crashes in its 2nd cell
+    crashing = CacheWatchingRunner(cache, crash_after=crash_after)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_transfer(run, recipe, runner=crashing, evict_variants=True, **_evict_kwargs(tmp_path))
+    assert spliced == names[:2]
+    second = cache_path(recipe.variant(names[1]), cache)
+    assert variant_dirs(cache) == [second.name]  # the finished first one went; the crashed one is left for the rerun
+    inode = second.stat().st_ino
+    assert _manifest(run)["models"][names[0]]["evicted"] is True
+
+    spliced.clear()
+    resumed = CacheWatchingRunner(cache)
+    result = run_transfer(run, recipe, runner=resumed, evict_variants=True, **_evict_kwargs(tmp_path))
+    n_cells = (3 + len(names)) * len(TASKS)
+    assert spliced == names[1:]  # the finished variant is not spliced again
+    assert len(resumed.calls) == len(result.ran) == n_cells - crash_after and not set(resumed.calls) & set(crashing.calls)
+    assert not result.failed and len(result.skipped) == crash_after
+    assert max(resumed.on_disk) == 1 and variant_dirs(cache) == []
+    # the crashed run's splice was reused (the same folder while its cells ran), then deleted as this run's own
+    assert resumed.inodes[names[1]] == {inode}
+    assert all(e["evicted"] is True for v, e in _manifest(run)["models"].items() if v in names)
+
+
+def test_evict_variants_deletes_the_leftover_of_a_killed_run_without_resplicing(tmp_path, recipe, spliced, monkeypatch):
+    from frankeneval.transferability import transfer
+
+    cache, run = tmp_path / "splices", tmp_path / "run"
+    names = list(recipe.variants)
+
+    def killed(*args, **kwargs):  # killed after the first variant's cells, before it was deleted
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(transfer, "_evict_splice", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_transfer(run, recipe, runner=CountingRunner(), evict_variants=True, **_evict_kwargs(tmp_path))
+    assert len(variant_dirs(cache)) == 1 and "splice_owner" in _manifest(run)["models"][names[0]]
+    monkeypatch.undo()  # _evict_splice back; the spy too: set it again
+    from frankeneval.transferability import splice
+
+    seen: list[str] = []
+    real = splice.materialize_cached
+    monkeypatch.setattr(splice, "materialize_cached",
+                        lambda spec, cache_dir=None, **kw: seen.append(spec.name) or real(spec, cache_dir, **kw))
+    run_transfer(run, recipe, runner=CountingRunner(), evict_variants=True, **_evict_kwargs(tmp_path))
+    assert seen == [recipe.variant(v).name for v in names[1:]]  # the first one: deleted, not spliced again
+    assert variant_dirs(cache) == []
+    entry = _manifest(run)["models"][names[0]]
+    assert entry["evicted"] is True and "splice_owner" not in entry
+
+
+def test_evict_variants_keeps_a_splice_that_is_no_longer_exactly_its_own(tmp_path, recipe):
+    cache, run = tmp_path / "splices", tmp_path / "run"
+    first = next(iter(recipe.variants))
+
+    def runner(job: CellJob) -> None:
+        if job.cell.model == first:  # someone drops a file of their own into the splice while it is evaluated
+            (Path(job.pretrained) / "notes.txt").write_text("mine")
+        write_fake_lmms_output(job)
+
+    run_transfer(run, recipe, runner=runner, evict_variants=True, **_evict_kwargs(tmp_path))
+    left = variant_dirs(cache)
+    assert len(left) == 1 and (cache / left[0] / "notes.txt").read_text() == "mine"
+    entry = _manifest(run)["models"][first]
+    assert entry["evicted"] is False and "did not write" in entry["kept"]
+
+
+def test_evict_variants_deletes_a_variant_with_a_failed_cell_and_the_rerun_splices_it_again(tmp_path, recipe, spliced):
+    cache, run = tmp_path / "splices", tmp_path / "run"
+    names = list(recipe.variants)
+    runner = CacheWatchingRunner(cache, fail=f"{names[2]}::{TASKS[1]}")
+    with pytest.raises(FrankenevalError, match="1 of .* cells failed"):
+        run_transfer(run, recipe, runner=runner, evict_variants=True, **_evict_kwargs(tmp_path))
+    assert max(runner.on_disk) == 1 and variant_dirs(cache) == []  # the disk bound holds despite the failure
+    assert _manifest(run)["models"][names[2]]["evicted"] is True
+    spliced.clear()
+    again = CountingRunner()
+    run_transfer(run, recipe, runner=again, evict_variants=True, **_evict_kwargs(tmp_path))
+    assert spliced == [names[2]] and again.calls == [f"{names[2]}::{TASKS[1]}"] and variant_dirs(cache) == []
+
+
+def test_without_evict_variants_everything_is_materialized_up_front_and_kept(tmp_path, recipe, spliced):
+    cache, run = tmp_path / "splices", tmp_path / "run"
+    runner = CacheWatchingRunner(cache)
+    result = run_transfer(run, recipe, runner=runner, **_evict_kwargs(tmp_path))
+    assert not result.failed
+    assert spliced == list(recipe.variants)
+    assert set(runner.on_disk) == {len(recipe.variants)}  # all of them before the first cell, none deleted
+    assert len(variant_dirs(cache)) == len(recipe.variants)
+    data = _manifest(run)
+    assert "evict_variants" not in data
+    assert not any({"evicted", "kept", "splice_owner"} & set(e) for e in data["models"].values())
+
+
+def test_cli_passes_evict_variants(monkeypatch, tmp_path):
+    import argparse
+
+    from frankeneval.commands import transfer as command
+
+    seen: list[dict] = []
+
+    def fake(run_dir, recipe, **kwargs):
+        seen.append(kwargs)
+        from frankeneval.transferability.transfer import TransferResult
+
+        return TransferResult(run_dir=Path(run_dir), cells=[])
+
+    monkeypatch.setattr(command, "run_transfer", fake)
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    for extra, expected in (([], False), (["--evict-variants"], True)):
+        assert command.run(parser.parse_args(["--recipe", "tiny", "--out", str(tmp_path / "run"), *extra])) == 0
+        assert seen[-1]["evict_variants"] is expected

@@ -11,6 +11,7 @@ crash or Ctrl-C: finished cells are skipped, unfinished ones start again. Exampl
 
     frankeneval transfer --recipe openmmreasoner --out runs/omr --sample-size 100 --sample-seed 123 --gpus 8
     frankeneval transfer --recipe openmmreasoner --out runs/omr --splits both --gpus 8
+    frankeneval transfer --recipe openmmreasoner --out runs/omr --gpus 2 --evict-variants   # a 128 GB disk
     frankeneval transfer --recipe tiny --tasks franken_gsm8k --data /path/to/data --sample-size 5 --max-new-tokens 32
     frankeneval report runs/omr
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 
+from frankeneval.commands._shared import add_seed_compatible_argument
 from frankeneval.core.prompts import SETTING_HELP
 from frankeneval.transferability.transfer import DEFAULT_SPLITS, SPLITS, run_transfer, split_tasks
 
@@ -51,12 +53,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-args", default=None, help="extra franken_qwen model args, e.g. attn_implementation=sdpa")
     parser.add_argument("--system-prompt", default="auto", metavar="auto|reasoner|revisual|none|TEXT|@FILE",
                         help=SETTING_HELP + "; each cell's choice and reason go into cells.jsonl and the report")
-    parser.add_argument("--grading", choices=("paper", "seed"), default="paper",
+    parser.add_argument("--grading", choices=("paper", "seed"), default=None,
                         help="with the judge on (FRANKENEVAL_JUDGE=1): paper = rules first, the judge for the rest, a judge "
                              "failure counted apart (default); seed = the reference's rule, the judge decides every item "
-                             "from the extracted answer and a failed call is wrong")
+                             "from the extracted answer and a failed call is wrong (default with --seed-compatible)")
+    add_seed_compatible_argument(parser)
     parser.add_argument("--gpus", type=int, default=0, help="run N cells at once, one lmms-eval process per GPU")
     parser.add_argument("--splice-cache", default=None, help="where variants are materialized (default: frankeneval's cache)")
+    parser.add_argument("--evict-variants", action="store_true",
+                        help="materialize the variants max(1, --gpus) at a time and delete each one this run materialized "
+                             "once its cells ran (disk: Base/IN/RL plus that many variants); splices already in the "
+                             "cache are kept")
     parser.add_argument("--no-reference", action="store_true", help="skip the Base, IN and RL cells")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="read pickle (.bin) weights, which can run code when loaded: only for sources you trust")
@@ -81,7 +88,9 @@ def run(args: argparse.Namespace) -> int:
         system_prompt=args.system_prompt,
         gpus=args.gpus,
         grading=args.grading,
+        seed_compatible=args.seed_compatible,
         allow_pickle=args.allow_pickle,
+        evict_variants=args.evict_variants,
     )
     print(f"[transfer] done: {len(result.ran)} cells run, {len(result.skipped)} already finished -> {result.run_dir}")
     print(f"[transfer] leaderboard: frankeneval report {result.run_dir}")

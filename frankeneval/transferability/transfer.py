@@ -25,10 +25,15 @@ Run layout (``run_dir``)::
 finished and wrote its results file; then the cell is appended to the run store. A rerun after a crash or
 Ctrl-C skips recorded cells, adopts a renamed-but-unrecorded cell, and restarts unfinished ones from
 scratch. ``gpus=N`` runs N cells at a time, one lmms-eval process per GPU (``CUDA_VISIBLE_DEVICES``).
+
+**Disk** (``evict_variants``, ``--evict-variants``): the variants are materialized ``max(1, gpus)`` at a time and
+each one this run materialized is deleted once its cells ran, so the disk holds Base / IN / RL plus that many
+variants (a 7B variant is 16.6 GB); a splice that was in the cache before is never deleted (:func:`_run_evicting`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import queue
@@ -37,8 +42,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -251,10 +257,27 @@ def prepare_models(
     """
     from frankeneval.transferability.splice import materialize_cached
 
+    rec, chosen = _recipe_variants(recipe, variants, models)
+    out = _reference_models(rec)
+    for i, v in enumerate(chosen, 1):
+        spec = rec.variant(v)
+        progress(f"[splice {i}/{len(chosen)}] {v}: {rec.definitions.get(v, spec.describe())}")
+        path = materialize_cached(spec, splice_cache, progress=False, allow_pickle=allow_pickle)
+        out[v] = _variant_info(rec, v, path)
+    return rec.name, out
+
+
+def _recipe_variants(recipe: Any, variants: Sequence[str] | None, models: Mapping[str, str] | None):
+    """(the recipe, the chosen variant names), each name checked (a clear error naming the choices)."""
     rec = _load_recipe(recipe, models)
     chosen = list(rec.variants) if variants is None else list(variants)
     for v in chosen:
         rec.variant(v)  # clear error naming the choices
+    return rec, chosen
+
+
+def _reference_models(rec: Any) -> dict[str, dict[str, str]]:
+    """{label: {"path", "kind", "description"}} of Base (when the recipe names one), IN and RL."""
     out: dict[str, dict[str, str]] = {}
     if rec.models.get("base"):  # the paper's tables have a Base row
         out["base"] = {"path": _resolve_local(rec.models["base"]), "kind": "base",
@@ -263,12 +286,11 @@ def prepare_models(
         if kind not in rec.models:
             raise FrankenevalError(f"recipe {rec.name!r} names no {kind!r} model")
         out[kind] = {"path": _resolve_local(rec.models[kind]), "kind": kind, "description": f"{REFERENCE_LABELS[kind]} ({rec.models[kind]})"}
-    for i, v in enumerate(chosen, 1):
-        spec = rec.variant(v)
-        progress(f"[splice {i}/{len(chosen)}] {v}: {rec.definitions.get(v, spec.describe())}")
-        path = materialize_cached(spec, splice_cache, progress=False, allow_pickle=allow_pickle)
-        out[v] = {"path": str(path), "kind": "variant", "description": str(rec.definitions.get(v) or spec.describe())}
-    return rec.name, out
+    return out
+
+
+def _variant_info(rec: Any, v: str, path: str | os.PathLike) -> dict[str, str]:
+    return {"path": str(path), "kind": "variant", "description": str(rec.definitions.get(v) or rec.variant(v).describe())}
 
 
 # -- cells ----------------------------------------------------------------------------------------
@@ -292,7 +314,8 @@ def read_manifest(run_dir: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-def _update_manifest(run_dir: Path, recipe: str | None, models: Mapping[str, Mapping[str, str]], tasks: Sequence[str], settings: Mapping[str, Any]) -> dict[str, Any]:
+def _update_manifest(run_dir: Path, recipe: str | None, models: Mapping[str, Mapping[str, str]], tasks: Sequence[str], settings: Mapping[str, Any],
+                     extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     old = read_manifest(run_dir)
     merged_models = dict(old.get("models") or {})
     merged_models.update({k: dict(v) for k, v in models.items()})
@@ -303,6 +326,8 @@ def _update_manifest(run_dir: Path, recipe: str | None, models: Mapping[str, Map
     all_tasks = list(old.get("tasks") or [])
     all_tasks += [t for t in tasks if t not in all_tasks]
     data = {"recipe": recipe or old.get("recipe"), "models": merged_models, "order": order, "tasks": all_tasks, "settings": dict(settings)}
+    if extra:  # top-level keys of this run (``evict_variants``); absent otherwise, as before
+        data.update(extra)
     write_json_atomic(run_dir / MANIFEST, data, indent=2, ensure_ascii=False)
     return data
 
@@ -355,7 +380,15 @@ def run_cells(run_dir: str | os.PathLike, models: Mapping[str, Mapping[str, str]
     must be new, empty or a transfer run; one ``transfer`` at a time per run folder (a second fails at once
     naming the first's pid); the lock is inherited by the lmms-eval children.
     """
-    for label in models:
+    with _run_folder(run_dir, models, tasks) as (folder, fd):
+        return _run_cells(folder, models, tasks, _keep_fds=(fd,), **kwargs)
+
+
+@contextmanager
+def _run_folder(run_dir: str | os.PathLike, labels: Iterable[str], tasks: Iterable[str]) -> Iterator[tuple[Path, int]]:
+    """(the absolute run folder, its lock's descriptor) for the block: names checked, the folder checked
+    (:func:`_check_run_folder`) and made, its lock held (a second run fails at once naming the first's pid)."""
+    for label in labels:
         safe_name(label, "model / variant name")
     for task in tasks:
         safe_name(Cell("m", str(task)).slug, "task name")
@@ -363,7 +396,7 @@ def run_cells(run_dir: str | os.PathLike, models: Mapping[str, Mapping[str, str]
     _check_run_folder(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with file_lock(run_dir / RUN_LOCK, wait=False, what=f"run folder {run_dir}") as fd:
-        return _run_cells(run_dir, models, tasks, _keep_fds=(fd,), **kwargs)
+        yield run_dir, fd
 
 
 def _run_cells(
@@ -382,10 +415,12 @@ def _run_cells(
     gpus: int = 0,
     offline: bool | None = None,
     env: Mapping[str, str] | None = None,
-    grading: str = "paper",
+    grading: str | None = None,
+    seed_compatible: bool = False,
     runner: CellRunner | None = None,
     progress: Callable[[str], None] = print,
     _keep_fds: tuple[int, ...] = (),
+    _manifest_extra: Mapping[str, Any] | None = None,
 ) -> TransferResult:
     """Run every missing (model, task) cell; finished cells are skipped (see the module docstring).
 
@@ -395,6 +430,9 @@ def _run_cells(
     sources'); passed to every cell as ``system_prompt=`` and recorded in the manifest and in every cell record.
     ``grading``: ``paper`` (rules first, the judge for the rest) or ``seed`` (the reference: the judge decides every
     item); passed to every cell as ``FRANKENEVAL_GRADING`` and recorded in the manifest (it matters with the judge on).
+    ``seed_compatible``: the reference's behaviour wherever it deviates (grading ``seed`` unless ``grading`` is
+    given, the tasks' ``seed_compatible`` rules: ``FRANKENEVAL_SEED_COMPATIBLE=1``); recorded in the manifest, and
+    in the run store's header when on (a run never mixes cells of the two).
     ``runner`` (default :func:`lmms_eval_runner`) is called once per cell that has to run.
     Failed cells are reported in the result (and retried by the next run); they never stop the others.
     """
@@ -406,17 +444,22 @@ def _run_cells(
     offline = bool(data_dir) if offline is None else offline
     if any(a.split("=", 1)[0].strip() == "system_prompt" for a in (model_args or "").split(",")):
         raise FrankenevalError("give the system prompt as --system-prompt (system_prompt=), not in --model-args")
-    settings = {"sample_size": sample_size, "sample_seed": sample_seed, "max_new_tokens": max_new_tokens,
-                "model_args": model_args or "", "data_dir": str(data_dir) if data_dir else None,
-                "system_prompt": "auto" if system_prompt is None else str(system_prompt), "grading": grading}
+    grading = grading or ("seed" if seed_compatible else "paper")
     if grading not in ("paper", "seed"):
         raise FrankenevalError(f"grading must be paper or seed, not {grading!r}")
-    env = {**dict(env or {}), "FRANKENEVAL_GRADING": grading}
+    settings = {"sample_size": sample_size, "sample_seed": sample_seed, "max_new_tokens": max_new_tokens,
+                "model_args": model_args or "", "data_dir": str(data_dir) if data_dir else None,
+                "system_prompt": "auto" if system_prompt is None else str(system_prompt), "grading": grading,
+                # only when on: run folders made before the switch existed (off) keep resuming
+                **({"seed_compatible": True} if seed_compatible else {})}
+    env = {**dict(env or {}), "FRANKENEVAL_GRADING": grading,
+           "FRANKENEVAL_SEED_COMPATIBLE": "1" if seed_compatible else "0"}
     prompts = _system_prompts(run_dir, models, system_prompt)
     models = {label: {**dict(info), "system_prompt": prompts[label][0].name, "system_prompt_reason": prompts[label][0].reason}
               for label, info in models.items()}
     store = RunStore(run_dir / STORE, header=settings, required=CELL_FIELDS)
-    _update_manifest(run_dir, recipe, models, tasks, settings)
+    _update_manifest(run_dir, recipe, models, tasks, {**settings, "seed_compatible": bool(seed_compatible)},
+                     _manifest_extra)
     cells = plan_cells(models, tasks)
     result = TransferResult(run_dir=run_dir, cells=cells)
     base_env = _base_env(str(data_dir) if data_dir else None, sample_size, sample_seed, offline, env)
@@ -573,6 +616,7 @@ def run_transfer(
     include_reference: bool = True,
     progress: Callable[[str], None] = print,
     allow_pickle: bool = False,
+    evict_variants: bool = False,
     **kwargs: Any,
 ) -> TransferResult:
     """Materialize the variants of ``recipe`` and run every (model, task) cell (see :func:`run_cells`).
@@ -583,14 +627,23 @@ def run_transfer(
     false. ``allow_pickle``: read pickle (``.bin``) sources when splicing and let every cell's
     ``franken_qwen`` load them (model arg ``allow_pickle=true``). Raises :class:`FrankenevalError` naming the failed cells, if any, after
     running all the others.
+
+    ``evict_variants``: materialize the variants lazily, ``max(1, gpus)`` at a time, and delete each one this
+    run materialized once its cells ran (peak disk: Base / IN / RL plus ``max(1, gpus)`` variants); see
+    :func:`_run_evicting`. Off (the default): every variant is materialized up front and nothing is deleted.
     """
-    name, prepared = prepare_models(recipe, variants=variants, models=models, splice_cache=splice_cache, progress=progress,
-                                    allow_pickle=allow_pickle)
-    if allow_pickle:
-        kwargs["model_args"] = ",".join(x for x in (kwargs.get("model_args"), "allow_pickle=true") if x)
-    if not include_reference:
-        prepared = {k: v for k, v in prepared.items() if v["kind"] == "variant"}
-    result = run_cells(run_dir, prepared, list(tasks), recipe=name, progress=progress, **kwargs)
+    if evict_variants:
+        result = _run_evicting(run_dir, recipe, variants=variants, tasks=tasks, models=models, splice_cache=splice_cache,
+                               include_reference=include_reference, progress=progress, allow_pickle=allow_pickle,
+                               **kwargs)
+    else:
+        name, prepared = prepare_models(recipe, variants=variants, models=models, splice_cache=splice_cache,
+                                        progress=progress, allow_pickle=allow_pickle)
+        if allow_pickle:
+            kwargs["model_args"] = ",".join(x for x in (kwargs.get("model_args"), "allow_pickle=true") if x)
+        if not include_reference:
+            prepared = {k: v for k, v in prepared.items() if v["kind"] == "variant"}
+        result = run_cells(run_dir, prepared, list(tasks), recipe=name, progress=progress, **kwargs)
     if result.failed:
         first = next(iter(result.failed.items()))
         raise FrankenevalError(
@@ -598,3 +651,216 @@ def run_transfer(
             f"First: {first[0]}: {first[1]}"
         )
     return result
+
+
+# -- --evict-variants: variants materialized chunk by chunk, deleted once their cells ran ------------------------
+KEPT_BEFORE = "it was in the splice cache before this run (frankeneval transfer did not write it here)"
+KEPT_UNOWNED = "not materialized by an --evict-variants run of this folder"
+
+
+def _run_evicting(
+    run_dir: str | os.PathLike,
+    recipe: Any,
+    *,
+    variants: Sequence[str] | None,
+    tasks: Sequence[str],
+    models: Mapping[str, str] | None,
+    splice_cache: str | os.PathLike | None,
+    include_reference: bool,
+    progress: Callable[[str], None],
+    allow_pickle: bool,
+    **kwargs: Any,
+) -> TransferResult:
+    """:func:`run_transfer` with ``evict_variants``: the same cells, run store and manifest, with the variants
+    materialized lazily.
+
+    Under the run folder's lock for the whole run: Base / IN / RL cells first (never deleted: frankeneval did
+    not write them); then the variants with an unfinished cell, model-major, in chunks of ``max(1, gpus)``:
+    materialize the chunk (:func:`frankeneval.transferability.splice.materialize_cached`), run its pending cells
+    (the GPU pool as always), delete every folder of the chunk this run materialized (also when one of its cells
+    failed: the next run splices it again, so the disk bound holds), then the next chunk. A variant whose cells are
+    all finished is not materialized.
+
+    Deleted is only a folder that (a) did not exist when this run, holding the folder's output lock, called
+    ``materialize_cached`` for it (so a splice in the cache before, e.g. one served with vLLM, is kept), recorded in
+    the manifest as ``splice_owner`` (build hash, provenance SHA-256, inode) right after; (b) still is that folder
+    (the stamp matches); (c) still holds exactly a complete frankeneval splice of that build (splice.py's own
+    checks, ``_holds`` and ``_owned_splice``) and is no input of the run. A run killed before it deleted a folder
+    leaves the stamp behind, so the rerun reuses that splice (no re-splice) and deletes it afterwards.
+
+    The manifest gets ``evict_variants: true`` and, per variant, ``evicted`` (and ``kept``: why not, when not).
+    """
+    from frankeneval.transferability import splice
+
+    rec, chosen = _recipe_variants(recipe, variants, models)
+    refs = _reference_models(rec)  # resolved even with include_reference off, as prepare_models does
+    if allow_pickle:
+        kwargs["model_args"] = ",".join(x for x in (kwargs.get("model_args"), "allow_pickle=true") if x)
+    tasks = list(tasks)
+    ref_models = refs if include_reference else {}
+    chunk = max(1, int(kwargs.get("gpus") or 0))
+    inputs = [(label, info["path"]) for label, info in refs.items()]
+
+    with _run_folder(run_dir, [*ref_models, *chosen], tasks) as (folder, fd):
+
+        def run(group: Mapping[str, Mapping[str, Any]], quiet: bool = False) -> None:
+            part = _run_cells(folder, group, tasks, recipe=rec.name, progress=(lambda s: None) if quiet else progress,
+                              _keep_fds=(fd,), _manifest_extra={"evict_variants": True}, **kwargs)
+            result.ran += part.ran
+            result.skipped += part.skipped
+            result.failed.update(part.failed)
+
+        result = TransferResult(run_dir=folder, cells=plan_cells([*ref_models, *chosen], tasks))
+        # first: Base / IN / RL; with none, the call still checks the run store's settings and writes the manifest
+        run(ref_models, quiet=not ref_models)
+        recorded = read_manifest(folder).get("models") or {}
+        pending = []
+        for v in chosen:
+            if all(find_results(folder / Cell(v, t).relpath())[0] is not None for t in tasks):
+                result.skipped += [Cell(v, t) for t in tasks]  # finished (recorded, or adopted by the next plain run)
+                _settle_finished(folder, v, recorded.get(v), inputs, progress)
+            else:
+                pending.append(v)
+        if len(pending) < len(chosen):
+            progress(f"[evict] {len(chosen) - len(pending)} of {len(chosen)} variants already finished: not materialized")
+
+        mine: dict[str, dict[str, Any]] = {}  # splice folder -> stamp, materialized by this run and not deleted yet
+        for start in range(0, len(pending), chunk):
+            group: dict[str, dict[str, Any]] = {}
+            for i, v in enumerate(pending[start : start + chunk], start + 1):
+                spec = rec.variant(v)
+                progress(f"[splice {i}/{len(pending)}] {v}: {rec.definitions.get(v, spec.describe())}")
+                old = recorded.get(v) or {}
+                path, stamp = _materialize_owned(splice, spec, splice_cache, allow_pickle,
+                                                 [old.get("splice_owner"), *mine.values()])
+                info: dict[str, Any] = {**_variant_info(rec, v, path), "evicted": False}
+                if stamp is not None:
+                    mine[str(path)] = stamp
+                    info.update(splice_owner=stamp, kept=None)
+                else:
+                    info.update(splice_owner=None, kept=KEPT_BEFORE)
+                group[v] = {k: val for k, val in info.items() if val is not None}
+                _patch_manifest(folder, {v: info})  # the ownership stamp is on disk before any of its cells runs
+            run(group)
+            for path in dict.fromkeys(str(info["path"]) for info in group.values()):
+                if path not in mine:
+                    continue
+                labels = [v for v, info in group.items() if str(info["path"]) == path]
+                failed = any(k.split("::", 1)[0] in labels for k in result.failed)
+                _evict_and_record(folder, labels, Path(path), mine.pop(path), inputs, progress,
+                                  note=" (a cell failed: the next run splices it again)" if failed else "")
+    return result
+
+
+def _splice_stamp(path: str | os.PathLike) -> dict[str, Any] | None:
+    """What identifies one materialized splice folder: its build hash, its provenance file's SHA-256 (it holds the
+    creation time) and the folder's inode; None when there is no readable provenance."""
+    from frankeneval.transferability.splice import PROVENANCE
+
+    try:
+        raw = (Path(path) / PROVENANCE).read_bytes()
+        inode = os.lstat(path).st_ino
+        build = json.loads(raw).get("build_hash")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return {"build_hash": build, "provenance_sha256": hashlib.sha256(raw).hexdigest(), "inode": inode}
+
+
+def _materialize_owned(splice: Any, spec: Any, cache: str | os.PathLike | None, allow_pickle: bool,
+                       known: Sequence[dict[str, Any] | None]) -> tuple[Path, dict[str, Any] | None]:
+    """(the variant's folder, its stamp when this run owns it, else None).
+
+    Owned: nothing was there when ``materialize_cached`` was called (under the folder's output lock, which
+    ``materialize`` re-enters: no other writer in between), or what was there is a splice this run folder wrote
+    (its stamp is one of ``known``: recorded by an earlier, interrupted run of this folder)."""
+    from frankeneval.core.locks import output_lock
+
+    out = Path(splice.cache_path(spec, cache, allow_pickle=allow_pickle)).expanduser().absolute()
+    with output_lock(out):
+        existed = os.path.lexists(out)
+        before = _splice_stamp(out) if existed else None
+        path = Path(splice.materialize_cached(spec, cache, progress=False, allow_pickle=allow_pickle)).absolute()
+        if path != out or (existed and (before is None or before not in [k for k in known if k])):
+            return path, None
+        return path, _splice_stamp(path)
+
+
+def _evict_splice(out: Path, stamp: Mapping[str, Any], inputs: Sequence[tuple[str, str]]) -> str | None:
+    """Delete the splice folder ``out`` this run materialized; None when it is gone, else why it was kept.
+
+    Kept unless it is still the folder this run wrote (``stamp``), holds exactly a complete frankeneval splice
+    (splice.py's checks) and is, holds and lies inside no input. Under the folder's output lock; renamed aside first
+    (a name :func:`frankeneval.core.results.staged_directory` sweeps), so a half-deleted splice is never seen."""
+    from frankeneval.core.locks import output_lock
+    from frankeneval.core.results import _staged_name, refuse_inputs
+    from frankeneval.transferability.splice import _holds, _owned_splice, _read_provenance
+
+    out = Path(out).expanduser().absolute()
+    with output_lock(out):
+        if not os.path.lexists(out):
+            return None
+        if out.is_symlink() or not out.is_dir():
+            return "it is not a folder"
+        if _splice_stamp(out) != dict(stamp):
+            return "it is not the splice this run wrote (replaced or changed since)"
+        if not _holds(out, str(stamp.get("build_hash"))):
+            return "it is not a complete splice of its build"
+        why = _owned_splice(out)
+        if why:
+            return why
+        sources = (_read_provenance(out) or {}).get("sources") or {}
+        recorded = [(str(n), str(s["path"])) for n, s in sources.items() if isinstance(s, dict) and s.get("path")]
+        try:
+            refuse_inputs(out, [*inputs, *recorded], "splice to delete")
+        except FrankenevalError:
+            return "it is, holds or lies inside an input of this run"
+        trash = _staged_name(out, "old")
+        os.replace(out, trash)
+        shutil.rmtree(trash)
+    return None
+
+
+def _evict_and_record(run_dir: Path, labels: Sequence[str], path: Path, stamp: Mapping[str, Any],
+                      inputs: Sequence[tuple[str, str]], progress: Callable[[str], None], note: str = "") -> None:
+    """Delete ``path`` (:func:`_evict_splice`) and record it in the manifest for every variant of ``labels``."""
+    names = ", ".join(labels)
+    try:
+        why = _evict_splice(path, stamp, inputs)
+    except OSError as exc:  # stamp kept: the next run tries again
+        progress(f"[evict] {names}: could not delete {path}: {exc}")
+        return
+    if why is None:
+        _patch_manifest(run_dir, {v: {"evicted": True, "splice_owner": None, "kept": None} for v in labels})
+        progress(f"[evict] {names}: deleted {path}{note}")
+    else:
+        _patch_manifest(run_dir, {v: {"evicted": False, "splice_owner": None, "kept": why} for v in labels})
+        progress(f"[evict] {names}: kept {path}: {why}")
+
+
+def _settle_finished(run_dir: Path, label: str, entry: Mapping[str, Any] | None, inputs: Sequence[tuple[str, str]],
+                     progress: Callable[[str], None]) -> None:
+    """A variant whose cells are all finished: delete the folder an interrupted run of this folder materialized
+    and did not delete yet (its stamp is recorded); record ``evicted`` where the manifest says nothing yet."""
+    if not entry:
+        return
+    stamp = entry.get("splice_owner")
+    if isinstance(stamp, dict) and entry.get("path"):
+        _evict_and_record(run_dir, [label], Path(str(entry["path"])), stamp, inputs, progress)
+    elif "evicted" not in entry:
+        _patch_manifest(run_dir, {label: {"evicted": False, "kept": KEPT_UNOWNED}})
+
+
+def _patch_manifest(run_dir: Path, updates: Mapping[str, Mapping[str, Any]]) -> None:
+    """Set fields of model entries of the manifest (a None value removes the field); the rest is kept as is."""
+    data = read_manifest(run_dir)
+    entries = dict(data.get("models") or {})
+    for label, fields in updates.items():
+        entry = dict(entries.get(label) or {})
+        for key, value in fields.items():
+            if value is None:
+                entry.pop(key, None)
+            else:
+                entry[key] = value
+        entries[label] = entry
+    data["models"] = entries
+    write_json_atomic(run_dir / MANIFEST, data, indent=2, ensure_ascii=False)
