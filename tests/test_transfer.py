@@ -412,3 +412,40 @@ def test_cli_passes_evict_variants(monkeypatch, tmp_path):
     for extra, expected in (([], False), (["--evict-variants"], True)):
         assert command.run(parser.parse_args(["--recipe", "tiny", "--out", str(tmp_path / "run"), *extra])) == 0
         assert seen[-1]["evict_variants"] is expected
+
+
+def test_gpu_pool_retries_a_failed_cell_on_another_gpu(tmp_path, recipe, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    models = {m: {"path": str(recipe.models["in"]), "kind": "variant"} for m in ("a", "b")}
+    calls = []
+
+    def runner(job: CellJob) -> None:
+        calls.append((job.cell.key, job.env["CUDA_VISIBLE_DEVICES"]))
+        if job.cell.key == "b::t1" and job.env["CUDA_VISIBLE_DEVICES"] == "0":
+            raise CellFailed("GPU 0 is broken for this cell")
+        if job.cell.key == "a::t2":
+            raise CellFailed("fails everywhere")
+        write_fake_lmms_output(job)
+
+    from frankeneval.transferability.transfer import CellFailed
+
+    result = run_cells(tmp_path / "run", models, ["t1", "t2"], runner=runner, gpus=2, progress=lambda s: None)
+    assert "b::t1" in {c.key for c in result.ran}  # retried on GPU 1
+    assert list(result.failed) == ["a::t2"]
+    tries = [g for k, g in calls if k == "a::t2"]
+    assert len(tries) == 2 and len(set(tries)) == 2  # once on each GPU, then recorded as failed
+
+
+def test_gpu_pool_maps_onto_the_visible_devices(tmp_path, recipe, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
+    models = {"a": {"path": str(recipe.models["in"]), "kind": "variant"}}
+    seen = []
+
+    def runner(job: CellJob) -> None:
+        seen.append(job.env["CUDA_VISIBLE_DEVICES"])
+        write_fake_lmms_output(job)
+
+    run_cells(tmp_path / "run", models, ["t1", "t2", "t3"], runner=runner, gpus=2, progress=lambda s: None)
+    assert set(seen) <= {"5", "7"} and seen
+    with pytest.raises(FrankenevalError, match="CUDA_VISIBLE_DEVICES"):
+        run_cells(tmp_path / "run2", models, ["t1"], runner=runner, gpus=3, progress=lambda s: None)

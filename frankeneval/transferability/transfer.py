@@ -505,7 +505,7 @@ def _run_cells(
             margs += "," + model_args
         cell_env = dict(base_env)
         if gpu is not None:
-            cell_env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+            cell_env["CUDA_VISIBLE_DEVICES"] = device_ids[gpu]
         job = CellJob(cell=cell, pretrained=path, output_dir=partial, run_dir=run_dir,
                       log_path=run_dir / "logs" / f"{cell.model}__{cell.slug}.log", model_args=margs,
                       include_path=include_path, gen_kwargs=gen_kwargs, env=cell_env, keep_fds=_keep_fds)
@@ -523,25 +523,44 @@ def _run_cells(
             progress(f"[transfer {counter['done']}/{len(pending)}] {cell.model} x {cell.task}: "
                      f"{_headline(res)} ({seconds:.1f}s{'' if gpu is None else f', GPU {gpu}'})")
 
-    def attempt(cell: Cell, gpu: int | None) -> None:
+    def attempt(cell: Cell, gpu: int | None, *, last: bool = True) -> bool:
+        """Run one cell; a failure is recorded when ``last``, else said and left for a retry elsewhere."""
         try:
             run_one(cell, gpu)
             result.ran.append(cell)
+            return True
         except (FrankenevalError, OSError, subprocess.SubprocessError) as exc:
+            if not last:
+                progress(f"[transfer] {cell.model} x {cell.task} failed on GPU {gpu} ({exc}); retrying on another GPU")
+                return False
             result.failed[cell.key] = str(exc)
             progress(f"[transfer] FAILED {cell.model} x {cell.task}: {exc}")
+            return False
 
+    device_ids = _device_ids(gpus)
     if gpus and gpus > 1:
         free: queue.Queue[int] = queue.Queue()
         for g in range(gpus):
             free.put(g)
 
-        def worker(cell: Cell) -> None:
-            gpu = free.get()
-            try:
-                attempt(cell, gpu)
-            finally:
+        def take(avoid: set[int]) -> int:
+            while True:  # a free GPU the cell has not failed on
+                gpu = free.get()
+                if gpu not in avoid:
+                    return gpu
                 free.put(gpu)
+                time.sleep(0.05)
+
+        def worker(cell: Cell) -> None:
+            failed_on: set[int] = set()
+            for retry in range(2):  # a failed cell is tried once more on another GPU, then recorded as failed
+                gpu = take(failed_on)
+                try:
+                    if attempt(cell, gpu, last=retry == 1):
+                        return
+                finally:
+                    free.put(gpu)
+                failed_on.add(gpu)
 
         with ThreadPoolExecutor(max_workers=gpus) as pool:
             futures = [pool.submit(worker, c) for c in pending]
@@ -556,6 +575,17 @@ def _run_cells(
         for cell in pending:
             attempt(cell, 0 if gpus == 1 else None)
     return result
+
+
+def _device_ids(gpus: int) -> list[str]:
+    """The CUDA device ids the GPU pool hands out: the first ``gpus`` of this process's CUDA_VISIBLE_DEVICES
+    (so ``CUDA_VISIBLE_DEVICES=2,3 ... --gpus 2`` runs cells on GPUs 2 and 3), else 0 ... gpus-1."""
+    visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    if not visible:
+        return [str(g) for g in range(max(gpus, 1))]
+    if gpus > len(visible):
+        raise FrankenevalError(f"--gpus {gpus} but CUDA_VISIBLE_DEVICES={','.join(visible)} names {len(visible)}")
+    return visible[:max(gpus, 1)]
 
 
 def _system_prompts(run_dir: Path, models: Mapping[str, Mapping[str, str]], setting: str | None) -> dict[str, tuple[Any, str]]:

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# bench/full_size.py on a lent GPU machine (no internet): install the carried wheels (.whl: lmms-eval and what the
+# machine's image lacks) and frankeneval, then start the benchmark detached, so that it outlives one call; poll with
+#   tail -n 30 /tmp/fs/full_size.out        and collect /tmp/fs/full_size.json and /tmp/fs/transfer/report.md
+# Usage (repo root):  bash bench/full_size_device.sh [WORK] [DATA] [extra full_size.py args...]
+set -u
+W=${1:-/tmp/fs}
+DATA=${2:-$PWD/.devdata}
+shift 2 2>/dev/null || true
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . || exit 1
+python3 -c "import datasets, evaluate, lmms_eval.evaluator, frankeneval.tasks.common, frankeneval.model_wrappers.franken_qwen, pynvml; print('imports ok')" || exit 1
+mkdir -p "$W"
+setsid nohup python3 bench/full_size.py --work "$W" --data "$DATA" "$@" > "$W/full_size.out" 2>&1 < /dev/null &
+echo "started: $W/full_size.out"
