@@ -158,7 +158,7 @@ def samples_by_cell(run_dir: Path) -> dict[str, list]:
     out: dict[str, list] = {}
     for f in sorted(run_dir.rglob("*_samples_*.jsonl")):
         rel = f.relative_to(run_dir).parts
-        key = "/".join(rel[:2])
+        key = "/".join(rel[:3])  # cells/<model>/<task>
         task = re.sub(r"^.*_samples_", "", f.stem)
         with open(f) as fh:
             for line in fh:
