@@ -49,7 +49,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from frankeneval.core import scoring
-from frankeneval.tasks.mathvista.utils import mathvista_rule_verdict
+from frankeneval.core.scoring import mathvista_rule_verdict
 
 
 def load_rows(path: Path) -> dict[str, dict]:

@@ -206,7 +206,7 @@ RATIO = dict(INTEGER, question="How many apples are on the table?")
 
 
 def _rule(response, doc, **kw):
-    from frankeneval.tasks.mathvista.utils import mathvista_rule_verdict
+    from frankeneval.core.scoring import mathvista_rule_verdict
 
     return mathvista_rule_verdict(response, doc, **kw)
 

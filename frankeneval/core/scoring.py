@@ -6,7 +6,7 @@
 * Math equivalence (``math_equal``): whitespace-free lower-case strings match, or math-verify says the two are
   equivalent, or both parse as numbers within 1e-6. ``rel_tol=0.01`` adds the reference's 1 % relative error
   (seed-compatible option only).
-* MathVista (``mathvista_correct``): only what the response *states* as its final answer counts (a tag, a box,
+* MathVista (``mathvista_correct``, ``mathvista_rule_verdict``): only what the response *states* as its final answer counts (a tag, a box,
   "the answer is ...", "Answer: ...", or a one-line response that is itself an answer); no fallback to the last
   line or the last number, and a response that hit the token limit is credited only from a tag or box. A choice
   is selected by its letter or its whole text as the answer, never by its text inside another word. Free-form
@@ -37,6 +37,7 @@ __all__ = [
     "mathvista_final_answer",
     "mathvista_extract",
     "mathvista_correct",
+    "mathvista_rule_verdict",
     "mathvista_query",
     "mathvista_extraction_prompt",
     "mathvista_quick_extract",
@@ -258,7 +259,7 @@ def reference_math_correct(pred: Any, gold: Any) -> bool:
 
         if verify(parse(pred), parse(gold)):
             return True
-    except Exception:  # noqa: BLE001 - the reference ignores every math-verify failure
+    except Exception:  # noqa: BLE001, S110 - the reference ignores every math-verify failure
         pass
     try:
         a, b = float(p.replace(",", "").replace("%", "")), float(g.replace(",", "").replace("%", ""))
@@ -440,6 +441,147 @@ def mathvista_correct(response: str, doc: dict, *, extraction: str | None = None
 # ``extraction: mathvista``: MathVista's evaluation, so numbers compare with its leaderboard -- quick rules, else an
 # LLM extracts the answer with few-shot examples (:func:`mathvista_extraction_prompt`, sent by the judge client),
 # then the official normalization (:func:`mathvista_normalize`) and an exact string comparison.
+
+
+# --------------------------------------------------------------------------- MathVista: the rules' verdict
+# The rules' verdict on one response (:func:`mathvista_rule_verdict`). The stated forms of
+# :func:`frankeneval.core.mathvista_final_answer` first; when it finds none, the few further forms that
+# recorded MathVista responses use to state an answer (bench/mathvista_agreement.py measured them against the
+# official verdicts, BENCHMARKS.md). None of them reads an option's text inside a sentence, and none applies to a
+# response that hit the token limit (there only a tag or a box counts).
+
+_REFUSAL = re.compile(r"\b(?:cannot|can't|can ?not|unable|not possible|impossible|sorry|unclear|not sure|"
+                      r"no way to|not enough|insufficient|don't know|do not know)\b", re.IGNORECASE)
+# "the answer to the blank is 2", "the answer to this riddle is 12"
+_ANSWER_TO = re.compile(r"\banswer\s+to\s+(?:the|this)\s+\w+(?:\s+\w+)?\s+(?:is|would\s+be)\s*[:：]?\s*",
+                        re.IGNORECASE)
+# the final sentence names a letter as what something "is": "... is (D) 54°.", "... would be (B) 45°.",
+# "... which is option (E)." -- never "is not (B)"
+_IS_LETTER = re.compile(r"\b(?:is|are|be|was)\s+(?:option\s+|choice\s+)?(\([A-Z]\)[^\n]*)$")
+_SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+(?=\S)")
+_YES_NO_LEAD = re.compile(r"^\W{0,3}(yes|no)\b\**\s*[,.!;:]", re.IGNORECASE)
+_NUMBER_WORDS = {w: i for i, w in enumerate(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
+                                              "nine", "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen",
+                                              "sixteen", "seventeen", "eighteen", "nineteen", "twenty"])}
+_NUM_TOKEN = re.compile(r"(?<![\w.])-?\d+(?:,\d{3})*(?:\.\d+)?(?![\w.]*\d)")
+
+
+def _last_sentence(text: str) -> str:
+    lines = [ln.strip() for ln in (text or "").strip().split("\n") if ln.strip()]
+    if not lines:
+        return ""
+    parts = _SENTENCE_SPLIT.split(lines[-1])
+    return parts[-1].strip() if parts else ""
+
+
+def _numbers_in(sentence: str, question: str) -> list[str]:
+    """The numbers a sentence adds to the question: its digit numbers not in the question, else (no digits) its
+    number words zero .. twenty not in the question ("these two people" names no answer)."""
+    s = _clean_answer(sentence)
+    in_question = {abs(float(x)) for x in re.findall(r"\d+(?:\.\d+)?", question)}
+    digits = [m.group(0).replace(",", "") for m in _NUM_TOKEN.finditer(s)]
+    if digits:
+        return [d for d in digits if abs(float(d)) not in in_question]
+    q_words = {w.lower() for w in re.findall(r"[A-Za-z]+", question)}
+    return [str(_NUMBER_WORDS[w.lower()]) for w in re.findall(r"[A-Za-z]+", s)
+            if w.lower() in _NUMBER_WORDS and w.lower() not in q_words]
+
+
+def _short_statement_number(response: str, doc: dict) -> str | None:
+    """Free form: a short complete response (one paragraph, at most 3 sentences, 300 characters, ending with a
+    full stop) whose last sentence states exactly one number not already in the question ("The perimeter of the
+    rectangle is 18 inches.", "There are two sequences with negative Influence Scores."): that number."""
+    text = (response or "").strip()
+    if not text or "\n" in text or len(text) > 300 or not re.search(r"[.!]\**$", text):
+        return None
+    sentences = _SENTENCE_SPLIT.split(text)
+    if len(sentences) > 3 or _REFUSAL.search(text):
+        return None
+    nums = _numbers_in(sentences[-1], str(doc.get("question", "")))
+    return nums[0] if len(nums) == 1 else None
+
+
+def _yes_no_lead(response: str, choices: list[str]) -> str | None:
+    """Yes/no options: a response that opens with "Yes," / "No." (not a refusal): that word."""
+    if sorted(c.strip().lower() for c in choices) != ["no", "yes"]:
+        return None
+    text = (response or "").strip()
+    m = _YES_NO_LEAD.match(text)
+    if not m or _REFUSAL.search(_SENTENCE_SPLIT.split(text)[0]):
+        return None
+    return m.group(1)
+
+
+def _further_stated_answer(response: str, doc: dict) -> tuple[str | None, str]:
+    """The further stated forms (see above), tried only where the core rules find no final answer."""
+    text = (response or "").replace("**", "")
+    hits = list(_ANSWER_TO.finditer(text))
+    if hits:
+        rest = text[hits[-1].end():].split("\n", 1)[0].strip()
+        if rest:
+            return rest, "answer_to"
+    choices = list(doc.get("choices") or [])
+    if doc.get("question_type") == "multi_choice" and choices:
+        m = _IS_LETTER.search(_last_sentence(text))
+        if m:
+            return m.group(1), "final_is_letter"
+        yn = _yes_no_lead(text, choices)
+        if yn is not None:
+            return yn, "yes_no_lead"
+    elif doc.get("answer_type") in ("integer", "float"):
+        n = _short_statement_number(text, doc)
+        if n is not None:
+            return n, "short_statement"
+    return None, "none"
+
+
+def _letter_conflict(extracted: str, choices: list[str]) -> bool:
+    """True when the answer states a letter and, next to it, a different option's text or a number that is not
+    that option's ("(D) 140°" where D is 20°, "(B) 50°" where B is 35°): the statement contradicts itself."""
+    s = _clean_answer(extracted)
+    m = _CLAUSE_END.search(s)
+    s = _clean_answer(s[: m.start()]) if m else s
+    lm = re.match(r"(?:option|choice)?\s*\(?([A-Z])\)?[.:)]?\s+(\S.*)$", s, flags=re.IGNORECASE)
+    letters = [chr(ord("A") + i) for i in range(len(choices))]
+    if not lm or lm.group(1).upper() not in letters or (not s.startswith("(") and lm.group(1).islower()):
+        return False
+    chosen = choices[letters.index(lm.group(1).upper())]
+    rest = _clean_answer(lm.group(2)).lstrip(":").strip()
+    key = _option_key(rest)
+    if key == _option_key(chosen):
+        return False
+    if any(key == _option_key(c) for c in choices):
+        return True
+    v = _number_of_option(rest)
+    if v is None:
+        return False
+    w = _number_of_option(chosen)
+    return w is None or abs(v - w) > 1e-9
+
+
+def mathvista_rule_verdict(response: str, doc: dict, *, truncated: bool = False) -> dict:
+    """The rules' verdict on one MathVista response: ``verdict`` ``credit`` (the stated answer is right), ``wrong``
+    (a stated answer, and it is wrong) or ``undecided`` (no stated answer the rules can read, or one that
+    contradicts itself: the judge decides); with ``correct`` (credit), ``prediction`` (the option / normalized
+    value read), ``extracted`` (the stated answer) and ``method`` (how it was found)."""
+    extracted, method = mathvista_final_answer(response, doc, truncated=truncated)
+    if extracted is None and not truncated:
+        extracted, method = _further_stated_answer(str(response or ""), doc)
+    out = {"verdict": "undecided", "correct": False, "prediction": None, "extracted": extracted, "method": method}
+    if extracted is None:
+        return out
+    if method in ("whole", "yes_no_lead") and _REFUSAL.search(str(response or "")):
+        out["method"] = f"{method}+refusal"  # "No, I cannot tell from this image." states no answer
+        return out
+    choices = list(doc.get("choices") or [])
+    if doc.get("question_type") == "multi_choice" and choices and _letter_conflict(extracted, choices):
+        out["method"] = f"{method}+letter_conflict"
+        return out
+    ok, pred = mathvista_correct(str(response or ""), doc, extraction=extracted)
+    if pred is None:
+        return out
+    out.update(verdict="credit" if ok else "wrong", correct=bool(ok), prediction=pred)
+    return out
 
 
 def mathvista_query(doc: dict) -> str:
