@@ -332,6 +332,20 @@ def lmms_task(build_docs) -> type:
                                          "__doc__": f"The lmms-eval task over {build_docs.__module__}.build_docs."})
 
 
+def task_module_getattr(build_docs):
+    """A task folder's module ``__getattr__`` (PEP 562): ``FrankenTask`` (the YAML's ``class:``) is the lmms-eval
+    task over ``build_docs``, made on first use, so the folder's hooks import without lmms-eval (the lm-eval task
+    reuses them)."""
+    module = build_docs.__module__
+
+    def __getattr__(name: str):
+        if name == "FrankenTask":
+            return lmms_task(build_docs)
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+    return __getattr__
+
+
 def __getattr__(name: str):  # PEP 562: ``common.FrankenTask`` imports lmms-eval on first use
     if name == "FrankenTask":
         return _lmms_task_base()

@@ -51,12 +51,7 @@ def build_docs(spec: dict, settings: TaskSettings) -> list[dict]:
     return docs
 
 
-def __getattr__(name: str):
-    """``FrankenTask`` (the YAML's ``class:``): the lmms-eval task over :func:`build_docs`, made on first use, so
-    the hooks here import without lmms-eval (the lm-eval task reuses them)."""
-    if name == "FrankenTask":
-        return common.lmms_task(build_docs)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = common.task_module_getattr(build_docs)  # FrankenTask, made on first use
 
 
 def probe_doc_to_visual(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> list:
