@@ -22,7 +22,7 @@ localize     frankeneval localize-vision (4 probe tasks, --pairs pairs, every LL
              (GSM8K, --questions questions, every LLM layer), on RL
 report       frankeneval report (the paper's table, transitions, leaderboard)
 gpus         the 2-GPU check: the same sub-matrix (Base, IN, RL, one variant x v1 perception and reasoning, 8 cells)
-             with --gpus 1 and --gpus 2, wall time of each and per-item equality of every cell's samples
+             with --gpus 1 and --gpus 2, each splicing its variant into its own cache, wall time of each and per-item equality of every cell's samples
 
 The weights are random: the answers are noise and every number here is about time, memory and plumbing, never
 accuracy. With no GPU visible the script stops with one line (it never falls back to the CPU). Writes
@@ -212,6 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         dev, n_gpus = "cuda", torch.cuda.device_count()
     work = args.work.resolve()
+    if work.is_dir() and any(work.iterdir()) and not (work / "full_size.json").is_file() \
+            and not (work / "logs").is_dir():
+        print(f"full_size: {work} holds files this benchmark did not write; give an empty or new --work folder "
+              "(its stages replace their own sub-folders)", file=sys.stderr)
+        return 2
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     lineage = work / "lineage"
@@ -245,8 +250,8 @@ def main(argv: list[str] | None = None) -> int:
             stages[stage] = run_stage(stage, fe + ["splice", f"{args.recipe}:{first}", *models, "--out", str(out),
                                                    "--quiet"], logs, env)
             stages[stage]["variant"] = first
-            if out.exists():
-                shutil.rmtree(out)  # written by this stage only; the transfer stage materializes its own
+            if stages[stage]["rc"] == 0 and out.exists():
+                shutil.rmtree(out)  # the splice this stage wrote; the transfer stage materializes its own
         elif stage == "images":
             t = time.perf_counter()
             info = synthetic_mathvista(args.data.resolve(), data, max_side=112 if dev == "cpu" else None)
@@ -274,21 +279,23 @@ def main(argv: list[str] | None = None) -> int:
             sub = variants(args.recipe)[:1]
             timing = {}
             for n in (1, 2):
-                run = work / f"gpus{n}"
-                if run.exists():
-                    shutil.rmtree(run)  # this stage's own scratch run
+                run, cache = work / f"gpus{n}", work / f"splices-gpus{n}"
+                for scratch in (run, cache):  # this stage's own; each run splices its variant itself (same work)
+                    if scratch.exists():
+                        shutil.rmtree(scratch)
                 row = run_stage(f"gpus{n}", fe + ["transfer", "--recipe", args.recipe, *models, *common,
-                                                  "--variants", ",".join(sub), "--tasks", "franken_perception,franken_reasoning", "--gpus", str(n if dev == "cuda" else 0),
+                                                  "--variants", ",".join(sub), "--tasks", "franken_perception,franken_reasoning",
+                                                  "--gpus", str(n if dev == "cuda" else 0),
                                                   *(["--model-args", "device=cpu"] if dev == "cpu" else []),
-                                                  "--splice-cache", str(work / "splices-gpus"), "--out", str(run)],
+                                                  "--splice-cache", str(cache), "--out", str(run)],
                                 logs, env)
                 timing[n] = row
+                shutil.rmtree(cache, ignore_errors=True)
             same = samples_by_cell(work / "gpus1") == samples_by_cell(work / "gpus2")
             ratio = timing[2]["wall_s"] / timing[1]["wall_s"] if timing[1]["wall_s"] else None
             stages[stage] = {"stage": stage, "rc": max(r["rc"] for r in timing.values()), "n1": timing[1],
                              "n2": timing[2], "ratio_n2_over_n1": ratio, "per_item_identical": same,
                              "cells": len(samples_by_cell(work / "gpus1"))}
-            shutil.rmtree(work / "splices-gpus", ignore_errors=True)
         elif stage == "accelerate":
             from frankeneval.commands.tasks_path import tasks_path
 
