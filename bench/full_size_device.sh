@@ -7,8 +7,11 @@ set -u
 W=${1:-/tmp/fs}
 DATA=${2:-$PWD/.devdata}
 shift 2 2>/dev/null || true
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
+# into the interpreter's own site-packages (not --target + PYTHONPATH: the transfer cells' lmms-eval child processes
+# are started with their own environment and must import the same packages)
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir .whl/*.whl \
+  || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --break-system-packages .whl/*.whl || exit 1
+export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . || exit 1
 python3 -c "import datasets, evaluate, lmms_eval.evaluator, frankeneval.tasks.common, frankeneval.model_wrappers.franken_qwen, pynvml; print('imports ok')" || exit 1
 mkdir -p "$W"

@@ -7,7 +7,8 @@
 Model args: ``pretrained`` (dir or hub id) or ``splice`` (a merge spec file or built-in ``recipe:variant``,
 materialized once into a cache dir by ``frankeneval.transferability.splice.materialize_cached``), ``dtype`` (auto), ``device``,
 ``device_map``, ``attn_implementation``, ``batch_size`` (int or ``auto``),
-``max_batch_size``, ``max_pixels``, ``min_pixels``, ``max_new_tokens`` (default when the task sets none),
+``max_batch_size`` (default: 64 rows, on a GPU as many as a quarter of its free memory holds), ``decode`` (``auto``: greedy
+rows decode with the static-cache decoder, CUDA graphs on GPU; ``hf``: ``model.generate`` for everything), ``max_pixels``, ``min_pixels``, ``max_new_tokens`` (default when the task sets none),
 ``intervention`` (``frankeneval.core.interventions.parse_intervention_spec``: ``ablate:12``, ``ablate:3-5``,
 ``ablate:3+7``, ``ablate:late``, ``swapkv:<L>:<image>``; unified LLM layers 1-n as everywhere in frankeneval, so
 ``ablate:12`` is decoder layer 11; ``+`` between list items, README "Layer grammar"), ``backend`` (``hf`` or ``vllm``, the latter without
@@ -53,7 +54,7 @@ MODEL_ARGS = (
     "pretrained", "splice", "dtype", "device", "device_map", "attn_implementation", "batch_size", "max_batch_size",
     "seed_compatible",
     "max_pixels", "min_pixels", "max_new_tokens", "intervention", "backend", "system_prompt", "keep_blank_line_stop",
-    "allow_pickle", "gpu_memory_utilization",
+    "allow_pickle", "gpu_memory_utilization", "decode",
 )
 
 
@@ -83,6 +84,7 @@ class FrankenQwen(lmms):
         allow_pickle: bool | str = False,
         gpu_memory_utilization: float | str | None = None,
         seed_compatible: bool | str = False,
+        decode: str = "auto",
         **kwargs,
     ) -> None:
         super().__init__()
@@ -106,6 +108,7 @@ class FrankenQwen(lmms):
         args = dict(
             pretrained=self.pretrained, dtype=dtype, device_map=device_map, attn_implementation=attn_implementation,
             max_pixels=max_pixels, min_pixels=min_pixels, max_batch_size=max_batch_size, allow_pickle=allow_pickle,
+            decode=decode,
         )
         if self.backend == "hf":
             self.generator = build_generator(args, device)
@@ -217,8 +220,9 @@ class FrankenQwen(lmms):
             self._logged_batch_size = size
             from loguru import logger
 
+            cap = self.generator.max_batch_size
             logger.info(f"franken_qwen: batch_size auto settled on {size} rows per call (max_batch_size "
-                        f"{self.generator.max_batch_size})")
+                        f"{cap if cap is not None else 'auto: from free memory'})")
 
     def _record_hit_limit(self, parsed: list, finish: list) -> None:
         """Tell the task's scoring which answers ran to ``max_new_tokens`` (its per-item ``hit_limit`` metric),

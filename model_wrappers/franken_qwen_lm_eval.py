@@ -43,7 +43,7 @@ from frankeneval.model_wrappers.model_args import (
 
 LM_EVAL_ARGS = (
     "pretrained", "splice", "dtype", "device", "device_map", "attn_implementation", "batch_size", "max_batch_size",
-    "max_new_tokens", "intervention", "system_prompt", "chat", "max_length", "allow_pickle",
+    "max_new_tokens", "intervention", "system_prompt", "chat", "max_length", "allow_pickle", "decode",
 )
 
 
@@ -67,6 +67,7 @@ class FrankenQwenLM(LM):
         chat: bool = True,
         max_length: int = 4096,
         allow_pickle: bool | str = False,
+        decode: str = "auto",
         **kwargs: Any,
     ) -> None:
         super().__init__()
@@ -86,7 +87,7 @@ class FrankenQwenLM(LM):
         args = dict(
             pretrained=self.pretrained, dtype=dtype,
             device_map=device_map, attn_implementation=attn_implementation, max_batch_size=int_or_none(max_batch_size),
-            allow_pickle=parse_bool(allow_pickle),
+            allow_pickle=parse_bool(allow_pickle), decode=decode,
         )
         self.generator = build_generator(args, dp_device or device)
         self._device = self.generator.device

@@ -136,8 +136,9 @@ def build_generator(args: dict[str, Any], device: str | None):
         attn_implementation=args.get("attn_implementation") or None,
         max_pixels=int_or_none(args.get("max_pixels")),
         min_pixels=int_or_none(args.get("min_pixels")),
-        max_batch_size=int_or_none(args.get("max_batch_size")) or 64,
+        max_batch_size=int_or_none(args.get("max_batch_size")),
         allow_pickle=parse_bool(args.get("allow_pickle", False)),
+        decode=args.get("decode") or "auto",
     )
 
 

@@ -10,7 +10,13 @@ wrapper and the analyses (localization sweeps, transfer).
 * ``stop``: one list of stop strings for all rows, or one list per row; the text is cut at the first stop
   string and a row stops generating once it has one (the batch stops when every row is done).
 * ``batch_size="auto"``: start at ``max_batch_size`` (or the last size that fitted) and halve on
-  ``torch.cuda.OutOfMemoryError``; the size that worked is remembered for the next call.
+  ``torch.cuda.OutOfMemoryError``; the size that worked is remembered for the next call. ``max_batch_size=None``
+  (the default): 64 rows, or on a GPU with the static decoder as many rows as a quarter of the free memory holds
+  (K/V cache of a 2048-token prompt plus the new tokens, at most 1024 rows).
+* Decoding: ``decode="auto"`` prefills with the model's own forward and decodes greedy rows with
+  :class:`frankeneval.core.decode.StaticDecoder` (preallocated cache, CUDA graph on GPU), prefilling
+  ``prefill_rows`` rows at a time; sampling, repetition penalty, attention capture and the seed-compatible swap
+  use ``model.generate``, as does ``decode="hf"`` for everything. Both give the same tokens (tests, float32).
 * ``interventions``: one entry per request (see ``frankeneval.core.interventions``); ``CaptureAttention`` results
   come back in ``GenResult.captures``. ``SwapVisualKV`` with a PIL image source is encoded once with the
   row's own prompt/system (cached), or pass a ``VisualKV`` from ``Generator.visual_kv``.
@@ -29,8 +35,10 @@ from typing import Any
 import torch
 
 from frankeneval.errors import FrankenevalError, InterventionError, UnsafeWeights
+from frankeneval.core.decode import StaticDecoder, supports_static_decode
 from frankeneval.core.interventions import (
     AttentionCapture,
+    CaptureAttention,
     SwapVisualKV,
     VisualKV,
     _RecordVisualKV,
@@ -40,7 +48,10 @@ from frankeneval.core.interventions import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BATCH_SIZE = 64
+DEFAULT_MAX_BATCH_SIZE = 64  # rows per call when the memory does not say more (CPU, or model.generate)
+MAX_AUTO_ROWS = 1024  # the most rows batch_size="auto" starts at on a GPU
+DEFAULT_PREFILL_TOKENS = 32768  # prompt tokens per prefill forward of the static decoder (rows = this // prompt length)
+DECODE_MODES = ("auto", "hf")
 
 
 @dataclass
@@ -110,6 +121,62 @@ class _StopOnStrings:
         return done
 
 
+class _FinishScan:
+    """Where each row finished, read from its generated tokens: ``_StopOnStrings``' rule applied after the fact.
+
+    The first EOS (finished there, reason ``eos``), else the first step whose decoded tail holds one of the row's stop
+    strings (finished after it, reason ``stop``). ``update`` scans only tokens it has not seen; returns whether every
+    row has finished.
+    """
+
+    def __init__(self, tokenizer, stops: list[list[str]], eos_ids: set[int]):
+        self.tokenizer = tokenizer
+        self.stops = stops
+        self.eos_ids = eos_ids
+        self.window = [max((len(s) for s in row), default=0) + 4 for row in stops]
+        self.finished_at: list[int | None] = [None] * len(stops)
+        self.reason: list[str] = ["length"] * len(stops)
+        self.seen = [0] * len(stops)
+
+    def update(self, tokens: list[list[int]]) -> bool:
+        for r, toks in enumerate(tokens):
+            if self.finished_at[r] is not None:
+                continue
+            for i in range(self.seen[r], len(toks)):
+                if toks[i] in self.eos_ids:
+                    self.finished_at[r], self.reason[r] = i, "eos"
+                    break
+                if self.stops[r]:
+                    tail = self.tokenizer.decode(toks[max(0, i + 1 - self.window[r]) : i + 1], skip_special_tokens=True)
+                    if any(s in tail for s in self.stops[r]):
+                        self.finished_at[r], self.reason[r] = i + 1, "stop"
+                        break
+            self.seen[r] = len(toks)
+        return all(f is not None for f in self.finished_at)
+
+
+def _slice_rows(inputs, lo: int, hi: int, n_images: list[int]):
+    """Rows ``lo:hi`` of a processor batch: per-row tensors sliced, the images' patches and grids of those rows."""
+    n = inputs["input_ids"].shape[0]
+    out = {}
+    grid = inputs.get("image_grid_thw")
+    first_img, last_img = sum(n_images[:lo]), sum(n_images[:hi])
+    for key, value in inputs.items():
+        if key == "image_grid_thw":
+            out[key] = value[first_img:last_img]
+        elif key == "pixel_values":
+            patches = grid.prod(-1).tolist()
+            out[key] = value[sum(patches[:first_img]) : sum(patches[:last_img])]
+        elif torch.is_tensor(value) and value.dim() >= 1 and value.shape[0] == n:
+            out[key] = value[lo:hi]
+        else:
+            raise FrankenevalError(f"cannot split the prefill batch: unknown input {key!r}")
+    if first_img == last_img:  # rows without images: no vision inputs at all
+        out.pop("pixel_values", None)
+        out.pop("image_grid_thw", None)
+    return out
+
+
 def _image_key(image) -> str:
     h = hashlib.sha1()
     h.update(f"{image.mode}{image.size}".encode())
@@ -138,11 +205,14 @@ def _is_oom(exc: BaseException) -> bool:
 class Generator:
     """Batched generation / scoring over one loaded Qwen2.5-VL model and its processor."""
 
-    def __init__(self, model, processor, *, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE):
+    def __init__(self, model, processor, *, max_batch_size: int | None = None, decode: str = "auto",
+                 prefill_tokens: int = DEFAULT_PREFILL_TOKENS):
         self.model = model.eval()
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.max_batch_size = max_batch_size
+        self.decode = decode
+        self.prefill_tokens = int(prefill_tokens)
         self._auto_batch_size: int | None = None
         self._kv_cache: OrderedDict[tuple, VisualKV] = OrderedDict()
         self.kv_cache_size = 64
@@ -159,8 +229,9 @@ class Generator:
         attn_implementation: str | None = None,
         max_pixels: int | None = None,
         min_pixels: int | None = None,
-        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        max_batch_size: int | None = None,
         allow_pickle: bool = False,
+        decode: str = "auto",
     ) -> Generator:
         """Load model + processor from a local dir or hub id (``device`` or ``device_map``, not both).
 
@@ -191,11 +262,45 @@ class Generator:
             raise FrankenevalError(f"cannot load model {pretrained!r}: {' '.join(str(exc).split())}") from exc
         if device_map is None:
             model = model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        return cls(model, processor, max_batch_size=max_batch_size)
+        return cls(model, processor, max_batch_size=max_batch_size, decode=decode)
 
     @property
     def device(self) -> torch.device:
         return self.model.device
+
+    @property
+    def decode(self) -> str:
+        """``auto``: the static decoder for greedy rows (module docstring); ``hf``: ``model.generate`` for all."""
+        return self._decode
+
+    @decode.setter
+    def decode(self, value: str) -> None:
+        value = str(value).lower()
+        if value not in DECODE_MODES:
+            raise FrankenevalError(f"decode must be one of {', '.join(DECODE_MODES)}, got {value!r}")
+        self._decode = value
+
+    def _static_ok(self, rows: list[list], do_sample: bool, repetition_penalty) -> bool:
+        """Whether these rows decode with the static decoder (greedy, no capture / record / seed-compatible swap)."""
+        if self._decode != "auto" or do_sample or repetition_penalty not in (None, 1.0):
+            return False
+        if len({str(d) for d in getattr(self.model, "hf_device_map", {}).values()}) > 1 or not supports_static_decode(self.model):
+            return False
+        for row in rows:
+            for it in row:
+                if isinstance(it, (CaptureAttention, _RecordVisualKV)) or (isinstance(it, SwapVisualKV) and it.seed_compatible):
+                    return False
+        return True
+
+    def _start_batch_size(self, max_new_tokens: int, static: bool) -> int:
+        """Rows per call ``batch_size="auto"`` starts at (before any out-of-memory back-off)."""
+        if self.max_batch_size is not None:
+            return int(self.max_batch_size)
+        if not (static and self.device.type == "cuda"):
+            return DEFAULT_MAX_BATCH_SIZE
+        free, _ = torch.cuda.mem_get_info(self.device)
+        per_row = StaticDecoder.cache_bytes(self.model, 1, 2048 + max_new_tokens)
+        return int(max(DEFAULT_MAX_BATCH_SIZE, min(MAX_AUTO_ROWS, free // 4 // max(per_row, 1))))
 
     @property
     def auto_batch_size(self) -> int | None:
@@ -318,7 +423,8 @@ class Generator:
         auto = isinstance(batch_size, str)
         if auto and batch_size != "auto" and not batch_size.startswith("auto"):
             raise FrankenevalError(f"batch_size must be an int or 'auto', got {batch_size!r}")
-        bs = (self._auto_batch_size or self.max_batch_size) if auto else int(batch_size)
+        static = self._static_ok(rows, do_sample, repetition_penalty)
+        bs = (self._auto_batch_size or self._start_batch_size(max_new_tokens, static)) if auto else int(batch_size)
         bs = max(1, min(bs, n))
         pbar = None
         if progress:
@@ -362,9 +468,17 @@ class Generator:
         return [[s for s in ([row] if isinstance(row, str) else (row or [])) if s] for row in stop]
 
     def _generate_batch(self, requests, rows, stops, *, max_new_tokens, do_sample, temperature, top_p, repetition_penalty, ignore_eos):
+        rows = self._resolve_sources(requests, rows)
+        if self._static_ok(rows, do_sample, repetition_penalty):
+            return self._generate_static(requests, rows, stops, max_new_tokens=max_new_tokens, ignore_eos=ignore_eos)
+        return self._generate_hf(requests, rows, stops, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                 temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty,
+                                 ignore_eos=ignore_eos)
+
+    def _generate_hf(self, requests, rows, stops, *, max_new_tokens, do_sample, temperature, top_p, repetition_penalty, ignore_eos):
+        """One batch through ``model.generate`` (sampling, capture, the seed-compatible swap, ``decode="hf"``)."""
         from transformers import GenerationConfig, StoppingCriteriaList
 
-        rows = self._resolve_sources(requests, rows)
         inputs = self.encode(requests)
         prompt_len = inputs["input_ids"].shape[1]
         eos_ids = set() if ignore_eos else self._eos_ids()
@@ -386,10 +500,58 @@ class Generator:
         ) as session:
             out = self.model.generate(**inputs, generation_config=gen_cfg, stopping_criteria=StoppingCriteriaList([criterion]))
         new = out[:, prompt_len:].tolist()
+        return self._results(new, criterion.finished_at, criterion.reason, stops, session)
+
+    def _generate_static(self, requests, rows, stops, *, max_new_tokens, ignore_eos):
+        """One batch: prefill with the model's forward (``prefill_tokens`` prompt tokens at a time, interventions
+        applied), then greedy decode with :class:`StaticDecoder`."""
+        inputs = self.encode(requests)
+        n, prompt_len = inputs["input_ids"].shape
+        positions = self._prefill_positions(inputs)
+        chunk = max(1, self.prefill_tokens // prompt_len)
+        decoder = None
+        n_images = [len(r.images) for r in requests]
+        with torch.inference_mode():
+            for lo in range(0, n, chunk):
+                hi = min(n, lo + chunk)
+                part = inputs if (lo, hi) == (0, n) else _slice_rows(inputs, lo, hi, n_images)
+                with apply_interventions(self.model, rows[lo:hi], input_ids=part["input_ids"],
+                                         attention_mask=part.get("attention_mask")) as session:
+                    out = self.model(**part, position_ids=positions[:, lo:hi], use_cache=True, logits_to_keep=1)
+                keep = torch.tensor([[0.0 if j in st.ablate else 1.0 for st in session.states]
+                                     for j in range(session.n_layers)])
+                cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+                first = out.logits[:, -1].argmax(-1)
+                if decoder is None:
+                    k0 = cache.layers[0].keys
+                    decoder = StaticDecoder(self.model, rows=n, prompt_len=prompt_len, max_new_tokens=max_new_tokens,
+                                            device=k0.device, dtype=k0.dtype)
+                mask = part.get("attention_mask")
+                decoder.write_prompt(lo, cache, mask if mask is not None else torch.ones_like(part["input_ids"]),
+                                     positions[1:, lo:hi, -1], first, keep)
+                del out, cache
+            eos_ids = set() if ignore_eos else self._eos_ids()
+            decoder.set_eos(eos_ids)
+            scan = _FinishScan(self.tokenizer, stops, eos_ids)
+            tokens = decoder.run(done=(lambda toks, _n: scan.update(toks.tolist())) if any(stops) else None)
+            new = tokens.tolist()
+        scan.update(new)
+        return self._results(new, scan.finished_at, scan.reason, stops, None)
+
+    def _prefill_positions(self, inputs) -> torch.Tensor:
+        """The ``(4, rows, prompt)`` positions ``generate`` gives the prefill (text positions, then the 3-D rope)."""
+        kwargs = {k: v for k, v in inputs.items() if k not in ("pixel_values", "pixel_values_videos")}
+        pos = self.model._prepare_position_ids_for_generation(inputs["input_ids"], kwargs)
+        if pos.dim() == 2:  # text-only model: one position per token
+            pos = pos[None].expand(4, -1, -1)
+        return pos
+
+    def _results(self, new: list[list[int]], finished_at, reasons, stops, session) -> list[GenResult]:
+        """Generated token lists (one per row, cut at ``finished_at``) -> results, texts cut at the first stop string."""
         results = []
         for r, toks in enumerate(new):
-            end = criterion.finished_at[r]
-            reason = criterion.reason[r]
+            end = finished_at[r]
+            reason = reasons[r]
             if end is None:  # ran to max_new_tokens
                 end, reason = len(toks), "length"
             n_gen = end + 1 if reason == "eos" else end  # queries that produced a token (EOS included)
@@ -399,7 +561,8 @@ class Generator:
             cut = [text.find(s) for s in stops[r] if s in text]
             if cut:
                 text, reason = text[: min(cut)], "stop"
-            results.append(GenResult(text=text, token_ids=toks, finish_reason=reason, captures=session.captures(r, n_gen)))
+            captures = session.captures(r, n_gen) if session is not None else []
+            results.append(GenResult(text=text, token_ids=toks, finish_reason=reason, captures=captures))
         return results
 
     # ------------------------------------------------------------------------------------------------ scoring

@@ -1,0 +1,131 @@
+"""The static decoder (preallocated cache, CUDA graph on GPU) gives the tokens ``model.generate`` gives (float32)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import requires_gpu
+from test_generation import noise_image, requests
+
+import frankeneval.core.decode as decode_mod
+from frankeneval.core.generation import GenRequest, Generator
+from frankeneval.core.interventions import Ablate, CaptureAttention, SwapVisualKV
+from frankeneval.errors import FrankenevalError
+
+
+@pytest.fixture(scope="module")
+def gen(tiny_lineage) -> Generator:
+    return Generator.load(str(tiny_lineage.rl), device="cpu")
+
+
+@pytest.fixture
+def static_runs(monkeypatch):
+    """Counts StaticDecoder.run calls (proves which path a generate call took)."""
+    calls = []
+    run = decode_mod.StaticDecoder.run
+
+    def spy(self, *a, **k):
+        calls.append(self.rows)
+        return run(self, *a, **k)
+
+    monkeypatch.setattr(decode_mod.StaticDecoder, "run", spy)
+    return calls
+
+
+def both(gen: Generator, reqs, **kw):
+    """The same call through model.generate (decode="hf") and the static decoder (decode="auto")."""
+    try:
+        gen.decode = "hf"
+        hf = gen.generate(reqs, **kw)
+        gen.decode = "auto"
+        static = gen.generate(reqs, **kw)
+    finally:
+        gen.decode = "auto"
+    return hf, static
+
+
+def assert_same(hf, static):
+    for a, b in zip(hf, static, strict=True):
+        assert a.token_ids == b.token_ids
+        assert (a.text, a.finish_reason) == (b.text, b.finish_reason)
+
+
+@pytest.mark.parametrize("max_new_tokens", [1, 2, 17, 40])
+def test_static_decoder_equals_generate(gen, static_runs, max_new_tokens):
+    hf, static = both(gen, requests(), max_new_tokens=max_new_tokens, batch_size=4)
+    assert static_runs == [4]  # one static call for the batch; none for decode="hf"
+    assert_same(hf, static)
+    assert all(len(r.token_ids) == max_new_tokens for r in static if r.finish_reason == "length")
+
+
+def test_per_row_ablation_and_swap_equal_generate(gen, static_runs):
+    reqs = requests()
+    rows = [[Ablate((2,))], [], [Ablate((1, 6))], [Ablate((3,))]]
+    assert_same(*both(gen, reqs, max_new_tokens=20, interventions=rows, batch_size=4))
+    target, source = noise_image(7), noise_image(8)
+    reqs = [GenRequest("What is it?", [target]) for _ in range(5)]
+    rows = [[SwapVisualKV(source, L)] for L in (1, 2, 4, 6, 7)]
+    hf, static = both(gen, reqs, max_new_tokens=20, interventions=rows, batch_size=5)
+    assert_same(hf, static)
+    assert static_runs == [4, 5]
+    # swapping from layer 1 is running on the source image, through the static decoder too
+    on_source = gen.generate([GenRequest("What is it?", [source])], max_new_tokens=20)[0]
+    assert static[0].token_ids == on_source.token_ids
+
+
+def test_eos_and_stop_strings_finish_rows_as_generate_does(gen, static_runs):
+    reqs = requests()
+    free = gen.generate(reqs, max_new_tokens=16, ignore_eos=True)
+    eos = free[1].token_ids[5]  # a token row 1 produces mid-answer becomes EOS: rows stop at different steps
+    cfg = gen.model.generation_config
+    old = cfg.eos_token_id
+    cfg.eos_token_id = [eos]
+    try:
+        hf, static = both(gen, reqs, max_new_tokens=16)
+    finally:
+        cfg.eos_token_id = old
+    assert_same(hf, static)
+    assert any(len(r.token_ids) < 16 and r.finish_reason == "stop" for r in static)
+    stops = [[r.text[3:6]] if len(r.text) > 6 else [] for r in free]
+    hf, static = both(gen, reqs, max_new_tokens=16, ignore_eos=True, stop=stops)
+    assert_same(hf, static)
+    assert sum(r.finish_reason == "stop" for r in static) >= 2
+
+
+def test_prefill_in_chunks_equals_one_prefill(gen, static_runs):
+    reqs = requests() + [GenRequest("A text-only question?", [])]
+    rows = [[Ablate((4,))], [], [], [Ablate((2,))], []]
+    whole = gen.generate(reqs, max_new_tokens=10, interventions=rows, batch_size=5)
+    old = gen.prefill_tokens
+    gen.prefill_tokens = 1  # one row per prefill forward
+    try:
+        chunked = gen.generate(reqs, max_new_tokens=10, interventions=rows, batch_size=5)
+    finally:
+        gen.prefill_tokens = old
+    assert_same(whole, chunked)
+    assert static_runs == [5, 5]
+
+
+def test_what_the_static_decoder_does_not_take_goes_through_generate(gen, static_runs):
+    gen.generate(requests()[:2], max_new_tokens=4, do_sample=True, seed=0)
+    gen.generate(requests()[:2], max_new_tokens=4, repetition_penalty=1.3)
+    gen.generate(requests()[:1], max_new_tokens=4, interventions=[[CaptureAttention()]])
+    gen.generate([GenRequest("x", [noise_image(7)])], max_new_tokens=4,
+                 interventions=[[SwapVisualKV(noise_image(8), 2, seed_compatible=True)]])
+    assert static_runs == []
+    with pytest.raises(FrankenevalError, match="decode must be one of"):
+        gen.decode = "fast"
+
+
+@requires_gpu
+def test_cuda_graph_decoder_equals_generate_on_gpu(tiny_lineage):
+    g = Generator.load(str(tiny_lineage.rl), device="cuda", dtype="float32")
+    reqs = requests()
+    rows = [[Ablate((2,))], [], [Ablate((1, 6))], []]
+    hf, static = both(g, reqs, max_new_tokens=24, interventions=rows)
+    assert_same(hf, static)
+    for req, res in zip(reqs, static):  # batched rows equal their single runs
+        single = g.generate([req], max_new_tokens=24, interventions=[rows[reqs.index(req)]], batch_size=1)[0]
+        assert single.token_ids == res.token_ids
+    assert torch.cuda.is_available()
