@@ -93,6 +93,23 @@ def test_eos_and_stop_strings_finish_rows_as_generate_does(gen, static_runs):
     assert sum(r.finish_reason == "stop" for r in static) >= 2
 
 
+def test_the_checkpoints_generation_config_does_not_steer_either_path(gen, static_runs):
+    """A checkpoint's generation_config (hub Qwen2.5-VL: repetition_penalty 1.05) must not change greedy decoding,
+    and ignore_eos must ignore its EOS; model.generate fills every None from it (this failed on decode="hf")."""
+    reqs = requests()[:2]
+    free = gen.generate(reqs, max_new_tokens=10, ignore_eos=True)
+    cfg = gen.model.generation_config
+    old = (cfg.eos_token_id, cfg.repetition_penalty)
+    cfg.eos_token_id, cfg.repetition_penalty = [free[0].token_ids[2]], 3.0
+    try:
+        hf, static = both(gen, reqs, max_new_tokens=10, ignore_eos=True)
+    finally:
+        cfg.eos_token_id, cfg.repetition_penalty = old
+    assert_same(hf, static)
+    assert [r.token_ids for r in hf] == [r.token_ids for r in free]
+    assert all(len(r.token_ids) == 10 for r in hf)
+
+
 def test_prefill_in_chunks_equals_one_prefill(gen, static_runs):
     reqs = requests() + [GenRequest("A text-only question?", [])]
     rows = [[Ablate((4,))], [], [], [Ablate((2,))], []]

@@ -7,17 +7,39 @@ import os
 from pathlib import Path
 
 
+def _batch_size_arg(text: str):
+    if str(text).lower() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or auto, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or auto, got {text!r}")
+    return value
+
+
 def add_generator_arguments(parser: argparse.ArgumentParser, *, batch_size: int, max_new_tokens: int | None,
-                            max_new_tokens_help: str | None = None) -> None:
+                            max_new_tokens_help: str | None = None, auto_batch: bool = False) -> None:
     """Model-loading and generation options shared by the localization commands (``max_new_tokens=None``: the
-    command picks its default after parsing, described by ``max_new_tokens_help``)."""
+    command picks its default after parsing, described by ``max_new_tokens_help``). ``auto_batch``: ``--batch-size``
+    defaults to ``auto`` (``batch_size`` rows on a CPU; on a GPU as many as its free memory holds, see
+    :func:`units_per_call`)."""
     shown = max_new_tokens_help or max_new_tokens
     parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help=f"greedy new tokens (default {shown})")
-    parser.add_argument("--batch-size", type=int, default=batch_size,
-                        help=f"generations per batched call (sample x layer units; default {batch_size})")
+    if auto_batch:
+        parser.add_argument("--batch-size", type=_batch_size_arg, default="auto",
+                            help=f"generations per batched call (sample x layer units), or auto: {batch_size} on a CPU, "
+                                 "on a GPU as many rows as a quarter of its free memory holds (up to 1024; default auto)")
+    else:
+        parser.add_argument("--batch-size", type=int, default=batch_size,
+                            help=f"generations per batched call (sample x layer units; default {batch_size})")
     parser.add_argument("--dtype", default="auto", help="auto | bfloat16 | float16 | float32 (default auto)")
     parser.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if present)")
     parser.add_argument("--attn-implementation", default=None, help="sdpa | eager | flash_attention_2 (default: the model's)")
+    parser.add_argument("--decode", choices=("auto", "hf"), default="auto",
+                        help="auto: greedy rows decode with the static-cache decoder (CUDA graphs on a GPU); "
+                             "hf: transformers' generate for everything (default auto; same tokens in float32)")
     parser.add_argument("--max-pixels", type=int, default=None, help="processor max_pixels (default: the processor's)")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="allow pickle (.bin) weights (loading them can run code from the file!)")
@@ -27,9 +49,20 @@ def add_generator_arguments(parser: argparse.ArgumentParser, *, batch_size: int,
 def load_generator(args: argparse.Namespace, model: str):
     from frankeneval.core.generation import Generator
 
+    fixed = args.batch_size if isinstance(args.batch_size, int) else None
     return Generator.load(model, dtype=args.dtype, device=args.device, attn_implementation=args.attn_implementation,
-                          max_pixels=args.max_pixels, max_batch_size=args.batch_size,
+                          max_pixels=args.max_pixels, max_batch_size=fixed, decode=getattr(args, "decode", "auto"),
                           allow_pickle=getattr(args, "allow_pickle", False))
+
+
+def units_per_call(args: argparse.Namespace, generator, cpu_default: int, max_new_tokens: int) -> int:
+    """``--batch-size`` as a number: itself, or for ``auto`` what the generator's memory allows (``cpu_default`` on
+    a CPU)."""
+    if isinstance(args.batch_size, int):
+        return args.batch_size
+    if generator.device.type != "cuda":
+        return cpu_default
+    return generator.rows_per_call(max_new_tokens)
 
 
 def add_probe_arguments(parser: argparse.ArgumentParser) -> None:

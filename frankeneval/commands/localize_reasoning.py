@@ -25,6 +25,7 @@ from frankeneval.commands._shared import (
     add_seed_compatible_argument,
     add_system_prompt_arguments,
     load_generator,
+    units_per_call,
     system_prompt_setting,
 )
 
@@ -47,7 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_system_prompt_arguments(parser)
     add_seed_compatible_argument(parser)
     parser.add_argument("--out", required=True, help="output folder (a rerun with the same settings resumes)")
-    add_generator_arguments(parser, batch_size=32, max_new_tokens=None,
+    parser.add_argument("--ignore-eos", action="store_true",
+                        help="benchmarks on random weights only: every answer runs to --max-new-tokens (recorded)")
+    add_generator_arguments(parser, batch_size=32, max_new_tokens=None, auto_batch=True,
                             max_new_tokens_help="1024; the reference's 2048 with --seed-compatible")
 
 
@@ -75,8 +78,8 @@ def run(args: argparse.Namespace) -> int:
     results = run_reasoning_sweep(
         gen, args.dataset, questions, layers, args.out, model_name=args.model,
         system_prompt=prompt, max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size, seed_compatible=args.seed_compatible, progress=not args.no_progress,
-        meta={"data": data or "hub", "samples": args.samples, "seed": args.seed},
+        batch_size=units_per_call(args, gen, 32, args.max_new_tokens), seed_compatible=args.seed_compatible, progress=not args.no_progress,
+        meta={"data": data or "hub", "samples": args.samples, "seed": args.seed}, ignore_eos=args.ignore_eos,
     )
     print(format_reasoning_table(results))
     png = plot_reasoning_localization(results, Path(args.out) / "reasoning_localization.png")

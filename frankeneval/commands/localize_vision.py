@@ -24,6 +24,7 @@ from frankeneval.commands._shared import (
     add_probe_arguments,
     add_seed_compatible_argument,
     load_generator,
+    units_per_call,
     probe_sets,
 )
 
@@ -38,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="unified LLM layers 1-n, e.g. 1-28, 1 5 9 or late (README 'Layer grammar'; default: all)")
     add_seed_compatible_argument(parser)
     parser.add_argument("--out", required=True, help="output folder (a rerun with the same settings resumes)")
-    add_generator_arguments(parser, batch_size=32, max_new_tokens=64)
+    add_generator_arguments(parser, batch_size=32, max_new_tokens=64, auto_batch=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     gen = load_generator(args, args.model)
     layers = parse_layers(args.layers, gen.n_llm_layers)  # unified LLM layers 1 … n
     results = run_vision_sweep(gen, pairs, layers, args.out, model_name=args.model, max_new_tokens=args.max_new_tokens,
-                               batch_size=args.batch_size, seed_compatible=sc, progress=not args.no_progress,
+                               batch_size=units_per_call(args, gen, 32, args.max_new_tokens), seed_compatible=sc, progress=not args.no_progress,
                                meta={"samples": args.samples, "seed": args.seed, "data": str(source),
                                      "pair_selection": pair_selection(args.samples, args.seed, seed_compatible=sc)})
     print(format_vision_table(results))

@@ -19,12 +19,15 @@ and the seed-compatible decode-step swap use ``model.generate`` (``Generator`` p
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import torch
 
 from frankeneval.core.interventions import decoder_layers
 from frankeneval.errors import InterventionError
+
+log = logging.getLogger(__name__)
 
 
 def _text_parts(model):
@@ -185,7 +188,12 @@ class StaticDecoder:
         """
         n = 1
         if self.use_graph and self.max_new_tokens > 1:
-            self._capture()
+            try:
+                self._capture()
+            except RuntimeError as exc:  # e.g. a kernel that cannot be captured: same maths, launched step by step
+                log.warning("CUDA graph capture failed (%s); decoding without it", " ".join(str(exc).split())[:200])
+                self.graph = None
+                torch.cuda.synchronize()
         while n < self.max_new_tokens:
             if n % check_every == 0 or n == 1:
                 if bool(self.finished.all()) or (done is not None and done(self.out[:, :n], n)):

@@ -6,7 +6,9 @@ wrapper and the analyses (localization sweeps, transfer).
     out[0].text, out[0].token_ids, out[0].finish_reason      # "stop" (EOS / stop string) or "length"
 
 * Prompts go through the processor's chat template (system message, then the user turn: images first,
-  then the text), are padded on the left and generated in batches; greedy unless ``do_sample=True``.
+  then the text), are padded on the left and generated in batches; greedy unless ``do_sample=True``. Only the
+  arguments given here steer decoding: the checkpoint's ``generation_config`` sampling defaults (a hub
+  Qwen2.5-VL ships ``repetition_penalty`` 1.05) are not applied (METHOD.md: greedy, temperature 0).
 * ``stop``: one list of stop strings for all rows, or one list per row; the text is cut at the first stop
   string and a row stops generating once it has one (the batch stops when every row is done).
 * ``batch_size="auto"``: start at ``max_batch_size`` (or the last size that fitted) and halve on
@@ -302,6 +304,10 @@ class Generator:
         per_row = StaticDecoder.cache_bytes(self.model, 1, 2048 + max_new_tokens)
         return int(max(DEFAULT_MAX_BATCH_SIZE, min(MAX_AUTO_ROWS, free // 4 // max(per_row, 1))))
 
+    def rows_per_call(self, max_new_tokens: int) -> int:
+        """Rows one greedy call takes when nothing else is said (``batch_size="auto"``'s starting point)."""
+        return self._start_batch_size(max_new_tokens, self._decode == "auto" and supports_static_decode(self.model))
+
     @property
     def auto_batch_size(self) -> int | None:
         """The rows per call ``batch_size="auto"`` settled on (None before its first batch)."""
@@ -483,15 +489,18 @@ class Generator:
         prompt_len = inputs["input_ids"].shape[1]
         eos_ids = set() if ignore_eos else self._eos_ids()
         pad_id = self._pad_id()
+        # every knob explicit: transformers fills a None from the checkpoint's generation_config (a hub Qwen2.5-VL
+        # ships repetition_penalty 1.05, top_k 1, top_p 0.001), which would change what "greedy" means, and an
+        # eos_token_id of None would bring the checkpoint's EOS back under ignore_eos (-1 is never generated)
         gen_cfg = GenerationConfig(
             max_new_tokens=max_new_tokens,
             do_sample=do_sample,
-            temperature=temperature if do_sample else None,
-            top_p=top_p if do_sample else None,
-            top_k=None,
-            repetition_penalty=repetition_penalty,
+            temperature=(temperature if temperature is not None else 1.0) if do_sample else None,
+            top_p=(top_p if top_p is not None else 1.0) if do_sample else None,
+            top_k=0,
+            repetition_penalty=repetition_penalty if repetition_penalty is not None else 1.0,
             pad_token_id=pad_id,
-            eos_token_id=None if ignore_eos else sorted(eos_ids),
+            eos_token_id=[-1] if ignore_eos else sorted(eos_ids),
             bos_token_id=self.model.generation_config.bos_token_id,
         )
         criterion = _StopOnStrings(self.tokenizer, prompt_len, stops, eos_ids)

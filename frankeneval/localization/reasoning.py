@@ -138,9 +138,9 @@ def reasoning_units(dataset: str, questions: Sequence[Question], layers: Sequenc
     return units
 
 
-def make_executor(generator, *, max_new_tokens: int):
+def make_executor(generator, *, max_new_tokens: int, ignore_eos: bool = False):
     def execute(batch: list[Unit]) -> list[dict]:
-        results = generator.generate([u.request for u in batch], max_new_tokens=max_new_tokens,
+        results = generator.generate([u.request for u in batch], max_new_tokens=max_new_tokens, ignore_eos=ignore_eos,
                                      interventions=[u.interventions for u in batch], batch_size=len(batch))
         out = []
         for r in results:
@@ -167,8 +167,12 @@ def run_reasoning_sweep(
     seed_compatible: bool = False,
     progress: bool = True,
     meta: dict | None = None,
+    ignore_eos: bool = False,
 ) -> dict:
     """Run (or resume) the ablation sweep; write ``units.jsonl`` + ``reasoning_localization.json``.
+
+    ``ignore_eos`` (benchmarks on random weights only): every answer runs to ``max_new_tokens``; recorded in the store
+    header and the results, so such a run is never mixed with a real one.
 
     ``system_prompt``: a :class:`SystemPrompt`, or a setting resolved for ``model_name`` (``auto``, ``reasoner``,
     ``revisual``, ``none``, ``@FILE``, a text); ``reasoning_prompt`` (old spelling): True = reasoner, False = none.
@@ -182,7 +186,8 @@ def run_reasoning_sweep(
     system = prompt.text
     store = RunStore(out / UNITS_FILE, header={"analysis": "reasoning_localization", "model": model_name,
                                                "dataset": dataset, "max_new_tokens": max_new_tokens,
-                                               "system": system}, required=("response", "answer"))
+                                               "system": system, **({"ignore_eos": True} if ignore_eos else {})},
+                     required=("response", "answer"))
     units = reasoning_units(dataset, questions, layers, system)
     todo = len(store.missing(u.key for u in units))
     bar = None
@@ -191,12 +196,15 @@ def run_reasoning_sweep(
 
         bar = tqdm(total=todo, desc="ablation sweep", unit="gen")
     try:
-        run_units(units, make_executor(generator, max_new_tokens=max_new_tokens), store, batch_size=batch_size,
+        run_units(units, make_executor(generator, max_new_tokens=max_new_tokens, ignore_eos=ignore_eos), store,
+                  batch_size=batch_size,
                   progress=bar.update if bar else None)
     finally:
         if bar:
             bar.close()
     results = summarize_reasoning(store.records(), dataset, questions, layers, seed_compatible=seed_compatible)
+    if ignore_eos:
+        results["ignore_eos"] = True
     results.update({"model": model_name, "system_prompt": prompt.record(), "max_new_tokens": max_new_tokens,
                     "seed_compatible": seed_compatible, **(meta or {})})
     write_json_atomic(out / RESULTS_FILE, results, indent=1, ensure_ascii=False, newline=False)
