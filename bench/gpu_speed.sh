@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Issue 20 + 21 on a lent 2-GPU machine (no internet). Start it detached so that it outlives one call, then poll:
 #   setsid nohup bash bench/gpu_speed.sh /tmp/fs $PWD/.devdata > /dev/null 2>&1 < /dev/null &
-#   tail -n 40 /tmp/fs/progress.txt
-# Usage (repo root): bash bench/gpu_speed.sh [WORK] [DATA]   (everything it prints goes to WORK/progress.txt)
+#   tail -n 40 /tmp/fs.progress.txt
+# Usage (repo root): bash bench/gpu_speed.sh [WORK] [DATA]   (everything it prints goes to WORK.progress.txt)
 #   1. install the carried wheels (.whl) and frankeneval      4. bench_speed.py on GPU 0 (generator, sweeps, same)
 #   2. the 7B-shaped lineage (full_size.py --stages lineage)   5. bench_repeat.py on GPU 0 (bf16 run-to-run)
 #   3. pytest tests/test_static_decode.py on the GPU           6. full_size.py --stages images gpus (1 vs 2 GPUs)
 set -u
 W=${1:-/tmp/fs}
 DATA=${2:-$PWD/.devdata}
-mkdir -p "$W"
-P=$W/progress.txt
+mkdir -p "$(dirname "$W")"
+P=${W%/}.progress.txt
 (
   set -x
   date

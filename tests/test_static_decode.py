@@ -146,3 +146,30 @@ def test_cuda_graph_decoder_equals_generate_on_gpu(tiny_lineage):
         single = g.generate([req], max_new_tokens=24, interventions=[rows[reqs.index(req)]], batch_size=1)[0]
         assert single.token_ids == res.token_ids
     assert torch.cuda.is_available()
+
+
+def test_prompt_encoder_batches_as_the_processor_and_encodes_each_image_once(gen, monkeypatch):
+    reqs = requests() + [GenRequest("A text-only question?", [])]
+    expected = gen.encode(reqs)
+    gen.encoder.clear()
+    images_encoded = []
+    real = gen.model.get_image_features
+
+    def spy(pixel_values, image_grid_thw, **kw):
+        images_encoded.append(int(image_grid_thw.shape[0]))
+        return real(pixel_values, image_grid_thw, **kw)
+
+    monkeypatch.setattr(gen.model, "get_image_features", spy)
+    inputs, features = gen.encoder.encode([gen.chat_text(r) for r in reqs], [r.images for r in reqs])
+    for name in ("input_ids", "attention_mask", "mm_token_type_ids", "image_grid_thw"):
+        if name in expected:
+            assert torch.equal(inputs[name].cpu(), expected[name].cpu()), name
+    # the embeddings equal what the model's forward builds from pixel_values
+    with torch.inference_mode():
+        ours = gen.encoder.embeds(inputs["input_ids"], features, gen.model.get_input_embeddings())
+        ref = gen.model.model(**expected, use_cache=False, output_hidden_states=True).hidden_states[0]
+    assert torch.allclose(ours, ref, atol=1e-6)
+    assert images_encoded == [4]  # the 4 images of the batch, in one call
+    target = noise_image(1)  # already encoded (row 0): a sweep's repeated target image costs no vision tower
+    gen.generate([GenRequest("again?", [target]) for _ in range(6)], max_new_tokens=2)
+    assert images_encoded == [4]

@@ -26,7 +26,6 @@ wrapper and the analyses (localization sweeps, transfer).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -38,6 +37,7 @@ import torch
 
 from frankeneval.errors import FrankenevalError, InterventionError, UnsafeWeights
 from frankeneval.core.decode import StaticDecoder, supports_static_decode
+from frankeneval.core.encoding import PromptEncoder, image_key
 from frankeneval.core.interventions import (
     AttentionCapture,
     CaptureAttention,
@@ -157,35 +157,6 @@ class _FinishScan:
         return all(f is not None for f in self.finished_at)
 
 
-def _slice_rows(inputs, lo: int, hi: int, n_images: list[int]):
-    """Rows ``lo:hi`` of a processor batch: per-row tensors sliced, the images' patches and grids of those rows."""
-    n = inputs["input_ids"].shape[0]
-    out = {}
-    grid = inputs.get("image_grid_thw")
-    first_img, last_img = sum(n_images[:lo]), sum(n_images[:hi])
-    for key, value in inputs.items():
-        if key == "image_grid_thw":
-            out[key] = value[first_img:last_img]
-        elif key == "pixel_values":
-            patches = grid.prod(-1).tolist()
-            out[key] = value[sum(patches[:first_img]) : sum(patches[:last_img])]
-        elif torch.is_tensor(value) and value.dim() >= 1 and value.shape[0] == n:
-            out[key] = value[lo:hi]
-        else:
-            raise FrankenevalError(f"cannot split the prefill batch: unknown input {key!r}")
-    if first_img == last_img:  # rows without images: no vision inputs at all
-        out.pop("pixel_values", None)
-        out.pop("image_grid_thw", None)
-    return out
-
-
-def _image_key(image) -> str:
-    h = hashlib.sha1()
-    h.update(f"{image.mode}{image.size}".encode())
-    h.update(image.tobytes())
-    return h.hexdigest()
-
-
 def refuse_pickle_only(pretrained: str) -> None:
     """Raise :class:`UnsafeWeights` when the local checkpoint ``pretrained`` holds pickle weights and no safetensors."""
     path = Path(str(pretrained)).expanduser()
@@ -215,6 +186,7 @@ class Generator:
         self.max_batch_size = max_batch_size
         self.decode = decode
         self.prefill_tokens = int(prefill_tokens)
+        self._encoder: PromptEncoder | None = None
         self._auto_batch_size: int | None = None
         self._kv_cache: OrderedDict[tuple, VisualKV] = OrderedDict()
         self.kv_cache_size = 64
@@ -304,6 +276,13 @@ class Generator:
         per_row = StaticDecoder.cache_bytes(self.model, 1, 2048 + max_new_tokens)
         return int(max(DEFAULT_MAX_BATCH_SIZE, min(MAX_AUTO_ROWS, free // 4 // max(per_row, 1))))
 
+    @property
+    def encoder(self) -> PromptEncoder:
+        """The static decoder's prompt encoder (processor once per distinct prompt, vision tower once per image)."""
+        if self._encoder is None:
+            self._encoder = PromptEncoder(self.model, self.processor, pad_id=self._pad_id())
+        return self._encoder
+
     def rows_per_call(self, max_new_tokens: int) -> int:
         """Rows one greedy call takes when nothing else is said (``batch_size="auto"``'s starting point)."""
         return self._start_batch_size(max_new_tokens, self._decode == "auto" and supports_static_decode(self.model))
@@ -342,6 +321,10 @@ class Generator:
         ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
         return {int(i) for i in ids if i is not None}
 
+    def _never_generated_id(self) -> int:
+        """A token id outside the output vocabulary (``lm_head`` rows), so never generated."""
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
     def _pad_id(self) -> int:
         pad = self.tokenizer.pad_token_id
         if pad is None:
@@ -359,7 +342,7 @@ class Generator:
         return self._visual_kvs([GenRequest(prompt, [image], system)])[0]
 
     def _visual_kvs(self, requests: list[GenRequest]) -> list[VisualKV]:
-        keys = [(tuple(_image_key(im) for im in r.images), r.system, r.prompt) for r in requests]
+        keys = [(tuple(image_key(im) for im in r.images), r.system, r.prompt) for r in requests]
         todo = [i for i, k in enumerate(keys) if k not in self._kv_cache]
         for i in todo:  # one prefill per unique source (usually few)
             if keys[i] in self._kv_cache:
@@ -491,7 +474,8 @@ class Generator:
         pad_id = self._pad_id()
         # every knob explicit: transformers fills a None from the checkpoint's generation_config (a hub Qwen2.5-VL
         # ships repetition_penalty 1.05, top_k 1, top_p 0.001), which would change what "greedy" means, and an
-        # eos_token_id of None would bring the checkpoint's EOS back under ignore_eos (-1 is never generated)
+        # eos_token_id of None would bring the checkpoint's EOS back under ignore_eos (the vocabulary size is an id
+        # the model never generates)
         gen_cfg = GenerationConfig(
             max_new_tokens=max_new_tokens,
             do_sample=do_sample,
@@ -500,7 +484,7 @@ class Generator:
             top_k=0,
             repetition_penalty=repetition_penalty if repetition_penalty is not None else 1.0,
             pad_token_id=pad_id,
-            eos_token_id=[-1] if ignore_eos else sorted(eos_ids),
+            eos_token_id=[self._never_generated_id()] if ignore_eos else sorted(eos_ids),
             bos_token_id=self.model.generation_config.bos_token_id,
         )
         criterion = _StopOnStrings(self.tokenizer, prompt_len, stops, eos_ids)
@@ -513,20 +497,25 @@ class Generator:
 
     def _generate_static(self, requests, rows, stops, *, max_new_tokens, ignore_eos):
         """One batch: prefill with the model's forward (``prefill_tokens`` prompt tokens at a time, interventions
-        applied), then greedy decode with :class:`StaticDecoder`."""
-        inputs = self.encode(requests)
+        applied; prompts and images encoded through :class:`PromptEncoder`'s caches), then greedy decode with
+        :class:`StaticDecoder`."""
+        inputs, features = self.encoder.encode([self.chat_text(r) for r in requests], [r.images for r in requests])
         n, prompt_len = inputs["input_ids"].shape
         positions = self._prefill_positions(inputs)
+        mask = inputs.get("attention_mask")
+        if mask is None:
+            mask = torch.ones_like(inputs["input_ids"])
         chunk = max(1, self.prefill_tokens // prompt_len)
         decoder = None
-        n_images = [len(r.images) for r in requests]
+        embed = self.model.get_input_embeddings()
         with torch.inference_mode():
             for lo in range(0, n, chunk):
                 hi = min(n, lo + chunk)
-                part = inputs if (lo, hi) == (0, n) else _slice_rows(inputs, lo, hi, n_images)
-                with apply_interventions(self.model, rows[lo:hi], input_ids=part["input_ids"],
-                                         attention_mask=part.get("attention_mask")) as session:
-                    out = self.model(**part, position_ids=positions[:, lo:hi], use_cache=True, logits_to_keep=1)
+                ids = inputs["input_ids"][lo:hi]
+                with apply_interventions(self.model, rows[lo:hi], input_ids=ids, attention_mask=mask[lo:hi]) as session:
+                    out = self.model(inputs_embeds=self.encoder.embeds(ids, features[lo:hi], embed),
+                                     attention_mask=mask[lo:hi], position_ids=positions[:, lo:hi], use_cache=True,
+                                     logits_to_keep=1)
                 keep = torch.tensor([[0.0 if j in st.ablate else 1.0 for st in session.states]
                                      for j in range(session.n_layers)])
                 cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
@@ -535,9 +524,7 @@ class Generator:
                     k0 = cache.layers[0].keys
                     decoder = StaticDecoder(self.model, rows=n, prompt_len=prompt_len, max_new_tokens=max_new_tokens,
                                             device=k0.device, dtype=k0.dtype)
-                mask = part.get("attention_mask")
-                decoder.write_prompt(lo, cache, mask if mask is not None else torch.ones_like(part["input_ids"]),
-                                     positions[1:, lo:hi, -1], first, keep)
+                decoder.write_prompt(lo, cache, mask[lo:hi], positions[1:, lo:hi, -1], first, keep)
                 del out, cache
             eos_ids = set() if ignore_eos else self._eos_ids()
             decoder.set_eos(eos_ids)

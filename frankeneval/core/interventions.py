@@ -399,6 +399,7 @@ class _Session:
         self.record_rows = [i for i, s in enumerate(self.states) if s.record]
         self.reappend_rows = [i for i in self.swap_rows if self.states[i].reappend]
         self._copies: dict[int, tuple] = {}  # decoder layer -> (keys, values, valid) of the re-appended copies
+        self._swap_index: tuple | None = None  # (rows by first swapped layer, row / position index, prefix counts)
 
     def _row_state(self, items: list[Intervention], row: int) -> _RowState:
         st = _RowState()
@@ -459,15 +460,32 @@ class _Session:
                 keys, vals = self.recorded.setdefault(r, ([None] * self.n_layers, [None] * self.n_layers))
                 keys[layer] = key[r][:, pos].detach().clone()
                 vals[layer] = value[r][:, pos].detach().clone()
-            for r in self.swap_rows:
-                sw = self.states[r].swap
-                if layer >= self.states[r].swap_from:
-                    pos = self.visual[r].nonzero().squeeze(-1)
-                    # in place: these are the tensors the KV cache returned (its storage), so decode reads them
-                    key[r, :, pos] = sw.source.keys[layer].to(key.device, key.dtype)
-                    value[r, :, pos] = sw.source.values[layer].to(value.device, value.dtype)
+            if self.swap_rows:
+                self._swap(layer, key, value)
         if self.capture_rows:
             self._capture(layer, query, key, mask, scaling, prefill)
+
+    def _swap(self, layer: int, key, value) -> None:
+        """Write the sources' visual K/V over the visual positions of every row swapping at ``layer``: one indexed
+        copy for all rows (rows ordered by their first swapped layer, so the rows swapping here are a prefix)."""
+        if self._swap_index is None:
+            order = sorted(self.swap_rows, key=lambda r: self.states[r].swap_from)
+            visual = self.visual.cpu()
+            pos = [visual[r].nonzero().squeeze(-1) for r in order]
+            rows_idx = torch.cat([torch.full((len(p),), r, dtype=torch.long) for r, p in zip(order, pos)])
+            counts = [0]
+            for p in pos:
+                counts.append(counts[-1] + len(p))
+            self._swap_index = (order, rows_idx.to(key.device), torch.cat(pos).to(key.device), counts)
+        order, rows_idx, pos_idx, counts = self._swap_index
+        n = sum(1 for r in order if self.states[r].swap_from <= layer)
+        if n == 0:
+            return
+        m = counts[n]
+        sources = [self.states[r].swap.source for r in order[:n]]
+        # in place: these are the tensors the KV cache returned (its storage), so decode reads them
+        key[rows_idx[:m], :, pos_idx[:m]] = torch.cat([s.keys[layer] for s in sources], dim=1).transpose(0, 1).to(key.device, key.dtype)
+        value[rows_idx[:m], :, pos_idx[:m]] = torch.cat([s.values[layer] for s in sources], dim=1).transpose(0, 1).to(value.device, value.dtype)
 
     def decode_copies(self, layer: int, query, key):
         """``(keys, values, bias)`` of the seed-compatible re-appended visual K/V at a decode step, or None.

@@ -1,0 +1,143 @@
+"""Prompt encoding for the static decoder: the processor once per distinct prompt, the vision tower once per image.
+
+A localization sweep asks for the same (prompt, image) in every row of a probe pair (the plain answer and 28 swaps), so
+encoding each row again would run the image processor and the vision tower 29 times for one image. ``PromptEncoder``:
+
+* runs the processor once per distinct request (chat text + image contents) and keeps its text-side tensors (input
+  ids, masks, token types, image grids) on the CPU;
+* runs the vision tower (``model.get_image_features``) once per distinct image content, for every image of a batch
+  not seen before in one call, and keeps the merged image features on the model's device (least recently used
+  first out, ``max_images``);
+* builds a batch as the processor would (left padding), plus ``inputs_embeds`` = token embeddings with the image
+  features written at the image-token positions -- what the model's own forward computes from ``pixel_values``.
+
+Weights and processor settings are fixed for one ``Generator``, so a cached encoding is the encoding. The cache only
+changes *which* batch computed an image's features (in bf16 a batch's composition moves the last bits; in float32
+the tests show the same tokens as encoding every row).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+import torch
+
+from frankeneval.errors import FrankenevalError
+
+
+def image_key(image) -> str:
+    """Content key of a PIL image (mode, size and pixels)."""
+    h = hashlib.sha1()
+    h.update(f"{image.mode}{image.size}".encode())
+    h.update(image.tobytes())
+    return h.hexdigest()
+
+
+def _rgb(image):
+    return image.convert("RGB") if getattr(image, "mode", "RGB") != "RGB" else image
+
+
+class PromptEncoder:
+    """Batches of (chat text, images) -> processor-style inputs + ``inputs_embeds``, with the caches above."""
+
+    def __init__(self, model, processor, *, pad_id: int, max_requests: int = 8192, max_images: int = 2048):
+        self.model = model
+        self.processor = processor
+        self.pad_id = int(pad_id)
+        self.max_requests = max_requests
+        self.max_images = max_images
+        self._rows: OrderedDict[tuple, dict[str, torch.Tensor]] = OrderedDict()
+        self._features: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.image_token_id = getattr(model.config, "image_token_id", None)
+
+    def clear(self) -> None:
+        self._rows.clear()
+        self._features.clear()
+
+    # -------------------------------------------------------------------------------------------- per request
+    def _row(self, text: str, images: list, keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        key = (text, keys)
+        row = self._rows.get(key)
+        if row is None:
+            out = self.processor(text=[text], images=images or None, return_tensors="pt")
+            row = {k: v for k, v in out.items() if k not in ("pixel_values",) and torch.is_tensor(v)}
+            self._rows[key] = row
+            while len(self._rows) > self.max_requests:
+                self._rows.popitem(last=False)
+        else:
+            self._rows.move_to_end(key)
+        return row
+
+    # -------------------------------------------------------------------------------------------- per image
+    def _encode_images(self, images: list, keys: list[str]) -> None:
+        """Vision-tower features of the images not cached yet (one call for all of them)."""
+        todo: dict[str, object] = {}
+        for im, k in zip(images, keys):
+            if k not in self._features and k not in todo:
+                todo[k] = im
+        if not todo:
+            return
+        pix = self.processor.image_processor(images=list(todo.values()), return_tensors="pt")
+        device = self.model.device
+        feats = self.model.get_image_features(pix["pixel_values"].to(device), pix["image_grid_thw"].to(device))
+        feats = getattr(feats, "pooler_output", feats)
+        if torch.is_tensor(feats):  # one tensor for all images: split by each image's merged token count
+            merge = getattr(getattr(self.model.config, "vision_config", None), "spatial_merge_size", 2)
+            feats = torch.split(feats, (pix["image_grid_thw"].prod(-1) // merge**2).tolist())
+        for k, f in zip(todo, feats):
+            self._features[k] = f.detach()
+        while len(self._features) > self.max_images:
+            self._features.popitem(last=False)
+
+    # -------------------------------------------------------------------------------------------- batch
+    def encode(self, texts: Sequence[str], images: Sequence[list]) -> tuple[dict[str, torch.Tensor], list]:
+        """``(inputs, features)`` for one batch: ``inputs`` holds the processor's per-row tensors, left-padded, and
+        ``image_grid_thw`` (no pixel values), on the model's device; ``features[r]``: row ``r``'s image features
+        (its images' merged tokens in order, or None). :meth:`embeds` turns rows of them into ``inputs_embeds``."""
+        images = [[_rgb(im) for im in row] for row in images]
+        keys = [tuple(image_key(im) for im in row) for row in images]
+        rows = [self._row(t, row, k) for t, row, k in zip(texts, images, keys)]
+        flat_keys = [k for row in keys for k in row]
+        self._encode_images([im for row in images for im in row], flat_keys)
+        features = []
+        for row in keys:
+            for k in row:
+                self._features.move_to_end(k)
+            features.append(torch.cat([self._features[k] for k in row]) if row else None)
+        length = max(r["input_ids"].shape[1] for r in rows)
+        device = self.model.device
+        inputs: dict[str, torch.Tensor] = {}
+        names = [n for n in dict.fromkeys(n for r in rows for n in r) if n != "image_grid_thw"]
+        for name in names:
+            parts = []
+            for r in rows:
+                t = r.get(name)
+                if t is None and name != "mm_token_type_ids":
+                    raise FrankenevalError(f"the processor gave {name!r} for some prompts and not for others")
+                if t is None:  # a text-only row: no multimodal tokens
+                    t = torch.zeros_like(r["input_ids"])
+                if t.dim() != 2 or t.shape[0] != 1:
+                    raise FrankenevalError(f"cannot batch the processor output {name!r} of shape {tuple(t.shape)}")
+                fill = self.pad_id if name == "input_ids" else 0
+                pad = torch.full((1, length - t.shape[1]), fill, dtype=t.dtype)
+                parts.append(torch.cat([pad, t], dim=1))  # left padding, as the processor pads
+            inputs[name] = torch.cat(parts).to(device)
+        grids = [r["image_grid_thw"] for r in rows if "image_grid_thw" in r]
+        if grids:
+            inputs["image_grid_thw"] = torch.cat(grids).to(device)
+        return inputs, features
+
+    def embeds(self, input_ids: torch.Tensor, features: list, embed: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """Token embeddings of ``input_ids`` with each row's image features at its image-token positions (what the
+        model's forward does with ``pixel_values``)."""
+        out = embed(input_ids)
+        present = [f for f in features if f is not None]
+        if not present:
+            return out
+        feats = torch.cat(present).to(out.device, out.dtype)
+        mask = input_ids == self.image_token_id
+        if int(mask.sum()) != feats.shape[0]:
+            raise FrankenevalError(f"{int(mask.sum())} image tokens in the prompts, {feats.shape[0]} image features")
+        return out.masked_scatter(mask[..., None].expand_as(out), feats)
