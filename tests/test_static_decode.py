@@ -136,7 +136,8 @@ def test_what_the_static_decoder_does_not_take_goes_through_generate(gen, static
 
 
 @requires_gpu
-def test_cuda_graph_decoder_equals_generate_on_gpu(tiny_lineage):
+def test_cuda_graph_decoder_equals_generate_on_gpu(tiny_lineage, monkeypatch):
+    monkeypatch.setattr(decode_mod.StaticDecoder, "GROW_TOKENS", 8)  # the graph is captured again at 8 and 16 tokens
     g = Generator.load(str(tiny_lineage.rl), device="cuda", dtype="float32")
     reqs = requests()
     rows = [[Ablate((2,))], [], [Ablate((1, 6))], []]
@@ -173,3 +174,33 @@ def test_prompt_encoder_batches_as_the_processor_and_encodes_each_image_once(gen
     target = noise_image(1)  # already encoded (row 0): a sweep's repeated target image costs no vision tower
     gen.generate([GenRequest("again?", [target]) for _ in range(6)], max_new_tokens=2)
     assert images_encoded == [4]
+
+
+def test_auto_batch_size_counts_memory_the_allocator_holds_unused(gen, monkeypatch):
+    """On a GPU, batch_size="auto" starts from free memory; PyTorch's cache of freed blocks is free for this process
+    (measured on an H200: after a large call mem_get_info alone made auto settle on 66 rows instead of ~264)."""
+    import frankeneval.core.generation as generation
+
+    gib = 1 << 30
+    monkeypatch.setattr(Generator, "device", property(lambda self: torch.device("cuda", 0)))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 * gib, 140 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 100 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 20 * gib)
+    assert generation.usable_gpu_memory(gen.device) == 82 * gib
+    per_row = 100 << 20  # a 7B row: K/V of 2048 + 128 tokens is ~120 MiB
+    monkeypatch.setattr(decode_mod.StaticDecoder, "cache_bytes", staticmethod(lambda model, rows, length: per_row))
+    old = gen.max_batch_size
+    gen.max_batch_size = None
+    try:
+        rows = gen._start_batch_size(128, static=True)
+    finally:
+        gen.max_batch_size = old
+    assert rows == 82 * gib // 4 // per_row == 209  # mem_get_info's 2 GiB alone would give 64
+
+
+def test_the_cache_grows_when_answers_run_past_its_first_slots(gen, static_runs, monkeypatch):
+    monkeypatch.setattr(decode_mod.StaticDecoder, "GROW_TOKENS", 3)  # grows at 3, 6, 12, 24 new tokens
+    rows = [[Ablate((2,))], [], [], [Ablate((5,))]]
+    hf, static = both(gen, requests(), max_new_tokens=30, interventions=rows, batch_size=4)
+    assert_same(hf, static)
+    assert static_runs == [4]

@@ -64,6 +64,8 @@ class StaticDecoder:
     prefill chunk), :meth:`set_eos`, then :meth:`run`.
     """
 
+    GROW_TOKENS = 512  # new-token slots allocated at first; the cache doubles from there when needed
+
     def __init__(self, model, *, rows: int, prompt_len: int, max_new_tokens: int, device, dtype,
                  use_graph: bool | None = None):
         self.embed, self.rotary, self.layers, self.norm, self.lm_head = _text_parts(model)
@@ -74,7 +76,10 @@ class StaticDecoder:
         self.scaling = attn0.scaling
         self.rows, self.prompt_len, self.max_new_tokens = rows, prompt_len, max_new_tokens
         device = torch.device(device)
-        length = prompt_len + max(max_new_tokens - 1, 1)  # the last new token is never fed back
+        # the cache holds the prompt and the first GROW_TOKENS new tokens; it doubles when a step needs more (a task's
+        # 8192-token budget must not reserve 8192 slots a row when answers stop after a few hundred)
+        self.fed_max = max(max_new_tokens - 1, 1)  # new tokens ever fed back (the last one never is)
+        length = prompt_len + min(self.fed_max, self.GROW_TOKENS)
         # zeros, not empty: masked slots are multiplied by 0 and must not hold NaN
         self.keys = [torch.zeros(rows, self.n_kv, length, self.head_dim, device=device, dtype=dtype) for _ in self.layers]
         self.values = [torch.zeros_like(k) for k in self.keys]
@@ -198,12 +203,37 @@ class StaticDecoder:
             if n % check_every == 0 or n == 1:
                 if bool(self.finished.all()) or (done is not None and done(self.out[:, :n], n)):
                     return self.out[:, :n]
+            if self.prompt_len + n - 1 >= self.keys[0].shape[2]:  # this step's slot is past the cache: grow it
+                self._grow()
             if self.graph is not None:
                 self.graph.replay()
             else:
                 self._step()
             n += 1
         return self.out[:, :n]
+
+    def _grow(self) -> None:
+        """Double the new-token slots (at most ``max_new_tokens - 1``), keeping every written slot; a CUDA graph is
+        captured again for the new shapes."""
+        old = self.keys[0].shape[2] - self.prompt_len
+        length = self.prompt_len + min(self.fed_max, 2 * old)
+
+        def grown(t: torch.Tensor, fill: float) -> torch.Tensor:
+            shape = list(t.shape)
+            shape[-2 if t.dim() == 4 else -1] = length
+            new = torch.full(shape, fill, dtype=t.dtype, device=t.device)
+            if t.dim() == 4:
+                new[:, :, : t.shape[2]] = t
+            else:
+                new[:, : t.shape[1]] = t
+            return new
+
+        self.keys = [grown(k, 0.0) for k in self.keys]
+        self.values = [grown(v, 0.0) for v in self.values]
+        self.bias = grown(self.bias, float("-inf"))
+        if self.graph is not None:
+            self.graph = None
+            self._capture()
 
 
 def _cache_tensors(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -57,35 +57,50 @@ class PromptEncoder:
         self._features.clear()
 
     # -------------------------------------------------------------------------------------------- per request
-    def _row(self, text: str, images: list, keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    def _row(self, text: str, images: list, keys: tuple[str, ...], patches: dict) -> dict[str, torch.Tensor]:
+        """The processor's text-side tensors of one request (cached); a processor run also leaves each image's
+        patches in ``patches`` (image key -> (pixel values, grid)) for the images the vision tower has not seen."""
         key = (text, keys)
         row = self._rows.get(key)
-        if row is None:
-            out = self.processor(text=[text], images=images or None, return_tensors="pt")
-            row = {k: v for k, v in out.items() if k not in ("pixel_values",) and torch.is_tensor(v)}
-            self._rows[key] = row
-            while len(self._rows) > self.max_requests:
-                self._rows.popitem(last=False)
-        else:
+        if row is not None:
             self._rows.move_to_end(key)
+            return row
+        out = self.processor(text=[text], images=images or None, return_tensors="pt")
+        row = {k: v for k, v in out.items() if k != "pixel_values" and torch.is_tensor(v)}
+        if images:
+            sizes = out["image_grid_thw"].prod(-1).tolist()
+            for k, pix, grid in zip(keys, torch.split(out["pixel_values"], sizes), out["image_grid_thw"]):
+                if k not in self._features:
+                    patches[k] = (pix, grid[None])
+        self._rows[key] = row
+        while len(self._rows) > self.max_requests:
+            self._rows.popitem(last=False)
         return row
 
     # -------------------------------------------------------------------------------------------- per image
-    def _encode_images(self, images: list, keys: list[str]) -> None:
-        """Vision-tower features of the images not cached yet (one call for all of them)."""
+    def _encode_images(self, images: list, keys: list[str], patches: dict) -> None:
+        """Vision-tower features of the images not cached yet (one call for all of them); ``patches``: pixel values
+        the processor already made for some of them."""
         todo: dict[str, object] = {}
         for im, k in zip(images, keys):
             if k not in self._features and k not in todo:
                 todo[k] = im
         if not todo:
             return
-        pix = self.processor.image_processor(images=list(todo.values()), return_tensors="pt")
+        missing = [k for k in todo if k not in patches]
+        if missing:  # a prompt seen before whose image features were evicted: process those images again
+            pix = self.processor.image_processor(images=[todo[k] for k in missing], return_tensors="pt")
+            sizes = pix["image_grid_thw"].prod(-1).tolist()
+            for k, p, grid in zip(missing, torch.split(pix["pixel_values"], sizes), pix["image_grid_thw"]):
+                patches[k] = (p, grid[None])
         device = self.model.device
-        feats = self.model.get_image_features(pix["pixel_values"].to(device), pix["image_grid_thw"].to(device))
+        pixel_values = torch.cat([patches[k][0] for k in todo]).to(device)
+        grid = torch.cat([patches[k][1] for k in todo]).to(device)
+        feats = self.model.get_image_features(pixel_values, grid)
         feats = getattr(feats, "pooler_output", feats)
         if torch.is_tensor(feats):  # one tensor for all images: split by each image's merged token count
             merge = getattr(getattr(self.model.config, "vision_config", None), "spatial_merge_size", 2)
-            feats = torch.split(feats, (pix["image_grid_thw"].prod(-1) // merge**2).tolist())
+            feats = torch.split(feats, (grid.prod(-1) // merge**2).tolist())
         for k, f in zip(todo, feats):
             self._features[k] = f.detach()
         while len(self._features) > self.max_images:
@@ -97,10 +112,18 @@ class PromptEncoder:
         ``image_grid_thw`` (no pixel values), on the model's device; ``features[r]``: row ``r``'s image features
         (its images' merged tokens in order, or None). :meth:`embeds` turns rows of them into ``inputs_embeds``."""
         images = [[_rgb(im) for im in row] for row in images]
-        keys = [tuple(image_key(im) for im in row) for row in images]
-        rows = [self._row(t, row, k) for t, row, k in zip(texts, images, keys)]
+        known: dict[int, str] = {}  # a sweep passes one image object to many rows: hash it once per call
+
+        def key_of(im) -> str:
+            if id(im) not in known:
+                known[id(im)] = image_key(im)
+            return known[id(im)]
+
+        keys = [tuple(key_of(im) for im in row) for row in images]
+        patches: dict = {}
+        rows = [self._row(t, row, k, patches) for t, row, k in zip(texts, images, keys)]
         flat_keys = [k for row in keys for k in row]
-        self._encode_images([im for row in images for im in row], flat_keys)
+        self._encode_images([im for row in images for im in row], flat_keys, patches)
         features = []
         for row in keys:
             for k in row:

@@ -170,6 +170,13 @@ def refuse_pickle_only(pretrained: str) -> None:
         )
 
 
+def usable_gpu_memory(device) -> int:
+    """Bytes this process can still allocate on ``device``: the device's free memory plus what PyTorch's caching
+    allocator holds without using (``mem_get_info`` counts that as taken, so after a large call it would look full)."""
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+
+
 def _is_oom(exc: BaseException) -> bool:
     oom = getattr(torch.cuda, "OutOfMemoryError", None)
     return (oom is not None and isinstance(exc, oom)) or "out of memory" in str(exc).lower()
@@ -272,9 +279,8 @@ class Generator:
             return int(self.max_batch_size)
         if not (static and self.device.type == "cuda"):
             return DEFAULT_MAX_BATCH_SIZE
-        free, _ = torch.cuda.mem_get_info(self.device)
         per_row = StaticDecoder.cache_bytes(self.model, 1, 2048 + max_new_tokens)
-        return int(max(DEFAULT_MAX_BATCH_SIZE, min(MAX_AUTO_ROWS, free // 4 // max(per_row, 1))))
+        return int(max(DEFAULT_MAX_BATCH_SIZE, min(MAX_AUTO_ROWS, usable_gpu_memory(self.device) // 4 // max(per_row, 1))))
 
     @property
     def encoder(self) -> PromptEncoder:
@@ -306,6 +312,17 @@ class Generator:
             messages.append({"role": "system", "content": [{"type": "text", "text": request.system}]})
         messages.append({"role": "user", "content": content})
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _chat_texts(self, requests: Sequence[GenRequest]) -> list[str]:
+        """:meth:`chat_text` of each request, rendered once per distinct (prompt, system, image count)."""
+        seen: dict[tuple, str] = {}
+        out = []
+        for r in requests:
+            key = (r.prompt, r.system, len(r.images))
+            if key not in seen:
+                seen[key] = self.chat_text(r)
+            out.append(seen[key])
+        return out
 
     def encode(self, requests: Sequence[GenRequest]):
         """Processor outputs for a batch (left padding), on the model's device."""
@@ -348,11 +365,17 @@ class Generator:
             if keys[i] in self._kv_cache:
                 continue
             req = requests[i]
-            inputs = self.encode([req])
+            if self._decode == "auto" and supports_static_decode(self.model):  # the encoder's caches: an LLM prefill
+                inputs, features = self.encoder.encode(self._chat_texts([req]), [req.images])
+                forward = dict(inputs_embeds=self.encoder.embeds(inputs["input_ids"], features, self.model.get_input_embeddings()),
+                               attention_mask=inputs.get("attention_mask"), position_ids=self._prefill_positions(inputs))
+            else:
+                inputs = self.encode([req])
+                forward = dict(inputs)
             with torch.inference_mode(), apply_interventions(
                 self.model, [[_RecordVisualKV()]], input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask")
             ) as session:
-                self.model(**inputs, use_cache=False)
+                self.model(**forward, use_cache=False)
             grid = tuple(tuple(int(x) for x in g) for g in inputs.get("image_grid_thw", torch.zeros(0, 3)).tolist())
             self._kv_cache[keys[i]] = session.visual_kv(0, grid)
             while len(self._kv_cache) > self.kv_cache_size:
@@ -499,7 +522,7 @@ class Generator:
         """One batch: prefill with the model's forward (``prefill_tokens`` prompt tokens at a time, interventions
         applied; prompts and images encoded through :class:`PromptEncoder`'s caches), then greedy decode with
         :class:`StaticDecoder`."""
-        inputs, features = self.encoder.encode([self.chat_text(r) for r in requests], [r.images for r in requests])
+        inputs, features = self.encoder.encode(self._chat_texts(requests), [r.images for r in requests])
         n, prompt_len = inputs["input_ids"].shape
         positions = self._prefill_positions(inputs)
         mask = inputs.get("attention_mask")

@@ -220,6 +220,13 @@ def make_executor(generator, *, max_new_tokens: int, system: str | None, seed_co
 
     def execute(batch: list[Unit]) -> list[dict]:
         requests, rows = [], []
+        opened: dict = {}  # one image object per file in a batch (the encoder then hashes and encodes it once)
+
+        def image(path):
+            if path not in opened:
+                opened[path] = _open_image(path)
+            return opened[path]
+
         live = {u.group for u in batch}
         for pid in list(source_kv):  # units come pair by pair: drop sources no longer needed
             if pid not in live:
@@ -227,14 +234,14 @@ def make_executor(generator, *, max_new_tokens: int, system: str | None, seed_co
         for u in batch:
             kind = u.request[0]
             if kind == "plain":
-                _, image, prompt = u.request
-                requests.append(GenRequest(prompt, [_open_image(image)], system))
+                _, path, prompt = u.request
+                requests.append(GenRequest(prompt, [image(path)], system))
                 rows.append([])
             else:
                 _, pair, prompt, layer = u.request
                 if pair.id not in source_kv:
-                    source_kv[pair.id] = generator.visual_kv(_open_image(pair.source_image), prompt=prompt, system=system)
-                requests.append(GenRequest(prompt, [_open_image(pair.target_image)], system))
+                    source_kv[pair.id] = generator.visual_kv(image(pair.source_image), prompt=prompt, system=system)
+                requests.append(GenRequest(prompt, [image(pair.target_image)], system))
                 rows.append([SwapVisualKV(source=source_kv[pair.id], from_layer=layer,  # unified
                                           seed_compatible=seed_compatible)])
         results = generator.generate(requests, max_new_tokens=max_new_tokens, interventions=rows,
