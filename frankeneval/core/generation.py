@@ -91,44 +91,12 @@ def hit_limit_of(task: str, doc_key: Any) -> bool | None:
     return _HIT_LIMIT.get((str(task), str(doc_key)))
 
 
-class _StopOnStrings:
-    """Stopping criterion recording, per row, when it finished (EOS or its own stop strings)."""
-
-    def __init__(self, tokenizer, prompt_len: int, stops: list[list[str]], eos_ids: set[int]):
-        self.tokenizer = tokenizer
-        self.prompt_len = prompt_len
-        self.stops = stops
-        self.eos_ids = eos_ids
-        self.window = [max((len(s) for s in row), default=0) + 4 for row in stops]
-        self.finished_at: list[int | None] = [None] * len(stops)
-        self.reason: list[str] = ["length"] * len(stops)
-
-    def __call__(self, input_ids: torch.Tensor, scores=None, **kwargs) -> torch.Tensor:
-        new = input_ids[:, self.prompt_len :]
-        n = new.shape[1]
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        last = new[:, -1].tolist()
-        for r in range(input_ids.shape[0]):
-            if self.finished_at[r] is not None:
-                done[r] = True
-                continue
-            if last[r] in self.eos_ids:
-                self.finished_at[r], self.reason[r] = n - 1, "eos"
-                done[r] = True
-            elif self.stops[r]:
-                tail = self.tokenizer.decode(new[r, -self.window[r] :], skip_special_tokens=True)
-                if any(s in tail for s in self.stops[r]):
-                    self.finished_at[r], self.reason[r] = n, "stop"
-                    done[r] = True
-        return done
-
-
 class _FinishScan:
-    """Where each row finished, read from its generated tokens: ``_StopOnStrings``' rule applied after the fact.
+    """Where each row finished, from its generated tokens fed in order (:meth:`extend`).
 
     The first EOS (finished there, reason ``eos``), else the first step whose decoded tail holds one of the row's stop
-    strings (finished after it, reason ``stop``). ``update`` scans only tokens it has not seen; returns whether every
-    row has finished.
+    strings (finished after it, reason ``stop``). Shared by both decode paths: :class:`_StopOnStrings` feeds it
+    ``model.generate``'s tokens step by step, the static decoder its tokens every few steps.
     """
 
     def __init__(self, tokenizer, stops: list[list[str]], eos_ids: set[int]):
@@ -138,23 +106,39 @@ class _FinishScan:
         self.window = [max((len(s) for s in row), default=0) + 4 for row in stops]
         self.finished_at: list[int | None] = [None] * len(stops)
         self.reason: list[str] = ["length"] * len(stops)
-        self.seen = [0] * len(stops)
+        self.tokens: list[list[int]] = [[] for _ in stops]
 
-    def update(self, tokens: list[list[int]]) -> bool:
-        for r, toks in enumerate(tokens):
-            if self.finished_at[r] is not None:
-                continue
-            for i in range(self.seen[r], len(toks)):
-                if toks[i] in self.eos_ids:
-                    self.finished_at[r], self.reason[r] = i, "eos"
-                    break
-                if self.stops[r]:
-                    tail = self.tokenizer.decode(toks[max(0, i + 1 - self.window[r]) : i + 1], skip_special_tokens=True)
+    @property
+    def n_seen(self) -> int:
+        """Tokens per row fed so far."""
+        return len(self.tokens[0]) if self.tokens else 0
+
+    def extend(self, new: list[list[int]]) -> bool:
+        """Feed each row's next tokens; returns whether every row has finished."""
+        for r, toks in enumerate(new):
+            row = self.tokens[r]
+            for t in toks:
+                row.append(t)
+                if self.finished_at[r] is not None:
+                    continue
+                if t in self.eos_ids:
+                    self.finished_at[r], self.reason[r] = len(row) - 1, "eos"
+                elif self.stops[r]:
+                    tail = self.tokenizer.decode(row[-self.window[r] :], skip_special_tokens=True)
                     if any(s in tail for s in self.stops[r]):
-                        self.finished_at[r], self.reason[r] = i + 1, "stop"
-                        break
-            self.seen[r] = len(toks)
+                        self.finished_at[r], self.reason[r] = len(row), "stop"
         return all(f is not None for f in self.finished_at)
+
+
+class _StopOnStrings:
+    """``model.generate`` stopping criterion: feeds each step's new token to a :class:`_FinishScan`."""
+
+    def __init__(self, scan: _FinishScan):
+        self.scan = scan
+
+    def __call__(self, input_ids: torch.Tensor, scores=None, **kwargs) -> torch.Tensor:
+        self.scan.extend([[t] for t in input_ids[:, -1].tolist()])
+        return torch.tensor([f is not None for f in self.scan.finished_at], device=input_ids.device)
 
 
 def refuse_pickle_only(pretrained: str) -> None:
@@ -510,13 +494,13 @@ class Generator:
             eos_token_id=[self._never_generated_id()] if ignore_eos else sorted(eos_ids),
             bos_token_id=self.model.generation_config.bos_token_id,
         )
-        criterion = _StopOnStrings(self.tokenizer, prompt_len, stops, eos_ids)
+        scan = _FinishScan(self.tokenizer, stops, eos_ids)
         with torch.inference_mode(), apply_interventions(
             self.model, rows, input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask")
         ) as session:
-            out = self.model.generate(**inputs, generation_config=gen_cfg, stopping_criteria=StoppingCriteriaList([criterion]))
+            out = self.model.generate(**inputs, generation_config=gen_cfg, stopping_criteria=StoppingCriteriaList([_StopOnStrings(scan)]))
         new = out[:, prompt_len:].tolist()
-        return self._results(new, criterion.finished_at, criterion.reason, stops, session)
+        return self._results(new, scan.finished_at, scan.reason, stops, session)
 
     def _generate_static(self, requests, rows, stops, *, max_new_tokens, ignore_eos):
         """One batch: prefill with the model's forward (``prefill_tokens`` prompt tokens at a time, interventions
@@ -552,9 +536,9 @@ class Generator:
             eos_ids = set() if ignore_eos else self._eos_ids()
             decoder.set_eos(eos_ids)
             scan = _FinishScan(self.tokenizer, stops, eos_ids)
-            tokens = decoder.run(done=(lambda toks, _n: scan.update(toks.tolist())) if any(stops) else None)
+            tokens = decoder.run(done=(lambda toks, _n: scan.extend(toks[:, scan.n_seen :].tolist())) if any(stops) else None)
             new = tokens.tolist()
-        scan.update(new)
+        scan.extend([row[scan.n_seen :] for row in new])
         return self._results(new, scan.finished_at, scan.reason, stops, None)
 
     def _prefill_positions(self, inputs) -> torch.Tensor:
