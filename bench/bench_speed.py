@@ -212,12 +212,20 @@ def bench_generator(gen, args, weights: dict) -> dict:
         say(f"generator {label}: cold {cold_s:.2f} s, warm {s:.2f} s, {tps:.1f} tokens/s, "
             f"{100 * tps / floor:.1f} % of the decode floor")
 
-    def via_generator(name: str, label: str, decode: str, requests, batch_size) -> None:
+    def via_generator(name: str, label: str, decode: str, requests, batch_size, fresh: bool = False) -> None:
+        """``fresh``: the prompt encoder's caches are emptied before every call (64 new images, not a sweep's
+        repeated ones), so the processor and the vision tower run inside the timed call."""
         set_decode(gen, decode)
-        _, cold = timed(lambda: gen.generate(requests, batch_size=batch_size, **common))  # also the warm-up
+
+        def call():
+            if fresh and hasattr(gen, "encoder"):
+                gen.encoder.clear()
+            return gen.generate(requests, batch_size=batch_size, **common)
+
+        _, cold = timed(call)  # also the warm-up
         secs, out = [], None
         for _ in range(args.repeats):
-            out, s = timed(lambda: gen.generate(requests, batch_size=batch_size, **common))
+            out, s = timed(call)
             secs.append(s)
         toks = [r.token_ids for r in out]
         outs[name] = toks
@@ -229,6 +237,8 @@ def bench_generator(gen, args, weights: dict) -> dict:
 
     reset_peak()
     via_generator("auto", f'(a) Generator decode="auto", batch {bs}', "auto", reqs, bs)
+    via_generator("auto_fresh", f'(a2) Generator decode="auto", batch {bs}, prompts encoded in the call', "auto", reqs, bs,
+                  fresh=True)
     via_generator("hf", f'(b) Generator decode="hf", batch {bs}', "hf", reqs, bs)
 
     # (c) plain transformers on the same inputs (the Generator's own encoding, one batch)
@@ -275,8 +285,7 @@ def bench_generator(gen, args, weights: dict) -> dict:
     notes = []
     if short:
         notes.append(f"rows that ended before max_new_tokens despite ignore_eos=True: {short} (their tokens/s "
-                     "counts the tokens they returned; with decode='hf' the Generator's ignore_eos sets "
-                     "eos_token_id=None, which transformers fills back in from model.generation_config)")
+                     "counts the tokens they returned)")
     return {"n_prompts": n, "image_size": args.image_size, "max_new_tokens": new, "batch_size": bs, "notes": notes,
             "ignore_eos": True, "repeats": args.repeats, "bandwidth_tbs": bw, "weights": weights,
             "floor_definition": "floor tokens/s = rows per call / (LLM weight bytes / bandwidth); fraction = "
@@ -284,7 +293,8 @@ def bench_generator(gen, args, weights: dict) -> dict:
             "cold_definition": "the first call at the measured shape, before the warm-up (it is the warm-up)",
             "runs": rows, "token_agreement": agree, "peak_gpu_gib": peak_gib(),
             "speedup_auto_over_hf": rows["hf"]["seconds"] / rows["auto"]["seconds"],
-            "speedup_auto_over_plain": rows["plain"]["seconds"] / rows["auto"]["seconds"]}
+            "speedup_auto_over_plain": rows["plain"]["seconds"] / rows["auto"]["seconds"],
+            "speedup_auto_fresh_over_plain": rows["plain"]["seconds"] / rows["auto_fresh"]["seconds"]}
 
 
 # ----------------------------------------------------------------------------------------------------- vision
@@ -304,6 +314,7 @@ def bench_vision(gen, args, layers: list[int], work: Path, model_name: str) -> d
     set_decode(gen, args.decode)
     reset_peak()
     say(f"vision sweep: {len(units)} units ({n_swap} swaps), batch {args.vision_batch}, decode={args.decode!r}")
+    gen.profile, gen.timings = True, {}  # encode / prefill / decode seconds (a synchronize around each phase)
     _, secs = timed(lambda: run_vision_sweep(gen, pairs, layers, out, model_name=model_name,
                                              max_new_tokens=args.vision_new_tokens, batch_size=args.vision_batch,
                                              progress=args.progress))
@@ -314,6 +325,7 @@ def bench_vision(gen, args, layers: list[int], work: Path, model_name: str) -> d
     res = {"tasks": list(pairs), "pairs_per_task": {t: len(v) for t, v in pairs.items()}, "layers": len(layers),
            "max_new_tokens": args.vision_new_tokens, "batch_size": args.vision_batch, "decode": args.decode,
            "units": len(units), "swap_units": n_swap, "plain_units": len(units) - n_swap, "seconds": secs,
+           "phase_seconds": dict(getattr(gen, "timings", {})),
            "units_per_s": len(units) / secs, "tokens": tokens, "tokens_per_s": tokens / secs,
            "eos": "respected (as localize-vision runs)", "peak_gpu_gib": peak_gib(),
            "full_sweep_units": n_full,
@@ -351,6 +363,7 @@ def bench_reasoning(gen, args, layers: list[int], work: Path, model_name: str) -
     reset_peak()
     say(f"reasoning sweep: {len(questions)} questions x {len(layers) + 1} = {n_units} units, "
         f"batch {args.reasoning_batch}, {new} new tokens (EOS ignored), decode={args.decode!r}")
+    gen.profile, gen.timings = True, {}
     swept, secs = timed(lambda: run_reasoning_sweep(
         gen, "gsm8k", questions, layers, out, model_name=model_name, system_prompt=args.system_prompt,
         max_new_tokens=new, batch_size=args.reasoning_batch, progress=args.progress, ignore_eos=True))
@@ -362,6 +375,7 @@ def bench_reasoning(gen, args, layers: list[int], work: Path, model_name: str) -
     short = sum(int(r["n_tokens"]) < new for r in recs.values())
     n_q = len(questions)
     res = {"dataset": "gsm8k", "questions": n_q, "layers": len(layers), "units": len(units),
+           "phase_seconds": dict(getattr(gen, "timings", {})),
            "max_new_tokens": new, "ignore_eos": True, "batch_size": args.reasoning_batch, "decode": args.decode,
            "system_prompt": prompt, "seconds": secs, "units_per_s": len(units) / secs, "tokens": tokens,
            "tokens_per_s": tokens / secs, "units_short_of_max_new_tokens": short, "peak_gpu_gib": peak_gib(),
@@ -488,12 +502,14 @@ def table(result: dict) -> str:
     if v and "units" in v:
         note = (f"full sweep ({v['full_sweep_units']} units) {'extrapolated ' if v['extrapolated'] else ''}"
                 f"{v['full_sweep_seconds']:.0f} s")
+        phases = ", ".join(f"{k} {x:.1f} s" for k, x in v.get("phase_seconds", {}).items())
         lines.append(f"| vision | swap sweep, {sum(v['pairs_per_task'].values())} pairs x {v['layers']} layers, "
                      f"batch {v['batch_size']} | {v['units']} | {v['tokens']} | {v['seconds']:.1f} | "
-                     f"{v['tokens_per_s']:.0f} | | {note} |")
+                     f"{v['tokens_per_s']:.0f} | | {note}; {phases} |")
     r = parts.get("reasoning")
     if r and "units" in r:
-        note = f"1319 questions {'extrapolated ' if r['extrapolated'] else ''}{r['full_sweep_seconds']:.0f} s"
+        note = f"1319 questions {'extrapolated ' if r['extrapolated'] else ''}{r['full_sweep_seconds']:.0f} s; " + \
+            ", ".join(f"{k} {x:.1f} s" for k, x in r.get("phase_seconds", {}).items())
         lines.append(f"| reasoning | ablation sweep, {r['questions']} questions x {r['layers'] + 1}, batch "
                      f"{r['batch_size']} | {r['units']} | {r['tokens']} | {r['seconds']:.1f} | "
                      f"{r['tokens_per_s']:.0f} | | {note} |")

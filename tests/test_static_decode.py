@@ -204,3 +204,12 @@ def test_the_cache_grows_when_answers_run_past_its_first_slots(gen, static_runs,
     hf, static = both(gen, requests(), max_new_tokens=30, interventions=rows, batch_size=4)
     assert_same(hf, static)
     assert static_runs == [4]
+
+
+def test_profile_adds_up_the_phases_of_the_static_path(gen):
+    gen.profile, gen.timings = True, {}
+    try:
+        gen.generate(requests(), max_new_tokens=5, batch_size=4)
+    finally:
+        gen.profile = False
+    assert set(gen.timings) == {"encode", "prefill", "decode"} and all(t > 0 for t in gen.timings.values())

@@ -27,8 +27,10 @@ wrapper and the analyses (localization sweeps, transfer).
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -178,6 +180,8 @@ class Generator:
         self.decode = decode
         self.prefill_tokens = int(prefill_tokens)
         self._encoder: PromptEncoder | None = None
+        self.profile = False  # True: the static path's encode / prefill / decode seconds add up in self.timings
+        self.timings: dict[str, float] = {}
         self._auto_batch_size: int | None = None
         self._kv_cache: OrderedDict[tuple, VisualKV] = OrderedDict()
         self.kv_cache_size = 64
@@ -506,7 +510,8 @@ class Generator:
         """One batch: prefill with the model's forward (``prefill_tokens`` prompt tokens at a time, interventions
         applied; prompts and images encoded through :class:`PromptEncoder`'s caches), then greedy decode with
         :class:`StaticDecoder`."""
-        inputs, features = self.encoder.encode(self._chat_texts(requests), [r.images for r in requests])
+        with self._phase("encode"):
+            inputs, features = self.encoder.encode(self._chat_texts(requests), [r.images for r in requests])
         n, prompt_len = inputs["input_ids"].shape
         positions = self._prefill_positions(inputs)
         mask = inputs.get("attention_mask")
@@ -515,7 +520,7 @@ class Generator:
         chunk = max(1, self.prefill_tokens // prompt_len)
         decoder = None
         embed = self.model.get_input_embeddings()
-        with torch.inference_mode():
+        with torch.inference_mode(), self._phase("prefill"):
             for lo in range(0, n, chunk):
                 hi = min(n, lo + chunk)
                 ids = inputs["input_ids"][lo:hi]
@@ -533,6 +538,7 @@ class Generator:
                                             device=k0.device, dtype=k0.dtype)
                 decoder.write_prompt(lo, cache, mask[lo:hi], positions[1:, lo:hi, -1], first, keep)
                 del out, cache
+        with torch.inference_mode(), self._phase("decode"):
             eos_ids = set() if ignore_eos else self._eos_ids()
             decoder.set_eos(eos_ids)
             scan = _FinishScan(self.tokenizer, stops, eos_ids)
@@ -540,6 +546,21 @@ class Generator:
             new = tokens.tolist()
         scan.extend([row[scan.n_seen :] for row in new])
         return self._results(new, scan.finished_at, scan.reason, stops, None)
+
+    @contextmanager
+    def _phase(self, name: str):
+        """Time a phase of the static path into ``self.timings`` (seconds, synchronized) when ``self.profile``."""
+        if not self.profile:
+            yield
+            return
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        sync()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            sync()
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
 
     def _prefill_positions(self, inputs) -> torch.Tensor:
         """The ``(4, rows, prompt)`` positions ``generate`` gives the prefill (text positions, then the 3-D rope)."""
