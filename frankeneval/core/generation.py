@@ -16,9 +16,11 @@ wrapper and the analyses (localization sweeps, transfer).
   (the default): 64 rows, or on a GPU with the static decoder as many rows as a quarter of the free memory holds
   (K/V cache of a 2048-token prompt plus the new tokens, at most 1024 rows).
 * Decoding: ``decode="auto"`` prefills with the model's own forward and decodes greedy rows with
-  :class:`frankeneval.core.decode.StaticDecoder` (preallocated cache, CUDA graph on GPU), prefilling
-  ``prefill_rows`` rows at a time; sampling, repetition penalty, attention capture and the seed-compatible swap
-  use ``model.generate``, as does ``decode="hf"`` for everything. Both give the same tokens (tests, float32).
+  :class:`frankeneval.core.decode.StaticDecoder` (preallocated cache, CUDA graph on GPU); each distinct prompt and
+  image is encoded once (:class:`frankeneval.core.encoding.PromptEncoder`), ``prefill_tokens`` prompt tokens per
+  prefill forward; sampling, repetition penalty, attention capture and the seed-compatible swap use
+  ``model.generate``, as does ``decode="hf"`` for everything. Both give the same tokens (tests, float32).
+  ``profile=True``: the static path's encode / prefill / decode seconds add up in ``timings``.
 * ``interventions``: one entry per request (see ``frankeneval.core.interventions``); ``CaptureAttention`` results
   come back in ``GenResult.captures``. ``SwapVisualKV`` with a PIL image source is encoded once with the
   row's own prompt/system (cached), or pass a ``VisualKV`` from ``Generator.visual_kv``.
