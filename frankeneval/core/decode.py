@@ -170,19 +170,24 @@ class StaticDecoder:
 
     def _capture(self) -> None:
         """Record one step in a CUDA graph (after two warm-up steps on a side stream), then restore the state."""
-        saved = [t.clone() for t in (self.tok, self.pos, self.slot, self.step_idx, self.bias, self.out, self.finished)]
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):
+        state = (self.tok, self.pos, self.slot, self.step_idx, self.bias, self.out, self.finished)
+        saved = [t.clone() for t in state]
+        try:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    self._step()
+            torch.cuda.current_stream().wait_stream(stream)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
                 self._step()
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self._step()
-        # the warm-up and capture wrote K/V into future slots: masked (bias -inf) until overwritten by their step
-        for t, s in zip((self.tok, self.pos, self.slot, self.step_idx, self.bias, self.out, self.finished), saved):
-            t.copy_(s)
+        finally:
+            # the warm-up and capture wrote K/V into future slots: masked (bias -inf) until overwritten by their step;
+            # the rest of the state goes back to where it was (also when the capture failed)
+            torch.cuda.synchronize()
+            for t, s in zip(state, saved):
+                t.copy_(s)
 
     # ------------------------------------------------------------------------------------------------ the loop
     def run(self, done: Callable[[torch.Tensor, int], bool] | None = None, check_every: int = 16) -> torch.Tensor:
@@ -193,12 +198,7 @@ class StaticDecoder:
         """
         n = 1
         if self.use_graph and self.max_new_tokens > 1:
-            try:
-                self._capture()
-            except RuntimeError as exc:  # e.g. a kernel that cannot be captured: same maths, launched step by step
-                log.warning("CUDA graph capture failed (%s); decoding without it", " ".join(str(exc).split())[:200])
-                self.graph = None
-                torch.cuda.synchronize()
+            self._capture_or_eager()
         while n < self.max_new_tokens:
             if n % check_every == 0 or n == 1:
                 if bool(self.finished.all()) or (done is not None and done(self.out[:, :n], n)):
@@ -233,7 +233,15 @@ class StaticDecoder:
         self.bias = grown(self.bias, float("-inf"))
         if self.graph is not None:
             self.graph = None
+            self._capture_or_eager()
+
+    def _capture_or_eager(self) -> None:
+        try:
             self._capture()
+        except RuntimeError as exc:  # e.g. a kernel that cannot be captured: same maths, launched step by step
+            log.warning("CUDA graph capture failed (%s); decoding without it", " ".join(str(exc).split())[:200])
+            self.graph = None
+            torch.cuda.synchronize()
 
 
 def _cache_tensors(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
