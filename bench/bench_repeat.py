@@ -18,19 +18,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 
 def prompts(n: int):
-    from frankeneval.core.generation import GenRequest
+    from bench_speed import make_requests  # the speed bench's 336 px random-image prompts (this folder)
 
-    rng = np.random.RandomState(0)
-    out = []
-    for i in range(n):
-        img = Image.fromarray(rng.randint(0, 256, (336, 336, 3), dtype=np.uint8))
-        out.append(GenRequest(f"Question {i}: what is in the image, and how many objects are there?", [img]))
-    return out
+    return make_requests(n, 336, seed=0)
 
 
 def run(model: str, dtype: str, rows: int, tokens: int, decode: str) -> list[list[int]]:

@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
-import inspect
 import json
 import logging
 import math
@@ -99,31 +98,11 @@ def say(msg: str) -> None:
     print(f"[bench_speed] {msg}", flush=True)
 
 
-def decode_keyword_supported() -> bool:
-    from frankeneval.core.generation import Generator
-
-    return "decode" in inspect.signature(Generator.load).parameters
-
-
 def load_generator(path: str, *, dtype: str, decode: str, device: str, attn: str | None):
-    """Generator.load(..., decode=decode); when the keyword is not there yet, load, then set ``gen.decode``.
-
-    ``max_batch_size`` is left at the Generator's default (where batch_size="auto" starts)."""
+    """``Generator.load``; ``max_batch_size`` is left at the Generator's default (where batch_size="auto" starts)."""
     from frankeneval.core.generation import Generator
 
-    kw = {"dtype": dtype, "device": device, "attn_implementation": attn}
-    try:
-        return Generator.load(path, decode=decode, **kw)
-    except TypeError as exc:
-        if "decode" not in str(exc):
-            raise
-    gen = Generator.load(path, **kw)
-    gen.decode = decode
-    return gen
-
-
-def set_decode(gen, value: str) -> None:
-    gen.decode = value
+    return Generator.load(path, dtype=dtype, device=device, attn_implementation=attn, decode=decode)
 
 
 def llm_weight_bytes(model) -> dict:
@@ -215,7 +194,7 @@ def bench_generator(gen, args, weights: dict) -> dict:
     def via_generator(name: str, label: str, decode: str, requests, batch_size, fresh: bool = False) -> None:
         """``fresh``: the prompt encoder's caches are emptied before every call (64 new images, not a sweep's
         repeated ones), so the processor and the vision tower run inside the timed call."""
-        set_decode(gen, decode)
+        gen.decode = decode
 
         def call():
             if fresh and hasattr(gen, "encoder"):
@@ -309,9 +288,8 @@ def bench_vision(gen, args, layers: list[int], work: Path, model_name: str) -> d
     n_swap = sum(u.info["kind"] == "swap" for u in units)
     full_pairs = load_probe_sets(data=probes, samples=None)
     full_units, _ = vision_units(full_pairs, layers)
-    out = work / "bench_speed-vision"
-    shutil.rmtree(out, ignore_errors=True)
-    set_decode(gen, args.decode)
+    out = Path(tempfile.mkdtemp(prefix="bench_speed-vision-", dir=work))  # its own scratch folder, removed after
+    gen.decode = args.decode
     reset_peak()
     say(f"vision sweep: {len(units)} units ({n_swap} swaps), batch {args.vision_batch}, decode={args.decode!r}")
     gen.profile, gen.timings = True, {}  # encode / prefill / decode seconds (a synchronize around each phase)
@@ -355,11 +333,10 @@ def bench_reasoning(gen, args, layers: list[int], work: Path, model_name: str) -
 
     k = args.gsm8k_questions
     questions = load_questions("gsm8k", data=gsm8k_path(args.data), samples=None if k >= FULL_GSM8K else k)
-    out = work / "bench_speed-reasoning"
-    shutil.rmtree(out, ignore_errors=True)
+    out = Path(tempfile.mkdtemp(prefix="bench_speed-reasoning-", dir=work))  # its own scratch folder, removed after
     new = args.reasoning_new_tokens
     n_units = len(questions) * (len(layers) + 1)
-    set_decode(gen, args.decode)
+    gen.decode = args.decode
     reset_peak()
     say(f"reasoning sweep: {len(questions)} questions x {len(layers) + 1} = {n_units} units, "
         f"batch {args.reasoning_batch}, {new} new tokens (EOS ignored), decode={args.decode!r}")
@@ -431,7 +408,7 @@ def bench_same(args, model_path: str, layers: list[int], model_name: str) -> dic
 
     gen = load_generator(model_path, dtype="float32", decode=args.decode, device=args.device,
                          attn=args.attn_implementation)
-    set_decode(gen, args.decode)
+    gen.decode = args.decode
     need = args.same_units
     n_layers = len(layers)
     res: dict = {"dtype": "float32", "decode": args.decode, "batch": args.same_batch,
@@ -636,9 +613,6 @@ def main(argv: list[str] | None = None) -> int:
         else:
             model_path = str(Path(args.model).resolve())
         result["model"] = model_path
-        result["decode_keyword"] = ("Generator.load(decode=...)" if decode_keyword_supported() else
-                                    "missing: Generator.load has no decode keyword; the bench set gen.decode after "
-                                    "loading, which may change nothing (then (a) and (b) run the same code)")
         gen = None
         layers: list[int] = []
         if set(args.parts) - {"same"}:

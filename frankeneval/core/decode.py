@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 def _text_parts(model):
-    """(embed_tokens, rotary_emb, layers, norm, lm_head) of a Qwen2.5-VL (or Qwen2) model."""
+    """(embed_tokens, rotary_emb, layers, norm, lm_head) of a Qwen2.5-VL model."""
     inner = getattr(model, "model", model)
     text = getattr(inner, "language_model", inner)
     lm_head = getattr(model, "lm_head", None)
@@ -41,20 +41,14 @@ def _text_parts(model):
 
 
 def supports_static_decode(model) -> bool:
-    """Whether :class:`StaticDecoder` knows this model's layout (Qwen2.5-VL / Qwen2 decoder layers)."""
+    """Whether :class:`StaticDecoder` knows this model's layout (Qwen2.5-VL decoder layers, 3-D rope)."""
     try:
-        _, _, layers, _, _ = _text_parts(model)
+        _, rotary, layers, _, _ = _text_parts(model)
     except (TypeError, AttributeError, InterventionError):
         return False
     attn = layers[0].self_attn
-    rotary = _text_parts(model)[1]
     return (all(hasattr(attn, p) for p in ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling"))
             and hasattr(layers[0], "mlp") and hasattr(rotary, "mrope_section"))
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
 
 
 class StaticDecoder:
@@ -68,6 +62,9 @@ class StaticDecoder:
 
     def __init__(self, model, *, rows: int, prompt_len: int, max_new_tokens: int, device, dtype,
                  use_graph: bool | None = None):
+        from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import rotate_half  # the model's own rope maths
+
+        self.rotate_half = rotate_half
         self.embed, self.rotary, self.layers, self.norm, self.lm_head = _text_parts(model)
         attn0 = self.layers[0].self_attn
         self.n_heads = attn0.config.num_attention_heads
@@ -107,7 +104,7 @@ class StaticDecoder:
 
     def write_prompt(self, lo: int, cache, attention_mask: torch.Tensor, last_positions: torch.Tensor,
                      first_tokens: torch.Tensor, keep: torch.Tensor | None = None) -> None:
-        """Rows ``lo ...`` from one prefill: its cache (``DynamicCache`` or per-layer ``(keys, values)``), padding mask
+        """Rows ``lo ...`` from one prefill: its ``DynamicCache``, padding mask
         ``(rows, prompt)``, ``(3, rows)`` rope positions of the last prompt token, the tokens the prefill produced,
         and ``keep`` ``(layers, rows)`` (0: the layer's attention and MLP outputs are zeroed for that row)."""
         kv = _cache_tensors(cache)
@@ -142,8 +139,8 @@ class StaticDecoder:
             q = attn.q_proj(x).view(rows, 1, self.n_heads, self.head_dim).transpose(1, 2)
             k = attn.k_proj(x).view(rows, 1, self.n_kv, self.head_dim).transpose(1, 2)
             v = attn.v_proj(x).view(rows, 1, self.n_kv, self.head_dim).transpose(1, 2)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+            q = q * cos + self.rotate_half(q) * sin
+            k = k * cos + self.rotate_half(k) * sin
             self.keys[j].index_copy_(2, self.slot, k)
             self.values[j].index_copy_(2, self.slot, v)
             # query head h reads kv head h // rep (repeat_kv's order): group the heads instead of copying the cache
@@ -200,9 +197,9 @@ class StaticDecoder:
         if self.use_graph and self.max_new_tokens > 1:
             self._capture_or_eager()
         while n < self.max_new_tokens:
-            if n % check_every == 0 or n == 1:
-                if bool(self.finished.all()) or (done is not None and done(self.out[:, :n], n)):
-                    return self.out[:, :n]
+            checking = n % check_every == 0 or n == 1
+            if checking and (bool(self.finished.all()) or (done is not None and done(self.out[:, :n], n))):
+                return self.out[:, :n]
             if self.prompt_len + n - 1 >= self.keys[0].shape[2]:  # this step's slot is past the cache: grow it
                 self._grow()
             if self.graph is not None:
@@ -245,8 +242,5 @@ class StaticDecoder:
 
 
 def _cache_tensors(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per-layer ``(keys, values)`` of a transformers cache (or a list of pairs)."""
-    layers = getattr(cache, "layers", None)
-    if layers is not None:
-        return [(layer.keys, layer.values) for layer in layers]
-    return [(k, v) for k, v in cache]
+    """Per-layer ``(keys, values)`` of a transformers cache."""
+    return [(layer.keys, layer.values) for layer in cache.layers]

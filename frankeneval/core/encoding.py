@@ -35,7 +35,8 @@ def image_key(image) -> str:
     return h.hexdigest()
 
 
-def _rgb(image):
+def to_rgb(image):
+    """The image in RGB (the same object when it already is)."""
     return image.convert("RGB") if getattr(image, "mode", "RGB") != "RGB" else image
 
 
@@ -111,7 +112,7 @@ class PromptEncoder:
         """``(inputs, features)`` for one batch: ``inputs`` holds the processor's per-row tensors, left-padded, and
         ``image_grid_thw`` (no pixel values), on the model's device; ``features[r]``: row ``r``'s image features
         (its images' merged tokens in order, or None). :meth:`embeds` turns rows of them into ``inputs_embeds``."""
-        images = [[_rgb(im) for im in row] for row in images]
+        images = [[to_rgb(im) for im in row] for row in images]
         known: dict[int, str] = {}  # a sweep passes one image object to many rows: hash it once per call
 
         def key_of(im) -> str:

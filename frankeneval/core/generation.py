@@ -39,9 +39,8 @@ from typing import Any
 
 import torch
 
-from frankeneval.errors import FrankenevalError, InterventionError, UnsafeWeights
 from frankeneval.core.decode import StaticDecoder, supports_static_decode
-from frankeneval.core.encoding import PromptEncoder, image_key
+from frankeneval.core.encoding import PromptEncoder, image_key, to_rgb
 from frankeneval.core.interventions import (
     AttentionCapture,
     CaptureAttention,
@@ -51,6 +50,7 @@ from frankeneval.core.interventions import (
     apply_interventions,
     normalize_rows,
 )
+from frankeneval.errors import FrankenevalError, InterventionError, UnsafeWeights
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +182,7 @@ class Generator:
         self.decode = decode
         self.prefill_tokens = int(prefill_tokens)
         self._encoder: PromptEncoder | None = None
+        self._static_layout: bool | None = None  # whether the static decoder knows this model (decided once)
         self.profile = False  # True: the static path's encode / prefill / decode seconds add up in self.timings
         self.timings: dict[str, float] = {}
         self._auto_batch_size: int | None = None
@@ -251,11 +252,19 @@ class Generator:
             raise FrankenevalError(f"decode must be one of {', '.join(DECODE_MODES)}, got {value!r}")
         self._decode = value
 
+    @property
+    def _static_path(self) -> bool:
+        """``decode="auto"`` and a model the static decoder knows, on one device (the static path's own condition)."""
+        if self._decode != "auto":
+            return False
+        if self._static_layout is None:  # the model does not change: decided once
+            one_device = len({str(d) for d in getattr(self.model, "hf_device_map", {}).values()}) <= 1
+            self._static_layout = one_device and supports_static_decode(self.model)
+        return self._static_layout
+
     def _static_ok(self, rows: list[list], do_sample: bool, repetition_penalty) -> bool:
         """Whether these rows decode with the static decoder (greedy, no capture / record / seed-compatible swap)."""
-        if self._decode != "auto" or do_sample or repetition_penalty not in (None, 1.0):
-            return False
-        if len({str(d) for d in getattr(self.model, "hf_device_map", {}).values()}) > 1 or not supports_static_decode(self.model):
+        if not self._static_path or do_sample or repetition_penalty not in (None, 1.0):
             return False
         for row in rows:
             for it in row:
@@ -281,7 +290,7 @@ class Generator:
 
     def rows_per_call(self, max_new_tokens: int) -> int:
         """Rows one greedy call takes when nothing else is said (``batch_size="auto"``'s starting point)."""
-        return self._start_batch_size(max_new_tokens, self._decode == "auto" and supports_static_decode(self.model))
+        return self._start_batch_size(max_new_tokens, self._static_path)
 
     @property
     def auto_batch_size(self) -> int | None:
@@ -317,7 +326,7 @@ class Generator:
     def encode(self, requests: Sequence[GenRequest]):
         """Processor outputs for a batch (left padding), on the model's device."""
         texts = [self.chat_text(r) for r in requests]
-        images = [im.convert("RGB") if getattr(im, "mode", "RGB") != "RGB" else im for r in requests for im in r.images]
+        images = [to_rgb(im) for r in requests for im in r.images]
         inputs = self.processor(text=texts, images=images or None, padding=True, padding_side="left", return_tensors="pt")
         return inputs.to(self.device)
 
@@ -355,10 +364,10 @@ class Generator:
             if keys[i] in self._kv_cache:
                 continue
             req = requests[i]
-            if self._decode == "auto" and supports_static_decode(self.model):  # the encoder's caches: an LLM prefill
-                inputs, features = self.encoder.encode(self._chat_texts([req]), [req.images])
+            if self._static_path:  # the encoder's caches: an LLM prefill
+                inputs, features, positions, mask = self._encode_static([req])
                 forward = dict(inputs_embeds=self.encoder.embeds(inputs["input_ids"], features, self.model.get_input_embeddings()),
-                               attention_mask=inputs.get("attention_mask"), position_ids=self._prefill_positions(inputs))
+                               attention_mask=mask, position_ids=positions)
             else:
                 inputs = self.encode([req])
                 forward = dict(inputs)
@@ -512,13 +521,8 @@ class Generator:
         """One batch: prefill with the model's forward (``prefill_tokens`` prompt tokens at a time, interventions
         applied; prompts and images encoded through :class:`PromptEncoder`'s caches), then greedy decode with
         :class:`StaticDecoder`."""
-        with self._phase("encode"):
-            inputs, features = self.encoder.encode(self._chat_texts(requests), [r.images for r in requests])
+        inputs, features, positions, mask = self._encode_static(requests)
         n, prompt_len = inputs["input_ids"].shape
-        positions = self._prefill_positions(inputs)
-        mask = inputs.get("attention_mask")
-        if mask is None:
-            mask = torch.ones_like(inputs["input_ids"])
         chunk = max(1, self.prefill_tokens // prompt_len)
         decoder = None
         embed = self.model.get_input_embeddings()
@@ -563,6 +567,14 @@ class Generator:
         finally:
             sync()
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+
+    def _encode_static(self, requests):
+        """``(inputs, features, positions, mask)`` of a static-path prefill: the prompt encoder's batch and image
+        features, ``generate``'s prefill positions and the padding mask."""
+        with self._phase("encode"):
+            inputs, features = self.encoder.encode(self._chat_texts(requests), [r.images for r in requests])
+        mask = inputs.get("attention_mask")
+        return inputs, features, self._prefill_positions(inputs), mask if mask is not None else torch.ones_like(inputs["input_ids"])
 
     def _prefill_positions(self, inputs) -> torch.Tensor:
         """The ``(4, rows, prompt)`` positions ``generate`` gives the prefill (text positions, then the 3-D rope)."""
