@@ -208,8 +208,10 @@ def test_the_cache_grows_when_answers_run_past_its_first_slots(gen, static_runs,
 
 def test_profile_adds_up_the_phases_of_the_static_path(gen):
     gen.profile, gen.timings = True, {}
+    gen.encoder.clear()  # fresh prompts: the processor and the vision tower run
     try:
         gen.generate(requests(), max_new_tokens=5, batch_size=4)
     finally:
         gen.profile = False
-    assert set(gen.timings) == {"encode", "prefill", "decode"} and all(t > 0 for t in gen.timings.values())
+    assert set(gen.timings) == {"encode", "processor", "vision", "prefill", "decode"}
+    assert all(t > 0 for t in gen.timings.values())

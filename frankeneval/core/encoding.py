@@ -5,9 +5,10 @@ encoding each row again would run the image processor and the vision tower 29 ti
 
 * runs the processor once per distinct request (chat text + image contents) and keeps its text-side tensors (input
   ids, masks, token types, image grids) on the CPU;
-* runs the vision tower (``model.get_image_features``) once per distinct image content, for every image of a batch
-  not seen before in one call, and keeps the merged image features on the model's device (least recently used
-  first out, ``max_images``);
+* runs the vision tower (``model.get_image_features``, its window attention batched by
+  :mod:`frankeneval.core.vision_attention`, no autograd) once per distinct image content, for the images of a batch
+  not seen before in forwards of at most ``MAX_PATCHES`` patches, and keeps the merged image features on the
+  model's device (least recently used first out, ``max_images``);
 * builds a batch as the processor would (left padding), plus ``inputs_embeds`` = token embeddings with the image
   features written at the image-token positions -- what the model's own forward computes from ``pixel_values``.
 
@@ -21,9 +22,11 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 
 import torch
 
+from frankeneval.core.vision_attention import batched_windows
 from frankeneval.errors import FrankenevalError
 
 
@@ -43,8 +46,12 @@ def to_rgb(image):
 class PromptEncoder:
     """Batches of (chat text, images) -> processor-style inputs + ``inputs_embeds``, with the caches above."""
 
-    def __init__(self, model, processor, *, pad_id: int, max_requests: int = 8192, max_images: int = 2048):
+    MAX_PATCHES = 65536  # vision-tower patches per forward (256 images of 336 px); more images run in several forwards
+
+    def __init__(self, model, processor, *, pad_id: int, max_requests: int = 8192, max_images: int = 2048,
+                 phase: Callable[[str], object] | None = None):
         self.model = model
+        self.phase = phase or (lambda name: nullcontext())  # times "processor" / "vision" (Generator.profile)
         self.processor = processor
         self.pad_id = int(pad_id)
         self.max_requests = max_requests
@@ -66,7 +73,8 @@ class PromptEncoder:
         if row is not None:
             self._rows.move_to_end(key)
             return row
-        out = self.processor(text=[text], images=images or None, return_tensors="pt")
+        with self.phase("processor"):
+            out = self.processor(text=[text], images=images or None, return_tensors="pt")
         row = {k: v for k, v in out.items() if k != "pixel_values" and torch.is_tensor(v)}
         if images:
             sizes = out["image_grid_thw"].prod(-1).tolist()
@@ -80,8 +88,8 @@ class PromptEncoder:
 
     # -------------------------------------------------------------------------------------------- per image
     def _encode_images(self, images: list, keys: list[str], patches: dict) -> None:
-        """Vision-tower features of the images not cached yet (one call for all of them); ``patches``: pixel values
-        the processor already made for some of them."""
+        """Vision-tower features of the images not cached yet (forwards of at most ``MAX_PATCHES`` patches, without
+        autograd); ``patches``: pixel values the processor already made for some of them."""
         todo: dict[str, object] = {}
         for im, k in zip(images, keys):
             if k not in self._features and k not in todo:
@@ -90,22 +98,40 @@ class PromptEncoder:
             return
         missing = [k for k in todo if k not in patches]
         if missing:  # a prompt seen before whose image features were evicted: process those images again
-            pix = self.processor.image_processor(images=[todo[k] for k in missing], return_tensors="pt")
+            with self.phase("processor"):
+                pix = self.processor.image_processor(images=[todo[k] for k in missing], return_tensors="pt")
             sizes = pix["image_grid_thw"].prod(-1).tolist()
             for k, p, grid in zip(missing, torch.split(pix["pixel_values"], sizes), pix["image_grid_thw"]):
                 patches[k] = (p, grid[None])
+        groups: list[list[str]] = [[]]
+        n_patches = 0
+        for k in todo:
+            size = patches[k][0].shape[0]
+            if groups[-1] and n_patches + size > self.MAX_PATCHES:
+                groups.append([])
+                n_patches = 0
+            groups[-1].append(k)
+            n_patches += size
+        with self.phase("vision"):
+            for group in groups:
+                self._vision_forward(group, patches)
+        while len(self._features) > self.max_images:
+            self._features.popitem(last=False)
+
+    @torch.no_grad()
+    def _vision_forward(self, keys: list[str], patches: dict) -> None:
+        """One vision-tower forward for these images; their merged features go into the cache."""
         device = self.model.device
-        pixel_values = torch.cat([patches[k][0] for k in todo]).to(device)
-        grid = torch.cat([patches[k][1] for k in todo]).to(device)
-        feats = self.model.get_image_features(pixel_values, grid)
+        pixel_values = torch.cat([patches[k][0] for k in keys]).to(device)
+        grid = torch.cat([patches[k][1] for k in keys]).to(device)
+        with batched_windows(self.model):
+            feats = self.model.get_image_features(pixel_values, grid)
         feats = getattr(feats, "pooler_output", feats)
         if torch.is_tensor(feats):  # one tensor for all images: split by each image's merged token count
             merge = getattr(getattr(self.model.config, "vision_config", None), "spatial_merge_size", 2)
             feats = torch.split(feats, (grid.prod(-1) // merge**2).tolist())
-        for k, f in zip(todo, feats):
-            self._features[k] = f.detach()
-        while len(self._features) > self.max_images:
-            self._features.popitem(last=False)
+        for k, f in zip(keys, feats):
+            self._features[k] = f
 
     # -------------------------------------------------------------------------------------------- batch
     def encode(self, texts: Sequence[str], images: Sequence[list]) -> tuple[dict[str, torch.Tensor], list]:
@@ -156,6 +182,10 @@ class PromptEncoder:
     def embeds(self, input_ids: torch.Tensor, features: list, embed: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """Token embeddings of ``input_ids`` with each row's image features at its image-token positions (what the
         model's forward does with ``pixel_values``)."""
+        with torch.no_grad():
+            return self._embeds(input_ids, features, embed)
+
+    def _embeds(self, input_ids, features, embed):
         out = embed(input_ids)
         present = [f for f in features if f is not None]
         if not present:

@@ -20,7 +20,8 @@ wrapper and the analyses (localization sweeps, transfer).
   image is encoded once (:class:`frankeneval.core.encoding.PromptEncoder`), ``prefill_tokens`` prompt tokens per
   prefill forward; sampling, repetition penalty, attention capture and the seed-compatible swap use
   ``model.generate``, as does ``decode="hf"`` for everything. Both give the same tokens (tests, float32).
-  ``profile=True``: the static path's encode / prefill / decode seconds add up in ``timings``.
+  ``profile=True``: the static path's encode (of it: processor, vision tower) / prefill / decode seconds add up in
+  ``timings``.
 * ``interventions``: one entry per request (see ``frankeneval.core.interventions``); ``CaptureAttention`` results
   come back in ``GenResult.captures``. ``SwapVisualKV`` with a PIL image source is encoded once with the
   row's own prompt/system (cached), or pass a ``VisualKV`` from ``Generator.visual_kv``.
@@ -285,7 +286,7 @@ class Generator:
     def encoder(self) -> PromptEncoder:
         """The static decoder's prompt encoder (processor once per distinct prompt, vision tower once per image)."""
         if self._encoder is None:
-            self._encoder = PromptEncoder(self.model, self.processor, pad_id=self._pad_id())
+            self._encoder = PromptEncoder(self.model, self.processor, pad_id=self._pad_id(), phase=self._phase)
         return self._encoder
 
     def rows_per_call(self, max_new_tokens: int) -> int:

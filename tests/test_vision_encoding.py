@@ -1,0 +1,99 @@
+"""The prompt encoder's vision tower: batched window attention (the same features as transformers' per-window
+calls), no autograd, and bounded forwards."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from test_generation import noise_image
+
+from frankeneval.core.encoding import PromptEncoder
+from frankeneval.core.generation import GenRequest, Generator
+from frankeneval.core.vision_attention import NAME, batched_windows
+
+
+@pytest.fixture(scope="module")
+def gen(tiny_lineage) -> Generator:
+    return Generator.load(str(tiny_lineage.rl), device="cpu", dtype="float32")
+
+
+def images():
+    # different sizes: windows of several lengths (edge windows are smaller) and different patch counts
+    return [noise_image(1, (112, 112)), noise_image(2, (140, 84)), noise_image(3, (196, 252))]
+
+
+def features(gen, model_images, *, batched: bool):
+    pix = gen.processor.image_processor(images=model_images, return_tensors="pt")
+    with torch.no_grad():
+        if batched:
+            with batched_windows(gen.model):
+                out = gen.model.get_image_features(pix["pixel_values"], pix["image_grid_thw"])
+        else:
+            out = gen.model.get_image_features(pix["pixel_values"], pix["image_grid_thw"])
+    out = getattr(out, "pooler_output", out)
+    return torch.cat(list(out)) if not torch.is_tensor(out) else out
+
+
+def test_batched_window_attention_gives_transformers_features(gen):
+    cfg = gen.model.config.vision_config
+    assert cfg._attn_implementation == "sdpa"
+    calls = []
+    import frankeneval.core.vision_attention as va
+
+    real = va.window_attention
+
+    def spy(*a, **k):
+        calls.append(k.get("cu_seq_lens_q") is not None)
+        return real(*a, **k)
+
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    va._register()
+    saved = ALL_ATTENTION_FUNCTIONS[NAME]
+    ALL_ATTENTION_FUNCTIONS._global_mapping[NAME] = spy
+    try:
+        ours = features(gen, images(), batched=True)
+    finally:
+        ALL_ATTENTION_FUNCTIONS._global_mapping[NAME] = saved
+    ref = features(gen, images(), batched=False)
+    assert torch.allclose(ours, ref, atol=1e-6, rtol=0)
+    assert calls and all(calls)  # one varlen call per layer (not one per window)
+    assert len(calls) == cfg.depth
+    assert cfg._attn_implementation == "sdpa"  # restored after the block
+
+
+def test_other_vision_attention_is_left_alone(gen):
+    gen.model.set_attn_implementation({"vision_config": "eager"})
+    try:
+        with batched_windows(gen.model):
+            assert gen.model.config.vision_config._attn_implementation == "eager"
+    finally:
+        gen.model.set_attn_implementation({"vision_config": "sdpa"})
+
+
+def test_the_vision_tower_runs_without_autograd_in_bounded_forwards(gen, monkeypatch):
+    """A 7B call of 256 images ran out of memory on an H200 (138 GiB held by autograd's saved activations)."""
+    grad_enabled, patches = [], []
+    visual = gen.model.model.visual if hasattr(gen.model, "model") else gen.model.visual
+
+    def pre(module, args, kwargs):
+        grad_enabled.append(torch.is_grad_enabled())
+        patches.append(int(args[0].shape[0]))
+
+    handle = visual.register_forward_pre_hook(pre, with_kwargs=True)
+    enc = PromptEncoder(gen.model, gen.processor, pad_id=gen._pad_id())
+    reqs = [GenRequest("What?", [im]) for im in images()]
+    texts = [gen.chat_text(r) for r in reqs]
+    try:
+        _, whole = enc.encode(texts, [r.images for r in reqs])
+        enc.clear()
+        monkeypatch.setattr(PromptEncoder, "MAX_PATCHES", 1)  # one image per forward
+        _, parts = enc.encode(texts, [r.images for r in reqs])
+    finally:
+        handle.remove()
+    sizes = gen.processor.image_processor(images=images(), return_tensors="pt")["image_grid_thw"].prod(-1).tolist()
+    assert grad_enabled == [False] * 4
+    assert patches == [sum(sizes), *sizes]
+    for a, b in zip(whole, parts, strict=True):
+        assert not a.requires_grad and torch.allclose(a, b, atol=1e-6, rtol=0)
