@@ -161,7 +161,7 @@ def test_prompt_encoder_batches_as_the_processor_and_encodes_each_image_once(gen
         return real(pixel_values, image_grid_thw, **kw)
 
     monkeypatch.setattr(gen.model, "get_image_features", spy)
-    inputs, features = gen.encoder.encode([gen.chat_text(r) for r in reqs], [r.images for r in reqs])
+    inputs, features, _ = gen.encoder.encode([gen.chat_text(r) for r in reqs], [r.images for r in reqs])
     for name in ("input_ids", "attention_mask", "mm_token_type_ids", "image_grid_thw"):
         if name in expected:
             assert torch.equal(inputs[name].cpu(), expected[name].cpu()), name

@@ -86,10 +86,10 @@ def test_the_vision_tower_runs_without_autograd_in_bounded_forwards(gen, monkeyp
     reqs = [GenRequest("What?", [im]) for im in images()]
     texts = [gen.chat_text(r) for r in reqs]
     try:
-        _, whole = enc.encode(texts, [r.images for r in reqs])
+        _, whole, _ = enc.encode(texts, [r.images for r in reqs])
         enc.clear()
         monkeypatch.setattr(PromptEncoder, "MAX_PATCHES", 1)  # one image per forward
-        _, parts = enc.encode(texts, [r.images for r in reqs])
+        _, parts, _ = enc.encode(texts, [r.images for r in reqs])
     finally:
         handle.remove()
     sizes = gen.processor.image_processor(images=images(), return_tensors="pt")["image_grid_thw"].prod(-1).tolist()

@@ -54,8 +54,8 @@ def supports_static_decode(model) -> bool:
 class StaticDecoder:
     """Greedy decode of a prefilled batch (see the module docstring).
 
-    Allocate for ``rows`` prompts of ``prompt_len`` tokens (left-padded), fill with :meth:`write_prompt` (one call per
-    prefill chunk), :meth:`set_eos`, then :meth:`run`.
+    Allocate for ``rows`` prompts of at most ``prompt_len`` tokens (left-padded), fill with :meth:`write_prompt` (one
+    call per prefill chunk), :meth:`set_eos`, then :meth:`run`.
     """
 
     GROW_TOKENS = 512  # new-token slots allocated at first; the cache doubles from there when needed
@@ -102,23 +102,28 @@ class StaticDecoder:
         elt = next(model.parameters()).element_size()
         return 2 * len(layers) * rows * cfg.num_key_value_heads * length * head_dim * elt
 
-    def write_prompt(self, lo: int, cache, attention_mask: torch.Tensor, last_positions: torch.Tensor,
+    def write_prompt(self, rows, cache, attention_mask: torch.Tensor, last_positions: torch.Tensor,
                      first_tokens: torch.Tensor, keep: torch.Tensor | None = None) -> None:
-        """Rows ``lo ...`` from one prefill: its ``DynamicCache``, padding mask
-        ``(rows, prompt)``, ``(3, rows)`` rope positions of the last prompt token, the tokens the prefill produced,
-        and ``keep`` ``(layers, rows)`` (0: the layer's attention and MLP outputs are zeroed for that row)."""
+        """Rows ``rows`` (decoder row indices, in the prefill's order) from one prefill: its ``DynamicCache``, padding
+        mask ``(rows, length)``, ``(3, rows)`` rope positions of the last prompt token, the tokens the prefill
+        produced, and ``keep`` ``(layers, rows)`` (0: the layer's attention and MLP outputs are zeroed for that row).
+        A prefill shorter than ``prompt_len`` is right-aligned; the slots before it stay masked."""
         kv = _cache_tensors(cache)
-        hi = lo + kv[0][0].shape[0]
-        for j, (k, v) in enumerate(kv):
-            self.keys[j][lo:hi, :, : self.prompt_len] = k
-            self.values[j][lo:hi, :, : self.prompt_len] = v
         dev = self.bias.device
-        self.bias[lo:hi, : self.prompt_len] = torch.where(attention_mask.to(dev).bool(), 0.0, float("-inf"))
-        self.pos[:, lo:hi, 0] = last_positions.to(dev).long() + 1  # the first fed-back token's position
-        self.tok[lo:hi] = first_tokens.to(dev)
-        self.out[lo:hi, 0] = first_tokens.to(dev)
+        idx = torch.as_tensor(list(rows), dtype=torch.long, device=dev)
+        length = kv[0][0].shape[2]
+        off = self.prompt_len - length
+        if off < 0:
+            raise ValueError(f"a prefill of {length} tokens does not fit the {self.prompt_len}-token prompt slots")
+        for j, (k, v) in enumerate(kv):
+            self.keys[j][idx, :, off : self.prompt_len] = k
+            self.values[j][idx, :, off : self.prompt_len] = v
+        self.bias[idx, off : self.prompt_len] = torch.where(attention_mask.to(dev).bool(), 0.0, float("-inf"))
+        self.pos[:, idx, 0] = last_positions.to(dev).long() + 1  # the first fed-back token's position
+        self.tok[idx] = first_tokens.to(dev)
+        self.out[idx, 0] = first_tokens.to(dev)
         if keep is not None and bool((keep == 0).any()):
-            self.keep[:, lo:hi, 0, 0] = keep.to(dev, self.keep.dtype)
+            self.keep[:, idx, 0, 0] = keep.to(dev, self.keep.dtype)
             self.ablating = True
 
     def set_eos(self, eos_ids: set[int]) -> None:

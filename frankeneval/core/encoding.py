@@ -134,10 +134,11 @@ class PromptEncoder:
             self._features[k] = f
 
     # -------------------------------------------------------------------------------------------- batch
-    def encode(self, texts: Sequence[str], images: Sequence[list]) -> tuple[dict[str, torch.Tensor], list]:
-        """``(inputs, features)`` for one batch: ``inputs`` holds the processor's per-row tensors, left-padded, and
-        ``image_grid_thw`` (no pixel values), on the model's device; ``features[r]``: row ``r``'s image features
-        (its images' merged tokens in order, or None). :meth:`embeds` turns rows of them into ``inputs_embeds``."""
+    def encode(self, texts: Sequence[str], images: Sequence[list]) -> tuple[dict[str, torch.Tensor], list, list]:
+        """``(inputs, features, keys)`` for one batch: ``inputs`` holds the processor's per-row tensors, left-padded,
+        and ``image_grid_thw`` (no pixel values), on the model's device; ``features[r]``: row ``r``'s image features
+        (its images' merged tokens in order, or None); ``keys[r]``: what row ``r``'s prompt is made of (chat text and
+        image contents; equal keys, equal prompts). :meth:`embeds` turns rows of features into ``inputs_embeds``."""
         images = [[to_rgb(im) for im in row] for row in images]
         known: dict[int, str] = {}  # a sweep passes one image object to many rows: hash it once per call
 
@@ -177,7 +178,7 @@ class PromptEncoder:
         grids = [r["image_grid_thw"] for r in rows if "image_grid_thw" in r]
         if grids:
             inputs["image_grid_thw"] = torch.cat(grids).to(device)
-        return inputs, features
+        return inputs, features, [(t, k) for t, k in zip(texts, keys)]
 
     def embeds(self, input_ids: torch.Tensor, features: list, embed: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """Token embeddings of ``input_ids`` with each row's image features at its image-token positions (what the

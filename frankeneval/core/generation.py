@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from frankeneval.core.branch import BranchPlan, branch_prefill, plan_branches
 from frankeneval.core.decode import StaticDecoder, supports_static_decode
 from frankeneval.core.encoding import PromptEncoder, image_key, to_rgb
 from frankeneval.core.interventions import (
@@ -184,6 +185,7 @@ class Generator:
         self.prefill_tokens = int(prefill_tokens)
         self._encoder: PromptEncoder | None = None
         self._static_layout: bool | None = None  # whether the static decoder knows this model (decided once)
+        self.branch_swaps = True  # swap rows prefill only their text suffix over their prompt's shared prefix
         self.profile = False  # True: the static path's encode / prefill / decode seconds add up in self.timings
         self.timings: dict[str, float] = {}
         self._auto_batch_size: int | None = None
@@ -366,7 +368,7 @@ class Generator:
                 continue
             req = requests[i]
             if self._static_path:  # the encoder's caches: an LLM prefill
-                inputs, features, positions, mask = self._encode_static([req])
+                inputs, features, positions, mask, _ = self._encode_static([req])
                 forward = dict(inputs_embeds=self.encoder.embeds(inputs["input_ids"], features, self.model.get_input_embeddings()),
                                attention_mask=mask, position_ids=positions)
             else:
@@ -520,31 +522,42 @@ class Generator:
 
     def _generate_static(self, requests, rows, stops, *, max_new_tokens, ignore_eos):
         """One batch: prefill with the model's forward (``prefill_tokens`` prompt tokens at a time, interventions
-        applied; prompts and images encoded through :class:`PromptEncoder`'s caches), then greedy decode with
-        :class:`StaticDecoder`."""
-        inputs, features, positions, mask = self._encode_static(requests)
-        n, prompt_len = inputs["input_ids"].shape
-        chunk = max(1, self.prefill_tokens // prompt_len)
-        decoder = None
+        applied; prompts and images encoded through :class:`PromptEncoder`'s caches; visual-KV swap rows from their
+        prompt's shared prefix, :mod:`frankeneval.core.branch`), then greedy decode with :class:`StaticDecoder`."""
+        inputs, features, positions, mask, keys = self._encode_static(requests)
+        ids = inputs["input_ids"]
+        n, prompt_len = ids.shape
+        plan = (plan_branches(rows, ids, mask, getattr(self.model.config, "image_token_id", None), keys)
+                if self.branch_swaps else BranchPlan.empty())
+        branched = set(plan.rows)
+        full = [r for r in range(n) if r not in branched]
+        weight = self.model.get_input_embeddings().weight
+        decoder = StaticDecoder(self.model, rows=n, prompt_len=max(prompt_len if full else 0, plan.length),
+                                max_new_tokens=max_new_tokens, device=weight.device, dtype=weight.dtype)
         embed = self.model.get_input_embeddings()
+
+        def embeds(batch_rows: list[int]) -> torch.Tensor:
+            return self.encoder.embeds(ids[batch_rows], [features[r] for r in batch_rows], embed)
+
+        chunk = max(1, self.prefill_tokens // prompt_len)
         with torch.inference_mode(), self._phase("prefill"):
-            for lo in range(0, n, chunk):
-                hi = min(n, lo + chunk)
-                ids = inputs["input_ids"][lo:hi]
-                with apply_interventions(self.model, rows[lo:hi], input_ids=ids, attention_mask=mask[lo:hi]) as session:
-                    out = self.model(inputs_embeds=self.encoder.embeds(ids, features[lo:hi], embed),
-                                     attention_mask=mask[lo:hi], position_ids=positions[:, lo:hi], use_cache=True,
-                                     logits_to_keep=1)
+            for lo in range(0, len(full), chunk):
+                part = full[lo : lo + chunk]
+                with apply_interventions(self.model, [rows[r] for r in part], input_ids=ids[part],
+                                         attention_mask=mask[part]) as session:
+                    out = self.model(inputs_embeds=embeds(part), attention_mask=mask[part],
+                                     position_ids=positions[:, part], use_cache=True, logits_to_keep=1)
                 keep = torch.tensor([[0.0 if j in st.ablate else 1.0 for st in session.states]
                                      for j in range(session.n_layers)])
                 cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
-                first = out.logits[:, -1].argmax(-1)
-                if decoder is None:
-                    k0 = cache.layers[0].keys
-                    decoder = StaticDecoder(self.model, rows=n, prompt_len=prompt_len, max_new_tokens=max_new_tokens,
-                                            device=k0.device, dtype=k0.dtype)
-                decoder.write_prompt(lo, cache, mask[lo:hi], positions[1:, lo:hi, -1], first, keep)
+                decoder.write_prompt(part, cache, mask[part], positions[1:, part, -1], out.logits[:, -1].argmax(-1), keep)
                 del out, cache
+            for part, cache, part_mask, last, first in branch_prefill(
+                self.model, plan, input_ids=ids, embeds=embeds, positions=positions, mask=mask, rows=rows,
+                chunk_tokens=self.prefill_tokens,
+            ):
+                decoder.write_prompt(part, cache, part_mask, last, first)
+                del cache
         with torch.inference_mode(), self._phase("decode"):
             eos_ids = set() if ignore_eos else self._eos_ids()
             decoder.set_eos(eos_ids)
@@ -570,12 +583,13 @@ class Generator:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
 
     def _encode_static(self, requests):
-        """``(inputs, features, positions, mask)`` of a static-path prefill: the prompt encoder's batch and image
-        features, ``generate``'s prefill positions and the padding mask."""
+        """``(inputs, features, positions, mask, keys)`` of a static-path prefill: the prompt encoder's batch, image
+        features and prompt keys, ``generate``'s prefill positions and the padding mask."""
         with self._phase("encode"):
-            inputs, features = self.encoder.encode(self._chat_texts(requests), [r.images for r in requests])
+            inputs, features, keys = self.encoder.encode(self._chat_texts(requests), [r.images for r in requests])
         mask = inputs.get("attention_mask")
-        return inputs, features, self._prefill_positions(inputs), mask if mask is not None else torch.ones_like(inputs["input_ids"])
+        mask = mask if mask is not None else torch.ones_like(inputs["input_ids"])
+        return inputs, features, self._prefill_positions(inputs), mask, keys
 
     def _prefill_positions(self, inputs) -> torch.Tensor:
         """The ``(4, rows, prompt)`` positions ``generate`` gives the prefill (text positions, then the 3-D rope)."""
