@@ -65,6 +65,7 @@ def main(argv=None) -> int:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--vision-units", type=int, default=256, help="units of the profiled vision-sweep batch")
+    ap.add_argument("--no-kernels", action="store_true", help="phases only (no torch.profiler tables)")
     args = ap.parse_args(argv)
     cuda = torch.cuda.is_available()
     gen = load_generator(args.model, dtype="bfloat16" if cuda else "float32", decode="auto",
@@ -91,6 +92,8 @@ def main(argv=None) -> int:
             print(json.dumps(entry), flush=True)
             save()
 
+    if args.no_kernels:
+        return 0
     big = args.rows[min(1, len(args.rows) - 1)]
     reqs = make_requests(big, 336, 0)
     table, top = kernel_table(lambda: (gen.encoder.clear(), gen.generate(reqs, batch_size=big, **common)), args.top)

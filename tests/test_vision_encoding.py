@@ -97,3 +97,26 @@ def test_the_vision_tower_runs_without_autograd_in_bounded_forwards(gen, monkeyp
     assert patches == [sum(sizes), *sizes]
     for a, b in zip(whole, parts, strict=True):
         assert not a.requires_grad and torch.allclose(a, b, atol=1e-6, rtol=0)
+
+
+def test_visual_kvs_encode_the_sources_together_and_equal_visual_kv(gen, monkeypatch):
+    sources = [noise_image(31, (112, 112)), noise_image(32, (140, 84)), noise_image(33, (112, 112))]
+    prompts = ["How many?", "Read it.", "How many?"]
+    gen.encoder.clear()
+    gen._kv_cache.clear()
+    passes = []
+    real = gen.model.get_image_features
+
+    def spy(pixel_values, image_grid_thw, **kw):
+        passes.append(int(image_grid_thw.shape[0]))
+        return real(pixel_values, image_grid_thw, **kw)
+
+    monkeypatch.setattr(gen.model, "get_image_features", spy)
+    together = gen.visual_kvs(sources, prompts=prompts)
+    assert passes == [3]
+    gen._kv_cache.clear()
+    gen.encoder.clear()
+    alone = [gen.visual_kv(im, prompt=p) for im, p in zip(sources, prompts)]
+    assert passes == [3, 1, 1, 1]
+    for a, b in zip(together, alone, strict=True):
+        assert torch.allclose(a.keys, b.keys, atol=1e-5, rtol=0) and torch.allclose(a.values, b.values, atol=1e-5, rtol=0)

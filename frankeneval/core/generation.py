@@ -360,9 +360,15 @@ class Generator:
         """
         return self._visual_kvs([GenRequest(prompt, [image], system)])[0]
 
+    def visual_kvs(self, images: Sequence, *, prompts: Sequence[str], system: str | None = None) -> list[VisualKV]:
+        """:meth:`visual_kv` of several images (one prompt each): their images go through the vision tower together."""
+        return self._visual_kvs([GenRequest(p, [im], system) for im, p in zip(images, prompts, strict=True)])
+
     def _visual_kvs(self, requests: list[GenRequest]) -> list[VisualKV]:
         keys = [(tuple(image_key(im) for im in r.images), r.system, r.prompt) for r in requests]
         todo = [i for i, k in enumerate(keys) if k not in self._kv_cache]
+        if len(todo) > 1 and self._static_path:  # every new image in one vision-tower pass (the encoder caches them)
+            self._encode_static([requests[i] for i in todo])
         for i in todo:  # one prefill per unique source (usually few)
             if keys[i] in self._kv_cache:
                 continue

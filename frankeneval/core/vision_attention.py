@@ -31,21 +31,40 @@ def window_attention(module, query, key, value, attention_mask=None, scaling=Non
     if cu_seq_lens_q is None:  # called on one chunk (a transformers without the varlen call): plain attention
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling)
         return out.transpose(1, 2).contiguous(), None
-    bounds = cu_seq_lens_q.tolist()
     heads, n, dim = query.shape[1:]
     q, k, v = query[0], key[0], value[0]
-    starts_by_length: dict[int, list[int]] = defaultdict(list)
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
-        if hi > lo:
-            starts_by_length[hi - lo].append(lo)
     out = query.new_empty(n, heads, dim)
-    for length, starts in starts_by_length.items():
-        m = len(starts)
-        idx = (torch.tensor(starts)[:, None] + torch.arange(length)).reshape(-1).to(query.device)
+    for length, m, idx in _windows(cu_seq_lens_q):
         qs, ks, vs = (t.index_select(1, idx).view(heads, m, length, dim).transpose(0, 1) for t in (q, k, v))
         o = F.scaled_dot_product_attention(qs, ks, vs, scale=scaling)  # (windows, heads, length, dim)
         out.index_copy_(0, idx, o.permute(0, 2, 1, 3).reshape(m * length, heads, dim))
     return out[None], None
+
+
+_WINDOWS: dict | None = None  # inside batched_windows: window groups per boundary tensor (one forward's two kinds)
+
+
+def _windows(cu_seq_lens: torch.Tensor) -> list[tuple[int, int, torch.Tensor]]:
+    """``(length, windows, patch index)`` per window length: the patches of all windows of that length, window by
+    window. Read once per boundary tensor in a forward (not once per layer: each read waits for the GPU)."""
+    key = (cu_seq_lens.data_ptr(), cu_seq_lens.numel(), str(cu_seq_lens.device))
+    if _WINDOWS is not None and key in _WINDOWS:
+        return _WINDOWS[key]
+    bounds = cu_seq_lens.tolist()
+    starts_by_length: dict[int, list[int]] = defaultdict(list)
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        if hi > lo:
+            starts_by_length[hi - lo].append(lo)
+    groups = [(length, len(starts),
+               (torch.tensor(starts)[:, None] + torch.arange(length)).reshape(-1).to(cu_seq_lens.device))
+              for length, starts in starts_by_length.items()]
+    if _WINDOWS is not None:
+        _WINDOWS[key] = groups
+        _KEEP.append(cu_seq_lens)  # alive while cached: its address cannot be reused by another tensor
+    return groups
+
+
+_KEEP: list[torch.Tensor] = []
 
 
 def _register() -> None:
@@ -63,9 +82,13 @@ def batched_windows(model):
     if vision is None or getattr(vision, "_attn_implementation", None) != "sdpa":
         yield
         return
+    global _WINDOWS
     _register()
     model.set_attn_implementation({"vision_config": NAME})
+    _WINDOWS = {}
     try:
         yield
     finally:
+        _WINDOWS = None
+        _KEEP.clear()
         model.set_attn_implementation({"vision_config": "sdpa"})

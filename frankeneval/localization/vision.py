@@ -231,6 +231,11 @@ def make_executor(generator, *, max_new_tokens: int, system: str | None, seed_co
         for pid in list(source_kv):  # units come pair by pair: drop sources no longer needed
             if pid not in live:
                 del source_kv[pid]
+        new = {u.request[1].id: u.request for u in batch if u.request[0] == "swap" and u.request[1].id not in source_kv}
+        if len(new) > 1 and hasattr(generator, "visual_kvs"):  # the batch's new sources through the vision tower at once
+            kvs = generator.visual_kvs([image(r[1].source_image) for r in new.values()],
+                                       prompts=[r[2] for r in new.values()], system=system)
+            source_kv.update(zip(new, kvs))
         for u in batch:
             kind = u.request[0]
             if kind == "plain":
