@@ -149,18 +149,24 @@ def test_cuda_graph_decoder_equals_generate_on_gpu(tiny_lineage, monkeypatch):
     assert torch.cuda.is_available()
 
 
+def vision_passes(gen: Generator, monkeypatch) -> list[int]:
+    """The number of images of each vision-tower pass from now on (filled as the passes run)."""
+    passes: list[int] = []
+    real = gen.model.get_image_features
+
+    def spy(pixel_values, image_grid_thw, **kw):
+        passes.append(int(image_grid_thw.shape[0]))
+        return real(pixel_values, image_grid_thw, **kw)
+
+    monkeypatch.setattr(gen.model, "get_image_features", spy)
+    return passes
+
+
 def test_prompt_encoder_batches_as_the_processor_and_encodes_each_image_once(gen, monkeypatch):
     reqs = requests() + [GenRequest("A text-only question?", [])]
     expected = gen.encode(reqs)
     gen.encoder.clear()
-    images_encoded = []
-    real = gen.model.get_image_features
-
-    def spy(pixel_values, image_grid_thw, **kw):
-        images_encoded.append(int(image_grid_thw.shape[0]))
-        return real(pixel_values, image_grid_thw, **kw)
-
-    monkeypatch.setattr(gen.model, "get_image_features", spy)
+    images_encoded = vision_passes(gen, monkeypatch)
     inputs, features, _ = gen.encoder.encode([gen.chat_text(r) for r in reqs], [r.images for r in reqs])
     for name in ("input_ids", "attention_mask", "mm_token_type_ids", "image_grid_thw"):
         if name in expected:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from test_generation import noise_image
+from test_static_decode import vision_passes
 
 from frankeneval.core.encoding import PromptEncoder
 from frankeneval.core.generation import GenRequest, Generator
@@ -104,14 +105,7 @@ def test_visual_kvs_encode_the_sources_together_and_equal_visual_kv(gen, monkeyp
     prompts = ["How many?", "Read it.", "How many?"]
     gen.encoder.clear()
     gen._kv_cache.clear()
-    passes = []
-    real = gen.model.get_image_features
-
-    def spy(pixel_values, image_grid_thw, **kw):
-        passes.append(int(image_grid_thw.shape[0]))
-        return real(pixel_values, image_grid_thw, **kw)
-
-    monkeypatch.setattr(gen.model, "get_image_features", spy)
+    passes = vision_passes(gen, monkeypatch)
     together = gen.visual_kvs(sources, prompts=prompts)
     assert passes == [3]
     gen._kv_cache.clear()

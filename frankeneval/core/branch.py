@@ -150,7 +150,6 @@ def branch_prefill(model, plan: BranchPlan, *, input_ids: torch.Tensor, embeds: 
         del out, cache, past
 
 
-
 def _cache_argument(model) -> str:
     """The forward's name for a past cache: ``cache`` (transformers >= 5.24) or ``past_key_values``."""
     import inspect

@@ -368,7 +368,8 @@ class Generator:
         keys = [(tuple(image_key(im) for im in r.images), r.system, r.prompt) for r in requests]
         todo = [i for i, k in enumerate(keys) if k not in self._kv_cache]
         if len(todo) > 1 and self._static_path:  # every new image in one vision-tower pass (the encoder caches them)
-            self._encode_static([requests[i] for i in todo])
+            with self._phase("encode"):
+                self.encoder.encode(self._chat_texts([requests[i] for i in todo]), [requests[i].images for i in todo])
         for i in todo:  # one prefill per unique source (usually few)
             if keys[i] in self._kv_cache:
                 continue
@@ -537,10 +538,9 @@ class Generator:
                 if self.branch_swaps else BranchPlan.empty())
         branched = set(plan.rows)
         full = [r for r in range(n) if r not in branched]
-        weight = self.model.get_input_embeddings().weight
-        decoder = StaticDecoder(self.model, rows=n, prompt_len=max(prompt_len if full else 0, plan.length),
-                                max_new_tokens=max_new_tokens, device=weight.device, dtype=weight.dtype)
         embed = self.model.get_input_embeddings()
+        decoder = StaticDecoder(self.model, rows=n, prompt_len=max(prompt_len if full else 0, plan.length),
+                                max_new_tokens=max_new_tokens, device=embed.weight.device, dtype=embed.weight.dtype)
 
         def embeds(batch_rows: list[int]) -> torch.Tensor:
             return self.encoder.embeds(ids[batch_rows], [features[r] for r in batch_rows], embed)
