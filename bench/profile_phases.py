@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_speed import load_generator, make_requests  # noqa: E402
+from bench_speed import load_generator, make_requests
 
 
 def sync() -> None:
@@ -102,7 +102,11 @@ def main(argv=None) -> int:
     save()
 
     # one vision-sweep batch: the first 256 units of the sweep (plain + swap rows), warm
-    from frankeneval.localization.vision import load_probe_sets, make_executor, vision_units
+    from frankeneval.localization.vision import (
+        load_probe_sets,
+        make_executor,
+        vision_units,
+    )
 
     pairs = load_probe_sets(data=args.data / "vision_probes", samples=3)
     layers = list(range(1, gen.n_llm_layers + 1))

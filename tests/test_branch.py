@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
-
 from test_generation import noise_image
 from test_static_decode import assert_same
 
-import frankeneval.core.generation as generation
-from frankeneval.core.generation import GenRequest, Generator
+from frankeneval.core import generation
+from frankeneval.core.generation import Generator, GenRequest
 from frankeneval.core.interventions import Ablate, SwapVisualKV
 
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from test_generation import noise_image
 from test_static_decode import vision_passes
 
 from frankeneval.core.encoding import PromptEncoder
-from frankeneval.core.generation import GenRequest, Generator
+from frankeneval.core.generation import Generator, GenRequest
 from frankeneval.core.vision_attention import NAME, batched_windows
 
 

@@ -25,7 +25,7 @@ import torch
 
 from frankeneval.core.interventions import SwapVisualKV, _Session
 
-__all__ = ["BranchPlan", "plan_branches", "branch_prefill"]
+__all__ = ["BranchPlan", "branch_prefill", "plan_branches"]
 
 
 @dataclass

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from contextlib import contextmanager
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +53,7 @@ def _windows(cu_seq_lens: torch.Tensor) -> list[tuple[int, int, torch.Tensor]]:
         return _WINDOWS[key]
     bounds = cu_seq_lens.tolist()
     starts_by_length: dict[int, list[int]] = defaultdict(list)
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
+    for lo, hi in pairwise(bounds):
         if hi > lo:
             starts_by_length[hi - lo].append(lo)
     groups = [(length, len(starts),
