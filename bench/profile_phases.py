@@ -12,28 +12,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_speed import load_generator, make_requests
-
-
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+from bench_speed import _sync, load_generator, make_requests, timed
 
 
 def timed_call(gen, fn) -> tuple[float, dict]:
     fn()  # warm-up at this shape
     gen.profile, gen.timings = True, {}
-    sync()
-    t = time.perf_counter()
-    fn()
-    sync()
-    secs = time.perf_counter() - t
+    _, secs = timed(fn)
     phases = dict(gen.timings)
     gen.profile = False
     return secs, phases
@@ -45,7 +35,7 @@ def kernel_table(fn, top: int) -> tuple[str, list[dict]]:
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     with profile(activities=acts) as prof:
         fn()
-        sync()
+        _sync()
     avg = prof.key_averages()
     rows = sorted(avg, key=lambda e: getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)), reverse=True)
     out = []

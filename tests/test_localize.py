@@ -133,8 +133,8 @@ class CountingGenerator:
         self.gen, self.model, self.fail_after = gen, gen.model, fail_after
         self.calls = self.rows = 0
 
-    def visual_kv(self, *a, **k):
-        return self.gen.visual_kv(*a, **k)
+    def visual_kvs(self, *a, **k):
+        return self.gen.visual_kvs(*a, **k)
 
     def generate(self, requests, **kw):
         if self.fail_after is not None and self.calls >= self.fail_after:

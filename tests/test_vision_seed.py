@@ -63,9 +63,9 @@ class Recorder:
     def __init__(self, gen):
         self.gen, self.model, self.prompts = gen, gen.model, []
 
-    def visual_kv(self, image, *, prompt="", system=None):
-        self.prompts.append(prompt)
-        return self.gen.visual_kv(image, prompt=prompt, system=system)
+    def visual_kvs(self, images, *, prompts, system=None):
+        self.prompts.extend(prompts)
+        return self.gen.visual_kvs(images, prompts=prompts, system=system)
 
     def generate(self, requests, **kw):
         self.prompts.extend(r.prompt for r in requests)

@@ -90,7 +90,7 @@ def branch_prefill(model, plan: BranchPlan, *, input_ids: torch.Tensor, embeds: 
     """
     from transformers import DynamicCache
 
-    from frankeneval.core.decode import _cache_tensors
+    from frankeneval.core.decode import _cache_tensors, returned_cache
 
     if not plan.rows:
         return
@@ -100,7 +100,7 @@ def branch_prefill(model, plan: BranchPlan, *, input_ids: torch.Tensor, embeds: 
     reps = plan.representatives
     out = model(inputs_embeds=embeds(reps), attention_mask=mask[reps], position_ids=positions[:, reps],
                 use_cache=True, logits_to_keep=1)
-    cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+    cache = returned_cache(out)
     base = _cache_tensors(cache)  # per layer (representatives, kv heads, prompt, head dim)
     del out
     p_max, s_max = max(plan.prefix), max(plan.suffix)
@@ -145,7 +145,7 @@ def branch_prefill(model, plan: BranchPlan, *, input_ids: torch.Tensor, embeds: 
         suffix_embeds = model.get_input_embeddings()(suffix_ids.to(device))  # text only: no image token
         out = model(inputs_embeds=suffix_embeds, attention_mask=attn, position_ids=pos, use_cache=True,
                     logits_to_keep=1, **{_cache_argument(model): past})
-        cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+        cache = returned_cache(out)
         yield batch_rows, cache, attn, positions[1:, batch_idx, -1], out.logits[:, -1].argmax(-1)
         del out, cache, past
 

@@ -251,6 +251,12 @@ class StaticDecoder:
             torch.cuda.synchronize()
 
 
+def returned_cache(out):
+    """The KV cache a forward returned (``cache`` from transformers 5.24 on, ``past_key_values`` before)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
 def _cache_tensors(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per-layer ``(keys, values)`` of a transformers cache."""
     return [(layer.keys, layer.values) for layer in cache.layers]

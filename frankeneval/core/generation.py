@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from frankeneval.core.branch import BranchPlan, branch_prefill, plan_branches
-from frankeneval.core.decode import StaticDecoder, supports_static_decode
+from frankeneval.core.decode import StaticDecoder, returned_cache, supports_static_decode
 from frankeneval.core.encoding import PromptEncoder, image_key, to_rgb
 from frankeneval.core.interventions import (
     AttentionCapture,
@@ -555,7 +555,7 @@ class Generator:
                                      position_ids=positions[:, part], use_cache=True, logits_to_keep=1)
                 keep = torch.tensor([[0.0 if j in st.ablate else 1.0 for st in session.states]
                                      for j in range(session.n_layers)])
-                cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+                cache = returned_cache(out)
                 decoder.write_prompt(part, cache, mask[part], positions[1:, part, -1], out.logits[:, -1].argmax(-1), keep)
                 del out, cache
             for part, cache, part_mask, last, first in branch_prefill(

@@ -50,7 +50,7 @@ def _windows(cu_seq_lens: torch.Tensor) -> list[tuple[int, int, torch.Tensor]]:
     window. Read once per boundary tensor in a forward (not once per layer: each read waits for the GPU)."""
     key = (cu_seq_lens.data_ptr(), cu_seq_lens.numel(), str(cu_seq_lens.device))
     if _WINDOWS is not None and key in _WINDOWS:
-        return _WINDOWS[key]
+        return _WINDOWS[key][1]
     bounds = cu_seq_lens.tolist()
     starts_by_length: dict[int, list[int]] = defaultdict(list)
     for lo, hi in pairwise(bounds):
@@ -59,13 +59,9 @@ def _windows(cu_seq_lens: torch.Tensor) -> list[tuple[int, int, torch.Tensor]]:
     groups = [(length, len(starts),
                (torch.tensor(starts)[:, None] + torch.arange(length)).reshape(-1).to(cu_seq_lens.device))
               for length, starts in starts_by_length.items()]
-    if _WINDOWS is not None:
-        _WINDOWS[key] = groups
-        _KEEP.append(cu_seq_lens)  # alive while cached: its address cannot be reused by another tensor
+    if _WINDOWS is not None:  # the tensor stays referenced while cached: its address cannot be reused meanwhile
+        _WINDOWS[key] = (cu_seq_lens, groups)
     return groups
-
-
-_KEEP: list[torch.Tensor] = []
 
 
 def _register() -> None:
@@ -91,5 +87,4 @@ def batched_windows(model):
         yield
     finally:
         _WINDOWS = None
-        _KEEP.clear()
         model.set_attn_implementation({"vision_config": "sdpa"})

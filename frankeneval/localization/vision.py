@@ -232,7 +232,7 @@ def make_executor(generator, *, max_new_tokens: int, system: str | None, seed_co
             if pid not in live:
                 del source_kv[pid]
         new = {u.request[1].id: u.request for u in batch if u.request[0] == "swap" and u.request[1].id not in source_kv}
-        if len(new) > 1 and hasattr(generator, "visual_kvs"):  # the batch's new sources through the vision tower at once
+        if new:  # the batch's new sources, through the vision tower together
             kvs = generator.visual_kvs([image(r[1].source_image) for r in new.values()],
                                        prompts=[r[2] for r in new.values()], system=system)
             source_kv.update(zip(new, kvs))
@@ -244,8 +244,6 @@ def make_executor(generator, *, max_new_tokens: int, system: str | None, seed_co
                 rows.append([])
             else:
                 _, pair, prompt, layer = u.request
-                if pair.id not in source_kv:
-                    source_kv[pair.id] = generator.visual_kv(image(pair.source_image), prompt=prompt, system=system)
                 requests.append(GenRequest(prompt, [image(pair.target_image)], system))
                 rows.append([SwapVisualKV(source=source_kv[pair.id], from_layer=layer,  # unified
                                           seed_compatible=seed_compatible)])
