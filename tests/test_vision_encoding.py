@@ -10,7 +10,7 @@ from test_static_decode import vision_passes
 
 from frankeneval.core.encoding import PromptEncoder
 from frankeneval.core.generation import Generator, GenRequest
-from frankeneval.core.vision_attention import NAME, batched_windows
+from frankeneval.core.vision_attention import NAME, _vision_attention_modules, batched_windows
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_batched_window_attention_gives_transformers_features(gen):
     real = va.window_attention
 
     def spy(*a, **k):
-        calls.append(k.get("cu_seq_lens_q") is not None)
+        calls.append(getattr(a[0], va._BOUNDS, None) is not None)
         return real(*a, **k)
 
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -58,7 +58,7 @@ def test_batched_window_attention_gives_transformers_features(gen):
         ALL_ATTENTION_FUNCTIONS._global_mapping[NAME] = saved
     ref = features(gen, images(), batched=False)
     assert torch.allclose(ours, ref, atol=1e-6, rtol=0)
-    assert calls and all(calls)  # one varlen call per layer (not one per window)
+    assert calls and all(calls)  # one call per layer over every patch (not one per window)
     assert len(calls) == cfg.depth
     assert cfg._attn_implementation == "sdpa"  # restored after the block
 
@@ -113,3 +113,38 @@ def test_visual_kvs_encode_the_sources_together_and_equal_visual_kv(gen, monkeyp
     assert passes == [3, 1, 1, 1]
     for a, b in zip(together, alone, strict=True):
         assert torch.allclose(a.keys, b.keys, atol=1e-5, rtol=0) and torch.allclose(a.values, b.values, atol=1e-5, rtol=0)
+
+
+def test_the_attention_name_is_nothing_a_library_interprets():
+    """transformers 5.25 reads any implementation named with "flash" as a flash-attention kernel request (issue 28)."""
+    assert "flash" not in NAME.lower() and NAME not in ("sdpa", "eager")
+
+
+def test_the_hooks_and_boundaries_go_with_the_block(gen):
+    modules = _vision_attention_modules(gen.model)
+    assert len(modules) == gen.model.config.vision_config.depth
+    features(gen, images(), batched=True)
+    assert all(not m._forward_pre_hooks for m in modules)
+    assert all(not hasattr(m, "_frankeneval_window_bounds") for m in modules)
+
+
+def test_visual_kvs_return_every_key_when_the_call_outgrows_the_cache(gen):
+    """Issue 28: a key already cached, older than the cache holds, and more new keys than the cache holds in one call
+    (the full vision sweep died with KeyError at 11,201 of 11,571 units). Each answer equals the image's own K/V."""
+    old = noise_image(40, (112, 112))
+    new = [noise_image(41 + i, (112, 112)) for i in range(3)]
+    gen._kv_cache.clear()
+    size = gen.kv_cache_size
+    gen.kv_cache_size = 2
+    try:
+        first = gen.visual_kv(old, prompt="How many?")
+        got = gen.visual_kvs([old, *new, old], prompts=["How many?"] * 5)
+        assert len(gen._kv_cache) == 2
+        again = gen.visual_kv(new[-1], prompt="How many?")  # the most recent is kept
+        assert again is got[3]
+    finally:
+        gen.kv_cache_size = size
+    assert got[0] is first and got[4] is first
+    gen._kv_cache.clear()
+    alone = gen.visual_kv(new[1], prompt="How many?")
+    assert torch.equal(got[2].keys, alone.keys) and torch.equal(got[2].values, alone.values)

@@ -365,13 +365,20 @@ class Generator:
         return self._visual_kvs([GenRequest(p, [im], system) for im, p in zip(images, prompts, strict=True)])
 
     def _visual_kvs(self, requests: list[GenRequest]) -> list[VisualKV]:
+        """Visual K/V per request: the call's answers are kept for the call itself, so the bounded cache (least
+        recently used first out, ``kv_cache_size`` entries) may evict any of them meanwhile."""
         keys = [(tuple(image_key(im) for im in r.images), r.system, r.prompt) for r in requests]
-        todo = [i for i, k in enumerate(keys) if k not in self._kv_cache]
+        found: dict[tuple, VisualKV] = {}
+        for k in keys:
+            if k in self._kv_cache:
+                self._kv_cache.move_to_end(k)  # a hit is recent use
+                found[k] = self._kv_cache[k]
+        todo = [i for i, k in enumerate(keys) if k not in found]
         if len(todo) > 1 and self._static_path:  # every new image in one vision-tower pass (the encoder caches them)
             with self._phase("encode"):
                 self.encoder.encode(self._chat_texts([requests[i] for i in todo]), [requests[i].images for i in todo])
         for i in todo:  # one prefill per unique source (usually few)
-            if keys[i] in self._kv_cache:
+            if keys[i] in found:
                 continue
             req = requests[i]
             if self._static_path:  # the encoder's caches: an LLM prefill
@@ -386,10 +393,10 @@ class Generator:
             ) as session:
                 self.model(**forward, use_cache=False)
             grid = tuple(tuple(int(x) for x in g) for g in inputs.get("image_grid_thw", torch.zeros(0, 3)).tolist())
-            self._kv_cache[keys[i]] = session.visual_kv(0, grid)
+            found[keys[i]] = self._kv_cache[keys[i]] = session.visual_kv(0, grid)
             while len(self._kv_cache) > self.kv_cache_size:
                 self._kv_cache.popitem(last=False)
-        return [self._kv_cache[k] for k in keys]
+        return [found[k] for k in keys]
 
     def _resolve_sources(self, requests: list[GenRequest], rows: list[list]) -> list[list]:
         out = []
