@@ -39,9 +39,29 @@ def cuda_available() -> bool:
 requires_gpu = pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU (CI has none)")
 
 
+# The newest-versions lane's smoke set (``pytest -m smoke``, scripts/newest_lane.sh): one test of each thing a new
+# release of a dependency can break -- an image prompt through the Generator (vision tower, static decoder with an
+# ablation and a swap row) and through lmms-eval, one sweep unit of each kind, a splice, characterize.
+SMOKE = (
+    "test_vision_encoding.py::test_batched_window_attention_gives_transformers_features",
+    "test_static_decode.py::test_per_row_ablation_and_swap_equal_generate",
+    "test_wrapper_cli.py::test_lmms_eval_cli_runs_franken_qwen",
+    "test_wrapper_cli.py::test_lm_eval_cli_runs_franken_qwen",
+    "test_localize.py::test_vision_sweep_batched_equals_single_runs",
+    "test_localize.py::test_reasoning_sweep_batched_equals_single_runs_and_resumes",
+    "test_localize.py::test_attention_shift_end_to_end",
+    "test_splice.py::test_all_rl_variant_is_bit_identical_to_rl",
+    "test_splice.py::test_output_loads_and_generates",
+    "test_characterize.py::test_energy_only_matches_full_run",
+)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``slow`` (the full trained-lineage build, ~8 min) run in CI (``CI=true``) or with
-    FRANKENEVAL_RUN_SLOW=1; a plain local ``pytest -q`` skips them."""
+    """Mark the smoke set; tests marked ``slow`` (the full trained-lineage build, ~8 min) run in CI (``CI=true``) or
+    with FRANKENEVAL_RUN_SLOW=1; a plain local ``pytest -q`` skips them."""
+    for item in items:
+        if item.nodeid.split("/")[-1].split("[")[0] in SMOKE:
+            item.add_marker(pytest.mark.smoke)
     if os.environ.get("FRANKENEVAL_RUN_SLOW") == "1" or os.environ.get("CI", "").lower() in ("true", "1"):
         return
     skip = pytest.mark.skip(reason="slow: runs in CI (CI=true) or with FRANKENEVAL_RUN_SLOW=1")

@@ -54,3 +54,35 @@ def test_console_script_and_entry_point(wheel, wheel_names):
 def test_help_lists_commands():
     out = subprocess.run([sys.executable, "-m", "frankeneval", "--help"], capture_output=True, text=True, check=True, cwd="/").stdout
     assert "inspect" in out
+
+
+def test_the_smoke_set_names_existing_tests():
+    """A renamed test would drop out of the newest-versions lane's smoke set without a word."""
+    from conftest import SMOKE
+
+    for node in SMOKE:
+        file, name = node.split("::")
+        assert f"def {name}(" in (REPO_ROOT / "tests" / file).read_text(), node
+
+
+def test_the_lock_pins_every_dependency_at_its_lower_bound():
+    """pyproject's lower bounds are the versions CI installs (constraints.txt), so they are tested."""
+    import re
+    import tomllib
+
+    lock = {}
+    for line in (REPO_ROOT / "constraints.txt").read_text().splitlines():
+        m = re.match(r"^([A-Za-z0-9._-]+)==(\S+)", line)
+        if m:
+            lock[re.sub(r"[-_.]+", "-", m.group(1)).lower()] = m.group(2)
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    reqs = project["dependencies"] + [r for k, v in project["optional-dependencies"].items() if k != "vllm" for r in v]
+    for req in reqs:
+        m = re.match(r"^([A-Za-z0-9._-]+)>=([0-9.]+)", req)
+        if not m:
+            continue
+        name = re.sub(r"[-_.]+", "-", m.group(1)).lower()
+        assert name in lock, f"{name} is not in constraints.txt"
+        locked = tuple(int(x) for x in re.findall(r"\d+", lock[name])[:3])
+        bound = tuple(int(x) for x in m.group(2).split("."))
+        assert locked[: len(bound)] == bound, f"{name}: lower bound {m.group(2)} but constraints.txt tests {lock[name]}"
