@@ -34,7 +34,13 @@ grading                FRANKENEVAL_GRADING             paper | seed: with the ju
 extraction             FRANKENEVAL_EXTRACTION          rules | mathvista: MathVista also scored by its own protocol
                                                        (quick rules, LLM extraction, official normalization) (rules)
 probe_cache            FRANKENEVAL_PROBE_CACHE         where built-in probes are rendered (~/.cache/frankeneval/probes)
+skip_broken            FRANKENEVAL_SKIP_BROKEN         1 = leave out selected items whose row or image cannot be read
+                                                       (logged; ``transfer --skip-broken`` records them) instead of
+                                                       stopping before the run (off)
 =====================  ==============================  ========================================================
+
+Before any item runs, every selected doc's row is parsed and its image (the image setting's) decoded
+(:func:`check_docs`): a broken one stops the task in one line naming the file (or ``file:line``).
 
 Metrics: ``rule_acc`` always; ``judge_acc`` and ``judge_error`` only when the judge is on (absent otherwise);
 ``*_acc`` are fractions in [0, 1], ``judge_error`` a count; ``hit_limit`` (a count: answers that ran to the task's
@@ -55,6 +61,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +69,13 @@ from typing import Any, Mapping
 
 from frankeneval.core import scoring
 from frankeneval.core.data import DEFAULT_SAMPLE_SEED, DEFAULT_SAMPLE_SIZE, DataNotFound
+from frankeneval.core.inputs_check import (
+    Broken,
+    check_inputs,
+    format_skipped,
+    image_problem,
+    parse_row,
+)
 from frankeneval.errors import FrankenevalError
 
 INSTRUCTION = 'Please solve the problem step by step and put your answer in one "\\boxed{}".'
@@ -94,6 +108,7 @@ class TaskSettings:
     probe_cache: str | None = None
     grading: str = "paper"  # paper | seed
     extraction: str = "rules"  # rules | mathvista
+    skip_broken: bool = False
 
     @property
     def rel_tol(self) -> float | None:
@@ -142,6 +157,7 @@ class TaskSettings:
             probe_cache=get("probe_cache", "FRANKENEVAL_PROBE_CACHE"),
             grading=grading,
             extraction=extraction,
+            skip_broken=_truthy(get("skip_broken", "FRANKENEVAL_SKIP_BROKEN", "0")),
         )
 
 
@@ -194,6 +210,108 @@ def open_image(doc: dict):
         raise DataNotFound(f"image not found: {path!r} (MathVista images live at images/<pid>.jpg next to testmini.jsonl)")
     with Image.open(path) as im:
         return im.convert("RGB")
+
+
+def row_doc(row: Any, where: str, doc_id: str, make) -> dict:
+    """``make(row)``, or for a row lacking a field a placeholder doc naming ``where`` (:func:`check_docs` stops
+    on it, or skips it)."""
+    try:
+        return parse_row(row, where, make)
+    except Broken as exc:
+        return {"id": str(doc_id), "broken": {"path": exc.where, "reason": exc.reason}}
+
+
+def _check_doc(doc: dict) -> dict:
+    if "broken" in doc:
+        raise Broken(doc["broken"]["path"], doc["broken"]["reason"])
+    path = doc.get("image_path")
+    if path and doc.get("decoded_image") is None and doc.get("control", "image") == "image":
+        problem = image_problem(path)
+        if problem:
+            raise Broken(path, problem)
+    return doc
+
+
+def check_docs(task: str, docs: list[dict], settings: TaskSettings) -> tuple[list[dict], list[dict]]:
+    """``(usable docs, skipped)``: every selected doc's row parsed (no placeholder of :func:`row_doc`) and, in the
+    image setting, its image file decoded. A broken one raises one
+    :class:`~frankeneval.core.inputs_check.BrokenInput`, or with ``skip_broken`` is left out and returned as
+    ``{"task", "id", "path", "reason"}``."""
+    good, skipped = check_inputs(docs, _check_doc, ident=lambda d: str(d.get("id")), skip=settings.skip_broken,
+                                 what=f"{task} items", progress=False)
+    return good, [{"task": task, **s} for s in skipped]
+
+
+def checked_docs(task: str, docs: list[dict], settings: TaskSettings) -> list[dict]:
+    """:func:`check_docs`, the skipped ones logged (a harness run's log; ``transfer`` records them in its run)."""
+    good, skipped = check_docs(task, docs, settings)
+    if skipped:
+        print(f"frankeneval task {task}: " + "\n".join(format_skipped(skipped)), file=sys.stderr)
+    return good
+
+
+def _task_configs() -> dict[str, tuple[Path, dict]]:
+    """Every frankeneval task and group YAML by name: ``(file, config)``, an ``include``'s keys and metadata merged
+    (``!function`` lines are left out: only the data keys are read)."""
+    import yaml
+
+    def load(f: Path) -> dict:
+        text = f.read_text(encoding="utf-8")
+        return yaml.safe_load("\n".join(line for line in text.splitlines() if "!function" not in line)) or {}
+
+    out = {}
+    for f in sorted(Path(__file__).resolve().parent.rglob("*.yaml")):
+        cfg = load(f)
+        name = cfg.get("group") or cfg.get("task")
+        if not isinstance(name, str):
+            continue
+        if cfg.get("include"):
+            base = load(f.parent / cfg["include"])
+            cfg = {**base, **cfg, "metadata": {**(base.get("metadata") or {}), **(cfg.get("metadata") or {})}}
+        out[name] = (f, cfg)
+    return out
+
+
+def check_task_inputs(names: list[str], environ: Mapping[str, str]) -> list[dict]:
+    """Before a harness run under ``environ``: every frankeneval task among ``names`` (groups expanded) that shows
+    the image or reads local rows has its docs built and checked (:func:`check_docs`) as its run will. Returns the
+    skipped items (``skip_broken`` on), or raises :class:`~frankeneval.core.inputs_check.BrokenInput`. The controls
+    (same rows as their image task, no image) and hub data are left to the run; other harness tasks are not read."""
+    import importlib
+
+    configs = _task_configs()
+    leaves: dict[str, tuple[Path, dict]] = {}
+
+    def expand(name: str) -> None:
+        if name not in configs or name in leaves:
+            return
+        f, cfg = configs[name]
+        if "group" in cfg:
+            for member in cfg.get("task") or []:
+                expand(member if isinstance(member, str) else str((member or {}).get("task", "")))
+        else:
+            leaves[name] = (f, cfg)
+
+    for name in names:
+        expand(name)
+    skipped: list[dict] = []
+    for name, (f, cfg) in leaves.items():
+        spec, md = dict(cfg.get("dataset_kwargs") or {}), dict(cfg.get("metadata") or {})
+        if spec.get("control"):
+            continue
+        settings = TaskSettings.resolve(md, environ=environ)
+        utils = importlib.import_module(f"frankeneval.tasks.{f.parent.name}.utils")
+        if f.parent.name == "franken_world":  # world_docs reads its settings from the metadata, else os.environ
+            for key, env in (("sample_size", "FRANKENEVAL_SAMPLE_SIZE"), ("sample_seed", "FRANKENEVAL_SAMPLE_SEED"),
+                             ("world_dir", "FRANKENEVAL_WORLD")):
+                md[key] = md.get(key) or environ.get(env) or None
+            docs = utils.world_docs(str(spec.get("axis")), md, None)
+        elif settings.data_path or f.parent.name == "probes":  # hub rows: the run itself checks them
+            docs = utils.build_docs(spec, settings)
+        else:
+            continue
+        skipped += check_docs(name, docs, settings)[1]
+    return skipped
 
 
 def judge_fields(settings: TaskSettings, doc_id: str, rule_ok: bool, question: str, choices, target: str,
@@ -256,7 +374,8 @@ class LocalDocsTask:
         self.settings = TaskSettings.resolve(self.config.metadata if isinstance(self.config.metadata, dict) else None)
         if judge_in_use(self.settings) and self.settings.judge_probe:
             get_judge(self.settings).probe()  # fail fast: one line when the judge does not answer at all
-        docs = self.build_docs(dict(dataset_kwargs or {}), self.settings)
+        docs = checked_docs(str(self.config.task), self.build_docs(dict(dataset_kwargs or {}), self.settings),
+                            self.settings)
         if not docs:
             raise FrankenevalError(f"task {self.config.task}: no items selected")
         return docs

@@ -79,10 +79,13 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
                         help="pairs per task: the paper's sub-sample (default: all); with --seed-compatible the first "
                              "k pairs in file order, as the reference (default 50)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SAMPLE_SEED, help=f"sub-sampling seed (default {DEFAULT_SAMPLE_SEED})")
+    add_skip_broken_argument(parser)
 
 
 def probe_sets(args: argparse.Namespace):
-    from frankeneval.localization.vision import load_probe_sets
+    """``(pairs per task, data folder, skipped)``: the selected pairs (``--samples``, ``--seed``, ``--seed-compatible``),
+    every one's images checked before any model is loaded (``--skip-broken``: broken ones skipped and returned)."""
+    from frankeneval.localization.vision import select_probe_sets
 
     data = args.data
     if data is None and args.rendered is None:
@@ -92,7 +95,17 @@ def probe_sets(args: argparse.Namespace):
     rendered = None
     if data is None:
         rendered = args.rendered or str(Path(args.out) / "probes")
-    return load_probe_sets(args.tasks, data=data, rendered_dir=rendered, samples=args.samples, seed=args.seed), (data or rendered)
+    pairs, skipped = select_probe_sets(args.tasks, data=data, rendered_dir=rendered, samples=args.samples,
+                                       seed=args.seed, seed_compatible=getattr(args, "seed_compatible", False),
+                                       skip_broken=args.skip_broken, progress=not args.no_progress)
+    return pairs, (data or rendered), skipped
+
+
+def add_skip_broken_argument(parser: argparse.ArgumentParser) -> None:
+    """``--skip-broken`` (:data:`frankeneval.core.inputs_check.SKIP_BROKEN_HELP`) for every command that reads data."""
+    from frankeneval.core.inputs_check import SKIP_BROKEN_HELP
+
+    parser.add_argument("--skip-broken", action="store_true", help=SKIP_BROKEN_HELP)
 
 
 def add_system_prompt_arguments(parser: argparse.ArgumentParser, *, per_member: bool = False) -> None:

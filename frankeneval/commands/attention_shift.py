@@ -9,7 +9,9 @@ middle / late summary (the paper's claim rests on the middle and late rows).
 Prompts: the probe pairs' target images with their questions, preceded by the step-by-step / \\boxed{}
 instruction (--plain: the bare question); each member's system prompt by --system-prompt (default auto:
 METHOD.md's rule on its hub id / directory's own name), recorded in the JSON with the reason. Writes OUT/units.jsonl (resumable), OUT/attention_shift.json (schema:
-frankeneval.localization.attention) and OUT/attention_shift.png.
+frankeneval.localization.attention) and OUT/attention_shift.png. The selected pairs' images are decoded before any
+model is loaded: a broken one stops the run in one line, or with --skip-broken is left out (not replaced), listed
+under "skipped" in attention_shift.json and below the table.
 """
 
 from __future__ import annotations
@@ -49,13 +51,14 @@ def run(args: argparse.Namespace) -> int:
     )
     from frankeneval.reports.localization_plots import plot_attention_shift
 
-    pairs, source = probe_sets(args)
+    pairs, source, skipped = probe_sets(args)  # selected, and every selected image checked before any model loads
     prompts = attention_prompts(pairs, instruction=not args.plain)
     members = {"base": args.base, "in": args.in_, "rl": args.rl}
     results = run_attention_shift(
         members, prompts, args.out, load=lambda path: load_generator(args, path), max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size, system_prompt=system_prompt_setting(args), instruction=not args.plain,
         progress=not args.no_progress, meta={"samples": args.samples, "seed": args.seed, "data": str(source)},
+        skipped=skipped,
     )
     print(format_attention_table(results))
     png = plot_attention_shift(results, Path(args.out) / "attention_shift.png")

@@ -12,7 +12,9 @@ recorded in the JSON with the reason it was chosen. --seed-compatible scores the
 script (first <answer> tag, "answer is" / "therefore" fallbacks, last 50 characters, 1 % relative error) and
 defaults to its 2048 new tokens (default 1024). --layers takes the layer grammar (README "Layer
 grammar"): unified LLM layers 1 ... n, decoder layer j = L - 1. Writes OUT/units.jsonl (resumable), OUT/reasoning_localization.json (schema:
-frankeneval.localization.reasoning) and OUT/reasoning_localization.png.
+frankeneval.localization.reasoning) and OUT/reasoning_localization.png. Every selected row is parsed before the
+model is loaded: a malformed one (bad JSON, a missing field) stops the run in one line naming its file:line, or with
+--skip-broken is left out (not replaced), listed under "skipped" in the JSON and below the table.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from frankeneval.commands._shared import (
     add_generator_arguments,
     add_seed_compatible_argument,
+    add_skip_broken_argument,
     add_system_prompt_arguments,
     load_generator,
     units_per_call,
@@ -43,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLE_SIZE,
                         help=f"questions: the paper's sub-sample (default {DEFAULT_SAMPLE_SIZE}; 0 = all)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SAMPLE_SEED, help=f"sub-sampling seed (default {DEFAULT_SAMPLE_SEED})")
+    add_skip_broken_argument(parser)
     parser.add_argument("--layers", nargs="+", default=None,
                         help="unified LLM layers 1-n, e.g. 1-28, 9-17 or late (README 'Layer grammar'; default: all)")
     add_system_prompt_arguments(parser)
@@ -62,16 +66,17 @@ def run(args: argparse.Namespace) -> int:
         REASONING_MAX_NEW_TOKENS,
         REFERENCE_MAX_NEW_TOKENS,
         format_reasoning_table,
-        load_questions,
         run_reasoning_sweep,
+        select_questions,
     )
     from frankeneval.reports.localization_plots import plot_reasoning_localization
 
     if args.max_new_tokens is None:
         args.max_new_tokens = REFERENCE_MAX_NEW_TOKENS if args.seed_compatible else REASONING_MAX_NEW_TOKENS
     data = args.data or data_root_from_env()  # as the other commands and the lmms-eval tasks: $FRANKENEVAL_DATA
-    questions = load_questions(args.dataset, data=data, samples=args.samples, seed=args.seed)
-    gen = load_generator(args, args.model)
+    questions, skipped = select_questions(args.dataset, data=data, samples=args.samples, seed=args.seed,
+                                          skip_broken=args.skip_broken, progress=not args.no_progress)
+    gen = load_generator(args, args.model)  # after every selected row was parsed
     layers = parse_layers(args.layers, gen.n_llm_layers)  # unified LLM layers 1 … n
     prompt = resolve_system_prompt(args.model, system_prompt_setting(args))
     print(f"system prompt: {prompt}")
@@ -80,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         system_prompt=prompt, max_new_tokens=args.max_new_tokens,
         batch_size=units_per_call(args, gen, 32, args.max_new_tokens), seed_compatible=args.seed_compatible, progress=not args.no_progress,
         meta={"data": data or "hub", "samples": args.samples, "seed": args.seed}, ignore_eos=args.ignore_eos,
+        skipped=skipped,
     )
     print(format_reasoning_table(results))
     png = plot_reasoning_localization(results, Path(args.out) / "reasoning_localization.png")

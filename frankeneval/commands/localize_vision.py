@@ -12,6 +12,12 @@ yes/no) and the source-follow rate. Writes OUT/units.jsonl (every finished gener
 OUT/vision_localization.json (schema: frankeneval.localization.vision) and OUT/vision_localization.png.
 Prompts are the data's verbatim. --seed-compatible reproduces the reference code: the swap re-appends the source's
 visual K/V at every decode step, and the pairs are the first 50 (or --samples) of each task file, in file order.
+
+Before the model is loaded, both images of every selected pair are decoded and every selected row parsed: a broken
+file (e.g. the released recognition_000058_t.jpg, truncated) stops the run in one line naming it. --skip-broken
+leaves such pairs out instead: they are skipped after selection (not replaced by other pairs, so --samples and
+--seed-compatible select the same pairs either way), listed under "skipped" in vision_localization.json and
+printed below the table.
 """
 
 from __future__ import annotations
@@ -48,19 +54,18 @@ def run(args: argparse.Namespace) -> int:
         format_vision_table,
         pair_selection,
         run_vision_sweep,
-        select_pairs,
     )
     from frankeneval.reports.localization_plots import plot_vision_localization
 
     sc = args.seed_compatible
-    every, source = probe_sets(argparse.Namespace(**{**vars(args), "samples": None}))  # every pair, file order
-    pairs = {t: select_pairs(p, args.samples, args.seed, seed_compatible=sc) for t, p in every.items()}
+    pairs, source, skipped = probe_sets(args)  # selected, and every selected image checked before the model loads
     gen = load_generator(args, args.model)
     layers = parse_layers(args.layers, gen.n_llm_layers)  # unified LLM layers 1 … n
     results = run_vision_sweep(gen, pairs, layers, args.out, model_name=args.model, max_new_tokens=args.max_new_tokens,
                                batch_size=units_per_call(args, gen, 32, args.max_new_tokens), seed_compatible=sc, progress=not args.no_progress,
                                meta={"samples": args.samples, "seed": args.seed, "data": str(source),
-                                     "pair_selection": pair_selection(args.samples, args.seed, seed_compatible=sc)})
+                                     "pair_selection": pair_selection(args.samples, args.seed, seed_compatible=sc)},
+                               skipped=skipped)
     print(format_vision_table(results))
     png = plot_vision_localization(results, Path(args.out) / "vision_localization.png")
     print(f"wrote {Path(args.out) / 'vision_localization.json'} and {png}")

@@ -15,7 +15,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from frankeneval.reports.leaderboard import FORMATS, build_leaderboard, find_plots, missing_note, render, write_report
+from frankeneval.reports.leaderboard import (
+    FORMATS,
+    build_leaderboard,
+    find_plots,
+    missing_note,
+    render,
+    skipped_note,
+    write_report,
+)
 
 COMMAND = "report"
 HELP = "leaderboard of a transfer run as markdown, csv, html or latex"
@@ -41,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         print(render(board, args.format, plots=plots))
     if not args.no_write:
         print(f"report written: {', '.join(str(p) for p in written.values())}", file=sys.stderr)
-    note = missing_note(board)
-    if note:
-        print(f"frankeneval report: {note}", file=sys.stderr)
+    for note in (missing_note(board), skipped_note(board)):
+        if note:
+            print(f"frankeneval report: {note}", file=sys.stderr)
     return 0

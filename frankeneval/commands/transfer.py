@@ -7,7 +7,9 @@ M_vis / M_v2r / M_rea table and the paired transitions.
 
 Each variant is materialized once (cached); each (model, task) cell runs lmms-eval with the franken_qwen
 model in a subprocess and is recorded in RUN_DIR/cells.jsonl when finished. Rerun the same command after a
-crash or Ctrl-C: finished cells are skipped, unfinished ones start again. Examples:
+crash or Ctrl-C: finished cells are skipped, unfinished ones start again. Before the first cell starts, every row
+and image the tasks select is read (local data): a broken file stops the run in one line; --skip-broken leaves such
+items out of the cells and lists them in transfer.json ("skipped_inputs") and in the report. Examples:
 
     frankeneval transfer --recipe openmmreasoner --out runs/omr --sample-size 100 --sample-seed 123 --gpus 8
     frankeneval transfer --recipe openmmreasoner --out runs/omr --splits both --gpus 8
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import argparse
 
-from frankeneval.commands._shared import add_seed_compatible_argument
+from frankeneval.commands._shared import add_seed_compatible_argument, add_skip_broken_argument
 from frankeneval.core.prompts import SETTING_HELP
 from frankeneval.transferability.transfer import DEFAULT_SPLITS, SPLITS, run_transfer, split_tasks
 
@@ -58,6 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "failure counted apart (default); seed = the reference's rule, the judge decides every item "
                              "from the extracted answer and a failed call is wrong (default with --seed-compatible)")
     add_seed_compatible_argument(parser)
+    add_skip_broken_argument(parser)
     parser.add_argument("--gpus", type=int, default=0, help="run N cells at once, one lmms-eval process per GPU")
     parser.add_argument("--splice-cache", default=None, help="where variants are materialized (default: frankeneval's cache)")
     parser.add_argument("--evict-variants", action="store_true",
@@ -89,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         gpus=args.gpus,
         grading=args.grading,
         seed_compatible=args.seed_compatible,
+        skip_broken=args.skip_broken,
         allow_pickle=args.allow_pickle,
         evict_variants=args.evict_variants,
     )

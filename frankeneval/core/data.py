@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from frankeneval.core.inputs_check import BrokenRow
 from frankeneval.errors import FrankenevalError
 
 __all__ = [
@@ -31,7 +32,9 @@ __all__ = [
     "DataNotFound",
     "data_root_from_env",
     "resolve_local_file",
+    "Row",
     "read_jsonl",
+    "row_where",
     "load_benchmark_rows",
     "subsample_indices",
     "subsample",
@@ -88,18 +91,40 @@ def resolve_local_file(benchmark: str, data_path: str | os.PathLike) -> Path:
     )
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Rows of a JSONL file (blank lines skipped); a bad line raises a FrankenevalError naming it."""
-    rows = []
+class Row(dict):
+    """A row of a local JSONL file; ``where`` is its ``file:line`` (named when the row cannot be used)."""
+
+    where: str = ""
+
+
+def read_jsonl(path: str | os.PathLike, *, keep_broken: bool = False) -> list[dict]:
+    """Rows of a JSONL file (blank lines skipped), each a :class:`Row` knowing its ``file:line``. A bad line raises
+    a FrankenevalError naming it; ``keep_broken``: it becomes a :class:`~frankeneval.core.inputs_check.BrokenRow` in
+    its place instead (so index-based sub-samples do not shift; a run that selects it checks it)."""
+    rows: list = []
     with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise FrankenevalError(f"{path}:{i}: not valid JSON ({exc.msg})") from None
+                value = json.loads(line)
+                if not isinstance(value, dict):
+                    raise TypeError(f"a JSON {type(value).__name__}, not an object")
+            except (ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError
+                reason = f"not valid JSON ({exc.msg})" if isinstance(exc, json.JSONDecodeError) else f"not a row ({exc})"
+                if not keep_broken:
+                    raise FrankenevalError(f"{path}:{i}: {reason}") from None
+                rows.append(BrokenRow(f"{path}:{i}", reason))
+                continue
+            row = Row(value)
+            row.where = f"{path}:{i}"
+            rows.append(row)
     return rows
+
+
+def row_where(row: Any, benchmark: str, index: int) -> str:
+    """Where a benchmark row comes from: its ``file:line`` (local data), else the hub dataset and row index."""
+    return getattr(row, "where", "") or f"{BENCHMARKS[benchmark].hub_id} row {index}"
 
 
 def mathvista_image_path(jsonl: Path, row: dict) -> Path:
@@ -121,21 +146,22 @@ def _load_hub(src: BenchmarkSource):
         ) from None
 
 
-def load_benchmark_rows(benchmark: str, data_path: str | os.PathLike | None = None):
+def load_benchmark_rows(benchmark: str, data_path: str | os.PathLike | None = None, *, keep_broken: bool = False):
     """The benchmark's rows: local JSONL rows (list of dicts) when ``data_path`` is given, else the hub Dataset.
 
     Local MathVista rows gain ``image_path`` (absolute path of the image, which may not exist).
-    Hub MathVista rows keep the hub's ``decoded_image`` (PIL) column.
+    Hub MathVista rows keep the hub's ``decoded_image`` (PIL) column. ``keep_broken``: see :func:`read_jsonl`.
     """
     if benchmark not in BENCHMARKS:
         raise FrankenevalError(f"unknown benchmark {benchmark!r}; known: {', '.join(BENCHMARKS)}")
     if data_path is None:
         return _load_hub(BENCHMARKS[benchmark])
     path = resolve_local_file(benchmark, data_path)
-    rows = read_jsonl(path)
+    rows = read_jsonl(path, keep_broken=keep_broken)
     if benchmark == "mathvista":
         for row in rows:
-            row["image_path"] = str(mathvista_image_path(path, row))
+            if isinstance(row, dict) and (row.get("image") or "pid" in row):  # else named when selected
+                row["image_path"] = str(mathvista_image_path(path, row))
     return rows
 
 

@@ -21,10 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from frankeneval.core.inputs_check import Broken, BrokenRow, image_problem
 from frankeneval.core.results import atomic_output, atomic_write_text, write_json_atomic
 from frankeneval.errors import FrankenevalError
 
-__all__ = ["PROBE_TASKS", "ProbePair", "load_probe_pairs", "write_probe_pairs", "render_pair", "probe_task_dir"]
+__all__ = ["PROBE_TASKS", "ProbePair", "check_pair", "load_probe_pairs", "write_probe_pairs", "render_pair",
+           "probe_task_dir"]
 
 PROBE_TASKS = ("counting", "ocr", "grounding", "recognition")
 
@@ -82,12 +84,17 @@ def probe_task_dir(folder: str | os.PathLike, task: str) -> Path:
     )
 
 
-def load_probe_pairs(folder: str | os.PathLike, task: str, *, check_images: bool = True) -> list[ProbePair]:
-    """The pairs of one probe task from a vision_probes-format folder (root or task folder)."""
+def load_probe_pairs(folder: str | os.PathLike, task: str, *, check_images: bool = True,
+                     keep_broken: bool = False) -> list[ProbePair]:
+    """The pairs of one probe task from a vision_probes-format folder (root or task folder).
+
+    A malformed row raises a FrankenevalError naming ``file:line``; ``keep_broken``: it becomes a
+    :class:`~frankeneval.core.inputs_check.BrokenRow` in its place instead (file order kept, for selection;
+    :func:`check_pair` reports it). ``check_images``: every row's image files must exist."""
     if task not in PROBE_TASKS:
         raise FrankenevalError(f"unknown probe task {task!r}; known: {', '.join(PROBE_TASKS)}")
     tdir = probe_task_dir(folder, task)
-    pairs = []
+    pairs: list = []
     with open(tdir / "data.jsonl", encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
             if not line.strip():
@@ -96,8 +103,12 @@ def load_probe_pairs(folder: str | os.PathLike, task: str, *, check_images: bool
                 row = json.loads(line)
                 pair = ProbePair(str(row["id"]), row.get("task", task), (tdir / row["target_image"]).resolve(),
                                  (tdir / row["source_image"]).resolve(), row["prompt"], dict(row.get("meta") or {}))
-            except (json.JSONDecodeError, KeyError) as exc:
-                raise FrankenevalError(f"{tdir / 'data.jsonl'}:{i}: bad probe row ({exc})") from None
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+                reason = f"bad probe row ({exc})"
+                if not keep_broken:
+                    raise FrankenevalError(f"{tdir / 'data.jsonl'}:{i}: {reason}") from None
+                pairs.append(BrokenRow(f"{tdir / 'data.jsonl'}:{i}", reason))
+                continue
             if pair.task != task:
                 continue
             if check_images:
@@ -106,6 +117,17 @@ def load_probe_pairs(folder: str | os.PathLike, task: str, *, check_images: bool
                         raise FrankenevalError(f"{tdir / 'data.jsonl'}:{i}: image not found: {img}")
             pairs.append(pair)
     return pairs
+
+
+def check_pair(pair: ProbePair | BrokenRow) -> ProbePair:
+    """The pair, once both its images decode; else :class:`~frankeneval.core.inputs_check.Broken` naming the file."""
+    if isinstance(pair, BrokenRow):
+        raise Broken(pair.where, pair.reason)
+    for img in (pair.target_image, pair.source_image):
+        problem = image_problem(img)
+        if problem:
+            raise Broken(img, problem)
+    return pair
 
 
 # --------------------------------------------------------------------------- rendering

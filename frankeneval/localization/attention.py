@@ -31,7 +31,8 @@ Output ``attention_shift.json`` schema::
       "rl_minus_in": [float per layer], "in_minus_base": [float per layer],
       "regions": {"early"|"middle"|"late": {"layers": [int, ...], "base": float, "in": float, "rl": float,
                                             "rl_minus_in": float, "in_minus_base": float}},
-      "mid_late": {"rl_minus_in": float, "in_minus_base": float}   # mean over middle + late layers
+      "mid_late": {"rl_minus_in": float, "in_minus_base": float},  # mean over middle + late layers
+      "skipped": [{"id": "<task>/<pair id>", "path": str, "reason": str}, ...]  # broken, left out (--skip-broken)
     }
 """
 
@@ -46,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from frankeneval.core.inputs_check import format_skipped
 from frankeneval.core.layermap import llm_region
 from frankeneval.localization.common import (
     MATH_INSTRUCTION,
@@ -124,11 +126,14 @@ def run_attention_shift(
     instruction: bool = True,
     progress: bool = True,
     meta: dict | None = None,
+    skipped: Sequence[dict] = (),
 ) -> dict:
     """Capture the visual attention share of every member on ``prompts``; write units + ``attention_shift.json``.
 
     ``members``: ``{"base": path, "in": path, "rl": path}``; ``load(path) -> Generator`` (one member at a time);
     ``system_prompt``: the setting every member's prompt is resolved with (``auto``: per member, by its name).
+    ``skipped``: the selected pairs left out as broken (:func:`frankeneval.localization.vision.select_probe_sets`),
+    recorded in the results.
     """
     out = Path(out_dir)
     chosen = {m: resolve_system_prompt(path, system_prompt) for m, path in members.items()}
@@ -159,7 +164,7 @@ def run_attention_shift(
     results.update({"members": dict(members), "tasks": sorted({p["task"] for p in prompts}),
                     "max_new_tokens": max_new_tokens, "instruction": instruction,
                     "system_prompt": {m: p.record() for m, p in chosen.items()},
-                    **(meta or {})})
+                    **(meta or {}), "skipped": list(skipped)})
     write_json_atomic(out / RESULTS_FILE, results, indent=1, ensure_ascii=False, newline=False)
     return results
 
@@ -224,4 +229,4 @@ def format_attention_table(results: dict) -> str:
         return "-" if x is None else f"{x:+.4f}"
 
     lines.append(f"mid+late: RL-IN {f(ml['rl_minus_in'])}  IN-Base {f(ml['in_minus_base'])}")
-    return "\n".join(lines)
+    return "\n".join(lines + format_skipped(results.get("skipped")))

@@ -34,8 +34,9 @@ Output ``reasoning_localization.json`` schema::
                    "accuracy": float, "delta": float,   # accuracy - unablated
                    "n": int}, ... ],
       "questions": [ {"index": int, "target": str, "unablated": {"answer": str|null, "correct": bool},
-                      "ablated": {"<unified layer>": {"answer": str|null, "correct": bool}}}, ... ]
-    }
+                      "ablated": {"<unified layer>": {"answer": str|null, "correct": bool}}}, ... ],
+      "skipped": [ {"id": "<dataset>/<index>", "path": "file:line", "reason": str}, ... ]  # broken selected rows
+    }                                                                                      # left out (--skip-broken)
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from frankeneval.core.data import DEFAULT_SAMPLE_SEED, load_benchmark_rows, subsample_indices
+from frankeneval.core.data import DEFAULT_SAMPLE_SEED, load_benchmark_rows, row_where, subsample_indices
+from frankeneval.core.inputs_check import check_inputs, format_skipped, parse_row
 from frankeneval.core.prompts import SystemPrompt, resolve_system_prompt
 from frankeneval.errors import FrankenevalError
 from frankeneval.localization.common import (
@@ -74,6 +76,7 @@ __all__ = [
     "question_prompt",
     "reasoning_units",
     "run_reasoning_sweep",
+    "select_questions",
     "summarize_reasoning",
 ]
 
@@ -99,19 +102,43 @@ class Question(tuple):
 
 def load_questions(dataset: str, *, data: str | os.PathLike | None = None, samples: int | None = 100,
                    seed: int = DEFAULT_SAMPLE_SEED) -> list[Question]:
-    """The sub-sampled questions of ``gsm8k`` / ``math500`` (hub by default, or a local JSONL / data folder)."""
+    """The sub-sampled questions of ``gsm8k`` / ``math500`` (hub by default, or a local JSONL / data folder); a
+    selected row that cannot be read raises :class:`~frankeneval.core.inputs_check.BrokenInput` (see
+    :func:`select_questions`)."""
+    return select_questions(dataset, data=data, samples=samples, seed=seed)[0]
+
+
+def select_questions(dataset: str, *, data: str | os.PathLike | None = None, samples: int | None = 100,
+                     seed: int = DEFAULT_SAMPLE_SEED, skip_broken: bool = False,
+                     progress: bool = True) -> tuple[list[Question], list[dict]]:
+    """``(questions, skipped)``: the paper's sub-sample of the rows (a malformed line keeps its place), then every
+    selected row parsed. A broken row (bad JSON, a missing field) raises one
+    :class:`~frankeneval.core.inputs_check.BrokenInput` naming its ``file:line``, or with ``skip_broken`` is left
+    out (not replaced) and listed in ``skipped`` (``{"id": "<dataset>/<index>", "path": "file:line", "reason"}``)."""
     if dataset not in DATASETS:
         raise FrankenevalError(f"--dataset must be one of {', '.join(DATASETS)}, not {dataset!r}")
-    rows = load_benchmark_rows(dataset, data)
-    idx = subsample_indices(len(rows), samples, seed)
-    out = []
-    for i in idx:
-        row = rows[i]
+    rows = load_benchmark_rows(dataset, data, keep_broken=True)
+
+    def parse(i: int) -> Question:
         if dataset == "gsm8k":
-            out.append(Question(i, row["question"], extract_gsm8k_target(row["answer"])))
-        else:
-            out.append(Question(i, row["problem"], str(row["answer"])))
-    return out
+            return parse_row(rows[i], row_where(rows[i], dataset, i),
+                             lambda r: Question(i, _text(r, "question"), extract_gsm8k_target(_text(r, "answer"))))
+        return parse_row(rows[i], row_where(rows[i], dataset, i),
+                         lambda r: Question(i, _text(r, "problem"), str(r["answer"])))
+
+    questions, skipped = check_inputs(subsample_indices(len(rows), samples, seed), parse,
+                                      ident=lambda i: f"{dataset}/{i}", skip=skip_broken, what=f"{dataset} rows",
+                                      progress=progress)
+    if skipped and not questions:
+        raise FrankenevalError(f"every selected {dataset} row is broken ({len(skipped)}); nothing to run")
+    return questions, skipped
+
+
+def _text(row: dict, name: str) -> str:
+    value = row[name]
+    if not isinstance(value, str):
+        raise TypeError(f"field {name!r} is {type(value).__name__}, not text")
+    return value
 
 
 def question_prompt(problem: str) -> str:
@@ -168,6 +195,7 @@ def run_reasoning_sweep(
     progress: bool = True,
     meta: dict | None = None,
     ignore_eos: bool = False,
+    skipped: Sequence[dict] = (),
 ) -> dict:
     """Run (or resume) the ablation sweep; write ``units.jsonl`` + ``reasoning_localization.json``.
 
@@ -176,6 +204,7 @@ def run_reasoning_sweep(
 
     ``system_prompt``: a :class:`SystemPrompt`, or a setting resolved for ``model_name`` (``auto``, ``reasoner``,
     ``revisual``, ``none``, ``@FILE``, a text); ``reasoning_prompt`` (old spelling): True = reasoner, False = none.
+    ``skipped``: the selected rows left out as broken (:func:`select_questions`), recorded in the results.
     """
     if reasoning_prompt is not None:
         system_prompt = "reasoner" if reasoning_prompt else "none"
@@ -206,7 +235,7 @@ def run_reasoning_sweep(
     if ignore_eos:
         results["ignore_eos"] = True
     results.update({"model": model_name, "system_prompt": prompt.record(), "max_new_tokens": max_new_tokens,
-                    "seed_compatible": seed_compatible, **(meta or {})})
+                    "seed_compatible": seed_compatible, **(meta or {}), "skipped": list(skipped)})
     write_json_atomic(out / RESULTS_FILE, results, indent=1, ensure_ascii=False, newline=False)
     return results
 
@@ -265,4 +294,4 @@ def format_reasoning_table(results: dict) -> str:
         acc = "-" if row["accuracy"] is None else f"{row['accuracy']:.3f}"
         d = "-" if row["delta"] is None else f"{row['delta']:+.3f}"
         lines.append(f"{row['layer']:>5} {acc:>9} {d:>8}")
-    return "\n".join(lines)
+    return "\n".join(lines + format_skipped(results.get("skipped")))

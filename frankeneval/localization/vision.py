@@ -9,7 +9,9 @@ For each probe pair (target image, source image, prompt) of each task, three kin
   post-RoPE keys/values, at prefill (decode steps read the edited cache). Greedy, ``max_new_tokens`` (64).
 
 The prompt is the data's ``prompt`` field verbatim (a literal ``<image>`` stays text), after the image. Pairs: the
-paper's sub-sample (``--samples k``: ``RandomState(seed).choice``, sorted; default all).
+paper's sub-sample (``--samples k``: ``RandomState(seed).choice``, sorted; default all). Before any model work every
+selected pair's two images are decoded (:func:`select_probe_sets`): a broken file stops the run in one line, or with
+``--skip-broken`` the pair is left out (not replaced) and listed under ``skipped`` in the results and the table.
 
 ``seed_compatible=True`` (``--seed-compatible``) reproduces the reference code: the swap also re-appends the source's
 visual K/V at every decode step (:class:`frankeneval.core.interventions.SwapVisualKV`), and the pairs are the first
@@ -51,8 +53,9 @@ Output ``vision_localization.json`` schema::
         }, ...
       },
       "pairs": [ {"task": str, "id": str, "original": str, "source_own": str,
-                  "swapped": {"<unified layer>": str, ...}}, ... ]
-    }
+                  "swapped": {"<unified layer>": str, ...}}, ... ],
+      "skipped": [ {"id": "<task>/<pair id>", "path": str, "reason": str}, ... ]   # selected but broken
+    }                                                                              # (--skip-broken; not in any figure)
 """
 
 from __future__ import annotations
@@ -74,9 +77,11 @@ from frankeneval.localization.common import (
     source_follows,
     task_changed,
 )
+from frankeneval.core.inputs_check import check_inputs, format_skipped
 from frankeneval.core.probes import (
     PROBE_TASKS,
     ProbePair,
+    check_pair,
     load_probe_pairs,
     write_probe_pairs,
 )
@@ -94,6 +99,7 @@ __all__ = [
     "plain_key",
     "run_vision_sweep",
     "select_pairs",
+    "select_probe_sets",
     "summarize_vision",
     "swap_key",
     "vision_units",
@@ -117,20 +123,54 @@ def load_probe_sets(
 ) -> dict[str, list[ProbePair]]:
     """Probe pairs per task: from ``data`` (a vision_probes-format folder), else rendered into ``rendered_dir``.
 
-    Each task's pairs are chosen by :func:`select_pairs` (``samples``, ``seed``, ``seed_compatible``).
+    Each task's pairs are chosen by :func:`select_pairs` (``samples``, ``seed``, ``seed_compatible``), then checked
+    (:func:`select_probe_sets`): a broken image or row raises :class:`~frankeneval.core.inputs_check.BrokenInput`.
+    """
+    return select_probe_sets(tasks, data=data, rendered_dir=rendered_dir, n_rendered=n_rendered, samples=samples,
+                             seed=seed, seed_compatible=seed_compatible)[0]
+
+
+def select_probe_sets(
+    tasks: Sequence[str] = PROBE_TASKS,
+    *,
+    data: str | os.PathLike | None = None,
+    rendered_dir: str | os.PathLike | None = None,
+    n_rendered: int = 100,
+    samples: int | None = None,
+    seed: int = DEFAULT_SAMPLE_SEED,
+    seed_compatible: bool = False,
+    skip_broken: bool = False,
+    progress: bool = True,
+) -> tuple[dict[str, list[ProbePair]], list[dict]]:
+    """``(pairs per task, skipped)``: :func:`select_pairs` per task, then every selected pair's images decoded
+    (:func:`frankeneval.core.inputs_check.check_inputs`). A broken pair raises one
+    :class:`~frankeneval.core.inputs_check.BrokenInput`, or with ``skip_broken`` is left out (never replaced by
+    another pair) and listed in ``skipped`` (``{"id": "<task>/<pair id>", "path", "reason"}``).
     """
     if data is None and rendered_dir is None:
         raise FrankenevalError("give a probe folder (--data) or a folder to render built-in probes into (--rendered)")
     if data is None:
         write_probe_pairs(rendered_dir, tasks=tasks, n=n_rendered, seed=0)
         data = rendered_dir
-    out = {}
+    selected = []
     for task in tasks:
-        pairs = load_probe_pairs(data, task)
+        pairs = load_probe_pairs(data, task, check_images=False, keep_broken=True)
         if not pairs:
             raise FrankenevalError(f"no probe pairs for task {task!r} in {data}")
-        out[task] = select_pairs(pairs, samples, seed, seed_compatible=seed_compatible)
-    return out
+        selected += [(task, p) for p in select_pairs(pairs, samples, seed, seed_compatible=seed_compatible)]
+
+    def ident(item) -> str:
+        task, p = item
+        return f"{task}/{p.id}" if isinstance(p, ProbePair) else f"{task}/{p.where.rsplit('/', 1)[-1]}"
+
+    good, skipped = check_inputs(selected, lambda item: (item[0], check_pair(item[1])), ident=ident,
+                                 skip=skip_broken, what="probe pairs", progress=progress)
+    out: dict[str, list[ProbePair]] = {task: [] for task in tasks}
+    for task, p in good:
+        out[task].append(p)
+    if skipped and not good:
+        raise FrankenevalError(f"every selected probe pair is broken ({len(skipped)}); nothing to run")
+    return out, skipped
 
 
 def select_pairs(pairs: Sequence[ProbePair], samples: int | None, seed: int = DEFAULT_SAMPLE_SEED, *,
@@ -267,11 +307,13 @@ def run_vision_sweep(
     seed_compatible: bool = False,
     progress: bool = True,
     meta: dict | None = None,
+    skipped: Sequence[dict] = (),
 ) -> dict:
     """Run (or resume) the swap sweep, write ``units.jsonl`` + ``vision_localization.json``; return the results.
 
     ``seed_compatible``: the reference's decode-step re-append in every swap (pick the pairs with
     :func:`select_pairs`); recorded in the results and the store header (a store of the other setting is refused).
+    ``skipped``: the selected pairs left out as broken (:func:`select_probe_sets`), recorded in the results.
     """
     out = Path(out_dir)
     n_layers = generator.model.config.get_text_config().num_hidden_layers
@@ -295,7 +337,7 @@ def run_vision_sweep(
             bar.close()
     results = summarize_vision(store.records(), pairs_by_task, keys, layers)
     results.update({"model": model_name, "max_new_tokens": max_new_tokens, "system": system, **(meta or {}),
-                    "seed_compatible": bool(seed_compatible)})
+                    "seed_compatible": bool(seed_compatible), "skipped": list(skipped)})
     write_json_atomic(out / RESULTS_FILE, results, indent=1, ensure_ascii=False, newline=False)
     return results
 
@@ -370,4 +412,4 @@ def format_vision_table(results: dict) -> str:
     lines.append(acc)
     if results.get("seed_compatible"):
         lines.append("seed-compatible: the reference's decode-step re-append; " + results.get("pair_selection", ""))
-    return "\n".join(lines)
+    return "\n".join(lines + format_skipped(results.get("skipped")))

@@ -117,6 +117,7 @@ class Leaderboard:
     prompts: dict[str, str] = field(default_factory=dict)  # row -> the system prompt its cells recorded ("—": none)
     prompt_reasons: dict[str, str] = field(default_factory=dict)  # row -> why that prompt (when recorded)
     seed: int = 0
+    skipped: list[dict] = field(default_factory=list)  # inputs left out as broken (transfer --skip-broken)
 
     def get(self, row: str, column: str, metric: str) -> Entry | None:
         return self.entries.get((row, column, metric))
@@ -413,6 +414,7 @@ def build_leaderboard(run_dir: str | os.PathLike, *, metrics: Sequence[str] = ME
         prompts={m: " / ".join(lab for lab, _ in prompts.get(m, [])) for m in order},
         prompt_reasons={m: " / ".join(r for _, r in prompts.get(m, []) if r) for m in order},
         seed=seed,
+        skipped=[dict(x) for x in manifest.get("skipped_inputs") or [] if isinstance(x, dict)],
     )
     _fill_deltas_and_best(board)
     _fill_paper(board, sample_paths, paper_metric)
@@ -737,10 +739,21 @@ def missing_note(board: Leaderboard) -> str | None:
     return f"Missing cells ({len(items)}; rerun `frankeneval transfer` to finish them): " + "; ".join(items)
 
 
+def skipped_note(board: Leaderboard, show: int = 10) -> str | None:
+    """One line naming the inputs the cells left out as broken (``transfer --skip-broken``), or None."""
+    if not board.skipped:
+        return None
+    items = [f"{x.get('task')} {x.get('id')}: {x.get('path')} ({x.get('reason')})" for x in board.skipped[:show]]
+    more = f"; ... {len(board.skipped) - show} more in transfer.json" if len(board.skipped) > show else ""
+    return (f"Skipped broken inputs ({len(board.skipped)}; left out of their task's cells, --skip-broken): "
+            + "; ".join(items) + more)
+
+
 def to_markdown(board: Leaderboard) -> str:
     lines = [f"# {_title(board)}", ""]
-    if missing_note(board):
-        lines += [f"**{missing_note(board)}**", ""]
+    for note in (missing_note(board), skipped_note(board)):
+        if note:
+            lines += [f"**{note}**", ""]
     lines += paper_markdown(board)
     lines += ["## Leaderboard", "", _legend(), ""]
     for metric in board.metrics:
@@ -813,8 +826,7 @@ def _tex(text: str) -> str:
 
 def to_latex(board: Leaderboard) -> str:
     out = [f"% {_title(board)}", "% " + _legend(), "% needs \\usepackage{booktabs}"]
-    if missing_note(board):
-        out.append("% " + missing_note(board))
+    out += ["% " + note for note in (missing_note(board), skipped_note(board)) if note]
     out += paper_latex(board)
     for metric in board.metrics:
         cols = board.columns
@@ -881,8 +893,7 @@ def to_html(board: Leaderboard, plots: Sequence[Path] = (), chart_png: bytes | N
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              f"<title>{esc(_title(board))}</title><style>{_CSS}</style></head><body>",
              f"<h1>{esc(_title(board))}</h1>"]
-    if missing_note(board):
-        parts.append(f'<p class="missing">{esc(missing_note(board))}</p>')
+    parts += [f'<p class="missing">{esc(note)}</p>' for note in (missing_note(board), skipped_note(board)) if note]
     parts += paper_html(board)
     if board.metrics:
         parts += ["<h2>Leaderboard</h2>", f'<p class="legend">{esc(_legend())}</p>']

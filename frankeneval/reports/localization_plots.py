@@ -36,7 +36,8 @@ def plot_vision_localization(results: dict, out: str | os.PathLike) -> Path:
         for key, label, style in (("change_rate", "changed (method)", "-o"), ("task_change_rate", "changed (task-aware)", "--s"),
                                   ("source_follow_rate", "follows source", "-^")):
             ax.plot(xs, [_nan(r[key]) for r in rows], style, ms=3, label=label)
-        ax.set_title(f"{task} (n={results['tasks'][task]['n_pairs']})")
+        n_skipped = sum(str(x.get("id", "")).startswith(f"{task}/") for x in results.get("skipped") or [])
+        ax.set_title(f"{task} (n={results['tasks'][task]['n_pairs']}" + (f", {n_skipped} skipped)" if n_skipped else ")"))
         ax.set_xlabel("swap from LLM layer (unified)")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)

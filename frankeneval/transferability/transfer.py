@@ -326,6 +326,8 @@ def _update_manifest(run_dir: Path, recipe: str | None, models: Mapping[str, Map
     all_tasks = list(old.get("tasks") or [])
     all_tasks += [t for t in tasks if t not in all_tasks]
     data = {"recipe": recipe or old.get("recipe"), "models": merged_models, "order": order, "tasks": all_tasks, "settings": dict(settings)}
+    if old.get("skipped_inputs"):  # items earlier cells left out as broken (kept: those cells ran without them)
+        data["skipped_inputs"] = old["skipped_inputs"]
     if extra:  # top-level keys of this run (``evict_variants``); absent otherwise, as before
         data.update(extra)
     write_json_atomic(run_dir / MANIFEST, data, indent=2, ensure_ascii=False)
@@ -417,6 +419,7 @@ def _run_cells(
     env: Mapping[str, str] | None = None,
     grading: str | None = None,
     seed_compatible: bool = False,
+    skip_broken: bool = False,
     runner: CellRunner | None = None,
     progress: Callable[[str], None] = print,
     _keep_fds: tuple[int, ...] = (),
@@ -433,6 +436,10 @@ def _run_cells(
     ``seed_compatible``: the reference's behaviour wherever it deviates (grading ``seed`` unless ``grading`` is
     given, the tasks' ``seed_compatible`` rules: ``FRANKENEVAL_SEED_COMPATIBLE=1``); recorded in the manifest, and
     in the run store's header when on (a run never mixes cells of the two).
+    Before the first lmms-eval cell starts, the rows and images the tasks select are read as the cells will
+    (:func:`frankeneval.tasks.common.check_task_inputs`): a broken one stops the run in one line; ``skip_broken``
+    (``FRANKENEVAL_SKIP_BROKEN=1`` in every cell) leaves such items out of the cells and records them in the
+    manifest's ``skipped_inputs``, which the report shows.
     ``runner`` (default :func:`lmms_eval_runner`) is called once per cell that has to run.
     Failed cells are reported in the result (and retried by the next run); they never stop the others.
     """
@@ -453,7 +460,8 @@ def _run_cells(
                 # only when on: run folders made before the switch existed (off) keep resuming
                 **({"seed_compatible": True} if seed_compatible else {})}
     env = {**dict(env or {}), "FRANKENEVAL_GRADING": grading,
-           "FRANKENEVAL_SEED_COMPATIBLE": "1" if seed_compatible else "0"}
+           "FRANKENEVAL_SEED_COMPATIBLE": "1" if seed_compatible else "0",
+           "FRANKENEVAL_SKIP_BROKEN": "1" if skip_broken else "0"}
     prompts = _system_prompts(run_dir, models, system_prompt)
     models = {label: {**dict(info), "system_prompt": prompts[label][0].name, "system_prompt_reason": prompts[label][0].reason}
               for label, info in models.items()}
@@ -483,8 +491,10 @@ def _run_cells(
     else:
         progress(f"[transfer] {len(cells)} cells ({len(models)} models x {len(tasks)} tasks)")
     if pending and runner is lmms_eval_runner:
-        from frankeneval.tasks.common import probe_judge
+        from frankeneval.tasks.common import check_task_inputs, probe_judge
 
+        # every selected row and image read before any cell starts: one line now, or recorded as skipped
+        _record_skipped_inputs(run_dir, check_task_inputs(sorted({c.task for c in pending}), base_env))
         probe_judge(base_env)  # judge on but not answering: one line now, not a failure in every cell
 
     counter = {"done": 0}
@@ -878,6 +888,17 @@ def _settle_finished(run_dir: Path, label: str, entry: Mapping[str, Any] | None,
         _evict_and_record(run_dir, [label], Path(str(entry["path"])), stamp, inputs, progress)
     elif "evicted" not in entry:
         _patch_manifest(run_dir, {label: {"evicted": False, "kept": KEPT_UNOWNED}})
+
+
+def _record_skipped_inputs(run_dir: Path, skipped: Sequence[Mapping[str, Any]]) -> None:
+    """Add the items left out as broken (``{"task", "id", "path", "reason"}``) to the manifest's ``skipped_inputs``."""
+    if not skipped:
+        return
+    data = read_manifest(run_dir)
+    known = {(s.get("task"), s.get("id")): dict(s) for s in data.get("skipped_inputs") or [] if isinstance(s, dict)}
+    known.update({(s["task"], s["id"]): dict(s) for s in skipped})
+    data["skipped_inputs"] = list(known.values())
+    write_json_atomic(run_dir / MANIFEST, data, indent=2, ensure_ascii=False)
 
 
 def _patch_manifest(run_dir: Path, updates: Mapping[str, Mapping[str, Any]]) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from frankeneval.miniature import world
 from frankeneval.core.data import subsample_indices
 from frankeneval.errors import FrankenevalError
-from frankeneval.tasks.common import DEFAULT_SAMPLE_SEED, FrankenTask, count, mean_score  # noqa: F401
+from frankeneval.tasks.common import DEFAULT_SAMPLE_SEED, FrankenTask, TaskSettings, checked_docs, count, mean_score  # noqa: F401
 
 
 def world_root(metadata: dict | None) -> Path:
@@ -69,7 +69,8 @@ class WorldTask(FrankenTask):
 
         md = self.config.metadata if isinstance(self.config.metadata, dict) else {}
         kwargs = dataset_kwargs or {}
-        docs = world_docs(str(kwargs.get("axis")), md, kwargs.get("control"))
+        docs = checked_docs(str(self.config.task), world_docs(str(kwargs.get("axis")), md, kwargs.get("control")),
+                            TaskSettings.resolve(md))  # every selected image decoded before any item runs
         split = self.config.test_split
         self.settings = None
         self.dataset = datasets.DatasetDict({split: datasets.Dataset.from_list(docs)})

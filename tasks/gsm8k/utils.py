@@ -7,7 +7,7 @@ after ``####``. Scored by rules (``\\boxed{}``, then ``####``, then the last num
 from __future__ import annotations
 
 from frankeneval.core import scoring
-from frankeneval.core.data import load_benchmark_rows, subsample_indices
+from frankeneval.core.data import load_benchmark_rows, row_where, subsample_indices
 from frankeneval.tasks import common
 from frankeneval.tasks.common import INSTRUCTION, TaskSettings, count, judge_accuracy, mean_score  # noqa: F401 - YAML hooks
 
@@ -16,8 +16,9 @@ def build_docs(spec: dict, settings: TaskSettings) -> list[dict]:
     """The (sub-sampled) GSM8K docs: ``id``, ``question``, ``answer`` (the worked solution) and ``target``."""
     rows = load_benchmark_rows("gsm8k", settings.data_path)
     idx = subsample_indices(len(rows), settings.sample_size, settings.sample_seed)
-    return [{"id": f"gsm8k_{i}", "question": rows[i]["question"], "answer": rows[i]["answer"],
-             "target": scoring.extract_gsm8k_target(rows[i]["answer"])} for i in idx]
+    return [common.row_doc(rows[i], row_where(rows[i], "gsm8k", i), f"gsm8k_{i}",
+                           lambda r, i=i: {"id": f"gsm8k_{i}", "question": r["question"], "answer": r["answer"],
+                                           "target": scoring.extract_gsm8k_target(r["answer"])}) for i in idx]
 
 
 __getattr__ = common.task_module_getattr(build_docs)  # FrankenTask, made on first use

@@ -6,7 +6,7 @@ then the last number; symbolic equality) and, when on, the judge.
 
 from __future__ import annotations
 
-from frankeneval.core.data import load_benchmark_rows, subsample_indices
+from frankeneval.core.data import load_benchmark_rows, row_where, subsample_indices
 from frankeneval.tasks import common
 from frankeneval.tasks.common import INSTRUCTION, TaskSettings, count, judge_accuracy, mean_score  # noqa: F401 - YAML hooks
 
@@ -30,9 +30,10 @@ def build_docs(spec: dict, settings: TaskSettings) -> list[dict]:
     if min_level is not None:  # v2 reasoning: level >= 4; filter first (dataset order), then sub-sample
         rows = [r for r in _rows_list(rows) if _level(r) is not None and _level(r) >= int(min_level)]
     idx = subsample_indices(len(rows), settings.sample_size, settings.sample_seed)
-    return [{"id": str(rows[i].get("unique_id", f"math500_{i}")), "problem": rows[i]["problem"],
-             "target": str(rows[i]["answer"]), "subject": str(rows[i].get("subject", "")),
-             "level": str(rows[i].get("level", ""))} for i in idx]
+    return [common.row_doc(rows[i], row_where(rows[i], "math500", i), f"math500_{i}",
+                           lambda r, i=i: {"id": str(r.get("unique_id", f"math500_{i}")), "problem": r["problem"],
+                                           "target": str(r["answer"]), "subject": str(r.get("subject", "")),
+                                           "level": str(r.get("level", ""))}) for i in idx]
 
 
 __getattr__ = common.task_module_getattr(build_docs)  # FrankenTask, made on first use

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from frankeneval.core import scoring
-from frankeneval.core.data import DataNotFound, load_benchmark_rows, subsample_indices
+from frankeneval.core.data import DataNotFound, load_benchmark_rows, row_where, subsample_indices
 from frankeneval.core.scoring import mathvista_rule_verdict
 from frankeneval.errors import FrankenevalError
 from frankeneval.tasks import common
@@ -98,11 +98,14 @@ def build_docs(spec: dict, settings: TaskSettings) -> list[dict]:
             rows = rows.filter(keep, input_columns="metadata")
     idx = subsample_indices(len(rows), settings.sample_size, settings.sample_seed)
     selected = [rows[i] for i in idx] if isinstance(rows, list) else _rows_list(rows.select(idx))
-    docs = [_mathvista_doc(r, control) for r in selected]
+    docs = [common.row_doc(r, row_where(r, "mathvista", i), r.get("pid", f"row {i}"), lambda r: _mathvista_doc(r, control))
+            for i, r in zip(idx, selected)]  # a row lacking a field: a placeholder that common.check_docs names
+    good = [d for d in docs if "broken" not in d]
     if control is None or control == "blackdesc":
         needs_pixels = control is None or description_source(settings) == "judge"
-        missing = [d for d in docs if d["decoded_image"] is None and not Path(d["image_path"]).is_file()]
-        if needs_pixels and missing:
+        missing = [d for d in good if d["decoded_image"] is None and not Path(d["image_path"]).is_file()]
+        # no image at all (only the JSONL): say where they go; some missing: common.check_docs names them
+        if needs_pixels and missing and (control == "blackdesc" or len(missing) == len(good)):
             raise DataNotFound(
                 f"MathVista images not found: {len(missing)} of {len(docs)} selected rows lack their image "
                 f"(e.g. {missing[0]['image_path']}). Put the images at images/<pid>.jpg next to testmini.jsonl "
@@ -110,8 +113,8 @@ def build_docs(spec: dict, settings: TaskSettings) -> list[dict]:
                 "The black-image controls need no images."
             )
     if control == "blackdesc":
-        add_descriptions(docs, settings)
-    for d in docs:
+        add_descriptions(good, settings)
+    for d in good:
         if control is not None:
             d["decoded_image"] = None  # the controls never show the image
     return docs

@@ -39,7 +39,7 @@ def build_docs(spec: dict, settings: TaskSettings) -> list[dict]:
     from frankeneval.core.probes import load_probe_pairs
 
     task = spec["probe_task"]
-    pairs = load_probe_pairs(probe_folder(task, settings), task)
+    pairs = load_probe_pairs(probe_folder(task, settings), task, check_images=False)  # common.check_docs decodes
     idx = subsample_indices(len(pairs), settings.sample_size, settings.sample_seed)
     docs = []
     for i in idx:
