@@ -88,6 +88,12 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _exported_commit() -> str | None:
+    """The commit of a tree exported without .git (``git archive HEAD`` plus a ``COMMIT`` file), if any."""
+    f = REPO / "COMMIT"
+    return f.read_text().strip() if f.is_file() else None
+
+
 def load_state(work: Path) -> dict:
     path = work / STATE
     return json.loads(path.read_text()) if path.is_file() else {}
@@ -124,7 +130,8 @@ def machine_info(work: Path) -> dict:
             "cpus": os.cpu_count(), "host_memory_gib": round(total_mem / 2**30), "torch": torch.__version__,
             "transformers": version("transformers"), "lmms_eval": version("lmms_eval") or version("lmms-eval"),
             "frankeneval": version("frankeneval"), "python": sys.version.split()[0],
-            "git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+            "git_commit": git("rev-parse", "HEAD") or _exported_commit(),
+            "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
             "disk_free_gb": round(shutil.disk_usage(work).free / 1e9, 1)}
 
 
