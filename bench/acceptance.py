@@ -458,7 +458,7 @@ def stage_commands(ctx: dict) -> dict[str, list[str]]:
 
 
 def lineage_digest(lineage: Path) -> dict:
-    from frankeneval.core.fingerprint import file_digests
+    from frankeneval.weights.fingerprint import file_digests
 
     files = sorted(lineage.glob("*/*.safetensors"))
     digests = file_digests(files)

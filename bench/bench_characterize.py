@@ -107,7 +107,7 @@ def phase_micro(args, lineage_dir: Path) -> dict:
 
     from frankeneval.characterization.plan import plan_matrices
     from frankeneval.characterization.rundir import resolve_device
-    from frankeneval.core.checkpoint import Checkpoint
+    from frankeneval.weights.checkpoint import Checkpoint
     from frankeneval.characterization.spectra import as_matrix, gram, singular_values, top_singular_subspaces
 
     dev = resolve_device(args.device)

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cache = Path(tempfile.mkdtemp(prefix="fe-fp-cache-"))
     os.environ["FRANKENEVAL_FINGERPRINT_CACHE"] = str(cache)
-    from frankeneval.core.checkpoint import Checkpoint
+    from frankeneval.weights.checkpoint import Checkpoint
 
     ckpt = Checkpoint.open(args.checkpoint)
     shards = [ckpt.path / s for s in ckpt.shards]

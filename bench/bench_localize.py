@@ -44,8 +44,8 @@ def _spread(items: list, k: int) -> list:
 def bench_vision(gen, pairs, layers, out: Path, args) -> dict:
     from PIL import Image
 
-    from frankeneval.core.generation import GenRequest
-    from frankeneval.core.interventions import SwapVisualKV
+    from frankeneval.engine.generation import GenRequest
+    from frankeneval.engine.interventions import SwapVisualKV
     from frankeneval.localization.vision import run_vision_sweep, vision_units
 
     shutil.rmtree(out, ignore_errors=True)
@@ -89,8 +89,8 @@ def bench_vision(gen, pairs, layers, out: Path, args) -> dict:
 
 
 def bench_reasoning(gen, questions, layers, out: Path, args) -> dict:
-    from frankeneval.core.generation import GenRequest
-    from frankeneval.core.interventions import Ablate
+    from frankeneval.engine.generation import GenRequest
+    from frankeneval.engine.interventions import Ablate
     from frankeneval.localization.reasoning import (
         question_prompt,
         reasoning_units,
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="auto")
     args = p.parse_args(argv)
 
-    from frankeneval.core.generation import Generator
+    from frankeneval.engine.generation import Generator
     from frankeneval.miniature.lineage import write_lineage
     from frankeneval.localization.reasoning import load_questions
     from frankeneval.localization.vision import load_probe_sets

@@ -26,7 +26,7 @@ def prompts(n: int):
 
 
 def run(model: str, dtype: str, rows: int, tokens: int, decode: str) -> list[list[int]]:
-    from frankeneval.core.generation import Generator
+    from frankeneval.engine.generation import Generator
 
     gen = Generator.load(model, dtype=dtype, decode=decode)
     res = gen.generate(prompts(rows), max_new_tokens=tokens, ignore_eos=True, batch_size=rows)
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
         return 0
     import torch
 
-    from frankeneval.core.generation import Generator
+    from frankeneval.engine.generation import Generator
 
     result = {"model": args.model, "dtype": args.dtype, "rows": args.rows, "tokens": args.tokens,
               "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", "date": time.strftime("%Y-%m-%d")}

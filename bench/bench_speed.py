@@ -100,7 +100,7 @@ def say(msg: str) -> None:
 
 def load_generator(path: str, *, dtype: str, decode: str, device: str, attn: str | None):
     """``Generator.load``; ``max_batch_size`` is left at the Generator's default (where batch_size="auto" starts)."""
-    from frankeneval.core.generation import Generator
+    from frankeneval.engine.generation import Generator
 
     return Generator.load(path, dtype=dtype, device=device, attn_implementation=attn, decode=decode)
 
@@ -131,7 +131,7 @@ def floor_tokens_per_s(rows: int, weight_bytes: int, bandwidth_tbs: float) -> fl
 
 
 def make_requests(n: int, size: int, seed: int):
-    from frankeneval.core.generation import GenRequest
+    from frankeneval.engine.generation import GenRequest
 
     rng = np.random.RandomState(seed)
     questions = ["What is in this image?", "Describe the picture.", "Count the objects.", "What colour dominates?"]
@@ -400,8 +400,8 @@ def _tally(units, batched, alone, kinds) -> dict:
 
 
 def bench_same(args, model_path: str, layers: list[int], model_name: str) -> dict:
-    from frankeneval.core.generation import GenRequest
-    from frankeneval.core.interventions import SwapVisualKV
+    from frankeneval.engine.generation import GenRequest
+    from frankeneval.engine.interventions import SwapVisualKV
     from frankeneval.core.prompts import resolve_system_prompt
     from frankeneval.localization.reasoning import load_questions, reasoning_units
     from frankeneval.localization.vision import load_probe_sets, vision_units

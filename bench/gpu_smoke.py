@@ -69,7 +69,7 @@ def compare_characterize(lineage, work: Path, chunk_bytes: int, device: str = "c
 def zeroed(src: Path, dst: Path, decoder_layer: int) -> Path:
     from safetensors.torch import load_file, save_file
 
-    from frankeneval.core.layermap import canonical_name
+    from frankeneval.weights.layermap import canonical_name
 
     shutil.rmtree(dst, ignore_errors=True)
     shutil.copytree(src, dst)
@@ -84,7 +84,7 @@ def zeroed(src: Path, dst: Path, decoder_layer: int) -> Path:
 
 
 def texts(gen, interventions_per_row, max_new: int) -> list[str]:
-    from frankeneval.core.generation import GenRequest
+    from frankeneval.engine.generation import GenRequest
     from frankeneval.localization.reasoning import question_prompt
 
     reqs = [GenRequest(question_prompt(p), [], None) for p in PROMPTS for _ in interventions_per_row]
@@ -93,8 +93,8 @@ def texts(gen, interventions_per_row, max_new: int) -> list[str]:
 
 
 def check_ablation(lineage, work: Path, max_new: int, device: str = "cuda") -> dict:
-    from frankeneval.core.generation import Generator
-    from frankeneval.core.interventions import Ablate
+    from frankeneval.engine.generation import Generator
+    from frankeneval.engine.interventions import Ablate
 
     kw = {"dtype": "float32", "device": device, "attn_implementation": "eager"}
     gen = Generator.load(str(lineage.rl), **kw)

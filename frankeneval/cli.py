@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from frankeneval.miniature.refs import register_builtin_lineages
+
+    register_builtin_lineages()  # the built-in tiny recipe's lineage:tiny/<member> refs (written on first use)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):

@@ -9,11 +9,11 @@ materialized once into a cache dir by ``frankeneval.transferability.splice.mater
 ``device_map``, ``attn_implementation``, ``batch_size`` (int or ``auto``),
 ``max_batch_size`` (default: 64 rows, on a GPU as many as a quarter of its free memory holds), ``decode`` (``auto``: greedy
 rows decode with the static-cache decoder, CUDA graphs on GPU; ``hf``: ``model.generate`` for everything), ``max_pixels``, ``min_pixels``, ``max_new_tokens`` (default when the task sets none),
-``intervention`` (``frankeneval.core.interventions.parse_intervention_spec``: ``ablate:12``, ``ablate:3-5``,
+``intervention`` (``frankeneval.engine.interventions.parse_intervention_spec``: ``ablate:12``, ``ablate:3-5``,
 ``ablate:3+7``, ``ablate:late``, ``swapkv:<L>:<image>``; unified LLM layers 1-n as everywhere in frankeneval, so
 ``ablate:12`` is decoder layer 11; ``+`` between list items, README "Layer grammar"), ``backend`` (``hf`` or ``vllm``, the latter without
 interventions; ``gpu_memory_utilization``: vLLM's, default 0.1 without a CUDA device -- vLLM's CPU build -- else
-vLLM's own), ``system_prompt`` (default ``auto``: METHOD.md's
+vLLM's own), ``system_prompt`` (default ``auto``: docs/method.md's
 rule on the hub id or the directory's own name, a splice its sources' prompt; ``reasoner``, ``revisual``, ``none`` = the
 chat template's default, ``@FILE`` or a text: :mod:`frankeneval.core.prompts`), ``keep_blank_line_stop``
 (False: like lmms-eval's own Qwen2.5-VL model, a ``"\\n\\n"`` stop sequence is ignored), ``seed_compatible``
@@ -60,7 +60,7 @@ MODEL_ARGS = (
 
 
 class FrankenQwen(lmms):
-    """lmms-eval model: a Qwen2.5-VL checkpoint (or splice) behind ``frankeneval.core.generation.Generator``."""
+    """lmms-eval model: a Qwen2.5-VL checkpoint (or splice) behind ``frankeneval.engine.generation.Generator``."""
 
     is_simple = True
 
@@ -90,7 +90,7 @@ class FrankenQwen(lmms):
         super().__init__()
         if kwargs:
             raise FrankenevalError(f"franken_qwen: unknown model args {sorted(kwargs)}; known: {', '.join(MODEL_ARGS)}")
-        from frankeneval.core.interventions import parse_intervention_spec
+        from frankeneval.engine.interventions import parse_intervention_spec
 
         allow_pickle = parse_bool(allow_pickle)
         self.seed_compatible = parse_bool(seed_compatible)
@@ -98,7 +98,7 @@ class FrankenQwen(lmms):
         self.interventions = []  # parsed below, once the model's depth is known (layer words need it)
         self.batch_size_arg = parse_batch_size(batch_size)
         self.max_new_tokens = int(max_new_tokens)
-        # METHOD.md "System prompts": auto = the name rule on the hub id / dir's own name, a splice its sources'
+        # docs/method.md §3: auto = the name rule on the hub id / dir's own name, a splice its sources'
         self.system_prompt_choice = system_prompt_arg(self.pretrained, system_prompt)
         self.system_prompt = self.system_prompt_choice.text
         self.keep_blank_line_stop = bool(keep_blank_line_stop)
@@ -120,7 +120,7 @@ class FrankenQwen(lmms):
                 raise FrankenevalError("backend=vllm runs without interventions; use backend=hf with intervention=")
             self.generator = None
             if not allow_pickle:
-                from frankeneval.core.generation import refuse_pickle_only
+                from frankeneval.engine.generation import refuse_pickle_only
 
                 refuse_pickle_only(self.pretrained)
             self._vllm = _VLLMBackend(self.pretrained, max_pixels=int_or_none(max_pixels), min_pixels=int_or_none(min_pixels),
@@ -182,7 +182,7 @@ class FrankenQwen(lmms):
     def generate_until(self, requests: list[Instance]) -> list[str]:
         from tqdm.auto import tqdm
 
-        from frankeneval.core.generation import GenRequest
+        from frankeneval.engine.generation import GenRequest
 
         parsed = []
         for req in requests:
@@ -227,7 +227,7 @@ class FrankenQwen(lmms):
     def _record_hit_limit(self, parsed: list, finish: list) -> None:
         """Tell the task's scoring which answers ran to ``max_new_tokens`` (its per-item ``hit_limit`` metric),
         keyed by task and the doc's ``id`` column (tasks without one are not recorded)."""
-        from frankeneval.core.generation import record_hit_limit
+        from frankeneval.engine.generation import record_hit_limit
 
         ids: dict[tuple[str, str], list | None] = {}
         for p, reason in zip(parsed, finish):
@@ -306,7 +306,7 @@ class _VLLMBackend:
 
         from vllm import SamplingParams
 
-        from frankeneval.core.generation import Generator
+        from frankeneval.engine.generation import Generator
 
         chat = Generator.chat_text.__get__(self)  # same chat template as the HF path
         prompts = []

@@ -49,7 +49,7 @@ LM_EVAL_ARGS = (
 
 @register_model("franken_qwen")
 class FrankenQwenLM(LM):
-    """lm-eval model over ``frankeneval.core.generation.Generator`` (text only)."""
+    """lm-eval model over ``frankeneval.engine.generation.Generator`` (text only)."""
 
     def __init__(
         self,
@@ -73,7 +73,7 @@ class FrankenQwenLM(LM):
         super().__init__()
         if kwargs:
             raise FrankenevalError(f"franken_qwen: unknown model args {sorted(kwargs)}; known: {', '.join(LM_EVAL_ARGS)}")
-        from frankeneval.core.interventions import parse_intervention_spec
+        from frankeneval.engine.interventions import parse_intervention_spec
 
         self.batch_size_arg = parse_batch_size(batch_size)
         self.max_new_tokens = int(max_new_tokens)
@@ -81,7 +81,7 @@ class FrankenQwenLM(LM):
         self.max_length = int(max_length)
         self.accelerator, self._rank, self._world_size, dp_device = data_parallel()
         self.pretrained = resolve_pretrained(pretrained, splice, allow_pickle=parse_bool(allow_pickle))
-        # METHOD.md "System prompts": auto = the name rule on the hub id / dir's own name, a splice its sources'
+        # docs/method.md §3: auto = the name rule on the hub id / dir's own name, a splice its sources'
         self.system_prompt_choice = system_prompt_arg(self.pretrained, system_prompt)
         self.system_prompt = self.system_prompt_choice.text
         args = dict(
@@ -122,7 +122,7 @@ class FrankenQwenLM(LM):
         return self._device
 
     def generate_until(self, requests) -> list[str]:
-        from frankeneval.core.generation import GenRequest
+        from frankeneval.engine.generation import GenRequest
 
         if not self.chat:
             raise FrankenevalError("generate_until with chat=False is not supported; use chat=True")

@@ -68,9 +68,11 @@ def resolve_pretrained(pretrained: str | None, splice: str | None, *, allow_pick
     if splice and pretrained:
         raise FrankenevalError("give either pretrained= or splice=, not both")
     if splice:
+        from frankeneval.miniature.refs import register_builtin_lineages
         from frankeneval.transferability.recipes import load_spec
         from frankeneval.transferability.splice import materialize_cached
 
+        register_builtin_lineages()  # splice=tiny:<variant>: the built-in tiny lineage, written on first use
         return str(materialize_cached(load_spec(splice), allow_pickle=allow_pickle))
     if not pretrained:
         raise FrankenevalError("franken_qwen needs pretrained=<dir or hub id> or splice=<spec or recipe:variant>")
@@ -100,7 +102,7 @@ def parse_bool(value) -> bool:
 
 def system_prompt_arg(pretrained: str, value: str | None):
     """``system_prompt`` (default ``auto``): the :class:`frankeneval.core.prompts.SystemPrompt` for ``pretrained``
-    (``auto`` = METHOD.md's name rule, or a splice's sources; ``reasoner`` / ``revisual`` / ``none``; ``@FILE`` or a
+    (``auto`` = docs/method.md's name rule, or a splice's sources; ``reasoner`` / ``revisual`` / ``none``; ``@FILE`` or a
     file path; or the text itself, ``\\n`` escapes allowed). Logged, so the harness's log says which and why."""
     from frankeneval.core.prompts import resolve_system_prompt
 
@@ -120,10 +122,10 @@ def data_parallel():
 
 
 def build_generator(args: dict[str, Any], device: str | None):
-    """The :class:`frankeneval.core.generation.Generator` of the model args (``cuda`` falls back to CPU with a warning)."""
+    """The :class:`frankeneval.engine.generation.Generator` of the model args (``cuda`` falls back to CPU with a warning)."""
     import torch
 
-    from frankeneval.core.generation import Generator
+    from frankeneval.engine.generation import Generator
 
     if device and str(device).startswith("cuda") and not torch.cuda.is_available():
         log.warning("device %s requested but CUDA is not available: using cpu", device)

@@ -387,7 +387,7 @@ class LocalDocsTask:
         hit = None
         task = getattr(self.config, "task", None)
         if task and isinstance(doc, dict) and doc.get("id") is not None:
-            from frankeneval.core.generation import hit_limit_of
+            from frankeneval.engine.generation import hit_limit_of
 
             hit = hit_limit_of(task, doc["id"])
         results = [Response(r.strip() if isinstance(r, str) else "", hit_limit=hit) for r in results]

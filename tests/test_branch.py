@@ -1,4 +1,4 @@
-"""Swap rows prefilled from their prompt's shared prefix (core/branch.py) give the tokens of a full prefill."""
+"""Swap rows prefilled from their prompt's shared prefix (engine/branch.py) give the tokens of a full prefill."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 from test_generation import noise_image
 from test_static_decode import assert_same
 
-from frankeneval.core import generation
-from frankeneval.core.generation import Generator, GenRequest
-from frankeneval.core.interventions import Ablate, SwapVisualKV
+from frankeneval.engine import generation
+from frankeneval.engine.generation import Generator, GenRequest
+from frankeneval.engine.interventions import Ablate, SwapVisualKV
 
 
 @pytest.fixture(scope="module")

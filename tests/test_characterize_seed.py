@@ -1,6 +1,6 @@
 """``characterize --seed-compatible`` reproduces the paper's reference scripts (github.com/xirui-li/Frankenstein,
 scripts/characterisation_energy.py + characterisation_diversity.py), and differs from the default exactly where
-the reference deviates from METHOD.md: fp16 subtraction, the 1e8-element skip, the 1-D merger ln_q in the
+the reference deviates from docs/method.md: fp16 subtraction, the 1e8-element skip, the 1-D merger ln_q in the
 projector's energy, and the energy plot's mean of per-matrix ratios."""
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def bf16_runs(bf16_lineage, tmp_path_factory):
     }
 
 
-# -- the reference computation, re-implemented from METHOD.md + the reference's four rules ----------------------
+# -- the reference computation, re-implemented from docs/method.md + the reference's four rules ----------------------
 def _load_fp16(member: Path) -> dict[str, torch.Tensor]:
     sd: dict[str, torch.Tensor] = {}
     for f in sorted(member.glob("*.safetensors")):

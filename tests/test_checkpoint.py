@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from frankeneval.core.checkpoint import Checkpoint, check_compatible, compare_architectures
+from frankeneval.weights.checkpoint import Checkpoint, check_compatible, compare_architectures
 from frankeneval.errors import ArchitectureMismatch, CheckpointNotFound, MissingShard, UnsafeWeights
 
 
@@ -64,7 +64,7 @@ def test_listing_does_not_load_tensor_data(tmp_path):
     script = textwrap.dedent(
         f"""
         import resource, sys
-        from frankeneval.core.checkpoint import Checkpoint
+        from frankeneval.weights.checkpoint import Checkpoint
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         ckpt = Checkpoint.open({str(big)!r})
         infos = ckpt.tensor_infos()

@@ -12,7 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from frankeneval.cli import main
-from frankeneval.core.checkpoint import Checkpoint
+from frankeneval.weights.checkpoint import Checkpoint
 from frankeneval.errors import FrankenevalError
 
 
@@ -88,7 +88,7 @@ def test_bad_weight_index(tmp_path, capsys, text):
 
 
 def test_reader_returns_exactly_the_bytes_safetensors_reads(tmp_path):
-    from frankeneval.core.tensor_stream import read_tensor, stream_tensors
+    from frankeneval.weights.tensor_stream import read_tensor, stream_tensors
 
     g = torch.Generator().manual_seed(0)
     tensors = {

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from frankeneval.characterization.characterize import characterize
 from frankeneval.characterization.measure import CharacterizeSettings
 from frankeneval.cli import main
-from frankeneval.core.checkpoint import Checkpoint
+from frankeneval.weights.checkpoint import Checkpoint
 from frankeneval.errors import (
     CheckpointNotFound,
     CorruptCheckpoint,
@@ -82,7 +82,7 @@ def test_same_architecture_same_names_sizes_mtimes_differ(tiny_lineage, tmp_path
 
 
 def test_fingerprint_is_cached_per_file_and_rehashed_when_the_file_changes(tiny_lineage, tmp_path, monkeypatch):
-    from frankeneval.core import fingerprint as fpmod
+    from frankeneval.weights import fingerprint as fpmod
 
     d = _copy(tiny_lineage.rl, tmp_path / "rl")
     first = Checkpoint.open(d).fingerprint()
@@ -244,7 +244,7 @@ def test_characterize_and_freeze_spec_take_allow_pickle(tiny_lineage, tmp_path, 
 def test_generator_refuses_pickle_only_weights_without_the_opt_in(tiny_lineage, tmp_path, monkeypatch):
     from frankeneval.model_wrappers import model_args
 
-    from frankeneval.core.generation import Generator
+    from frankeneval.engine.generation import Generator
 
     rl = _pickled(tiny_lineage.rl, tmp_path / "rl-pickle")
     with pytest.raises(UnsafeWeights, match="allow_pickle") as info:

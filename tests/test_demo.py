@@ -7,7 +7,7 @@ from test_transfer import CountingRunner
 
 
 def test_demo_runs_all_stages_and_resumes(tmp_path):
-    from frankeneval.miniature.demo import run_demo
+    from frankeneval.commands._demo import run_demo
 
     out = tmp_path / "demo"
     first = CountingRunner()
@@ -32,7 +32,7 @@ def test_demo_on_the_trained_lineage_sweeps_the_world(tmp_path, monkeypatch):
     reasoning items and vision probe pairs (a few-step smoke lineage stands in for the full build)."""
     import json
 
-    from frankeneval.miniature import demo
+    from frankeneval.commands import _demo as demo
     from frankeneval.miniature import training as tl
 
     lin = tl.build_trained_lineage(tmp_path / "lineage", recipe=tl.SMOKE_RECIPE, evaluate_members=False,

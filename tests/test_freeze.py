@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from frankeneval.core.layermap import select_layers
+from frankeneval.weights.layermap import select_layers
 from frankeneval.errors import FrankenevalError
 from frankeneval.necessity.freeze import (
     check_against,

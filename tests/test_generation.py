@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from frankeneval.errors import FrankenevalError
-from frankeneval.core.generation import GenRequest, Generator
+from frankeneval.engine.generation import GenRequest, Generator
 
 
 def noise_image(seed: int, size=(112, 112)) -> Image.Image:

@@ -42,7 +42,7 @@ def broken_probes(tmp_path):
 
 
 def _no_model(monkeypatch):
-    from frankeneval.core.generation import Generator
+    from frankeneval.engine.generation import Generator
 
     def refuse(*a, **k):
         raise AssertionError("a model was loaded before the inputs were checked")
@@ -224,6 +224,21 @@ def test_transfer_checks_mathvista_images_before_any_cell(tmp_path, monkeypatch)
         ("franken_mathvista_perception", "2", str(jpg))]
     text = render(build_leaderboard(tmp_path / "run"), "md")
     assert "Skipped broken inputs (1" in text and str(jpg) in text
+
+
+def test_transfer_names_a_crashed_input_check(tmp_path, monkeypatch):
+    """The tasks' check runs as a child process (transfer never imports the tasks' code); one that crashes stops the
+    run in one line naming it."""
+    from frankeneval.errors import FrankenevalError
+    from frankeneval.transferability import transfer
+
+    calls = []
+    monkeypatch.setattr(transfer, "lmms_eval_runner", lambda job: calls.append(job))
+    monkeypatch.setattr(transfer, "PREFLIGHT_MODULE", "frankeneval.tasks.no_such_check")
+    models = {"in": {"path": "/models/in", "kind": "in", "description": "in"}}
+    with pytest.raises(FrankenevalError, match="no_such_check exited with 1") as exc:
+        transfer.run_cells(tmp_path / "run", models, ["franken_gsm8k"], progress=lambda s: None)
+    assert "\n" not in str(exc.value) and calls == []
 
 
 def test_harness_task_drops_and_names_broken_docs(tmp_path, capsys):

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from frankeneval.errors import InterventionError, SpecError
-from frankeneval.core.generation import GenRequest, Generator
-from frankeneval.core.interventions import (
+from frankeneval.engine.generation import GenRequest, Generator
+from frankeneval.engine.interventions import (
     Ablate,
     CaptureAttention,
     SwapVisualKV,

@@ -37,7 +37,7 @@ def zeroed_checkpoint(src, dst, decoder_layer: int):
     """A copy of ``src`` whose decoder layer ``decoder_layer`` has its o_proj and down_proj weights zeroed."""
     from safetensors.torch import load_file, save_file
 
-    from frankeneval.core.layermap import canonical_name
+    from frankeneval.weights.layermap import canonical_name
 
     shutil.copytree(src, dst)
     targets = {f"model.layers.{decoder_layer}.self_attn.o_proj.weight", f"model.layers.{decoder_layer}.mlp.down_proj.weight"}
@@ -60,7 +60,7 @@ def prompts():
 
 
 def generate(gen, interventions=None) -> list[str]:
-    from frankeneval.core.generation import GenRequest
+    from frankeneval.engine.generation import GenRequest
 
     return [gen.generate([GenRequest(p, [], None)], max_new_tokens=MAX_NEW, interventions=[interventions or []],
                          batch_size=1)[0].text for p in prompts()]
@@ -101,8 +101,8 @@ def wrapper_answers(tiny_lineage, layer: int) -> list[str]:
 
 @pytest.mark.parametrize("which", ["first", "last"])
 def test_one_layer_number_means_one_decoder_layer_everywhere(tiny_lineage, gsm8k_file, n_layers, tmp_path, which):
-    from frankeneval.core.generation import Generator
-    from frankeneval.core.interventions import Ablate
+    from frankeneval.engine.generation import Generator
+    from frankeneval.engine.interventions import Ablate
     from frankeneval.necessity.freeze import (
         freeze_mask,
         frozen_parameters,

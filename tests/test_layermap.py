@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from frankeneval.core.layermap import (
+from frankeneval.weights.layermap import (
     LayerMap,
     LayerSpecError,
     UnclassifiedTensor,
@@ -57,7 +57,7 @@ def test_both_naming_schemes_give_the_same_roles(tiny_lineage):
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_lineage.base)
     in_memory = list(model.state_dict())
     assert any(n.startswith("model.language_model.layers.") for n in in_memory)  # the new scheme
-    from frankeneval.core.checkpoint import Checkpoint
+    from frankeneval.weights.checkpoint import Checkpoint
 
     hub = Checkpoint.open(tiny_lineage.base).names
     assert any(n.startswith("model.layers.") for n in hub)  # the hub scheme

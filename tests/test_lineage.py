@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from frankeneval.core.checkpoint import Checkpoint
+from frankeneval.weights.checkpoint import Checkpoint
 from frankeneval.miniature.lineage import planted_rl_layers, write_lineage
 
 

@@ -111,7 +111,7 @@ def test_run_store_append_resume_and_truncated_line(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_rl(tiny_lineage):
-    from frankeneval.core.generation import Generator
+    from frankeneval.engine.generation import Generator
 
     return Generator.load(str(tiny_lineage.rl), dtype="float32", device="cpu")
 
@@ -151,8 +151,8 @@ MAX_NEW = 6
 def test_vision_sweep_batched_equals_single_runs(tiny_rl, small_probes, tmp_path):
     from PIL import Image
 
-    from frankeneval.core.generation import GenRequest
-    from frankeneval.core.interventions import SwapVisualKV
+    from frankeneval.engine.generation import GenRequest
+    from frankeneval.engine.interventions import SwapVisualKV
     from frankeneval.localization.vision import run_vision_sweep
 
     counter = CountingGenerator(tiny_rl)
@@ -208,8 +208,8 @@ REASONING_LAYERS = [1, 4, 6]
 
 
 def test_reasoning_sweep_batched_equals_single_runs_and_resumes(tiny_rl, shared_data, tmp_path):
-    from frankeneval.core.generation import GenRequest
-    from frankeneval.core.interventions import Ablate
+    from frankeneval.engine.generation import GenRequest
+    from frankeneval.engine.interventions import Ablate
     from frankeneval.core.prompts import REASONER_SYSTEM_PROMPT
     from frankeneval.localization.reasoning import (
         load_questions,
@@ -279,7 +279,7 @@ def test_attention_summary_differences_and_regions():
 
 def test_attention_shift_end_to_end(tiny_lineage, small_probes, tmp_path):
     from frankeneval.localization.attention import attention_prompts, run_attention_shift
-    from frankeneval.core.generation import Generator
+    from frankeneval.engine.generation import Generator
 
     prompts = attention_prompts({"counting": small_probes["counting"][:1]})
     members = {"base": str(tiny_lineage.base), "in": str(tiny_lineage.in_), "rl": str(tiny_lineage.rl)}

@@ -227,3 +227,23 @@ def test_recipe_repointing_and_load_spec(tiny_lineage, tmp_path):
         load_spec("mmr1:nope")
     with pytest.raises(SpecError, match="needs its models"):
         load_spec("IN early 1/3 layers + RL late 2/3 layers")
+
+
+def test_lineage_refs_resolve_through_registered_lineages(monkeypatch, tmp_path):
+    """``lineage:<preset>/<member>`` refs resolve through the lineages registered with the merge spec (the transfer
+    analysis never imports the miniature world); the command line registers the built-in tiny lineage."""
+    from frankeneval.cli import main
+    from frankeneval.miniature.refs import tiny_members
+    from frankeneval.transferability import mergespec
+
+    monkeypatch.setattr(mergespec, "_LINEAGES", {})
+    with pytest.raises(SpecError, match="register_builtin_lineages"):
+        mergespec.resolve_ref("lineage:tiny/in")
+    written = []
+    mergespec.register_lineage("tiny", lambda: written.append(1) or {"in": tmp_path / "in", "rl": tmp_path / "rl"})
+    assert mergespec.resolve_ref("lineage:tiny/rl") == str(tmp_path / "rl") and written == [1]
+    assert mergespec.resolve_ref("/some/dir") == "/some/dir"
+    with pytest.raises(SpecError, match="only the tiny built-in lineage"):
+        mergespec.resolve_ref("lineage:qwen2.5-vl-7b/in")
+    assert main(["splice", "--list"]) == 0
+    assert mergespec._LINEAGES["tiny"] is tiny_members

@@ -69,7 +69,7 @@ def test_multiple_choice_layout_is_exact():
 
 
 def test_black_description_prompt_is_exact():
-    """METHOD.md: the step-by-step prefix, then ``Image Description:``, newline, the description, blank line,
+    """docs/method.md: the step-by-step prefix, then ``Image Description:``, newline, the description, blank line,
     ``Question:``, newline, the question."""
     from frankeneval.tasks.mathvista.utils import mathvista_doc_to_text
 
@@ -135,7 +135,7 @@ def test_scoring_records_hit_limit_per_item():
 
     from frankeneval.tasks.common import LocalDocsTask, count
 
-    from frankeneval.core.generation import record_hit_limit
+    from frankeneval.engine.generation import record_hit_limit
 
     seen = []
 

@@ -24,7 +24,7 @@ RTOL = 1e-5
 
 
 def numpy_metrics(m: np.ndarray, top_k: int = 50, volume_k: int = 50) -> dict:
-    """METHOD.md's definitions, written independently on numpy's float64 SVD."""
+    """docs/method.md's definitions, written independently on numpy's float64 SVD."""
     m = m.reshape(m.shape[0], -1).astype(np.float64)
     s = np.linalg.svd(m, compute_uv=False)
     fro2 = float((m**2).sum())

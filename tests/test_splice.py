@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from frankeneval.transferability import splice
 from frankeneval.cli import main
 from frankeneval.errors import ArchitectureMismatch, FrankenevalError
-from frankeneval.core.layermap import LayerMap
+from frankeneval.weights.layermap import LayerMap
 from frankeneval.transferability.mergespec import MergeSpec
 from frankeneval.transferability.recipes import tiny_recipe
 from frankeneval.transferability.splice import PROVENANCE, materialize, materialize_cached, verify

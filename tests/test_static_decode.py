@@ -8,9 +8,9 @@ import torch
 from conftest import requires_gpu
 from test_generation import noise_image, requests
 
-import frankeneval.core.decode as decode_mod
-from frankeneval.core.generation import GenRequest, Generator
-from frankeneval.core.interventions import Ablate, CaptureAttention, SwapVisualKV
+import frankeneval.engine.decode as decode_mod
+from frankeneval.engine.generation import GenRequest, Generator
+from frankeneval.engine.interventions import Ablate, CaptureAttention, SwapVisualKV
 from frankeneval.errors import FrankenevalError
 
 
@@ -185,7 +185,7 @@ def test_prompt_encoder_batches_as_the_processor_and_encodes_each_image_once(gen
 def test_auto_batch_size_counts_memory_the_allocator_holds_unused(gen, monkeypatch):
     """On a GPU, batch_size="auto" starts from free memory; PyTorch's cache of freed blocks is free for this process
     (measured on an H200: after a large call mem_get_info alone made auto settle on 66 rows instead of ~264)."""
-    import frankeneval.core.generation as generation
+    import frankeneval.engine.generation as generation
 
     gib = 1 << 30
     monkeypatch.setattr(Generator, "device", property(lambda self: torch.device("cuda", 0)))

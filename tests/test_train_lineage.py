@@ -11,7 +11,7 @@ import torch
 
 from frankeneval.miniature import training as tl
 from frankeneval.miniature import world
-from frankeneval.core.checkpoint import Checkpoint
+from frankeneval.weights.checkpoint import Checkpoint
 from frankeneval.miniature.lineage import MEMBERS
 
 

@@ -151,7 +151,7 @@ def test_split_membership_and_deterministic_samples(shared_data, task, n_all):
     assert len(everything) == n_all
     sampled = build_docs(kwargs, TaskSettings(data_path=str(shared_data), sample_size=100, sample_seed=123))
     ids = [d["id"] for d in sampled]
-    # METHOD.md: the split's ids in dataset order, RandomState(123).choice(n, 100, replace=False), sorted
+    # docs/method.md: the split's ids in dataset order, RandomState(123).choice(n, 100, replace=False), sorted
     assert ids == [everything[i]["id"] for i in subsample_indices(n_all, 100, 123)]
     assert ids == [d["id"] for d in build_docs(kwargs, TaskSettings(data_path=str(shared_data), sample_size=100,
                                                                      sample_seed=123))]

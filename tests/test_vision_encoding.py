@@ -8,9 +8,9 @@ import torch
 from test_generation import noise_image
 from test_static_decode import vision_passes
 
-from frankeneval.core.encoding import PromptEncoder
-from frankeneval.core.generation import Generator, GenRequest
-from frankeneval.core.vision_attention import NAME, _vision_attention_modules, batched_windows
+from frankeneval.engine.encoding import PromptEncoder
+from frankeneval.engine.generation import Generator, GenRequest
+from frankeneval.engine.vision_attention import NAME, _vision_attention_modules, batched_windows
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_batched_window_attention_gives_transformers_features(gen):
     cfg = gen.model.config.vision_config
     assert cfg._attn_implementation == "sdpa"
     calls = []
-    import frankeneval.core.vision_attention as va
+    import frankeneval.engine.vision_attention as va
 
     real = va.window_attention
 

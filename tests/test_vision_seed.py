@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 from transformers import DynamicCache, GenerationConfig
 
-from frankeneval.core.generation import Generator, GenRequest
-from frankeneval.core.interventions import SwapVisualKV, apply_interventions
+from frankeneval.engine.generation import Generator, GenRequest
+from frankeneval.engine.interventions import SwapVisualKV, apply_interventions
 from frankeneval.core.probes import load_probe_pairs, write_probe_pairs
 from frankeneval.core.runstore import RunStoreMismatch
 from frankeneval.localization.vision import (

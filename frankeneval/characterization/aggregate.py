@@ -91,7 +91,7 @@ def summarize(records: list[dict[str, Any]], run: dict[str, Any], *, n_planned: 
 def reference_axis(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Where the reference code's vision labels (-32 + block) differ from the unified axis (a tower of other than
     32 blocks): unified layer -> the reference's label, so both can be reported; None where they agree."""
-    from frankeneval.core.layermap import reference_vision_label
+    from frankeneval.weights.layermap import reference_vision_label
 
     labels = {r["layer"]: reference_vision_label(r["block"]) for r in records
               if r["section"] == "vision" and r["layer"] is not None and r.get("block") is not None}

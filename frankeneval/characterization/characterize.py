@@ -2,12 +2,12 @@
 
 :func:`characterize` reads every analysed weight matrix (:mod:`~frankeneval.characterization.plan`: ≥ 2-D weights
 that are not norms; embeddings and lm_head included, off the unified axis) of Base, IN and RL exactly once
-(:func:`frankeneval.core.tensor_stream.stream_tensors`), measures it (:mod:`~frankeneval.characterization.measure`,
+(:func:`frankeneval.weights.tensor_stream.stream_tensors`), measures it (:mod:`~frankeneval.characterization.measure`,
 on the GPU when there is one, CPU otherwise) and appends one JSON line per matrix to ``matrices.jsonl``; at the
 end ``summary.json`` aggregates them (:mod:`~frankeneval.characterization.aggregate`). A rerun skips the matrices
 already in ``matrices.jsonl`` (resumable); ``run.json`` holds the run's metadata and settings, and a rerun with
 different settings or different weights refuses to mix results (:mod:`~frankeneval.characterization.rundir`).
-``settings.seed_compatible`` (``--seed-compatible``) reproduces the paper's reference scripts instead of METHOD.md's
+``settings.seed_compatible`` (``--seed-compatible``) reproduces the paper's reference scripts instead of docs/method.md's
 definitions (:mod:`~frankeneval.characterization.reference`); every output records which, and the resume check keys
 on it.
 The cross-lineage ΔRL comparison is :mod:`frankeneval.characterization.compare`.
@@ -33,9 +33,9 @@ from frankeneval.characterization.measure import CharacterizeSettings, measure_u
 from frankeneval.characterization.plan import plan_matrices, role_fields
 from frankeneval.characterization.rundir import device_info, open_checkpoint, prepare_run_dir, resolve_device, utc_now
 from frankeneval.characterization.schema import MATRICES_FILE, RUN_FILE, SCHEMA, SUMMARY_FILE, matrix_record_problem
-from frankeneval.core.checkpoint import Checkpoint, check_compatible
+from frankeneval.weights.checkpoint import Checkpoint, check_compatible
 from frankeneval.core.results import JsonlLog, write_json_atomic
-from frankeneval.core.tensor_stream import stream_tensors
+from frankeneval.weights.tensor_stream import stream_tensors
 from frankeneval.errors import FrankenevalError, SpecError
 
 

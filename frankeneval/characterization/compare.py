@@ -33,9 +33,9 @@ from frankeneval.characterization.spectra import (
     subspaces_from_gram,
     top_singular_subspaces,
 )
-from frankeneval.core.checkpoint import Checkpoint, check_compatible
+from frankeneval.weights.checkpoint import Checkpoint, check_compatible
 from frankeneval.core.results import JsonlLog, write_json_atomic
-from frankeneval.core.tensor_stream import stream_tensors
+from frankeneval.weights.tensor_stream import stream_tensors
 from frankeneval.errors import FrankenevalError, SpecError
 
 

@@ -43,7 +43,7 @@ class CharacterizeSettings:
     """What is measured. Two runs with equal settings (and weights) may share an output directory."""
 
     top_k: int = 50  # singular values kept per matrix
-    volume_k: int = 50  # singular values in the log spectral volume (METHOD.md: 50)
+    volume_k: int = 50  # singular values in the log spectral volume (docs/method.md: 50)
     rank_r: int = 8  # top-r singular subspaces for the ΔIN/ΔRL overlap (0: skip)
     spectra: bool = True  # False: energy only (Frobenius norms, cosines)
     svd_method: str = "auto"

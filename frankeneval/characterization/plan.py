@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from frankeneval.characterization import reference
-from frankeneval.core.checkpoint import Checkpoint
-from frankeneval.core.layermap import LayerMap, TensorRole, canonical_name
+from frankeneval.weights.checkpoint import Checkpoint
+from frankeneval.weights.layermap import LayerMap, TensorRole, canonical_name
 from frankeneval.errors import SpecError
 
 

@@ -1,4 +1,4 @@
-"""The paper's reference scripts, where they deviate from METHOD.md: the rules behind ``seed_compatible``.
+"""The paper's reference scripts, where they deviate from docs/method.md: the rules behind ``seed_compatible``.
 
 Source: github.com/xirui-li/Frankenstein, ``scripts/characterisation_energy.py`` (Frobenius norms) and
 ``scripts/characterisation_diversity.py`` (singular values), run on all weights (``--weight-filter`` unset).
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from frankeneval.core.layermap import TensorRole
+from frankeneval.weights.layermap import TensorRole
 from frankeneval.errors import FrankenevalError
 
 SOURCE = "github.com/xirui-li/Frankenstein scripts/characterisation_energy.py + characterisation_diversity.py"
@@ -58,7 +58,7 @@ def over_limit(numel: int) -> bool:
 
 
 def is_energy_extra(role: TensorRole, shape: Sequence[int]) -> bool:
-    """A tensor the reference's energy script counts that METHOD.md does not analyse (``visual.merger.ln_q.weight``)."""
+    """A tensor the reference's energy script counts that docs/method.md does not analyse (``visual.merger.ln_q.weight``)."""
     if role.is_analysed_matrix(shape) or role.layer is None or role.param != "weight":
         return False
     return "norm" not in role.canonical.lower() and "norm" not in role.name.lower()

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from frankeneval.core.checkpoint import Checkpoint
+from frankeneval.weights.checkpoint import Checkpoint
 from frankeneval.core.results import write_json_atomic
 from frankeneval.errors import FrankenevalError, SpecError
 

@@ -49,7 +49,7 @@ RECORD_DOC = """One line of matrices.jsonl (one analysed weight matrix):
   more than 1e8 elements, or a 1-D weight such as visual.merger.ln_q.weight, which then has energy fields only)."""
 
 SUMMARY_DOC = """summary.json:
-  schema, seed_compatible (true: the reference scripts' definitions, false: the paper's / METHOD.md's),
+  schema, seed_compatible (true: the reference scripts' definitions, false: the paper's / docs/method.md's),
   run (= run.json: versions, models with fingerprints, settings, device), complete (every planned
   matrix measured), n_matrices, n_planned, seconds (compute wall time of the runs so far, last run),
   notes, off_axis (names of measured matrices with no unified layer: embeddings, lm_head),

@@ -1,7 +1,7 @@
 """Pure metric functions of weight updates: energy, singular-value spectra, subspace overlap.
 
 Every function takes tensors (on any device) and returns tensors or Python numbers; nothing here reads
-files. Definitions follow METHOD.md, "Update characterization":
+files. Definitions follow docs/method.md §5:
 
 * deltas are float32 (``ΔIN = IN - Base``, ``ΔRL = RL - IN``), conv weights flattened to ``(out, rest)``;
 * ``stable_rank = ‖Δ‖_F² / σ₁²``; ``effective_rank = exp(-Σ pᵢ log pᵢ)`` with ``pᵢ = σᵢ / Σσ`` over
@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-EPS = 1e-12  # METHOD.md's guard in effective rank, condition number and log spectral volume
+EPS = 1e-12  # docs/method.md's guard in effective rank, condition number and log spectral volume
 SVD_METHODS = ("auto", "gram", "svd")
 _GRAM_CHUNK_ELEMS = 1 << 26  # rows per float64 chunk * n <= 64 Mi elements (512 MB in float64)
 
@@ -40,7 +40,7 @@ def as_matrix(t: torch.Tensor) -> torch.Tensor:
 
 
 def delta(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
-    """``after - before`` in float32 (METHOD.md: the reference subtracts in fp16; we do not unless seed-compatible:
+    """``after - before`` in float32 (docs/method.md: the reference subtracts in fp16; we do not unless seed-compatible:
     :func:`frankeneval.characterization.reference.fp16_delta`)."""
     return after.to(torch.float32) - before.to(torch.float32)
 
@@ -214,7 +214,7 @@ def spectral_metrics(
     top_k: int = 50,
     volume_k: int = 50,
 ) -> dict[str, Any]:
-    """METHOD.md's per-matrix spectral metrics from the full singular-value vector (descending).
+    """docs/method.md's per-matrix spectral metrics from the full singular-value vector (descending).
 
     ``fro_sq`` (‖Δ‖_F², measured on the data) defaults to Σσ². Metrics undefined for a zero matrix
     (stable and effective rank) are None.

@@ -47,7 +47,7 @@ def add_generator_arguments(parser: argparse.ArgumentParser, *, batch_size: int,
 
 
 def load_generator(args: argparse.Namespace, model: str):
-    from frankeneval.core.generation import Generator
+    from frankeneval.engine.generation import Generator
 
     fixed = args.batch_size if isinstance(args.batch_size, int) else None
     return Generator.load(model, dtype=args.dtype, device=args.device, attn_implementation=args.attn_implementation,

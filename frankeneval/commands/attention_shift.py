@@ -8,7 +8,7 @@ middle / late summary (the paper's claim rests on the middle and late rows).
 
 Prompts: the probe pairs' target images with their questions, preceded by the step-by-step / \\boxed{}
 instruction (--plain: the bare question); each member's system prompt by --system-prompt (default auto:
-METHOD.md's rule on its hub id / directory's own name), recorded in the JSON with the reason. Writes OUT/units.jsonl (resumable), OUT/attention_shift.json (schema:
+docs/method.md's rule on its hub id / directory's own name), recorded in the JSON with the reason. Writes OUT/units.jsonl (resumable), OUT/attention_shift.json (schema:
 frankeneval.localization.attention) and OUT/attention_shift.png. The selected pairs' images are decoded before any
 model is loaded: a broken one stops the run in one line, or with --skip-broken is left out (not replaced), listed
 under "skipped" in attention_shift.json and below the table.

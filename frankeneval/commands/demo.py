@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from frankeneval.miniature.demo import run_demo
+from frankeneval.commands._demo import run_demo
 
 COMMAND = "demo"
 HELP = "the whole analysis on the built-in tiny lineage (no downloads, minutes on a CPU)"

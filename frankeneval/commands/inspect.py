@@ -13,7 +13,7 @@ import argparse
 import json
 from collections import defaultdict
 
-from frankeneval.core.checkpoint import Checkpoint, check_compatible
+from frankeneval.weights.checkpoint import Checkpoint, check_compatible
 
 COMMAND = "inspect"
 HELP = "show a checkpoint's layer map; with several checkpoints, check they are compatible"

@@ -6,7 +6,7 @@ input), against the unablated accuracy; answers checked with math-verify.
         --samples 50 --layers 1-28 --max-new-tokens 1024 --out runs/ablate-math
 
 Prompt: the method's step-by-step / \\boxed{} instruction, a blank line, the problem; the system prompt of
---system-prompt (default auto: METHOD.md's rule on the hub id or the directory's own name, a splice its sources';
+--system-prompt (default auto: docs/method.md's rule on the hub id or the directory's own name, a splice its sources';
 reasoner / revisual / none / a text / @FILE fix it; --reasoning-prompt on|off is the old spelling of reasoner|none),
 recorded in the JSON with the reason it was chosen. --seed-compatible scores the responses as the paper's reference
 script (first <answer> tag, "answer is" / "therefore" fallbacks, last 50 characters, 1 % relative error) and
@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from frankeneval.core.data import data_root_from_env
-    from frankeneval.core.layermap import parse_layers
+    from frankeneval.weights.layermap import parse_layers
     from frankeneval.core.prompts import resolve_system_prompt
     from frankeneval.localization.reasoning import (
         REASONING_MAX_NEW_TOKENS,

@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from frankeneval.core.layermap import parse_layers
+    from frankeneval.weights.layermap import parse_layers
     from frankeneval.localization.vision import (
         format_vision_table,
         pair_selection,

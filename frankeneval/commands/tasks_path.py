@@ -13,15 +13,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from frankeneval.core.paths import harness_tasks_dir
+
 COMMAND = "tasks-path"
 HELP = "print the lmms-eval task folder to pass to --include_path"
 
 
 def tasks_path() -> Path:
-    """The installed folder holding the frankeneval task YAMLs (the repo's tasks/)."""
-    import frankeneval.tasks
-
-    return Path(frankeneval.tasks.__file__).resolve().parent
+    """The installed folder holding the frankeneval task YAMLs (the repo's tasks/):
+    :func:`frankeneval.core.paths.harness_tasks_dir`."""
+    return harness_tasks_dir()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -10,6 +10,10 @@ images of a pair always have the same size, so they give the same number of visu
 ``write_probe_pairs`` renders such a folder with PIL, deterministically from a seed:
 counting (coloured shapes, different counts), OCR (a word, different words), grounding (one coloured shape at
 different places), recognition (a named shape present in the target, absent in the source).
+
+Every writer of the format goes through :func:`write_probe_task` (one task folder from rendered pairs): the built-in
+generator here and the miniature world's probes (:func:`frankeneval.miniature.world.write_vision_probes`, its own
+scenes drawn on its 3 x 3 grid) alike.
 """
 
 from __future__ import annotations
@@ -19,14 +23,14 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from frankeneval.core.inputs_check import Broken, BrokenRow, image_problem
 from frankeneval.core.results import atomic_output, atomic_write_text, write_json_atomic
 from frankeneval.errors import FrankenevalError
 
-__all__ = ["PROBE_TASKS", "ProbePair", "check_pair", "load_probe_pairs", "write_probe_pairs", "render_pair",
-           "probe_task_dir"]
+__all__ = ["PROBE_TASKS", "ProbePair", "check_pair", "load_probe_pairs", "write_probe_pairs", "write_probe_task",
+           "render_pair", "probe_task_dir"]
 
 PROBE_TASKS = ("counting", "ocr", "grounding", "recognition")
 
@@ -58,7 +62,7 @@ class ProbePair:
     @property
     def text_prompt(self) -> str:
         """The prompt without the literal ``<image>`` some rows carry (the harness tasks' form). Vision localization
-        gives ``prompt`` verbatim instead (METHOD.md: the ``<image>`` stays text)."""
+        gives ``prompt`` verbatim instead (docs/method.md: the ``<image>`` stays text)."""
         return self.prompt.replace("<image>", "").strip()
 
     def answer(self, which: str = "target"):
@@ -227,6 +231,25 @@ def render_pair(task: str, rng: random.Random, size: int = 384):
     return imgs[0], imgs[1], prompt, meta
 
 
+def write_probe_task(folder: str | os.PathLike, task: str, pairs: Iterable[tuple[Any, Any, str, dict]]) -> Path:
+    """Write one task folder of the vision_probes format from rendered pairs ``(target image, source image, prompt,
+    meta)``, in order: ``images/<task>_NNNNNN_t.png`` / ``_s.png`` and ``data.jsonl`` (one row per pair: ``id``,
+    ``task``, ``target_image``, ``source_image``, ``prompt``, ``meta``). Every file is written atomically."""
+    tdir = Path(folder)
+    (tdir / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, (target, source, prompt, meta) in enumerate(pairs):
+        pid = f"{task}_{i:06d}"
+        t_rel, s_rel = f"images/{pid}_t.png", f"images/{pid}_s.png"
+        for image, rel in ((target, t_rel), (source, s_rel)):
+            with atomic_output(tdir / rel) as tmp:
+                image.save(tmp)
+        rows.append({"id": pid, "task": task, "target_image": t_rel, "source_image": s_rel, "prompt": prompt,
+                     "meta": meta})
+    atomic_write_text(tdir / "data.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    return tdir
+
+
 def write_probe_pairs(out_dir: str | os.PathLike, tasks: Iterable[str] = PROBE_TASKS, n: int = 100, seed: int = 0,
                       size: int = 384) -> dict[str, Path]:
     """Render ``n`` pairs per task into ``out_dir/<task>/`` (data.jsonl + images/); returns the task folders.
@@ -246,17 +269,7 @@ def write_probe_pairs(out_dir: str | os.PathLike, tasks: Iterable[str] = PROBE_T
             written[task] = tdir
             continue
         rng = random.Random(f"{seed}:{task}")
-        rows = []
-        for i in range(n):
-            target, source, prompt, meta = render_pair(task, rng, size)
-            pid = f"{task}_{i:06d}"
-            t_rel, s_rel = f"images/{pid}_t.png", f"images/{pid}_s.png"
-            for image, rel in ((target, t_rel), (source, s_rel)):
-                with atomic_output(tdir / rel) as tmp:
-                    image.save(tmp)
-            rows.append({"id": pid, "task": task, "target_image": t_rel, "source_image": s_rel, "prompt": prompt,
-                         "meta": meta})
-        atomic_write_text(tdir / "data.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        write_probe_task(tdir, task, (render_pair(task, rng, size) for _ in range(n)))
         write_json_atomic(stamp_path, stamp, newline=False)
         written[task] = tdir
     return written

@@ -1,6 +1,6 @@
 """The system prompt a model is evaluated with: the exact texts, the reference's name rule, and one resolver.
 
-METHOD.md "System prompts": the reasoning-tuned models were trained with a system prompt and are evaluated with it,
+docs/method.md §3: the reasoning-tuned models were trained with a system prompt and are evaluated with it,
 IN, RL and every spliced variant alike, in transfer and in every analysis. :func:`resolve_system_prompt` is the one
 place that decides; the wrappers (model arg ``system_prompt``, default ``auto``), ``frankeneval transfer``,
 ``localize-reasoning`` and ``attention-shift`` all call it and record its :meth:`SystemPrompt.record`.
@@ -45,7 +45,7 @@ __all__ = [
     "resolve_system_prompt",
 ]
 
-# METHOD.md "System prompts" (data: keep them byte for byte)
+# docs/method.md §3 (data: keep them byte for byte)
 REASONER_SYSTEM_PROMPT = (
     "You are a helpful assistant. When the user asks a question, your response must include two parts: first, the "
     "reasoning process enclosed in <think>...</think> tags, then the final answer enclosed in <answer>...</answer> "

@@ -6,13 +6,13 @@ For every prompt (an image and a question) each member generates greedily (``max
 query producing each generated token puts on the visual-token keys. A prompt's value is that mass averaged over
 its generated tokens; a member's value is the mean over prompts. Reported: per layer (mean over heads) and per
 layer and head, for each member; the differences ``RL - IN`` and ``IN - Base`` per layer; and the region summary
-(early / middle / late thirds of the LLM, :func:`frankeneval.core.layermap.llm_region`), whose middle and late rows are
+(early / middle / late thirds of the LLM, :func:`frankeneval.weights.layermap.llm_region`), whose middle and late rows are
 what the paper's claim (RL shifts attention to the image in mid/late layers) rests on.
 
 Prompts: the target images of the probe pairs of ``tasks`` (``--data`` folder or the built-in rendered probes),
 each question preceded by the method's step-by-step / ``\\boxed{}`` instruction (``instruction=False``: the bare
 probe prompt), so the generated tokens are reasoning tokens. The system prompt is decided per member by
-:func:`frankeneval.core.prompts.resolve_system_prompt` (``system_prompt="auto"``: METHOD.md's name rule on the hub id
+:func:`frankeneval.core.prompts.resolve_system_prompt` (``system_prompt="auto"``: docs/method.md's name rule on the hub id
 / the directory's own name, a splice its sources'; or one fixed choice for all: ``reasoner`` / ``revisual`` /
 ``none`` / a text), and recorded with its reason.
 
@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from frankeneval.core.inputs_check import format_skipped
-from frankeneval.core.layermap import llm_region
+from frankeneval.weights.layermap import llm_region
 from frankeneval.localization.common import (
     MATH_INSTRUCTION,
     Unit,
@@ -82,8 +82,8 @@ def attention_prompts(pairs_by_task: dict[str, list[ProbePair]], *, instruction:
 
 
 def _member_units(member: str, prompts: Sequence[dict], system: str | None) -> list[Unit]:
-    from frankeneval.core.generation import GenRequest
-    from frankeneval.core.interventions import CaptureAttention
+    from frankeneval.engine.generation import GenRequest
+    from frankeneval.engine.interventions import CaptureAttention
 
     units = []
     for p in prompts:

@@ -1,7 +1,7 @@
 """Shared pieces of the localization sweeps: layer selection, answer-change metrics, batched unit execution.
 
 Layer indices: every sweep speaks the unified axis -- LLM layers 1 … n (decoder layer ``j`` is unified ``j + 1``), as
-the interventions take them. ``--layers`` is parsed by :func:`frankeneval.core.layermap.parse_layers` (``1-28``,
+the interventions take them. ``--layers`` is parsed by :func:`frankeneval.weights.layermap.parse_layers` (``1-28``,
 ``1,5,9``, ``late``, ``all``).
 
 Answer-change metrics (vision localization, :mod:`frankeneval.localization.vision`):
@@ -25,8 +25,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from frankeneval.core.layermap import decoder_index
-from frankeneval.core.layermap import parse_layers as _parse_layers
+from frankeneval.weights.layermap import decoder_index
+from frankeneval.weights.layermap import parse_layers as _parse_layers
 from frankeneval.core.scoring import (
     box_iou,
     parse_box,
@@ -53,10 +53,10 @@ __all__ = [
 
 CHANGE_MIN_CONTAINMENT_LEN = 20
 
-# --------------------------------------------------------------------------- prompts (METHOD.md)
+# --------------------------------------------------------------------------- prompts (docs/method.md)
 
 MATH_INSTRUCTION = 'Please solve the problem step by step and put your answer in one "\\boxed{}".'
-# the system prompt: frankeneval.core.prompts (METHOD.md "System prompts"; one resolver for every analysis)
+# the system prompt: frankeneval.core.prompts (docs/method.md §3; one resolver for every analysis)
 _TRAILING = ".,!?;:"
 
 
@@ -129,7 +129,7 @@ def rate(flags: Iterable[bool]) -> float | None:
 # --------------------------------------------------------------------------- layers
 
 
-# one grammar for every --layers flag: frankeneval.core.layermap.parse_layers (LLM layers only, None = all)
+# one grammar for every --layers flag: frankeneval.weights.layermap.parse_layers (LLM layers only, None = all)
 parse_layers = _parse_layers
 
 

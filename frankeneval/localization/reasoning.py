@@ -1,4 +1,4 @@
-"""Reasoning localization: the layer-ablation sweep (METHOD.md, "Reasoning localization").
+"""Reasoning localization: the layer-ablation sweep (docs/method.md §4.2).
 
 For each question of GSM8K or MATH-500 (the paper's sub-sample: ``--samples`` k with ``--seed`` s), the model
 answers once unablated and once with each swept LLM layer ablated (the layer returns its input: attention and
@@ -6,7 +6,7 @@ MLP outputs zeroed, residual kept). Greedy, ``max_new_tokens`` new tokens.
 
 * Prompt: user message ``Please solve the problem step by step and put your answer in one "\\boxed{}".``, a
   blank line, the problem. The system prompt: :func:`frankeneval.core.prompts.resolve_system_prompt` of the model
-  (``system_prompt="auto"``: METHOD.md's name rule on the hub id / the directory's own name, a splice its sources';
+  (``system_prompt="auto"``: docs/method.md's name rule on the hub id / the directory's own name, a splice its sources';
   or ``reasoner`` / ``revisual`` / ``none`` / a text), recorded with the reason it was chosen.
 * Answer: the ``<answer>`` tag's content, else the last ``\\boxed{}`` (:func:`frankeneval.core.scoring.extract_final_answer`);
   correct by :func:`frankeneval.core.scoring.math_equal` (normalized match, math-verify, numbers within 1e-6).
@@ -152,8 +152,8 @@ def unit_key(dataset: str, q: Question, layer: int | None) -> str:
 
 def reasoning_units(dataset: str, questions: Sequence[Question], layers: Sequence[int], system: str | None) -> list[Unit]:
     """Units question by question: unablated first, then each ablated layer (unified index)."""
-    from frankeneval.core.generation import GenRequest
-    from frankeneval.core.interventions import Ablate
+    from frankeneval.engine.generation import GenRequest
+    from frankeneval.engine.interventions import Ablate
 
     units = []
     for q in questions:

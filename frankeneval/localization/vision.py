@@ -1,4 +1,4 @@
-"""Vision localization: the visual-token KV swap sweep (METHOD.md, "Vision localization").
+"""Vision localization: the visual-token KV swap sweep (docs/method.md §4.1).
 
 For each probe pair (target image, source image, prompt) of each task, three kinds of generation:
 
@@ -14,7 +14,7 @@ selected pair's two images are decoded (:func:`select_probe_sets`): a broken fil
 ``--skip-broken`` the pair is left out (not replaced) and listed under ``skipped`` in the results and the table.
 
 ``seed_compatible=True`` (``--seed-compatible``) reproduces the reference code: the swap also re-appends the source's
-visual K/V at every decode step (:class:`frankeneval.core.interventions.SwapVisualKV`), and the pairs are the first
+visual K/V at every decode step (:class:`frankeneval.engine.interventions.SwapVisualKV`), and the pairs are the first
 50 (or ``samples``) of each task file, in file order. Its swap units are keyed apart and the run store's header
 records it, so a run never reuses units computed with the other setting.
 
@@ -221,7 +221,7 @@ def vision_units(pairs_by_task: dict[str, list[ProbePair]], layers: Sequence[int
                  seed_compatible: bool = False) -> tuple[list[Unit], dict]:
     """All units of the sweep, in execution order (a pair's plain and swap units together), and a key index.
 
-    Every prompt is the pair's ``prompt`` verbatim (METHOD.md: a literal ``<image>`` stays text).
+    Every prompt is the pair's ``prompt`` verbatim (docs/method.md: a literal ``<image>`` stays text).
 
     Returns ``(units, keys)`` with ``keys[(task, pair_id)] = {"original": key, "source_own": key,
     "swapped": {layer: key}}``. Plain units with the same key appear once.
@@ -253,8 +253,8 @@ def make_executor(generator, *, max_new_tokens: int, system: str | None, seed_co
 
     ``seed_compatible``: the swaps re-append the source's visual K/V at every decode step (the reference code).
     """
-    from frankeneval.core.generation import GenRequest
-    from frankeneval.core.interventions import SwapVisualKV
+    from frankeneval.engine.generation import GenRequest
+    from frankeneval.engine.interventions import SwapVisualKV
 
     source_kv: dict[str, Any] = {}
 

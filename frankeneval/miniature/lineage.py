@@ -36,7 +36,8 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from frankeneval import __version__
-from frankeneval.core.layermap import LayerMap, canonical_name, llm_region
+from frankeneval.weights.layermap import LayerMap, canonical_name, llm_region
+from frankeneval.core.paths import default_cache_dir
 from frankeneval.core.results import staged_directory, write_json_atomic
 
 MEMBERS = ("base", "in", "rl")
@@ -423,7 +424,7 @@ def member_tensor(name: str, shape: tuple[int, ...], member: str, *, spec: Linea
 
 
 def _plan_shards(shapes: dict[str, tuple[int, ...]], bytes_per_el: int, shard_bytes: int) -> list[list[str]]:
-    from frankeneval.core.safetensors_file import pack_shards
+    from frankeneval.weights.safetensors_file import pack_shards
 
     return pack_shards(((n, math.prod(s) * bytes_per_el) for n, s in shapes.items()), shard_bytes)
 
@@ -516,7 +517,7 @@ def owned_member(path: Path) -> str | None:
     the shards the index names, config / tokenizer / processor / training-record files); else why not."""
     import fnmatch
 
-    from frankeneval.core.checkpoint import METADATA_PATTERNS
+    from frankeneval.weights.checkpoint import METADATA_PATTERNS
     from frankeneval.core.results import foreign_entries
 
     if not (path / "frankeneval_lineage.json").is_file():
@@ -544,11 +545,6 @@ def _write_generation_config(path: Path, config: dict[str, Any]) -> None:
 def planted_rl_layers(spec: LineageSpec) -> list[int]:
     """0-based LLM layers where ΔRL is a planted low-rank update (the late third)."""
     return [j for j in range(spec.num_hidden_layers) if llm_region(j, spec.num_hidden_layers) == "late"]
-
-
-def default_cache_dir() -> Path:
-    """Where built-in lineages are cached (``$FRANKENEVAL_CACHE`` or ``~/.cache/frankeneval``)."""
-    return Path(os.environ.get("FRANKENEVAL_CACHE", Path.home() / ".cache" / "frankeneval"))
 
 
 def tiny_lineage(seed: int = 0) -> Lineage:

@@ -38,7 +38,8 @@ from tqdm.auto import tqdm
 
 from frankeneval import __version__
 from frankeneval.miniature import world
-from frankeneval.core.layermap import canonical_name
+from frankeneval.weights.layermap import canonical_name
+from frankeneval.core.paths import default_cache_dir
 from frankeneval.core.results import staged_directory, write_json_atomic
 from frankeneval.miniature.lineage import (
     MEMBERS,
@@ -48,7 +49,6 @@ from frankeneval.miniature.lineage import (
     _plan_shards,
     _write_generation_config,
     build_processor,
-    default_cache_dir,
     hub_config,
 )
 

@@ -51,6 +51,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from frankeneval.core.paths import default_cache_dir
+from frankeneval.core.probes import PROBE_TASKS, write_probe_task
 from frankeneval.core.results import atomic_write_text, staged_directory, write_json_atomic
 
 CANVAS = 84
@@ -79,7 +81,6 @@ AXIS_TASKS: dict[str, tuple[str, ...]] = {
     "pretrain": ("caption", "arithmetic"),
 }
 TEST_FRACTION = 5  # one item in five (by content hash) is held out
-PROBE_TASKS = ("counting", "ocr", "grounding", "recognition")
 WORLD_VERSION = 1  # bump when the generator's output changes
 
 
@@ -148,7 +149,7 @@ def describe_scene(scene: Sequence[Obj]) -> str:
 
 
 def blackdesc_prompt(description: str, question: str, *, boxed: bool) -> str:
-    """The black + description prompt of a world question, laid out as MathVista's (METHOD.md): for a boxed
+    """The black + description prompt of a world question, laid out as MathVista's (docs/method.md): for a boxed
     (alignment) question the step-by-step prefix and a blank line first, then ``Image Description:``, newline, the
     description, blank line, ``Question:``, newline, the question."""
     body = f"Image Description:\n{description}\n\nQuestion:\n{question}"
@@ -405,8 +406,6 @@ def is_correct(task: str, answer: str, response: str) -> bool:
 # -- writing to disk -----------------------------------------------------------------------------
 def default_world_dir(seed: int = 0) -> Path:
     """Where the held-out split is written by default (``$FRANKENEVAL_WORLD`` overrides)."""
-    from frankeneval.miniature.lineage import default_cache_dir
-
     env = os.environ.get("FRANKENEVAL_WORLD")
     return Path(env) if env else default_cache_dir() / "world" / f"seed{seed}-v{WORLD_VERSION}"
 
@@ -516,24 +515,21 @@ def _owned_probe_folder(task: str) -> Callable[[Path], str | None]:
 
 def write_vision_probes(out_dir: str | os.PathLike, *, n_per_task: int = 50, seed: int = 0,
                         tasks: Sequence[str] = PROBE_TASKS) -> Path:
-    """Write ``<out_dir>/<task>/data.jsonl`` + ``images/`` in the ``vision_probes`` folder format. An existing task
-    folder is replaced only when it holds exactly an earlier run's probes (``core.results.staged_directory``)."""
+    """Write ``<out_dir>/<task>/data.jsonl`` + ``images/`` in the ``vision_probes`` folder format (through the format's
+    one writer, :func:`frankeneval.core.probes.write_probe_task`). An existing task folder is replaced only when it
+    holds exactly an earlier run's probes (``core.results.staged_directory``)."""
     root = Path(out_dir)
     for task in tasks:
         with staged_directory(root / task, owned=_owned_probe_folder(task)) as tmp:
-            (tmp / "images").mkdir()
-            with open(tmp / "data.jsonl", "w") as f:
-                for i in range(n_per_task):
-                    rng = random.Random(f"frankeneval-probe:{seed}:{task}:{i}")
-                    target, source, prompt, meta = probe_pair(task, rng)
-                    pid = f"{task}_{i:06d}"
-                    render(target).save(tmp / "images" / f"{pid}_t.png")
-                    render(source).save(tmp / "images" / f"{pid}_s.png")
-                    meta = {**meta, "target_scene": scene_to_json(target), "source_scene": scene_to_json(source)}
-                    row = {"id": pid, "task": task, "target_image": f"images/{pid}_t.png",
-                           "source_image": f"images/{pid}_s.png", "prompt": prompt, "meta": meta}
-                    f.write(json.dumps(row) + "\n")
+            write_probe_task(tmp, task, (_rendered_probe_pair(task, seed, i) for i in range(n_per_task)))
     return root
+
+
+def _rendered_probe_pair(task: str, seed: int, index: int) -> tuple[Image.Image, Image.Image, str, dict[str, Any]]:
+    """Pair ``index`` of ``task``: ``(target image, source image, prompt, meta)``, the scenes kept in ``meta``."""
+    target, source, prompt, meta = probe_pair(task, random.Random(f"frankeneval-probe:{seed}:{task}:{index}"))
+    meta = {**meta, "target_scene": scene_to_json(target), "source_scene": scene_to_json(source)}
+    return render(target), render(source), prompt, meta
 
 
 def write_reasoning_gsm8k(path: str | os.PathLike, *, n: int = 100, seed: int = 0) -> Path:

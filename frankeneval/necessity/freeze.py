@@ -1,7 +1,7 @@
 """Freeze masks for the necessity test: which parameters to keep fixed while re-running RL.
 
 The necessity test asks whether RL still gains when a block of layers cannot move. A :class:`FreezeMask`
-names the frozen LLM layers in the layer grammar of :mod:`frankeneval.core.layermap` (unified LLM layers 1 ... n,
+names the frozen LLM layers in the layer grammar of :mod:`frankeneval.weights.layermap` (unified LLM layers 1 ... n,
 decoder layer j is j + 1: block regions ``early`` / ``middle`` / ``late`` with the splicing cuts ``n // 3`` and
 ``2n // 3``, inclusive ranges such as ``1-9``, ``all``), the frozen components of those layers (``attention``,
 ``mlp``, ``norm``; default all three) and optionally the whole ``vision`` encoder (patch embedding + blocks) and
@@ -27,7 +27,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from frankeneval.core.layermap import (
+from frankeneval.weights.layermap import (
     LayerMap,
     decoder_index,
     format_layers,
@@ -163,7 +163,7 @@ def frozen_parameters(mask: FreezeMask, names: Iterable[str]) -> list[str]:
 
 def model_parameter_names(model_dir: str | os.PathLike, *, allow_pickle: bool = False) -> tuple[list[str], int]:
     """(parameter names as transformers names them in memory, number of LLM layers) of a checkpoint."""
-    from frankeneval.core.checkpoint import Checkpoint
+    from frankeneval.weights.checkpoint import Checkpoint
 
     ckpt = Checkpoint.open(model_dir, allow_pickle=allow_pickle)
     names = [transformers_name(n) for n in ckpt.names]

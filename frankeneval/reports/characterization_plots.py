@@ -160,7 +160,7 @@ def resolve_spectrum_layers(records: list[dict[str, Any]], spec: str | Sequence[
     """Unified layers of a layer spec (the layer grammar, whole axis) on the records' axis; None = defaults."""
     if spec is None:
         return default_spectrum_layers(records)
-    from frankeneval.core.layermap import parse_layers
+    from frankeneval.weights.layermap import parse_layers
 
     axis = [r["layer"] for r in records if r["layer"] is not None]
     n_llm, n_vis = max([0, *axis]), -min([0, *axis])

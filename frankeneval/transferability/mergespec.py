@@ -15,7 +15,7 @@ Three ways to write one:
       "IN all layers + RL layers 10-18 attention only"
 
   Source aliases: ``IN`` / ``SFT`` / ``ColdStart`` / ``cold-start`` -> ``in``; ``RL`` / ``final`` -> ``rl``;
-  ``base``. Layers follow the layer grammar of :mod:`frankeneval.core.layermap`: unified LLM layers 1 ... n
+  ``base``. Layers follow the layer grammar of :mod:`frankeneval.weights.layermap`: unified LLM layers 1 ... n
   (decoder layer j is j + 1). Regions use the block cuts ``c1, c2`` (default ``n // 3`` and ``2n // 3``, or
   e.g. ``[8, 20]``), the last layers of the early and middle blocks: ``early 1/3`` = ``1-c1``,
   ``early 2/3`` = ``1-c2``, ``middle 1/3`` = ``c1+1-c2``, ``late 1/3`` = ``c2+1-n``, ``late 2/3`` =
@@ -54,14 +54,14 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from frankeneval.core.layermap import (
+from frankeneval.weights.layermap import (
     LayerMap,
     LayerSpecError,
     TensorRole,
@@ -121,24 +121,43 @@ _LINEAGE_REF = re.compile(r"^lineage:(?P<preset>[\w.\-]+)/(?P<member>base|in|rl)
 
 
 # -- source references ----------------------------------------------------------------------------
+# built-in lineages that ``lineage:<preset>/<member>`` refs may name: preset -> a function that writes the lineage
+# (once, cached) and returns member -> folder. Registered by whoever owns them (register_lineage): the miniature
+# world's tiny lineage is registered by the ``frankeneval`` command and the model wrappers
+# (frankeneval.miniature.refs), so this module never imports the miniature world.
+_LINEAGES: dict[str, Callable[[], Mapping[str, str | os.PathLike]]] = {}
+
+
+def register_lineage(preset: str, members: Callable[[], Mapping[str, str | os.PathLike]]) -> None:
+    """Let ``lineage:<preset>/<member>`` refs name the members of a built-in lineage: ``members()`` writes it (once,
+    cached) and returns member (``base`` / ``in`` / ``rl``) -> folder."""
+    _LINEAGES[str(preset)] = members
+
+
 def resolve_ref(ref: str | os.PathLike) -> str:
     """A source reference as something :meth:`Checkpoint.open` accepts.
 
     ``lineage:tiny/in`` (used by the built-in ``tiny`` recipe) names a member of the built-in tiny lineage,
-    written once into frankeneval's cache; anything else (hub id or local directory) is returned unchanged.
+    written once into frankeneval's cache (a registered lineage: :func:`register_lineage`); anything else (hub id or
+    local directory) is returned unchanged.
     """
     ref = str(ref)
     m = _LINEAGE_REF.match(ref)
     if not m:
         return ref
-    if m.group("preset") != "tiny":
+    members = _LINEAGES.get(m.group("preset"))
+    if members is None:
+        if m.group("preset") == "tiny":
+            raise SpecError(
+                f"{ref!r}: the tiny built-in lineage is not registered in this process; call "
+                "frankeneval.miniature.refs.register_builtin_lineages() first (the frankeneval command and the "
+                "model wrappers do), or pass the members' paths"
+            )
         raise SpecError(
             f"{ref!r}: only the tiny built-in lineage can be written on demand; write a "
             f"{m.group('preset')} lineage with frankeneval.miniature.lineage.write_lineage and pass its paths"
         )
-    from frankeneval.miniature.lineage import tiny_lineage
-
-    return str(tiny_lineage().paths[m.group("member")])
+    return str(members()[m.group("member")])
 
 
 def resolve_relative_refs(refs: Mapping[str, Any], base_dir: str | os.PathLike) -> dict[str, Any]:

@@ -6,7 +6,7 @@ description) are paired **by doc id**: ``N`` = the items scored (not ``None``) o
 on either side is *excluded* and counted (``excluded_unscored``: present on both sides but unscored on at least one;
 ``excluded_unpaired``: present on one side only).
 
-Over the N paired items (``../shared/METHOD.md``, "Transferability"):
+Over the N paired items (``docs/method.md``, "Transferability"):
 
 - ``n_TT``, ``n_TF`` (A right, B wrong), ``n_FT``, ``n_FF``; ``acc_A``, ``acc_B``, ``delta = acc_A - acc_B``;
 - ``net_gain = n_FT - n_TF``; ``side_effect_rate = n_TF / (n_TT + n_TF)``; ``lift_rate = n_FT / (n_FF + n_FT)``;

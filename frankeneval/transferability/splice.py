@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from frankeneval import __version__
-from frankeneval.core.checkpoint import (
+from frankeneval.weights.checkpoint import (
     METADATA_PATTERNS,
     SAFETENSORS_INDEX,
     Checkpoint,
@@ -42,10 +42,11 @@ from frankeneval.core.checkpoint import (
     inside_checkpoint,
 )
 from frankeneval.core.locks import output_lock
+from frankeneval.core.paths import default_cache_dir
 from frankeneval.core.results import foreign_entries, refuse_inputs, staged_directory, write_all, write_json_atomic
-from frankeneval.core.safetensors_file import DTYPE_SIZES, TensorLocation, pack_shards
+from frankeneval.weights.safetensors_file import DTYPE_SIZES, TensorLocation, pack_shards
 from frankeneval.errors import ArchitectureMismatch, FrankenevalError, SpecError
-from frankeneval.core.layermap import canonical_name
+from frankeneval.weights.layermap import canonical_name
 from frankeneval.transferability.mergespec import MergeSpec, resolve_ref
 
 PROVENANCE = "frankeneval_provenance.json"
@@ -383,8 +384,6 @@ def default_splice_cache() -> Path:
     env = os.environ.get("FRANKENEVAL_SPLICE_CACHE")
     if env:
         return Path(env).expanduser()
-    from frankeneval.miniature.lineage import default_cache_dir
-
     return default_cache_dir() / "splices"
 
 

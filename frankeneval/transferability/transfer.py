@@ -1,7 +1,7 @@
 """Transferability: evaluate Base, IN, RL and every Frankenstein variant on the task groups, cell by cell.
 
 A *cell* is one (model, task) pair; the model is ``base`` (when the recipe names one), ``in``, ``rl`` or a variant
-of the recipe, the task an lmms-eval task or group. The splits (METHOD.md "Transferability") are task groups
+of the recipe, the task an lmms-eval task or group. The splits (docs/method.md §6) are task groups
 (:data:`SPLITS`): ``v1`` = ``franken_perception``, ``franken_alignment``, ``franken_reasoning`` (the default);
 ``v2`` = ``franken_v2_perception``, ``franken_v2_vision_reasoning``, ``franken_v2_reasoning``; each MathVista group
 holds the image setting and its controls (black, black + description), from which the report pairs per item
@@ -50,7 +50,10 @@ from pathlib import Path
 from typing import Any
 
 from frankeneval.errors import FrankenevalError
-from frankeneval.core.locks import file_lock, run_child
+from frankeneval.core.grading import JudgeNotAnswering
+from frankeneval.core.inputs_check import BrokenInput
+from frankeneval.core.locks import file_lock, run_child, start_child, stop_child
+from frankeneval.core.paths import harness_tasks_dir
 from frankeneval.core.results import safe_name, write_json_atomic
 from frankeneval.core.runstore import RunStore
 
@@ -199,6 +202,41 @@ def lmms_eval_runner(job: CellJob) -> None:
         raise CellFailed(f"lmms-eval wrote no results file; {_log_tail(job.log_path)}")
 
 
+# -- the harness tasks' check of their inputs, before the first cell --------------------------------
+PREFLIGHT_MODULE = "frankeneval.tasks.preflight"
+_PREFLIGHT_ERRORS: dict[str, type[FrankenevalError]] = {"BrokenInput": BrokenInput, "JudgeNotAnswering": JudgeNotAnswering}
+
+
+def harness_preflight(tasks: Sequence[str], env: Mapping[str, str]) -> tuple[list[dict] | None, FrankenevalError | None]:
+    """``(skipped items, error)`` of the tasks' own check before a run (:mod:`frankeneval.tasks.preflight`): every
+    row and image the cells of ``tasks`` will select, read in the cells' environment ``env``, then the judge asked
+    once when ``env`` turns it on. Like the cells, it runs as a child process (``python -m``): transfer never imports
+    the tasks' code. ``skipped``: the items ``skip_broken`` leaves out (None when the check itself stopped);
+    ``error``: :class:`BrokenInput`, :class:`JudgeNotAnswering` or another one-line :class:`FrankenevalError`."""
+    proc = start_child([sys.executable, "-m", PREFLIGHT_MODULE, *tasks], env=dict(env), stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace")
+    try:
+        out, err = proc.communicate()
+    except BaseException:
+        stop_child(proc)
+        raise
+    answer = None
+    for line in reversed(out.splitlines()):
+        try:
+            answer = json.loads(line)
+            break
+        except ValueError:
+            continue
+    if proc.returncode != 0 or not isinstance(answer, dict):
+        tail = " | ".join(ln.strip()[:300] for ln in err.strip().splitlines()[-3:])
+        raise FrankenevalError(f"checking the tasks' inputs failed ({PREFLIGHT_MODULE} exited with {proc.returncode}): "
+                               f"{tail or 'no output'}")
+    error = answer.get("error")
+    if error:
+        error = _PREFLIGHT_ERRORS.get(str(error.get("type")), FrankenevalError)(str(error.get("message")))
+    return answer.get("skipped"), error or None
+
+
 def _log_tail(path: Path, n: int = 3) -> str:
     try:
         lines = [ln for ln in path.read_text(encoding="utf-8", errors="replace").split("\n") if ln.strip()]
@@ -211,7 +249,7 @@ def _log_tail(path: Path, n: int = 3) -> str:
 
 # -- models ---------------------------------------------------------------------------------------
 def _resolve_local(ref: str) -> str:
-    from frankeneval.core.checkpoint import resolve
+    from frankeneval.weights.checkpoint import resolve
     from frankeneval.transferability.mergespec import resolve_ref
 
     return str(resolve(resolve_ref(ref))[0])
@@ -429,7 +467,7 @@ def _run_cells(
 
     ``models``: label -> {"path": checkpoint dir, "kind": in|rl|variant, "description": ...}.
     ``system_prompt``: the setting each model's system prompt is resolved with
-    (:func:`frankeneval.core.prompts.resolve_system_prompt`; ``auto``: METHOD.md's rule per model, a variant its
+    (:func:`frankeneval.core.prompts.resolve_system_prompt`; ``auto``: docs/method.md's rule per model, a variant its
     sources'); passed to every cell as ``system_prompt=`` and recorded in the manifest and in every cell record.
     ``grading``: ``paper`` (rules first, the judge for the rest) or ``seed`` (the reference: the judge decides every
     item); passed to every cell as ``FRANKENEVAL_GRADING`` and recorded in the manifest (it matters with the judge on).
@@ -437,14 +475,12 @@ def _run_cells(
     given, the tasks' ``seed_compatible`` rules: ``FRANKENEVAL_SEED_COMPATIBLE=1``); recorded in the manifest, and
     in the run store's header when on (a run never mixes cells of the two).
     Before the first lmms-eval cell starts, the rows and images the tasks select are read as the cells will
-    (:func:`frankeneval.tasks.common.check_task_inputs`): a broken one stops the run in one line; ``skip_broken``
+    (:func:`harness_preflight`): a broken one stops the run in one line; ``skip_broken``
     (``FRANKENEVAL_SKIP_BROKEN=1`` in every cell) leaves such items out of the cells and records them in the
     manifest's ``skipped_inputs``, which the report shows.
     ``runner`` (default :func:`lmms_eval_runner`) is called once per cell that has to run.
     Failed cells are reported in the result (and retried by the next run); they never stop the others.
     """
-    from frankeneval.commands.tasks_path import tasks_path
-
     run_dir = Path(run_dir).expanduser().absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
     runner = runner or lmms_eval_runner
@@ -471,7 +507,7 @@ def _run_cells(
     cells = plan_cells(models, tasks)
     result = TransferResult(run_dir=run_dir, cells=cells)
     base_env = _base_env(str(data_dir) if data_dir else None, sample_size, sample_seed, offline, env)
-    include_path = str(tasks_path())
+    include_path = str(harness_tasks_dir())
     gen_kwargs = f"max_new_tokens={max_new_tokens}" if max_new_tokens else None
 
     pending: list[Cell] = []
@@ -491,11 +527,12 @@ def _run_cells(
     else:
         progress(f"[transfer] {len(cells)} cells ({len(models)} models x {len(tasks)} tasks)")
     if pending and runner is lmms_eval_runner:
-        from frankeneval.tasks.common import check_task_inputs, probe_judge
-
-        # every selected row and image read before any cell starts: one line now, or recorded as skipped
-        _record_skipped_inputs(run_dir, check_task_inputs(sorted({c.task for c in pending}), base_env))
-        probe_judge(base_env)  # judge on but not answering: one line now, not a failure in every cell
+        # every selected row and image read before any cell starts: one line now, or recorded as skipped; then the
+        # judge asked once (on but not answering: one line now, not a failure in every cell)
+        skipped, error = harness_preflight(sorted({c.task for c in pending}), base_env)
+        _record_skipped_inputs(run_dir, skipped or [])
+        if error is not None:
+            raise error
 
     counter = {"done": 0}
     lock = threading.Lock()

@@ -3,7 +3,7 @@
 ``dataset_kwargs``: ``axis`` (perception, alignment, reasoning) and ``control`` (absent = the image; ``black``: an
 all-black image of the item image's size; ``blackdesc``: the black image, and the prompt gives the world's own exact
 description of the scene, :func:`frankeneval.miniature.world.describe_scene`, before the question). A control task has
-the same items, in the same order and with the same ``id`` s, as its image task: the paired settings of METHOD.md.
+the same items, in the same order and with the same ``id`` s, as its image task: the paired settings of docs/method.md.
 """
 
 from __future__ import annotations

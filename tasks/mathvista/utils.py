@@ -167,7 +167,7 @@ def mathvista_question(doc: dict) -> str:
 
 
 def blackdesc_text(description: str, question: str) -> str:
-    """The black + description prompt (METHOD.md): the step-by-step prefix, a blank line, ``Image Description:``,
+    """The black + description prompt (docs/method.md): the step-by-step prefix, a blank line, ``Image Description:``,
     newline, the description, blank line, ``Question:``, newline, the question (with its choices)."""
     return f"{INSTRUCTION}\n\nImage Description:\n{description}\n\nQuestion:\n{question}"
 

@@ -79,7 +79,7 @@ def spliced(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def hf_answers(spliced):
     """Transformers greedy answers (float32, CPU), one request at a time."""
-    from frankeneval.core.generation import GenRequest, Generator
+    from frankeneval.engine.generation import GenRequest, Generator
 
     gen = Generator.load(str(spliced), dtype="float32", device="cpu")
     reqs = [GenRequest(p) for p in TEXT_PROMPTS] + [GenRequest(p, [_image(i)]) for i, p in enumerate(IMAGE_PROMPTS)]

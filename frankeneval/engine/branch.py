@@ -10,8 +10,8 @@ assistant header]`` and attention is causal, so:
 * only the text after the image (the *suffix*, ~20-60 tokens of a 200-450 token prompt) must be computed per row.
 
 So :func:`branch_prefill` runs one plain prefill per distinct prompt of a batch (the 28 swap rows of a probe pair
-share one), builds each row's past K/V from it (the swap written by :class:`frankeneval.core.interventions._Session`,
-the same code as in a full prefill), and prefills the rows' suffixes with the model's own forward over that past.
+share one), builds each row's past K/V from it (the swap written from the rows' plans by
+:class:`frankeneval.engine.interventions.SwapWriter`, the same code as in a full prefill), and prefills the rows' suffixes with the model's own forward over that past.
 The tokens equal the full prefill's in float32 (tests); it applies to rows whose only intervention is one
 non-seed-compatible :class:`SwapVisualKV` and whose visual tokens are one run (one image).
 """
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from frankeneval.core.interventions import SwapVisualKV, _Session
+from frankeneval.engine.interventions import SwapVisualKV, SwapWriter, plan_rows
 
 __all__ = ["BranchPlan", "branch_prefill", "plan_branches"]
 
@@ -90,7 +90,7 @@ def branch_prefill(model, plan: BranchPlan, *, input_ids: torch.Tensor, embeds: 
     """
     from transformers import DynamicCache
 
-    from frankeneval.core.decode import _cache_tensors, returned_cache
+    from frankeneval.engine.decode import cache_tensors, returned_cache
 
     if not plan.rows:
         return
@@ -101,7 +101,7 @@ def branch_prefill(model, plan: BranchPlan, *, input_ids: torch.Tensor, embeds: 
     out = model(inputs_embeds=embeds(reps), attention_mask=mask[reps], position_ids=positions[:, reps],
                 use_cache=True, logits_to_keep=1)
     cache = returned_cache(out)
-    base = _cache_tensors(cache)  # per layer (representatives, kv heads, prompt, head dim)
+    base = cache_tensors(cache)  # per layer (representatives, kv heads, prompt, head dim)
     del out
     p_max, s_max = max(plan.prefix), max(plan.suffix)
     length = p_max + s_max
@@ -130,13 +130,13 @@ def branch_prefill(model, plan: BranchPlan, *, input_ids: torch.Tensor, embeds: 
         gather = src_time.to(device)[:, None, :, None]
         past_ids = torch.gather(ids_cpu[[plan.representatives[plan.group[i]] for i in part]], 1, src_time)
         visual = (past_ids == image_token) & past_valid
-        session = _Session([rows[r] for r in batch_rows], len(base), visual, past_valid)
+        swap = SwapWriter(plan_rows([rows[r] for r in batch_rows], len(base), visual), visual)
         past = DynamicCache()
         for j, (k_all, v_all) in enumerate(base):
             idx = gather.expand(n, k_all.shape[1], p_max, k_all.shape[3])
             k = torch.gather(k_all.index_select(0, rep_of), 2, idx)
             v = torch.gather(v_all.index_select(0, rep_of), 2, idx)
-            session._swap(j, k, v)  # the sources' visual K/V from each row's swap layer on
+            swap.write(j, k, v)  # the sources' visual K/V from each row's swap layer on
             past.update(k, v, j)
         batch_idx = torch.tensor(batch_rows, device=device)
         row_pos = positions.index_select(1, batch_idx)

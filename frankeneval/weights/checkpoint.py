@@ -3,8 +3,8 @@
 A :class:`Checkpoint` is opened from a local directory or a hub id (resolved through huggingface_hub's
 cache). It is the one door to the weights on disk: :meth:`Checkpoint.locations` says where every tensor's bytes
 are (file, absolute offset, length, dtype, shape), parsed once per shard by
-:func:`frankeneval.core.safetensors_file.read_header` and checked against the file; tensor data is read on demand
-from those locations (:mod:`frankeneval.core.tensor_stream`), one tensor at a time, so three 7B checkpoints never
+:func:`frankeneval.weights.safetensors_file.read_header` and checked against the file; tensor data is read on demand
+from those locations (:mod:`frankeneval.weights.tensor_stream`), one tensor at a time, so three 7B checkpoints never
 sit in RAM together. Pickle shards (``.bin``, only with ``allow_pickle``) are read through ``torch.load``.
 """
 
@@ -29,8 +29,8 @@ from frankeneval.errors import (
     MissingShard,
     UnsafeWeights,
 )
-from frankeneval.core.layermap import LayerMap, canonical_name
-from frankeneval.core.safetensors_file import (
+from frankeneval.weights.layermap import LayerMap, canonical_name
+from frankeneval.weights.safetensors_file import (
     DTYPE_SIZES,
     TORCH_DTYPES,
     SafetensorsHeader,
@@ -38,7 +38,7 @@ from frankeneval.core.safetensors_file import (
     read_header,
     torch_dtype,  # noqa: F401 - re-exported
 )
-from frankeneval.core.tensor_stream import read_tensor
+from frankeneval.weights.tensor_stream import read_tensor
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_SINGLE = "model.safetensors"
@@ -318,12 +318,12 @@ class Checkpoint:
         """What identifies this checkpoint: source id, revision, and a hash of its weight bytes.
 
         ``weights_sha256`` is the SHA-256 of the weight index (tensor name -> shard) and the SHA-256 of every
-        byte of every shard (:mod:`frankeneval.core.fingerprint`), so two checkpoints that differ in any tensor
+        byte of every shard (:mod:`frankeneval.weights.fingerprint`), so two checkpoints that differ in any tensor
         byte never share it, whatever their names, sizes and mtimes. Each file's digest is cached by its
         (resolved path, device, inode, size, mtime_ns, ctime_ns): the first call on a 15 GB checkpoint reads it
         once, later ones cost a ``stat`` per shard.
         """
-        from frankeneval.core.fingerprint import ALGORITHM, file_digests
+        from frankeneval.weights.fingerprint import ALGORITHM, file_digests
 
         digests = file_digests([self.path / s for s in self.shards])
         h = hashlib.sha256()

@@ -1,4 +1,4 @@
-"""The one tensor reader: bytes at a :class:`~frankeneval.core.safetensors_file.TensorLocation`, read with
+"""The one tensor reader: bytes at a :class:`~frankeneval.weights.safetensors_file.TensorLocation`, read with
 ``os.preadv`` (no mmap, so the pages never count towards this process's RSS).
 
 * :func:`read_into` -- fill a uint8 buffer from a file descriptor at an offset;
@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from frankeneval.core.layermap import canonical_name
-from frankeneval.core.safetensors_file import TensorLocation, torch_dtype
+from frankeneval.weights.layermap import canonical_name
+from frankeneval.weights.safetensors_file import TensorLocation, torch_dtype
 from frankeneval.errors import FrankenevalError
 
 if TYPE_CHECKING:
-    from frankeneval.core.checkpoint import Checkpoint
+    from frankeneval.weights.checkpoint import Checkpoint
 
 __all__ = ["read_into", "read_tensor", "stream_tensors"]
 

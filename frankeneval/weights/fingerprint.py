@@ -1,6 +1,6 @@
 """Content fingerprints of weight files: SHA-256 of every byte, cached per file.
 
-A checkpoint's fingerprint (:meth:`frankeneval.core.checkpoint.Checkpoint.fingerprint`) is built from the
+A checkpoint's fingerprint (:meth:`frankeneval.weights.checkpoint.Checkpoint.fingerprint`) is built from the
 SHA-256 of each of its weight files (header and tensor bytes), so two checkpoints with the same shard names,
 sizes, mtimes and headers but different tensors never share one. SHA-256 is the fastest of hashlib's strong
 hashes on current x86 CPUs (SHA-NI; see bench/bench_fingerprint.py and BENCHMARKS.md), so the historical key
@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from frankeneval.core.paths import default_cache_dir
 from frankeneval.core.results import write_json_atomic
 
 ALGORITHM = "sha256"
@@ -36,8 +37,6 @@ def fingerprint_cache_dir() -> Path:
     env = os.environ.get("FRANKENEVAL_FINGERPRINT_CACHE")
     if env:
         return Path(env).expanduser()
-    from frankeneval.miniature.lineage import default_cache_dir
-
     return default_cache_dir() / "fingerprints"
 
 

@@ -8,7 +8,7 @@ wrapper and the analyses (localization sweeps, transfer).
 * Prompts go through the processor's chat template (system message, then the user turn: images first,
   then the text), are padded on the left and generated in batches; greedy unless ``do_sample=True``. Only the
   arguments given here steer decoding: the checkpoint's ``generation_config`` sampling defaults (a hub
-  Qwen2.5-VL ships ``repetition_penalty`` 1.05) are not applied (METHOD.md: greedy, temperature 0).
+  Qwen2.5-VL ships ``repetition_penalty`` 1.05) are not applied (docs/method.md: greedy, temperature 0).
 * ``stop``: one list of stop strings for all rows, or one list per row; the text is cut at the first stop
   string and a row stops generating once it has one (the batch stops when every row is done).
 * ``batch_size="auto"``: start at ``max_batch_size`` (or the last size that fitted) and halve on
@@ -16,13 +16,13 @@ wrapper and the analyses (localization sweeps, transfer).
   (the default): 64 rows, or on a GPU with the static decoder as many rows as a quarter of the free memory holds
   (K/V cache of a 2048-token prompt plus the new tokens, at most 1024 rows).
 * Decoding: ``decode="auto"`` prefills with the model's own forward and decodes greedy rows with
-  :class:`frankeneval.core.decode.StaticDecoder` (preallocated cache, CUDA graph on GPU); each distinct prompt and
-  image is encoded once (:class:`frankeneval.core.encoding.PromptEncoder`), ``prefill_tokens`` prompt tokens per
+  :class:`frankeneval.engine.decode.StaticDecoder` (preallocated cache, CUDA graph on GPU); each distinct prompt and
+  image is encoded once (:class:`frankeneval.engine.encoding.PromptEncoder`), ``prefill_tokens`` prompt tokens per
   prefill forward; sampling, repetition penalty, attention capture and the seed-compatible swap use
   ``model.generate``, as does ``decode="hf"`` for everything. Both give the same tokens (tests, float32).
   ``profile=True``: the static path's encode (of it: processor, vision tower) / prefill / decode seconds add up in
   ``timings``.
-* ``interventions``: one entry per request (see ``frankeneval.core.interventions``); ``CaptureAttention`` results
+* ``interventions``: one entry per request (see ``frankeneval.engine.interventions``); ``CaptureAttention`` results
   come back in ``GenResult.captures``. ``SwapVisualKV`` with a PIL image source is encoded once with the
   row's own prompt/system (cached), or pass a ``VisualKV`` from ``Generator.visual_kv``.
 """
@@ -40,16 +40,16 @@ from typing import Any
 
 import torch
 
-from frankeneval.core.branch import BranchPlan, branch_prefill, plan_branches
-from frankeneval.core.decode import StaticDecoder, returned_cache, supports_static_decode
-from frankeneval.core.encoding import PromptEncoder, image_key, to_rgb
-from frankeneval.core.interventions import (
+from frankeneval.engine.branch import BranchPlan, branch_prefill, plan_branches
+from frankeneval.engine.decode import StaticDecoder, returned_cache, supports_static_decode
+from frankeneval.engine.encoding import PromptEncoder, image_key, to_rgb
+from frankeneval.engine.interventions import (
     AttentionCapture,
-    CaptureAttention,
+    RecordVisualKV,
     SwapVisualKV,
     VisualKV,
-    _RecordVisualKV,
     apply_interventions,
+    needs_hooked_decode,
     normalize_rows,
 )
 from frankeneval.errors import FrankenevalError, InterventionError, UnsafeWeights
@@ -269,11 +269,7 @@ class Generator:
         """Whether these rows decode with the static decoder (greedy, no capture / record / seed-compatible swap)."""
         if not self._static_path or do_sample or repetition_penalty not in (None, 1.0):
             return False
-        for row in rows:
-            for it in row:
-                if isinstance(it, (CaptureAttention, _RecordVisualKV)) or (isinstance(it, SwapVisualKV) and it.seed_compatible):
-                    return False
-        return True
+        return not needs_hooked_decode(rows)
 
     def _start_batch_size(self, max_new_tokens: int, static: bool) -> int:
         """Rows per call ``batch_size="auto"`` starts at (before any out-of-memory back-off)."""
@@ -389,7 +385,7 @@ class Generator:
                 inputs = self.encode([req])
                 forward = dict(inputs)
             with torch.inference_mode(), apply_interventions(
-                self.model, [[_RecordVisualKV()]], input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask")
+                self.model, [[RecordVisualKV()]], input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask")
             ) as session:
                 self.model(**forward, use_cache=False)
             grid = tuple(tuple(int(x) for x in g) for g in inputs.get("image_grid_thw", torch.zeros(0, 3)).tolist())
@@ -537,7 +533,7 @@ class Generator:
     def _generate_static(self, requests, rows, stops, *, max_new_tokens, ignore_eos):
         """One batch: prefill with the model's forward (``prefill_tokens`` prompt tokens at a time, interventions
         applied; prompts and images encoded through :class:`PromptEncoder`'s caches; visual-KV swap rows from their
-        prompt's shared prefix, :mod:`frankeneval.core.branch`), then greedy decode with :class:`StaticDecoder`."""
+        prompt's shared prefix, :mod:`frankeneval.engine.branch`), then greedy decode with :class:`StaticDecoder`."""
         inputs, features, positions, mask, keys = self._encode_static(requests)
         ids = inputs["input_ids"]
         n, prompt_len = ids.shape
@@ -560,10 +556,9 @@ class Generator:
                                          attention_mask=mask[part]) as session:
                     out = self.model(inputs_embeds=embeds(part), attention_mask=mask[part],
                                      position_ids=positions[:, part], use_cache=True, logits_to_keep=1)
-                keep = torch.tensor([[0.0 if j in st.ablate else 1.0 for st in session.states]
-                                     for j in range(session.n_layers)])
                 cache = returned_cache(out)
-                decoder.write_prompt(part, cache, mask[part], positions[1:, part, -1], out.logits[:, -1].argmax(-1), keep)
+                decoder.write_prompt(part, cache, mask[part], positions[1:, part, -1], out.logits[:, -1].argmax(-1),
+                                     session.plans)
                 del out, cache
             for part, cache, part_mask, last, first in branch_prefill(
                 self.model, plan, input_ids=ids, embeds=embeds, positions=positions, mask=mask, rows=rows,

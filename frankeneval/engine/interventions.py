@@ -10,7 +10,7 @@ An intervention is a small frozen dataclass; a batched call takes one list of th
   visual-token positions are replaced by the source image's post-RoPE keys/values (``VisualKV``), at prefill;
   the edit lands in the KV cache, so decode steps read it. Source and target must have the same number of
   visual tokens (else ``InterventionError``). A ``from_layer`` past the last layer is a no-op.
-  ``seed_compatible=True`` adds the reference code's decode-step re-append (METHOD.md, "Vision localization"):
+  ``seed_compatible=True`` adds the reference code's decode-step re-append (docs/method.md §4.1):
   see *Seed-compatible swap* below.
 * ``CaptureAttention(layers=None, query="generated")`` -- per layer and head, the attention mass
   (softmax probability summed over the visual-token keys) of the chosen query tokens. Computed inside the
@@ -20,10 +20,17 @@ An intervention is a small frozen dataclass; a batched call takes one list of th
   or ``"prompt"`` (every non-padding prompt position).
 
 **Layer indexing**: ``layers`` / ``from_layer`` (and ``AttentionCapture.layers``) are LLM layers on the
-unified axis of ``frankeneval.core.layermap``: 1 ... n, where unified layer ``L`` is the decoder module
-``model.model.language_model.layers[L - 1]``. The conversion happens in one place, ``_Session`` (through
+unified axis of ``frankeneval.weights.layermap``: 1 ... n, where unified layer ``L`` is the decoder module
+``model.model.language_model.layers[L - 1]``. The conversion happens in one place, :func:`plan_rows` (through
 ``layermap.decoder_index``); ``0`` (the projector on the unified axis, decoder layer 0 in old specs) is refused
 with a message saying how to write it now.
+
+**One plan per row**: :func:`plan_rows` checks a batch's interventions against the model and the prompts and resolves
+each row's into one :class:`RowPlan` (decoder-layer indices). Every path that applies interventions consumes these
+plans and nothing else: the hooked forward (:func:`apply_interventions`), the shared-prefix prefill of swap rows
+(``engine.branch``, through :class:`SwapWriter`) and the static decoder (``engine.decode``, through
+:func:`keep_mask`). :func:`needs_hooked_decode` says which interventions act at decode steps (so decoding must run
+the model's own forward with the session active).
 
 Mechanics (no patched model code): ``Ablate`` uses forward hooks on ``self_attn`` and ``mlp``; swap and
 capture use an attention function registered in transformers' ``AttentionInterface`` (plus the matching mask
@@ -60,7 +67,7 @@ from typing import Any, Union
 import torch
 import torch.nn.functional as F
 
-from frankeneval.core.layermap import decoder_index, select_layers
+from frankeneval.weights.layermap import decoder_index, select_layers
 from frankeneval.errors import InterventionError, SpecError
 
 PREFIX = "frankeneval_"
@@ -159,18 +166,19 @@ class AttentionCapture:
 
 
 @dataclass(frozen=True, eq=False)
-class _RecordVisualKV:
-    """Internal: keep this row's visual-token K/V at every layer (used to build a ``VisualKV``)."""
+class RecordVisualKV:
+    """Keep this row's visual-token K/V at every layer, for ``session.visual_kv(row)`` (``Generator.visual_kv``
+    builds a :class:`VisualKV` with it)."""
 
 
-Intervention = Union[Ablate, SwapVisualKV, CaptureAttention, _RecordVisualKV]
+Intervention = Union[Ablate, SwapVisualKV, CaptureAttention, RecordVisualKV]
 RowSpec = Union[None, Intervention, Sequence[Intervention]]
 
 
 def normalize_rows(interventions: Any, n_rows: int) -> list[list[Intervention]]:
     """One list of interventions per row. ``None`` -> nothing; a single intervention -> the same for every row;
     else a sequence with one entry per row, each ``None``, an intervention, or a sequence of interventions."""
-    kinds = (Ablate, SwapVisualKV, CaptureAttention, _RecordVisualKV)
+    kinds = (Ablate, SwapVisualKV, CaptureAttention, RecordVisualKV)
     if interventions is None:
         return [[] for _ in range(n_rows)]
     if isinstance(interventions, kinds):
@@ -200,7 +208,7 @@ def parse_intervention_spec(spec: str | None, n_layers: int | None = None, *,
 
     ``ablate:12`` | ``ablate:3-5`` | ``ablate:3+7`` | ``ablate:late`` | ``swapkv:<from_layer>:<image path>`` |
     ``none``; several separated by ``;``. Layers are unified LLM layers 1 ... n in the layer grammar
-    (``frankeneval.core.layermap``), ``+`` between list items: ``ablate:12`` is decoder layer 11. ``n_layers``
+    (``frankeneval.weights.layermap``), ``+`` between list items: ``ablate:12`` is decoder layer 11. ``n_layers``
     (the model's LLM depth) is needed for the words (``early``, ``late``, ``all`` ...) and range checks; without
     it only numbers are accepted and the range is checked when the interventions run. ``seed_compatible``: swaps
     re-append the source's visual K/V at every decode step (the reference code's behaviour).
@@ -371,8 +379,14 @@ def _attend_with_copies(query, key, value, mask, copies, scaling):
 
 
 @dataclass
-class _RowState:
-    """One row's interventions, in decoder-layer module indices (converted once, in ``_Session``)."""
+class RowPlan:
+    """One row's interventions, checked and resolved to decoder-layer module indices (0-based) by :func:`plan_rows`.
+
+    ``ablate``: decoder layers whose attention and MLP outputs are zeroed; ``swap``: the row's visual-KV swap (its
+    source a :class:`VisualKV`), written at every decoder layer ``>= swap_from``; ``reappend``: the seed-compatible
+    swap's decode-step re-append; ``capture`` / ``capture_layers`` (None: every layer): the attention capture;
+    ``record``: keep the row's visual K/V (:class:`RecordVisualKV`).
+    """
 
     ablate: set[int] = field(default_factory=set)
     swap: SwapVisualKV | None = None
@@ -383,68 +397,128 @@ class _RowState:
     record: bool = False
 
 
+def plan_rows(rows: Sequence[Sequence[Intervention]], n_layers: int, visual: torch.Tensor) -> list[RowPlan]:
+    """One :class:`RowPlan` per row of a batch (``rows``: one list of interventions per row, see
+    :func:`normalize_rows`), for a model of ``n_layers`` LLM layers whose prompts have their visual tokens at
+    ``visual`` ``(rows, prompt_len)`` (bool). Raises :class:`InterventionError` for what cannot run: a layer out of
+    range, two swaps or captures in a row, a swap source with another number of visual tokens or layers, ..."""
+    return [_plan_row(list(items), row, n_layers, int(visual[row].sum())) for row, items in enumerate(rows)]
+
+
+def keep_mask(plans: Sequence[RowPlan], n_layers: int) -> torch.Tensor:
+    """``(n_layers, rows)`` float: 0 where the row ablates the decoder layer (its attention and MLP outputs are
+    multiplied by it), else 1 -- what the hooked forward and the static decoder both apply."""
+    return torch.tensor([[0.0 if j in p.ablate else 1.0 for p in plans] for j in range(n_layers)]).reshape(n_layers, len(plans))
+
+
+def needs_hooked_decode(rows: Sequence[Sequence[Intervention]]) -> bool:
+    """Whether some intervention acts inside attention at decode steps (:class:`CaptureAttention`,
+    :class:`RecordVisualKV`, a seed-compatible :class:`SwapVisualKV`), so decoding must run the model's own forward
+    with :func:`apply_interventions` active. Ablation (a keep mask) and the default swap (written into the prefill's
+    KV cache) need only the prefill's cache and :func:`keep_mask`."""
+    return any(isinstance(it, (CaptureAttention, RecordVisualKV)) or (isinstance(it, SwapVisualKV) and it.seed_compatible)
+               for row in rows for it in row)
+
+
+def _decoder_layers_of(layers: tuple[int, ...], n_layers: int, what: str) -> set[int]:
+    """Unified LLM layers -> decoder-layer module indices, checked against the model's depth."""
+    bad = [L for L in layers if not 1 <= L <= n_layers]
+    if bad:
+        raise InterventionError(
+            f"{what} layer {bad[0]} out of range: LLM layers are 1-{n_layers} on the unified axis"
+        )
+    return {decoder_index(L, n_layers) for L in layers}
+
+
+def _plan_row(items: list[Intervention], row: int, n_layers: int, n_vis: int) -> RowPlan:
+    st = RowPlan()
+    for it in items:
+        if isinstance(it, Ablate):
+            st.ablate.update(_decoder_layers_of(it.layers, n_layers, "Ablate"))
+        elif isinstance(it, SwapVisualKV):
+            if st.swap is not None:
+                raise InterventionError("at most one SwapVisualKV per row")
+            src = it.source
+            if not isinstance(src, VisualKV):
+                raise InterventionError("SwapVisualKV.source must be a VisualKV here (Generator encodes images)")
+            if src.n_visual != n_vis:
+                raise InterventionError(
+                    f"SwapVisualKV needs the same number of visual tokens: source has {src.n_visual}, "
+                    f"target row {row} has {n_vis} (resize both images to the same size)"
+                )
+            if src.n_layers != n_layers:
+                raise InterventionError(f"VisualKV has {src.n_layers} layers, the model {n_layers}")
+            st.swap = it
+            st.swap_from = decoder_index(it.from_layer)  # past the last layer: no layer swaps
+            st.reappend = it.seed_compatible
+        elif isinstance(it, CaptureAttention):
+            if st.capture is not None:
+                raise InterventionError("at most one CaptureAttention per row")
+            if it.layers is not None:
+                st.capture_layers = _decoder_layers_of(it.layers, n_layers, "CaptureAttention")
+            if n_vis == 0:
+                raise InterventionError(f"CaptureAttention on row {row}, which has no visual tokens")
+            st.capture = it
+        elif isinstance(it, RecordVisualKV):
+            st.record = True
+    if st.reappend and st.capture is not None:
+        raise InterventionError(f"row {row}: CaptureAttention cannot be combined with a seed-compatible SwapVisualKV")
+    return st
+
+
+class SwapWriter:
+    """Writes the swap sources' visual K/V over the visual positions of a batch's rows (:meth:`write`, once per layer),
+    from the rows' plans: what a full prefill does inside attention and the shared-prefix prefill (``engine.branch``)
+    does on the past K/V it builds."""
+
+    def __init__(self, plans: Sequence[RowPlan], visual: torch.Tensor):
+        self.plans = list(plans)
+        self.visual = visual  # (rows, prompt_len) bool: visual-token positions
+        self.rows = [i for i, p in enumerate(self.plans) if p.swap is not None]
+        self._index: tuple | None = None  # (rows by first swapped layer, row / position index, prefix counts)
+
+    def write(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> None:
+        """Overwrite, in place, ``key`` / ``value`` ``(rows, kv_heads, prompt_len, head_dim)`` at decoder layer ``layer``
+        for every row swapping there: one indexed copy for all rows (rows ordered by their first swapped layer, so the
+        rows swapping at a layer are a prefix)."""
+        if not self.rows:
+            return
+        if self._index is None:
+            order = sorted(self.rows, key=lambda r: self.plans[r].swap_from)
+            visual = self.visual.cpu()
+            pos = [visual[r].nonzero().squeeze(-1) for r in order]
+            rows_idx = torch.cat([torch.full((len(p),), r, dtype=torch.long) for r, p in zip(order, pos)])
+            counts = [0]
+            for p in pos:
+                counts.append(counts[-1] + len(p))
+            self._index = (order, rows_idx.to(key.device), torch.cat(pos).to(key.device), counts)
+        order, rows_idx, pos_idx, counts = self._index
+        n = sum(1 for r in order if self.plans[r].swap_from <= layer)
+        if n == 0:
+            return
+        m = counts[n]
+        sources = [self.plans[r].swap.source for r in order[:n]]
+        key[rows_idx[:m], :, pos_idx[:m]] = torch.cat([s.keys[layer] for s in sources], dim=1).transpose(0, 1).to(key.device, key.dtype)
+        value[rows_idx[:m], :, pos_idx[:m]] = torch.cat([s.values[layer] for s in sources], dim=1).transpose(0, 1).to(value.device, value.dtype)
+
+
 class _Session:
-    """Per-batch state of one ``apply_interventions`` block."""
+    """Per-batch state of one ``apply_interventions`` block: the rows' plans, and what the attention function records."""
 
     def __init__(self, rows: list[list[Intervention]], n_layers: int, visual: torch.Tensor, padding: torch.Tensor | None):
         self.n_layers = n_layers
         self.visual = visual  # (rows, prompt_len) bool: visual-token positions
         self.padding = padding  # (rows, prompt_len) bool: real tokens, or None
         self.layer_of: dict[int, int] = {}
-        self.states = [self._row_state(r, i) for i, r in enumerate(rows)]
+        self.plans = plan_rows(rows, n_layers, visual)
         self.recorded: dict[int, tuple[list, list]] = {}
         self.captured: dict[int, dict[int, list[torch.Tensor]]] = {}
-        self.swap_rows = [i for i, s in enumerate(self.states) if s.swap is not None]
-        self.capture_rows = [i for i, s in enumerate(self.states) if s.capture is not None]
-        self.record_rows = [i for i, s in enumerate(self.states) if s.record]
-        self.reappend_rows = [i for i in self.swap_rows if self.states[i].reappend]
+        self.swapper = SwapWriter(self.plans, visual)
+        self.swap_rows = self.swapper.rows
+        self.capture_rows = [i for i, s in enumerate(self.plans) if s.capture is not None]
+        self.record_rows = [i for i, s in enumerate(self.plans) if s.record]
+        self.reappend_rows = [i for i in self.swap_rows if self.plans[i].reappend]
         self._copies: dict[int, tuple] = {}  # decoder layer -> (keys, values, valid) of the re-appended copies
-        self._swap_index: tuple | None = None  # (rows by first swapped layer, row / position index, prefix counts)
-
-    def _row_state(self, items: list[Intervention], row: int) -> _RowState:
-        st = _RowState()
-        n_vis = int(self.visual[row].sum())
-        for it in items:
-            if isinstance(it, Ablate):
-                st.ablate.update(self._decoder(it.layers, "Ablate"))
-            elif isinstance(it, SwapVisualKV):
-                if st.swap is not None:
-                    raise InterventionError("at most one SwapVisualKV per row")
-                src = it.source
-                if not isinstance(src, VisualKV):
-                    raise InterventionError("SwapVisualKV.source must be a VisualKV here (Generator encodes images)")
-                if src.n_visual != n_vis:
-                    raise InterventionError(
-                        f"SwapVisualKV needs the same number of visual tokens: source has {src.n_visual}, "
-                        f"target row {row} has {n_vis} (resize both images to the same size)"
-                    )
-                if src.n_layers != self.n_layers:
-                    raise InterventionError(f"VisualKV has {src.n_layers} layers, the model {self.n_layers}")
-                st.swap = it
-                st.swap_from = decoder_index(it.from_layer)  # past the last layer: no layer swaps
-                st.reappend = it.seed_compatible
-            elif isinstance(it, CaptureAttention):
-                if st.capture is not None:
-                    raise InterventionError("at most one CaptureAttention per row")
-                if it.layers is not None:
-                    st.capture_layers = self._decoder(it.layers, "CaptureAttention")
-                if n_vis == 0:
-                    raise InterventionError(f"CaptureAttention on row {row}, which has no visual tokens")
-                st.capture = it
-            elif isinstance(it, _RecordVisualKV):
-                st.record = True
-        if st.reappend and st.capture is not None:
-            raise InterventionError(f"row {row}: CaptureAttention cannot be combined with a seed-compatible SwapVisualKV")
-        return st
-
-    def _decoder(self, layers: tuple[int, ...], what: str) -> set[int]:
-        """Unified LLM layers -> decoder-layer module indices, checked against this model's depth."""
-        bad = [L for L in layers if not 1 <= L <= self.n_layers]
-        if bad:
-            raise InterventionError(
-                f"{what} layer {bad[0]} out of range: LLM layers are 1-{self.n_layers} on the unified axis"
-            )
-        return {decoder_index(L, self.n_layers) for L in layers}
 
     @property
     def needs_attention_fn(self) -> bool:
@@ -461,31 +535,10 @@ class _Session:
                 keys[layer] = key[r][:, pos].detach().clone()
                 vals[layer] = value[r][:, pos].detach().clone()
             if self.swap_rows:
-                self._swap(layer, key, value)
+                # in place: these are the tensors the KV cache returned (its storage), so decode reads them
+                self.swapper.write(layer, key, value)
         if self.capture_rows:
             self._capture(layer, query, key, mask, scaling, prefill)
-
-    def _swap(self, layer: int, key, value) -> None:
-        """Write the sources' visual K/V over the visual positions of every row swapping at ``layer``: one indexed
-        copy for all rows (rows ordered by their first swapped layer, so the rows swapping here are a prefix)."""
-        if self._swap_index is None:
-            order = sorted(self.swap_rows, key=lambda r: self.states[r].swap_from)
-            visual = self.visual.cpu()
-            pos = [visual[r].nonzero().squeeze(-1) for r in order]
-            rows_idx = torch.cat([torch.full((len(p),), r, dtype=torch.long) for r, p in zip(order, pos)])
-            counts = [0]
-            for p in pos:
-                counts.append(counts[-1] + len(p))
-            self._swap_index = (order, rows_idx.to(key.device), torch.cat(pos).to(key.device), counts)
-        order, rows_idx, pos_idx, counts = self._swap_index
-        n = sum(1 for r in order if self.states[r].swap_from <= layer)
-        if n == 0:
-            return
-        m = counts[n]
-        sources = [self.states[r].swap.source for r in order[:n]]
-        # in place: these are the tensors the KV cache returned (its storage), so decode reads them
-        key[rows_idx[:m], :, pos_idx[:m]] = torch.cat([s.keys[layer] for s in sources], dim=1).transpose(0, 1).to(key.device, key.dtype)
-        value[rows_idx[:m], :, pos_idx[:m]] = torch.cat([s.values[layer] for s in sources], dim=1).transpose(0, 1).to(value.device, value.dtype)
 
     def decode_copies(self, layer: int, query, key):
         """``(keys, values, bias)`` of the seed-compatible re-appended visual K/V at a decode step, or None.
@@ -496,17 +549,17 @@ class _Session:
         if not self.reappend_rows or query.shape[2] != 1 or key.shape[2] <= self.visual.shape[1]:
             return None
         if layer not in self._copies:
-            rows = [r for r in self.reappend_rows if layer >= self.states[r].swap_from]
+            rows = [r for r in self.reappend_rows if layer >= self.plans[r].swap_from]
             if not rows:
                 self._copies[layer] = None
             else:
-                n = max(self.states[r].swap.source.n_visual for r in rows)
+                n = max(self.plans[r].swap.source.n_visual for r in rows)
                 b, h, d = key.shape[0], key.shape[1], key.shape[3]
                 ks = key.new_zeros(b, h, n, d)
                 vs = key.new_zeros(b, h, n, d)
                 valid = torch.zeros(b, n, dtype=torch.bool, device=key.device)
                 for r in rows:
-                    src = self.states[r].swap.source
+                    src = self.plans[r].swap.source
                     ks[r, :, : src.n_visual] = src.keys[layer].to(key.device, key.dtype)
                     vs[r, :, : src.n_visual] = src.values[layer].to(key.device, key.dtype)
                     valid[r, : src.n_visual] = True
@@ -521,7 +574,7 @@ class _Session:
     def _capture(self, layer, query, key, mask, scaling, prefill) -> None:
         rows = [
             r for r in self.capture_rows
-            if self.states[r].capture_layers is None or layer in self.states[r].capture_layers
+            if self.plans[r].capture_layers is None or layer in self.plans[r].capture_layers
         ]
         if not rows:
             return
@@ -529,7 +582,7 @@ class _Session:
         n_prompt = self.visual.shape[1]
         by_mode: dict[tuple[str, ...], list[int]] = {}
         for r in rows:
-            mode = self.states[r].capture.query
+            mode = self.plans[r].capture.query
             if mode == "generated":
                 idx = (q_len - 1,) if prefill else ((0,) if q_len == 1 else ())
             elif mode == "last":
@@ -549,7 +602,7 @@ class _Session:
                 self.captured.setdefault(r, {}).setdefault(layer, []).append(mass[i].detach().float().cpu())
 
     def captures(self, row: int, n_generated: int | None = None) -> list[AttentionCapture]:
-        st = self.states[row]
+        st = self.plans[row]
         if st.capture is None:
             return []
         layers = st.capture.layers if st.capture.layers is not None else tuple(range(1, self.n_layers + 1))
@@ -614,8 +667,7 @@ def apply_interventions(
     previous_impl = cfg._attn_implementation
     token = None
     try:
-        for j, layer in enumerate(layers):
-            keep = torch.tensor([0.0 if j in st.ablate else 1.0 for st in session.states])
+        for j, (layer, keep) in enumerate(zip(layers, keep_mask(session.plans, len(layers)))):
             if (keep == 0).any():
                 handles.append(layer.self_attn.register_forward_hook(_zero_rows_hook(keep)))
                 handles.append(layer.mlp.register_forward_hook(_zero_rows_hook(keep)))

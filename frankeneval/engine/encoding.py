@@ -6,7 +6,7 @@ encoding each row again would run the image processor and the vision tower 29 ti
 * runs the processor once per distinct request (chat text + image contents) and keeps its text-side tensors (input
   ids, masks, token types, image grids) on the CPU;
 * runs the vision tower (``model.get_image_features``, its window attention batched by
-  :mod:`frankeneval.core.vision_attention`, no autograd) once per distinct image content, for the images of a batch
+  :mod:`frankeneval.engine.vision_attention`, no autograd) once per distinct image content, for the images of a batch
   not seen before in forwards of at most ``MAX_PATCHES`` patches, and keeps the merged image features on the
   model's device (least recently used first out, ``max_images``);
 * builds a batch as the processor would (left padding), plus ``inputs_embeds`` = token embeddings with the image
@@ -26,7 +26,7 @@ from contextlib import nullcontext
 
 import torch
 
-from frankeneval.core.vision_attention import batched_windows
+from frankeneval.engine.vision_attention import batched_windows
 from frankeneval.errors import FrankenevalError
 
 

@@ -11,7 +11,9 @@ the text model alone (after the prefill no image is involved):
   matmuls (query group x cache), showed cuBLAS picking a legacy kernel for those 7-row products: 40 % of a
   264-row step;
 * positions continue from the prefill's last 3-D rope position (``+1`` per step, what ``generate`` does);
-* per-row ablation (``Ablate``) as a keep-mask on each layer's attention and MLP outputs, no hooks;
+* per-row ablation (``Ablate``) as a keep-mask on each layer's attention and MLP outputs, no hooks: the rows' plans
+  (:class:`~frankeneval.engine.interventions.RowPlan`) through the same :func:`~frankeneval.engine.interventions.keep_mask`
+  the hooked forward applies;
 * on CUDA the whole step (embedding, 28 layers, lm_head, argmax, cache write) is captured once in a CUDA graph and
   replayed, so a step costs one launch instead of ~600; on CPU the same code runs eagerly (what the tests compare).
 
@@ -28,7 +30,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from frankeneval.core.interventions import decoder_layers
+from frankeneval.engine.interventions import RowPlan, decoder_layers, keep_mask
 from frankeneval.errors import InterventionError
 
 log = logging.getLogger(__name__)
@@ -107,12 +109,13 @@ class StaticDecoder:
         return 2 * len(layers) * rows * cfg.num_key_value_heads * length * head_dim * elt
 
     def write_prompt(self, rows, cache, attention_mask: torch.Tensor, last_positions: torch.Tensor,
-                     first_tokens: torch.Tensor, keep: torch.Tensor | None = None) -> None:
+                     first_tokens: torch.Tensor, plans: list[RowPlan] | None = None) -> None:
         """Rows ``rows`` (decoder row indices, in the prefill's order) from one prefill: its ``DynamicCache``, padding
         mask ``(rows, length)``, ``(3, rows)`` rope positions of the last prompt token, the tokens the prefill
-        produced, and ``keep`` ``(layers, rows)`` (0: the layer's attention and MLP outputs are zeroed for that row).
+        produced, and the rows' intervention plans (``plans``, one per row; their ablations zero the layers'
+        attention and MLP outputs at every decode step, :func:`~frankeneval.engine.interventions.keep_mask`).
         A prefill shorter than ``prompt_len`` is right-aligned; the slots before it stay masked."""
-        kv = _cache_tensors(cache)
+        kv = cache_tensors(cache)
         dev = self.valid.device
         idx = torch.as_tensor(list(rows), dtype=torch.long, device=dev)
         length = kv[0][0].shape[2]
@@ -127,6 +130,7 @@ class StaticDecoder:
         self.pos[:, idx, 0] = last_positions.to(dev).long() + 1  # the first fed-back token's position
         self.tok[idx] = first_tokens.to(dev)
         self.out[idx, 0] = first_tokens.to(dev)
+        keep = keep_mask(plans, len(self.layers)) if plans is not None else None
         if keep is not None and bool((keep == 0).any()):
             self.keep[:, idx, 0, 0] = keep.to(dev, self.keep.dtype)
             self.ablating = True
@@ -257,6 +261,6 @@ def returned_cache(out):
     return cache if cache is not None else out.past_key_values
 
 
-def _cache_tensors(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def cache_tensors(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per-layer ``(keys, values)`` of a transformers cache."""
     return [(layer.keys, layer.values) for layer in cache.layers]
