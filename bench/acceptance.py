@@ -89,7 +89,8 @@ def now() -> str:
 
 
 def _exported_commit() -> str | None:
-    """The commit of a tree exported without .git (``git archive HEAD`` plus a ``COMMIT`` file), if any."""
+    """The commit of a tree exported without .git (``git archive HEAD`` plus a ``COMMIT`` file), if any. It wins over
+    ``git rev-parse``, which from inside an export finds the enclosing checkout's (on the device: stale) .git."""
     f = REPO / "COMMIT"
     return f.read_text().strip() if f.is_file() else None
 
@@ -130,8 +131,8 @@ def machine_info(work: Path) -> dict:
             "cpus": os.cpu_count(), "host_memory_gib": round(total_mem / 2**30), "torch": torch.__version__,
             "transformers": version("transformers"), "lmms_eval": version("lmms_eval") or version("lmms-eval"),
             "frankeneval": version("frankeneval"), "python": sys.version.split()[0],
-            "git_commit": git("rev-parse", "HEAD") or _exported_commit(),
-            "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+            "git_commit": _exported_commit() or git("rev-parse", "HEAD"),
+            "git_dirty": False if _exported_commit() else bool(git("status", "--porcelain", "--untracked-files=no")),
             "disk_free_gb": round(shutil.disk_usage(work).free / 1e9, 1)}
 
 
@@ -392,7 +393,8 @@ def check_transfer(run: Path, ctx: dict) -> dict:
 
 def check_report(run: Path, ctx: dict) -> dict:
     """Every planned cell in the leaderboard and every cell of the rendered rule_acc table filled."""
-    from frankeneval.reports.leaderboard import build_leaderboard, missing_note
+    from frankeneval.reports.leaderboard.build import build_leaderboard
+    from frankeneval.reports.leaderboard.text import missing_note
 
     md = run / "report.md"
     if not md.is_file():
