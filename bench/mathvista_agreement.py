@@ -8,7 +8,7 @@ Usage::
 official ``true_false`` (``extraction`` -- the official GPT extraction -- optional), e.g. taken from the MathVista
 repository's ``results/*/output_*.json``. Questions, choices and answers come from the testmini rows (``--data``,
 default ``$FRANKENEVAL_DATA/mathvista/testmini.jsonl``). Keep such downloads outside the repository.
-``--baseline`` scores with the core rules alone (``frankeneval.core.scoring.mathvista_final_answer`` /
+``--baseline`` scores with the core rules alone (``frankeneval.tasks.mathvista.scoring.mathvista_final_answer`` /
 ``mathvista_correct``) instead of the task's :func:`mathvista_rule_verdict`, to compare before / after.
 
 Per item the rules give a verdict -- ``credit`` (a stated answer, right), ``wrong`` (a stated answer, wrong) or
@@ -48,8 +48,8 @@ import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from frankeneval.core import scoring
-from frankeneval.core.scoring import mathvista_rule_verdict
+from frankeneval.tasks.mathvista import scoring
+from frankeneval.tasks.mathvista.scoring import mathvista_rule_verdict
 
 
 def load_rows(path: Path) -> dict[str, dict]:

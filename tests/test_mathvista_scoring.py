@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import pytest
 
-from frankeneval.core import scoring as S
+from frankeneval.tasks.mathvista import scoring as S
 
 YES_NO = {"question_type": "multi_choice", "answer_type": "text", "choices": ["Yes", "No"], "answer": "No",
           "unit": "", "precision": 0}
@@ -206,7 +206,7 @@ RATIO = dict(INTEGER, question="How many apples are on the table?")
 
 
 def _rule(response, doc, **kw):
-    from frankeneval.core.scoring import mathvista_rule_verdict
+    from frankeneval.tasks.mathvista.scoring import mathvista_rule_verdict
 
     return mathvista_rule_verdict(response, doc, **kw)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from frankeneval.core import scoring as S
+from frankeneval.tasks.mathvista import scoring as MV
 
 
 @pytest.mark.parametrize(
@@ -82,31 +83,31 @@ MC = {"question_type": "multi_choice", "answer_type": "text", "choices": ["135°
     ],
 )
 def test_mathvista_multiple_choice(response, ok):
-    assert S.mathvista_correct(response, MC)[0] is ok
+    assert MV.mathvista_correct(response, MC)[0] is ok
 
 
 def test_mathvista_multiple_choice_whole_option_text_only():
     doc = dict(MC, choices=["40°", "140°"], answer="140°")
-    assert S.mathvista_correct("The answer is 140°", doc)[0]
-    assert not S.mathvista_correct("The answer is 40°", doc)[0]
-    assert not S.mathvista_correct("it is 140°", doc)[0]  # option text inside a sentence selects nothing
+    assert MV.mathvista_correct("The answer is 140°", doc)[0]
+    assert not MV.mathvista_correct("The answer is 40°", doc)[0]
+    assert not MV.mathvista_correct("it is 140°", doc)[0]  # option text inside a sentence selects nothing
 
 
 def test_mathvista_free_form_precision_unit_and_types():
     flt = {"question_type": "free_form", "answer_type": "float", "precision": 1.0, "answer": "1.2", "unit": None}
-    assert S.mathvista_correct("\\boxed{1.23}", flt) == (True, "1.2")
-    assert not S.mathvista_correct("\\boxed{1.26}", flt)[0]
+    assert MV.mathvista_correct("\\boxed{1.23}", flt) == (True, "1.2")
+    assert not MV.mathvista_correct("\\boxed{1.26}", flt)[0]
     integer = {"question_type": "free_form", "answer_type": "integer", "precision": None, "answer": "11",
                "unit": "years"}
-    assert S.mathvista_correct("\\boxed{11 years}", integer)[0]
-    assert S.mathvista_correct("The answer is 11 years.", integer)[0]
-    assert not S.mathvista_correct("He is 11 years old", integer)[0]  # free form needs a stated final answer
-    assert not S.mathvista_correct("\\boxed{12}", integer)[0]
+    assert MV.mathvista_correct("\\boxed{11 years}", integer)[0]
+    assert MV.mathvista_correct("The answer is 11 years.", integer)[0]
+    assert not MV.mathvista_correct("He is 11 years old", integer)[0]  # free form needs a stated final answer
+    assert not MV.mathvista_correct("\\boxed{12}", integer)[0]
     two = {"question_type": "free_form", "answer_type": "float", "precision": 2, "answer": "0.57", "unit": ""}
-    assert S.mathvista_correct("\\boxed{0.5714}", two)[0]
+    assert MV.mathvista_correct("\\boxed{0.5714}", two)[0]
     lst = {"question_type": "free_form", "answer_type": "list", "precision": None, "answer": "[2014, 2016]"}
-    assert S.mathvista_correct("\\boxed{[2014, 2016]}", lst)[0]
-    assert not S.mathvista_correct("\\boxed{[2014]}", lst)[0]
+    assert MV.mathvista_correct("\\boxed{[2014, 2016]}", lst)[0]
+    assert not MV.mathvista_correct("\\boxed{[2014]}", lst)[0]
 
 
 def test_box_iou_and_grounding():

@@ -14,12 +14,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from frankeneval.core import scoring
 from frankeneval.core.data import DataNotFound, load_benchmark_rows, row_where, subsample_indices
-from frankeneval.core.scoring import mathvista_rule_verdict
 from frankeneval.errors import FrankenevalError
 from frankeneval.tasks import common
 from frankeneval.tasks.common import INSTRUCTION, TaskSettings, count, judge_accuracy, mean_score  # noqa: F401 - YAML hooks
+from frankeneval.tasks.mathvista import scoring
+from frankeneval.tasks.mathvista.scoring import mathvista_rule_verdict
 
 # --------------------------------------------------------------------------- docs
 
@@ -235,7 +235,8 @@ def mathvista_doc_to_visual(doc: dict, lmms_eval_specific_kwargs: dict | None = 
 
 
 def mathvista_process_results(doc: dict, results: list[str], settings: TaskSettings | None = None) -> dict:
-    """``rule_acc`` (the rules: only a stated final answer counts, see :func:`frankeneval.core.scoring.mathvista_rule_verdict`; an answer
+    """``rule_acc`` (the rules: only a stated final answer counts, see
+    :func:`frankeneval.tasks.mathvista.scoring.mathvista_rule_verdict`; an answer
     that hit ``max_new_tokens`` is credited only from a tag or box), ``judge_acc`` / ``judge_error`` with the
     judge on (``grading: paper`` rules first, or ``seed``), and ``mathvista_acc`` with ``extraction: mathvista``
     (MathVista's own extraction then normalization, :func:`mathvista_protocol`)."""
