@@ -351,14 +351,14 @@ def check_stage(name: str, ctx: dict) -> dict:
 
 
 def transfer_plan(ctx: dict) -> tuple[list[str], list[str]]:
-    from frankeneval.transferability.transfer import split_tasks
+    from frankeneval.transferability.manifest import split_tasks
 
     return ["base", "in", "rl", *variants(ctx["cfg"]["recipe"])], split_tasks("both")
 
 
 def check_transfer(run: Path, ctx: dict) -> dict:
     from frankeneval.core.runstore import read_records
-    from frankeneval.transferability.transfer import CELL_FIELDS
+    from frankeneval.transferability.manifest import CELL_FIELDS
 
     models, groups = transfer_plan(ctx)
     expected = {f"{m}::{g}" for m in models for g in groups}

@@ -224,7 +224,8 @@ def test_leaderboard_reports_judge_errors_beside_judge_accuracy(tmp_path):
     import csv
     import io
 
-    from frankeneval.reports.leaderboard import build_leaderboard, render
+    from frankeneval.reports.leaderboard.build import build_leaderboard
+    from frankeneval.reports.leaderboard.report import render
     from frankeneval.transferability.transfer import run_cells
 
     def runner(job):
@@ -386,10 +387,10 @@ def test_reply_text_and_keys_are_never_written(server, tmp_path, monkeypatch):
 def test_transfer_probes_the_judge_before_any_cell(tmp_path, monkeypatch):
     """`transfer` with the judge on and not answering stops with one line before starting any lmms-eval cell."""
     from frankeneval.errors import FrankenevalError
-    from frankeneval.transferability import transfer
+    from frankeneval.transferability import cells, transfer
 
     started = []
-    monkeypatch.setattr(transfer, "lmms_eval_runner", lambda job: started.append(job))
+    monkeypatch.setattr(cells, "lmms_eval_runner", lambda job: started.append(job))
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     dead = "http://127.0.0.1:9/v1"
     env = {"FRANKENEVAL_JUDGE": "1", "OPENAI_BASE_URL": dead, "FRANKENEVAL_JUDGE_MODEL": "probe-model",

@@ -118,8 +118,10 @@ def _models(names):
 
 
 def test_corrupt_cells_line_blocks_neither_transfer_nor_report(tmp_path, capsys):
-    from frankeneval.reports.leaderboard import build_leaderboard, render
-    from frankeneval.transferability.transfer import STORE, run_cells
+    from frankeneval.reports.leaderboard.build import build_leaderboard
+    from frankeneval.reports.leaderboard.report import render
+    from frankeneval.transferability.manifest import STORE
+    from frankeneval.transferability.transfer import run_cells
 
     run = tmp_path / "run"
     models = _models(["in", "rl"])
@@ -142,8 +144,10 @@ def test_corrupt_cells_line_blocks_neither_transfer_nor_report(tmp_path, capsys)
 
 def test_report_renders_finished_cells_and_names_the_missing_ones(tmp_path):
     from frankeneval.cli import main
-    from frankeneval.reports.leaderboard import build_leaderboard, render
-    from frankeneval.transferability.transfer import CellFailed, run_cells
+    from frankeneval.reports.leaderboard.build import build_leaderboard
+    from frankeneval.reports.leaderboard.report import render
+    from frankeneval.transferability.cells import CellFailed
+    from frankeneval.transferability.transfer import run_cells
 
     def runner(job):
         if job.cell.key == "rl::t2":

@@ -195,8 +195,9 @@ def _mathvista_folder(root: Path) -> Path:
 
 
 def test_transfer_checks_mathvista_images_before_any_cell(tmp_path, monkeypatch):
-    from frankeneval.reports.leaderboard import build_leaderboard, render
-    from frankeneval.transferability import transfer
+    from frankeneval.reports.leaderboard.build import build_leaderboard
+    from frankeneval.reports.leaderboard.report import render
+    from frankeneval.transferability import cells, manifest, transfer
 
     jpg = _mathvista_folder(tmp_path / "data")
     calls = []
@@ -211,7 +212,7 @@ def test_transfer_checks_mathvista_images_before_any_cell(tmp_path, monkeypatch)
             "".join(json.dumps({"doc_id": i, "rule_acc": {"id": pid, "score": 1}}) + "\n" for i, pid in enumerate("13")))
         (out / "20260101_000000_results.json").write_text(json.dumps({"results": {task: {"rule_acc,none": 1.0}}}))
 
-    monkeypatch.setattr(transfer, "lmms_eval_runner", fake_cell)  # the default runner: inputs are checked
+    monkeypatch.setattr(cells, "lmms_eval_runner", fake_cell)  # the default runner: inputs are checked
     models = {"in": {"path": "/models/in", "kind": "in", "description": "in"}}
     kw = {"data_dir": tmp_path / "data", "sample_size": 0, "progress": lambda s: None}
     with pytest.raises(BrokenInput, match="2.jpg"):
@@ -219,8 +220,8 @@ def test_transfer_checks_mathvista_images_before_any_cell(tmp_path, monkeypatch)
     assert calls == []  # stopped before the first cell
     result = transfer.run_cells(tmp_path / "run", models, ["franken_mathvista_perception"], skip_broken=True, **kw)
     assert calls and not result.failed
-    manifest = transfer.read_manifest(tmp_path / "run")
-    assert [(s["task"], s["id"], s["path"]) for s in manifest["skipped_inputs"]] == [
+    data = manifest.read_manifest(tmp_path / "run")
+    assert [(s["task"], s["id"], s["path"]) for s in data["skipped_inputs"]] == [
         ("franken_mathvista_perception", "2", str(jpg))]
     text = render(build_leaderboard(tmp_path / "run"), "md")
     assert "Skipped broken inputs (1" in text and str(jpg) in text
@@ -230,11 +231,11 @@ def test_transfer_names_a_crashed_input_check(tmp_path, monkeypatch):
     """The tasks' check runs as a child process (transfer never imports the tasks' code); one that crashes stops the
     run in one line naming it."""
     from frankeneval.errors import FrankenevalError
-    from frankeneval.transferability import transfer
+    from frankeneval.transferability import cells, transfer
 
     calls = []
-    monkeypatch.setattr(transfer, "lmms_eval_runner", lambda job: calls.append(job))
-    monkeypatch.setattr(transfer, "PREFLIGHT_MODULE", "frankeneval.tasks.no_such_check")
+    monkeypatch.setattr(cells, "lmms_eval_runner", lambda job: calls.append(job))
+    monkeypatch.setattr(cells, "PREFLIGHT_MODULE", "frankeneval.tasks.no_such_check")
     models = {"in": {"path": "/models/in", "kind": "in", "description": "in"}}
     with pytest.raises(FrankenevalError, match="no_such_check exited with 1") as exc:
         transfer.run_cells(tmp_path / "run", models, ["franken_gsm8k"], progress=lambda s: None)

@@ -200,7 +200,8 @@ def test_localize_reasoning_records_the_prompt(tiny_lineage, tmp_path):
 
 
 def test_transfer_passes_and_records_each_cells_prompt(tiny_lineage, tmp_path):
-    from frankeneval.transferability.transfer import read_manifest, run_cells
+    from frankeneval.transferability.manifest import read_manifest
+    from frankeneval.transferability.transfer import run_cells
 
     seen = {}
 
@@ -222,7 +223,7 @@ def test_transfer_passes_and_records_each_cells_prompt(tiny_lineage, tmp_path):
     manifest = read_manifest(tmp_path / "run")
     assert manifest["models"]["rl"]["system_prompt"] == "reasoner"
     assert manifest["settings"]["system_prompt"] == "auto"
-    from frankeneval.reports.leaderboard import build_leaderboard
+    from frankeneval.reports.leaderboard.build import build_leaderboard
 
     board = build_leaderboard(tmp_path / "run")  # the report shows each row's prompt
     assert board.prompt("rl") == "reasoner" and board.prompt("base") == "none"

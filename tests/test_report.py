@@ -12,14 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from frankeneval.reports.leaderboard import (
-    bootstrap_ci,
-    build_leaderboard,
-    render,
-    task_column,
-    write_report,
-)
-from frankeneval.transferability.transfer import CellJob, run_cells
+from frankeneval.reports.leaderboard.build import build_leaderboard
+from frankeneval.reports.leaderboard.report import render, write_report
+from frankeneval.reports.leaderboard.tasks import task_column
+from frankeneval.transferability.metrics import bootstrap_mean_ci
+from frankeneval.transferability.cells import CellJob
+from frankeneval.transferability.transfer import run_cells
 
 TASKS = ["franken_mathvista_perception", "franken_mathvista_alignment", "franken_math500", "franken_mathvista_perception_black"]
 MODELS = ["in", "rl", "v_a", "v_b"]
@@ -77,14 +75,14 @@ def test_task_columns():
 
 def test_bootstrap_ci_is_seeded_and_matches_numpy():
     x = [1, 0, 1, 1, 0, 1, 0, 1]
-    lo, hi = bootstrap_ci(x, seed=7, n_boot=500)
+    lo, hi = bootstrap_mean_ci(x, seed=7, n_boot=500)
     rng = np.random.default_rng(7)
     means = np.asarray(x, float)[rng.integers(0, 8, size=(500, 8))].mean(1)
     assert (lo, hi) == tuple(np.quantile(means, [0.025, 0.975]))
-    assert bootstrap_ci(x, seed=7, n_boot=500) == (lo, hi)
+    assert bootstrap_mean_ci(x, seed=7, n_boot=500) == (lo, hi)
     assert lo <= np.mean(x) <= hi
-    assert bootstrap_ci([], seed=0) is None
-    assert bootstrap_ci([1, 1, 1]) == (1.0, 1.0)
+    assert bootstrap_mean_ci([], seed=0) is None
+    assert bootstrap_mean_ci([1, 1, 1]) == (1.0, 1.0)
 
 
 def test_numbers_equal_lmms_eval_files(run_dir):
@@ -101,7 +99,7 @@ def test_numbers_equal_lmms_eval_files(run_dir):
                 assert e.value == res[f"{metric},none"]
                 scores = _samples(run_dir, m, t, metric)
                 assert e.n == len(scores) == (8 if metric == "rule_acc" else 7)
-                assert e.ci == bootstrap_ci(scores, seed=0)
+                assert e.ci == bootstrap_mean_ci(scores, seed=0)
                 assert e.delta_in == pytest.approx(e.value - _results(run_dir, "in", t)[f"{metric},none"])
                 assert e.delta_rl == pytest.approx(e.value - _results(run_dir, "rl", t)[f"{metric},none"])
             best = max(_results(run_dir, x, t)["rule_acc,none"] for x in MODELS)
@@ -185,11 +183,11 @@ def test_paper_table_leads_and_equals_hand_counts(run_dir):
 
 
 def test_prompt_column_shows_the_recorded_prompt_or_a_dash(tmp_path):
-    from frankeneval.reports.leaderboard import _prompt_label
+    from frankeneval.reports.leaderboard.build import prompt_label
 
-    assert _prompt_label({"name": "reasoner", "setting": "auto", "reason": "name rule", "text": "You are"}) == (
+    assert prompt_label({"name": "reasoner", "setting": "auto", "reason": "name rule", "text": "You are"}) == (
         "reasoner", "name rule")
-    assert _prompt_label(None) == ("", "")
+    assert prompt_label(None) == ("", "")
     run = tmp_path / "run"
     models = {"in": {"path": "/models/in", "kind": "in"}}
     run_cells(run, models, ["franken_math500"], runner=_fake_runner, progress=lambda s: None)

@@ -258,13 +258,13 @@ def test_stale_temp_file_of_a_dead_writer_is_removed(tmp_path):
 KILLED_TRANSFER = """
 import sys
 from pathlib import Path
-from frankeneval.transferability import transfer
+from frankeneval.transferability import cells, transfer
 flag = sys.argv[2]
 child = ("import os, sys, time, pathlib; pathlib.Path(sys.argv[1]).write_text(str(os.getpid())); "
          "time.sleep(60); pathlib.Path(sys.argv[1] + '.late').write_text('still writing')")
-transfer.lmms_eval_command = lambda job: [sys.executable, "-c", child, flag]
+cells.lmms_eval_command = lambda job: [sys.executable, "-c", child, flag]
 models = {"in": {"path": sys.argv[3], "kind": "in"}}
-transfer.run_cells(sys.argv[1], models, ["t1"], runner=transfer.lmms_eval_runner, progress=lambda s: None)
+transfer.run_cells(sys.argv[1], models, ["t1"], runner=cells.lmms_eval_runner, progress=lambda s: None)
 """
 
 

@@ -92,7 +92,8 @@ def test_task_settings_seed_compatible_implies_seed_grading_unless_set():
 
 
 def test_transfer_passes_the_switch_to_every_cell_and_records_it(tmp_path, tiny_lineage):
-    from frankeneval.transferability.transfer import read_manifest, run_cells
+    from frankeneval.transferability.manifest import read_manifest
+    from frankeneval.transferability.transfer import run_cells
     from test_transfer import write_fake_lmms_output
 
     seen = []

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from frankeneval.errors import FrankenevalError
-from frankeneval.transferability.transfer import CellJob, find_results, plan_cells, run_cells, run_transfer
+from frankeneval.transferability.cells import CellFailed, CellJob, find_results
+from frankeneval.transferability.manifest import plan_cells
+from frankeneval.transferability.transfer import run_cells, run_transfer
 
 TASKS = ["franken_mathvista_perception", "franken_mathvista_alignment", "franken_math500"]
 
@@ -63,7 +65,7 @@ def test_plan_cells_is_model_major():
 
 
 def test_transfer_runs_every_variant_and_resumes_after_crash(tmp_path, recipe):
-    from frankeneval.reports.leaderboard import build_leaderboard
+    from frankeneval.reports.leaderboard.build import build_leaderboard
 
     run = tmp_path / "run"
     kwargs = dict(tasks=TASKS, splice_cache=tmp_path / "splices", sample_size=6, sample_seed=123,
@@ -120,7 +122,6 @@ def test_failed_cells_do_not_stop_the_others(tmp_path, recipe):
 
     def flaky(job: CellJob) -> None:
         if job.cell.model == "in":
-            from frankeneval.transferability.transfer import CellFailed
 
             raise CellFailed("boom")
         write_fake_lmms_output(job)
@@ -160,7 +161,7 @@ def test_real_lmms_eval_cell(tmp_path, tiny_lineage, shared_data):
     data = json.loads(res.read_text())
     assert "rule_acc,none" in data["results"]["franken_gsm8k"]
     assert len(samples["franken_gsm8k"].read_text().splitlines()) == 2
-    from frankeneval.reports.leaderboard import build_leaderboard
+    from frankeneval.reports.leaderboard.build import build_leaderboard
 
     entry = build_leaderboard(run).get("in", "franken_gsm8k", "rule_acc")
     assert entry.value == data["results"]["franken_gsm8k"]["rule_acc,none"] and entry.n == 2
@@ -199,7 +200,6 @@ class CacheWatchingRunner(CountingRunner):
         self.on_disk.append(len(variant_dirs(self.cache)))
         self.devices.add(job.env.get("CUDA_VISIBLE_DEVICES", ""))
         if self.fail is not None and job.cell.key == self.fail:
-            from frankeneval.transferability.transfer import CellFailed
 
             raise CellFailed("boom")
         super().__call__(job)
@@ -232,7 +232,7 @@ def _manifest(run: Path) -> dict:
 
 @pytest.mark.parametrize("gpus", [0, 1])
 def test_evict_variants_holds_one_variant_at_a_time(tmp_path, recipe, spliced, gpus):
-    from frankeneval.reports.leaderboard import build_leaderboard
+    from frankeneval.reports.leaderboard.build import build_leaderboard
 
     cache, run = tmp_path / "splices", tmp_path / "run"
     runner = CacheWatchingRunner(cache)
@@ -324,7 +324,7 @@ def test_evict_variants_resumes_after_a_crash_without_resplicing_finished_varian
 
 
 def test_evict_variants_deletes_the_leftover_of_a_killed_run_without_resplicing(tmp_path, recipe, spliced, monkeypatch):
-    from frankeneval.transferability import transfer
+    from frankeneval.transferability import splice
 
     cache, run = tmp_path / "splices", tmp_path / "run"
     names = list(recipe.variants)
@@ -332,12 +332,11 @@ def test_evict_variants_deletes_the_leftover_of_a_killed_run_without_resplicing(
     def killed(*args, **kwargs):  # killed after the first variant's cells, before it was deleted
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(transfer, "_evict_splice", killed)
+    monkeypatch.setattr(splice, "evict_splice", killed)
     with pytest.raises(KeyboardInterrupt):
         run_transfer(run, recipe, runner=CountingRunner(), evict_variants=True, **_evict_kwargs(tmp_path))
     assert len(variant_dirs(cache)) == 1 and "splice_owner" in _manifest(run)["models"][names[0]]
-    monkeypatch.undo()  # _evict_splice back; the spy too: set it again
-    from frankeneval.transferability import splice
+    monkeypatch.undo()  # evict_splice back; the spy too: set it again
 
     seen: list[str] = []
     real = splice.materialize_cached
@@ -427,7 +426,6 @@ def test_gpu_pool_retries_a_failed_cell_on_another_gpu(tmp_path, recipe, monkeyp
             raise CellFailed("fails everywhere")
         write_fake_lmms_output(job)
 
-    from frankeneval.transferability.transfer import CellFailed
 
     result = run_cells(tmp_path / "run", models, ["t1", "t2"], runner=runner, gpus=2, progress=lambda s: None)
     assert "b::t1" in {c.key for c in result.ran}  # retried on GPU 1

@@ -184,7 +184,7 @@ def test_splits_option_chooses_the_task_groups():
     import yaml
 
     from frankeneval.errors import FrankenevalError
-    from frankeneval.transferability.transfer import DEFAULT_TASKS, SPLITS, split_tasks
+    from frankeneval.transferability.manifest import DEFAULT_TASKS, SPLITS, split_tasks
 
     assert list(DEFAULT_TASKS) == split_tasks("v1") == ["franken_perception", "franken_alignment", "franken_reasoning"]
     assert split_tasks("v2") == ["franken_v2_perception", "franken_v2_vision_reasoning", "franken_v2_reasoning"]
@@ -202,7 +202,7 @@ def test_splits_option_chooses_the_task_groups():
 
 
 def test_report_finds_the_v2_parts_by_name():
-    from frankeneval.reports.leaderboard import split_parts, task_column, task_split
+    from frankeneval.reports.leaderboard.tasks import split_parts, task_column, task_split
 
     assert task_column("franken_mathvista_v2_vision_reasoning_blackdesc") == ("vision+reasoning", "black+desc")
     assert task_column("franken_math500_v2") == ("reasoning", "text")

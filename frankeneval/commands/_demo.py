@@ -122,7 +122,8 @@ def run_demo(
 ) -> DemoResult:
     """Run every stage into ``out`` (see the module docstring); returns where the report is."""
     from frankeneval.transferability.recipes import tiny_recipe
-    from frankeneval.reports.leaderboard import render, build_leaderboard, write_report
+    from frankeneval.reports.leaderboard.build import build_leaderboard
+    from frankeneval.reports.leaderboard.report import render, write_report
     from frankeneval.transferability.transfer import run_transfer
 
     out = Path(out).expanduser().absolute()

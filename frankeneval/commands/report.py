@@ -15,15 +15,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from frankeneval.reports.leaderboard import (
-    FORMATS,
-    build_leaderboard,
-    find_plots,
-    missing_note,
-    render,
-    skipped_note,
-    write_report,
-)
+from frankeneval.reports.leaderboard.build import build_leaderboard
+from frankeneval.reports.leaderboard.report import FORMATS, find_plots, render, write_report
+from frankeneval.reports.leaderboard.text import missing_note, skipped_note
 
 COMMAND = "report"
 HELP = "leaderboard of a transfer run as markdown, csv, html or latex"

@@ -24,7 +24,8 @@ import argparse
 
 from frankeneval.commands._shared import add_seed_compatible_argument, add_skip_broken_argument
 from frankeneval.core.prompts import SETTING_HELP
-from frankeneval.transferability.transfer import DEFAULT_SPLITS, SPLITS, run_transfer, split_tasks
+from frankeneval.transferability.manifest import DEFAULT_SPLITS, SPLITS, split_tasks
+from frankeneval.transferability.transfer import run_transfer
 
 COMMAND = "transfer"
 HELP = "run the transferability cells (Base, IN, RL, variants x tasks) through lmms-eval, resumably"

@@ -38,6 +38,7 @@ __all__ = [
     "atomic_output",
     "atomic_write_bytes",
     "atomic_write_text",
+    "discard_directory",
     "foreign_entries",
     "is_object",
     "read_jsonl",
@@ -203,6 +204,15 @@ def _check_replaceable(final: Path, owned: Callable[[Path], str | None] | None) 
 
 def _staged_name(final: Path, kind: str) -> Path:
     return final.with_name(f".{final.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def discard_directory(final: str | os.PathLike) -> None:
+    """Delete the folder ``final``: renamed aside first (a name :func:`staged_directory` sweeps), so a half-deleted
+    folder is never seen under its name. The caller holds ``final``'s :func:`output_lock`."""
+    final = Path(final)
+    trash = _staged_name(final, "old")
+    os.replace(final, trash)
+    shutil.rmtree(trash)
 
 
 def _sweep_stale_staging(final: Path) -> None:

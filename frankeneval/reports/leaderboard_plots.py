@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from frankeneval.core.results import atomic_write_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
-    from frankeneval.reports.leaderboard import Leaderboard
+    from frankeneval.reports.leaderboard.model import Leaderboard
 
 
 def leaderboard_chart(board: Leaderboard, metric: str | None = None):

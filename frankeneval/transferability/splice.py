@@ -29,6 +29,7 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,14 @@ from frankeneval.weights.checkpoint import (
 )
 from frankeneval.core.locks import output_lock
 from frankeneval.core.paths import default_cache_dir
-from frankeneval.core.results import foreign_entries, refuse_inputs, staged_directory, write_all, write_json_atomic
+from frankeneval.core.results import (
+    discard_directory,
+    foreign_entries,
+    refuse_inputs,
+    staged_directory,
+    write_all,
+    write_json_atomic,
+)
 from frankeneval.weights.safetensors_file import DTYPE_SIZES, TensorLocation, pack_shards
 from frankeneval.errors import ArchitectureMismatch, FrankenevalError, SpecError
 from frankeneval.weights.layermap import canonical_name
@@ -403,6 +411,72 @@ def materialize_cached(spec: MergeSpec, cache_dir: str | os.PathLike | None = No
     return materialize(spec, out, progress=progress, shard_bytes=shard_bytes, plan=plan)
 
 
+# -- the cache's lifecycle: who owns a cached splice, and deleting one ---------------------------------
+def splice_stamp(path: str | os.PathLike) -> dict[str, Any] | None:
+    """What identifies one materialized splice folder: its build hash, its provenance file's SHA-256 (it holds the
+    creation time) and the folder's inode; None when there is no readable provenance."""
+    try:
+        raw = (Path(path) / PROVENANCE).read_bytes()
+        inode = os.lstat(path).st_ino
+        build = json.loads(raw).get("build_hash")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return {"build_hash": build, "provenance_sha256": hashlib.sha256(raw).hexdigest(), "inode": inode}
+
+
+def materialize_owned(spec: MergeSpec, cache_dir: str | os.PathLike | None, *, allow_pickle: bool = False,
+                      known: Sequence[Mapping[str, Any] | None] = ()) -> tuple[Path, dict[str, Any] | None]:
+    """:func:`materialize_cached`, and (its folder, its stamp when the caller owns it, else None).
+
+    Owned: nothing was there when it was called (under the folder's output lock, which ``materialize``
+    re-enters: no other writer in between), or what was there has one of the stamps ``known`` (the caller's
+    own, recorded by an earlier, interrupted run)."""
+    out = Path(cache_path(spec, cache_dir, allow_pickle=allow_pickle)).expanduser().absolute()
+    with output_lock(out):
+        existed = os.path.lexists(out)
+        before = splice_stamp(out) if existed else None
+        path = Path(materialize_cached(spec, cache_dir, progress=False, allow_pickle=allow_pickle)).absolute()
+        if path != out or (existed and (before is None or before not in [k for k in known if k])):
+            return path, None
+        return path, splice_stamp(path)
+
+
+def _why_kept(out: Path, stamp: Mapping[str, Any], inputs: Sequence[tuple[str, str]]) -> str | None:
+    """None when ``out`` may be deleted, else why not (see :func:`evict_splice`)."""
+    if out.is_symlink() or not out.is_dir():
+        return "it is not a folder"
+    if splice_stamp(out) != dict(stamp):
+        return "it is not the splice this run wrote (replaced or changed since)"
+    if not _holds(out, str(stamp.get("build_hash"))):
+        return "it is not a complete splice of its build"
+    why = _owned_splice(out)
+    if why:
+        return why
+    sources = (_read_provenance(out) or {}).get("sources") or {}
+    recorded = [(str(n), str(s["path"])) for n, s in sources.items() if isinstance(s, dict) and s.get("path")]
+    try:
+        refuse_inputs(out, [*inputs, *recorded], "splice to delete")
+    except FrankenevalError:
+        return "it is, holds or lies inside an input of this run"
+    return None
+
+
+def evict_splice(out: str | os.PathLike, stamp: Mapping[str, Any], inputs: Sequence[tuple[str, str]]) -> str | None:
+    """Delete the cached splice ``out`` the caller materialized; None when it is gone, else why it was kept.
+
+    Kept unless it is still the folder of ``stamp``, holds exactly a complete frankeneval splice and is, holds
+    and lies inside no input (``(label, path)`` pairs, and the sources its provenance records). Under the
+    folder's output lock; deleted by :func:`frankeneval.core.results.discard_directory`."""
+    out = Path(out).expanduser().absolute()
+    with output_lock(out):
+        if not os.path.lexists(out):
+            return None
+        why = _why_kept(out, stamp, inputs)
+        if why is None:
+            discard_directory(out)
+    return why
+
+
 # -- checking --------------------------------------------------------------------------------------
 @dataclass
 class VerifyReport:
@@ -541,10 +615,13 @@ __all__ = (
     "VerifyReport",
     "cache_path",
     "default_splice_cache",
+    "evict_splice",
     "materialize",
     "materialize_cached",
+    "materialize_owned",
     "open_sources",
     "plan_splice",
     "read_provenance",
+    "splice_stamp",
     "verify",
 )

@@ -1,0 +1,244 @@
+"""One transfer cell as an lmms-eval subprocess: its command, environment, model args and result reading.
+
+Each cell runs, with the run directory as working directory (so a source checkout never shadows the installed
+package)::
+
+    python -m lmms_eval --model franken_qwen --model_args pretrained=<dir>,batch_size=...
+        --tasks <task> --include_path <frankeneval tasks> --output_path <run>/cells/<model>/<task> --log_samples
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from frankeneval.core.grading import JudgeNotAnswering
+from frankeneval.core.inputs_check import BrokenInput
+from frankeneval.core.locks import run_child, start_child, stop_child
+from frankeneval.errors import FrankenevalError
+from frankeneval.transferability.manifest import Cell
+
+__all__ = [
+    "PREFLIGHT_MODULE",
+    "CellFailed",
+    "CellJob",
+    "CellRunner",
+    "base_env",
+    "cell_record",
+    "clear",
+    "find_results",
+    "harness_preflight",
+    "headline",
+    "lmms_eval_command",
+    "lmms_eval_runner",
+    "system_prompts",
+]
+
+
+class CellFailed(FrankenevalError):
+    """One (model, task) cell's lmms-eval run failed."""
+
+
+@dataclass
+class CellJob:
+    """Everything a cell runner needs: write lmms-eval output for ``cell`` under ``output_dir``."""
+
+    cell: Cell
+    pretrained: str
+    output_dir: Path
+    run_dir: Path
+    log_path: Path
+    model_args: str
+    include_path: str
+    gen_kwargs: str | None
+    env: dict[str, str]
+    keep_fds: tuple[int, ...] = ()  # the run folder's lock: the child holds it while it lives
+
+
+CellRunner = Callable[[CellJob], None]
+
+
+# -- lmms-eval output -----------------------------------------------------------------------------
+def find_results(cell_dir: Path) -> tuple[Path | None, dict[str, Path]]:
+    """The newest ``*_results.json`` under ``cell_dir`` and its ``*_samples_<task>.jsonl`` files.
+
+    lmms-eval 0.7.3 writes ``<output_path>/<sanitized model name>/<date_id>_results.json`` and
+    ``<date_id>_samples_<task>.jsonl`` (one per evaluated task, the date id shared).
+    """
+    if not cell_dir.is_dir():
+        return None, {}
+    results = sorted(cell_dir.rglob("*_results.json"), key=lambda p: p.name)
+    if not results:
+        return None, {}
+    res = results[-1]
+    date_id = res.name[: -len("_results.json")]
+    prefix = f"{date_id}_samples_"
+    samples = {p.name[len(prefix) : -len(".jsonl")]: p for p in res.parent.glob(f"{prefix}*.jsonl")}
+    return res, samples
+
+
+def cell_record(run_dir: Path, cell: Cell, models: Mapping[str, Mapping[str, str]], res: Path,
+                samples: Mapping[str, Path], seconds: float | None, prompt: Any = None) -> dict[str, Any]:
+    """The run store's line of one finished cell."""
+    return {
+        "model": cell.model,
+        "task": cell.task,
+        "pretrained": str(models[cell.model]["path"]),
+        "system_prompt": prompt.record() if prompt is not None else None,
+        "results": str(res.relative_to(run_dir)),
+        "samples": {t: str(p.relative_to(run_dir)) for t, p in sorted(samples.items())},
+        "seconds": None if seconds is None else round(seconds, 2),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def headline(res: Path | None) -> str:
+    """``task rule_acc=0.42`` for the leaf tasks of a results file (for progress lines)."""
+    if res is None:
+        return "no results"
+    try:
+        data = json.loads(res.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return "unreadable results"
+    parts = []
+    for task, metrics in (data.get("results") or {}).items():
+        for key, value in metrics.items():
+            if key.startswith("rule_acc,") and isinstance(value, (int, float)):
+                parts.append(f"{task}={value:.3f}")
+    return "rule_acc " + ", ".join(parts) if parts else "done"
+
+
+def clear(path: Path) -> None:
+    """Remove ``path`` (a folder or a file) when it exists."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+# -- command and environment ----------------------------------------------------------------------
+def base_env(data_dir: str | None, sample_size: int | None, sample_seed: int | None, offline: bool,
+             extra: Mapping[str, str] | None) -> dict[str, str]:
+    """The environment every cell (and the preflight) runs in."""
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)  # never let a source folder shadow the installed package
+    if offline:
+        env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    if data_dir:
+        env["FRANKENEVAL_DATA"] = str(Path(data_dir).expanduser().resolve())
+    if sample_size is not None:
+        env["FRANKENEVAL_SAMPLE_SIZE"] = str(sample_size)
+    if sample_seed is not None:
+        env["FRANKENEVAL_SAMPLE_SEED"] = str(sample_seed)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.update(extra or {})
+    return env
+
+
+def system_prompts(run_dir: Path, models: Mapping[str, Mapping[str, str]],
+                   setting: str | None) -> dict[str, tuple[Any, str]]:
+    """{label: (SystemPrompt, its ``system_prompt=`` model arg)}; a free text goes to ``run_dir/system_prompt.txt``
+    (lmms-eval's ``--model_args`` cannot carry its commas) and is passed as ``@FILE``."""
+    from frankeneval.core.prompts import resolve_system_prompt
+
+    out: dict[str, tuple[Any, str]] = {}
+    for label, info in models.items():
+        prompt = resolve_system_prompt(str(info["path"]), setting)
+        arg = prompt.model_arg
+        if arg is None:
+            file = run_dir / "system_prompt.txt"
+            file.write_text(prompt.text or "", encoding="utf-8")
+            arg = f"@{file}"
+        out[label] = (prompt, arg)
+    return out
+
+
+def lmms_eval_command(job: CellJob) -> list[str]:
+    """The ``python -m lmms_eval`` command line of ``job``."""
+    cmd = [
+        sys.executable, "-m", "lmms_eval",
+        "--model", "franken_qwen",
+        "--model_args", job.model_args,
+        "--tasks", job.cell.task,
+        "--include_path", job.include_path,
+        "--output_path", str(job.output_dir),
+        "--log_samples",
+    ]  # fmt: skip
+    if job.gen_kwargs:
+        cmd += ["--gen_kwargs", job.gen_kwargs]
+    return cmd
+
+
+def lmms_eval_runner(job: CellJob) -> None:
+    """Run one cell as ``python -m lmms_eval`` (cwd = run dir); output to ``job.log_path``."""
+    job.log_path.parent.mkdir(parents=True, exist_ok=True)
+    cmd = lmms_eval_command(job)
+    with open(job.log_path, "w", encoding="utf-8") as log:
+        log.write("$ " + " ".join(cmd) + "\n")
+        log.flush()
+        # own process group, SIGKILL when we die (Linux), whole group killed on Ctrl-C; it inherits the run
+        # folder's lock, so a rerun cannot start while a child of a killed run still writes into its cell
+        rc = run_child(cmd, cwd=job.run_dir, env=job.env, stdout=log, stderr=subprocess.STDOUT, pass_fds=job.keep_fds)
+    if rc != 0:
+        raise CellFailed(f"lmms-eval exited with {rc}; {_log_tail(job.log_path)}")
+    # lmms-eval logs evaluation errors and still exits 0: the results file is the proof of success
+    if find_results(job.output_dir)[0] is None:
+        raise CellFailed(f"lmms-eval wrote no results file; {_log_tail(job.log_path)}")
+
+
+def _log_tail(path: Path, n: int = 3) -> str:
+    try:
+        lines = [ln for ln in path.read_text(encoding="utf-8", errors="replace").split("\n") if ln.strip()]
+    except OSError:
+        return f"see {path}"
+    errors = [ln for ln in lines if "Error" in ln or "error" in ln]
+    tail = (errors or lines)[-n:]
+    return f"see {path}: " + " | ".join(t.strip()[:300] for t in tail)
+
+
+# -- the harness tasks' check of their inputs, before the first cell --------------------------------
+PREFLIGHT_MODULE = "frankeneval.tasks.preflight"
+_PREFLIGHT_ERRORS: dict[str, type[FrankenevalError]] = {"BrokenInput": BrokenInput,
+                                                         "JudgeNotAnswering": JudgeNotAnswering}
+
+
+def harness_preflight(tasks: Sequence[str],
+                      env: Mapping[str, str]) -> tuple[list[dict] | None, FrankenevalError | None]:
+    """``(skipped items, error)`` of the tasks' own check before a run (:mod:`frankeneval.tasks.preflight`), run
+    as a child process in the cells' environment ``env`` (transfer never imports the tasks' code). ``skipped``:
+    the items ``skip_broken`` leaves out (None when the check itself stopped); ``error``: :class:`BrokenInput`,
+    :class:`JudgeNotAnswering` or another one-line :class:`FrankenevalError`."""
+    proc = start_child([sys.executable, "-m", PREFLIGHT_MODULE, *tasks], env=dict(env), stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace")
+    try:
+        out, err = proc.communicate()
+    except BaseException:
+        stop_child(proc)
+        raise
+    answer = _last_json(out)
+    if proc.returncode != 0 or not isinstance(answer, dict):
+        tail = " | ".join(ln.strip()[:300] for ln in err.strip().splitlines()[-3:])
+        raise FrankenevalError(f"checking the tasks' inputs failed ({PREFLIGHT_MODULE} exited with {proc.returncode}): "
+                               f"{tail or 'no output'}")
+    error = answer.get("error")
+    if error:
+        error = _PREFLIGHT_ERRORS.get(str(error.get("type")), FrankenevalError)(str(error.get("message")))
+    return answer.get("skipped"), error or None
+
+
+def _last_json(out: str) -> Any:
+    """The last line of ``out`` that parses as JSON; None when none does."""
+    for line in reversed(out.splitlines()):
+        try:
+            return json.loads(line)
+        except ValueError:
+            continue
+    return None
