@@ -429,13 +429,16 @@ def stage_commands(ctx: dict) -> dict[str, list[str]]:
     base, in_, rl = (str(lin / m) for m in ("base", "in", "rl"))
     probes = str(work / "data" / "vision_probes")
     quiet = ["--device", dev, "--no-progress"]
-    tok = lambda k: ["--max-new-tokens", str(cfg[k])] if cfg[k] else []
+    def tok(k):
+        return ["--max-new-tokens", str(cfg[k])] if cfg[k] else []
     pairs = ["--samples", str(cfg["pairs"])] if cfg["pairs"] else []
-    skip = lambda c: ["--skip-broken"] if has_flag(fe, c, "--skip-broken", env) else []
+    def skip(c):
+        return ["--skip-broken"] if has_flag(fe, c, "--skip-broken", env) else []
     ctx["ignore_eos"] = has_flag(fe, "localize-reasoning", "--ignore-eos", env)
-    reasoning = lambda d: [*fe, "localize-reasoning", "--model", rl, "--dataset", d, "--data", str(work / "data"),
-                           "--samples", str(cfg["questions"]), *tok("reasoning_tokens"),
-                           *(["--ignore-eos"] if ctx["ignore_eos"] else []), "--out", str(work / d), *quiet]
+    def reasoning(d):
+        return [*fe, "localize-reasoning", "--model", rl, "--dataset", d, "--data", str(work / "data"),
+                               "--samples", str(cfg["questions"]), *tok("reasoning_tokens"),
+                               *(["--ignore-eos"] if ctx["ignore_eos"] else []), "--out", str(work / d), *quiet]
     gpus = ctx["gpus"]
     return {
         "lineage": [*fe, "demo-lineage", str(lin), "--preset", cfg["preset"], "--seed", str(cfg["seed"]), "--no-progress"],

@@ -107,8 +107,8 @@ def phase_micro(args, lineage_dir: Path) -> dict:
 
     from frankeneval.characterization.plan import plan_matrices
     from frankeneval.characterization.rundir import resolve_device
-    from frankeneval.weights.checkpoint import Checkpoint
     from frankeneval.characterization.spectra import as_matrix, gram, singular_values, top_singular_subspaces
+    from frankeneval.weights.checkpoint import Checkpoint
 
     dev = resolve_device(args.device)
     shapes = sorted({tuple(as_matrix(torch.empty(p.shape, device="meta")).shape) for p in plan_matrices(Checkpoint.open(lineage_dir / "base"))},

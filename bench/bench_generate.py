@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from frankeneval.engine.generation import GenRequest, Generator
+from frankeneval.engine.generation import Generator, GenRequest
 from frankeneval.miniature.lineage import write_lineage
 
 

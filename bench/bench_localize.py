@@ -146,9 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from frankeneval.engine.generation import Generator
-    from frankeneval.miniature.lineage import write_lineage
     from frankeneval.localization.reasoning import load_questions
     from frankeneval.localization.vision import load_probe_sets
+    from frankeneval.miniature.lineage import write_lineage
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)

@@ -8,11 +8,10 @@ Settings as the lmms-eval tasks (:class:`frankeneval.tasks.common.TaskSettings`)
 
 from __future__ import annotations
 
-from lm_eval.api.task import ConfigurableTask
-
 from frankeneval.tasks.common import LocalDocsTask, count, judge_accuracy, mean_score  # noqa: F401 - YAML hooks
 from frankeneval.tasks.gsm8k import utils as gsm8k
 from frankeneval.tasks.math500 import utils as math500
+from lm_eval.api.task import ConfigurableTask
 
 gsm8k_doc_to_text = gsm8k.gsm8k_doc_to_text
 gsm8k_process_results = gsm8k.gsm8k_process_results

@@ -33,10 +33,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from lmms_eval.api.instance import Instance
-from lmms_eval.api.model import lmms
-
-from frankeneval.errors import FrankenevalError
 from frankeneval.model_wrappers.model_args import (
     build_generator,
     data_parallel,
@@ -49,6 +45,10 @@ from frankeneval.model_wrappers.model_args import (
     resolve_pretrained,
     system_prompt_arg,
 )
+from lmms_eval.api.instance import Instance
+from lmms_eval.api.model import lmms
+
+from frankeneval.errors import FrankenevalError
 
 MODEL_ARGS = (
     "pretrained", "splice", "dtype", "device", "device_map", "attn_implementation", "batch_size", "max_batch_size",

@@ -24,10 +24,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lm_eval.api.model import LM
-from lm_eval.api.registry import register_model
-
-from frankeneval.errors import FrankenevalError
 from frankeneval.model_wrappers.model_args import (
     build_generator,
     data_parallel,
@@ -40,6 +36,10 @@ from frankeneval.model_wrappers.model_args import (
     resolve_pretrained,
     system_prompt_arg,
 )
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+
+from frankeneval.errors import FrankenevalError
 
 LM_EVAL_ARGS = (
     "pretrained", "splice", "dtype", "device", "device_map", "attn_implementation", "batch_size", "max_batch_size",

@@ -20,8 +20,9 @@ import json
 import os
 import sys
 
-from frankeneval.errors import FrankenevalError
 from frankeneval.tasks.common import check_task_inputs, probe_judge
+
+from frankeneval.errors import FrankenevalError
 
 
 def preflight(names: list[str], environ) -> dict:

@@ -18,10 +18,10 @@ from frankeneval.characterization.measure import CharacterizeSettings
 from frankeneval.characterization.plan import plan_matrices
 from frankeneval.characterization.schema import COMPARE_FILE, MATRICES_FILE
 from frankeneval.core.results import read_jsonl
-from frankeneval.weights.tensor_stream import stream_tensors
-from frankeneval.weights.checkpoint import Checkpoint
 from frankeneval.errors import ArchitectureMismatch, SpecError
 from frankeneval.miniature.lineage import planted_rl_layers
+from frankeneval.weights.checkpoint import Checkpoint
+from frankeneval.weights.tensor_stream import stream_tensors
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from frankeneval.weights.checkpoint import Checkpoint, check_compatible, compare_architectures
 from frankeneval.errors import ArchitectureMismatch, CheckpointNotFound, MissingShard, UnsafeWeights
+from frankeneval.weights.checkpoint import Checkpoint, check_compatible, compare_architectures
 
 
 def _copy(src: Path, dst: Path) -> Path:

@@ -12,8 +12,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from frankeneval.cli import main
-from frankeneval.weights.checkpoint import Checkpoint
 from frankeneval.errors import FrankenevalError
+from frankeneval.weights.checkpoint import Checkpoint
 
 
 def _write_safetensors(path: Path, header: dict | bytes, data: bytes, *, length: int | None = None) -> Path:

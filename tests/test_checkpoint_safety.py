@@ -16,7 +16,6 @@ from safetensors.torch import load_file, save_file
 from frankeneval.characterization.characterize import characterize
 from frankeneval.characterization.measure import CharacterizeSettings
 from frankeneval.cli import main
-from frankeneval.weights.checkpoint import Checkpoint
 from frankeneval.errors import (
     CheckpointNotFound,
     CorruptCheckpoint,
@@ -26,6 +25,7 @@ from frankeneval.errors import (
 from frankeneval.transferability import splice
 from frankeneval.transferability.recipes import tiny_recipe
 from frankeneval.transferability.splice import materialize
+from frankeneval.weights.checkpoint import Checkpoint
 
 NAME = "model.layers.5.mlp.down_proj.weight"  # in the late third: comes from RL in the tiny recipe's splices
 

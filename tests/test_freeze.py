@@ -6,7 +6,6 @@ import re
 
 import pytest
 
-from frankeneval.weights.layermap import select_layers
 from frankeneval.errors import FrankenevalError
 from frankeneval.necessity.freeze import (
     check_against,
@@ -16,6 +15,7 @@ from frankeneval.necessity.freeze import (
     parameter_regex,
     render,
 )
+from frankeneval.weights.layermap import select_layers
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
+from frankeneval.engine.generation import Generator, GenRequest
 from frankeneval.errors import FrankenevalError
-from frankeneval.engine.generation import GenRequest, Generator
 
 
 def noise_image(seed: int, size=(112, 112)) -> Image.Image:
@@ -116,8 +116,8 @@ def forced_logprob(gen: Generator, req: GenRequest, cont_ids: list[int]) -> tupl
         res = gen.model.generate(**inputs, generation_config=cfg, logits_processor=LogitsProcessorList([Force()]),
                                  output_logits=True, return_dict_in_generate=True)
     assert res.sequences[0, prompt_len:].tolist() == cont_ids
-    ll = sum(float(torch.log_softmax(l[0].float(), -1)[t]) for l, t in zip(res.logits, cont_ids))
-    greedy = all(int(l[0].argmax()) == t for l, t in zip(res.logits, cont_ids))
+    ll = sum(float(torch.log_softmax(lg[0].float(), -1)[t]) for lg, t in zip(res.logits, cont_ids))
+    greedy = all(int(lg[0].argmax()) == t for lg, t in zip(res.logits, cont_ids))
     return ll, greedy
 
 

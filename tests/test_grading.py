@@ -255,9 +255,10 @@ def test_leaderboard_reports_judge_errors_beside_judge_accuracy(tmp_path):
 
 def test_timeout_and_retries_are_settings(server, tmp_path, monkeypatch):
     """FRANKENEVAL_JUDGE_TIMEOUT / _RETRIES (and task metadata) bound a judge that does not answer."""
+    from frankeneval.tasks.common import TaskSettings, get_judge
+
     from frankeneval.core.grading import DEFAULT_JUDGE_RETRIES, DEFAULT_JUDGE_TIMEOUT_S
     from frankeneval.errors import FrankenevalError
-    from frankeneval.tasks.common import TaskSettings, get_judge
 
     assert (DEFAULT_JUDGE_TIMEOUT_S, DEFAULT_JUDGE_RETRIES) == (60.0, 3)
     assert (JudgeConfig().resolved().timeout_s, JudgeConfig().resolved().max_retries) == (60.0, 3)
@@ -306,8 +307,9 @@ class _ProbeTask:
 def test_judge_probe_fails_fast_with_one_line_before_the_run(server, tmp_path, monkeypatch):
     """With the judge on, loading the docs asks the judge once; a judge that does not answer stops the run at
     once with one line naming the server and model (no key, no traceback text)."""
-    from frankeneval.errors import FrankenevalError
     from frankeneval.tasks import common
+
+    from frankeneval.errors import FrankenevalError
 
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     common._JUDGES.clear()
@@ -340,11 +342,11 @@ def test_judge_probe_fails_fast_with_one_line_before_the_run(server, tmp_path, m
 
 def test_reply_text_and_keys_are_never_written(server, tmp_path, monkeypatch):
     """The judge's raw reply is not kept; what is written (samples, cache, errors) has anything key-like redacted."""
+    from frankeneval.tasks import common
+    from frankeneval.tasks.common import TaskSettings, judge_fields
     from PIL import Image
 
     from frankeneval.core.grading import redact_secrets
-    from frankeneval.tasks import common
-    from frankeneval.tasks.common import TaskSettings, judge_fields
 
     configured = "my-own-gateway-key-123456"
     monkeypatch.setenv("OPENAI_API_KEY", configured)

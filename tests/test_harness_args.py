@@ -23,9 +23,8 @@ LMMS_EVAL_DEFAULTS = {"batch_size": 1, "max_batch_size": None, "device": None}
 
 
 def _lm_eval_cls():
-    from lm_eval.api.registry import get_model
-
     import frankeneval.model_wrappers.franken_qwen_lm_eval  # noqa: F401 - registers franken_qwen
+    from lm_eval.api.registry import get_model
 
     return get_model("franken_qwen")
 

@@ -5,7 +5,6 @@ localize-reasoning) give one clear line."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 

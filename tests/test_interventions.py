@@ -7,8 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from frankeneval.errors import InterventionError, SpecError
-from frankeneval.engine.generation import GenRequest, Generator
+from frankeneval.engine.generation import Generator, GenRequest
 from frankeneval.engine.interventions import (
     Ablate,
     CaptureAttention,
@@ -17,6 +16,7 @@ from frankeneval.engine.interventions import (
     decoder_layers,
     parse_intervention_spec,
 )
+from frankeneval.errors import InterventionError, SpecError
 
 PROMPT = "What is shown in the picture?"
 ATOL = 1e-5

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from frankeneval.errors import SpecError
+from frankeneval.miniature.lineage import (
+    PRESETS,
+    build_processor,
+    hub_config,
+    tensor_shapes,
+)
 from frankeneval.weights.layermap import (
     LayerMap,
     LayerSpecError,
@@ -17,13 +24,6 @@ from frankeneval.weights.layermap import (
     select_layers,
     transformers_name,
     unified_llm_layer,
-)
-from frankeneval.errors import SpecError
-from frankeneval.miniature.lineage import (
-    PRESETS,
-    build_processor,
-    hub_config,
-    tensor_shapes,
 )
 
 

@@ -14,10 +14,10 @@ characterization, transferability, necessity) < the rest (reports, miniature, ta
 from __future__ import annotations
 
 import ast
-import tomllib
 from collections import defaultdict
 from pathlib import Path
 
+import tomllib
 from conftest import REPO_ROOT
 
 ANALYSES = ("localization", "characterization", "transferability", "necessity")

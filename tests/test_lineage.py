@@ -6,8 +6,8 @@ import json
 
 import torch
 
-from frankeneval.weights.checkpoint import Checkpoint
 from frankeneval.miniature.lineage import planted_rl_layers, write_lineage
+from frankeneval.weights.checkpoint import Checkpoint
 
 
 def test_hub_layout(tiny_lineage):

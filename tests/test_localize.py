@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from frankeneval.core.runstore import RunStore, RunStoreMismatch
 from frankeneval.errors import FrankenevalError
 from frankeneval.localization.common import (
     answer_changed,
@@ -13,7 +14,6 @@ from frankeneval.localization.common import (
     source_follows,
     task_changed,
 )
-from frankeneval.core.runstore import RunStore, RunStoreMismatch
 
 # --------------------------------------------------------------------------- metric definitions
 
@@ -118,8 +118,8 @@ def tiny_rl(tiny_lineage):
 
 @pytest.fixture(scope="module")
 def small_probes(tmp_path_factory):
-    from frankeneval.localization.vision import load_probe_sets
     from frankeneval.core.probes import write_probe_pairs
+    from frankeneval.localization.vision import load_probe_sets
 
     root = tmp_path_factory.mktemp("probes")
     write_probe_pairs(root, tasks=("counting", "grounding"), n=3, seed=0, size=112)
@@ -167,9 +167,10 @@ def test_vision_sweep_batched_equals_single_runs(tiny_rl, small_probes, tmp_path
             rec = pairs[(task, pair.id)]
             target = Image.open(pair.target_image).convert("RGB")
             source = Image.open(pair.source_image).convert("RGB")
-            one = lambda img, iv=None: tiny_rl.generate(
-                [GenRequest(pair.prompt, [img])], max_new_tokens=MAX_NEW, interventions=[iv or []], batch_size=1
-            )[0].text
+            def one(img, iv=None):
+                return tiny_rl.generate(
+                            [GenRequest(pair.prompt, [img])], max_new_tokens=MAX_NEW, interventions=[iv or []], batch_size=1
+                        )[0].text
             assert rec["original"] == one(target)
             assert rec["source_own"] == one(source)
             for L in VISION_LAYERS:
@@ -208,9 +209,9 @@ REASONING_LAYERS = [1, 4, 6]
 
 
 def test_reasoning_sweep_batched_equals_single_runs_and_resumes(tiny_rl, shared_data, tmp_path):
+    from frankeneval.core.prompts import REASONER_SYSTEM_PROMPT
     from frankeneval.engine.generation import GenRequest
     from frankeneval.engine.interventions import Ablate
-    from frankeneval.core.prompts import REASONER_SYSTEM_PROMPT
     from frankeneval.localization.reasoning import (
         load_questions,
         question_prompt,
@@ -278,8 +279,8 @@ def test_attention_summary_differences_and_regions():
 
 
 def test_attention_shift_end_to_end(tiny_lineage, small_probes, tmp_path):
-    from frankeneval.localization.attention import attention_prompts, run_attention_shift
     from frankeneval.engine.generation import Generator
+    from frankeneval.localization.attention import attention_prompts, run_attention_shift
 
     prompts = attention_prompts({"counting": small_probes["counting"][:1]})
     members = {"base": str(tiny_lineage.base), "in": str(tiny_lineage.in_), "rl": str(tiny_lineage.rl)}

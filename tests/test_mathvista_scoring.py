@@ -7,8 +7,8 @@ judge errors beside an accuracy over all items)."""
 from __future__ import annotations
 
 import math
-import pytest
 
+import pytest
 from frankeneval.tasks.mathvista import scoring as S
 
 YES_NO = {"question_type": "multi_choice", "answer_type": "text", "choices": ["Yes", "No"], "answer": "No",
@@ -121,8 +121,9 @@ def test_judge_accuracy_never_reads_100_when_the_judge_is_down():
 
 
 def test_settings_grading_and_extraction():
-    from frankeneval.errors import FrankenevalError
     from frankeneval.tasks.common import TaskSettings
+
+    from frankeneval.errors import FrankenevalError
 
     assert TaskSettings.resolve({}, environ={}).grading == "paper"
     assert TaskSettings.resolve({}, environ={"FRANKENEVAL_GRADING": "seed"}).grading == "seed"

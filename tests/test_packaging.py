@@ -7,7 +7,6 @@ import sys
 import zipfile
 
 import pytest
-
 from conftest import REPO_ROOT
 
 
@@ -34,6 +33,13 @@ def test_no_top_level_tasks_module(wheel_names):
     assert "frankeneval/tasks/__init__.py" in wheel_names
     assert "frankeneval/model_wrappers/__init__.py" in wheel_names
     assert "frankeneval/merges/__init__.py" in wheel_names
+
+
+def test_every_module_of_the_package_is_shipped(wheel_names):
+    """A sub-package missing from pyproject's explicit package list installs from a checkout but not from a wheel."""
+    repo = sorted(p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / "frankeneval").rglob("*.py"))
+    missing = [m for m in repo if m not in wheel_names]
+    assert not missing, missing
 
 
 def test_task_yaml_and_merge_recipes_are_shipped(wheel_names):
@@ -68,6 +74,7 @@ def test_the_smoke_set_names_existing_tests():
 def test_the_lock_pins_every_dependency_at_its_lower_bound():
     """pyproject's lower bounds are the versions CI installs (constraints.txt), so they are tested."""
     import re
+
     import tomllib
 
     lock = {}

@@ -15,8 +15,8 @@ import pytest
 from frankeneval.reports.leaderboard.build import build_leaderboard
 from frankeneval.reports.leaderboard.report import render, write_report
 from frankeneval.reports.leaderboard.tasks import task_column
-from frankeneval.transferability.metrics import bootstrap_mean_ci
 from frankeneval.transferability.cells import CellJob
+from frankeneval.transferability.metrics import bootstrap_mean_ci
 from frankeneval.transferability.transfer import run_cells
 
 TASKS = ["franken_mathvista_perception", "franken_mathvista_alignment", "franken_math500", "franken_mathvista_perception_black"]

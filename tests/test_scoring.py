@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from frankeneval.tasks.mathvista import scoring as MV
 
 from frankeneval.core import scoring as S
-from frankeneval.tasks.mathvista import scoring as MV
 
 
 @pytest.mark.parametrize(

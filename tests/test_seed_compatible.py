@@ -6,13 +6,11 @@ Vision localization and characterization have their own files (test_vision_seed.
 from __future__ import annotations
 
 import argparse
-import json
 
 import pytest
 
 from frankeneval.core.scoring import math_equal, reference_final_answer, reference_math_correct
 from frankeneval.localization.reasoning import Question, summarize_reasoning, unit_key
-
 
 # --------------------------------------------------------------------------- the reference's answer rules
 
@@ -92,9 +90,10 @@ def test_task_settings_seed_compatible_implies_seed_grading_unless_set():
 
 
 def test_transfer_passes_the_switch_to_every_cell_and_records_it(tmp_path, tiny_lineage):
+    from test_transfer import write_fake_lmms_output
+
     from frankeneval.transferability.manifest import read_manifest
     from frankeneval.transferability.transfer import run_cells
-    from test_transfer import write_fake_lmms_output
 
     seen = []
 
@@ -120,9 +119,8 @@ def test_transfer_passes_the_switch_to_every_cell_and_records_it(tmp_path, tiny_
 
 
 def test_wrapper_seed_compatible_reaches_the_swap(tiny_lineage, tmp_path):
-    from PIL import Image
-
     from frankeneval.model_wrappers.franken_qwen import FrankenQwen
+    from PIL import Image
 
     img = tmp_path / "src.png"
     Image.new("RGB", (56, 56), (200, 10, 10)).save(img)

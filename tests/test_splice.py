@@ -11,13 +11,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from frankeneval.transferability import splice
 from frankeneval.cli import main
 from frankeneval.errors import ArchitectureMismatch, FrankenevalError
-from frankeneval.weights.layermap import LayerMap
+from frankeneval.transferability import splice
 from frankeneval.transferability.mergespec import MergeSpec
 from frankeneval.transferability.recipes import tiny_recipe
 from frankeneval.transferability.splice import PROVENANCE, materialize, materialize_cached, verify
+from frankeneval.weights.layermap import LayerMap
 
 SHARD = 300_000  # small shards so the tiny model is written as several files
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import requires_gpu
 from test_generation import noise_image, requests
 
 import frankeneval.engine.decode as decode_mod
-from frankeneval.engine.generation import GenRequest, Generator
+from frankeneval.engine.generation import Generator, GenRequest
 from frankeneval.engine.interventions import Ablate, CaptureAttention, SwapVisualKV
 from frankeneval.errors import FrankenevalError
 

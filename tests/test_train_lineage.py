@@ -11,8 +11,8 @@ import torch
 
 from frankeneval.miniature import training as tl
 from frankeneval.miniature import world
-from frankeneval.weights.checkpoint import Checkpoint
 from frankeneval.miniature.lineage import MEMBERS
+from frankeneval.weights.checkpoint import Checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 from transformers import DynamicCache, GenerationConfig
 
-from frankeneval.engine.generation import Generator, GenRequest
-from frankeneval.engine.interventions import SwapVisualKV, apply_interventions
 from frankeneval.core.probes import load_probe_pairs, write_probe_pairs
 from frankeneval.core.runstore import RunStoreMismatch
+from frankeneval.engine.generation import Generator, GenRequest
+from frankeneval.engine.interventions import SwapVisualKV, apply_interventions
 from frankeneval.localization.vision import (
     REFERENCE_PAIRS,
     load_probe_sets,
@@ -217,7 +217,8 @@ def test_seed_compatible_recorded_and_never_mixed(gen, image_prompt_probes, tmp_
     pairs = load_probe_sets(("counting",), data=image_prompt_probes, samples=2)
     units_paper, _ = vision_units(pairs, [2])
     units_seed, _ = vision_units(pairs, [2], seed_compatible=True)
-    swap_keys = lambda units: {u.key for u in units if u.info["kind"] == "swap"}
+    def swap_keys(units):
+        return {u.key for u in units if u.info["kind"] == "swap"}
     assert swap_keys(units_paper).isdisjoint(swap_keys(units_seed))
     res = run_vision_sweep(gen, pairs, [2], tmp_path, model_name="rl", max_new_tokens=6, seed_compatible=True,
                            progress=False)

@@ -33,10 +33,10 @@ from frankeneval.characterization.measure import CharacterizeSettings, measure_u
 from frankeneval.characterization.plan import plan_matrices, role_fields
 from frankeneval.characterization.rundir import device_info, open_checkpoint, prepare_run_dir, resolve_device, utc_now
 from frankeneval.characterization.schema import MATRICES_FILE, RUN_FILE, SCHEMA, SUMMARY_FILE, matrix_record_problem
-from frankeneval.weights.checkpoint import Checkpoint, check_compatible
 from frankeneval.core.results import JsonlLog, write_json_atomic
-from frankeneval.weights.tensor_stream import stream_tensors
 from frankeneval.errors import FrankenevalError, SpecError
+from frankeneval.weights.checkpoint import Checkpoint, check_compatible
+from frankeneval.weights.tensor_stream import stream_tensors
 
 
 def characterize(

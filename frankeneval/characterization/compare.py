@@ -19,7 +19,14 @@ from frankeneval import __version__
 from frankeneval.characterization.aggregate import GROUPINGS, group_by, mean_sum
 from frankeneval.characterization.plan import plan_matrices, role_fields
 from frankeneval.characterization.rundir import device_info, open_checkpoint, prepare_run_dir, resolve_device, utc_now
-from frankeneval.characterization.schema import COMPARE_FILE, COMPARE_RUN_FILE, COMPARE_SCHEMA, COMPARE_SUMMARY_FILE, RUN_FILE, compare_record_problem
+from frankeneval.characterization.schema import (
+    COMPARE_FILE,
+    COMPARE_RUN_FILE,
+    COMPARE_SCHEMA,
+    COMPARE_SUMMARY_FILE,
+    RUN_FILE,
+    compare_record_problem,
+)
 from frankeneval.characterization.spectra import (
     EPS,
     SVD_METHODS,
@@ -33,10 +40,10 @@ from frankeneval.characterization.spectra import (
     subspaces_from_gram,
     top_singular_subspaces,
 )
-from frankeneval.weights.checkpoint import Checkpoint, check_compatible
 from frankeneval.core.results import JsonlLog, write_json_atomic
-from frankeneval.weights.tensor_stream import stream_tensors
 from frankeneval.errors import FrankenevalError, SpecError
+from frankeneval.weights.checkpoint import Checkpoint, check_compatible
+from frankeneval.weights.tensor_stream import stream_tensors
 
 
 @dataclass

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from frankeneval.characterization import reference
+from frankeneval.errors import SpecError
 from frankeneval.weights.checkpoint import Checkpoint
 from frankeneval.weights.layermap import LayerMap, TensorRole, canonical_name
-from frankeneval.errors import SpecError
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from frankeneval.weights.layermap import TensorRole
 from frankeneval.errors import FrankenevalError
+from frankeneval.weights.layermap import TensorRole
 
 SOURCE = "github.com/xirui-li/Frankenstein scripts/characterisation_energy.py + characterisation_diversity.py"
 DTYPE = torch.float16  # every member is loaded and subtracted in this dtype

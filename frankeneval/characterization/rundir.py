@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from frankeneval.weights.checkpoint import Checkpoint
 from frankeneval.core.results import write_json_atomic
 from frankeneval.errors import FrankenevalError, SpecError
+from frankeneval.weights.checkpoint import Checkpoint
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

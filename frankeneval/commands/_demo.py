@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from frankeneval.errors import FrankenevalError
 from frankeneval.core.runstore import RunStore
+from frankeneval.errors import FrankenevalError
 
 __all__ = ["DemoResult", "choose_tasks", "run_demo", "shared_data_dir"]
 
@@ -121,9 +121,9 @@ def run_demo(
     localization: bool = True,
 ) -> DemoResult:
     """Run every stage into ``out`` (see the module docstring); returns where the report is."""
-    from frankeneval.transferability.recipes import tiny_recipe
     from frankeneval.reports.leaderboard.build import build_leaderboard
     from frankeneval.reports.leaderboard.report import render, write_report
+    from frankeneval.transferability.recipes import tiny_recipe
     from frankeneval.transferability.transfer import run_transfer
 
     out = Path(out).expanduser().absolute()

@@ -28,8 +28,8 @@ from frankeneval.commands._shared import (
     add_skip_broken_argument,
     add_system_prompt_arguments,
     load_generator,
-    units_per_call,
     system_prompt_setting,
+    units_per_call,
 )
 
 COMMAND = "localize-reasoning"
@@ -60,7 +60,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from frankeneval.core.data import data_root_from_env
-    from frankeneval.weights.layermap import parse_layers
     from frankeneval.core.prompts import resolve_system_prompt
     from frankeneval.localization.reasoning import (
         REASONING_MAX_NEW_TOKENS,
@@ -70,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         select_questions,
     )
     from frankeneval.reports.localization_plots import plot_reasoning_localization
+    from frankeneval.weights.layermap import parse_layers
 
     if args.max_new_tokens is None:
         args.max_new_tokens = REFERENCE_MAX_NEW_TOKENS if args.seed_compatible else REASONING_MAX_NEW_TOKENS

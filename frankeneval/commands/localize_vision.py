@@ -30,8 +30,8 @@ from frankeneval.commands._shared import (
     add_probe_arguments,
     add_seed_compatible_argument,
     load_generator,
-    units_per_call,
     probe_sets,
+    units_per_call,
 )
 
 COMMAND = "localize-vision"
@@ -49,13 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from frankeneval.weights.layermap import parse_layers
     from frankeneval.localization.vision import (
         format_vision_table,
         pair_selection,
         run_vision_sweep,
     )
     from frankeneval.reports.localization_plots import plot_vision_localization
+    from frankeneval.weights.layermap import parse_layers
 
     sc = args.seed_compatible
     pairs, source, skipped = probe_sets(args)  # selected, and every selected image checked before the model loads

@@ -67,8 +67,8 @@ from typing import Any, Union
 import torch
 import torch.nn.functional as F
 
-from frankeneval.weights.layermap import decoder_index, select_layers
 from frankeneval.errors import InterventionError, SpecError
+from frankeneval.weights.layermap import decoder_index, select_layers
 
 PREFIX = "frankeneval_"
 QUERY_MODES = ("generated", "last", "prompt")

@@ -48,16 +48,16 @@ from typing import Any
 import numpy as np
 
 from frankeneval.core.inputs_check import format_skipped
-from frankeneval.weights.layermap import llm_region
+from frankeneval.core.probes import ProbePair
+from frankeneval.core.prompts import resolve_system_prompt
+from frankeneval.core.results import write_json_atomic
+from frankeneval.core.runstore import RunStore
 from frankeneval.localization.common import (
     MATH_INSTRUCTION,
     Unit,
     run_units,
 )
-from frankeneval.core.probes import ProbePair
-from frankeneval.core.prompts import resolve_system_prompt
-from frankeneval.core.results import write_json_atomic
-from frankeneval.core.runstore import RunStore
+from frankeneval.weights.layermap import llm_region
 
 __all__ = ["MEMBERS", "attention_prompts", "format_attention_table", "run_attention_shift", "summarize_attention"]
 

@@ -25,8 +25,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from frankeneval.weights.layermap import decoder_index
-from frankeneval.weights.layermap import parse_layers as _parse_layers
 from frankeneval.core.scoring import (
     box_iou,
     parse_box,
@@ -35,6 +33,8 @@ from frankeneval.core.scoring import (
     short_answer,
 )
 from frankeneval.errors import FrankenevalError
+from frankeneval.weights.layermap import decoder_index
+from frankeneval.weights.layermap import parse_layers as _parse_layers
 
 __all__ = [
     "CHANGE_MIN_CONTAINMENT_LEN",

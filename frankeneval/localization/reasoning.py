@@ -49,14 +49,6 @@ from typing import Any
 from frankeneval.core.data import DEFAULT_SAMPLE_SEED, load_benchmark_rows, row_where, subsample_indices
 from frankeneval.core.inputs_check import check_inputs, format_skipped, parse_row
 from frankeneval.core.prompts import SystemPrompt, resolve_system_prompt
-from frankeneval.errors import FrankenevalError
-from frankeneval.localization.common import (
-    MATH_INSTRUCTION,
-    Unit,
-    check_layers,
-    rate,
-    run_units,
-)
 from frankeneval.core.results import write_json_atomic
 from frankeneval.core.runstore import RunStore
 from frankeneval.core.scoring import (
@@ -65,6 +57,14 @@ from frankeneval.core.scoring import (
     math_equal,
     reference_final_answer,
     reference_math_correct,
+)
+from frankeneval.errors import FrankenevalError
+from frankeneval.localization.common import (
+    MATH_INSTRUCTION,
+    Unit,
+    check_layers,
+    rate,
+    run_units,
 )
 
 __all__ = [

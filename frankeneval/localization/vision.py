@@ -67,16 +67,6 @@ from pathlib import Path
 from typing import Any
 
 from frankeneval.core.data import DEFAULT_SAMPLE_SEED, subsample
-from frankeneval.errors import FrankenevalError
-from frankeneval.localization.common import (
-    Unit,
-    answer_changed,
-    check_layers,
-    rate,
-    run_units,
-    source_follows,
-    task_changed,
-)
 from frankeneval.core.inputs_check import check_inputs, format_skipped
 from frankeneval.core.probes import (
     PROBE_TASKS,
@@ -88,6 +78,16 @@ from frankeneval.core.probes import (
 from frankeneval.core.results import write_json_atomic
 from frankeneval.core.runstore import RunStore
 from frankeneval.core.scoring import probe_correct
+from frankeneval.errors import FrankenevalError
+from frankeneval.localization.common import (
+    Unit,
+    answer_changed,
+    check_layers,
+    rate,
+    run_units,
+    source_follows,
+    task_changed,
+)
 
 __all__ = [
     "REFERENCE_PAIRS",

@@ -36,9 +36,9 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from frankeneval import __version__
-from frankeneval.weights.layermap import LayerMap, canonical_name, llm_region
 from frankeneval.core.paths import default_cache_dir
 from frankeneval.core.results import staged_directory, write_json_atomic
+from frankeneval.weights.layermap import LayerMap, canonical_name, llm_region
 
 MEMBERS = ("base", "in", "rl")
 
@@ -517,8 +517,8 @@ def owned_member(path: Path) -> str | None:
     the shards the index names, config / tokenizer / processor / training-record files); else why not."""
     import fnmatch
 
-    from frankeneval.weights.checkpoint import METADATA_PATTERNS
     from frankeneval.core.results import foreign_entries
+    from frankeneval.weights.checkpoint import METADATA_PATTERNS
 
     if not (path / "frankeneval_lineage.json").is_file():
         return "it is a non-empty folder that is not a frankeneval lineage member (no frankeneval_lineage.json)"

@@ -37,10 +37,9 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from frankeneval import __version__
-from frankeneval.miniature import world
-from frankeneval.weights.layermap import canonical_name
 from frankeneval.core.paths import default_cache_dir
 from frankeneval.core.results import staged_directory, write_json_atomic
+from frankeneval.miniature import world
 from frankeneval.miniature.lineage import (
     MEMBERS,
     PRESETS,
@@ -51,6 +50,7 @@ from frankeneval.miniature.lineage import (
     build_processor,
     hub_config,
 )
+from frankeneval.weights.layermap import canonical_name
 
 
 def _train_on_cpu() -> bool:

@@ -27,6 +27,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from frankeneval.errors import FrankenevalError
 from frankeneval.weights.layermap import (
     LayerMap,
     decoder_index,
@@ -34,7 +35,6 @@ from frankeneval.weights.layermap import (
     select_layers,
     transformers_name,
 )
-from frankeneval.errors import FrankenevalError
 
 __all__ = [
     "COMPONENTS",

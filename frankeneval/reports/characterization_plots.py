@@ -28,8 +28,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from frankeneval.core.results import atomic_output, read_jsonl
 from frankeneval.characterization.schema import MATRICES_FILE, matrix_record_problem
+from frankeneval.core.results import atomic_output, read_jsonl
 
 SECTION_COLOURS = {"vision": "#dbe9f6", "projector": "#fde3c8", "llm": "#e2f0d9"}
 DELTA_STYLE = {"delta_in": ("ΔIN", "#1f77b4"), "delta_rl": ("ΔRL", "#d62728")}

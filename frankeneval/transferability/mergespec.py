@@ -61,6 +61,8 @@ from typing import Any
 
 import yaml
 
+from frankeneval.core.yamlio import load_yaml
+from frankeneval.errors import SpecError
 from frankeneval.weights.layermap import (
     LayerMap,
     LayerSpecError,
@@ -71,8 +73,6 @@ from frankeneval.weights.layermap import (
     select_layers,
     unified_llm_layer,
 )
-from frankeneval.core.yamlio import load_yaml
-from frankeneval.errors import SpecError
 
 COMPONENTS: tuple[str, ...] = ("attention", "mlp", "norm", "other")
 PARTS: tuple[str, ...] = ("vision", "projector", "embeddings", "final_norm", "lm_head")

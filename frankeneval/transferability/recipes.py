@@ -26,8 +26,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from frankeneval.core.yamlio import load_yaml
 from frankeneval.core.results import safe_name
+from frankeneval.core.yamlio import load_yaml
 from frankeneval.errors import SpecError
 from frankeneval.transferability.mergespec import MergeSpec, read_num_hidden_layers, resolve_ref, resolve_relative_refs
 

@@ -35,13 +35,6 @@ from pathlib import Path
 from typing import Any
 
 from frankeneval import __version__
-from frankeneval.weights.checkpoint import (
-    METADATA_PATTERNS,
-    SAFETENSORS_INDEX,
-    Checkpoint,
-    check_compatible,
-    inside_checkpoint,
-)
 from frankeneval.core.locks import output_lock
 from frankeneval.core.paths import default_cache_dir
 from frankeneval.core.results import (
@@ -52,10 +45,17 @@ from frankeneval.core.results import (
     write_all,
     write_json_atomic,
 )
-from frankeneval.weights.safetensors_file import DTYPE_SIZES, TensorLocation, pack_shards
 from frankeneval.errors import ArchitectureMismatch, FrankenevalError, SpecError
-from frankeneval.weights.layermap import canonical_name
 from frankeneval.transferability.mergespec import MergeSpec, resolve_ref
+from frankeneval.weights.checkpoint import (
+    METADATA_PATTERNS,
+    SAFETENSORS_INDEX,
+    Checkpoint,
+    check_compatible,
+    inside_checkpoint,
+)
+from frankeneval.weights.layermap import canonical_name
+from frankeneval.weights.safetensors_file import DTYPE_SIZES, TensorLocation, pack_shards
 
 PROVENANCE = "frankeneval_provenance.json"
 DEFAULT_SHARD_BYTES = 5 * 1024**3  # like the hub's 7B checkpoints (about 4-5 GB per shard)

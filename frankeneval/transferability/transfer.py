@@ -77,8 +77,8 @@ class TransferResult:
 
 # -- models ---------------------------------------------------------------------------------------
 def _resolve_local(ref: str) -> str:
-    from frankeneval.weights.checkpoint import resolve
     from frankeneval.transferability.mergespec import resolve_ref
+    from frankeneval.weights.checkpoint import resolve
 
     return str(resolve(resolve_ref(ref))[0])
 

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from frankeneval.errors import FrankenevalError
 from frankeneval.weights.layermap import canonical_name
 from frankeneval.weights.safetensors_file import TensorLocation, torch_dtype
-from frankeneval.errors import FrankenevalError
 
 if TYPE_CHECKING:
     from frankeneval.weights.checkpoint import Checkpoint

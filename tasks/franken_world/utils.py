@@ -11,10 +11,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from frankeneval.miniature import world
+from frankeneval.tasks.common import DEFAULT_SAMPLE_SEED, FrankenTask, TaskSettings, checked_docs, count, mean_score  # noqa: F401
+
 from frankeneval.core.data import subsample_indices
 from frankeneval.errors import FrankenevalError
-from frankeneval.tasks.common import DEFAULT_SAMPLE_SEED, FrankenTask, TaskSettings, checked_docs, count, mean_score  # noqa: F401
+from frankeneval.miniature import world
 
 
 def world_root(metadata: dict | None) -> Path:

@@ -6,10 +6,11 @@ after ``####``. Scored by rules (``\\boxed{}``, then ``####``, then the last num
 
 from __future__ import annotations
 
-from frankeneval.core import scoring
-from frankeneval.core.data import load_benchmark_rows, row_where, subsample_indices
 from frankeneval.tasks import common
 from frankeneval.tasks.common import INSTRUCTION, TaskSettings, count, judge_accuracy, mean_score  # noqa: F401 - YAML hooks
+
+from frankeneval.core import scoring
+from frankeneval.core.data import load_benchmark_rows, row_where, subsample_indices
 
 
 def build_docs(spec: dict, settings: TaskSettings) -> list[dict]:

@@ -14,12 +14,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from frankeneval.core.data import DataNotFound, load_benchmark_rows, row_where, subsample_indices
-from frankeneval.errors import FrankenevalError
 from frankeneval.tasks import common
 from frankeneval.tasks.common import INSTRUCTION, TaskSettings, count, judge_accuracy, mean_score  # noqa: F401 - YAML hooks
 from frankeneval.tasks.mathvista import scoring
 from frankeneval.tasks.mathvista.scoring import mathvista_rule_verdict
+
+from frankeneval.core.data import DataNotFound, load_benchmark_rows, row_where, subsample_indices
+from frankeneval.errors import FrankenevalError
 
 # --------------------------------------------------------------------------- docs
 

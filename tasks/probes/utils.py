@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from frankeneval.core import scoring
-from frankeneval.core.data import DataNotFound, subsample_indices
 from frankeneval.tasks import common
 from frankeneval.tasks.common import TaskSettings, count, mean_score  # noqa: F401 - YAML hooks
+
+from frankeneval.core import scoring
+from frankeneval.core.data import DataNotFound, subsample_indices
 
 
 def probe_folder(task: str, settings: TaskSettings) -> Path:

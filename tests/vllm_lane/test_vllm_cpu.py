@@ -79,7 +79,7 @@ def spliced(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def hf_answers(spliced):
     """Transformers greedy answers (float32, CPU), one request at a time."""
-    from frankeneval.engine.generation import GenRequest, Generator
+    from frankeneval.engine.generation import Generator, GenRequest
 
     gen = Generator.load(str(spliced), dtype="float32", device="cpu")
     reqs = [GenRequest(p) for p in TEXT_PROMPTS] + [GenRequest(p, [_image(i)]) for i, p in enumerate(IMAGE_PROMPTS)]
@@ -257,8 +257,9 @@ def test_franken_qwen_vllm_backend_matches_hf_per_item(spliced, tmp_path):
 
 
 def test_franken_qwen_vllm_refuses_interventions(spliced):
-    from frankeneval.errors import FrankenevalError
     from frankeneval.model_wrappers.franken_qwen import FrankenQwen
+
+    from frankeneval.errors import FrankenevalError
 
     with pytest.raises(FrankenevalError) as err:
         FrankenQwen(pretrained=str(spliced), backend="vllm", intervention="ablate:2")
