@@ -723,7 +723,7 @@ def pack(args: argparse.Namespace) -> int:
                 tar.add(f, arcname=str(f.relative_to(work)), recursive=False)
         parts += split_write(archive, outbox, stem, int(args.part_mib * 2**20))
         archive.unlink()
-    for old in out.glob("*.tar.xz.*"):
+    for old in [*out.glob("state.tar.xz.*"), *out.glob("results-s*.tar.xz.*")]:  # only parts pack writes
         old.unlink()
     written = [Path(shutil.copy2(work / f, out / f)) for f in (STATE, "acceptance.md")]
     for p in parts[: max(0, args.max_files - len(written))]:

@@ -8,8 +8,13 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 VENV=${1:-.venv-newest}
 t0=$(date +%s)
+MARK="$VENV/.frankeneval-newest-lane"  # only a venv this script made is ever removed
+if [ -e "$VENV" ] && [ ! -f "$MARK" ]; then
+  echo "newest-versions lane: $VENV exists and was not made by this script; not touching it (pass another folder)" >&2
+  exit 1
+fi
 rm -rf "$VENV"
-python3 -m venv "$VENV" || exit 1
+python3 -m venv "$VENV" && touch "$MARK" || exit 1
 P="$VENV/bin/python"
 "$P" -m pip install -q torch==2.14.1 torchvision==0.29.1 || { echo "newest-versions lane: torch install failed" >&2; exit 1; }
 if ! "$P" -m pip install -q --upgrade --upgrade-strategy eager -e ".[test]"; then

@@ -111,23 +111,10 @@ RESULTS_FILE = "vision_localization.json"
 UNITS_FILE = "units.jsonl"
 
 
-def load_probe_sets(
-    tasks: Sequence[str] = PROBE_TASKS,
-    *,
-    data: str | os.PathLike | None = None,
-    rendered_dir: str | os.PathLike | None = None,
-    n_rendered: int = 100,
-    samples: int | None = None,
-    seed: int = DEFAULT_SAMPLE_SEED,
-    seed_compatible: bool = False,
-) -> dict[str, list[ProbePair]]:
-    """Probe pairs per task: from ``data`` (a vision_probes-format folder), else rendered into ``rendered_dir``.
-
-    Each task's pairs are chosen by :func:`select_pairs` (``samples``, ``seed``, ``seed_compatible``), then checked
-    (:func:`select_probe_sets`): a broken image or row raises :class:`~frankeneval.core.inputs_check.BrokenInput`.
-    """
-    return select_probe_sets(tasks, data=data, rendered_dir=rendered_dir, n_rendered=n_rendered, samples=samples,
-                             seed=seed, seed_compatible=seed_compatible)[0]
+def load_probe_sets(tasks: Sequence[str] = PROBE_TASKS, **selection) -> dict[str, list[ProbePair]]:
+    """Probe pairs per task: :func:`select_probe_sets` (same keywords) without the skipped list; a broken image or
+    row raises :class:`~frankeneval.core.inputs_check.BrokenInput` unless ``skip_broken``."""
+    return select_probe_sets(tasks, **selection)[0]
 
 
 def select_probe_sets(
