@@ -599,7 +599,8 @@ class _Session:
             m = _select_mask(mask, rows_t, q_index, q_len, k_len, query.device)
             mass = _visual_mass(query[rows_t][:, :, q_index], key[rows_t], visual, m, scaling)
             for i, r in enumerate(rs):
-                self.captured.setdefault(r, {}).setdefault(layer, []).append(mass[i].detach().float().cpu())
+                # kept on the device: one copy to the host per row in captures(), not one sync per layer and step
+                self.captured.setdefault(r, {}).setdefault(layer, []).append(mass[i].detach())
 
     def captures(self, row: int, n_generated: int | None = None) -> list[AttentionCapture]:
         st = self.plans[row]
@@ -610,13 +611,17 @@ class _Session:
         stacks = []
         for j in (decoder_index(L) for L in layers):
             chunks = per_layer.get(j, [])
-            mass = torch.cat(chunks, dim=-1) if chunks else torch.zeros(0)
+            mass = torch.cat(chunks, dim=-1).float() if chunks else torch.zeros(0)
             if st.capture.query == "prompt" and self.padding is not None and mass.numel():
-                mass = mass[:, self.padding[row].cpu()]
+                mass = mass[:, self.padding[row].to(mass.device)]
             if st.capture.query == "generated" and n_generated is not None:
                 mass = mass[:, :n_generated]
             stacks.append(mass)
-        return [AttentionCapture(layers=tuple(layers), query=st.capture.query, mass=torch.stack(stacks) if stacks else torch.zeros(0))]
+        if not stacks:
+            return [AttentionCapture(layers=tuple(layers), query=st.capture.query, mass=torch.zeros(0))]
+        if len({m.device for m in stacks}) > 1 or any(m.numel() == 0 for m in stacks):
+            stacks = [m.cpu() for m in stacks]
+        return [AttentionCapture(layers=tuple(layers), query=st.capture.query, mass=torch.stack(stacks).cpu())]
 
     def visual_kv(self, row: int, grid_thw=()) -> VisualKV:
         keys, vals = self.recorded[row]
