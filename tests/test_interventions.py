@@ -11,6 +11,8 @@ from frankeneval.engine.generation import Generator, GenRequest
 from frankeneval.engine.interventions import (
     Ablate,
     CaptureAttention,
+    Intervention,
+    RowPlan,
     SwapVisualKV,
     apply_interventions,
     decoder_layers,
@@ -121,6 +123,25 @@ def test_batched_rows_with_different_ablations_equal_single_calls(gen):
     for r, (req, row) in enumerate(zip(reqs, rows)):
         one = gen.generate([req], max_new_tokens=10, interventions=[row], batch_size=1)[0]
         assert out[r].token_ids == one.token_ids and out[r].text == one.text
+
+
+class _AblateOddLayers(Intervention):
+    """A new intervention defined outside the engine: only its own plan(), nothing else touched."""
+
+    def plan(self, plan: RowPlan, row: int, n_layers: int, n_visual: int) -> None:
+        plan.ablate.update(j for j in range(n_layers) if j % 2 == 0)  # decoder 0, 2, ... = LLM layers 1, 3, ...
+
+
+def test_a_new_intervention_is_one_class_with_its_plan(gen):
+    """Every path (hooked prefill, static decode) reads the plan a subclass fills: the same tokens as Ablate."""
+    n = len(decoder_layers(gen.model))
+    reqs = [GenRequest(PROMPT, [noise_image(20)]), GenRequest("Count to ten", [])]
+    odd = [L for L in range(1, n + 1) if L % 2 == 1]
+    mine = gen.generate(reqs, max_new_tokens=8, interventions=_AblateOddLayers(), batch_size=2)
+    builtin = gen.generate(reqs, max_new_tokens=8, interventions=Ablate(odd), batch_size=2)
+    plain = gen.generate(reqs, max_new_tokens=8, batch_size=2)
+    assert [r.token_ids for r in mine] == [r.token_ids for r in builtin]
+    assert [r.token_ids for r in mine] != [r.token_ids for r in plain]
 
 
 def test_ablate_layer_out_of_range(gen):

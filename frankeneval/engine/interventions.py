@@ -29,8 +29,10 @@ with a message saying how to write it now.
 each row's into one :class:`RowPlan` (decoder-layer indices). Every path that applies interventions consumes these
 plans and nothing else: the hooked forward (:func:`apply_interventions`), the shared-prefix prefill of swap rows
 (``engine.branch``, through :class:`SwapWriter`) and the static decoder (``engine.decode``, through
-:func:`keep_mask`). :func:`needs_hooked_decode` says which interventions act at decode steps (so decoding must run
-the model's own forward with the session active).
+:func:`keep_mask`). Each intervention class fills the plan itself (:meth:`Intervention.plan`) and says whether it
+acts at decode steps (``acts_at_decode``; :func:`needs_hooked_decode`: then decoding runs the model's own forward
+with the session active). A new intervention is a subclass here, with a :class:`RowPlan` field for what it does and
+the session code that reads that field.
 
 Mechanics (no patched model code): ``Ablate`` uses forward hooks on ``self_attn`` and ``mlp``; swap and
 capture use an attention function registered in transformers' ``AttentionInterface`` (plus the matching mask
@@ -62,7 +64,7 @@ import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +77,20 @@ QUERY_MODES = ("generated", "last", "prompt")
 
 
 # ---------------------------------------------------------------------------------------------- dataclasses
+class Intervention:
+    """Base of every intervention. A subclass is a frozen dataclass that says, in :meth:`plan`, what it does to one
+    row: it fills that row's :class:`RowPlan`, which the hooked forward, the shared-prefix prefill and the static
+    decoder all read. ``acts_at_decode``: whether it acts inside attention at decode steps (then decoding runs the
+    model's own forward with :func:`apply_interventions` active, not the static decoder)."""
+
+    acts_at_decode: ClassVar[bool] = False
+
+    def plan(self, plan: RowPlan, row: int, n_layers: int, n_visual: int) -> None:
+        """Add this intervention to ``plan`` (row ``row`` of a batch whose model has ``n_layers`` LLM layers and whose
+        prompt has ``n_visual`` visual tokens); raise :class:`InterventionError` for what cannot run."""
+        raise NotImplementedError
+
+
 def _layers_tuple(layers: Any) -> tuple[int, ...]:
     """Unified LLM layers (1 ... n), sorted and unique; 0 and negatives are refused with a one-line fix."""
     if isinstance(layers, int):
@@ -86,13 +102,16 @@ def _layers_tuple(layers: Any) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True)
-class Ablate:
+class Ablate(Intervention):
     """Zero the attention and MLP outputs of unified LLM layers ``layers`` (1 ... n), keeping the residual."""
 
     layers: tuple[int, ...]
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", _layers_tuple(self.layers))
+
+    def plan(self, plan: RowPlan, row: int, n_layers: int, n_visual: int) -> None:
+        plan.ablate.update(_decoder_layers_of(self.layers, n_layers, "Ablate"))
 
 
 @dataclass(frozen=True, eq=False)
@@ -116,7 +135,7 @@ class VisualKV:
 
 
 @dataclass(frozen=True, eq=False)
-class SwapVisualKV:
+class SwapVisualKV(Intervention):
     """Replace the row's visual-token K/V by ``source``'s at every LLM layer ``>= from_layer`` (unified, prefill).
 
     ``from_layer = 1`` swaps at every layer; a ``from_layer`` past the last layer swaps nothing.
@@ -135,9 +154,30 @@ class SwapVisualKV:
         object.__setattr__(self, "from_layer", int(self.from_layer))
         object.__setattr__(self, "seed_compatible", bool(self.seed_compatible))
 
+    @property
+    def acts_at_decode(self) -> bool:  # the seed-compatible swap re-appends inside attention at every decode step
+        return self.seed_compatible
+
+    def plan(self, plan: RowPlan, row: int, n_layers: int, n_visual: int) -> None:
+        if plan.swap is not None:
+            raise InterventionError("at most one SwapVisualKV per row")
+        src = self.source
+        if not isinstance(src, VisualKV):
+            raise InterventionError("SwapVisualKV.source must be a VisualKV here (Generator encodes images)")
+        if src.n_visual != n_visual:
+            raise InterventionError(
+                f"SwapVisualKV needs the same number of visual tokens: source has {src.n_visual}, "
+                f"target row {row} has {n_visual} (resize both images to the same size)"
+            )
+        if src.n_layers != n_layers:
+            raise InterventionError(f"VisualKV has {src.n_layers} layers, the model {n_layers}")
+        plan.swap = self
+        plan.swap_from = decoder_index(self.from_layer)  # past the last layer: no layer swaps
+        plan.reappend = self.seed_compatible
+
 
 @dataclass(frozen=True)
-class CaptureAttention:
+class CaptureAttention(Intervention):
     """Record the attention mass from ``query`` tokens to the visual tokens, per unified LLM layer and head
     (``layers``: unified LLM layers 1 ... n; ``None`` = every layer)."""
 
@@ -149,6 +189,17 @@ class CaptureAttention:
             object.__setattr__(self, "layers", _layers_tuple(self.layers))
         if self.query not in QUERY_MODES:
             raise SpecError(f"CaptureAttention.query must be one of {QUERY_MODES}, got {self.query!r}")
+
+    acts_at_decode: ClassVar[bool] = True
+
+    def plan(self, plan: RowPlan, row: int, n_layers: int, n_visual: int) -> None:
+        if plan.capture is not None:
+            raise InterventionError("at most one CaptureAttention per row")
+        if self.layers is not None:
+            plan.capture_layers = _decoder_layers_of(self.layers, n_layers, "CaptureAttention")
+        if n_visual == 0:
+            raise InterventionError(f"CaptureAttention on row {row}, which has no visual tokens")
+        plan.capture = self
 
 
 @dataclass
@@ -166,22 +217,22 @@ class AttentionCapture:
 
 
 @dataclass(frozen=True, eq=False)
-class RecordVisualKV:
+class RecordVisualKV(Intervention):
     """Keep this row's visual-token K/V at every layer, for ``session.visual_kv(row)`` (``Generator.visual_kv``
     builds a :class:`VisualKV` with it)."""
 
+    acts_at_decode: ClassVar[bool] = True
 
-Intervention = Union[Ablate, SwapVisualKV, CaptureAttention, RecordVisualKV]
-RowSpec = Union[None, Intervention, Sequence[Intervention]]
+    def plan(self, plan: RowPlan, row: int, n_layers: int, n_visual: int) -> None:
+        plan.record = True
 
 
 def normalize_rows(interventions: Any, n_rows: int) -> list[list[Intervention]]:
     """One list of interventions per row. ``None`` -> nothing; a single intervention -> the same for every row;
     else a sequence with one entry per row, each ``None``, an intervention, or a sequence of interventions."""
-    kinds = (Ablate, SwapVisualKV, CaptureAttention, RecordVisualKV)
     if interventions is None:
         return [[] for _ in range(n_rows)]
-    if isinstance(interventions, kinds):
+    if isinstance(interventions, Intervention):
         return [[interventions] for _ in range(n_rows)]
     rows = list(interventions)
     if len(rows) != n_rows:
@@ -190,11 +241,11 @@ def normalize_rows(interventions: Any, n_rows: int) -> list[list[Intervention]]:
     for row in rows:
         if row is None:
             out.append([])
-        elif isinstance(row, kinds):
+        elif isinstance(row, Intervention):
             out.append([row])
         else:
             items = list(row)
-            bad = [x for x in items if not isinstance(x, kinds)]
+            bad = [x for x in items if not isinstance(x, Intervention)]
             if bad:
                 raise SpecError(f"not an intervention: {bad[0]!r}")
             out.append(items)
@@ -416,8 +467,7 @@ def needs_hooked_decode(rows: Sequence[Sequence[Intervention]]) -> bool:
     :class:`RecordVisualKV`, a seed-compatible :class:`SwapVisualKV`), so decoding must run the model's own forward
     with :func:`apply_interventions` active. Ablation (a keep mask) and the default swap (written into the prefill's
     KV cache) need only the prefill's cache and :func:`keep_mask`."""
-    return any(isinstance(it, (CaptureAttention, RecordVisualKV)) or (isinstance(it, SwapVisualKV) and it.seed_compatible)
-               for row in rows for it in row)
+    return any(it.acts_at_decode for row in rows for it in row)
 
 
 def _decoder_layers_of(layers: tuple[int, ...], n_layers: int, what: str) -> set[int]:
@@ -431,39 +481,12 @@ def _decoder_layers_of(layers: tuple[int, ...], n_layers: int, what: str) -> set
 
 
 def _plan_row(items: list[Intervention], row: int, n_layers: int, n_vis: int) -> RowPlan:
-    st = RowPlan()
+    plan = RowPlan()
     for it in items:
-        if isinstance(it, Ablate):
-            st.ablate.update(_decoder_layers_of(it.layers, n_layers, "Ablate"))
-        elif isinstance(it, SwapVisualKV):
-            if st.swap is not None:
-                raise InterventionError("at most one SwapVisualKV per row")
-            src = it.source
-            if not isinstance(src, VisualKV):
-                raise InterventionError("SwapVisualKV.source must be a VisualKV here (Generator encodes images)")
-            if src.n_visual != n_vis:
-                raise InterventionError(
-                    f"SwapVisualKV needs the same number of visual tokens: source has {src.n_visual}, "
-                    f"target row {row} has {n_vis} (resize both images to the same size)"
-                )
-            if src.n_layers != n_layers:
-                raise InterventionError(f"VisualKV has {src.n_layers} layers, the model {n_layers}")
-            st.swap = it
-            st.swap_from = decoder_index(it.from_layer)  # past the last layer: no layer swaps
-            st.reappend = it.seed_compatible
-        elif isinstance(it, CaptureAttention):
-            if st.capture is not None:
-                raise InterventionError("at most one CaptureAttention per row")
-            if it.layers is not None:
-                st.capture_layers = _decoder_layers_of(it.layers, n_layers, "CaptureAttention")
-            if n_vis == 0:
-                raise InterventionError(f"CaptureAttention on row {row}, which has no visual tokens")
-            st.capture = it
-        elif isinstance(it, RecordVisualKV):
-            st.record = True
-    if st.reappend and st.capture is not None:
+        it.plan(plan, row, n_layers, n_vis)
+    if plan.reappend and plan.capture is not None:
         raise InterventionError(f"row {row}: CaptureAttention cannot be combined with a seed-compatible SwapVisualKV")
-    return st
+    return plan
 
 
 class SwapWriter:
