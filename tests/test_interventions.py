@@ -242,3 +242,26 @@ def test_parse_intervention_spec(tmp_path):
         parse_intervention_spec("ablate:0-2", n_layers=6)
     with pytest.raises(SpecError, match="layer 0 is the projector"):
         parse_intervention_spec(f"swapkv:0:{path}")
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "float"])
+def test_visual_mass_few_queries_equals_the_attention_call(mask_kind):
+    """The decode-step path (explicit softmax over grouped heads) equals the one-attention-call path."""
+    from frankeneval.engine import interventions as iv
+
+    g = torch.Generator().manual_seed(0)
+    b, kv, n_rep, q_len, k_len, d = 3, 2, 4, 2, 37, 16
+    query = torch.randn(b, kv * n_rep, q_len, d, generator=g, dtype=torch.bfloat16)
+    key = torch.randn(b, kv, k_len, d, generator=g, dtype=torch.bfloat16)
+    visual = torch.rand(b, k_len, generator=g) < 0.4
+    mask = None
+    if mask_kind != "none":
+        allowed = torch.rand(b, 1, q_len, k_len, generator=g) < 0.8
+        allowed[..., 0] = True
+        mask = allowed if mask_kind == "bool" else torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
+    few = iv._visual_mass_few(query, key, visual, mask, 0.25, n_rep)
+    q = query.float()
+    k = key.float().repeat_interleave(n_rep, dim=1)
+    ind = visual.float()[:, None, :, None].expand(-1, q.shape[1], -1, 1)
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, ind, attn_mask=mask, scale=0.25)[..., 0]
+    torch.testing.assert_close(few, want, atol=1e-5, rtol=1e-5)

@@ -386,14 +386,36 @@ def ensure_registered(base: str) -> str:
 def _visual_mass(query, key, visual, mask, scaling) -> torch.Tensor:
     """Attention mass ``(rows, heads, q)`` from ``query`` to the keys flagged in ``visual`` ``(rows, k)``.
 
-    One attention call with the visual-key indicator as the values: the output is sum_k p_qk [k visual].
+    One attention call with the visual-key indicator as the values: the output is sum_k p_qk [k visual]. A few query
+    tokens (decode steps: one) take the explicit softmax over grouped heads instead, which reads the cached keys once
+    (no float copy of the whole cache repeated for every query head).
     """
     n_rep = query.shape[1] // key.shape[1]
+    if query.shape[2] <= 16:
+        return _visual_mass_few(query, key, visual, mask, scaling, n_rep)
     q = query.float()
     k = key.float().repeat_interleave(n_rep, dim=1)
     ind = visual.to(q.dtype)[:, None, :, None].expand(-1, q.shape[1], -1, 1)
     out = F.scaled_dot_product_attention(q, k, ind, attn_mask=mask, scale=scaling)
     return out[..., 0]
+
+
+def _visual_mass_few(query, key, visual, mask, scaling, n_rep) -> torch.Tensor:
+    """:func:`_visual_mass` for few query tokens: scores of each key-value head's ``n_rep`` query heads in one matmul
+    against its keys (query head ``i`` reads key-value head ``i // n_rep``, as ``repeat_interleave``), masked softmax,
+    mass on the visual keys."""
+    b, h, q_len, d = query.shape
+    kv = key.shape[1]
+    scale = scaling if scaling is not None else 1.0 / math.sqrt(d)
+    q = query.float().reshape(b, kv, n_rep * q_len, d)
+    scores = torch.matmul(q, key.float().transpose(-1, -2)).mul_(scale).view(b, h, q_len, key.shape[2])
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        else:
+            scores = scores + mask
+    probs = torch.softmax(scores, dim=-1)
+    return (probs * visual[:, None, None, :].to(probs.dtype)).sum(dim=-1)
 
 
 def _select_mask(mask, rows, q_index, q_len, k_len, device) -> torch.Tensor:
