@@ -5,7 +5,8 @@ released data, through the user's commands; resumable across calls and across ma
     bash bench/full_size_device.sh --acceptance --work /tmp/accept --data .devdata --resume-from .accept
                                    # GPU machine: install the carried wheels, then `start` (detached) below
     python bench/acceptance.py start  --work W --data DATA [--resume-from DIR]   # `run` in the background (setsid)
-    python bench/acceptance.py status --work W [--wait 540]                     # poll (returns when done or after 540 s)
+    python bench/acceptance.py status --work W [--wait 540]                     # poll (returns when done or
+                                                                                # after 540 s)
     python bench/acceptance.py pack   --work W --out "$OUT" [--stop] [--lean]   # small outputs -> DIR (<= 8 files)
     python bench/acceptance.py unpack --work W DIR... [--results]               # what --resume-from does (+ the bulk)
     python bench/acceptance.py table  --work W                                  # the markdown table (BENCHMARKS.md)
@@ -441,7 +442,8 @@ def stage_commands(ctx: dict) -> dict[str, list[str]]:
                                *(["--ignore-eos"] if ctx["ignore_eos"] else []), "--out", str(work / d), *quiet]
     gpus = ctx["gpus"]
     return {
-        "lineage": [*fe, "demo-lineage", str(lin), "--preset", cfg["preset"], "--seed", str(cfg["seed"]), "--no-progress"],
+        "lineage": [*fe, "demo-lineage", str(lin), "--preset", cfg["preset"], "--seed", str(cfg["seed"]),
+                    "--no-progress"],
         "characterize": [*fe, "characterize", "--base", base, "--in", in_, "--rl", rl, "--out",
                          str(work / "characterize"), *quiet],
         "vision": [*fe, "localize-vision", "--model", rl, "--data", probes, *pairs, *skip("localize-vision"),
@@ -468,7 +470,8 @@ def lineage_digest(lineage: Path) -> dict:
     files = sorted(lineage.glob("*/*.safetensors"))
     digests = file_digests(files)
     total = hashlib.sha256("".join(f"{f.relative_to(lineage)}:{d}\n" for f, d in zip(files, digests)).encode())
-    return {"sha256": total.hexdigest(), "files": len(files), "gb": round(sum(f.stat().st_size for f in files) / 1e9, 1)}
+    return {"sha256": total.hexdigest(), "files": len(files),
+            "gb": round(sum(f.stat().st_size for f in files) / 1e9, 1)}
 
 
 def files_of(path: Path) -> list[Path]:
@@ -498,11 +501,13 @@ def prepare_data(src: Path | None, work: Path, needed: set[str], st: dict, max_s
             return f"{item} differs from the first session's copy (sha256): use the same data"
         if key == "vision_probes":
             images = sorted(d.rglob("images/*"))
-            st.update(probe_images=len(images), broken={str(p.resolve()): why for p in images if (why := image_broken(p))})
+            st.update(probe_images=len(images),
+                      broken={str(p.resolve()): why for p in images if (why := image_broken(p))})
     if src and (src / DATA_ITEMS["mathvista"]).is_file():  # after the copies (it links what is not in WORK/data)
         wrote = synthetic_mathvista(src, dst, max_side=max_side)["images_written"]  # the missing ones, seeded
     st.update(mathvista_images_written=wrote or st.get("mathvista_images_written"), expected=len(DATA_ITEMS),
-              present=len(digests), what=f"{', '.join(DATA_ITEMS.values())} copied; {st.get('probe_images', '?')} probe "
+              present=len(digests),
+              what=f"{', '.join(DATA_ITEMS.values())} copied; {st.get('probe_images', '?')} probe "
               f"images decoded, {len(st.get('broken', {}))} broken: "
               f"{', '.join(Path(b).name for b in st.get('broken', {})) or 'none'}; MathVista images synthetic "
               "(random pixels at each row's recorded size)")
@@ -591,7 +596,8 @@ def run(args: argparse.Namespace) -> int:
                 same = bool(fp) and fp["sha256"] == st.get("sha256")
                 st.update(status="complete" if same else "failed", expected=3, present=3 if fp else 0,
                           what=f"demo-lineage {cfg['preset']} seed {cfg['seed']}: Base, IN, RL "
-                               f"({fp.get('gb', '?')} GB, {fp.get('files', '?')} shards), sha256 {str(st.get('sha256'))[:12]}")
+                               f"({fp.get('gb', '?')} GB, {fp.get('files', '?')} shards), "
+                               f"sha256 {str(st.get('sha256'))[:12]}")
                 if not same:
                     st["error"] = (f"rebuilt lineage sha256 {fp.get('sha256')} != {first} of the first build: the "
                                    "carried units were computed on other weights (another GPU model or torch?); "
@@ -631,7 +637,8 @@ def run(args: argparse.Namespace) -> int:
             save_state(work, state)
     except (Interrupted, KeyboardInterrupt):
         close_open_attempts(state, "interrupted")
-        if name and name not in SETUP and ("layers" in ctx or "lineage" not in NEEDS[name]):  # how far it got, for the carried state and the table
+        # how far it got, for the carried state and the table
+        if name and name not in SETUP and ("layers" in ctx or "lineage" not in NEEDS[name]):
             check = check_stage(name, ctx)
             stages[name].update(check, status="incomplete")
             stages[name]["attempts"][-1]["present_after"] = check.get("present")
@@ -815,8 +822,10 @@ def status(args: argparse.Namespace) -> int:
         if s.get("status") == "running" and name in OUT_DIRS:
             units = work / OUT_DIRS[name] / ("cells.jsonl" if name == "transfer" else "units.jsonl")
             live = f", {max(0, count_lines(units) - 1):,} lines in {units.name}" if units.is_file() else ""
-        print(f"  {name:<12} {s.get('status'):<10} attempts {len(att)}, wall {sum(a.get('wall_s') or 0 for a in att):.0f} s, "
-              f"units {s.get('present')}/{s.get('expected')}{live}" + (f"  ERROR {s['error']}" if s.get("error") else ""))
+        print(f"  {name:<12} {s.get('status'):<10} attempts {len(att)}, "
+              f"wall {sum(a.get('wall_s') or 0 for a in att):.0f} s, "
+              f"units {s.get('present')}/{s.get('expected')}{live}"
+              + (f"  ERROR {s['error']}" if s.get("error") else ""))
     out = work / "acceptance.out"
     if out.is_file():
         print("".join(out.read_text(errors="replace").splitlines(True)[-args.tail:]), end="")
@@ -833,7 +842,8 @@ def table(state: dict) -> str:
         return ", ".join(sorted({str(m.get(key))[:12] for m in sessions}))
 
     gpus = sorted({g for m in sessions for g in m.get("gpus", [])}) or ["CPU"]
-    commits = ", ".join(sorted({str(m.get("git_commit"))[:7] + ("+dirty" if m.get("git_dirty") else "") for m in sessions}))
+    commits = ", ".join(sorted({str(m.get("git_commit"))[:7] + ("+dirty" if m.get("git_dirty") else "")
+                                for m in sessions}))
     head = (f"Sessions: {len(sessions)} ({', '.join(gpus)}); commit {commits}; torch {seen('torch')}, "
             f"transformers {seen('transformers')}, lmms-eval {seen('lmms_eval')}")
     lines = [head,
@@ -855,7 +865,8 @@ def table(state: dict) -> str:
         done = s.get("status")
         if s.get("expected") is not None:
             done += f" ({s.get('present', 0):,} / {s['expected']:,})"
-        lines.append(f"| {name} | {s.get('what', '')} | {wall:,.0f} s | {gib(max((a.get('peak_gpu_mib') or 0 for a in att), default=0))} | "
+        lines.append(f"| {name} | {s.get('what', '')} | {wall:,.0f} s | "
+                     f"{gib(max((a.get('peak_gpu_mib') or 0 for a in att), default=0))} | "
                      f"{max((a.get('peak_host_gb') or 0 for a in att), default=0):.1f} GB | {done} | {resumed} |")
     return "\n".join(lines)
 

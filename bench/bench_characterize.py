@@ -73,7 +73,8 @@ def phase_characterize(args, lineage_dir: Path, spectra: bool) -> dict:
     dropped = drop_caches()
     out = Path(tempfile.mkdtemp(prefix="char-", dir=args.workdir))
     cmd = [sys.executable, __file__, "--_child", str(lineage_dir), str(out), "--device", args.device,
-           "--rank-r", str(args.rank_r), *([] if spectra else ["--energy-only"]), *(["--no-progress"] if args.no_progress else [])]
+           "--rank-r", str(args.rank_r), *([] if spectra else ["--energy-only"]),
+           *(["--no-progress"] if args.no_progress else [])]
     proc = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["cache_dropped"] = dropped
@@ -98,7 +99,8 @@ def child(args) -> None:
     sec = time.perf_counter() - t
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
     gpu_peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() and args.device != "cpu" else None
-    print(json.dumps({"seconds": sec, "peak_rss_bytes": rss, "peak_gpu_bytes": gpu_peak, "matrices": summary["n_matrices"],
+    print(json.dumps({"seconds": sec, "peak_rss_bytes": rss, "peak_gpu_bytes": gpu_peak,
+                      "matrices": summary["n_matrices"],
                       "device": summary["run"]["device"], "gpu": summary["run"].get("gpu")}))
 
 
@@ -111,7 +113,8 @@ def phase_micro(args, lineage_dir: Path) -> dict:
     from frankeneval.weights.checkpoint import Checkpoint
 
     dev = resolve_device(args.device)
-    shapes = sorted({tuple(as_matrix(torch.empty(p.shape, device="meta")).shape) for p in plan_matrices(Checkpoint.open(lineage_dir / "base"))},
+    shapes = sorted({tuple(as_matrix(torch.empty(p.shape, device="meta")).shape)
+                     for p in plan_matrices(Checkpoint.open(lineage_dir / "base"))},
                     key=lambda s: -s[0] * s[1])
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     rows = []
@@ -143,7 +146,8 @@ def report(results: dict) -> str:
         lines.append(f"  lineage: {w['bytes'] / 1e9:.2f} GB in {w['files']} files (written in {w['seconds']:.1f} s)")
     lines.append(f"  {'phase':<18} {'seconds':>9} {'x read':>8} {'peak RSS GB':>12} {'peak GPU GB':>12}  cache dropped")
     if read:
-        lines.append(f"  {'read (cat)':<18} {read['seconds']:>9.2f} {1.0:>8.2f} {'-':>12} {'-':>12}  {read['cache_dropped']}  ({read['gb_per_s']:.2f} GB/s)")
+        lines.append(f"  {'read (cat)':<18} {read['seconds']:>9.2f} {1.0:>8.2f} {'-':>12} {'-':>12}  "
+                     f"{read['cache_dropped']}  ({read['gb_per_s']:.2f} GB/s)")
     for key, label, target in (("energy", "energy only", 1.2), ("full", "energy + spectra", 2.0)):
         r = results.get(key)
         if not r:
@@ -151,14 +155,17 @@ def report(results: dict) -> str:
         ratio = r["seconds"] / read["seconds"] if read else float("nan")
         gpu = f"{r['peak_gpu_bytes'] / 1e9:.2f}" if r.get("peak_gpu_bytes") else "-"
         ok = "ok" if ratio <= target and r["peak_rss_bytes"] < 4e9 else "MISSED"
-        lines.append(f"  {label:<18} {r['seconds']:>9.2f} {ratio:>8.2f} {r['peak_rss_bytes'] / 1e9:>12.2f} {gpu:>12}  {r['cache_dropped']}  "
+        lines.append(f"  {label:<18} {r['seconds']:>9.2f} {ratio:>8.2f} {r['peak_rss_bytes'] / 1e9:>12.2f} {gpu:>12}  "
+                     f"{r['cache_dropped']}  "
                      f"(target <= {target}x, < 4 GB: {ok})")
     if results.get("micro"):
         lines.append(f"  singular values, seconds per matrix on {results['micro']['device']}:")
-        lines.append(f"    {'shape':<16} {'gram+eigvalsh':>14} {'+top-8 iter':>12} {'gram+eigh':>10} {'svdvals f64':>12}")
+        lines.append(f"    {'shape':<16} {'gram+eigvalsh':>14} {'+top-8 iter':>12} {'gram+eigh':>10} "
+                     f"{'svdvals f64':>12}")
         for row in results["micro"]["rows"]:
             f = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
-            lines.append(f"    {str(tuple(row['shape'])):<16} {f(row['gram_eigvalsh']):>14} {f(row['gram_iter_r8']):>12} {f(row['gram_eigh_full']):>10} {f(row['svdvals_f64']):>12}")
+            lines.append(f"    {str(tuple(row['shape'])):<16} {f(row['gram_eigvalsh']):>14} "
+                         f"{f(row['gram_iter_r8']):>12} {f(row['gram_eigh_full']):>10} {f(row['svdvals_f64']):>12}")
     return "\n".join(lines)
 
 

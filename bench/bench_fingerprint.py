@@ -53,14 +53,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint", nargs="?", help="checkpoint directory (local dir or hub snapshot)")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--no-drop", action="store_true", help="do not evict the shards from the page cache before cold runs")
-    ap.add_argument("--algorithms", type=int, default=256, metavar="MB", help="raw hashlib speed on MB in memory (0: skip)")
+    ap.add_argument("--no-drop", action="store_true",
+                    help="do not evict the shards from the page cache before cold runs")
+    ap.add_argument("--algorithms", type=int, default=256, metavar="MB",
+                    help="raw hashlib speed on MB in memory (0: skip)")
     args = ap.parse_args(argv)
 
     result: dict = {"host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version()}
     if args.algorithms:
         result["hashlib_gb_per_s"] = algorithms(args.algorithms)
-        print("hashlib, one thread, in memory: " + ", ".join(f"{k} {v:.2f} GB/s" for k, v in result["hashlib_gb_per_s"].items()))
+        print("hashlib, one thread, in memory: "
+              + ", ".join(f"{k} {v:.2f} GB/s" for k, v in result["hashlib_gb_per_s"].items()))
     if not args.checkpoint:
         Path("bench_fingerprint.json").write_text(json.dumps(result, indent=2))
         return 0

@@ -28,7 +28,8 @@ from frankeneval.miniature.lineage import write_lineage
 
 def make_requests(n: int, image_size: int, seed: int = 0) -> list[GenRequest]:
     rng = np.random.RandomState(seed)
-    questions = ["What is in this image?", "Describe the picture in detail.", "Count the objects.", "What colour dominates?"]
+    questions = ["What is in this image?", "Describe the picture in detail.", "Count the objects.",
+                 "What colour dominates?"]
     return [
         GenRequest(questions[i % len(questions)] + f" (item {i})",
                    [Image.fromarray(rng.randint(0, 256, (image_size, image_size, 3), dtype=np.uint8))])
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=None, help="default 128 (16 for tiny)")
     p.add_argument("--image-size", type=int, default=None, help="square image side in pixels (default 336; 112 tiny)")
     p.add_argument("--max-batch-size", type=int, default=64)
-    p.add_argument("--unbatched-prompts", type=int, default=None, help="time batch 1 on the first N prompts only (tokens/s is per token)")
+    p.add_argument("--unbatched-prompts", type=int, default=None,
+                   help="time batch 1 on the first N prompts only (tokens/s is per token)")
     p.add_argument("--check", type=int, default=4, help="prompts whose outputs must agree between the two runs")
     p.add_argument("--attn-implementation", default=None)
     p.add_argument("--out", type=Path, default=None)
@@ -80,13 +82,15 @@ def main(argv: list[str] | None = None) -> int:
     k = min(args.check, n_single)
     agree = [batched[i].token_ids == single[i].token_ids for i in range(k)]
     # bf16 batched kernels may round differently: also report the common prefix length
-    prefix = [next((j for j, (a, b) in enumerate(zip(batched[i].token_ids, single[i].token_ids)) if a != b), max_new) for i in range(k)]
+    prefix = [next((j for j, (a, b) in enumerate(zip(batched[i].token_ids, single[i].token_ids)) if a != b), max_new)
+              for i in range(k)]
     rows = [
         ("auto (chosen %d)" % (gen._auto_batch_size or 0), n, tok_batched, t_batched, tok_batched / t_batched),
         ("1 (unbatched)", n_single, tok_single, t_single, tok_single / t_single),
     ]
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    print(f"\nGenerator throughput -- preset {args.preset}, {device}, {n} prompts, image {size}px, {max_new} new tokens each")
+    print(f"\nGenerator throughput -- preset {args.preset}, {device}, {n} prompts, image {size}px, "
+          f"{max_new} new tokens each")
     print(f"{'batch size':<18}{'prompts':>8}{'tokens':>9}{'seconds':>10}{'tokens/s':>11}")
     for name, np_, tok, sec, tps in rows:
         print(f"{name:<18}{np_:>8}{tok:>9}{sec:>10.2f}{tps:>11.1f}")

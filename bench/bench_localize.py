@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="tiny", help="tiny | qwen2.5-vl-3b | qwen2.5-vl-7b")
     p.add_argument("--workdir", required=True)
     p.add_argument("--data", default=None, help="probe folder in the vision_probes format (default: rendered probes)")
-    p.add_argument("--gsm8k", default=None, help="local GSM8K JSONL (default: ../shared/data/gsm8k/test.jsonl, else hub)")
+    p.add_argument("--gsm8k", default=None,
+                   help="local GSM8K JSONL (default: ../shared/data/gsm8k/test.jsonl, else hub)")
     p.add_argument("--pairs", type=int, default=25, help="probe pairs per task (default 25)")
     p.add_argument("--questions", type=int, default=50, help="GSM8K questions (default 50)")
     p.add_argument("--max-new-tokens-vision", type=int, default=64)
@@ -174,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         questions = load_questions("gsm8k", data=gsm, samples=args.questions, seed=123)
         rows.append(bench_reasoning(gen, questions, layers, work / "reasoning", args))
     print(f"preset {args.preset}, {n_layers} LLM layers, device {device}; write {write_s:.1f} s, load {load_s:.1f} s")
-    print(f"{'sweep':<12} {'units':>6} {'batched s':>10} {'naive s (extrap.)':>18} {'naive run':>10} {'speedup':>8} {'equal':>8}")
+    print(f"{'sweep':<12} {'units':>6} {'batched s':>10} {'naive s (extrap.)':>18} {'naive run':>10} {'speedup':>8} "
+          f"{'equal':>8}")
     for r in rows:
         print(f"{r['sweep']:<12} {r['units']:>6} {r['batched_s']:>10.1f} {r['naive_s_extrapolated']:>18.1f} "
               f"{r['naive_units_run']:>4}/{r['naive_units_total']:<5} {r['speedup']:>8.1f} "

@@ -57,7 +57,8 @@ def main(argv=None) -> int:
     from frankeneval.engine.generation import Generator
 
     result = {"model": args.model, "dtype": args.dtype, "rows": args.rows, "tokens": args.tokens,
-              "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", "date": time.strftime("%Y-%m-%d")}
+              "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+              "date": time.strftime("%Y-%m-%d")}
     gen = Generator.load(args.model, dtype=args.dtype)
     reqs = prompts(args.rows)
     for decode in ("auto", "hf"):

@@ -216,8 +216,8 @@ def bench_generator(gen, args, weights: dict) -> dict:
 
     reset_peak()
     via_generator("auto", f'(a) Generator decode="auto", batch {bs}', "auto", reqs, bs)
-    via_generator("auto_fresh", f'(a2) Generator decode="auto", batch {bs}, prompts encoded in the call', "auto", reqs, bs,
-                  fresh=True)
+    via_generator("auto_fresh", f'(a2) Generator decode="auto", batch {bs}, prompts encoded in the call', "auto",
+                  reqs, bs, fresh=True)
     via_generator("hf", f'(b) Generator decode="hf", batch {bs}', "hf", reqs, bs)
 
     # (c) plain transformers on the same inputs (the Generator's own encoding, one batch)

@@ -136,10 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     out_json.write_text(json.dumps(result, indent=2) + "\n")
     gb = member_bytes / 1e9
     print()
-    print(f"| preset | checkpoint | cp -r | splice ({args.variant}) | ratio | cp -r + sync | splice + sync | ratio | peak RSS |")
+    print(f"| preset | checkpoint | cp -r | splice ({args.variant}) | ratio | cp -r + sync | splice + sync | ratio "
+          f"| peak RSS |")
     print("|---|---|---|---|---|---|---|---|---|")
     print(f"| {args.preset} | {gb:.2f} GB | {best_cp:.2f} s | {best['splice_s']:.2f} s | {result['ratio_best']:.2f}x "
-          f"| {best_cp_sync:.2f} s | {best_sync:.2f} s | {result['ratio_best_sync']:.2f}x | {result['max_peak_rss_gb']:.2f} GB |")
+          f"| {best_cp_sync:.2f} s | {best_sync:.2f} s | {result['ratio_best_sync']:.2f}x "
+          f"| {result['max_peak_rss_gb']:.2f} GB |")
     print(f"targets met: {result['meets_targets']}  ->  {out_json}")
     return 0
 

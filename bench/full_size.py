@@ -22,7 +22,8 @@ localize     frankeneval localize-vision (4 probe tasks, --pairs pairs, every LL
              (GSM8K, --questions questions, every LLM layer), on RL
 report       frankeneval report (the paper's table, transitions, leaderboard)
 gpus         the 2-GPU check: the same sub-matrix (Base, IN, RL, one variant x v1 perception and reasoning, 8 cells)
-             with --gpus 1 and --gpus 2, each splicing its variant into its own cache, wall time of each and per-item equality of every cell's samples
+             with --gpus 1 and --gpus 2, each splicing its variant into its own cache, wall time of each and
+             per-item equality of every cell's samples
 
 The weights are random: the answers are noise and every number here is about time, memory and plumbing, never
 accuracy. With no GPU visible the script stops with one line (it never falls back to the CPU). Writes
@@ -108,7 +109,8 @@ def run_stage(name: str, cmd: list[str], log_dir: Path, env: dict | None = None)
     row = {"stage": name, "rc": rc, "wall_s": round(time.perf_counter() - t, 1),
            "peak_gpu_gib": round(sampler.gpu_peak_mib / 1024, 1), "peak_host_gb": round(sampler.host_peak_gb, 2),
            "command": " ".join(cmd), "log": str(log)}
-    print(f"[full_size] {name}: rc={rc} {row['wall_s']} s, GPU {row['peak_gpu_gib']} GiB, host {row['peak_host_gb']} GB",
+    print(f"[full_size] {name}: rc={rc} {row['wall_s']} s, GPU {row['peak_gpu_gib']} GiB, "
+          f"host {row['peak_host_gb']} GB",
           flush=True)
     if rc != 0:
         print(log.read_text()[-3000:], flush=True)
@@ -240,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for stage in [s for s in STAGES if s in args.stages]:
         if stage == "lineage":
-            stages[stage] = run_stage(stage, fe + ["demo-lineage", str(lineage), "--preset", args.preset, "--no-progress"], logs, env)
+            stages[stage] = run_stage(stage, fe + ["demo-lineage", str(lineage), "--preset", args.preset,
+                                                   "--no-progress"], logs, env)
         elif stage == "characterize":
             stages[stage] = run_stage(stage, fe + ["characterize", *models, "--out", str(work / "characterize"),
                                                    "--device", dev, "--no-progress"], logs, env)
@@ -261,9 +264,11 @@ def main(argv: list[str] | None = None) -> int:
             stages[stage] = run_stage(stage, fe + ["transfer", "--recipe", args.recipe, *models, *common,
                                                    "--gpus", str(min(args.gpus, n_gpus)), "--evict-variants",
                                                    *(["--model-args", "device=cpu"] if dev == "cpu" else []),
-                                                   "--splice-cache", str(work / "splices"), "--out", str(run)], logs, env)
+                                                   "--splice-cache", str(work / "splices"), "--out", str(run)],
+                                      logs, env)
             stages[stage]["auto_batch_sizes"] = auto_batch_sizes(run)
-            stages[stage]["cells"] = sum(1 for _ in open(run / "cells.jsonl")) - 1 if (run / "cells.jsonl").exists() else 0
+            stages[stage]["cells"] = (sum(1 for _ in open(run / "cells.jsonl")) - 1
+                                      if (run / "cells.jsonl").exists() else 0)
         elif stage == "localize":
             stages["localize_vision"] = run_stage("localize_vision", fe + [
                 "localize-vision", "--model", rl, "--data", str(args.data.resolve() / "vision_probes"),
@@ -284,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
                     if scratch.exists():
                         shutil.rmtree(scratch)
                 row = run_stage(f"gpus{n}", fe + ["transfer", "--recipe", args.recipe, *models, *common,
-                                                  "--variants", ",".join(sub), "--tasks", "franken_perception,franken_reasoning",
+                                                  "--variants", ",".join(sub),
+                                                  "--tasks", "franken_perception,franken_reasoning",
                                                   "--gpus", str(n if dev == "cuda" else 0),
                                                   *(["--model-args", "device=cpu"] if dev == "cpu" else []),
                                                   "--splice-cache", str(cache), "--out", str(run)],
@@ -299,7 +305,9 @@ def main(argv: list[str] | None = None) -> int:
         elif stage == "accelerate":
             from frankeneval.commands.tasks_path import tasks_path
 
-            lm = ["-m", "lmms_eval", "--model", "franken_qwen", "--model_args", f"pretrained={rl},batch_size=auto,max_new_tokens={args.max_new_tokens}" + (",device=cpu" if dev == "cpu" else ""),
+            lm = ["-m", "lmms_eval", "--model", "franken_qwen", "--model_args",
+                  f"pretrained={rl},batch_size=auto,max_new_tokens={args.max_new_tokens}"
+                  + (",device=cpu" if dev == "cpu" else ""),
                   "--tasks", "franken_perception", "--include_path", str(tasks_path()), "--log_samples",
                   "--gen_kwargs", f"max_new_tokens={args.max_new_tokens}"]  # the tasks' own budget is 8192
             acc_env = {**env, "FRANKENEVAL_SAMPLE_SIZE": str(max(args.sample_size, 8))}
@@ -337,14 +345,17 @@ def table(result: dict) -> str:
             note = f"{s.get('images_written')} synthetic images"
         if s.get("rc"):
             note += f" rc={s['rc']}"
-        lines.append(f"| {name} | {s.get('wall_s')} s | {s.get('peak_gpu_gib', '–')} GiB | {s.get('peak_host_gb', '–')} GB | {note} |")
+        lines.append(f"| {name} | {s.get('wall_s')} s | {s.get('peak_gpu_gib', '–')} GiB | "
+                     f"{s.get('peak_host_gb', '–')} GB | {note} |")
     g = result.get("stages", {}).get("gpus")
     if g:
         lines.append(f"\n--gpus 1: {g['n1']['wall_s']} s, --gpus 2: {g['n2']['wall_s']} s "
-                     f"(ratio {g['ratio_n2_over_n1']:.2f}); per-item identical: {g['per_item_identical']} ({g['cells']} cells)")
+                     f"(ratio {g['ratio_n2_over_n1']:.2f}); per-item identical: {g['per_item_identical']} "
+                     f"({g['cells']} cells)")
     a = result.get("stages", {}).get("accelerate")
     if a:
-        lines.append(f"accelerate launch (2 processes) vs one process: {a['items']} items, identical: {a['identical']}; "
+        lines.append(f"accelerate launch (2 processes) vs one process: {a['items']} items, "
+                     f"identical: {a['identical']}; "
                      f"{a['one']['wall_s']} s vs {a['accelerate']['wall_s']} s")
         if "device_map" in a:
             lines.append(f"device_map=auto over the GPUs vs one GPU: identical: {a['device_map_identical']}; "

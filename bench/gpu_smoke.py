@@ -1,8 +1,8 @@
 """GPU check of the paths CI (no GPU) never runs: the streaming reader's CUDA path and the interventions on CUDA.
 
 1. ``characterize`` on CUDA (pinned, chunked reads, deliberately small chunks) equals ``characterize`` on the CPU,
-   matrix for matrix (the worst relative difference per metric is reported), on the tiny lineage and, with ``--preset``, a larger one
-   (energy only there: CPU spectra of 3B matrices take too long).
+   matrix for matrix (the worst relative difference per metric is reported), on the tiny lineage and, with
+   ``--preset``, a larger one (energy only there: CPU spectra of 3B matrices take too long).
 2. On CUDA (float32, eager attention), ``Ablate(L)`` for L = 1 and L = n equals the unablated model whose layer L
    has its o_proj and down_proj zeroed, token for token; one batch mixing rows ablated at different layers equals
    the rows run one at a time.
@@ -63,7 +63,8 @@ def compare_characterize(lineage, work: Path, chunk_bytes: int, device: str = "c
                 worst[metric] = [rel, name]
     return {"matrices": len(cpu), "same_names": set(cpu) == set(gpu),
             "worst_rel_diff_by_metric": {k: v for k, v in sorted(worst.items(), key=lambda kv: -kv[1][0])},
-            "seconds_cpu": runs["cpu"][1], f"seconds_{device}": runs[device][1], "chunk_bytes": chunk_bytes, "spectra": spectra}
+            "seconds_cpu": runs["cpu"][1], f"seconds_{device}": runs[device][1], "chunk_bytes": chunk_bytes,
+            "spectra": spectra}
 
 
 def zeroed(src: Path, dst: Path, decoder_layer: int) -> Path:
@@ -73,7 +74,8 @@ def zeroed(src: Path, dst: Path, decoder_layer: int) -> Path:
 
     shutil.rmtree(dst, ignore_errors=True)
     shutil.copytree(src, dst)
-    targets = {f"model.layers.{decoder_layer}.self_attn.o_proj.weight", f"model.layers.{decoder_layer}.mlp.down_proj.weight"}
+    targets = {f"model.layers.{decoder_layer}.self_attn.o_proj.weight",
+               f"model.layers.{decoder_layer}.mlp.down_proj.weight"}
     for f in sorted(dst.glob("*.safetensors")):
         tensors = load_file(f)
         for name in list(tensors):

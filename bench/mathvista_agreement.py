@@ -78,7 +78,8 @@ def doc_of(row: dict) -> dict:
 def baseline_verdict(response: str, doc: dict) -> dict:
     """The core rules alone (before the task's further stated forms and the letter-conflict check)."""
     extracted, method = scoring.mathvista_final_answer(response, doc)
-    ok, pred = scoring.mathvista_correct(response, doc, extraction=extracted) if extracted is not None else (False, None)
+    ok, pred = (scoring.mathvista_correct(response, doc, extraction=extracted) if extracted is not None
+                else (False, None))
     verdict = "credit" if ok else ("wrong" if pred is not None else "undecided")
     return {"verdict": verdict, "correct": bool(ok), "prediction": pred, "extracted": extracted, "method": method}
 
@@ -90,7 +91,8 @@ def official_names_other(doc: dict, item: dict, ours: dict) -> bool:
         return False
     official_pred = scoring.mathvista_normalize(ext, doc)
     if doc["question_type"] == "multi_choice":
-        return official_pred is not None and scoring._option_key(official_pred) != scoring._option_key(ours["prediction"])
+        return (official_pred is not None
+                and scoring._option_key(official_pred) != scoring._option_key(ours["prediction"]))
     return official_pred is None or str(official_pred) != str(ours["prediction"])
 
 
@@ -102,7 +104,8 @@ def official_nearest_option(doc: dict, item: dict) -> bool:
         return False
     letters = [chr(ord("A") + i) for i in range(len(doc["choices"]))]
     e = str(ext).strip()
-    return not (e in letters or e in doc["choices"] or any(f"({x})" in e for x in letters + [x.lower() for x in letters]))
+    return not (e in letters or e in doc["choices"]
+                or any(f"({x})" in e for x in letters + [x.lower() for x in letters]))
 
 
 def classify(doc: dict, item: dict, ours: dict) -> str:
@@ -134,7 +137,8 @@ def short(s, n=160) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("folders", nargs="+")
-    ap.add_argument("--data", default=os.path.join(os.environ.get("FRANKENEVAL_DATA", ""), "mathvista", "testmini.jsonl"))
+    ap.add_argument("--data",
+                    default=os.path.join(os.environ.get("FRANKENEVAL_DATA", ""), "mathvista", "testmini.jsonl"))
     ap.add_argument("--show", type=int, default=3, help="disagreements listed per class and model (false credits: all)")
     ap.add_argument("--baseline", action="store_true", help="the core rules alone (scoring.mathvista_correct)")
     args = ap.parse_args(argv)
@@ -186,7 +190,8 @@ def main(argv=None) -> int:
     fc = total["false_credit"] + total["false_credit_official_misread"]
     print("-" * len(head))
     print(f"{'all':46s} {n:4d} {100.0 * (total['agree'] + total['undecided_official_wrong']) / n:6.1f}% {fc:9d} "
-          f"{total['false_credit_official_misread']:9d} {sum(v for k, v in total.items() if k.startswith('missed')):6d} "
+          f"{total['false_credit_official_misread']:9d} "
+          f"{sum(v for k, v in total.items() if k.startswith('missed')):6d} "
           f"{str(total['undecided_official_right']) + '/' + str(total['undecided_official_wrong']):>13s} "
           f"{100.0 * (n - fc) / n:7.1f}%")
     by_class = {k: v for k, v in sorted(total.items()) if k not in ("n", "agree")}

@@ -37,7 +37,8 @@ def kernel_table(fn, top: int) -> tuple[str, list[dict]]:
         fn()
         _sync()
     avg = prof.key_averages()
-    rows = sorted(avg, key=lambda e: getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)), reverse=True)
+    rows = sorted(avg, key=lambda e: getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)),
+                  reverse=True)
     out = []
     for e in rows[:top]:
         out.append({"name": e.key[:120], "count": e.count,
@@ -60,7 +61,8 @@ def main(argv=None) -> int:
     cuda = torch.cuda.is_available()
     gen = load_generator(args.model, dtype="bfloat16" if cuda else "float32", decode="auto",
                          device="cuda" if cuda else "cpu", attn=None)
-    res: dict = {"model": args.model, "gpu": torch.cuda.get_device_name(0) if cuda else None, "torch": torch.__version__,
+    res: dict = {"model": args.model, "gpu": torch.cuda.get_device_name(0) if cuda else None,
+                 "torch": torch.__version__,
                  "generator": [], "kernels": {}}
 
     def save():

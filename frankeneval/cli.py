@@ -20,7 +20,7 @@ import sys
 from types import ModuleType
 
 from frankeneval import __version__
-from frankeneval.errors import FrankenevalError
+from frankeneval.errors import FrankenevalError, disk_error_line
 
 
 def _command_modules() -> list[ModuleType]:
@@ -77,6 +77,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"frankeneval {args.command}: interrupted; finished work is kept, rerun to resume.", file=sys.stderr)
         return 130
+    except Exception as exc:  # a read-only, full or forbidden disk: one line naming the path, no traceback
+        line = disk_error_line(exc, fallback=_output_of(args))
+        if line is None:
+            raise
+        print(f"frankeneval {args.command}: error: {line}", file=sys.stderr)
+        return 1
+
+
+def _output_of(args: argparse.Namespace) -> str | None:
+    """The command's output path (``--out`` or its positional output folder), named by a disk error whose own
+    message names no file (a write to an open descriptor)."""
+    for name in ("out", "dir", "run_dir"):
+        value = getattr(args, name, None)
+        if value:
+            return str(value)
+    return None
 
 
 if __name__ == "__main__":

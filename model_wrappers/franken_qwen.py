@@ -5,20 +5,21 @@
         --tasks mathvista_testmini --include_path $(frankeneval tasks-path)
 
 Model args: ``pretrained`` (dir or hub id) or ``splice`` (a merge spec file or built-in ``recipe:variant``,
-materialized once into a cache dir by ``frankeneval.transferability.splice.materialize_cached``), ``dtype`` (auto), ``device``,
-``device_map``, ``attn_implementation``, ``batch_size`` (int or ``auto``),
-``max_batch_size`` (default: 64 rows, on a GPU as many as a quarter of its free memory holds), ``decode`` (``auto``: greedy
-rows decode with the static-cache decoder, CUDA graphs on GPU; ``hf``: ``model.generate`` for everything), ``max_pixels``, ``min_pixels``, ``max_new_tokens`` (default when the task sets none),
-``intervention`` (``frankeneval.engine.interventions.parse_intervention_spec``: ``ablate:12``, ``ablate:3-5``,
-``ablate:3+7``, ``ablate:late``, ``swapkv:<L>:<image>``; unified LLM layers 1-n as everywhere in frankeneval, so
-``ablate:12`` is decoder layer 11; ``+`` between list items, README "Layer grammar"), ``backend`` (``hf`` or ``vllm``, the latter without
-interventions; ``gpu_memory_utilization``: vLLM's, default 0.1 without a CUDA device -- vLLM's CPU build -- else
-vLLM's own), ``system_prompt`` (default ``auto``: docs/method.md's
-rule on the hub id or the directory's own name, a splice its sources' prompt; ``reasoner``, ``revisual``, ``none`` = the
-chat template's default, ``@FILE`` or a text: :mod:`frankeneval.core.prompts`), ``keep_blank_line_stop``
-(False: like lmms-eval's own Qwen2.5-VL model, a ``"\\n\\n"`` stop sequence is ignored), ``seed_compatible``
-(the paper's reference code where it deviates: ``swapkv`` re-appends the source's visual K/V at every decode step;
-the tasks' scoring takes the same name in their metadata / ``FRANKENEVAL_SEED_COMPATIBLE``).
+materialized once into a cache dir by ``frankeneval.transferability.splice.materialize_cached``), ``dtype`` (auto),
+``device``, ``device_map``, ``attn_implementation``, ``batch_size`` (int or ``auto``), ``max_batch_size`` (default: 64
+rows, on a GPU as many as a quarter of its free memory holds), ``decode`` (``auto``: greedy rows decode with the
+static-cache decoder, CUDA graphs on GPU; ``hf``: ``model.generate`` for everything), ``max_pixels``, ``min_pixels``,
+``max_new_tokens`` (default when the task sets none), ``intervention``
+(``frankeneval.engine.interventions.parse_intervention_spec``: ``ablate:12``, ``ablate:3-5``, ``ablate:3+7``,
+``ablate:late``, ``swapkv:<L>:<image>``; unified LLM layers 1-n as everywhere in frankeneval, so ``ablate:12`` is
+decoder layer 11; ``+`` between list items, README "Layer grammar"), ``backend`` (``hf`` or ``vllm``, the latter
+without interventions; ``gpu_memory_utilization``: vLLM's, default 0.1 without a CUDA device -- vLLM's CPU build --
+else vLLM's own), ``system_prompt`` (default ``auto``: docs/method.md's rule on the hub id or the directory's own
+name, a splice its sources' prompt; ``reasoner``, ``revisual``, ``none`` = the chat template's default, ``@FILE`` or a
+text: :mod:`frankeneval.core.prompts`), ``keep_blank_line_stop`` (False: like lmms-eval's own Qwen2.5-VL model, a
+``"\\n\\n"`` stop sequence is ignored), ``seed_compatible`` (the paper's reference code where it deviates: ``swapkv``
+re-appends the source's visual K/V at every decode step, and the checkpoint's generation_config repetition penalty
+applies, as the reference passes none; unset: ``FRANKENEVAL_SEED_COMPATIBLE``, which the tasks' scoring reads too).
 
 ``device``, ``batch_size`` and ``max_batch_size`` may also come from lmms-eval's own ``--device`` / ``--batch_size`` /
 ``--max_batch_size``; a value in ``--model_args`` wins (the rule of :mod:`frankeneval.model_wrappers.model_args`,
@@ -43,6 +44,7 @@ from frankeneval.model_wrappers.model_args import (
     parse_batch_size,
     parse_bool,
     resolve_pretrained,
+    seed_compatible_arg,
     system_prompt_arg,
 )
 from lmms_eval.api.instance import Instance
@@ -83,7 +85,7 @@ class FrankenQwen(lmms):
         keep_blank_line_stop: bool = False,
         allow_pickle: bool | str = False,
         gpu_memory_utilization: float | str | None = None,
-        seed_compatible: bool | str = False,
+        seed_compatible: bool | str | None = None,
         decode: str = "auto",
         **kwargs,
     ) -> None:
@@ -93,7 +95,7 @@ class FrankenQwen(lmms):
         from frankeneval.engine.interventions import parse_intervention_spec
 
         allow_pickle = parse_bool(allow_pickle)
-        self.seed_compatible = parse_bool(seed_compatible)
+        self.seed_compatible = seed_compatible_arg(seed_compatible)
         self.pretrained = resolve_pretrained(pretrained, splice, allow_pickle=allow_pickle)
         self.interventions = []  # parsed below, once the model's depth is known (layer words need it)
         self.batch_size_arg = parse_batch_size(batch_size)
@@ -123,7 +125,8 @@ class FrankenQwen(lmms):
                 from frankeneval.engine.generation import refuse_pickle_only
 
                 refuse_pickle_only(self.pretrained)
-            self._vllm = _VLLMBackend(self.pretrained, max_pixels=int_or_none(max_pixels), min_pixels=int_or_none(min_pixels),
+            self._vllm = _VLLMBackend(self.pretrained, max_pixels=int_or_none(max_pixels),
+                                      min_pixels=int_or_none(min_pixels),
                                       dtype=dtype, gpu_memory_utilization=gpu_memory_utilization)
             self._device = device or "cuda"
         else:
@@ -132,7 +135,8 @@ class FrankenQwen(lmms):
     @classmethod
     def create_from_arg_string(cls, arg_string: str | dict, additional_config: dict | None = None):
         """As lmms-eval's, but a value in ``--model_args`` wins over lmms-eval's ``--batch_size`` / ``--device`` /
-        ``--max_batch_size`` (instead of a duplicate-keyword error): see :mod:`frankeneval.model_wrappers.model_args`."""
+        ``--max_batch_size`` (instead of a duplicate-keyword error): see
+        :mod:`frankeneval.model_wrappers.model_args`."""
         from lmms_eval.utils import simple_parse_args_string
 
         return cls(**model_kwargs(arg_string, additional_config, simple_parse_args_string))
@@ -170,14 +174,16 @@ class FrankenQwen(lmms):
         for v in visuals:
             if isinstance(v, Image.Image):
                 images.append(v.convert("RGB"))
-            elif isinstance(v, str) and os.path.isfile(v) and not v.lower().endswith((".mp4", ".avi", ".mov", ".mkv", ".webm")):
+            elif (isinstance(v, str) and os.path.isfile(v)
+                  and not v.lower().endswith((".mp4", ".avi", ".mov", ".mkv", ".webm"))):
                 images.append(Image.open(v).convert("RGB"))
             else:
                 raise FrankenevalError(f"franken_qwen handles images only, got {type(v).__name__} in task {task}")
         return images
 
     def _gen_settings(self, gen_kwargs: dict) -> tuple[dict, list[str]]:
-        return gen_settings(gen_kwargs, self.max_new_tokens, drop_blank_line_stop=not self.keep_blank_line_stop)
+        return gen_settings(gen_kwargs, self.max_new_tokens, drop_blank_line_stop=not self.keep_blank_line_stop,
+                            seed_compatible=self.seed_compatible)
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
         from tqdm.auto import tqdm
@@ -202,14 +208,13 @@ class FrankenQwen(lmms):
                 self.cache_hook.add_partial("generate_until", (parsed[i][0], parsed[i][1]), text)
             pbar.update(len(idx))
 
-        finish: list = [None] * len(parsed)
+        # each answer a GeneratedText: a str carrying its finish reason, which the task reads (its hit_limit)
         results = generate_grouped(
             self._vllm if self.backend == "vllm" else self.generator, build, [p[2] for p in parsed],
             [p[3] for p in parsed], batch_size=self.batch_size_arg, interventions=self.interventions or None,
-            on_group=done, finish=finish,
+            on_group=done,
         )
         pbar.close()
-        self._record_hit_limit(parsed, finish)
         self._log_auto_batch_size()
         return results
 
@@ -223,26 +228,6 @@ class FrankenQwen(lmms):
             cap = self.generator.max_batch_size
             logger.info(f"franken_qwen: batch_size auto settled on {size} rows per call (max_batch_size "
                         f"{cap if cap is not None else 'auto: from free memory'})")
-
-    def _record_hit_limit(self, parsed: list, finish: list) -> None:
-        """Tell the task's scoring which answers ran to ``max_new_tokens`` (its per-item ``hit_limit`` metric),
-        keyed by task and the doc's ``id`` column (tasks without one are not recorded)."""
-        from frankeneval.engine.generation import record_hit_limit
-
-        ids: dict[tuple[str, str], list | None] = {}
-        for p, reason in zip(parsed, finish):
-            if reason is None:
-                continue
-            doc_id, task, split = p[5], p[6], p[7]
-            if (task, split) not in ids:
-                try:
-                    ds = self.task_dict[task][split]
-                    ids[(task, split)] = list(ds["id"]) if "id" in getattr(ds, "column_names", ()) else None
-                except (KeyError, TypeError, AttributeError):
-                    ids[(task, split)] = None
-            col = ids[(task, split)]
-            if col is not None and 0 <= doc_id < len(col):
-                record_hit_limit(task, col[doc_id], reason == "length")
 
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
         if self.generator is None:

@@ -13,8 +13,9 @@ wrapper through :mod:`frankeneval.model_wrappers.model_args`.
 
 Model args: as the lmms-eval model (``pretrained``/``splice``, ``dtype``, ``device``, ``device_map``,
 ``attn_implementation``, ``batch_size``, ``max_batch_size``, ``max_new_tokens``, ``intervention``,
-``system_prompt``: default ``auto``, :mod:`frankeneval.core.prompts`) plus ``chat`` (default True: the context is the user turn of the chat template and the
-continuation / generation is the assistant's reply; False: raw text, as lm-eval's ``hf`` model).
+``system_prompt``: default ``auto``, :mod:`frankeneval.core.prompts`) plus ``chat`` (default True: the context is the
+user turn of the chat template and the continuation / generation is the assistant's reply; False: raw text, as
+lm-eval's ``hf`` model).
 ``device``, ``batch_size`` and ``max_batch_size`` may also come from lm-eval's ``--device`` / ``--batch_size`` /
 ``--max_batch_size``; a value in ``--model_args`` wins (lm-eval always passes its defaults, e.g. ``device=cuda:0``).
 """
@@ -34,6 +35,7 @@ from frankeneval.model_wrappers.model_args import (
     parse_batch_size,
     parse_bool,
     resolve_pretrained,
+    seed_compatible_arg,
     system_prompt_arg,
 )
 from lm_eval.api.model import LM
@@ -43,7 +45,7 @@ from frankeneval.errors import FrankenevalError
 
 LM_EVAL_ARGS = (
     "pretrained", "splice", "dtype", "device", "device_map", "attn_implementation", "batch_size", "max_batch_size",
-    "max_new_tokens", "intervention", "system_prompt", "chat", "max_length", "allow_pickle", "decode",
+    "max_new_tokens", "intervention", "system_prompt", "chat", "max_length", "allow_pickle", "decode", "seed_compatible",
 )
 
 
@@ -68,16 +70,19 @@ class FrankenQwenLM(LM):
         max_length: int = 4096,
         allow_pickle: bool | str = False,
         decode: str = "auto",
+        seed_compatible: bool | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__()
         if kwargs:
-            raise FrankenevalError(f"franken_qwen: unknown model args {sorted(kwargs)}; known: {', '.join(LM_EVAL_ARGS)}")
+            raise FrankenevalError(f"franken_qwen: unknown model args {sorted(kwargs)}; "
+                                   f"known: {', '.join(LM_EVAL_ARGS)}")
         from frankeneval.engine.interventions import parse_intervention_spec
 
         self.batch_size_arg = parse_batch_size(batch_size)
         self.max_new_tokens = int(max_new_tokens)
         self.chat = parse_bool(chat)
+        self.seed_compatible = seed_compatible_arg(seed_compatible)  # the checkpoint's repetition penalty applies
         self.max_length = int(max_length)
         self.accelerator, self._rank, self._world_size, dp_device = data_parallel()
         self.pretrained = resolve_pretrained(pretrained, splice, allow_pickle=parse_bool(allow_pickle))
@@ -97,14 +102,16 @@ class FrankenQwenLM(LM):
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
         """As lm-eval's, but a value in ``--model_args`` wins over lm-eval's ``--batch_size`` / ``--device`` /
-        ``--max_batch_size`` (instead of a duplicate-keyword error): see :mod:`frankeneval.model_wrappers.model_args`."""
+        ``--max_batch_size`` (instead of a duplicate-keyword error): see
+        :mod:`frankeneval.model_wrappers.model_args`."""
         from lm_eval.utils import simple_parse_args_string
 
         return cls(**model_kwargs(arg_string, additional_config, simple_parse_args_string))
 
     @classmethod
     def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None):
-        """The path lm-eval 0.4.x's CLI takes (model args already a dict); same rule as :meth:`create_from_arg_string`."""
+        """The path lm-eval 0.4.x's CLI takes (model args already a dict); same rule as
+        :meth:`create_from_arg_string`."""
         from lm_eval.utils import simple_parse_args_string
 
         return cls(**model_kwargs(arg_dict, additional_config, simple_parse_args_string))
@@ -122,12 +129,14 @@ class FrankenQwenLM(LM):
         return self._device
 
     def generate_until(self, requests) -> list[str]:
+        """The answers, each a :class:`~frankeneval.model_wrappers.model_args.GeneratedText` (a ``str`` carrying
+        its finish reason, which the frankeneval tasks read)."""
         from frankeneval.engine.generation import GenRequest
 
         if not self.chat:
             raise FrankenevalError("generate_until with chat=False is not supported; use chat=True")
-        parsed = [gen_settings(req.args[1], self.max_new_tokens, max_keys=("max_gen_toks", "max_new_tokens"))
-                  for req in requests]
+        parsed = [gen_settings(req.args[1], self.max_new_tokens, max_keys=("max_gen_toks", "max_new_tokens"),
+                               seed_compatible=self.seed_compatible) for req in requests]
 
         def done(idx: list[int], texts: list[str]) -> None:
             for i, text in zip(idx, texts):
@@ -144,7 +153,8 @@ class FrankenQwenLM(LM):
         for req in requests:
             context, continuation = req.args
             ll = self.generator.loglikelihood(
-                context, continuation, system=self.system_prompt, chat=self.chat, interventions=self.interventions or None
+                context, continuation, system=self.system_prompt, chat=self.chat,
+                interventions=self.interventions or None
             )
             out.append(ll)
             self.cache_hook.add_partial("loglikelihood", req.args, ll)
@@ -164,7 +174,8 @@ class FrankenQwenLM(LM):
                 max_seq_len=self.max_length, context_len=1,
             )
             for ctx, pred in map(make_disjoint_window, windows):
-                logprobs = self.generator.token_logprobs(list(ctx) + list(pred), interventions=self.interventions or None)
+                logprobs = self.generator.token_logprobs(list(ctx) + list(pred),
+                                                         interventions=self.interventions or None)
                 total += float(logprobs[-len(pred):].sum())
             out.append(total)
             self.cache_hook.add_partial("loglikelihood_rolling", (text,), total)

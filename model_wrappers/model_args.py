@@ -44,7 +44,8 @@ def merge_harness_flags(model_args: dict[str, Any], harness_config: dict | None)
             merged[key] = value
         elif str(merged[key]) != str(value):
             level = logging.DEBUG if str(value) in _HARNESS_DEFAULTS[key] else logging.WARNING
-            log.log(level, "franken_qwen: model arg %s=%s wins over the harness's --%s %s", key, merged[key], key, value)
+            log.log(level, "franken_qwen: model arg %s=%s wins over the harness's --%s %s", key, merged[key], key,
+                    value)
     return merged
 
 
@@ -62,6 +63,9 @@ def model_kwargs(args: str | dict | None, harness_config: dict | None, parse: Ca
 # --------------------------------------------------------------------------- single args
 
 
+_SPLICE_LEASES: list = []  # this process's leases on the cached splices it loads (frankeneval...splice.lease_splice)
+
+
 def resolve_pretrained(pretrained: str | None, splice: str | None, *, allow_pickle: bool = False) -> str:
     """The checkpoint to load: ``pretrained``, or the cached materialization of the ``splice`` spec
     (pickle sources only with ``allow_pickle``)."""
@@ -73,7 +77,8 @@ def resolve_pretrained(pretrained: str | None, splice: str | None, *, allow_pick
         from frankeneval.transferability.splice import materialize_cached
 
         register_builtin_lineages()  # splice=tiny:<variant>: the built-in tiny lineage, written on first use
-        return str(materialize_cached(load_spec(splice), allow_pickle=allow_pickle))
+        # leased for this process's life (a dead process's lease is ignored): no --evict-variants run deletes it
+        return str(materialize_cached(load_spec(splice), allow_pickle=allow_pickle, leases=_SPLICE_LEASES))
     if not pretrained:
         raise FrankenevalError("franken_qwen needs pretrained=<dir or hub id> or splice=<spec or recipe:variant>")
     return str(pretrained)
@@ -100,10 +105,19 @@ def parse_bool(value) -> bool:
     return str(value).strip().lower() not in ("false", "0", "no", "off", "")
 
 
+def seed_compatible_arg(value) -> bool:
+    """The ``seed_compatible`` model arg; unset (None): ``$FRANKENEVAL_SEED_COMPATIBLE``, which ``frankeneval transfer
+    --seed-compatible`` sets for every cell (the tasks' scoring reads the same variable)."""
+    import os
+
+    return parse_bool(value if value is not None else os.environ.get("FRANKENEVAL_SEED_COMPATIBLE", "0"))
+
+
 def system_prompt_arg(pretrained: str, value: str | None):
     """``system_prompt`` (default ``auto``): the :class:`frankeneval.core.prompts.SystemPrompt` for ``pretrained``
-    (``auto`` = docs/method.md's name rule, or a splice's sources; ``reasoner`` / ``revisual`` / ``none``; ``@FILE`` or a
-    file path; or the text itself, ``\\n`` escapes allowed). Logged, so the harness's log says which and why."""
+    (``auto`` = docs/method.md's name rule, or a splice's sources; ``reasoner`` / ``revisual`` / ``none``; ``@FILE``
+    or a file path; or the text itself, ``\\n`` escapes allowed). Logged, so the harness's log says which and
+    why."""
     from frankeneval.core.prompts import resolve_system_prompt
 
     prompt = resolve_system_prompt(pretrained, value)
@@ -117,12 +131,14 @@ def data_parallel():
 
     accelerator = Accelerator()
     if accelerator.num_processes > 1:
-        return accelerator, accelerator.local_process_index, accelerator.num_processes, f"cuda:{accelerator.local_process_index}"
+        return (accelerator, accelerator.local_process_index, accelerator.num_processes,
+                f"cuda:{accelerator.local_process_index}")
     return accelerator, 0, 1, None
 
 
 def build_generator(args: dict[str, Any], device: str | None):
-    """The :class:`frankeneval.engine.generation.Generator` of the model args (``cuda`` falls back to CPU with a warning)."""
+    """The :class:`frankeneval.engine.generation.Generator` of the model args (``cuda`` falls back to CPU with a
+    warning)."""
     import torch
 
     from frankeneval.engine.generation import Generator
@@ -147,12 +163,15 @@ def build_generator(args: dict[str, Any], device: str | None):
 # --------------------------------------------------------------------------- generation
 
 
-def gen_settings(gen_kwargs: dict | None, default_max_new_tokens: int, *, max_keys: tuple[str, ...] = ("max_new_tokens",),
-                 drop_blank_line_stop: bool = False) -> tuple[dict, list[str]]:
+def gen_settings(gen_kwargs: dict | None, default_max_new_tokens: int, *,
+                 max_keys: tuple[str, ...] = ("max_new_tokens",),
+                 drop_blank_line_stop: bool = False, seed_compatible: bool = False) -> tuple[dict, list[str]]:
     """(settings for ``Generator.generate``, stop strings) of one request's generation kwargs.
 
     ``max_keys``: the kwargs naming the token budget, first set wins (lm-eval: ``max_gen_toks``, then
-    ``max_new_tokens``); ``drop_blank_line_stop``: ignore a ``"\\n\\n"`` stop (as lmms-eval's own Qwen2.5-VL model)."""
+    ``max_new_tokens``); ``drop_blank_line_stop``: ignore a ``"\\n\\n"`` stop (as lmms-eval's own Qwen2.5-VL model);
+    ``seed_compatible``: the checkpoint's ``generation_config`` repetition penalty applies unless the task sets one,
+    as in the reference code (which passes none to ``generate``)."""
     gk = dict(gen_kwargs or {})
     until = gk.pop("until", None)
     until = [until] if isinstance(until, str) else list(until or [])
@@ -167,24 +186,42 @@ def gen_settings(gen_kwargs: dict | None, default_max_new_tokens: int, *, max_ke
         temperature=temperature if do_sample and temperature > 0 else None,
         top_p=(float(gk["top_p"]) if gk.get("top_p") is not None else None) if do_sample else None,
     )
+    if seed_compatible:
+        penalty = gk.get("repetition_penalty")
+        settings["repetition_penalty"] = float(penalty) if penalty is not None else "checkpoint"
     return settings, until
+
+
+class GeneratedText(str):
+    """A generated answer that carries why its generation ended: ``finish_reason`` ``"length"`` (it ran to
+    ``max_new_tokens``: the answer is cut off), ``"stop"`` / ``"eos"``, or None when the backend does not say.
+
+    What both wrappers return per request: to the harness, its samples file and its cache it is the plain string
+    (``json.dumps`` and ``repr`` write the text alone; it pickles with its reason), and the task reads the reason off
+    the harness's instances (:meth:`frankeneval.tasks.common.LocalDocsTask.apply_filters`), so it travels with this
+    one response and nothing is kept anywhere else."""
+
+    finish_reason: str | None
+
+    def __new__(cls, text: str, finish_reason: str | None = None):  # noqa: PYI034 - a str subclass
+        obj = super().__new__(cls, text)
+        obj.finish_reason = finish_reason
+        return obj
 
 
 def generate_grouped(generator, build_request: Callable[[int], Any], settings: list[dict], stops: list[list[str]], *,
                      batch_size, interventions: list | None,
-                     on_group: Callable[[list[int], list[str]], None] | None = None,
-                     finish: list | None = None) -> list[str]:
+                     on_group: Callable[[list[int], list[str]], None] | None = None) -> list[GeneratedText]:
     """Generate request ``i`` (``build_request(i)``, a ``GenRequest``, built when its group runs) for every ``i`` of
     ``settings``: one ``generator.generate`` call per distinct generation setting, so a batch shares its settings;
-    ``on_group(indices, texts)`` after each call. Returns the texts in request order; ``finish`` (a list of
-    ``len(settings)``), when given, receives each request's finish reason (``"length"``: it hit ``max_new_tokens``;
-    ``"stop"``; None when the backend does not say)."""
+    ``on_group(indices, texts)`` (plain strings, e.g. for the harness's cache) after each call. Returns the answers
+    in request order, each a :class:`GeneratedText` carrying its finish reason."""
     import json
 
     groups: dict[str, list[int]] = {}
     for i, s in enumerate(settings):
         groups.setdefault(json.dumps(s, sort_keys=True), []).append(i)
-    texts: list[str | None] = [None] * len(settings)
+    texts: list[GeneratedText | None] = [None] * len(settings)
     for idx in groups.values():
         outs = generator.generate(
             [build_request(i) for i in idx], stop=[stops[i] for i in idx], batch_size=batch_size,
@@ -192,9 +229,7 @@ def generate_grouped(generator, build_request: Callable[[int], Any], settings: l
         )
         group_texts = [o.text for o in outs]
         for i, text, o in zip(idx, group_texts, outs):
-            texts[i] = text
-            if finish is not None:
-                finish[i] = getattr(o, "finish_reason", None)
+            texts[i] = GeneratedText(text, getattr(o, "finish_reason", None))
         if on_group is not None:
             on_group(idx, group_texts)
     return texts  # type: ignore[return-value]

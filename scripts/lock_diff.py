@@ -21,7 +21,8 @@ def pins(path: str) -> dict[str, str]:
 
 def main(lock: str, freeze: str) -> str:
     old, new = pins(lock), pins(freeze)
-    return ", ".join(f"{name} {old.get(name, 'unlocked')} -> {v}" for name, v in sorted(new.items()) if old.get(name) != v)
+    return ", ".join(f"{name} {old.get(name, 'unlocked')} -> {v}" for name, v in sorted(new.items())
+                     if old.get(name) != v)
 
 
 if __name__ == "__main__":

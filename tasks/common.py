@@ -2,15 +2,18 @@
 (``gsm8k/``, ``math500/``, ``mathvista/``, ``probes/``, ``franken_world/``), as lmms-eval's own tasks are organised.
 
 Shared here: the task settings (:class:`TaskSettings`), judge access (:func:`get_judge`, :func:`judge_fields`), the
-instruction of the math benchmarks, image opening, the aggregations (:func:`mean_score`, :func:`count`) and the
-lmms-eval task base class ``FrankenTask``, whose data come from the folder's ``build_docs(spec, settings)`` (each
-folder's ``utils.FrankenTask`` is ``lmms_task(build_docs)``; both are made on first use, so the hooks import without
-lmms-eval). The lm-eval tasks (``lm_eval_tasks/``) reuse the folders' data, prompt and scoring functions.
+instruction of the math benchmarks, image opening, the aggregations (:func:`mean_score`, :func:`count`) and
+:class:`LocalDocsTask`, the harness-free part of the task classes: their data come from the folder's
+``build_docs(spec, settings)``, and each item's finish reason from its responses. The lmms-eval task class of a folder
+is a plain subclass of :class:`frankeneval.tasks.lmms_task.FrankenTask` in its own ``task.py`` (e.g.
+``gsm8k/task.py``: ``Gsm8kTask``), the only modules that import lmms-eval (about 10 s): the hooks, the preflight
+check (:mod:`frankeneval.tasks.preflight`) and the lm-eval tasks (``lm_eval_tasks/``, which reuse the folders'
+data, prompt and scoring functions) import without it.
 
-Every task YAML names ``class: !function utils.FrankenTask``; its ``dataset_kwargs`` say *what* to load
-(``benchmark``, MathVista ``category`` and ``control``, or ``probe_task``) and its ``metadata`` may carry task
-arguments. Settings are read, first match wins, from the task's ``metadata`` (task arguments), the environment,
-then the defaults:
+Every task YAML names its folder's class (``class: !function task.Gsm8kTask``); its ``dataset_kwargs`` say *what* to
+load (``benchmark``, MathVista ``category`` and ``control``, or ``probe_task``) and its ``metadata`` may carry task
+arguments. Settings are read, first match wins, from the task's ``metadata`` (task arguments), the environment, then
+the defaults:
 
 =====================  ==============================  ========================================================
 metadata key           environment variable            meaning (default)
@@ -25,7 +28,8 @@ judge_cache            FRANKENEVAL_JUDGE_CACHE         judge / description cache
 judge_timeout          FRANKENEVAL_JUDGE_TIMEOUT       seconds the judge gets per try (60)
 judge_retries          FRANKENEVAL_JUDGE_RETRIES       retries after a failed try: 429, 5xx, timeout (3)
 judge_probe            FRANKENEVAL_JUDGE_PROBE         1 = ask the judge once before the run, fail fast (on)
-description_source     FRANKENEVAL_DESCRIPTION_SOURCE  auto | judge | caption_bard (auto: judge if on, else caption_bard)
+description_source     FRANKENEVAL_DESCRIPTION_SOURCE  auto | judge | caption_bard (auto: judge if on, else
+                                                       caption_bard)
 seed_compatible        FRANKENEVAL_SEED_COMPATIBLE     1 = the reference's rules: a 1 % relative error accepted, and
                                                        grading seed unless grading is set (off)
 grading                FRANKENEVAL_GRADING             paper | seed: with the judge on, rules first (paper) or the
@@ -44,8 +48,9 @@ Before any item runs, every selected doc's row is parsed and its image (the imag
 
 Metrics: ``rule_acc`` always; ``judge_acc`` and ``judge_error`` only when the judge is on (absent otherwise);
 ``*_acc`` are fractions in [0, 1], ``judge_error`` a count; ``hit_limit`` (a count: answers that ran to the task's
-``max_new_tokens`` and are cut off) whenever the model is ``franken_qwen``, which records each answer's finish reason. A sample the rules mark correct is correct for the judge
-too (rules first; no call); a sample whose judging failed -- the judge did not answer, or its reply had no clear
+``max_new_tokens`` and are cut off) whenever the model is ``franken_qwen``, whose answers carry their finish
+reason (:meth:`LocalDocsTask.apply_filters`). A sample the rules mark correct is correct for the judge too
+(rules first; no call); a sample whose judging failed -- the judge did not answer, or its reply had no clear
 boolean ``is_correct`` -- is not marked wrong (its sample has no ``score``) and is counted in ``judge_error``;
 ``judge_acc`` (:func:`judge_accuracy`) is the credited share of all samples and is defined only when every sample
 has a verdict: with any judge error it is NaN (shown as "–" beside the error count), never a number that counts
@@ -59,7 +64,6 @@ the server and model. Per-sample values are dicts with
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 import threading
@@ -207,7 +211,8 @@ def open_image(doc: dict):
         return doc["decoded_image"].convert("RGB")
     path = doc.get("image_path")
     if not path or not Path(path).is_file():
-        raise DataNotFound(f"image not found: {path!r} (MathVista images live at images/<pid>.jpg next to testmini.jsonl)")
+        raise DataNotFound(f"image not found: {path!r} "
+                           "(MathVista images live at images/<pid>.jpg next to testmini.jsonl)")
     with Image.open(path) as im:
         return im.convert("RGB")
 
@@ -349,15 +354,16 @@ def math_results(doc: dict, results: list[str], settings: TaskSettings | None, q
     return out
 
 
-# --------------------------------------------------------------------------- lmms-eval task class
-# Made on first use, not at import: the lm-eval tasks import the folders' hooks without paying for (or needing)
-# lmms-eval. ``common.FrankenTask`` is the base class; a folder's ``utils.FrankenTask`` is ``lmms_task(build_docs)``.
+# --------------------------------------------------------------------------- the task classes' shared part
+# Harness-free: the lmms-eval base class (:class:`frankeneval.tasks.lmms_task.FrankenTask`, subclassed in each
+# folder's ``task.py``) and the lm-eval one (``lm_eval_tasks/utils.py``) mix it into their harness's ConfigurableTask.
 
 
 class LocalDocsTask:
     """What the lmms-eval and lm-eval task classes share (mixed into each harness's ``ConfigurableTask``): the
-    YAML's ``class:`` key is dropped, the docs come from :attr:`build_docs` under the task's settings, and the
-    responses are stripped before the YAML's ``process_results`` hook scores them with those settings."""
+    YAML's ``class:`` key is dropped, the docs come from :attr:`build_docs` under the task's settings, each item's
+    finish reasons are read off its responses (:meth:`apply_filters`), and the responses are stripped before the
+    YAML's ``process_results`` hook scores them with those settings."""
 
     def __init__(self, *args, config: dict | None = None, **kwargs) -> None:
         if config is not None:
@@ -380,16 +386,45 @@ class LocalDocsTask:
             raise FrankenevalError(f"task {self.config.task}: no items selected")
         return docs
 
+    def apply_filters(self):
+        """The harness's filters, then each item's finish reasons, read off its raw responses: a response of
+        ``franken_qwen`` is a :class:`~frankeneval.model_wrappers.model_args.GeneratedText`, a ``str`` carrying its
+        ``finish_reason``; any other (another model, a cached answer) says nothing. Read here because both harnesses
+        call this hook on the task's own instances after generation and before scoring, whereas the text that
+        reaches ``process_results`` may be a new plain string (lmms-eval's ``--reasoning_tags`` stripping, on by
+        default, rebuilds it). Kept on this task object, by the doc's ``id``: :attr:`finish_reasons`."""
+        out = super().apply_filters()
+        by_index: dict[int, list[str | None]] = {}
+        for inst in getattr(self, "instances", None) or []:
+            by_index.setdefault(int(inst.doc_id), []).extend(getattr(r, "finish_reason", None) for r in inst.resps)
+        ids = self._doc_ids() if any(r is not None for rs in by_index.values() for r in rs) else None
+        self.finish_reasons = {} if ids is None else {
+            str(ids[i]): tuple(rs) for i, rs in by_index.items() if 0 <= i < len(ids)}
+        return out
+
+    def _doc_ids(self) -> list | None:
+        """The ``id`` of each evaluated doc, by the index the harness's instances carry (None: no ``id`` column)."""
+        try:
+            docs = self.eval_docs
+            if isinstance(docs, list):
+                return [d.get("id") if isinstance(d, dict) else None for d in docs]
+            return list(docs["id"]) if "id" in getattr(docs, "column_names", ()) else None  # no image decoded
+        except (AttributeError, KeyError, TypeError, ValueError):
+            return None
+
+    def hit_limit_of(self, doc: dict) -> bool | None:
+        """Whether the item's answer ran to ``max_new_tokens`` (any of its responses, when several), from the
+        finish reasons :meth:`apply_filters` read; None when unknown (no response said why it ended)."""
+        key = doc.get("id") if isinstance(doc, dict) else None
+        reasons = [r for r in (getattr(self, "finish_reasons", {}).get(str(key), ()) if key is not None else ())
+                   if r is not None]
+        return any(r == "length" for r in reasons) if reasons else None
+
     def score(self, doc: dict, results: list) -> dict:
         """The YAML's ``process_results`` on the stripped responses (each a :class:`Response` carrying whether its
         generation hit ``max_new_tokens``), plus the per-item ``hit_limit`` (0/1) when the task lists that metric
-        and the wrapper recorded it (``franken_qwen`` does; unknown otherwise, and then left out)."""
-        hit = None
-        task = getattr(self.config, "task", None)
-        if task and isinstance(doc, dict) and doc.get("id") is not None:
-            from frankeneval.engine.generation import hit_limit_of
-
-            hit = hit_limit_of(task, doc["id"])
+        and the responses said why they ended (``franken_qwen``'s do; unknown otherwise, and then left out)."""
+        hit = self.hit_limit_of(doc)
         results = [Response(r.strip() if isinstance(r, str) else "", hit_limit=hit) for r in results]
         out = self.config.process_results(doc, results, settings=getattr(self, "settings", None))
         if hit is not None and "hit_limit" in _metric_names(self.config):
@@ -411,64 +446,6 @@ class Response(str):
 
 def _metric_names(config) -> set[str]:
     return {m.get("metric") for m in (getattr(config, "metric_list", None) or []) if isinstance(m, dict)}
-
-
-@functools.lru_cache(maxsize=None)
-def _lmms_task_base() -> type:
-    from lmms_eval.api.task import ConfigurableTask
-
-    class FrankenTask(LocalDocsTask, ConfigurableTask):
-        """A ConfigurableTask whose data come from :mod:`frankeneval.core.data` (hub or local), sub-sampled as the
-        paper; :meth:`build_docs` (set by :func:`lmms_task`) makes the docs from the YAML's ``dataset_kwargs``."""
-
-        def download(self, dataset_kwargs: dict | None = None) -> None:
-            import datasets
-
-            docs = self.load_docs(dataset_kwargs)
-            has_pixels = any(d.get("decoded_image") is not None for d in docs)
-            if not has_pixels:
-                for d in docs:
-                    d.pop("decoded_image", None)
-            split = self.config.test_split
-            self.dataset = datasets.DatasetDict({split: datasets.Dataset.from_list(docs)})
-            no_media = self.dataset[split].remove_columns(["decoded_image"]) if has_pixels else self.dataset[split]
-            self.dataset_no_image = datasets.DatasetDict({split: no_media})
-
-        def process_results(self, doc, results, full_docs=None):  # noqa: D401 - lmms-eval hook
-            if results and isinstance(results[0], list):
-                results = results[0]
-            return self.score(doc, results)
-
-    FrankenTask.__module__ = __name__
-    FrankenTask.__qualname__ = "FrankenTask"
-    return FrankenTask
-
-
-def lmms_task(build_docs) -> type:
-    """The lmms-eval task class (a ``FrankenTask``) whose docs are ``build_docs(spec, settings)``."""
-    base = _lmms_task_base()
-    return type("FrankenTask", (base,), {"build_docs": staticmethod(build_docs), "__module__": build_docs.__module__,
-                                         "__doc__": f"The lmms-eval task over {build_docs.__module__}.build_docs."})
-
-
-def task_module_getattr(build_docs):
-    """A task folder's module ``__getattr__`` (PEP 562): ``FrankenTask`` (the YAML's ``class:``) is the lmms-eval
-    task over ``build_docs``, made on first use, so the folder's hooks import without lmms-eval (the lm-eval task
-    reuses them)."""
-    module = build_docs.__module__
-
-    def __getattr__(name: str):
-        if name == "FrankenTask":
-            return lmms_task(build_docs)
-        raise AttributeError(f"module {module!r} has no attribute {name!r}")
-
-    return __getattr__
-
-
-def __getattr__(name: str):  # PEP 562: ``common.FrankenTask`` imports lmms-eval on first use
-    if name == "FrankenTask":
-        return _lmms_task_base()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------- aggregation

@@ -71,7 +71,8 @@ def test_planted_rl_structure_shows(full_run, tiny_lineage):
     assert regions["late"]["energy"]["delta_rl_rel_fro"] > 100 * regions["early"]["energy"]["delta_rl_rel_fro"]
 
 
-@pytest.mark.parametrize("name", ["model.layers.5.mlp.down_proj.weight", "visual.blocks.1.attn.qkv.weight", "visual.patch_embed.proj.weight"])
+@pytest.mark.parametrize("name", ["model.layers.5.mlp.down_proj.weight", "visual.blocks.1.attn.qkv.weight",
+                                  "visual.patch_embed.proj.weight"])
 def test_record_matches_independent_numpy(full_run, tiny_lineage, name):
     _, _, records = full_run
     rec = records[name]
@@ -112,7 +113,8 @@ def test_aggregates_are_means_and_sums_of_records(full_run):
 
 def test_energy_only_matches_full_run(tiny_lineage, tmp_path, full_run):
     _, _, full = full_run
-    characterize(tiny_lineage.base, tiny_lineage.in_, tiny_lineage.rl, tmp_path, settings=CharacterizeSettings(spectra=False, sections=("llm",)), device="cpu", progress=False)
+    characterize(tiny_lineage.base, tiny_lineage.in_, tiny_lineage.rl, tmp_path,
+                 settings=CharacterizeSettings(spectra=False, sections=("llm",)), device="cpu", progress=False)
     recs = read_jsonl(tmp_path / MATRICES_FILE)
     assert recs and all(r["section"] == "llm" for r in recs)
     for r in recs:
@@ -147,7 +149,8 @@ def test_missing_tensor_fails_clearly(tiny_lineage, tmp_path):
         characterize(tiny_lineage.base, tiny_lineage.in_, broken, tmp_path / "out", device="cpu", progress=False)
     from frankeneval.cli import main
 
-    rc = main(["characterize", "--base", str(tiny_lineage.base), "--in", str(tiny_lineage.in_), "--rl", str(broken), "--out", str(tmp_path / "out2"), "--no-progress"])
+    rc = main(["characterize", "--base", str(tiny_lineage.base), "--in", str(tiny_lineage.in_), "--rl", str(broken),
+               "--out", str(tmp_path / "out2"), "--no-progress"])
     assert rc == 1
 
 
@@ -226,7 +229,8 @@ def test_plots_are_written(full_run, tmp_path, tiny_lineage):
     names = {p.name for p in written}
     assert {"energy_per_layer.png", "rank_per_layer.png", "spectra.png"} <= names
     cmp_dir = tmp_path / "cmp"
-    compare([LineageRef("A", str(tiny_lineage.in_), str(tiny_lineage.rl)), LineageRef("B", str(tiny_lineage.rl), str(tiny_lineage.in_))],
+    compare([LineageRef("A", str(tiny_lineage.in_), str(tiny_lineage.rl)),
+             LineageRef("B", str(tiny_lineage.rl), str(tiny_lineage.in_))],
             cmp_dir, rank_r=2, sections=["llm"], device="cpu", progress=False)
     from frankeneval.cli import main
 

@@ -108,7 +108,8 @@ def reference_characterization(paths: dict[str, Path]) -> tuple[dict, dict]:
     """Per-matrix and per-layer values of the reference scripts (plain torch on the safetensors files)."""
     n_vision = json.loads((paths["base"] / "config.json").read_text())["vision_config"]["depth"]
     base, in_, rl = (_load_fp16(paths[m]) for m in ("base", "in", "rl"))
-    keys = [k for k in in_ if k in base and "weight" in k and "norm" not in k.lower() and _unified_layer(k, n_vision) is not None]
+    keys = [k for k in in_ if k in base and "weight" in k and "norm" not in k.lower()
+            and _unified_layer(k, n_vision) is not None]
     per_matrix: dict[str, dict] = {}
     layers: dict[int, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for k in keys:
@@ -138,7 +139,8 @@ def test_seed_compatible_reproduces_the_reference(bf16_lineage, bf16_runs):
     summary, records = bf16_runs["seed"]
     want, want_layers = reference_characterization(bf16_lineage)
     on_axis = {n: r for n, r in records.items() if r["layer"] is not None}
-    assert set(on_axis) == set(want)  # same selection: ln_q in, norms and biases out
+    assert set(records) == set(want)  # same selection: ln_q in; norms, biases, patch_embed, embed_tokens, lm_head out
+    assert not summary.get("off_axis")
     errors: list[float] = []
     for name, ref in want.items():
         rec = on_axis[name]
@@ -189,7 +191,8 @@ def test_fp16_subtraction_rounds_where_float32_does_not():
     default = measure_update(base, in_, rl, CharacterizeSettings(rank_r=0))
     seed = measure_update(base, in_, rl, CharacterizeSettings(rank_r=0, seed_compatible=True))
     f32 = (in_ - base).norm().item()
-    assert default["delta_in"]["fro"] == pytest.approx(f32, rel=1e-6) and f32 == pytest.approx(0.1 * math.sqrt(128), rel=1e-3)
+    assert (default["delta_in"]["fro"] == pytest.approx(f32, rel=1e-6)
+            and f32 == pytest.approx(0.1 * math.sqrt(128), rel=1e-3))
     fp16 = (in_.half() - base.half()).float()
     assert seed["delta_in"]["fro"] == pytest.approx(fp16.norm().item(), rel=1e-7)
     assert abs(seed["delta_in"]["fro"] - default["delta_in"]["fro"]) > 0.5 * default["delta_in"]["fro"]
@@ -208,7 +211,8 @@ def test_over_limit_matrices_skipped_only_under_the_switch(tiny_lineage, tmp_pat
     args = (tiny_lineage.base, tiny_lineage.in_, tiny_lineage.rl)
     kw = dict(device="cpu", progress=False)
     default = characterize(*args, tmp_path / "d", settings=CharacterizeSettings(sections=("llm",)), **kw)
-    seed = characterize(*args, tmp_path / "s", settings=CharacterizeSettings(sections=("llm",), seed_compatible=True), **kw)
+    seed = characterize(*args, tmp_path / "s", settings=CharacterizeSettings(sections=("llm",), seed_compatible=True),
+                        **kw)
     d_recs = {r["name"]: r for r in read_jsonl(tmp_path / "d" / MATRICES_FILE)}
     s_recs = {r["name"]: r for r in read_jsonl(tmp_path / "s" / MATRICES_FILE)}
     big = sorted(n for n, r in d_recs.items() if r["numel"] > 5000)
@@ -222,7 +226,8 @@ def test_over_limit_matrices_skipped_only_under_the_switch(tiny_lineage, tmp_pat
     layer = str(d_recs[big[0]]["layer"])
     n_small = sum(1 for r in s_recs.values() if str(r["layer"]) == layer and r["numel"] <= 5000)
     assert seed["aggregates"]["by_layer"][layer]["delta_in"]["stable_rank"]["n"] == n_small
-    assert default["aggregates"]["by_layer"][layer]["delta_in"]["stable_rank"]["n"] == default["aggregates"]["by_layer"][layer]["n"]
+    assert (default["aggregates"]["by_layer"][layer]["delta_in"]["stable_rank"]["n"]
+            == default["aggregates"]["by_layer"][layer]["n"])
 
 
 def test_ln_q_counted_only_under_the_switch(bf16_runs):
@@ -239,7 +244,8 @@ def test_ln_q_counted_only_under_the_switch(bf16_runs):
 
 def _record(name: str, layer: int, fro: float, norm_in: float) -> dict:
     return {"name": name, "layer": layer, "section": "llm", "component": "mlp", "region": "early", "norm_in": norm_in,
-            "cos_in_rl": None, "delta_in": {"fro": fro, "rel_fro": fro / norm_in}, "delta_rl": {"fro": fro / 2, "rel_fro": fro / 2 / norm_in}}
+            "cos_in_rl": None, "delta_in": {"fro": fro, "rel_fro": fro / norm_in},
+            "delta_rl": {"fro": fro / 2, "rel_fro": fro / 2 / norm_in}}
 
 
 def test_energy_plot_mean_of_ratios_vs_ratio_of_means(tmp_path):
@@ -266,7 +272,8 @@ def test_energy_plot_mean_of_ratios_vs_ratio_of_means(tmp_path):
 def test_resume_never_mixes_the_two(tiny_lineage, tmp_path, monkeypatch):
     args = (tiny_lineage.base, tiny_lineage.in_, tiny_lineage.rl)
     kw = dict(device="cpu", progress=False)
-    plain, seed = CharacterizeSettings(sections=("projector",)), CharacterizeSettings(sections=("projector",), seed_compatible=True)
+    plain, seed = (CharacterizeSettings(sections=("projector",)),
+                   CharacterizeSettings(sections=("projector",), seed_compatible=True))
     characterize(*args, tmp_path / "a", settings=plain, **kw)
     with pytest.raises(SpecError, match="different settings"):
         characterize(*args, tmp_path / "a", settings=seed, **kw)
@@ -286,7 +293,8 @@ def test_resume_never_mixes_the_two(tiny_lineage, tmp_path, monkeypatch):
     del run["resume_key"]["settings"]["seed_compatible"]
     (tmp_path / "a" / RUN_FILE).write_text(json.dumps(run))
     lines = [json.loads(x) for x in (tmp_path / "a" / MATRICES_FILE).read_text().splitlines()]
-    (tmp_path / "a" / MATRICES_FILE).write_text("".join(json.dumps({k: v for k, v in r.items() if k != "seed_compatible"}) + "\n" for r in lines))
+    (tmp_path / "a" / MATRICES_FILE).write_text(
+        "".join(json.dumps({k: v for k, v in r.items() if k != "seed_compatible"}) + "\n" for r in lines))
     assert characterize(*args, tmp_path / "a", settings=plain, **kw)["seed_compatible"] is False and calls == []
     with pytest.raises(SpecError, match="different settings"):
         characterize(*args, tmp_path / "a", settings=seed, **kw)
@@ -295,7 +303,8 @@ def test_resume_never_mixes_the_two(tiny_lineage, tmp_path, monkeypatch):
 def test_switch_refuses_what_the_reference_cannot_do(tiny_lineage, tmp_path):
     with pytest.raises(SpecError, match="svdvals"):
         CharacterizeSettings(seed_compatible=True, svd_method="gram")
-    rc = main(["characterize", "--compare", f"A={tiny_lineage.in_},{tiny_lineage.rl}", f"B={tiny_lineage.rl},{tiny_lineage.in_}",
+    rc = main(["characterize", "--compare", f"A={tiny_lineage.in_},{tiny_lineage.rl}",
+               f"B={tiny_lineage.rl},{tiny_lineage.in_}",
                "--out", str(tmp_path / "cmp"), "--seed-compatible", "--no-progress"])
     assert rc != 0
 

@@ -89,12 +89,14 @@ def test_compatibility_catches_shape_mismatch_and_missing_tensor(tiny_lineage, t
 
     reshaped = _copy(tiny_lineage.rl, tmp_path / "reshaped")
     _edit_tensor(reshaped, "model.layers.2.self_attn.q_proj.weight", torch.zeros(64, 32))
-    with pytest.raises(ArchitectureMismatch, match=r"model\.layers\.2\.self_attn\.q_proj\.weight: base \[64, 64\] vs rl \[64, 32\]"):
+    with pytest.raises(ArchitectureMismatch,
+                       match=r"model\.layers\.2\.self_attn\.q_proj\.weight: base \[64, 64\] vs rl \[64, 32\]"):
         check_compatible([base, Checkpoint.open(reshaped)], ["base", "rl"])
 
     missing = _copy(tiny_lineage.rl, tmp_path / "missing")
     _edit_tensor(missing, "model.layers.4.mlp.up_proj.weight", None)
-    with pytest.raises(ArchitectureMismatch, match=r"rl lacks model\.layers\.4\.mlp\.up_proj\.weight \(present in base\)"):
+    with pytest.raises(ArchitectureMismatch,
+                       match=r"rl lacks model\.layers\.4\.mlp\.up_proj\.weight \(present in base\)"):
         check_compatible([base, Checkpoint.open(missing)], ["base", "rl"])
 
     half = _copy(tiny_lineage.rl, tmp_path / "half")

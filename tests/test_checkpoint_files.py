@@ -80,7 +80,8 @@ def test_errors_in_a_sharded_checkpoint_name_the_shard(tmp_path, capsys):
     _one_line_error(tmp_path, "model-00001-of-00001.safetensors", "overlap", capsys=capsys)
 
 
-@pytest.mark.parametrize("text", ['{"weight_map": {"a": ', '{"metadata": {}}', '["weight_map"]', '{"weight_map": {"a": 3}}'])
+@pytest.mark.parametrize("text", ['{"weight_map": {"a": ', '{"metadata": {}}', '["weight_map"]',
+                                  '{"weight_map": {"a": 3}}'])
 def test_bad_weight_index(tmp_path, capsys, text):
     _write_safetensors(tmp_path / "model-00001-of-00001.safetensors", {"a": _entry("F32", [2], 0, 8)}, bytes(8))
     (tmp_path / "model.safetensors.index.json").write_text(text)

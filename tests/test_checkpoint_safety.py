@@ -87,7 +87,8 @@ def test_fingerprint_is_cached_per_file_and_rehashed_when_the_file_changes(tiny_
     d = _copy(tiny_lineage.rl, tmp_path / "rl")
     first = Checkpoint.open(d).fingerprint()
     cache = fpmod.fingerprint_cache_dir()
-    assert cache.is_relative_to(tmp_path / "fe-cache") and len(list(cache.glob("*.json"))) == len(list(d.glob("*.safetensors")))
+    assert (cache.is_relative_to(tmp_path / "fe-cache")
+            and len(list(cache.glob("*.json"))) == len(list(d.glob("*.safetensors"))))
     hashed: list[str] = []
     real = fpmod._hash_file
     monkeypatch.setattr(fpmod, "_hash_file", lambda p: hashed.append(Path(p).name) or real(p))
@@ -120,7 +121,8 @@ def test_characterize_does_not_resume_another_lineages_run(tiny_lineage, tmp_pat
         os.utime(rl2 / shard.name, ns=(st.st_atime_ns, st.st_mtime_ns))
     settings = CharacterizeSettings(spectra=False, sections=("llm",))
     out = tmp_path / "run"
-    characterize(tiny_lineage.base, tiny_lineage.in_, tiny_lineage.rl, out, settings=settings, device="cpu", progress=False)
+    characterize(tiny_lineage.base, tiny_lineage.in_, tiny_lineage.rl, out, settings=settings, device="cpu",
+                 progress=False)
     with pytest.raises(SpecError, match="different settings or weights"):
         characterize(tiny_lineage.base, tiny_lineage.in_, rl2, out, settings=settings, device="cpu", progress=False)
 
@@ -220,7 +222,8 @@ def _pickled(src: Path, dst: Path) -> Path:
 
 def test_splice_takes_allow_pickle(tiny_lineage, tmp_path, capsys):
     rl = _pickled(tiny_lineage.rl, tmp_path / "rl-pickle")
-    args = ["splice", "RL late 1/3 layers", "--in", str(tiny_lineage.in_), "--rl", str(rl), "--out", str(tmp_path / "s"), "-q"]
+    args = ["splice", "RL late 1/3 layers", "--in", str(tiny_lineage.in_), "--rl", str(rl),
+            "--out", str(tmp_path / "s"), "-q"]
     assert main(args) == 1
     err = capsys.readouterr().err.strip()
     assert "--allow-pickle" in err and "Traceback" not in err and err.count("\n") == 0
@@ -232,7 +235,8 @@ def test_splice_takes_allow_pickle(tiny_lineage, tmp_path, capsys):
 def test_characterize_and_freeze_spec_take_allow_pickle(tiny_lineage, tmp_path, capsys):
     rl = _pickled(tiny_lineage.rl, tmp_path / "rl-pickle")
     args = ["characterize", "--base", str(tiny_lineage.base), "--in", str(tiny_lineage.in_), "--rl", str(rl),
-            "--out", str(tmp_path / "c"), "--energy-only", "--sections", "projector", "--device", "cpu", "--no-progress"]
+            "--out", str(tmp_path / "c"), "--energy-only", "--sections", "projector", "--device", "cpu",
+            "--no-progress"]
     assert main(args) == 1
     assert "--allow-pickle" in capsys.readouterr().err
     assert main([*args, "--allow-pickle"]) == 0

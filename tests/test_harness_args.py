@@ -84,7 +84,8 @@ def test_merge_rule_unit():
 
     assert merge_harness_flags({"device": "cpu"}, {"device": "cuda:0", "batch_size": 1, "max_batch_size": None}) == {
         "device": "cpu", "batch_size": 1}
-    assert merge_harness_flags({}, {"device": "cpu", "batch_size": "4", "other": 1}) == {"device": "cpu", "batch_size": "4"}
+    assert merge_harness_flags({}, {"device": "cpu", "batch_size": "4", "other": 1}) == {
+        "device": "cpu", "batch_size": "4"}
     assert merge_harness_flags({"batch_size": "auto"}, None) == {"batch_size": "auto"}
 
 
@@ -125,21 +126,34 @@ def test_lm_eval_side_imports_without_lmms_eval(tmp_path):
         """
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env,
+                          timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stdout[-2000:] + proc.stderr[-3000:]
 
 
 def test_lm_eval_hooks_do_not_load_lmms_eval(tmp_path):
-    """With lmms-eval installed, the lm-eval side still does not import it (the lmms-eval task class is made on
-    first use), while the lmms-eval task folders still hand lmms-eval its ``utils.FrankenTask``."""
+    """With lmms-eval installed, the lm-eval side, every folder's hooks and the preflight check still do not import
+    it (only the folders' ``task.py`` do), while each folder's ``task.py`` hands lmms-eval a plain class statement
+    over its ``build_docs``; no task module has a module ``__getattr__``."""
     code = textwrap.dedent(
         """
-        import sys
+        import importlib, sys
         import frankeneval.model_wrappers.franken_qwen_lm_eval, frankeneval.lm_eval_tasks.utils
+        import frankeneval.tasks.preflight
+        folders = {"gsm8k": "Gsm8kTask", "math500": "Math500Task", "mathvista": "MathVistaTask",
+                   "probes": "ProbeTask", "franken_world": "WorldTask"}
+        hooks = {f: importlib.import_module(f"frankeneval.tasks.{f}.utils") for f in folders}
         assert not [m for m in sys.modules if m.startswith("lmms_eval")]
-        from frankeneval.tasks.gsm8k import utils
+        from frankeneval.tasks import common
+        assert not hasattr(common, "__getattr__") and not any(hasattr(u, "__getattr__") for u in hooks.values())
         from lmms_eval.api.task import ConfigurableTask
-        assert issubclass(utils.FrankenTask, ConfigurableTask) and utils.FrankenTask.build_docs is utils.build_docs
+        from frankeneval.tasks.lmms_task import FrankenTask
+        for folder, name in folders.items():
+            cls = getattr(importlib.import_module(f"frankeneval.tasks.{folder}.task"), name)
+            assert issubclass(cls, FrankenTask) and issubclass(cls, ConfigurableTask), folder
+            assert cls.__name__ == name and cls.__module__ == f"frankeneval.tasks.{folder}.task"
+            if folder != "franken_world":  # the world task builds its docs in its own download
+                assert cls.build_docs is hooks[folder].build_docs, folder
         print("OK")
         """
     )

@@ -67,7 +67,8 @@ def test_run_store_partial_records_are_not_done_and_are_recomputed(tmp_path, cap
     # a store that names its required fields (the reasoning sweep: response, answer) does not count a record
     # without them as done -- it would be scored as a wrong answer
     sweep = tmp_path / "sweep.jsonl"
-    sweep.write_text('{"key": "q/1/none", "record": {"index": 1}}\n{"key": "q/2/none", "record": {"response": "r", "answer": null}}\n')
+    sweep.write_text('{"key": "q/1/none", "record": {"index": 1}}\n'
+                     '{"key": "q/2/none", "record": {"response": "r", "answer": null}}\n')
     assert RunStore(sweep, required=("response", "answer")).missing(["q/1/none", "q/2/none"]) == ["q/1/none"]
     assert "sweep.jsonl:1: incomplete record of unit 'q/1/none' (no response, answer)" in capsys.readouterr().err
 
@@ -214,7 +215,8 @@ def test_duplicate_yaml_keys_are_refused_in_one_line(tmp_path):
 
     recipe_file = tmp_path / "rdup.yaml"
     recipe_file.write_text("name: r\nmodels: {in: a/b, rl: c/d}\nnum_hidden_layers: 6\nvariants:\n"
-                           "  v1: IN early 1/3 layers + RL late 2/3 layers\n  v1: RL early 1/3 layers + IN late 2/3 layers\n")
+                           "  v1: IN early 1/3 layers + RL late 2/3 layers\n"
+                           "  v1: RL early 1/3 layers + IN late 2/3 layers\n")
     with pytest.raises(SpecError) as info:
         get_recipe(str(recipe_file))
     msg = str(info.value)
@@ -244,6 +246,7 @@ def test_localize_reasoning_honours_frankeneval_data(tmp_path, monkeypatch, caps
         raise FrankenevalError("stop here")
 
     monkeypatch.setattr(cmd, "load_generator", stop)
-    rc = main(["localize-reasoning", "--model", "m", "--dataset", "gsm8k", "--samples", "3", "--out", str(tmp_path / "o")])
+    rc = main(["localize-reasoning", "--model", "m", "--dataset", "gsm8k", "--samples", "3",
+               "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert rc == 1 and "stop here" in err, err

@@ -51,7 +51,8 @@ def _no_model(monkeypatch):
 
 
 # --------------------------------------------------------------------------- the vision probes
-def test_localize_vision_stops_before_any_model_naming_the_truncated_image(broken_probes, tmp_path, monkeypatch, capsys):
+def test_localize_vision_stops_before_any_model_naming_the_truncated_image(broken_probes, tmp_path, monkeypatch,
+                                                                            capsys):
     from frankeneval.cli import main
 
     root, _, jpg = broken_probes
@@ -209,7 +210,8 @@ def test_transfer_checks_mathvista_images_before_any_cell(tmp_path, monkeypatch)
         task = job.cell.task
         assert job.env["FRANKENEVAL_SKIP_BROKEN"] == "1"
         (out / f"20260101_000000_samples_{task}.jsonl").write_text(
-            "".join(json.dumps({"doc_id": i, "rule_acc": {"id": pid, "score": 1}}) + "\n" for i, pid in enumerate("13")))
+            "".join(json.dumps({"doc_id": i, "rule_acc": {"id": pid, "score": 1}}) + "\n"
+                    for i, pid in enumerate("13")))
         (out / "20260101_000000_results.json").write_text(json.dumps({"results": {task: {"rule_acc,none": 1.0}}}))
 
     monkeypatch.setattr(cells, "lmms_eval_runner", fake_cell)  # the default runner: inputs are checked

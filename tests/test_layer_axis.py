@@ -40,7 +40,8 @@ def zeroed_checkpoint(src, dst, decoder_layer: int):
     from frankeneval.weights.layermap import canonical_name
 
     shutil.copytree(src, dst)
-    targets = {f"model.layers.{decoder_layer}.self_attn.o_proj.weight", f"model.layers.{decoder_layer}.mlp.down_proj.weight"}
+    targets = {f"model.layers.{decoder_layer}.self_attn.o_proj.weight",
+               f"model.layers.{decoder_layer}.mlp.down_proj.weight"}
     hit = set()
     for f in sorted(dst.glob("*.safetensors")):
         tensors = load_file(f)
@@ -89,7 +90,8 @@ def wrapper_answers(tiny_lineage, layer: int) -> list[str]:
     from frankeneval.model_wrappers.franken_qwen import FrankenQwen
     from lmms_eval.api.instance import Instance
 
-    lm = FrankenQwen.create_from_arg_string(f"pretrained={tiny_lineage.rl},device=cpu,batch_size=1,intervention=ablate:{layer},"
+    lm = FrankenQwen.create_from_arg_string(f"pretrained={tiny_lineage.rl},device=cpu,batch_size=1,"
+                                          f"intervention=ablate:{layer},"
                                           "system_prompt=none")  # as the sweep's --reasoning-prompt off
     reqs = [
         Instance(request_type="generate_until", idx=0, metadata={"task": "t", "doc_id": i, "repeats": 1},

@@ -43,7 +43,8 @@ def test_7b_axis_and_counts(qwen7b_names):
     assert lmap.role("visual.merger.mlp.0.weight").layer == 0
     assert lmap.role("model.layers.0.self_attn.q_proj.weight").layer == 1
     assert lmap.role("model.layers.27.mlp.down_proj.weight").layer == 28
-    for off_axis in ("model.embed_tokens.weight", "visual.patch_embed.proj.weight", "model.norm.weight", "lm_head.weight"):
+    for off_axis in ("model.embed_tokens.weight", "visual.patch_embed.proj.weight", "model.norm.weight",
+                     "lm_head.weight"):
         assert lmap.role(off_axis).layer is None
     assert sorted({r.layer for r in lmap if r.layer is not None}) == lmap.axis() == list(range(-32, 29))
     # every LLM layer has the same 12 tensors: q/k/v (+bias), o, gate/up/down, 2 norms
@@ -71,7 +72,8 @@ def test_both_naming_schemes_give_the_same_roles(tiny_lineage):
 
 
 def test_name_conversions_round_trip():
-    for hub in ("model.layers.3.mlp.up_proj.weight", "visual.blocks.2.attn.qkv.bias", "visual.merger.ln_q.weight", "lm_head.weight", "model.embed_tokens.weight"):
+    for hub in ("model.layers.3.mlp.up_proj.weight", "visual.blocks.2.attn.qkv.bias", "visual.merger.ln_q.weight",
+                "lm_head.weight", "model.embed_tokens.weight"):
         assert canonical_name(transformers_name(hub)) == hub
         assert canonical_name(hub) == hub
     assert transformers_name("model.layers.3.mlp.up_proj.weight") == "model.language_model.layers.3.mlp.up_proj.weight"
@@ -165,7 +167,8 @@ def test_grammar_whole_axis():
     lmap = LayerMap(n_vision_blocks=4, n_llm_layers=6)
     assert lmap.parse_layers("vision,late") == [-4, -3, -2, -1, 5, 6]
     assert format_layers([-4, -3, -2, -1, 0, 1, 2, 3, 7]) == "-4..-1,0,1-3,7"
-    assert parse_layers(format_layers([-4, -3, 0, 1, 2, 5]), 6, n_vision_blocks=4, sections=WHOLE) == [-4, -3, 0, 1, 2, 5]
+    assert parse_layers(format_layers([-4, -3, 0, 1, 2, 5]), 6, n_vision_blocks=4,
+                        sections=WHOLE) == [-4, -3, 0, 1, 2, 5]
     sel = select_layers("vision,projector,2", 6, sections=WHOLE)  # vision depth unknown: the word is a flag
     assert sel.whole_vision and sel.projector and sel.llm == (2,) and sel.decoder_layers() == [1]
 
@@ -186,7 +189,8 @@ def test_grammar_whole_axis():
         ("0", {}, "layer 0 is the projector; LLM layers are 1-28 \\(decoder layer j is j\\+1\\): write 1$"),
         ("0-8", {}, "write 1-9$"),
         ("0-27", {}, "write 1-28$"),
-        ("0-8", {"n_vision_blocks": 32, "sections": WHOLE}, "write 1-9 \\(or 0,1-8: the projector and LLM layers 1-8\\)"),
+        ("0-8", {"n_vision_blocks": 32, "sections": WHOLE},
+         "write 1-9 \\(or 0,1-8: the projector and LLM layers 1-8\\)"),
         ("0", {"sections": WHOLE}, "write 1 \\(the projector: write projector\\)"),
         ("30", {"sections": WHOLE}, "LLM layers are 1-28 \\(also: vision, projector\\)$"),
     ],

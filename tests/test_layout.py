@@ -168,7 +168,8 @@ def layout_problems(root: Path = REPO_ROOT) -> list[str]:
     problems = []
     for comp in cycles(edges):
         for circle in shortest_circles(edges, comp):
-            hops = [f"  {a} -> {b}: {edges[(a, b)][0]}" + (f" (+{len(edges[(a, b)]) - 1} more)" if len(edges[(a, b)]) > 1 else "")
+            hops = [f"  {a} -> {b}: {edges[(a, b)][0]}"
+                    + (f" (+{len(edges[(a, b)]) - 1} more)" if len(edges[(a, b)]) > 1 else "")
                     for a, b in zip(circle, circle[1:])]
             problems.append(f"import circle {' -> '.join(circle)}:\n" + "\n".join(hops))
     for (a, b), where in sorted(edges.items()):

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT
 
-OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
 
 
 def frankeneval_lm_eval() -> list[str]:
@@ -62,8 +63,8 @@ def test_franken_text_tasks_run_through_the_lm_eval_cli(tiny_lineage, shared_dat
 
 def test_lm_eval_tasks_are_package_data(tmp_path):
     """The lm-eval YAMLs ship in the wheel, apart from the lmms-eval ones (each harness indexes its whole folder)."""
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
-                    str(REPO_ROOT)], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path), str(REPO_ROOT)], check=True, capture_output=True)
     (whl,) = tmp_path.glob("frankeneval-*.whl")
     names = zipfile.ZipFile(whl).namelist()
     shipped = sorted(n for n in names if n.startswith("frankeneval/lm_eval_tasks/"))

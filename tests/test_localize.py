@@ -23,6 +23,7 @@ from frankeneval.localization.common import (
     [
         ("Yes.", "yes", False),  # case + trailing punctuation
         ("  3!?", "3", False),
+        ("3 .", "3", True),  # the reference's one rstrip: "3 " differs from "3" (issue 30)
         ("3", "4", True),
         ("cat", "cats", True),  # short answers: exact comparison, no containment
         ("The answer is 3", "The answer is 3.", False),
@@ -169,8 +170,8 @@ def test_vision_sweep_batched_equals_single_runs(tiny_rl, small_probes, tmp_path
             source = Image.open(pair.source_image).convert("RGB")
             def one(img, iv=None):
                 return tiny_rl.generate(
-                            [GenRequest(pair.prompt, [img])], max_new_tokens=MAX_NEW, interventions=[iv or []], batch_size=1
-                        )[0].text
+                    [GenRequest(pair.prompt, [img])], max_new_tokens=MAX_NEW, interventions=[iv or []], batch_size=1
+                )[0].text
             assert rec["original"] == one(target)
             assert rec["source_own"] == one(source)
             for L in VISION_LAYERS:
@@ -267,7 +268,8 @@ def test_attention_summary_differences_and_regions():
     for p in prompts:
         recs[f"base/{p['id']}"] = {"mass": mass(lambda j: 0.0)}
         recs[f"in/{p['id']}"] = {"mass": mass(lambda j: 0.05 if j >= 4 else 0.0)}
-        recs[f"rl/{p['id']}"] = {"mass": mass(lambda j: 0.05 if j >= 4 else 0.0) if p["id"] == "p0" else mass(lambda j: (0.05 if j >= 4 else 0.0) + (0.2 if j >= 2 else 0.0))}
+        recs[f"rl/{p['id']}"] = {"mass": mass(lambda j: 0.05 if j >= 4 else 0.0) if p["id"] == "p0"
+                                 else mass(lambda j: (0.05 if j >= 4 else 0.0) + (0.2 if j >= 2 else 0.0))}
     res = summarize_attention(recs, ["base", "in", "rl"], prompts)
     assert res["layers"] == [1, 2, 3, 4, 5, 6]
     assert res["in_minus_base"] == pytest.approx([0, 0, 0, 0, 0.05, 0.05])
@@ -294,7 +296,8 @@ def test_attention_shift_end_to_end(tiny_lineage, small_probes, tmp_path):
     assert len(res["visual_share"]["rl"]) == 6 and len(res["visual_share_heads"]["rl"][0]) >= 1
     assert all(0.0 <= v <= 1.0 for m in res["visual_share"].values() for v in m)
     # auto: the member dirs' own names base / in / rl -> reasoner (unknown names and 'rl' alike), recorded with why
-    assert {m: p["name"] for m, p in res["system_prompt"].items()} == {"base": "reasoner", "in": "reasoner", "rl": "reasoner"}
+    assert ({m: p["name"] for m, p in res["system_prompt"].items()}
+            == {"base": "reasoner", "in": "reasoner", "rl": "reasoner"})
     assert res["system_prompt"]["rl"]["reason"] == "auto: name 'rl' contains 'rl'"
     run_attention_shift(members, prompts, tmp_path, load=load, max_new_tokens=3, progress=False)
     assert len(loads) == 3  # rerun: every unit finished, no model loaded

@@ -251,7 +251,8 @@ def test_letter_with_its_own_text_is_still_credited():
         (YES_NO, "**No**. The blue bar is shorter.\nIt reaches 20, the red one 40.", "yes_no_lead"),
         (RATIO, "There are 4 apples on the table.", "short_statement"),
         (RATIO, "I count them one by one. There are four apples on the table.", "short_statement"),
-        (dict(FLOAT, question="What is the ratio of red to blue?"), "The ratio of red to blue is 1.2.", "short_statement"),
+        (dict(FLOAT, question="What is the ratio of red to blue?"), "The ratio of red to blue is 1.2.",
+         "short_statement"),
     ],
 )
 def test_further_stated_answers_are_credited(doc, response, method):
@@ -272,7 +273,8 @@ def test_further_stated_answers_are_credited(doc, response, method):
         (RATIO, "I cannot tell whether there are 4 apples."),  # a refusal
         (RATIO, "There are 4 apples on the table, and"),  # cut off: no full stop
         (RATIO, "Step 1: count the apples.\nStep 2: there are 4 apples."),  # more than one paragraph
-        (dict(RATIO, question="How many of the 4 baskets hold apples?"), "All 4 baskets hold apples."),  # the question's number
+        (dict(RATIO, question="How many of the 4 baskets hold apples?"),
+         "All 4 baskets hold apples."),  # the question's number
     ],
 )
 def test_further_forms_never_credit_unstated_answers(doc, response):

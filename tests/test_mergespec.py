@@ -144,7 +144,8 @@ def test_blocks_and_description_speak_unified_layers():
 
 
 def test_blocks_mapping_form_equals_phrase():
-    a = MergeSpec.from_yaml("sources: {in: /a, rl: /b}\nnum_hidden_layers: 6\nblocks: {early: rl, middle: in, late: rl}\n")
+    a = MergeSpec.from_yaml("sources: {in: /a, rl: /b}\nnum_hidden_layers: 6\n"
+                            "blocks: {early: rl, middle: in, late: rl}\n")
     b = MergeSpec.parse("RL early 1/3 + IN middle 1/3 + RL late 1/3 layers", 6, {"in": "/a", "rl": "/b"})
     assert a == b and a.spec_hash() == b.spec_hash()
 

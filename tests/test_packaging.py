@@ -14,7 +14,8 @@ from conftest import REPO_ROOT
 def wheel(tmp_path_factory) -> zipfile.ZipFile:
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(REPO_ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
+         str(REPO_ROOT)],
         check=True,
         capture_output=True,
     )
@@ -44,10 +45,12 @@ def test_every_module_of_the_package_is_shipped(wheel_names):
 
 def test_task_yaml_and_merge_recipes_are_shipped(wheel_names):
     repo_yaml = sorted(p.relative_to(REPO_ROOT / "tasks").as_posix() for p in (REPO_ROOT / "tasks").rglob("*.yaml"))
-    shipped = sorted(n[len("frankeneval/tasks/"):] for n in wheel_names if n.startswith("frankeneval/tasks/") and n.endswith(".yaml"))
+    shipped = sorted(n[len("frankeneval/tasks/"):] for n in wheel_names
+                     if n.startswith("frankeneval/tasks/") and n.endswith(".yaml"))
     assert shipped == repo_yaml
     repo_merges = sorted(p.name for p in (REPO_ROOT / "merges").glob("*.yaml"))
-    assert sorted(n.rsplit("/", 1)[-1] for n in wheel_names if n.startswith("frankeneval/merges/") and n.endswith(".yaml")) == repo_merges
+    assert sorted(n.rsplit("/", 1)[-1] for n in wheel_names
+                  if n.startswith("frankeneval/merges/") and n.endswith(".yaml")) == repo_merges
 
 
 def test_console_script_and_entry_point(wheel, wheel_names):
@@ -58,7 +61,8 @@ def test_console_script_and_entry_point(wheel, wheel_names):
 
 
 def test_help_lists_commands():
-    out = subprocess.run([sys.executable, "-m", "frankeneval", "--help"], capture_output=True, text=True, check=True, cwd="/").stdout
+    out = subprocess.run([sys.executable, "-m", "frankeneval", "--help"], capture_output=True, text=True, check=True,
+                         cwd="/").stdout
     assert "inspect" in out
 
 

@@ -19,20 +19,26 @@ PREFIX = 'Please solve the problem step by step and put your answer in one "\\bo
 
 
 @pytest.mark.parametrize("size, shown", [
-    ((2000, 1000), (1280, 640)),   # width binds
-    ((500, 2000), (180, 720)),     # height binds
-    ((1280, 720), (1280, 720)),    # exactly the bound
+    ((1000, 1000), (960, 960)),    # 1e6 px > 921,600: x sqrt(0.9216) = x 0.96 (a 1280 x 720 box would give 720 x 720)
+    ((500, 2000), (480, 1920)),    # x 0.96 again (a box would give 180 x 720)
+    ((20, 500), (28, 700)),        # side < 28: x max(28/20, 28/500) = x 1.4; 19,600 px, no second step
+    ((1280, 720), (1280, 720)),    # exactly the cap: kept
     ((640, 480), (640, 480)),      # small images are not enlarged
-    ((1281, 720), (1280, 719)),    # 719.44 -> 719
-    ((3000, 1689), (1279, 720)),   # 1279.29 -> 1279 (height binds: 3000 * 720 < 1689 * 1280)
-    ((2561, 1000), (1280, 500)),   # 499.80 -> 500 (half up)
-    ((20000, 100), (1280, 28)),    # sides >= 28 (6.4 -> 28)
+    ((1281, 720), (1280, 719)),    # 922,320 px: x 0.99961 -> 1280.50, 719.72, truncated
+    ((2000, 1000), (1357, 678)),   # x sqrt(0.4608) = 0.678823 -> 1357.65, 678.82, truncated
     ((10, 10), (28, 28)),          # Qwen2.5-VL's smallest side
 ])
-def test_images_are_shown_at_most_1280x720_keeping_the_aspect_ratio(size, shown):
+def test_images_are_shown_within_the_reference_pixel_cap(size, shown):
     from frankeneval.tasks.mathvista.utils import paper_image_size
 
     assert paper_image_size(*size) == shown
+
+
+def test_small_then_large_takes_both_steps():
+    from frankeneval.tasks.mathvista.utils import resize_steps
+
+    # 50,000 x 20: up x 1.4 to 70,000 x 28 (1.96 M px), then down x sqrt(921600 / 1.96e6) = 0.685714 -> 48000 x 19
+    assert resize_steps(50_000, 20) == [(70_000, 28), (48_000, 19)]
 
 
 def test_doc_to_visual_resizes_the_image_and_its_black_copy(tmp_path):
@@ -43,14 +49,14 @@ def test_doc_to_visual_resizes_the_image_and_its_black_copy(tmp_path):
     doc = {"pid": "1", "image_path": str(path), "decoded_image": None, "img_width": 2000, "img_height": 1000,
            "control": "image"}
     (img,) = mathvista_doc_to_visual(doc)
-    assert img.size == (1280, 640)
+    assert img.size == (1357, 678)
     small = tmp_path / "2.jpg"
     Image.new("RGB", (300, 200), (200, 10, 10)).save(small)
     (img,) = mathvista_doc_to_visual({**doc, "image_path": str(small), "img_width": 300, "img_height": 200})
     assert img.size == (300, 200)
     for control in ("black", "blackdesc"):
         (black,) = mathvista_doc_to_visual({**doc, "control": control, "img_width": 500, "img_height": 2000})
-        assert black.size == (180, 720) and black.getextrema() == ((0, 0), (0, 0), (0, 0))
+        assert black.size == (480, 1920) and black.getextrema() == ((0, 0), (0, 0), (0, 0))
 
 
 # --------------------------------------------------------------------------- MathVista prompts
@@ -122,20 +128,19 @@ def test_generate_grouped_reports_each_finish_reason():
 
     prompts = ["short", "a much longer answer", "tiny"]
     settings = [{"max_new_tokens": 8}, {"max_new_tokens": 8}, {"max_new_tokens": 2}]
-    finish: list = [None] * 3
     texts = generate_grouped(_FakeGenerator(), lambda i: prompts[i], settings, [[]] * 3, batch_size=1,
-                             interventions=None, finish=finish)
-    assert texts == prompts and finish == ["stop", "length", "length"]
+                             interventions=None)
+    assert texts == prompts and [t.finish_reason for t in texts] == ["stop", "length", "length"]
 
 
 def test_scoring_records_hit_limit_per_item():
-    """The wrapper's record reaches the task's scoring: a per-item ``hit_limit`` (summed by ``count``) and a
-    response that knows it was cut off; nothing recorded -> no ``hit_limit`` (unknown, not 0)."""
+    """The finish reason each response carries reaches the task's scoring: a per-item ``hit_limit`` (summed by
+    ``count``) and a response that knows it was cut off; a response that says nothing -> no ``hit_limit`` (unknown,
+    not 0). (tests/test_task_classes.py: the same through lmms-eval's own instances and filters.)"""
     from types import SimpleNamespace
 
+    from frankeneval.model_wrappers.model_args import GeneratedText
     from frankeneval.tasks.common import LocalDocsTask, count
-
-    from frankeneval.engine.generation import record_hit_limit
 
     seen = []
 
@@ -143,12 +148,22 @@ def test_scoring_records_hit_limit_per_item():
         seen.append(results[0])
         return {"rule_acc": {"id": doc["id"], "score": 0}}
 
-    task = LocalDocsTask.__new__(LocalDocsTask)
+    class Harness:  # what both harnesses' ConfigurableTask give: instances, eval_docs, apply_filters
+        def apply_filters(self):
+            for inst in self.instances:
+                inst.filtered_resps["none"] = inst.resps[0]
+
+    class Task(LocalDocsTask, Harness):
+        pass
+
+    task = Task.__new__(Task)
     task.config = SimpleNamespace(task="fe_hit_limit_test", process_results=process_results,
                                   metric_list=[{"metric": "rule_acc"}, {"metric": "hit_limit"}])
-    record_hit_limit("fe_hit_limit_test", "a", True)
-    record_hit_limit("fe_hit_limit_test", "b", False)
-    out = [task.score({"id": k}, [" answer "]) for k in ("a", "b", "c")]
+    task.eval_docs = [{"id": k} for k in ("a", "b", "c")]
+    task.instances = [SimpleNamespace(doc_id=i, resps=[r], filtered_resps={}) for i, r in enumerate(
+        [GeneratedText(" answer ", "length"), GeneratedText(" answer ", "stop"), " answer "])]
+    task.apply_filters()
+    out = [task.score({"id": k}, [str(inst.filtered_resps["none"])]) for k, inst in zip("abc", task.instances)]
     assert [o.get("hit_limit") for o in out] == [1, 0, None]
     assert [r.hit_limit for r in seen] == [True, False, None] and seen[0] == "answer"
     assert count([o["hit_limit"] for o in out if "hit_limit" in o]) == 1

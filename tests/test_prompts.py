@@ -35,7 +35,8 @@ def test_texts_are_method_md_byte_for_byte():
     if METHOD.is_file():
         text = METHOD.read_text(encoding="utf-8")
         assert re.search(r"^- reasoner: `([^`]*)`", text, re.MULTILINE).group(1) == REASONER_SYSTEM_PROMPT
-        assert re.search(r"^- revisual \(Revisual-R1 models\): `([^`]*)`", text, re.MULTILINE).group(1) == REVISUAL_SYSTEM_PROMPT
+        assert (re.search(r"^- revisual \(Revisual-R1 models\): `([^`]*)`", text, re.MULTILINE).group(1)
+                == REVISUAL_SYSTEM_PROMPT)
 
 
 @pytest.mark.parametrize("model, name", [
@@ -109,7 +110,8 @@ def _named(tmp_path: Path, name: str, target: Path) -> Path:
 
 def test_splice_takes_the_prompt_of_its_sources(tiny_lineage, tmp_path):
     phrase = "IN early 1/3 layers + RL late 2/3 layers"
-    out = _splice(tiny_lineage, tmp_path / "splice-of-plain-names", phrase, **{"in": tiny_lineage.in_, "rl": tiny_lineage.rl})
+    out = _splice(tiny_lineage, tmp_path / "splice-of-plain-names", phrase,
+                  **{"in": tiny_lineage.in_, "rl": tiny_lineage.rl})
     p = resolve_system_prompt(out)
     assert p.name == "reasoner" and p.reason.startswith("auto: splice of ")
     assert "in=" in p.reason and "rl=" in p.reason and "contains 'rl'" in p.reason
@@ -124,7 +126,8 @@ def test_splice_takes_the_prompt_of_its_sources(tiny_lineage, tmp_path):
     assert resolve_system_prompt(plain).name == "none"
     # revisual sources give revisual
     rev = _named(tmp_path, "Revisual-R1-final", tiny_lineage.rl)
-    assert resolve_system_prompt(_splice(tiny_lineage, tmp_path / "v", phrase, **{"in": base, "rl": rev})).name == "revisual"
+    assert resolve_system_prompt(_splice(tiny_lineage, tmp_path / "v", phrase,
+                                         **{"in": base, "rl": rev})).name == "revisual"
     # a fixed setting wins over the provenance
     assert resolve_system_prompt(plain, "reasoner").text == REASONER
 
@@ -148,7 +151,8 @@ def _generate(lm):
     from lmms_eval.api.instance import Instance
 
     req = Instance(request_type="generate_until", idx=0, metadata={"task": "t", "doc_id": 0, "repeats": 1},
-                   arguments=("What is 2+2?", {"until": [], "max_new_tokens": 1, "do_sample": False}, None, 0, "t", "test"))
+                   arguments=("What is 2+2?", {"until": [], "max_new_tokens": 1, "do_sample": False}, None, 0, "t",
+                              "test"))
     lm.generate_until([req])
 
 

@@ -19,7 +19,8 @@ from frankeneval.transferability.cells import CellJob
 from frankeneval.transferability.metrics import bootstrap_mean_ci
 from frankeneval.transferability.transfer import run_cells
 
-TASKS = ["franken_mathvista_perception", "franken_mathvista_alignment", "franken_math500", "franken_mathvista_perception_black"]
+TASKS = ["franken_mathvista_perception", "franken_mathvista_alignment", "franken_math500",
+         "franken_mathvista_perception_black"]
 MODELS = ["in", "rl", "v_a", "v_b"]
 
 
@@ -36,7 +37,8 @@ def _fake_runner(job: CellJob) -> None:
     with open(out / f"20260101_000000_samples_{task}.jsonl", "w") as f:
         for i in range(n):
             jd = {"id": str(i)} if i in judge_missing else {"id": str(i), "score": int(judge[i])}
-            f.write(json.dumps({"doc_id": i, "rule_acc": {"id": str(i), "score": int(rule[i])}, "judge_acc": jd}) + "\n")
+            f.write(json.dumps({"doc_id": i, "rule_acc": {"id": str(i), "score": int(rule[i])}, "judge_acc": jd})
+                    + "\n")
     judge_vals = [judge[i] for i in range(n) if i not in judge_missing]
     res = {"alias": task, "rule_acc,none": float(rule.mean()), "rule_acc_stderr,none": "N/A",
            "judge_acc,none": float(np.mean(judge_vals)), "judge_error,none": 1,
@@ -49,7 +51,8 @@ def run_dir(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("report") / "run"
     models = {m: {"path": f"/models/{m}", "kind": m if m in ("in", "rl") else "variant",
                   "description": f"phrase of {m}"} for m in MODELS}
-    run_cells(run, models, TASKS, runner=_fake_runner, recipe="fake", sample_size=8, sample_seed=123, progress=lambda s: None)
+    run_cells(run, models, TASKS, runner=_fake_runner, recipe="fake", sample_size=8, sample_seed=123,
+              progress=lambda s: None)
     return run
 
 
@@ -89,7 +92,8 @@ def test_numbers_equal_lmms_eval_files(run_dir):
     board = build_leaderboard(run_dir, seed=0)
     assert board.rows == MODELS
     assert [c.key for c in board.columns] == [
-        "franken_mathvista_perception", "franken_mathvista_alignment", "franken_math500", "franken_mathvista_perception_black"]
+        "franken_mathvista_perception", "franken_mathvista_alignment", "franken_math500",
+        "franken_mathvista_perception_black"]
     assert board.metrics == ["rule_acc", "judge_acc"]  # judge_error is a count, not a score column
     for m in MODELS:
         for t in TASKS:
@@ -142,7 +146,8 @@ def test_markdown_and_latex(run_dir):
 
 def _items(run: Path, model: str, task: str) -> dict[str, float | None]:
     path = next((run / "cells" / model / task).rglob(f"*_samples_{task}.jsonl"))
-    return {str(r["judge_acc"]["id"]): r["judge_acc"].get("score") for r in map(json.loads, path.read_text().splitlines())}
+    return {str(r["judge_acc"]["id"]): r["judge_acc"].get("score")
+            for r in map(json.loads, path.read_text().splitlines())}
 
 
 def test_paper_table_leads_and_equals_hand_counts(run_dir):

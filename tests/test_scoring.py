@@ -16,7 +16,9 @@ from frankeneval.core import scoring as S
         ("<think>x \\boxed{3}</think><answer>\\boxed{\\sqrt{2}}</answer>", "\\sqrt{2}", "answer_tag"),
         ("<answer> 42 </answer> and later \\boxed{7}", "42", "answer_tag"),
         ("reasoning...\n#### 1,234", "1,234", "hashes"),
-        ("the total is 12 apples, then 15", "15", "last_number"),
+        ("the total is 12 apples, then 15", None, "none"),  # no stated answer: no last-number credit (issue 30)
+        ("so 3 + 4 = 7, and then 7 * 2 = 1", None, "none"),  # cut off at the token limit mid-calculation
+        (" 42. ", "42", "whole"),  # the response is the number itself: a stated answer
         ("no answer here", None, "none"),
     ],
 )

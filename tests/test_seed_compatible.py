@@ -18,8 +18,8 @@ from frankeneval.localization.reasoning import Question, summarize_reasoning, un
 @pytest.mark.parametrize("response, paper, reference", [
     # the reference takes the *first* closed <answer> tag; the paper's rule the last
     ("<answer>3</answer> wait, no: <answer>4</answer>", "4", "3"),
-    # no tag, no box: the reference reads "the answer is ..."; the paper's fallback is the last number
-    ("So the answer is 12. Check: 3 * 4 = 12 and 5 more.", "5", "12"),
+    # no tag, no box: the reference reads "the answer is ..."; the paper's rule credits only a stated answer
+    ("So the answer is 12. Check: 3 * 4 = 12 and 5 more.", None, "12"),
     # nothing numeric, no pattern: the reference's last 50 characters
     ("x" * 80, None, "x" * 50),
 ])
@@ -52,15 +52,17 @@ def test_reasoning_summary_scores_the_same_responses_by_either_rule():
     qs = [Question(0, "p0", "4"), Question(1, "p1", "100")]
     layers = [1, 2]
     responses = {
-        (0, None): "<answer>4</answer>", (0, 1): "<answer>3</answer> hmm <answer>4</answer>", (0, 2): "<answer>4</answer>",
+        (0, None): "<answer>4</answer>", (0, 1): "<answer>3</answer> hmm <answer>4</answer>",
+        (0, 2): "<answer>4</answer>",
         (1, None): "\\boxed{100}", (1, 1): "\\boxed{100.5}", (1, 2): "the answer is 100.",
     }
     recs = _records("gsm8k", qs, layers, responses)
     paper = summarize_reasoning(recs, "gsm8k", qs, layers)
     seed = summarize_reasoning(recs, "gsm8k", qs, layers, seed_compatible=True)
     assert paper["unablated_accuracy"] == seed["unablated_accuracy"] == 1.0
-    # layer 1: q0 last tag 4 (paper right) vs first tag 3 (reference wrong); q1 100.5: reference's 1 % accepts it
-    assert [r["accuracy"] for r in paper["layers"]] == [0.5, 1.0]
+    # layer 1: q0 last tag 4 (paper right) vs first tag 3 (reference wrong); q1 100.5: reference's 1 % accepts it;
+    # layer 2: q1 states no tag or box: no paper credit, the reference reads "the answer is 100"
+    assert [r["accuracy"] for r in paper["layers"]] == [0.5, 0.5]
     assert [r["accuracy"] for r in seed["layers"]] == [0.5, 1.0]
     assert paper["questions"][0]["ablated"]["1"]["correct"] and not seed["questions"][0]["ablated"]["1"]["correct"]
     assert not paper["questions"][1]["ablated"]["1"]["correct"] and seed["questions"][1]["ablated"]["1"]["correct"]
@@ -72,7 +74,7 @@ def test_localize_reasoning_default_tokens_follow_the_switch():
     parser = argparse.ArgumentParser()
     localize_reasoning.add_arguments(parser)
     base = ["--model", "m", "--dataset", "gsm8k", "--out", "o"]
-    assert parser.parse_args(base).max_new_tokens is None  # resolved in run(): 1024, 2048 with the switch
+    assert parser.parse_args(base).max_new_tokens is None  # resolved in run(): 2048 either way
     assert parser.parse_args(base + ["--seed-compatible"]).seed_compatible
 
 

@@ -62,7 +62,8 @@ def test_metrics_match_numpy_svd(shape, method):
     assert sigma.dtype == torch.float64 and sigma.numel() == min(shape[0], math.prod(shape[1:]))
     np.testing.assert_allclose(sigma.numpy(), ref["sigma"], rtol=RTOL)
     got = spectral_metrics(sigma, fro_sq=float(t.double().square().sum()))
-    for key in ("spectral_norm", "nuclear_norm", "stable_rank", "effective_rank", "condition_number", "log_spectral_volume"):
+    for key in ("spectral_norm", "nuclear_norm", "stable_rank", "effective_rank", "condition_number",
+                "log_spectral_volume"):
         assert got[key] == pytest.approx(ref[key], rel=RTOL), key
     np.testing.assert_allclose(got["sigma_top"], ref["sigma_top"], rtol=RTOL)
 
@@ -156,7 +157,8 @@ def test_principal_angles_against_numpy_definition():
 
 def test_cosine_similarity():
     a, b = torch.randn(30, 20), torch.randn(30, 20)
-    ref = float(np.dot(a.numpy().ravel().astype(np.float64), b.numpy().ravel()) / (np.linalg.norm(a.numpy()) * np.linalg.norm(b.numpy())))
+    ref = float(np.dot(a.numpy().ravel().astype(np.float64), b.numpy().ravel())
+                / (np.linalg.norm(a.numpy()) * np.linalg.norm(b.numpy())))
     assert cosine_similarity(a, b) == pytest.approx(ref, rel=1e-6)
     assert cosine_similarity(a, -2 * a) == pytest.approx(-1.0)
     assert cosine_similarity(a, torch.zeros_like(a)) is None
@@ -169,7 +171,8 @@ def test_subspace_iteration_matches_exact_eigenvectors_for_large_gram():
     n, r = EXACT_EIGH_MAX_N + 88, 6
     g = torch.Generator().manual_seed(11)
     q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
-    lam = torch.cat([torch.tensor([100.0, 80, 60, 50, 40, 30], dtype=torch.float64), torch.linspace(10, 0.01, n - r, dtype=torch.float64)])
+    lam = torch.cat([torch.tensor([100.0, 80, 60, 50, 40, 30], dtype=torch.float64),
+                     torch.linspace(10, 0.01, n - r, dtype=torch.float64)])
     sym = (q * lam) @ q.T
     v = top_eigenvectors(sym, r)
     np.testing.assert_allclose(principal_angle_cosines(v, q[:, :r]).numpy(), np.ones(r), atol=1e-8)

@@ -71,7 +71,8 @@ def test_every_tensor_of_a_mixed_variant_equals_its_declared_source(tiny_lineage
         n_from[want] += 1
     assert n_from["in"] > 0 and n_from["rl"] > 0
     # the test has teeth: IN and RL differ in the spliced layers
-    assert not torch.equal(members["in"]["model.layers.2.mlp.up_proj.weight"], members["rl"]["model.layers.2.mlp.up_proj.weight"])
+    assert not torch.equal(members["in"]["model.layers.2.mlp.up_proj.weight"],
+                           members["rl"]["model.layers.2.mlp.up_proj.weight"])
     assert verify(out).ok
 
 
@@ -91,7 +92,8 @@ parts: {{vision: rl}}
     lmap = LayerMap.from_names(got)
     for name, t in got.items():
         r = lmap.role(name)
-        from_rl = (r.section == "llm" and r.layer in (3, 4) and r.component == "attention")  # unified LLM layers or r.tower == "vision" and r.section != "projector"
+        # unified LLM layers or r.tower == "vision" and r.section != "projector"
+        from_rl = (r.section == "llm" and r.layer in (3, 4) and r.component == "attention")
         assert torch.equal(t, (rls if from_rl else ins)[name]), name
     assert torch.equal(got["visual.patch_embed.proj.weight"], rls["visual.patch_embed.proj.weight"])
 
@@ -104,13 +106,15 @@ def test_output_loads_and_generates(tiny_lineage, tmp_path):
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(out).eval()
     processor = AutoProcessor.from_pretrained(out)
     messages = [{"role": "user", "content": [{"type": "text", "text": "How many red circles are there?"}]}]
-    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
+    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                           return_tensors="pt")
     with torch.no_grad():
         ids = model.generate(**inputs, max_new_tokens=5, do_sample=False)
     assert ids.shape[1] > inputs["input_ids"].shape[1]
     sd = model.state_dict()
     rl = all_tensors(tiny_lineage.rl)
-    assert torch.equal(sd["model.language_model.layers.4.self_attn.q_proj.weight"], rl["model.layers.4.self_attn.q_proj.weight"])
+    assert torch.equal(sd["model.language_model.layers.4.self_attn.q_proj.weight"],
+                       rl["model.layers.4.self_attn.q_proj.weight"])
 
 
 def test_interrupted_write_leaves_no_directory(tiny_lineage, tmp_path, monkeypatch):
@@ -229,7 +233,8 @@ def test_cli_spec_forms(tiny_lineage, tmp_path, capsys):
     common = ["--in", str(tiny_lineage.in_), "--rl", str(tiny_lineage.rl), "-q"]
     assert main(["splice", "tiny:rl_early+in_middle_late", "--out", str(tmp_path / "a"), *common]) == 0
     assert main(["splice", "RL early 1/3 layers + SFT late 2/3 layers", "--out", str(tmp_path / "b"), *common]) == 0
-    assert main(["splice", "--recipe", "tiny", "--variant", "rl_early+in_middle_late", "--out", str(tmp_path / "c"), *common]) == 0
+    assert main(["splice", "--recipe", "tiny", "--variant", "rl_early+in_middle_late", "--out", str(tmp_path / "c"),
+                 *common]) == 0
     hashes = {json.loads((tmp_path / d / PROVENANCE).read_text())["build_hash"] for d in "abc"}
     assert len(hashes) == 1
     assert main(["splice", "--check", str(tmp_path / "a"), "-q"]) == 0

@@ -57,7 +57,8 @@ def test_each_stage_runs_its_steps(smoke_lineage):
 def test_members_load_and_generate_with_the_processor(smoke_lineage):
     model, processor = tl.load_member(smoke_lineage.rl)
     items = world.world_items("test", "alignment", 2, seed=0) + world.world_items("test", "reasoning", 2, seed=0)
-    out = tl.generate(model, processor, items[:2], max_new_tokens=4) + tl.generate(model, processor, items[2:], max_new_tokens=4)
+    out = (tl.generate(model, processor, items[:2], max_new_tokens=4)
+           + tl.generate(model, processor, items[2:], max_new_tokens=4))
     assert len(out) == 4 and all(isinstance(o, str) for o in out)
     # the tokenizer was trained on the world's texts: world words are single tokens
     assert len(processor.tokenizer.tokenize(" triangle")) == 1

@@ -118,7 +118,8 @@ def test_renamed_but_unrecorded_cell_is_adopted(tmp_path, recipe):
 
 
 def test_failed_cells_do_not_stop_the_others(tmp_path, recipe):
-    models = {"in": {"path": str(recipe.models["in"]), "kind": "in"}, "rl": {"path": str(recipe.models["rl"]), "kind": "rl"}}
+    models = {"in": {"path": str(recipe.models["in"]), "kind": "in"},
+              "rl": {"path": str(recipe.models["rl"]), "kind": "rl"}}
 
     def flaky(job: CellJob) -> None:
         if job.cell.model == "in":
@@ -132,9 +133,11 @@ def test_failed_cells_do_not_stop_the_others(tmp_path, recipe):
 
 def test_settings_mismatch_is_refused(tmp_path, recipe):
     models = {"in": {"path": str(recipe.models["in"]), "kind": "in"}}
-    run_cells(tmp_path / "run", models, ["t1"], runner=CountingRunner(), sample_size=5, data_dir=tmp_path, progress=lambda s: None)
+    run_cells(tmp_path / "run", models, ["t1"], runner=CountingRunner(), sample_size=5, data_dir=tmp_path,
+              progress=lambda s: None)
     with pytest.raises(FrankenevalError, match="other settings"):
-        run_cells(tmp_path / "run", models, ["t1"], runner=CountingRunner(), sample_size=7, data_dir=tmp_path, progress=lambda s: None)
+        run_cells(tmp_path / "run", models, ["t1"], runner=CountingRunner(), sample_size=7, data_dir=tmp_path,
+                  progress=lambda s: None)
 
 
 def test_gpu_pool_assigns_one_device_per_process(tmp_path, recipe):
@@ -258,7 +261,8 @@ def test_evict_variants_holds_one_variant_at_a_time(tmp_path, recipe, spliced, g
 def test_evict_variants_with_two_gpus_holds_two_variants_at_a_time(tmp_path, recipe, spliced):
     cache = tmp_path / "splices"
     runner = CacheWatchingRunner(cache)
-    result = run_transfer(tmp_path / "run", recipe, runner=runner, evict_variants=True, gpus=2, **_evict_kwargs(tmp_path))
+    result = run_transfer(tmp_path / "run", recipe, runner=runner, evict_variants=True, gpus=2,
+                          **_evict_kwargs(tmp_path))
     assert len(result.ran) == (3 + len(recipe.variants)) * len(TASKS) and not result.failed
     assert runner.devices == {"0", "1"}
     assert max(runner.on_disk) == 2 and min(runner.on_disk[N_REF_CELLS:]) == 2  # chunks of two (6 variants)
@@ -315,7 +319,8 @@ def test_evict_variants_resumes_after_a_crash_without_resplicing_finished_varian
     result = run_transfer(run, recipe, runner=resumed, evict_variants=True, **_evict_kwargs(tmp_path))
     n_cells = (3 + len(names)) * len(TASKS)
     assert spliced == names[1:]  # the finished variant is not spliced again
-    assert len(resumed.calls) == len(result.ran) == n_cells - crash_after and not set(resumed.calls) & set(crashing.calls)
+    assert (len(resumed.calls) == len(result.ran) == n_cells - crash_after
+            and not set(resumed.calls) & set(crashing.calls))
     assert not result.failed and len(result.skipped) == crash_after
     assert max(resumed.on_disk) == 1 and variant_dirs(cache) == []
     # the crashed run's splice was reused (the same folder while its cells ran), then deleted as this run's own

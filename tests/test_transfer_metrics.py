@@ -128,7 +128,8 @@ V2_PERCEPTION = {"natural image": 109, "bar chart": 119, "table": 70, "pie chart
     ("mathvista/franken_mathvista_perception_black", 460),  # v1: general-vqa
     ("mathvista/franken_mathvista_alignment_blackdesc", 540),  # v1: math-targeted-vqa
     ("mathvista/franken_mathvista_v2_perception_black", sum(V2_PERCEPTION.values())),  # 385
-    ("mathvista/franken_mathvista_v2_vision_reasoning_black", 216),  # geometry diagram (216) or geometry problem solving (208)
+    # geometry diagram (216) or geometry problem solving (208)
+    ("mathvista/franken_mathvista_v2_vision_reasoning_black", 216),
     ("math500/franken_math500", 500),
     ("math500/franken_math500_v2", 128 + 134),  # levels 4 and 5
 ])

@@ -112,7 +112,8 @@ def test_visual_kvs_encode_the_sources_together_and_equal_visual_kv(gen, monkeyp
     alone = [gen.visual_kv(im, prompt=p) for im, p in zip(sources, prompts)]
     assert passes == [3, 1, 1, 1]
     for a, b in zip(together, alone, strict=True):
-        assert torch.allclose(a.keys, b.keys, atol=1e-5, rtol=0) and torch.allclose(a.values, b.values, atol=1e-5, rtol=0)
+        assert (torch.allclose(a.keys, b.keys, atol=1e-5, rtol=0)
+                and torch.allclose(a.values, b.values, atol=1e-5, rtol=0))
 
 
 def test_the_attention_name_is_nothing_a_library_interprets():

@@ -191,7 +191,8 @@ def test_seed_compatible_rows_in_a_padded_batch_equal_single_calls(gen, tiny_lin
     for r, (req, row) in enumerate(zip(reqs, rows)):
         one = gen.generate([req], max_new_tokens=10, ignore_eos=True, interventions=[row], batch_size=1)[0]
         assert out[r].token_ids == one.token_ids
-        assert eager.generate([req], max_new_tokens=10, ignore_eos=True, interventions=[row])[0].token_ids == one.token_ids
+        assert (eager.generate([req], max_new_tokens=10, ignore_eos=True, interventions=[row])[0].token_ids
+                == one.token_ids)
 
 
 # --------------------------------------------------------------------------- 3. pairs: first 50 vs the sub-sample

@@ -232,12 +232,14 @@ def test_vision_probes_format_and_answers(tmp_path):
                 assert got == [meta["target_text"], meta["source_text"]] and got[0] != got[1]
             elif task == "grounding":
                 colour, shape = meta["object_name"].split()
-                boxes = [[list(x["box"]) for x in read_shapes(im.convert("RGB")) if (x["colour"], x["shape"]) == (colour, shape)]
+                boxes = [[list(x["box"]) for x in read_shapes(im.convert("RGB"))
+                          if (x["colour"], x["shape"]) == (colour, shape)]
                          for im in (t, s)]
                 assert boxes == [[meta["target_bbox_xyxy"]], [meta["source_bbox_xyxy"]]]
             else:
                 colour, shape = meta["object_name"].split()
-                got = ["Yes" if any((x["colour"], x["shape"]) == (colour, shape) for x in read_shapes(im.convert("RGB")))
+                got = ["Yes" if any((x["colour"], x["shape"]) == (colour, shape)
+                                    for x in read_shapes(im.convert("RGB")))
                        else "No" for im in (t, s)]
                 assert got == [meta["target_answer"], meta["source_answer"]] and got[0] != got[1]
 

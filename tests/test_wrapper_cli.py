@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
 
 
 def run(cmd: list[str], cwd: Path, extra_env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -70,18 +71,21 @@ def write_text_tasks(root: Path) -> Path:
     task_dir = root / "lm_tasks"
     task_dir.mkdir()
     data = root / "text.jsonl"
-    data.write_text("".join(json.dumps({"question": f"What is {i}+{i}?", "answer": str(2 * i)}) + "\n" for i in (1, 2, 3)))
+    data.write_text("".join(json.dumps({"question": f"What is {i}+{i}?", "answer": str(2 * i)}) + "\n"
+                            for i in (1, 2, 3)))
     common = f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
     (task_dir / "fe_tiny_text.yaml").write_text(
         "task: fe_tiny_text\n" + common
         + 'output_type: generate_until\ndoc_to_text: "{{question}}"\ndoc_to_target: "{{answer}}"\n'
         + 'generation_kwargs:\n  until: ["\\n"]\n  max_gen_toks: 6\n'
-        + "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\nmetadata:\n  version: 0.0\n"
+        + "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n"
+          "metadata:\n  version: 0.0\n"
     )
     (task_dir / "fe_tiny_mc.yaml").write_text(
         "task: fe_tiny_mc\n" + common
         + 'output_type: multiple_choice\ndoc_to_text: "{{question}}"\ndoc_to_choice: ["2", "4", "6"]\n'
-        + "doc_to_target: \"{{ ['2', '4', '6'].index(answer) }}\"\nmetric_list:\n  - metric: acc\nmetadata:\n  version: 0.0\n"
+        + "doc_to_target: \"{{ ['2', '4', '6'].index(answer) }}\"\nmetric_list:\n  - metric: acc\n"
+          "metadata:\n  version: 0.0\n"
     )
     return task_dir
 
@@ -137,7 +141,8 @@ def test_lmms_eval_registry_finds_franken_qwen(tmp_path, legacy):
         "cls = get_model('franken_qwen')\n"
         "legacy = AVAILABLE_SIMPLE_MODELS.get('franken_qwen')\n"
         "ok = legacy is None or getattr(importlib.import_module(legacy.rsplit('.', 1)[0]), 'FrankenQwen') is cls\n"
-        "print(cls.__module__, cls.__name__, MODEL_REGISTRY_V2.get_manifest('franken_qwen').simple_class_path, legacy, ok)\n"
+        "print(cls.__module__, cls.__name__, MODEL_REGISTRY_V2.get_manifest('franken_qwen').simple_class_path, "
+        "legacy, ok)\n"
     )
     env = {"LMMS_EVAL_PLUGINS": "frankeneval"} if legacy else None
     proc = run([sys.executable, "-W", "ignore", "-c", code], cwd=tmp_path, extra_env=env)

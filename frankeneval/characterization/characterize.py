@@ -33,8 +33,9 @@ from frankeneval.characterization.measure import CharacterizeSettings, measure_u
 from frankeneval.characterization.plan import plan_matrices, role_fields
 from frankeneval.characterization.rundir import device_info, open_checkpoint, prepare_run_dir, resolve_device, utc_now
 from frankeneval.characterization.schema import MATRICES_FILE, RUN_FILE, SCHEMA, SUMMARY_FILE, matrix_record_problem
+from frankeneval.core.outdir import claim_for
 from frankeneval.core.results import JsonlLog, write_json_atomic
-from frankeneval.errors import FrankenevalError, SpecError
+from frankeneval.errors import FrankenevalError, NonFiniteWeights, SpecError
 from frankeneval.weights.checkpoint import Checkpoint, check_compatible
 from frankeneval.weights.tensor_stream import stream_tensors
 
@@ -68,7 +69,7 @@ def characterize(
     plan = plan_matrices(ckpts[0], settings.sections, seed_compatible=seed)
     if not plan:
         raise FrankenevalError("no analysed weight matrices found (check --sections)")
-    out = Path(out_dir)
+    out = Path(claim_for("characterize", out_dir, inputs=[(k, c.path) for k, c in zip(("base", "in", "rl"), ckpts)]))
     models = {k: c.fingerprint() for k, c in zip(("base", "in", "rl"), ckpts)}
     settings_d = asdict(settings)
     meta = {
@@ -78,6 +79,7 @@ def characterize(
         "label": label,
         "seed_compatible": seed,
         "models": models,
+        "inputs": {f"{k} model": {"weights": m["weights_sha256"]} for k, m in models.items()},
         "settings": settings_d,
         "n_vision_blocks": lmap.n_vision_blocks,
         "n_llm_layers": lmap.n_llm_layers,
@@ -97,6 +99,7 @@ def characterize(
     done = {r["name"] for r in log.records}
     todo = [p for p in plan if p.name not in done]
     t0 = time.perf_counter()
+    non_finite: list[str] = []
     try:
         bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc="characterize", unit="matrix", disable=not progress, dynamic_ncols=True)
         with stream_tensors(ckpts, [p.name for p in todo], dev, queue_depth=queue_depth, chunk_bytes=chunk_bytes) as (items, bytes_read):
@@ -104,7 +107,12 @@ def characterize(
             for name, (w_base, w_in, w_rl) in items:
                 t1 = time.perf_counter()
                 rec = role_fields(by_name[name], lmap)
-                rec.update(measure_update(w_base, w_in, w_rl, settings))
+                try:
+                    rec.update(measure_update(w_base, w_in, w_rl, settings))
+                except NonFiniteWeights as exc:  # named at the end; every finite matrix is still measured
+                    non_finite.append(f"{name} ({exc})")
+                    bar.update()
+                    continue
                 rec["seconds"] = round(time.perf_counter() - t1, 6)
                 del w_base, w_in, w_rl
                 log.append(rec)
@@ -113,11 +121,23 @@ def characterize(
         bar.close()
     finally:
         log.close()
+    if non_finite:
+        raise non_finite_error(non_finite, len(plan), out / MATRICES_FILE, SUMMARY_FILE)
     planned = {p.name for p in plan}
     records = [r for r in log.records if r["name"] in planned]
     summary = summarize(records, meta, n_planned=len(plan), seconds=time.perf_counter() - t0)
     write_json_atomic(out / SUMMARY_FILE, summary, indent=2, allow_nan=False)
     return summary
+
+
+def non_finite_error(bad: list[str], n_planned: int, records: Path, summary: str) -> NonFiniteWeights:
+    """The one line that ends a run with matrices holding NaN / Inf: how many, the first few by name and what they
+    hold, where the finite ones were written, and that no summary was."""
+    shown = ", ".join(bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
+    return NonFiniteWeights(
+        f"{len(bad)} of {n_planned} weight matrices hold NaN or Inf values, so their updates cannot be measured: "
+        f"{shown}; the {n_planned - len(bad)} finite ones are in {records} ({summary} not written): repair or "
+        "replace those checkpoints")
 
 
 def characterize_recipe(name: str, out_dir: str | os.PathLike, **kwargs) -> dict[str, Any]:

@@ -36,12 +36,14 @@ from frankeneval.characterization.spectra import (
     dot64,
     frobenius_norm,
     gram,
+    non_finite_report,
     overlap_report,
     subspaces_from_gram,
     top_singular_subspaces,
 )
+from frankeneval.core.outdir import claim_for
 from frankeneval.core.results import JsonlLog, write_json_atomic
-from frankeneval.errors import FrankenevalError, SpecError
+from frankeneval.errors import FrankenevalError, NonFiniteWeights, SpecError
 from frankeneval.weights.checkpoint import Checkpoint, check_compatible
 from frankeneval.weights.tensor_stream import stream_tensors
 
@@ -124,7 +126,9 @@ def compare(
     plan = plan_matrices(ckpts[0], sections)
     if not plan:
         raise FrankenevalError("no analysed weight matrices found (check --sections)")
-    out = Path(out_dir)
+    inputs = [(f"{labels[i // 2]} {('in', 'rl')[i % 2]}", c.path) for i, c in enumerate(ckpts)]
+    inputs += [(f"{r.label} run", r.extra["run_dir"]) for r in refs if r.extra.get("run_dir")]
+    out = Path(claim_for("characterize --compare", out_dir, inputs=inputs))
     fps = [c.fingerprint() for c in ckpts]
     settings = {"rank_r": rank_r, "sections": list(sections) if sections else None, "svd_method": svd_method}
     meta = {
@@ -134,6 +138,8 @@ def compare(
         "labels": labels,
         "lineages": [{"label": r.label, "in": fps[2 * i], "rl": fps[2 * i + 1], **r.extra} for i, r in enumerate(refs)],
         "settings": settings,
+        "inputs": {f"{lab} {m} model": {"weights": fps[2 * i + j]["weights_sha256"]}
+                   for i, lab in enumerate(labels) for j, m in enumerate(("in", "rl"))},
         "n_planned": len(plan),
         "resume_key": {"settings": settings, "labels": labels, "weights": [f["weights_sha256"] for f in fps]},
         **device_info(dev),
@@ -143,19 +149,29 @@ def compare(
     done = {r["name"] for r in log.records}
     todo = [p for p in plan if p.name not in done]
     pairs = [(i, j) for i in range(len(refs)) for j in range(i + 1, len(refs))]
+    non_finite: list[str] = []
     try:
         bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc="compare", unit="matrix", disable=not progress, dynamic_ncols=True)
         with stream_tensors(ckpts, [p.name for p in todo], dev, queue_depth=queue_depth, chunk_bytes=chunk_bytes) as (items, _):
             by_name = {p.name: p for p in todo}
             for name, tensors in items:
                 rec = role_fields(by_name[name], lmap)
-                rec.update(measure_rl_agreement(tensors, labels, pairs, rank_r=rank_r, svd_method=svd_method))
+                try:
+                    rec.update(measure_rl_agreement(tensors, labels, pairs, rank_r=rank_r, svd_method=svd_method))
+                except NonFiniteWeights as exc:  # named at the end; every finite matrix is still compared
+                    non_finite.append(f"{name} ({exc})")
+                    bar.update()
+                    continue
                 del tensors
                 log.append(rec)
                 bar.update()
         bar.close()
     finally:
         log.close()
+    if non_finite:
+        from frankeneval.characterization.characterize import non_finite_error
+
+        raise non_finite_error(non_finite, len(plan), out / COMPARE_FILE, COMPARE_SUMMARY_FILE)
     planned = {p.name for p in plan}
     records = [r for r in log.records if r["name"] in planned]
     summary = summarize_compare(records, meta, n_planned=len(plan))
@@ -169,6 +185,9 @@ def measure_rl_agreement(
     """Per-matrix ΔRL agreement: ``tensors`` = [IN₀, RL₀, IN₁, RL₁, ...]."""
     deltas = [as_matrix(delta(tensors[2 * k], tensors[2 * k + 1])) for k in range(len(labels))]
     norms = torch.stack([frobenius_norm(d) for d in deltas]).tolist()
+    if not all(math.isfinite(n) for n in norms):  # a NaN / Inf weight: no spectrum, no JSON
+        raise NonFiniteWeights(non_finite_report({f"{lab} {m}": tensors[2 * k + j] for k, lab in enumerate(labels)
+                                                  for j, m in enumerate(("in", "rl"))}) or "a ΔRL norm is not finite")
     dots = torch.stack([dot64(deltas[i], deltas[j]) for i, j in pairs]).tolist() if pairs else []
     subspaces = None
     if rank_r > 0:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,15 +18,17 @@ from frankeneval.characterization.spectra import (
     choose_method,
     delta,
     dot64,
+    first_non_finite,
     frobenius_norm,
     gram,
+    non_finite_report,
     overlap_report,
     singular_values_batch,
     spectral_metrics,
     subspaces_from_gram,
     top_singular_subspaces,
 )
-from frankeneval.errors import SpecError
+from frankeneval.errors import NonFiniteWeights, SpecError
 
 SPECTRAL_METRICS = (
     "spectral_norm",
@@ -60,15 +63,40 @@ class CharacterizeSettings:
 
 
 def measure_update(w_base: torch.Tensor, w_in: torch.Tensor, w_rl: torch.Tensor, settings: CharacterizeSettings) -> dict[str, Any]:
-    """Energy (and spectra) of ΔIN and ΔRL of one matrix: the metric part of a matrices.jsonl record."""
+    """Energy (and spectra) of ΔIN and ΔRL of one matrix: the metric part of a matrices.jsonl record.
+
+    :class:`NonFiniteWeights` (saying which of Base / IN / RL hold how many NaN / Inf) when a weight is not finite
+    -- seen from its Frobenius norm, so a finite matrix costs no extra pass -- or a measurement is not (JSON holds
+    no NaN / Inf); nothing is measured then."""
     if settings.seed_compatible:
-        return _measure_reference(w_base, w_in, w_rl, settings)
+        rec = _measure_reference(w_base, w_in, w_rl, settings)
+    else:
+        rec = _measure(w_base, w_in, w_rl, settings)
+    bad = first_non_finite(rec)
+    if bad:
+        found = non_finite_report({"base": w_base, "in": w_in, "rl": w_rl})
+        raise NonFiniteWeights(found or f"its {bad} is not finite" + (" (the reference's fp16 arithmetic overflows)"
+                                                                        if settings.seed_compatible else ""))
+    return rec
+
+
+def _check_finite(weights: dict[str, torch.Tensor], norms: list[float]) -> None:
+    """:class:`NonFiniteWeights` before any spectrum when a weight's norm (float64) is NaN / Inf: then the weight
+    holds NaN or Inf (``eigvalsh`` would fail on it, JSON cannot hold the result)."""
+    if not all(math.isfinite(n) for n in norms):
+        raise NonFiniteWeights(non_finite_report(weights) or "a norm is not finite")
+
+
+def _measure(w_base: torch.Tensor, w_in: torch.Tensor, w_rl: torch.Tensor,
+             settings: CharacterizeSettings) -> dict[str, Any]:
+    """:func:`measure_update` with docs/method.md's definitions."""
     d_in = as_matrix(delta(w_base, w_in))
     d_rl = as_matrix(delta(w_in, w_rl))
     norms = torch.stack(
         [frobenius_norm(w_base), frobenius_norm(w_in), frobenius_norm(w_rl), frobenius_norm(d_in), frobenius_norm(d_rl), dot64(d_in, d_rl)]
     ).tolist()
     n_base, n_in, n_rl, f_in, f_rl, dot = norms
+    _check_finite({"base": w_base, "in": w_in, "rl": w_rl}, norms[:3])
     rec = _energy(n_base, n_in, n_rl, f_in, f_rl, dot, rel=lambda f: f / n_in if n_in > 0 else None)
     rec["seed_compatible"] = False
     if not settings.spectra:
@@ -117,9 +145,13 @@ def _overlap(d_in, d_rl, f_in: float, f_rl: float, r: int, method: str, grams=No
 def _measure_reference(w_base: torch.Tensor, w_in: torch.Tensor, w_rl: torch.Tensor, settings: CharacterizeSettings) -> dict[str, Any]:
     """:func:`measure_update` with the reference scripts' arithmetic: fp16 deltas, float32 norms and svdvals, no
     spectra for 1-D weights or matrices over the reference's element limit (``spectra_skipped`` says why)."""
+    found = non_finite_report({"base": w_base, "in": w_in, "rl": w_rl})  # before fp16 can hide where they are
+    if found:
+        raise NonFiniteWeights(found)
     d_in, d_rl = reference.fp16_delta(w_base, w_in), reference.fp16_delta(w_in, w_rl)
     n_base, n_in, n_rl = (reference.norm32(reference.fp16_weight(w)) for w in (w_base, w_in, w_rl))
     f_in, f_rl = reference.norm32(d_in), reference.norm32(d_rl)
+    _check_finite({"base": w_base, "in": w_in, "rl": w_rl}, [n_base, n_in, n_rl, f_in, f_rl])
     rec = _energy(n_base, n_in, n_rl, f_in, f_rl, float(dot64(d_in, d_rl)), rel=lambda f: reference.relative(f, n_in))
     rec["seed_compatible"] = True
     if not settings.spectra:

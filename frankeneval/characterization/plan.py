@@ -11,7 +11,7 @@ from typing import Any
 from frankeneval.characterization import reference
 from frankeneval.errors import SpecError
 from frankeneval.weights.checkpoint import Checkpoint
-from frankeneval.weights.layermap import LayerMap, TensorRole, canonical_name
+from frankeneval.weights.layermap import LayerMap, TensorRole
 
 
 @dataclass(frozen=True)
@@ -27,22 +27,24 @@ class PlannedMatrix:
 
 
 def plan_matrices(ckpt: Checkpoint, sections: Iterable[str] | None = None, *, seed_compatible: bool = False) -> list[PlannedMatrix]:
-    """The analysed matrices of ``ckpt`` (optionally only some sections), in on-disk order; with
-    ``seed_compatible`` also the tensors only the reference's energy script counts (``visual.merger.ln_q.weight``)."""
+    """The analysed matrices of ``ckpt`` (optionally only some sections), in on-disk order. ``seed_compatible``: the
+    reference scripts' selection -- also the tensors only its energy script counts (``visual.merger.ln_q.weight``),
+    and none of the matrices off the unified axis (patch_embed, embed_tokens, lm_head), which it drops."""
     lmap = ckpt.layer_map
-    infos = {canonical_name(k): v for k, v in ckpt.tensor_infos().items()}
+    infos = {ckpt.architecture.canonical_name(k): v for k, v in ckpt.tensor_infos().items()}
     wanted = None if sections is None else set(sections)
     if wanted is not None:
         unknown = wanted - {"vision", "projector", "llm", "embeddings", "final_norm", "lm_head"}
         if unknown:
             raise SpecError(f"unknown section(s) {sorted(unknown)}; choose from vision, projector, llm, embeddings, lm_head")
     order = {s: i for i, s in enumerate(ckpt.shards)}
-    offsets = {canonical_name(n): loc.offset for n, loc in ckpt.locations().items()}
+    offsets = {ckpt.architecture.canonical_name(n): loc.offset for n, loc in ckpt.locations().items()}
     plan = [
         PlannedMatrix(role, infos[name].shape)
         for name, role in lmap.roles.items()
         if (role.is_analysed_matrix(infos[name].shape) or (seed_compatible and reference.is_energy_extra(role, infos[name].shape)))
         and (wanted is None or role.section in wanted)
+        and not (seed_compatible and role.layer is None)
     ]
     plan.sort(key=lambda p: (order.get(infos[p.name].shard, 0), offsets.get(p.name, 0), p.name))
     return plan

@@ -42,7 +42,8 @@ DEVIATIONS = (
     "norms in float32; relative norm ‖Δ‖/(‖W_IN‖+1e-8); σ from fp32 torch.linalg.svdvals; stable rank "
     "‖Δ‖²/(σ₁²+1e-12), effective rank 0 for Δ = 0; no spectra for matrices with more than 1e8 elements "
     "(skipped_by_reference_rule) nor for 1-D weights; the 1-D visual.merger.ln_q.weight counted in the energy "
-    "of the projector (layer 0); the energy plot averages per-matrix ratios"
+    "of the projector (layer 0); patch_embed, embed_tokens and lm_head (off the unified axis) not measured; "
+    "the energy plot averages per-matrix ratios"
 )
 DEFAULT_DEVIATIONS = (
     "deltas in float32 (the reference subtracts in fp16); matrices with more than 1e8 elements are "
@@ -68,6 +69,12 @@ def fp16_delta(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
     """``after - before`` as the reference computes it: both cast to fp16, subtracted in fp16, then float32."""
     d = (after.to(DTYPE) - before.to(DTYPE)).to(torch.float32)
     if not bool(torch.isfinite(d).all()):
+        from frankeneval.characterization.spectra import non_finite_report
+        from frankeneval.errors import NonFiniteWeights
+
+        found = non_finite_report({"before": before, "after": after})
+        if found:  # NaN / Inf in the weights themselves, not an fp16 overflow
+            raise NonFiniteWeights(found)
         raise FrankenevalError("a weight overflows float16: the reference (fp16) computation is undefined for it")
     return d
 

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from frankeneval.core.results import write_json_atomic
+from frankeneval.core.runstore import INPUTS, input_change
 from frankeneval.errors import FrankenevalError, SpecError
 from frankeneval.weights.checkpoint import Checkpoint
 
@@ -57,14 +58,22 @@ def prepare_run_dir(out: Path, run_file: str, meta: dict[str, Any], *, overwrite
         for f in (run_file, *files):
             (out / f).unlink(missing_ok=True)
     if run_path.is_file():
-        old = json.loads(run_path.read_text())
+        try:
+            old = json.loads(run_path.read_text())
+        except (ValueError, OSError):
+            old = None
+        if not isinstance(old, dict):
+            raise SpecError(f"{run_path} is not a run record frankeneval can read (damaged); use --overwrite to start "
+                            "over or another --out directory")
         old_key = old.get("resume_key")
         if legacy_settings and isinstance(old_key, dict) and isinstance(old_key.get("settings"), dict):
             old_key = {**old_key, "settings": {**legacy_settings, **old_key["settings"]}}
         if old_key != json.loads(json.dumps(meta["resume_key"])):  # compare as stored (tuples -> lists)
+            change = input_change(old.get(INPUTS), meta[INPUTS]) if INPUTS in meta else None
             raise SpecError(
-                f"{out} holds a run with different settings or weights ({run_file} differs); "
-                "use another --out directory or --overwrite"
+                f"{out} holds a run with different settings or weights ("
+                + (f"{run_file} was made with {change}" if change else f"{run_file} differs")
+                + "); use another --out directory or --overwrite"
             )
         meta["created"] = old.get("created", meta["created"])
     write_json_atomic(run_path, meta, indent=2, allow_nan=False)

@@ -20,18 +20,65 @@ COMPARE_FIELDS = ("name", "shape", "matrix_shape", "numel", "section", "layer", 
                   "region", "delta_rl_fro", "pairs")
 
 
-def matrix_record_problem(record):
-    """None for a complete matrices.jsonl record, else why it is not (see :data:`MATRIX_FIELDS`)."""
-    from frankeneval.core.results import require_fields
+def _types():
+    """The type of every field a reader uses (:func:`frankeneval.core.runstore.field_type_problem`): a record with
+    a field of another type is not complete either (skipped with a warning: measured again on resume, left out of
+    plots)."""
+    from frankeneval.core.runstore import NUMBER, list_of_numbers
 
-    return require_fields(*MATRIX_FIELDS)(record)
+    none = type(None)
+    role = {"name": str, "shape": list_of_numbers, "matrix_shape": list_of_numbers, "numel": int, "section": str,
+            "layer": (int, none), "block": (int, none), "component": (str, none), "submodule": (str, none),
+            "region": (str, none)}
+    matrix = {**role, "norm_base": NUMBER, "norm_in": NUMBER, "norm_rl": NUMBER, "cos_in_rl": (*NUMBER, none),
+              "delta_in": dict, "delta_rl": dict, "overlap_in_rl": (dict, none)}
+    delta = {"fro": NUMBER, "sigma_top": list_of_numbers, "n_sigma": int,
+             **{k: (*NUMBER, none) for k in ("rel_fro", "spectral_norm", "nuclear_norm", "stable_rank",
+                                              "effective_rank", "condition_number", "log_spectral_volume",
+                                              "sigma_min")}}
+    overlap = {"left": (*NUMBER, none), "right": (*NUMBER, none)}
+    compare = {**role, "delta_rl_fro": dict, "pairs": list}
+    return matrix, delta, overlap, compare
+
+
+def matrix_record_problem(record):
+    """None for a complete matrices.jsonl record, else why it is not (see :data:`MATRIX_FIELDS`): a missing field,
+    or a field of the wrong type (``delta_in`` / ``delta_rl`` / ``overlap_in_rl`` checked inside too)."""
+    from frankeneval.core.results import require_fields
+    from frankeneval.core.runstore import field_type_problem
+
+    problem = require_fields(*MATRIX_FIELDS)(record)
+    if problem:
+        return problem
+    matrix, delta, overlap, _ = _types()
+    problem = field_type_problem(record, matrix)
+    for part, types in (("delta_in", delta), ("delta_rl", delta), ("overlap_in_rl", overlap)):
+        if problem is None and isinstance(record.get(part), dict):
+            problem = field_type_problem(record[part], types)
+            problem = problem and f"{part}: {problem}"
+    if problem:
+        return f"record of {record.get('name')!r} has a field of the wrong type ({problem})"
+    if "fro" not in record["delta_in"] or "fro" not in record["delta_rl"]:
+        return "incomplete record (no delta_in.fro or delta_rl.fro)"
+    return None
 
 
 def compare_record_problem(record):
-    """None for a complete compare.jsonl record, else why it is not (see :data:`COMPARE_FIELDS`)."""
+    """None for a complete compare.jsonl record, else why it is not (see :data:`COMPARE_FIELDS`): a missing field or
+    a field of the wrong type."""
     from frankeneval.core.results import require_fields
+    from frankeneval.core.runstore import NUMBER, field_type_problem
 
-    return require_fields(*COMPARE_FIELDS)(record)
+    problem = require_fields(*COMPARE_FIELDS)(record)
+    if problem:
+        return problem
+    problem = field_type_problem(record, _types()[3])
+    if problem is None and not all(isinstance(v, NUMBER) and not isinstance(v, bool)
+                                   for v in record["delta_rl_fro"].values()):
+        problem = "delta_rl_fro holds a value that is not a number"
+    if problem is None and not all(isinstance(p, dict) for p in record["pairs"]):
+        problem = "pairs holds an entry that is not an object"
+    return problem and f"record of {record.get('name')!r} has a field of the wrong type ({problem})"
 
 RECORD_DOC = """One line of matrices.jsonl (one analysed weight matrix):
   name, shape (stored), matrix_shape [out, rest], numel, section, layer (unified index or null), block,

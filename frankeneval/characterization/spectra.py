@@ -56,6 +56,43 @@ def choose_method(shape: tuple[int, ...] | torch.Size, device: torch.device | st
     return "gram"
 
 
+# -- non-finite values --------------------------------------------------------------------------------
+def non_finite_counts(t: torch.Tensor) -> tuple[int, int]:
+    """``(NaN count, ±Inf count)`` of ``t`` ((0, 0) for a finite tensor)."""
+    if not t.is_floating_point() or bool(torch.isfinite(t).all()):
+        return 0, 0
+    return int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+
+
+def non_finite_report(weights: dict[str, torch.Tensor]) -> str:
+    """Which of ``weights`` (label -> tensor) hold NaN / Inf and how many: ``"rl: 1 NaN, 2 Inf"``; empty when none."""
+    parts = []
+    for label, w in weights.items():
+        nan, inf = non_finite_counts(w)
+        counts = [f"{nan} NaN" if nan else "", f"{inf} Inf" if inf else ""]
+        if nan or inf:
+            parts.append(f"{label}: " + ", ".join(c for c in counts if c))
+    return "; ".join(parts)
+
+
+def first_non_finite(value: Any, where: str = "") -> str | None:
+    """The first field of a (nested) record whose number is NaN or ±Inf, as ``delta_rl.spectral_norm``; None when
+    every number is finite (what JSON can hold)."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (where or "value")
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = ((str(i), v) for i, v in enumerate(value))
+    else:
+        return None
+    for k, v in items:
+        found = first_non_finite(v, f"{where}.{k}" if where else str(k))
+        if found:
+            return found
+    return None
+
+
 # -- energy --------------------------------------------------------------------------------------------
 def frobenius_norm(t: torch.Tensor) -> torch.Tensor:
     """‖t‖_F, accumulated in float64 (0-d float64 tensor, on t's device)."""

@@ -4,11 +4,39 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from pathlib import Path
+
+MAX_SEED = 2**32 - 1  # numpy's RandomState and the bootstrap take seeds 0 ... 2**32 - 1
+
+
+def int_arg(low: int, high: int | None = None, *, note: str = ""):
+    """An argparse ``type=``: an integer in ``low`` ... ``high`` (no upper bound when None); anything else is
+    rejected at the parser with the valid range (``must be an integer >= 1, got '0'``), before any work starts.
+    ``note`` says what a special value means (e.g. ``0 = all``)."""
+    span = f">= {low}" if high is None else f"from {low} to {high}"
+    extra = f" ({note})" if note else ""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(str(text).strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer {span}{extra}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be an integer {span}{extra}, got {text!r}")
+        return value
+
+    parse.__name__ = f"integer {span}"
+    return parse
+
+
+positive_int = int_arg(1)
+seed_arg = int_arg(0, MAX_SEED)
 
 
 def _batch_size_arg(text: str):
-    if str(text).lower() == "auto":
+    """``--batch-size``: an integer >= 1, or ``auto`` (lmms-eval's ``auto:N`` is taken as ``auto``)."""
+    if re.fullmatch(r"auto(:\d+)?", str(text).strip().lower()):
         return "auto"
     try:
         value = int(text)
@@ -19,6 +47,9 @@ def _batch_size_arg(text: str):
     return value
 
 
+batch_size_arg = _batch_size_arg
+
+
 def add_generator_arguments(parser: argparse.ArgumentParser, *, batch_size: int, max_new_tokens: int | None,
                             max_new_tokens_help: str | None = None, auto_batch: bool = False) -> None:
     """Model-loading and generation options shared by the localization commands (``max_new_tokens=None``: the
@@ -26,21 +57,23 @@ def add_generator_arguments(parser: argparse.ArgumentParser, *, batch_size: int,
     defaults to ``auto`` (``batch_size`` rows on a CPU; on a GPU as many as its free memory holds, see
     :func:`units_per_call`)."""
     shown = max_new_tokens_help or max_new_tokens
-    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help=f"greedy new tokens (default {shown})")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=max_new_tokens,
+                        help=f"greedy new tokens, >= 1 (default {shown})")
     if auto_batch:
         parser.add_argument("--batch-size", type=_batch_size_arg, default="auto",
                             help=f"generations per batched call (sample x layer units), or auto: {batch_size} on a CPU, "
                                  "on a GPU as many rows as a quarter of its free memory holds (up to 1024; default auto)")
     else:
-        parser.add_argument("--batch-size", type=int, default=batch_size,
-                            help=f"generations per batched call (sample x layer units; default {batch_size})")
+        parser.add_argument("--batch-size", type=positive_int, default=batch_size,
+                            help=f"generations per batched call (sample x layer units), >= 1 (default {batch_size})")
     parser.add_argument("--dtype", default="auto", help="auto | bfloat16 | float16 | float32 (default auto)")
     parser.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if present)")
     parser.add_argument("--attn-implementation", default=None, help="sdpa | eager | flash_attention_2 (default: the model's)")
     parser.add_argument("--decode", choices=("auto", "hf"), default="auto",
                         help="auto: greedy rows decode with the static-cache decoder (CUDA graphs on a GPU); "
                              "hf: transformers' generate for everything (default auto; same tokens in float32)")
-    parser.add_argument("--max-pixels", type=int, default=None, help="processor max_pixels (default: the processor's)")
+    parser.add_argument("--max-pixels", type=positive_int, default=None,
+                        help="processor max_pixels, >= 1 (default: the processor's)")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="allow pickle (.bin) weights (loading them can run code from the file!)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -75,11 +108,28 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--rendered", nargs="?", const="", default=None, metavar="DIR",
                      help="use the built-in rendered probes (rendered into DIR, default OUT/probes); the default "
                           "when neither --data nor $FRANKENEVAL_DATA/vision_probes is given")
-    parser.add_argument("--samples", type=int, default=None,
-                        help="pairs per task: the paper's sub-sample (default: all); with --seed-compatible the first "
-                             "k pairs in file order, as the reference (default 50)")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SAMPLE_SEED, help=f"sub-sampling seed (default {DEFAULT_SAMPLE_SEED})")
+    parser.add_argument("--samples", type=positive_int, default=None,
+                        help="pairs per task, >= 1: the paper's sub-sample (default: all); with --seed-compatible the "
+                             "first k pairs in file order, as the reference (default 50). More than a task has: all "
+                             "of its pairs, said in a note")
+    parser.add_argument("--seed", type=seed_arg, default=DEFAULT_SAMPLE_SEED,
+                        help=f"sub-sampling seed, 0 to {MAX_SEED} (default {DEFAULT_SAMPLE_SEED})")
     add_skip_broken_argument(parser)
+
+
+def probe_data(args: argparse.Namespace) -> str | None:
+    """The probe folder :func:`probe_sets` reads (``--data``, else ``$FRANKENEVAL_DATA/vision_probes`` when there and
+    no ``--rendered``); None when it renders the built-in probes."""
+    if args.data is not None or args.rendered is not None:
+        return args.data
+    env = os.environ.get("FRANKENEVAL_DATA", "").strip()
+    return str(Path(env) / "vision_probes") if env and (Path(env) / "vision_probes").is_dir() else None
+
+
+def renders_into_out(args: argparse.Namespace) -> bool:
+    """Whether :func:`probe_sets` renders the built-in probes into ``OUT/probes`` (no --data, --rendered DIR or
+    ``$FRANKENEVAL_DATA/vision_probes``)."""
+    return probe_data(args) is None and not args.rendered
 
 
 def probe_sets(args: argparse.Namespace):
@@ -93,8 +143,8 @@ def probe_sets(args: argparse.Namespace):
         if env and (Path(env) / "vision_probes").is_dir():
             data = str(Path(env) / "vision_probes")
     rendered = None
-    if data is None:
-        rendered = args.rendered or str(Path(args.out) / "probes")
+    if data is None:  # rendered into a folder frankeneval owns: never over a probe dataset it did not render
+        rendered = output_request(args, args.rendered) if args.rendered else Path(args.out) / "probes"
     pairs, skipped = select_probe_sets(args.tasks, data=data, rendered_dir=rendered, samples=args.samples,
                                        seed=args.seed, seed_compatible=getattr(args, "seed_compatible", False),
                                        skip_broken=args.skip_broken, progress=not args.no_progress)
@@ -135,3 +185,28 @@ SEED_COMPATIBLE_HELP = (
 def add_seed_compatible_argument(parser: argparse.ArgumentParser) -> None:
     """The one ``--seed-compatible`` switch every analysis command takes (same name as the model arg / task metadata)."""
     parser.add_argument("--seed-compatible", action="store_true", help=SEED_COMPATIBLE_HELP)
+
+
+def add_allow_foreign_argument(parser: argparse.ArgumentParser) -> None:
+    """``--allow-foreign-files``: the user's explicit yes to an output folder that holds files frankeneval did not
+    write (:mod:`frankeneval.core.outdir`; they are never overwritten, appended to or deleted)."""
+    from frankeneval.core.outdir import ALLOW_FOREIGN_HELP
+
+    parser.add_argument("--allow-foreign-files", action="store_true", help=ALLOW_FOREIGN_HELP)
+
+
+def output_request(args: argparse.Namespace, path: str | os.PathLike):
+    """``path`` with the user's ``--allow-foreign-files``, for the library function that claims it."""
+    from frankeneval.core.outdir import OutputRequest
+
+    return OutputRequest(path, allow_foreign=getattr(args, "allow_foreign_files", False))
+
+
+def claim_out(args: argparse.Namespace, layout: str, *inputs: tuple[str, str | os.PathLike | None],
+              extra: tuple[str, ...] = ()):
+    """Claim ``args.out`` for ``layout`` (:func:`frankeneval.core.outdir.claim_for`) before any model is loaded:
+    ``inputs`` (label, path) that exist locally must not be, hold or contain it."""
+    from frankeneval.core.outdir import claim_for, local_inputs
+
+    return claim_for(layout, args.out, inputs=local_inputs(*inputs), extra=extra,
+                     allow_foreign=getattr(args, "allow_foreign_files", False))

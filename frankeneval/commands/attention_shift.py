@@ -20,11 +20,15 @@ import argparse
 from pathlib import Path
 
 from frankeneval.commands._shared import (
+    add_allow_foreign_argument,
     add_generator_arguments,
     add_probe_arguments,
     add_system_prompt_arguments,
+    claim_out,
     load_generator,
+    probe_data,
     probe_sets,
+    renders_into_out,
     system_prompt_setting,
 )
 
@@ -40,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plain", action="store_true", help="ask the bare probe question (no step-by-step instruction)")
     add_system_prompt_arguments(parser, per_member=True)
     parser.add_argument("--out", required=True, help="output folder (a rerun with the same settings resumes)")
+    add_allow_foreign_argument(parser)
     add_generator_arguments(parser, batch_size=16, max_new_tokens=256)
 
 
@@ -51,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
     )
     from frankeneval.reports.localization_plots import plot_attention_shift
 
+    # the output folder is claimed before anything is rendered or loaded (docs/safety.md)
+    args.out = claim_out(args, "attention-shift", ("base", args.base), ("in", args.in_), ("rl", args.rl),
+                         ("data", probe_data(args)), extra=("probes",) if renders_into_out(args) else ())
     pairs, source, skipped = probe_sets(args)  # selected, and every selected image checked before any model loads
     prompts = attention_prompts(pairs, instruction=not args.plain)
     members = {"base": args.base, "in": args.in_, "rl": args.rl}

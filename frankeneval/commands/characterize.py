@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import argparse
 
-from frankeneval.commands._shared import add_seed_compatible_argument
+from frankeneval.commands._shared import add_allow_foreign_argument, add_seed_compatible_argument, output_request
 from frankeneval.errors import SpecError
 
 COMMAND = "characterize"
@@ -33,6 +33,8 @@ HELP = "energy and spectra of ΔIN and ΔRL per weight matrix (and --compare ΔR
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from frankeneval.commands._shared import int_arg, positive_int
+
     parser.add_argument("--base", help="Base checkpoint (local dir or hub id)")
     parser.add_argument("--in", dest="in_", metavar="IN", help="IN (instruction/SFT) checkpoint")
     parser.add_argument("--rl", help="RL checkpoint")
@@ -40,9 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compare", nargs="+", metavar="LINEAGE",
                         help="compare ΔRL across lineages: characterize run dirs, recipe:NAME, or [LABEL=]BASE,IN,RL")
     parser.add_argument("--out", required=True, help="output directory (resumed when it holds a run with the same settings)")
-    parser.add_argument("--top-k", type=int, default=50, help="singular values kept per matrix (default 50)")
-    parser.add_argument("--volume-k", type=int, default=50, help="singular values in the log spectral volume (default 50)")
-    parser.add_argument("--rank-r", type=int, default=8, help="top-r singular subspaces for overlaps (0: skip; default 8)")
+    parser.add_argument("--top-k", type=positive_int, default=50,
+                        help="singular values kept per matrix, >= 1 (default 50)")
+    parser.add_argument("--volume-k", type=positive_int, default=50,
+                        help="singular values in the log spectral volume, >= 1 (default 50)")
+    parser.add_argument("--rank-r", type=int_arg(0, note="0 = skip"), default=8,
+                        help="top-r singular subspaces for overlaps, >= 0 (0: skip; default 8)")
     parser.add_argument("--energy-only", action="store_true", help="Frobenius norms and cosines only (no spectra)")
     parser.add_argument("--svd-method", choices=("auto", "gram", "svd"), default="auto",
                         help="singular values: float64 Gram + eigvalsh (auto) or svdvals")
@@ -50,6 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sections", nargs="+", choices=("vision", "projector", "llm", "embeddings", "lm_head"),
                         help="only these sections (default: all)")
     parser.add_argument("--overwrite", action="store_true", help="discard an existing run in --out")
+    add_allow_foreign_argument(parser)
     parser.add_argument("--allow-pickle", action="store_true",
                         help="allow pickle (.bin) weights (loading them can run code from the file!)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -65,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     if args.compare:
         if args.seed_compatible:
             raise SpecError("--seed-compatible has no counterpart for --compare (the reference scripts have no cross-lineage comparison)")
-        summary = compare(args.compare, args.out, rank_r=args.rank_r, sections=args.sections, svd_method=args.svd_method, **common)
+        summary = compare(args.compare, output_request(args, args.out), rank_r=args.rank_r, sections=args.sections,
+                          svd_method=args.svd_method, **common)
         overall = summary["aggregates"]["all"] or {"pairs": {}}
         for key, p in overall["pairs"].items():
             print(f"{key}: cosine {_fmt(p['cosine'])}, mean overlap left {_fmt(p['overlap_left']['mean'])} "
@@ -92,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
         sections=tuple(args.sections) if args.sections else None,
         seed_compatible=args.seed_compatible,
     )
-    summary = characterize(models["base"], models["in"], models["rl"], args.out, settings=settings, label=label, **common)
+    summary = characterize(models["base"], models["in"], models["rl"], output_request(args, args.out),
+                           settings=settings, label=label, **common)
     sec = summary["aggregates"]["by_section"]
     seed = summary["seed_compatible"]
     for name, g in sec.items():

@@ -9,8 +9,8 @@ Prompt: the method's step-by-step / \\boxed{} instruction, a blank line, the pro
 --system-prompt (default auto: docs/method.md's rule on the hub id or the directory's own name, a splice its sources';
 reasoner / revisual / none / a text / @FILE fix it; --reasoning-prompt on|off is the old spelling of reasoner|none),
 recorded in the JSON with the reason it was chosen. --seed-compatible scores the responses as the paper's reference
-script (first <answer> tag, "answer is" / "therefore" fallbacks, last 50 characters, 1 % relative error) and
-defaults to its 2048 new tokens (default 1024). --layers takes the layer grammar (README "Layer
+script (first <answer> tag, "answer is" / "therefore" fallbacks, last 50 characters, 1 % relative error). Both
+modes default to the reference's 2048 new tokens. --layers takes the layer grammar (README "Layer
 grammar"): unified LLM layers 1 ... n, decoder layer j = L - 1. Writes OUT/units.jsonl (resumable), OUT/reasoning_localization.json (schema:
 frankeneval.localization.reasoning) and OUT/reasoning_localization.png. Every selected row is parsed before the
 model is loaded: a malformed one (bad JSON, a missing field) stops the run in one line naming its file:line, or with
@@ -23,10 +23,12 @@ import argparse
 from pathlib import Path
 
 from frankeneval.commands._shared import (
+    add_allow_foreign_argument,
     add_generator_arguments,
     add_seed_compatible_argument,
     add_skip_broken_argument,
     add_system_prompt_arguments,
+    claim_out,
     load_generator,
     system_prompt_setting,
     units_per_call,
@@ -37,25 +39,29 @@ HELP = "layer-ablation sweep: GSM8K / MATH-500 accuracy with each LLM layer abla
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from frankeneval.commands._shared import MAX_SEED, int_arg, seed_arg
     from frankeneval.core.data import DEFAULT_SAMPLE_SEED, DEFAULT_SAMPLE_SIZE
 
     parser.add_argument("--model", required=True, help="model (local dir or hub id)")
     parser.add_argument("--dataset", required=True, choices=("gsm8k", "math500"))
     parser.add_argument("--data", default=None,
                         help="local JSONL (or data folder) instead of the hub dataset (default: $FRANKENEVAL_DATA when set)")
-    parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLE_SIZE,
-                        help=f"questions: the paper's sub-sample (default {DEFAULT_SAMPLE_SIZE}; 0 = all)")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SAMPLE_SEED, help=f"sub-sampling seed (default {DEFAULT_SAMPLE_SEED})")
+    parser.add_argument("--samples", type=int_arg(0, note="0 = all"), default=DEFAULT_SAMPLE_SIZE,
+                        help=f"questions, >= 0: the paper's sub-sample (default {DEFAULT_SAMPLE_SIZE}; 0 = all; more "
+                             "than the dataset has: all of it, said in a note)")
+    parser.add_argument("--seed", type=seed_arg, default=DEFAULT_SAMPLE_SEED,
+                        help=f"sub-sampling seed, 0 to {MAX_SEED} (default {DEFAULT_SAMPLE_SEED})")
     add_skip_broken_argument(parser)
     parser.add_argument("--layers", nargs="+", default=None,
                         help="unified LLM layers 1-n, e.g. 1-28, 9-17 or late (README 'Layer grammar'; default: all)")
     add_system_prompt_arguments(parser)
     add_seed_compatible_argument(parser)
     parser.add_argument("--out", required=True, help="output folder (a rerun with the same settings resumes)")
+    add_allow_foreign_argument(parser)
     parser.add_argument("--ignore-eos", action="store_true",
                         help="benchmarks on random weights only: every answer runs to --max-new-tokens (recorded)")
     add_generator_arguments(parser, batch_size=32, max_new_tokens=None, auto_batch=True,
-                            max_new_tokens_help="1024; the reference's 2048 with --seed-compatible")
+                            max_new_tokens_help="2048, the reference's")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_new_tokens is None:
         args.max_new_tokens = REFERENCE_MAX_NEW_TOKENS if args.seed_compatible else REASONING_MAX_NEW_TOKENS
     data = args.data or data_root_from_env()  # as the other commands and the lmms-eval tasks: $FRANKENEVAL_DATA
+    args.out = claim_out(args, "localize-reasoning", ("model", args.model), ("data", data))  # before any loading
     questions, skipped = select_questions(args.dataset, data=data, samples=args.samples, seed=args.seed,
                                           skip_broken=args.skip_broken, progress=not args.no_progress)
     gen = load_generator(args, args.model)  # after every selected row was parsed

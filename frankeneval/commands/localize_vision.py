@@ -26,11 +26,15 @@ import argparse
 from pathlib import Path
 
 from frankeneval.commands._shared import (
+    add_allow_foreign_argument,
     add_generator_arguments,
     add_probe_arguments,
     add_seed_compatible_argument,
+    claim_out,
     load_generator,
+    probe_data,
     probe_sets,
+    renders_into_out,
     units_per_call,
 )
 
@@ -45,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="unified LLM layers 1-n, e.g. 1-28, 1 5 9 or late (README 'Layer grammar'; default: all)")
     add_seed_compatible_argument(parser)
     parser.add_argument("--out", required=True, help="output folder (a rerun with the same settings resumes)")
+    add_allow_foreign_argument(parser)
     add_generator_arguments(parser, batch_size=32, max_new_tokens=64, auto_batch=True)
 
 
@@ -58,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
     from frankeneval.weights.layermap import parse_layers
 
     sc = args.seed_compatible
+    # the output folder is claimed before anything is rendered or loaded (docs/safety.md)
+    args.out = claim_out(args, "localize-vision", ("model", args.model), ("data", probe_data(args)),
+                         extra=("probes",) if renders_into_out(args) else ())
     pairs, source, skipped = probe_sets(args)  # selected, and every selected image checked before the model loads
     gen = load_generator(args, args.model)
     layers = parse_layers(args.layers, gen.n_llm_layers)  # unified LLM layers 1 … n

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 
+from frankeneval.commands._shared import add_allow_foreign_argument, output_request
 from frankeneval.core.probes import PROBE_TASKS, write_probe_pairs
 
 COMMAND = "make-probes"
@@ -20,13 +21,18 @@ HELP = "render the built-in counting / OCR / grounding / recognition probe pairs
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", help="output folder (gets <task>/data.jsonl and <task>/images/)")
     parser.add_argument("--tasks", default=",".join(PROBE_TASKS), help="comma-separated probe tasks (default: all)")
-    parser.add_argument("--n", type=int, default=100, help="pairs per task (default 100)")
-    parser.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
-    parser.add_argument("--size", type=int, default=384, help="canvas side in pixels (default 384)")
+    from frankeneval.commands._shared import MAX_SEED, int_arg, positive_int, seed_arg
+
+    parser.add_argument("--n", type=positive_int, default=100, help="pairs per task, >= 1 (default 100)")
+    parser.add_argument("--seed", type=seed_arg, default=0, help=f"generator seed, 0 to {MAX_SEED} (default 0)")
+    parser.add_argument("--size", type=int_arg(64, note="smaller canvases cannot hold the scenes"), default=384,
+                        help="canvas side in pixels, >= 64 (default 384)")
+    add_allow_foreign_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    for task, folder in write_probe_pairs(args.out, tasks=tasks, n=args.n, seed=args.seed, size=args.size).items():
+    out = output_request(args, args.out)  # never over a probe dataset frankeneval did not render (docs/safety.md)
+    for task, folder in write_probe_pairs(out, tasks=tasks, n=args.n, seed=args.seed, size=args.size).items():
         print(f"{task}: {folder / 'data.jsonl'}")
     return 0

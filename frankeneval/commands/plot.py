@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 
+from frankeneval.commands._shared import add_allow_foreign_argument, output_request
 from frankeneval.errors import FrankenevalError
 
 COMMAND = "plot"
@@ -24,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", nargs="+",
                         help="unified layers for the spectra figure, e.g. -32 0 1 14 28 or vision,late (README "
                              "'Layer grammar'; a spec starting with a minus range: --layers=-32..-1)")
+    add_allow_foreign_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not Path(args.run_dir).is_dir():
         raise FrankenevalError(f"{args.run_dir} is not a directory")
-    written = plot_run(args.run_dir, args.out, spectrum_layers=args.layers)
+    out = output_request(args, args.out or Path(args.run_dir) / "plots")
+    written = plot_run(args.run_dir, out, spectrum_layers=args.layers)
     if not written:
         raise FrankenevalError(f"{args.run_dir} holds no outputs frankeneval knows how to plot")
     for p in written:

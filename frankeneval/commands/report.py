@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from frankeneval.commands._shared import add_allow_foreign_argument, output_request
 from frankeneval.reports.leaderboard.build import build_leaderboard
 from frankeneval.reports.leaderboard.report import FORMATS, find_plots, render, write_report
 from frankeneval.reports.leaderboard.text import missing_note, skipped_note
@@ -28,13 +29,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=FORMATS, default="md", help="what to print (default md)")
     parser.add_argument("--out", default=None, help="where report.{md,csv,html,tex} are written (default RUN_DIR)")
     parser.add_argument("--plots", nargs="*", default=None, help="folders (or PNG files) of layer plots to embed in the HTML")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    from frankeneval.commands._shared import MAX_SEED, seed_arg
+
+    parser.add_argument("--seed", type=seed_arg, default=0, help=f"bootstrap seed, 0 to {MAX_SEED} (default 0)")
     parser.add_argument("--no-write", action="store_true", help="only print, write no files")
+    add_allow_foreign_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     if not args.no_write:
-        written = write_report(args.run_dir, out_dir=args.out, plot_dirs=args.plots, seed=args.seed)
+        out = output_request(args, args.out or args.run_dir)
+        written = write_report(args.run_dir, out_dir=out, plot_dirs=args.plots, seed=args.seed)
     board = build_leaderboard(args.run_dir, seed=args.seed)
     plots = find_plots(args.plots) if args.plots is not None else ()
     if args.format == "html" and not args.no_write:

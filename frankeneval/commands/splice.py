@@ -33,7 +33,10 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"bad size {text!r} (e.g. 5GB, 500MB, 2GiB)")
     unit = m.group(2).rstrip("B")
     mult = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}
-    return int(float(m.group(1)) * mult[unit])
+    size = int(float(m.group(1)) * mult[unit])
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"must be a size of at least 1 byte (e.g. 5GB, 500MB, 2GiB), got {text!r}")
+    return size
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--in", dest="in_", metavar="DIR_OR_ID", help="the IN (SFT / cold-start) model")
     parser.add_argument("--rl", metavar="DIR_OR_ID", help="the RL model")
     parser.add_argument("--base", metavar="DIR_OR_ID", help="the base model (only if the spec uses it)")
-    parser.add_argument("--cuts", nargs=2, type=int, metavar=("C1", "C2"),
+    from frankeneval.commands._shared import positive_int
+
+    parser.add_argument("--cuts", nargs=2, type=positive_int, metavar=("C1", "C2"),
                         help="block cuts on the unified axis: early 1-C1, middle C1+1-C2, late C2+1-n (default n//3 2n//3)")
     parser.add_argument("--host", help="source that supplies non-layer parts, config and tokenizer (default: layer 1's)")
     parser.add_argument("--force", action="store_true", help="rewrite even if OUT already holds this splice (never replaces a source, a folder holding one, "
@@ -107,5 +112,19 @@ def run(args: argparse.Namespace) -> int:
         raise SpecError("--out DIR is required (where to write the spliced checkpoint)")
     out = materialize(spec, args.out, force=args.force, progress=not args.quiet,
                       shard_bytes=args.shard_size or DEFAULT_SHARD_BYTES, allow_pickle=args.allow_pickle)
+    _warn_without_tokenizer(out, spec)
     print(out)
     return 0
+
+
+def _warn_without_tokenizer(out, spec) -> None:
+    """One stderr line when the splice has no tokenizer (its host had none): its weights can be inspected and
+    characterized, but no command can generate with it until tokenizer files are added."""
+    import sys
+
+    from frankeneval.weights.checkpoint import TOKENIZER_FILES, tokenizer_files
+
+    if not tokenizer_files(out):
+        print(f"frankeneval splice: warning: {out} has no tokenizer: its host {spec.host!r} "
+              f"({spec.sources.get(spec.host)}) has none of {', '.join(TOKENIZER_FILES)}; copy a tokenizer into it "
+              "(or splice with --host set to a source that has one) before evaluating it", file=sys.stderr)

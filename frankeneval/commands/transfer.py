@@ -46,11 +46,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", dest="base_model", default=None, help="local copy of the Base model")
     parser.add_argument("--in", dest="in_model", default=None, help="local copy of the IN model")
     parser.add_argument("--rl", dest="rl_model", default=None, help="local copy of the RL model")
-    parser.add_argument("--sample-size", type=int, default=100, help="items per task, 0 = all (default 100, as the paper)")
-    parser.add_argument("--sample-seed", type=int, default=123, help="sub-sampling seed (default 123, as the paper)")
+    from frankeneval.commands._shared import MAX_SEED, batch_size_arg, int_arg, positive_int, seed_arg
+
+    parser.add_argument("--sample-size", type=int_arg(0, note="0 = all"), default=100,
+                        help="items per task, >= 0: 0 = all, more than a task has = all of it (default 100, as the "
+                             "paper)")
+    parser.add_argument("--sample-seed", type=seed_arg, default=123,
+                        help=f"sub-sampling seed, 0 to {MAX_SEED} (default 123, as the paper)")
     parser.add_argument("--data", default=None, help="local data folder (FRANKENEVAL_DATA layout); runs offline")
-    parser.add_argument("--batch-size", default="1", help="franken_qwen batch_size (int or auto)")
-    parser.add_argument("--max-new-tokens", type=int, default=None,
+    parser.add_argument("--batch-size", type=batch_size_arg, default=1,
+                        help="franken_qwen batch_size: an integer >= 1 or auto (default 1)")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=None,
                         help="new-token budget of every cell (default: the tasks' own, 8192 on MathVista / MATH-500 / "
                              "GSM8K as the reference's runs; answers that reach it are counted as hit_limit)")
     parser.add_argument("--model-args", default=None, help="extra franken_qwen model args, e.g. attn_implementation=sdpa")
@@ -62,7 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "from the extracted answer and a failed call is wrong (default with --seed-compatible)")
     add_seed_compatible_argument(parser)
     add_skip_broken_argument(parser)
-    parser.add_argument("--gpus", type=int, default=0, help="run N cells at once, one lmms-eval process per GPU")
+    parser.add_argument("--gpus", type=int_arg(0, note="0 = one cell at a time on the visible devices"), default=0,
+                        help="run N cells at once, one lmms-eval process per GPU, >= 0 (default 0)")
     parser.add_argument("--splice-cache", default=None, help="where variants are materialized (default: frankeneval's cache)")
     parser.add_argument("--evict-variants", action="store_true",
                         help="materialize the variants max(1, --gpus) at a time and delete each one this run materialized "

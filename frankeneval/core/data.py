@@ -38,6 +38,7 @@ __all__ = [
     "load_benchmark_rows",
     "subsample_indices",
     "subsample",
+    "note_all_samples",
     "mathvista_image_path",
 ]
 
@@ -170,6 +171,17 @@ def subsample_indices(n: int, k: int | None, seed: int = DEFAULT_SAMPLE_SEED) ->
     if not k or k <= 0 or k >= n:
         return list(range(n))
     return sorted(int(i) for i in np.random.RandomState(seed).choice(n, k, replace=False))
+
+
+def note_all_samples(k: int | None, n: int, what: str, option: str = "--samples") -> bool:
+    """Say on stderr (one line) when ``k`` asks for more than the ``n`` items there are: the run uses all of them.
+    Returns whether it said so."""
+    if not k or k <= n:
+        return False
+    import sys
+
+    print(f"frankeneval: note: {option} {k} is more than the {n} {what}; using all {n}", file=sys.stderr, flush=True)
+    return True
 
 
 def subsample(rows: Sequence[Any], k: int | None, seed: int = DEFAULT_SAMPLE_SEED) -> list[Any]:

@@ -12,10 +12,13 @@ number, ``"maybe"``, no JSON) gives ``judge_error=True`` and ``is_correct=None``
 cached. Every clear verdict is cached on disk as the parsed verdict (``is_correct``, ``extracted_answer`` and a short
 ``reason``; never the raw reply), keyed by (judge model, hash of the request), with atomic writes, so a rerun costs
 nothing. Rate limits (429), server errors (5xx), timeouts and connection errors are retried with exponential backoff;
-when every try fails the result carries ``judge_error=True``. Each try waits at most the timeout, so a judge that
-never answers costs at most ``(retries + 1) x timeout`` plus the backoff per item; :meth:`Judge.probe` checks that
-the judge answers at all before a run starts. Nothing that looks like a key (``sk-...``, ``Bearer ...``, the
-configured key, ...) is written: reasons, descriptions and error messages pass through :func:`redact_secrets`.
+when every try fails the result carries ``judge_error=True``. Each try waits at most the timeout -- the whole try,
+a reply whose body trickles in included (:meth:`Judge._create`) -- so a judge that never answers costs at most
+``(retries + 1) x timeout`` plus the backoff per item; :meth:`Judge.probe` checks that the judge answers at all
+before a run starts. Nothing that looks like a key (``sk-...``, ``Bearer ...``, ``Basic ...``, the configured key,
+the user, password and secret query values of ``OPENAI_BASE_URL``, ...) is written: reasons, descriptions, error
+messages and the HTTP client's log lines pass through :func:`redact_secrets`. A query in ``OPENAI_BASE_URL``
+(``?api-version=...``) is sent with every request.
 
 Configuration: ``OPENAI_API_KEY``, ``OPENAI_BASE_URL`` (or ``base_url=``), ``FRANKENEVAL_JUDGE_MODEL``
 (default ``gpt-4o-mini``), ``FRANKENEVAL_JUDGE_CACHE`` (default ``~/.cache/frankeneval/judge``),
@@ -29,8 +32,10 @@ import base64
 import hashlib
 import io
 import json
+import logging
 import os
 import re
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +51,8 @@ __all__ = [
     "JudgeNotAnswering",
     "judge_number_setting",
     "redact_secrets",
+    "redact_http_logs",
+    "url_secrets",
     "JudgeConfig",
     "Judgment",
     "Judge",
@@ -73,37 +80,117 @@ class JudgeUnavailable(RuntimeError):
     """Every attempt to reach the judge failed (kept internal: callers get ``judge_error``)."""
 
 
+class JudgeTimeout(RuntimeError):
+    """One try got no complete reply within the judge's timeout (a slow body included); retried like a timeout."""
+
+
 class JudgeNotAnswering(FrankenevalError):
     """The fail-fast probe before a run got no answer from the judge (one line: server and model)."""
 
 
 # --------------------------------------------------------------------------- redaction
-_SECRET_PATTERNS = [
-    re.compile(r"(?i)\bBearer\s+[^\s\"',;]+"),  # Authorization: Bearer <token>
-    re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"),  # OpenAI / Anthropic style (sk-..., sk-proj-..., sk-ant-...)
-    re.compile(r"\b(?:hf|ghp|gho|ghs|ghu|github_pat|xox[abprs]|glpat)_[A-Za-z0-9_\-]{10,}"),  # HF, GitHub, Slack, GitLab
-    re.compile(r"\bxox[abprs]-[A-Za-z0-9\-]{10,}"),
-    re.compile(r"\bAIza[0-9A-Za-z_\-]{30,}"),  # Google
-    re.compile(r"\bAKIA[0-9A-Z]{16}\b"),  # AWS access key id
-    re.compile(r"(?i)\b(api[_-]?key|access[_-]?token|secret|password)(\"?\s*[:=]\s*\"?)[^\s\"',;]{6,}"),
+_SECRET_NAME = r"[^=&#\s\"'<>]*(?:key|token|secret|passw|pwd|auth|sig|credential|session)[^=&#\s\"'<>]*"
+_SECRET_PATTERNS: list[tuple[re.Pattern, Any]] = [
+    # an echoed Authorization header, whatever its scheme: "Authorization: Basic dXNlcjpwdw=="
+    (re.compile(r"(?i)\b((?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?)(?:[A-Za-z]+\s+)?[^\s\"',;}]+"),
+     r"\g<1>[redacted]"),
+    (re.compile(r"(?i)\bBearer\s+[^\s\"',;]+"), "[redacted]"),  # Authorization: Bearer <token>
+    (re.compile(r"(?i)\b(Basic\s+)([A-Za-z0-9+/]{4,}={0,2})"), None),  # Basic <base64 of user:password>, see _basic
+    # credentials in a URL: scheme://user:password@host and ?api_key=... (any query name that reads like a secret)
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s@?#\"'<>]+@"), r"\g<1>[redacted]@"),
+    (re.compile(r"(?i)([?&;]" + _SECRET_NAME + r"=)[^&#\s\"'<>]+"), r"\g<1>[redacted]"),
+    # OpenAI / Anthropic style (sk-..., sk-proj-..., sk-ant-...); HF, GitHub, Slack, GitLab
+    (re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"), "[redacted]"),
+    (re.compile(r"\b(?:hf|ghp|gho|ghs|ghu|github_pat|xox[abprs]|glpat)_[A-Za-z0-9_\-]{10,}"), "[redacted]"),
+    (re.compile(r"\bxox[abprs]-[A-Za-z0-9\-]{10,}"), "[redacted]"),
+    (re.compile(r"\bAIza[0-9A-Za-z_\-]{30,}"), "[redacted]"),  # Google
+    (re.compile(r"\bAKIA[0-9A-Z]{16}\b"), "[redacted]"),  # AWS access key id
+    (re.compile(r"(?i)\b(api[_-]?key|access[_-]?token|secret|password)(\"?\s*[:=]\s*\"?)[^\s\"',;]{6,}"),
+     r"\g<1>\g<2>[redacted]"),
 ]
 REDACTED = "[redacted]"
 
 
+def _basic(match: re.Match) -> str:
+    """``Basic <token>`` redacted when the token is base64 of ``user:password`` (plain words such as "Basic
+    arithmetic" in a judge's reason are kept)."""
+    try:
+        decoded = base64.b64decode(match.group(2), validate=True)
+    except ValueError:
+        return match.group(0)
+    return match.group(1) + REDACTED if b":" in decoded else match.group(0)
+
+
+def url_secrets(url: str | None) -> list[str]:
+    """The credentials a URL carries: the user and password of ``user:password@host``, their Basic-auth token
+    (base64 of ``user:password``, what an HTTP client sends and a server may echo) and the values of query
+    parameters whose names read like a secret (``?api_key=...``, ``&token=...``)."""
+    if not url:
+        return []
+    from urllib.parse import parse_qsl, unquote, urlsplit
+
+    try:
+        parts = urlsplit(str(url))
+    except ValueError:
+        return []
+    out = []
+    if parts.username is not None or parts.password is not None:
+        user, password = unquote(parts.username or ""), unquote(parts.password or "")
+        out += [user, password, base64.b64encode(f"{user}:{password}".encode()).decode("ascii")]
+    out += [v for k, v in parse_qsl(parts.query) if re.fullmatch(_SECRET_NAME, k, flags=re.IGNORECASE)]
+    return [s for s in out if s]
+
+
 def redact_secrets(text: Any, secrets: Sequence[str | None] = ()) -> str:
     """``text`` with anything that looks like a key replaced by ``[redacted]``: the given ``secrets`` (e.g. the
-    configured key; values shorter than 6 characters and the ``EMPTY`` placeholder are ignored), ``sk-...``,
-    ``Bearer ...``, ``hf_...``, ``ghp_...``, ``AIza...``, ``AKIA...`` and ``api_key=...``-style assignments."""
+    configured key, :func:`url_secrets` of the judge's URL; values shorter than 6 characters and the ``EMPTY``
+    placeholder are ignored), ``sk-...``, ``Bearer ...``, ``Basic <base64 user:password>``, an echoed
+    ``Authorization:`` header, ``hf_...``, ``ghp_...``, ``AIza...``, ``AKIA...``, ``api_key=...``-style
+    assignments, and in URLs ``user:password@`` and secret-named query values (``?api_key=...``).
+
+    The one redaction of frankeneval: every URL, header or server message that may be printed, logged or stored
+    passes through it (the judge's errors and reasons, its client's log records, a failed cell's log tail)."""
     out = "" if text is None else str(text)
-    for secret in secrets:
-        if secret and len(secret) >= 6 and secret != "EMPTY":
+    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+        if len(secret) >= 6 and secret != "EMPTY":
             out = out.replace(secret, REDACTED)
-    for pat in _SECRET_PATTERNS:
-        if pat.groups >= 2:
-            out = pat.sub(lambda m: m.group(1) + m.group(2) + REDACTED, out)
-        else:
-            out = pat.sub(REDACTED, out)
+    for pat, repl in _SECRET_PATTERNS:
+        out = pat.sub(_basic if repl is None else repl, out)
     return out
+
+
+class _RedactingFilter(logging.Filter):
+    """Rewrites a log record's message through :func:`redact_secrets` (the HTTP client logs every request's URL)."""
+
+    def __init__(self, secrets: Sequence[str | None] = ()) -> None:
+        super().__init__()
+        self.secrets = tuple(secrets)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a record that cannot format is left to logging's own handling
+            return True
+        record.msg, record.args = redact_secrets(message, self.secrets), ()
+        return True
+
+
+# a logger's filter does not see its children's records: every logger these libraries log to, by name
+_HTTP_LOGGERS = ("openai", "openai._base_client", "httpx", "httpx2", "httpcore", "httpcore2",
+                 *(f"{lib}.{part}" for lib in ("httpcore", "httpcore2")
+                   for part in ("connection", "http11", "http2", "proxy", "socks")))
+
+
+def redact_http_logs(secrets: Sequence[str | None] = ()) -> None:
+    """Make every log record of the OpenAI client and its HTTP library pass through :func:`redact_secrets` (with
+    ``secrets`` besides the patterns): their INFO / DEBUG lines name the request URL, credentials included."""
+    for name in _HTTP_LOGGERS:
+        logger = logging.getLogger(name)
+        old = [f for f in logger.filters if isinstance(f, _RedactingFilter)]
+        known = {s for f in old for s in f.secrets}
+        for f in old:
+            logger.removeFilter(f)
+        logger.addFilter(_RedactingFilter(tuple(known | {s for s in secrets if s})))
 
 
 def judge_number_setting(value: Any, *, integer: bool, source: str) -> float | int:
@@ -236,6 +323,17 @@ def parse_judge_json(text: str) -> dict:
     raise ValueError(f"judge reply ({len(t)} chars) has no JSON object with a boolean is_correct")
 
 
+def _split_query(url: str | None) -> tuple[str | None, dict[str, str]]:
+    """``(url without its query, {name: value} of the query)``: the OpenAI client appends its paths to the base URL,
+    so a query there (``?api_key=...``, ``?api-version=...``) is sent as the client's ``default_query`` instead."""
+    if not url or "?" not in url:
+        return url, {}
+    from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(query="", fragment="")), dict(parse_qsl(parts.query, keep_blank_values=True))
+
+
 def _image_data_url(image) -> str:
     buf = io.BytesIO()
     image.convert("RGB").save(buf, format="PNG")
@@ -249,6 +347,8 @@ class Judge:
                  sleep: Callable[[float], None] | None = None):
         self.config = (config or JudgeConfig()).resolved()
         self._client = client
+        self._own_client = client is None  # a client we made is closed and replaced after a try ran out of time
+        self._client_lock = threading.Lock()
         self._sleep = sleep or (lambda seconds: time.sleep(seconds))
         self._probed = False
         self.calls = 0  # requests actually sent (cache misses, retries included)
@@ -256,20 +356,68 @@ class Judge:
     # ------------------------------------------------------------------ plumbing
     @property
     def client(self):
-        if self._client is None:
-            from openai import OpenAI
+        with self._client_lock:
+            if self._client is None:
+                from openai import OpenAI
 
-            self._client = OpenAI(
-                api_key=self.config.api_key or "EMPTY",
-                base_url=self.config.base_url,
-                max_retries=0,  # our own backoff (config.max_retries), so every failure mode is counted and bounded
-                timeout=self.config.timeout_s,  # per try: a judge that never answers costs at most this
-            )
-        return self._client
+                base_url, query = _split_query(self.config.base_url)
+                redact_http_logs(self._secrets)  # the HTTP client logs each request's URL
+                self._client = OpenAI(
+                    api_key=self.config.api_key or "EMPTY",
+                    base_url=base_url,
+                    default_query=query or None,  # ?api-version=...&api_key=... of OPENAI_BASE_URL, on every request
+                    max_retries=0,  # our own backoff (config.max_retries): every failure mode counted and bounded
+                    timeout=self.config.timeout_s,  # per read / connect; _create bounds the whole try
+                )
+            return self._client
+
+    @property
+    def _secrets(self) -> tuple[str | None, ...]:
+        return (self.config.api_key, *url_secrets(self.config.base_url))
+
+    @property
+    def where(self) -> str:
+        """The judge's server for messages: its URL with credentials redacted."""
+        if not self.config.base_url:
+            return "https://api.openai.com/v1 (OPENAI_BASE_URL unset)"
+        return self.redact(self.config.base_url)
 
     def redact(self, text: Any) -> str:
-        """``text`` with the configured key and anything key-like removed (see :func:`redact_secrets`)."""
-        return redact_secrets(text, (self.config.api_key,))
+        """``text`` with the configured key, the credentials of the judge's URL and anything key-like removed
+        (see :func:`redact_secrets`)."""
+        return redact_secrets(text, self._secrets)
+
+    def _create(self, request: dict):
+        """One try: ``chat.completions.create(**request)`` bounded as a whole by the timeout. The client's own
+        timeouts bound each connect and each read, not a reply whose body trickles in; so the call runs in a
+        worker thread and is given up at the deadline (:class:`JudgeTimeout`), its client closed (which ends the
+        worker's connection) and replaced for the next try."""
+        client = self.client
+        box: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                box["reply"] = client.chat.completions.create(**request)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                box["error"] = exc
+
+        worker = threading.Thread(target=work, name="frankeneval-judge", daemon=True)
+        worker.start()
+        worker.join(self.config.timeout_s)
+        if worker.is_alive():
+            if self._own_client:
+                with self._client_lock:
+                    if self._client is client:
+                        self._client = None
+                try:
+                    client.close()
+                except Exception:  # noqa: BLE001 - best effort: the worker ends at its next read either way
+                    pass
+            raise JudgeTimeout(f"no complete reply within the judge's timeout of {self.config.timeout_s:g} s "
+                               "(FRANKENEVAL_JUDGE_TIMEOUT)")
+        if "error" in box:
+            raise box["error"]
+        return box["reply"]
 
     def _request(self, messages: list[dict], max_tokens: int) -> dict:
         return {"model": self.config.model, "messages": messages, "temperature": self.config.temperature,
@@ -299,7 +447,7 @@ class Judge:
     def _retryable(exc: Exception) -> bool:
         import openai
 
-        if isinstance(exc, (openai.RateLimitError, openai.APIConnectionError, openai.APITimeoutError)):
+        if isinstance(exc, (JudgeTimeout, openai.RateLimitError, openai.APIConnectionError, openai.APITimeoutError)):
             return True
         if isinstance(exc, openai.APIStatusError):
             return exc.status_code == 429 or exc.status_code >= 500
@@ -312,7 +460,7 @@ class Judge:
         for attempt in range(retries + 1):
             try:
                 self.calls += 1
-                resp = self.client.chat.completions.create(**request)
+                resp = self._create(request)
                 return resp.choices[0].message.content or ""
             except Exception as exc:  # noqa: BLE001 - classified below
                 last = exc
@@ -352,9 +500,9 @@ class Judge:
         try:
             self._call(request, retries=min(1, self.config.max_retries))
         except JudgeUnavailable as exc:
-            where = self.config.base_url or "https://api.openai.com/v1 (OPENAI_BASE_URL unset)"
             raise JudgeNotAnswering(
-                f"the LLM judge does not answer: model {self.config.model!r} at {where} ({exc}); check the server, "
+                f"the LLM judge does not answer: model {self.config.model!r} at {self.where} ({exc}); "
+                "check the server, "
                 "OPENAI_BASE_URL / judge_base_url, the model name and OPENAI_API_KEY "
                 "(or set FRANKENEVAL_JUDGE_PROBE=0 to skip this check)") from None
         self._probed = True

@@ -1,9 +1,13 @@
 """One writer per output, and child processes that die with their parent.
 
 * :func:`file_lock` -- an exclusive ``flock`` on a lock file (waits, or fails with one line naming the holder's
-  pid); re-entrant within a thread, and other threads of the process wait too. The lock file is removed when
-  the lock is released; one left by a killed process is simply re-locked by the next run (the kernel dropped
-  the dead holder's lock).
+  pid); re-entrant within a thread, and other threads of the process wait too. The lock file is created
+  exclusively (a hard link of a file we just wrote, so it never replaces anything and holds its ``frankeneval
+  lock`` line from the start) and never through a symbolic link (``O_NOFOLLOW``). An existing file at the lock
+  path is used only when it is a frankeneval lock (one left by a killed process is simply re-locked by the next
+  run: the kernel dropped the dead holder's lock); a symbolic link or any other file there is refused in one line
+  (:class:`~frankeneval.errors.OutputRefused`) and left as it is. The lock file is removed when the lock is
+  released, and only while the path is still that very file.
 * :func:`output_lock` -- :func:`file_lock` on ``<parent>/.<name>.lock``: the lock of one output folder or file.
 * :func:`pid_alive` -- whether a process of this host still runs (temp names carry their writer's pid).
 * :func:`start_child` / :func:`stop_child` -- a subprocess in its own process group that gets SIGKILL when its
@@ -13,17 +17,22 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
+import re
+import secrets
 import signal
+import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from frankeneval.errors import FrankenevalError
+from frankeneval.errors import FrankenevalError, OutputRefused
 
 try:  # POSIX
     import fcntl
@@ -48,19 +57,119 @@ _HELD: dict[str, _Held] = {}
 _GUARD = threading.Lock()
 
 
+_LOCK_LINE = b"frankeneval lock"
+_LEGACY_LOCK = re.compile(rb"\d+\n?")  # what locks of older versions held: the holder's pid
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _lock_text(pid: int | None = None) -> bytes:
+    return _LOCK_LINE + (f" pid {pid}".encode() if pid else b"") + b"\n"
+
+
+def _is_lock_text(data: bytes) -> bool:
+    """Whether ``data`` is what a frankeneval lock file holds (this version's line, or an older version's pid)."""
+    return data.startswith(_LOCK_LINE) or _LEGACY_LOCK.fullmatch(data) is not None
+
+
 def _holder(lock_path: Path) -> str:
     try:
-        pid = lock_path.read_text().strip()
+        fd = os.open(lock_path, os.O_RDONLY | _NOFOLLOW | os.O_NONBLOCK)
+        try:
+            data = os.pread(fd, 256, 0)
+        finally:
+            os.close(fd)
     except OSError:
-        pid = ""
-    return f"pid {pid}" if pid.isdigit() else "another process"
+        data = b""
+    m = re.search(rb"(\d+)\s*$", data) if _is_lock_text(data) else None
+    return f"pid {m.group(1).decode()}" if m else "another process"
+
+
+def _refuse_lock(lock_path: Path, why: str) -> OutputRefused:
+    return OutputRefused(f"{lock_path} {why}, not a frankeneval lock; nothing was written or deleted (move it away "
+                         "or choose another output)")
+
+
+def _create_lock(lock_path: Path) -> int | None:
+    """A new lock file at ``lock_path``, created by this call and holding the lock line from the start: its
+    descriptor; None when something is already at ``lock_path`` (it is never replaced nor followed)."""
+    tmp = lock_path.with_name(f"{lock_path.name}.new-{os.getpid()}-{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644)
+    try:
+        os.pwrite(fd, _lock_text(), 0)
+        try:
+            os.link(tmp, lock_path)  # atomic; fails on any existing name, a dangling symbolic link included
+            return fd
+        except FileExistsError:
+            os.close(fd)
+            return None
+        except OSError:  # a file system without hard links: create the lock path itself exclusively
+            os.close(fd)
+            try:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644)
+            except FileExistsError:
+                return None
+            os.pwrite(fd, _lock_text(), 0)
+            return fd
+    except BaseException:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+        raise
+    finally:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def _open_existing_lock(lock_path: Path) -> int | None:
+    """The descriptor of the frankeneval lock file already at ``lock_path`` (None when it is gone); a symbolic
+    link, a folder or a file that is not a frankeneval lock is refused (one line), never opened for writing."""
+    for _ in range(40):
+        try:
+            fd = os.open(lock_path, os.O_RDWR | _NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return None
+        except IsADirectoryError:
+            raise _refuse_lock(lock_path, "is a folder") from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP or os.path.islink(lock_path):
+                raise _refuse_lock(lock_path, "is a symbolic link") from None
+            raise
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise _refuse_lock(lock_path, "is not a regular file")
+            data = os.pread(fd, 256, 0)
+            if _is_lock_text(data):
+                return fd
+            if data:
+                raise _refuse_lock(lock_path, "is a file frankeneval did not write")
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # empty: a lock being created without hard links a moment ago; look again
+        time.sleep(0.05)
+    raise _refuse_lock(lock_path, "is an empty file frankeneval did not write")
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        a, b = os.fstat(fd), os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    return (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev)
 
 
 def _acquire(lock_path: Path, wait: bool, what: str) -> int:
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     told = False
     while True:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by children unless passed
+        fd = _create_lock(lock_path)
+        if fd is None:
+            fd = _open_existing_lock(lock_path)
+            if fd is None:  # removed by its holder in between: create it again
+                continue
         try:
             if fcntl is not None:
                 try:
@@ -77,15 +186,11 @@ def _acquire(lock_path: Path, wait: bool, what: str) -> int:
                         told = True
                     fcntl.flock(fd, fcntl.LOCK_EX)
             # the previous holder may have removed the file between our open and our lock: lock the new one
-            try:
-                same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
-            except FileNotFoundError:
-                same = False
-            if not same:
+            if not _same_file(fd, lock_path):
                 os.close(fd)
                 continue
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            os.pwrite(fd, _lock_text(os.getpid()), 0)
             return fd
         except BaseException:
             try:
@@ -93,6 +198,16 @@ def _acquire(lock_path: Path, wait: bool, what: str) -> int:
             except OSError:
                 pass
             raise
+
+
+def _release(fd: int, lock_path: Path) -> None:
+    """Remove the lock file -- only while ``lock_path`` is still the file ``fd`` locks -- and close ``fd``."""
+    try:
+        if _same_file(fd, lock_path):
+            os.unlink(lock_path)  # still ours: nobody else can hold it now
+    except OSError:
+        pass
+    os.close(fd)
 
 
 @contextmanager
@@ -119,11 +234,7 @@ def file_lock(lock_path: str | os.PathLike, *, wait: bool = True, what: str | No
             held.depth -= 1
             if held.depth == 0:
                 fd, held.fd = held.fd, None
-                try:
-                    os.unlink(lock_path)  # still ours: nobody else can hold it now
-                except OSError:
-                    pass
-                os.close(fd)  # type: ignore[arg-type]
+                _release(fd, lock_path)  # type: ignore[arg-type]
     finally:
         held.rlock.release()
 

@@ -21,16 +21,17 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from frankeneval.core.inputs_check import Broken, BrokenRow, image_problem
-from frankeneval.core.results import atomic_output, atomic_write_text, write_json_atomic
+from frankeneval.core.results import atomic_output, atomic_write_text, staged_directory, write_json_atomic
 from frankeneval.errors import FrankenevalError
 
-__all__ = ["PROBE_TASKS", "ProbePair", "check_pair", "load_probe_pairs", "write_probe_pairs", "write_probe_task",
-           "render_pair", "probe_task_dir"]
+__all__ = ["PROBE_TASKS", "ProbePair", "check_pair", "load_probe_pairs", "owned_probe_folder", "write_probe_pairs",
+           "write_probe_task", "render_pair", "probe_task_dir"]
 
 PROBE_TASKS = ("counting", "ocr", "grounding", "recognition")
 
@@ -250,26 +251,85 @@ def write_probe_task(folder: str | os.PathLike, task: str, pairs: Iterable[tuple
     return tdir
 
 
+GENERATOR_STAMP = "generator.json"  # what write_probe_pairs wrote a task folder from (task, n, seed, size)
+
+
+def owned_probe_folder(task: str, *, stamp: str | None = None) -> Callable[[Path], str | None]:
+    """For :func:`~frankeneval.core.results.staged_directory`: a probe task folder may be replaced only when it holds
+    exactly what frankeneval's probe writers write -- ``data.jsonl`` and ``images/<task>_NNNNNN_[ts].png`` (and the
+    ``stamp`` file, which must then be there: a folder without it is someone's own dataset)."""
+    pattern = re.compile(rf"{re.escape(task)}_\d{{6}}_[ts]\.png")
+    own = {"data.jsonl", *([stamp] if stamp else [])}
+
+    def owned(folder: Path) -> str | None:
+        if stamp and not ((folder / stamp).is_file() and not (folder / stamp).is_symlink()):
+            return (f"it is a probe dataset frankeneval did not render (no {stamp}); move it away or choose another "
+                    "folder")
+        extra = [e.name for e in os.scandir(folder)
+                 if not (e.name in own and e.is_file(follow_symlinks=False))
+                 and not (e.name == "images" and e.is_dir(follow_symlinks=False))]
+        images = folder / "images"
+        if images.is_dir() and not images.is_symlink():
+            extra += [f"images/{e.name}" for e in os.scandir(images)
+                      if not (e.is_file(follow_symlinks=False) and pattern.fullmatch(e.name))]
+        if not extra:
+            return None
+        return (f"it holds files frankeneval did not write ({', '.join(sorted(extra)[:5])}); move them away or choose "
+                "another output")
+
+    return owned
+
+
+def _rendered_root(folder: Path, present: set[str]) -> str | None:
+    """Adopt a probe folder an older frankeneval rendered without the output marker: nothing but task folders
+    :func:`write_probe_pairs` wrote (each with its generator stamp)."""
+    for name in sorted(present):
+        path = folder / name
+        if name not in PROBE_TASKS or path.is_symlink() or not path.is_dir():
+            return f"it holds files frankeneval did not write ({name})"
+        why = owned_probe_folder(name, stamp=GENERATOR_STAMP)(path)
+        if why:
+            return f"its {name}/ {why.split(';')[0].removeprefix('it ')}"
+    return None
+
+
+def _read_stamp(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text()) if path.is_file() and not path.is_symlink() else None
+    except (OSError, ValueError):
+        return None
+
+
 def write_probe_pairs(out_dir: str | os.PathLike, tasks: Iterable[str] = PROBE_TASKS, n: int = 100, seed: int = 0,
-                      size: int = 384) -> dict[str, Path]:
+                      size: int = 384, *, command: str = "make-probes") -> dict[str, Path]:
     """Render ``n`` pairs per task into ``out_dir/<task>/`` (data.jsonl + images/); returns the task folders.
 
     Deterministic: the same (task, n, seed, size) gives the same files. Already complete folders are kept.
+
+    Never overwrites a probe dataset frankeneval did not render: ``out_dir`` is claimed as an output folder
+    (:func:`frankeneval.core.outdir.claim_output_dir`; pass an already claimed one to allow foreign files beside),
+    and a task folder is replaced -- atomically, as a whole -- only when it holds exactly what this function wrote
+    (its ``generator.json`` stamp, ``data.jsonl`` and the rendered images); anything else is refused in one line.
     """
-    out = Path(out_dir).expanduser()
-    written = {}
+    from frankeneval.core.outdir import claim_output_dir
+
+    tasks = list(tasks)
     for task in tasks:
         if task not in PROBE_TASKS:
             raise FrankenevalError(f"unknown probe task {task!r}; known: {', '.join(PROBE_TASKS)}")
+    out = Path(claim_output_dir(out_dir, command=command, files=tasks, adopt=_rendered_root))
+    written = {}
+    for task in tasks:
         tdir = out / task
-        (tdir / "images").mkdir(parents=True, exist_ok=True)
         stamp = {"task": task, "n": n, "seed": seed, "size": size}
-        stamp_path = tdir / "generator.json"
-        if (tdir / "data.jsonl").is_file() and stamp_path.is_file() and json.loads(stamp_path.read_text()) == stamp:
+        owned = owned_probe_folder(task, stamp=GENERATOR_STAMP)
+        if tdir.is_dir() and not tdir.is_symlink() and owned(tdir) is None and (tdir / "data.jsonl").is_file() \
+                and _read_stamp(tdir / GENERATOR_STAMP) == stamp:
             written[task] = tdir
             continue
         rng = random.Random(f"{seed}:{task}")
-        write_probe_task(tdir, task, (render_pair(task, rng, size) for _ in range(n)))
-        write_json_atomic(stamp_path, stamp, newline=False)
+        with staged_directory(tdir, owned=owned) as tmp:
+            write_probe_task(tmp, task, (render_pair(task, rng, size) for _ in range(n)))
+            write_json_atomic(tmp / GENERATOR_STAMP, stamp, newline=False)
         written[task] = tdir
     return written

@@ -21,7 +21,8 @@ path (``rl`` is in many words: ``/work/runs/qwen2.5-vl-7b-instruct`` is ``qwen2.
 snapshot directory (``.../models--Org--Name/snapshots/<hash>``) is named by its hub id ``Org/Name``. A splice (a
 directory with frankeneval's ``frankeneval_provenance.json``) takes the prompt of its sources -- those that
 contribute tensors, each named by the reference recorded in the provenance: reasoner if any source is; else revisual if
-any source is; else none.
+any source is; else none. Seed-compatible transfer applies the rule to a variant's own phrase instead, as the reference
+does (:func:`variant_phrase_prompt`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ __all__ = [
     "model_rule_name",
     "name_rule",
     "resolve_system_prompt",
+    "variant_phrase_prompt",
 ]
 
 # docs/method.md §3 (data: keep them byte for byte)
@@ -168,6 +170,14 @@ def _auto(model: Any, depth: int = 0) -> tuple[str, str]:
     rule = {"reasoner": "reasoner as a source is", "revisual": "revisual as a source is (none is reasoner)",
             "none": "no source has a system prompt"}[kind]
     return kind, f"splice of {detail}: {rule}"
+
+
+def variant_phrase_prompt(phrase: str) -> SystemPrompt:
+    """Seed-compatible ``auto`` for a spliced variant: the rule on the variant's own phrase, as the reference applies
+    it (``Coldstart early 1/3 layers + final late 2/3 layers`` contains ``coldstart`` -> reasoner, so Revisual-R1
+    splices get the reasoner prompt while Revisual-R1 IN and RL get the revisual one)."""
+    name, why = name_rule(phrase)
+    return SystemPrompt(name, NAMED_PROMPTS[name], f"auto (seed-compatible: the variant's phrase): {why}", "auto")
 
 
 def resolve_system_prompt(model: Any, setting: str | None = "auto") -> SystemPrompt:

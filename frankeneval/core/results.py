@@ -11,17 +11,21 @@ Every file frankeneval writes goes through here, so a crash never leaves a half-
 * :class:`JsonlLog` -- one JSON object per line, each appended with a single ``os.write`` on an ``O_APPEND``
   descriptor and fsynced; on open a torn last line (an interrupted append) is cut off, and a corrupt or
   incomplete line (per the log's ``check``, e.g. :func:`require_fields`) is named (file:line) and skipped, so
-  its unit counts as not done and is recomputed;
+  its unit counts as not done and is recomputed. A log is never opened through a symbolic link (``O_NOFOLLOW``),
+  and a log with a ``first_line`` check (a run store's header) that an existing file fails is refused in one line
+  before anything is cut off or appended;
 * :func:`read_jsonl` -- the complete records of such a log, read-only.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import secrets
 import shutil
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -30,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from frankeneval.core.locks import output_lock, pid_alive
-from frankeneval.errors import FrankenevalError, SpecError
+from frankeneval.errors import FrankenevalError, OutputRefused, SpecError
 
 __all__ = [
     "JsonlLog",
@@ -41,6 +45,7 @@ __all__ = [
     "discard_directory",
     "foreign_entries",
     "is_object",
+    "open_nofollow",
     "read_jsonl",
     "refuse_inputs",
     "require_fields",
@@ -159,8 +164,8 @@ def _real(path: str | os.PathLike) -> Path:
 
 
 def refuse_inputs(target: str | os.PathLike, inputs: Iterable[tuple[str, str | os.PathLike]], what: str = "output") -> None:
-    """One-line :class:`FrankenevalError` when ``target`` is one of ``inputs`` ((label, path) pairs), holds one,
-    or lies inside one (real paths: symlinks resolved)."""
+    """One-line :class:`~frankeneval.errors.OutputRefused` when ``target`` is one of ``inputs`` ((label, path)
+    pairs), holds one, or lies inside one (real paths: symlinks resolved)."""
     out = _real(target)
     for label, path in inputs:
         src = _real(path)
@@ -172,8 +177,8 @@ def refuse_inputs(target: str | os.PathLike, inputs: Iterable[tuple[str, str | o
             rel = "lies inside"
         else:
             continue
-        raise FrankenevalError(f"{target}: the {what} {rel} input {label} ({path}); nothing was written, choose "
-                               f"another {what}")
+        raise OutputRefused(f"{target}: the {what} {rel} input {label} ({path}); nothing was written, choose "
+                            f"another {what}")
 
 
 def foreign_entries(folder: Path, expected: Iterable[str]) -> str | None:
@@ -371,26 +376,88 @@ def read_jsonl(path: str | os.PathLike, *, check: RecordCheck = is_object) -> li
     return _parse_lines(path, path.read_bytes(), check)[0]
 
 
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def open_nofollow(path: str | os.PathLike, flags: int, mode: int = 0o644) -> int:
+    """``os.open`` that never follows a symbolic link at ``path`` and opens only a regular file: a link, a folder
+    or a device there is refused in one line (:class:`~frankeneval.errors.OutputRefused`)."""
+    try:
+        fd = os.open(path, flags | _NOFOLLOW | os.O_NONBLOCK, mode)
+    except IsADirectoryError:
+        raise OutputRefused(f"{path} is a folder, not a file frankeneval writes; nothing was written") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or os.path.islink(path):
+            raise OutputRefused(f"{path} is a symbolic link; frankeneval never writes through a link (nothing was "
+                                "written): remove the link or choose another output") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OutputRefused(f"{path} is not a regular file; nothing was written")
+    return fd
+
+
+def _read_fd(fd: int) -> bytes:
+    chunks = []
+    while True:
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _first_line(data: bytes) -> tuple[bytes, bool]:
+    """(the first non-blank line of ``data``, whether it is terminated by a newline)."""
+    for raw in data.split(b"\n")[:-1]:
+        if raw.strip():
+            return raw, True
+    return data.rsplit(b"\n", 1)[-1], False
+
+
 class JsonlLog:
     """Append-only JSONL file; opening it cuts off a torn last line. ``records`` holds every complete record (in
-    order); corrupt or incomplete lines (``check``) are skipped with a warning and stay in the file untouched."""
+    order); corrupt or incomplete lines (``check``) are skipped with a warning and stay in the file untouched.
 
-    def __init__(self, path: str | os.PathLike, *, allow_nan: bool = True, check: RecordCheck = is_object) -> None:
+    Never through a symbolic link. ``first_line``: a check of an existing file's first line (e.g. a run store's
+    header; None when it is one of ours, else why not); a non-empty file whose first line fails it was not written
+    by frankeneval and is refused (:class:`~frankeneval.errors.OutputRefused`) before anything is changed. A torn
+    first line that starts like one of ours (``first_prefix``) counts as ours."""
+
+    def __init__(self, path: str | os.PathLike, *, allow_nan: bool = True, check: RecordCheck = is_object,
+                 first_line: RecordCheck | None = None, first_prefix: bytes | None = None) -> None:
         self.path = Path(path)
         self.allow_nan = allow_nan
         self.check = check
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.records: list[Any] = []
-        if self.path.is_file():
-            data = self.path.read_bytes()
+        if not os.path.lexists(self.path):
+            return
+        fd = open_nofollow(self.path, os.O_RDWR)
+        try:
+            data = _read_fd(fd)
+            if first_line is not None and data.strip():
+                self._check_first_line(data, first_line, first_prefix)
             self.records, keep = _parse_lines(self.path, data, check)
             if keep < len(data):
-                os.truncate(self.path, keep)
+                os.ftruncate(fd, keep)
+                os.fsync(fd)
             elif data and not data.endswith(b"\n"):
                 self._write(b"\n")  # later appends start on a line of their own
+        finally:
+            os.close(fd)
+
+    def _check_first_line(self, data: bytes, first_line: RecordCheck, prefix: bytes | None) -> None:
+        raw, complete = _first_line(data)
+        if not complete and prefix is not None and raw.lstrip().startswith(prefix):
+            return  # our own first line, torn by an interrupted append
+        record, problem = _decode(raw)
+        problem = problem or first_line(record)
+        if problem:
+            raise OutputRefused(f"{self.path} was not written by frankeneval (first line: {problem}); nothing was "
+                                "appended or changed: move it away or choose another output folder")
 
     def _write(self, data: bytes) -> None:
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = open_nofollow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         try:
             write_all(fd, data)
             os.fsync(fd)

@@ -2,8 +2,9 @@
 tasks (GSM8K, MATH-500, the probes, MathVista) and the analyses.
 
 * Final answer of a free-text response: the ``<answer>…</answer>`` tag's content, else the last
-  ``\\boxed{…}`` (nested braces handled), else (GSM8K) the text after ``####``, else the documented fallback:
-  the last number in the response (``extract_final_answer``).
+  ``\\boxed{…}`` (nested braces handled), else (GSM8K) the text after ``####`` (``extract_final_answer``). Only a
+  stated answer gets rule credit: there is no fallback to the last number (a response cut off at the token limit
+  would get credit for a number it was still working on); such items go to the judge, or are not credited.
 * Math equivalence (``math_equal``): whitespace-free lower-case strings match, or math-verify says the two are
   equivalent, or both parse as numbers within 1e-6. ``rel_tol=0.01`` adds the reference's 1 % relative error
   (seed-compatible option only).
@@ -43,7 +44,7 @@ __all__ = [
 ]
 
 _ANSWER_TAG = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.DOTALL | re.IGNORECASE)
-# a number in text: thousands commas, decimals, an exponent (extract_final_answer's last-number fallback)
+# a number in text: thousands commas, decimals, an exponent
 NUMBER_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|-?\.\d+")
 _WORD_NUMBERS = {
     w: i
@@ -96,8 +97,9 @@ def extract_gsm8k_target(answer: str) -> str:
 def extract_final_answer(text: str, *, allow_hashes: bool = False) -> tuple[str | None, str]:
     """The final answer of a response and how it was found.
 
-    Returns ``(answer, method)`` with method one of ``answer_tag``, ``boxed``, ``hashes``, ``last_number``, ``none``.
-    A ``\\boxed{}`` inside the ``<answer>`` tag is unwrapped.
+    Returns ``(answer, method)`` with method one of ``answer_tag``, ``boxed``, ``hashes`` (``allow_hashes``: GSM8K's
+    ``#### N``), ``whole`` (the response is one number and nothing else), ``none``. A ``\\boxed{}`` inside the ``<answer>`` tag is unwrapped. No last-number fallback: a
+    response that states no answer has none.
     """
     tag = extract_answer_tag(text)
     if tag is not None and tag != "":
@@ -108,9 +110,9 @@ def extract_final_answer(text: str, *, allow_hashes: bool = False) -> tuple[str 
         return boxed, "boxed"
     if allow_hashes and "####" in (text or ""):
         return text.split("####")[-1].strip().split("\n")[0].strip(), "hashes"
-    numbers = NUMBER_RE.findall(text or "")
-    if numbers:
-        return numbers[-1], "last_number"
+    whole = (text or "").strip().rstrip(".").strip()
+    if whole and NUMBER_RE.fullmatch(whole):  # the response is nothing but a number: that is its stated answer
+        return whole, "whole"
     return None, "none"
 
 

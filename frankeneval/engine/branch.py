@@ -11,7 +11,8 @@ assistant header]`` and attention is causal, so:
 
 So :func:`branch_prefill` runs one plain prefill per distinct prompt of a batch (the 28 swap rows of a probe pair
 share one), builds each row's past K/V from it (the swap written from the rows' plans by
-:class:`frankeneval.engine.interventions.SwapWriter`, the same code as in a full prefill), and prefills the rows' suffixes with the model's own forward over that past.
+:class:`frankeneval.engine.interventions.SwapWriter`, the same code as in a full prefill), and prefills the rows'
+suffixes with the model's own forward over that past.
 The tokens equal the full prefill's in float32 (tests); it applies to rows whose only intervention is one
 non-seed-compatible :class:`SwapVisualKV` and whose visual tokens are one run (one image).
 """

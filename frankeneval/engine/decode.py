@@ -12,8 +12,8 @@ the text model alone (after the prefill no image is involved):
   264-row step;
 * positions continue from the prefill's last 3-D rope position (``+1`` per step, what ``generate`` does);
 * per-row ablation (``Ablate``) as a keep-mask on each layer's attention and MLP outputs, no hooks: the rows' plans
-  (:class:`~frankeneval.engine.interventions.RowPlan`) through the same :func:`~frankeneval.engine.interventions.keep_mask`
-  the hooked forward applies;
+  (:class:`~frankeneval.engine.interventions.RowPlan`) through the same
+  :func:`~frankeneval.engine.interventions.keep_mask` the hooked forward applies;
 * on CUDA the whole step (embedding, 28 layers, lm_head, argmax, cache write) is captured once in a CUDA graph and
   replayed, so a step costs one launch instead of ~600; on CPU the same code runs eagerly (what the tests compare).
 
@@ -84,7 +84,8 @@ class StaticDecoder:
         self.fed_max = max(max_new_tokens - 1, 1)  # new tokens ever fed back (the last one never is)
         length = prompt_len + min(self.fed_max, self.GROW_TOKENS)
         # zeros, not empty: masked slots are multiplied by 0 and must not hold NaN
-        self.keys = [torch.zeros(rows, self.n_kv, length, self.head_dim, device=device, dtype=dtype) for _ in self.layers]
+        self.keys = [torch.zeros(rows, self.n_kv, length, self.head_dim, device=device, dtype=dtype)
+                     for _ in self.layers]
         self.values = [torch.zeros_like(k) for k in self.keys]
         self.valid = torch.zeros(rows, length, dtype=torch.bool, device=device)  # slots a row attends to
         self.keep = torch.ones(len(self.layers), rows, 1, 1, device=device, dtype=dtype)

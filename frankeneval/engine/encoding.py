@@ -180,7 +180,8 @@ class PromptEncoder:
             inputs["image_grid_thw"] = torch.cat(grids).to(device)
         return inputs, features, [(t, k) for t, k in zip(texts, keys)]
 
-    def embeds(self, input_ids: torch.Tensor, features: list, embed: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    def embeds(self, input_ids: torch.Tensor, features: list,
+               embed: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """Token embeddings of ``input_ids`` with each row's image features at its image-token positions (what the
         model's forward does with ``pixel_values``)."""
         with torch.no_grad():

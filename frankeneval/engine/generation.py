@@ -8,7 +8,8 @@ wrapper and the analyses (localization sweeps, transfer).
 * Prompts go through the processor's chat template (system message, then the user turn: images first,
   then the text), are padded on the left and generated in batches; greedy unless ``do_sample=True``. Only the
   arguments given here steer decoding: the checkpoint's ``generation_config`` sampling defaults (a hub
-  Qwen2.5-VL ships ``repetition_penalty`` 1.05) are not applied (docs/method.md: greedy, temperature 0).
+  Qwen2.5-VL ships ``repetition_penalty`` 1.05) are not applied (docs/method.md: greedy, temperature 0), unless
+  asked: ``repetition_penalty="checkpoint"`` takes the checkpoint's, as the reference code does (seed-compatible).
 * ``stop``: one list of stop strings for all rows, or one list per row; the text is cut at the first stop
   string and a row stops generating once it has one (the batch stops when every row is done).
 * ``batch_size="auto"``: start at ``max_batch_size`` (or the last size that fitted) and halve on
@@ -52,7 +53,8 @@ from frankeneval.engine.interventions import (
     needs_hooked_decode,
     normalize_rows,
 )
-from frankeneval.errors import FrankenevalError, InterventionError, UnsafeWeights
+from frankeneval.errors import FrankenevalError, InterventionError, NoTokenizer, UnsafeWeights
+from frankeneval.weights.checkpoint import TOKENIZER_FILES, check_metadata_json
 
 log = logging.getLogger(__name__)
 
@@ -79,22 +81,6 @@ class GenResult:
     token_ids: list[int]
     finish_reason: str  # "stop" | "length"
     captures: list[AttentionCapture] = field(default_factory=list)
-
-
-# Which answers hit ``max_new_tokens``: the lmms-eval wrapper records each request's finish reason under (task name,
-# the doc's ``id``) and the task's scoring (``frankeneval.tasks.common``) reads it back in the same process, where it
-# becomes the per-item ``hit_limit`` metric. Unknown (another model, a cached response) -> None.
-_HIT_LIMIT: dict[tuple[str, str], bool] = {}
-
-
-def record_hit_limit(task: str, doc_key: Any, hit: bool) -> None:
-    """Record whether the answer of ``doc_key`` (the doc's ``id``) in ``task`` ran to ``max_new_tokens``."""
-    _HIT_LIMIT[(str(task), str(doc_key))] = bool(hit)
-
-
-def hit_limit_of(task: str, doc_key: Any) -> bool | None:
-    """What :func:`record_hit_limit` recorded for that item (None: nothing recorded)."""
-    return _HIT_LIMIT.get((str(task), str(doc_key)))
 
 
 class _FinishScan:
@@ -160,6 +146,28 @@ def refuse_pickle_only(pretrained: str) -> None:
         )
 
 
+def check_tokenizer(processor, pretrained: str) -> None:
+    """Raise :class:`NoTokenizer` (one line) when the processor's tokenizer has no vocabulary: transformers makes an
+    empty tokenizer for a checkpoint without tokenizer files, which turns every prompt into zero tokens."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    try:
+        ids = tokenizer("Hello world 1 2 3", add_special_tokens=False)["input_ids"]
+        size = len(tokenizer)
+    except Exception:  # noqa: BLE001 - a tokenizer we cannot probe is left to its first real use
+        return
+    if not ids or size < 2:
+        found = ", ".join(TOKENIZER_FILES)
+        raise NoTokenizer(f"{pretrained} has no tokenizer (none of {found}; transformers made an empty one, so "
+                          "every prompt would be zero tokens): copy the tokenizer files of the model it came from "
+                          "into it")
+
+
+def _check_prompt_tokens(prompt_len: int) -> None:
+    if prompt_len < 1:
+        raise NoTokenizer("the prompts encoded to zero tokens: the model's tokenizer has no vocabulary (copy the "
+                          "tokenizer files of the model it came from into its folder)")
+
+
 def usable_gpu_memory(device) -> int:
     """Bytes this process can still allocate on ``device``: the device's free memory plus what PyTorch's caching
     allocator holds without using (``mem_get_info`` counts that as taken, so after a large call it would look full)."""
@@ -217,6 +225,7 @@ class Generator:
 
         if not allow_pickle:
             refuse_pickle_only(pretrained)
+        check_metadata_json(pretrained)  # a config.json (or tokenizer / processor JSON) that is not JSON: one line
 
         if isinstance(dtype, str) and dtype != "auto":
             if not hasattr(torch, dtype):
@@ -225,6 +234,7 @@ class Generator:
         proc_kwargs = {k: v for k, v in (("max_pixels", max_pixels), ("min_pixels", min_pixels)) if v is not None}
         try:
             processor = AutoProcessor.from_pretrained(pretrained, **proc_kwargs)
+            check_tokenizer(processor, pretrained)
             model_kwargs: dict[str, Any] = {"dtype": dtype}
             if not allow_pickle:
                 model_kwargs["use_safetensors"] = True  # hub ids too: never fall back to a pickle file
@@ -264,6 +274,13 @@ class Generator:
             one_device = len({str(d) for d in getattr(self.model, "hf_device_map", {}).values()}) <= 1
             self._static_layout = one_device and supports_static_decode(self.model)
         return self._static_layout
+
+    def checkpoint_repetition_penalty(self) -> float | None:
+        """The checkpoint's ``generation_config.repetition_penalty`` (a hub Qwen2.5-VL ships 1.05), None when it has
+        none: what ``generate`` applies when the caller passes no penalty, as the reference code does
+        (``repetition_penalty="checkpoint"`` in :meth:`generate`; the seed-compatible paths)."""
+        value = getattr(self.model.generation_config, "repetition_penalty", None)
+        return None if value in (None, 1.0) else float(value)
 
     def _static_ok(self, rows: list[list], do_sample: bool, repetition_penalty) -> bool:
         """Whether these rows decode with the static decoder (greedy, no capture / record / seed-compatible swap)."""
@@ -420,7 +437,7 @@ class Generator:
         do_sample: bool = False,
         temperature: float | None = None,
         top_p: float | None = None,
-        repetition_penalty: float | None = None,
+        repetition_penalty: float | str | None = None,
         stop: Sequence[str] | Sequence[Sequence[str]] | None = None,
         ignore_eos: bool = False,
         interventions: Any = None,
@@ -435,6 +452,8 @@ class Generator:
             return []
         rows = normalize_rows(interventions, n)
         stops = self._normalize_stops(stop, n)
+        if repetition_penalty == "checkpoint":
+            repetition_penalty = self.checkpoint_repetition_penalty()
         if seed is not None:
             torch.manual_seed(seed)
         # longest prompts first: less padding, and an out-of-memory shows up on the first batch
@@ -505,6 +524,7 @@ class Generator:
 
         inputs = self.encode(requests)
         prompt_len = inputs["input_ids"].shape[1]
+        _check_prompt_tokens(prompt_len)
         eos_ids = set() if ignore_eos else self._eos_ids()
         pad_id = self._pad_id()
         # every knob explicit: transformers fills a None from the checkpoint's generation_config (a hub Qwen2.5-VL
@@ -537,6 +557,7 @@ class Generator:
         inputs, features, positions, mask, keys = self._encode_static(requests)
         ids = inputs["input_ids"]
         n, prompt_len = ids.shape
+        _check_prompt_tokens(prompt_len)
         plan = (plan_branches(rows, ids, mask, getattr(self.model.config, "image_token_id", None), keys)
                 if self.branch_swaps else BranchPlan.empty())
         branched = set(plan.rows)

@@ -481,7 +481,8 @@ def plan_rows(rows: Sequence[Sequence[Intervention]], n_layers: int, visual: tor
 def keep_mask(plans: Sequence[RowPlan], n_layers: int) -> torch.Tensor:
     """``(n_layers, rows)`` float: 0 where the row ablates the decoder layer (its attention and MLP outputs are
     multiplied by it), else 1 -- what the hooked forward and the static decoder both apply."""
-    return torch.tensor([[0.0 if j in p.ablate else 1.0 for p in plans] for j in range(n_layers)]).reshape(n_layers, len(plans))
+    return torch.tensor([[0.0 if j in p.ablate else 1.0 for p in plans]
+                         for j in range(n_layers)]).reshape(n_layers, len(plans))
 
 
 def needs_hooked_decode(rows: Sequence[Sequence[Intervention]]) -> bool:
@@ -523,9 +524,9 @@ class SwapWriter:
         self._index: tuple | None = None  # (rows by first swapped layer, row / position index, prefix counts)
 
     def write(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> None:
-        """Overwrite, in place, ``key`` / ``value`` ``(rows, kv_heads, prompt_len, head_dim)`` at decoder layer ``layer``
-        for every row swapping there: one indexed copy for all rows (rows ordered by their first swapped layer, so the
-        rows swapping at a layer are a prefix)."""
+        """Overwrite, in place, ``key`` / ``value`` ``(rows, kv_heads, prompt_len, head_dim)`` at decoder layer
+        ``layer`` for every row swapping there: one indexed copy for all rows (rows ordered by their first swapped
+        layer, so the rows swapping at a layer are a prefix)."""
         if not self.rows:
             return
         if self._index is None:
@@ -543,14 +544,18 @@ class SwapWriter:
             return
         m = counts[n]
         sources = [self.plans[r].swap.source for r in order[:n]]
-        key[rows_idx[:m], :, pos_idx[:m]] = torch.cat([s.keys[layer] for s in sources], dim=1).transpose(0, 1).to(key.device, key.dtype)
-        value[rows_idx[:m], :, pos_idx[:m]] = torch.cat([s.values[layer] for s in sources], dim=1).transpose(0, 1).to(value.device, value.dtype)
+        key[rows_idx[:m], :, pos_idx[:m]] = (torch.cat([s.keys[layer] for s in sources], dim=1)
+                                             .transpose(0, 1).to(key.device, key.dtype))
+        value[rows_idx[:m], :, pos_idx[:m]] = (torch.cat([s.values[layer] for s in sources], dim=1)
+                                               .transpose(0, 1).to(value.device, value.dtype))
 
 
 class _Session:
-    """Per-batch state of one ``apply_interventions`` block: the rows' plans, and what the attention function records."""
+    """Per-batch state of one ``apply_interventions`` block: the rows' plans, and what the attention function
+    records."""
 
-    def __init__(self, rows: list[list[Intervention]], n_layers: int, visual: torch.Tensor, padding: torch.Tensor | None):
+    def __init__(self, rows: list[list[Intervention]], n_layers: int, visual: torch.Tensor,
+                 padding: torch.Tensor | None):
         self.n_layers = n_layers
         self.visual = visual  # (rows, prompt_len) bool: visual-token positions
         self.padding = padding  # (rows, prompt_len) bool: real tokens, or None
@@ -733,4 +738,5 @@ def apply_interventions(
         if token is not None:
             _ACTIVE.reset(token)
         if cfg._attn_implementation != previous_impl:
-            model.set_attn_implementation({"text_config": previous_impl} if hasattr(model.config, "text_config") else previous_impl)
+            model.set_attn_implementation({"text_config": previous_impl} if hasattr(model.config, "text_config")
+                                          else previous_impl)

@@ -48,15 +48,17 @@ from typing import Any
 import numpy as np
 
 from frankeneval.core.inputs_check import format_skipped
+from frankeneval.core.outdir import claim_for, local_inputs
 from frankeneval.core.probes import ProbePair
 from frankeneval.core.prompts import resolve_system_prompt
 from frankeneval.core.results import write_json_atomic
-from frankeneval.core.runstore import RunStore
+from frankeneval.core.runstore import RunStore, list_of_numbers
 from frankeneval.localization.common import (
     MATH_INSTRUCTION,
     Unit,
     run_units,
 )
+from frankeneval.weights.fingerprint import data_fingerprint, model_fingerprint
 from frankeneval.weights.layermap import llm_region
 
 __all__ = ["MEMBERS", "attention_prompts", "format_attention_table", "run_attention_shift", "summarize_attention"]
@@ -135,12 +137,15 @@ def run_attention_shift(
     ``skipped``: the selected pairs left out as broken (:func:`frankeneval.localization.vision.select_probe_sets`),
     recorded in the results.
     """
-    out = Path(out_dir)
+    out = Path(claim_for("attention-shift", out_dir, inputs=local_inputs(*members.items())))
     chosen = {m: resolve_system_prompt(path, system_prompt) for m, path in members.items()}
+    inputs = {f"{m} model": {"weights": model_fingerprint(path)} for m, path in members.items()}
+    inputs["probe data"] = {"content": data_fingerprint([[p["id"], p["prompt"]] for p in prompts],
+                                                        [p["image"] for p in prompts])}
     store = RunStore(out / UNITS_FILE, header={"analysis": "attention_shift", "members": dict(members),
                                                "max_new_tokens": max_new_tokens,
                                                "system": {m: p.text for m, p in chosen.items()}},
-                     required=("mass", "response"))
+                     required={"mass": (list_of_numbers, type(None)), "response": str}, inputs=inputs)
     for member, path in members.items():
         units = _member_units(member, prompts, chosen[member].text)
         todo = store.missing(u.key for u in units)

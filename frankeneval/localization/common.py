@@ -64,11 +64,9 @@ _TRAILING = ".,!?;:"
 
 
 def normalize_answer(text: Any) -> str:
-    """Lower-cased, stripped, trailing ``.,!?;:`` removed (the method's normalization)."""
-    s = str(text if text is not None else "").lower().strip()
-    while s and s[-1] in _TRAILING:
-        s = s[:-1].rstrip()
-    return s
+    """The reference's normalization, exactly: ``lower().strip().rstrip(".,!?;:")`` -- one strip, so a space left
+    before the removed punctuation stays ("3 ." -> "3 ", which differs from "3")."""
+    return str(text if text is not None else "").lower().strip().rstrip(_TRAILING)
 
 
 def answer_changed(original: Any, swapped: Any) -> bool:
@@ -174,6 +172,16 @@ def run_units(
         if progress is not None:
             progress(len(batch))
     return ran
+
+
+def model_input(generator, model_name: str) -> dict[str, str | None]:
+    """The run-store input of the model a sweep runs: ``{"weights": <content fingerprint>}`` of the checkpoint the
+    generator was loaded from (its ``name_or_path``, else ``model_name``; :func:`frankeneval.weights.fingerprint.
+    model_fingerprint`, every byte, cached per file)."""
+    from frankeneval.weights.fingerprint import model_fingerprint
+
+    ref = getattr(getattr(generator, "model", None), "name_or_path", None) or model_name
+    return {"weights": model_fingerprint(ref)}
 
 
 def check_layers(layers, n_layers: int) -> None:

@@ -13,7 +13,7 @@ MLP outputs zeroed, residual kept). Greedy, ``max_new_tokens`` new tokens.
   ``seed_compatible`` scores the same responses as the reference script does
   (:func:`~frankeneval.core.scoring.reference_final_answer`: the first ``<answer>`` tag, "answer is" / "therefore"
   patterns, the last 50 characters; :func:`~frankeneval.core.scoring.reference_math_correct`: adds a 1 % relative
-  error); its CLI default is the reference's 2048 new tokens.
+  error). Both modes default to the reference's 2048 new tokens.
 
 Speed by design: the (question, layer) units are packed into batched generate calls with a different
 ``Ablate`` per row, question by question (rows of one batch share a prompt length: no padding waste). Every
@@ -46,8 +46,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from frankeneval.core.data import DEFAULT_SAMPLE_SEED, load_benchmark_rows, row_where, subsample_indices
+from frankeneval.core.data import (
+    DEFAULT_SAMPLE_SEED,
+    load_benchmark_rows,
+    note_all_samples,
+    row_where,
+    subsample_indices,
+)
 from frankeneval.core.inputs_check import check_inputs, format_skipped, parse_row
+from frankeneval.core.outdir import claim_for, local_inputs
 from frankeneval.core.prompts import SystemPrompt, resolve_system_prompt
 from frankeneval.core.results import write_json_atomic
 from frankeneval.core.runstore import RunStore
@@ -63,9 +70,11 @@ from frankeneval.localization.common import (
     MATH_INSTRUCTION,
     Unit,
     check_layers,
+    model_input,
     rate,
     run_units,
 )
+from frankeneval.weights.fingerprint import data_fingerprint
 
 __all__ = [
     "REASONING_MAX_NEW_TOKENS",
@@ -80,8 +89,8 @@ __all__ = [
     "summarize_reasoning",
 ]
 
-REASONING_MAX_NEW_TOKENS = 1024
-REFERENCE_MAX_NEW_TOKENS = 2048  # the reference script's default (--seed-compatible)
+REFERENCE_MAX_NEW_TOKENS = 2048  # the reference script's default
+REASONING_MAX_NEW_TOKENS = REFERENCE_MAX_NEW_TOKENS  # both modes: the reference's budget (a shorter one cuts answers)
 RESULTS_FILE = "reasoning_localization.json"
 UNITS_FILE = "units.jsonl"
 DATASETS = ("gsm8k", "math500")
@@ -118,6 +127,7 @@ def select_questions(dataset: str, *, data: str | os.PathLike | None = None, sam
     if dataset not in DATASETS:
         raise FrankenevalError(f"--dataset must be one of {', '.join(DATASETS)}, not {dataset!r}")
     rows = load_benchmark_rows(dataset, data, keep_broken=True)
+    note_all_samples(samples, len(rows), f"{dataset} questions")
 
     def parse(i: int) -> Question:
         if dataset == "gsm8k":
@@ -165,10 +175,14 @@ def reasoning_units(dataset: str, questions: Sequence[Question], layers: Sequenc
     return units
 
 
-def make_executor(generator, *, max_new_tokens: int, ignore_eos: bool = False):
+def make_executor(generator, *, max_new_tokens: int, ignore_eos: bool = False, seed_compatible: bool = False):
+    """``seed_compatible``: the checkpoint's generation_config repetition penalty applies, as in the reference."""
+    penalty = "checkpoint" if seed_compatible else None
+
     def execute(batch: list[Unit]) -> list[dict]:
         results = generator.generate([u.request for u in batch], max_new_tokens=max_new_tokens, ignore_eos=ignore_eos,
-                                     interventions=[u.interventions for u in batch], batch_size=len(batch))
+                                     interventions=[u.interventions for u in batch], batch_size=len(batch),
+                                     repetition_penalty=penalty)
         out = []
         for r in results:
             answer, method = extract_final_answer(r.text)
@@ -209,14 +223,19 @@ def run_reasoning_sweep(
     if reasoning_prompt is not None:
         system_prompt = "reasoner" if reasoning_prompt else "none"
     prompt = system_prompt if isinstance(system_prompt, SystemPrompt) else resolve_system_prompt(model_name, system_prompt)
-    out = Path(out_dir)
+    out = Path(claim_for("localize-reasoning", out_dir, inputs=local_inputs(("model", model_name))))
     n_layers = generator.model.config.get_text_config().num_hidden_layers
     check_layers(layers, n_layers)
     system = prompt.text
+    # seed-compatible decoding takes the checkpoint's repetition penalty: other responses, recorded in the header
+    penalty = generator.checkpoint_repetition_penalty() if seed_compatible else None
     store = RunStore(out / UNITS_FILE, header={"analysis": "reasoning_localization", "model": model_name,
                                                "dataset": dataset, "max_new_tokens": max_new_tokens,
-                                               "system": system, **({"ignore_eos": True} if ignore_eos else {})},
-                     required=("response", "answer"))
+                                               "system": system, **({"ignore_eos": True} if ignore_eos else {}),
+                                               **({"repetition_penalty": penalty} if penalty else {})},
+                     required={"response": str, "answer": (str, type(None))},
+                     inputs={"model": model_input(generator, model_name),
+                             f"{dataset} data": {"content": data_fingerprint([list(q) for q in questions])}})
     units = reasoning_units(dataset, questions, layers, system)
     todo = len(store.missing(u.key for u in units))
     bar = None
@@ -225,7 +244,8 @@ def run_reasoning_sweep(
 
         bar = tqdm(total=todo, desc="ablation sweep", unit="gen")
     try:
-        run_units(units, make_executor(generator, max_new_tokens=max_new_tokens, ignore_eos=ignore_eos), store,
+        run_units(units, make_executor(generator, max_new_tokens=max_new_tokens, ignore_eos=ignore_eos,
+                                       seed_compatible=seed_compatible), store,
                   batch_size=batch_size,
                   progress=bar.update if bar else None)
     finally:

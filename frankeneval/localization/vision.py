@@ -66,8 +66,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from frankeneval.core.data import DEFAULT_SAMPLE_SEED, subsample
+from frankeneval.core.data import DEFAULT_SAMPLE_SEED, note_all_samples, subsample
 from frankeneval.core.inputs_check import check_inputs, format_skipped
+from frankeneval.core.outdir import claim_for, local_inputs
 from frankeneval.core.probes import (
     PROBE_TASKS,
     ProbePair,
@@ -83,6 +84,7 @@ from frankeneval.localization.common import (
     Unit,
     answer_changed,
     check_layers,
+    model_input,
     rate,
     run_units,
     source_follows,
@@ -97,6 +99,7 @@ __all__ = [
     "make_executor",
     "pair_selection",
     "plain_key",
+    "probe_fingerprint",
     "run_vision_sweep",
     "select_pairs",
     "select_probe_sets",
@@ -144,6 +147,7 @@ def select_probe_sets(
         pairs = load_probe_pairs(data, task, check_images=False, keep_broken=True)
         if not pairs:
             raise FrankenevalError(f"no probe pairs for task {task!r} in {data}")
+        note_all_samples(samples, len(pairs), f"{task} pairs in {data}")
         selected += [(task, p) for p in select_pairs(pairs, samples, seed, seed_compatible=seed_compatible)]
 
     def ident(item) -> str:
@@ -177,6 +181,16 @@ def pair_selection(samples: int | None, seed: int = DEFAULT_SAMPLE_SEED, *, seed
     if seed_compatible:
         return f"first {samples or REFERENCE_PAIRS} of each task file (reference code)"
     return f"RandomState({seed}).choice(n, {samples}), sorted" if samples else "all"
+
+
+def probe_fingerprint(pairs_by_task: dict[str, list[ProbePair]]) -> str:
+    """The content fingerprint of the selected pairs: their data.jsonl fields (id, prompt, meta) and both images'
+    bytes (:func:`frankeneval.weights.fingerprint.data_fingerprint`)."""
+    from frankeneval.weights.fingerprint import data_fingerprint
+
+    pairs = [(task, p) for task, plist in pairs_by_task.items() for p in plist]
+    return data_fingerprint([[task, p.id, p.prompt, p.meta] for task, p in pairs],
+                            [f for _, p in pairs for f in (p.target_image, p.source_image)])
 
 
 def _file_digest(path: Path) -> str:
@@ -275,7 +289,8 @@ def make_executor(generator, *, max_new_tokens: int, system: str | None, seed_co
                 rows.append([SwapVisualKV(source=source_kv[pair.id], from_layer=layer,  # unified
                                           seed_compatible=seed_compatible)])
         results = generator.generate(requests, max_new_tokens=max_new_tokens, interventions=rows,
-                                     batch_size=len(requests))
+                                     batch_size=len(requests),
+                                     repetition_penalty="checkpoint" if seed_compatible else None)
         return [{"response": r.text, "n_tokens": len(r.token_ids)} for r in results]
 
     return execute
@@ -302,13 +317,15 @@ def run_vision_sweep(
     :func:`select_pairs`); recorded in the results and the store header (a store of the other setting is refused).
     ``skipped``: the selected pairs left out as broken (:func:`select_probe_sets`), recorded in the results.
     """
-    out = Path(out_dir)
+    out = Path(claim_for("localize-vision", out_dir, inputs=local_inputs(("model", model_name))))
     n_layers = generator.model.config.get_text_config().num_hidden_layers
     check_layers(layers, n_layers)
     store = RunStore(out / UNITS_FILE, header={"analysis": "vision_localization", "model": model_name,
                                                "max_new_tokens": max_new_tokens, "system": system,
                                                "seed_compatible": bool(seed_compatible)},
-                     required=("response",))
+                     required={"response": str},
+                     inputs={"model": model_input(generator, model_name),
+                             "probe data": {"content": probe_fingerprint(pairs_by_task)}})
     units, keys = vision_units(pairs_by_task, layers, system, seed_compatible=seed_compatible)
     todo = len(store.missing(u.key for u in units))
     bar = None

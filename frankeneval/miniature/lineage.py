@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from frankeneval import __version__
 from frankeneval.core.paths import default_cache_dir
 from frankeneval.core.results import staged_directory, write_json_atomic
+from frankeneval.errors import OutputRefused
 from frankeneval.weights.layermap import LayerMap, canonical_name, llm_region
 
 MEMBERS = ("base", "in", "rl")
@@ -65,7 +66,8 @@ QWEN_EXTRA_TOKENS = ("<tool_call>", "</tool_call>", "<think>", "</think>", "<ans
 CHAT_TEMPLATE = (
     "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
     "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}"
     "<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
     "{% else %}{% for content in message['content'] %}"
@@ -232,7 +234,8 @@ _CORPUS = (
 def _bpe_vocab_and_merges(
     vocab_size: int | None, kind: str, corpus: list[str] | None = None
 ) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """A byte-level BPE vocabulary: trained on a small corpus (built-in unless given), or synthetic up to ``vocab_size``."""
+    """A byte-level BPE vocabulary: trained on a small corpus (built-in unless given), or synthetic up to
+    ``vocab_size``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     alphabet = pre_tokenizers.ByteLevel.alphabet()
@@ -301,7 +304,8 @@ def build_processor(spec: LineageSpec, corpus: list[str] | None = None):
         kwargs["video_processor"] = Qwen2VLVideoProcessor(min_pixels=spec.min_pixels, max_pixels=spec.max_pixels)
     except Exception:  # pragma: no cover - older transformers without video processors
         pass
-    return Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE, **kwargs)
+    return Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE,
+                               **kwargs)
 
 
 def hub_config(spec: LineageSpec, tokenizer) -> dict[str, Any]:
@@ -391,7 +395,8 @@ def _randn(shape, seed: int, name: str, salt: str, device: torch.device) -> torc
     return torch.randn(shape, generator=_generator(seed, name, salt, device), device=device, dtype=torch.float32)
 
 
-def member_tensor(name: str, shape: tuple[int, ...], member: str, *, spec: LineageSpec, lmap: LayerMap, seed: int, device: torch.device) -> torch.Tensor:
+def member_tensor(name: str, shape: tuple[int, ...], member: str, *, spec: LineageSpec, lmap: LayerMap, seed: int,
+                  device: torch.device) -> torch.Tensor:
     """The float32 value of tensor ``name`` in lineage member ``member`` (regenerable on its own)."""
     role = lmap.role(name)
     is_norm = role.component == "norm"
@@ -500,7 +505,8 @@ def write_lineage(
         if final.exists() and not overwrite:
             if stamp_file.is_file() and json.loads(stamp_file.read_text()) == {**stamp, "member": member}:
                 continue
-            raise FileExistsError(f"{final} exists and was not written by this lineage preset/seed; pass overwrite=True")
+            raise OutputRefused(f"{final} exists and was not written by this lineage preset/seed; pass overwrite=True "
+                                "(--force) to replace a member frankeneval wrote")
         shapes = shapes or tensor_shapes(config)
         with staged_directory(final, owned=owned_member) as tmp:
             write_json_atomic(tmp / "config.json", config, indent=2)
@@ -549,4 +555,5 @@ def planted_rl_layers(spec: LineageSpec) -> list[int]:
 
 def tiny_lineage(seed: int = 0) -> Lineage:
     """The tiny random lineage, written once into the cache dir and reused."""
-    return write_lineage(default_cache_dir() / f"lineages/tiny-seed{seed}-v{__version__}", preset="tiny", seed=seed, progress=False)
+    return write_lineage(default_cache_dir() / f"lineages/tiny-seed{seed}-v{__version__}", preset="tiny", seed=seed,
+                         progress=False)

@@ -356,9 +356,11 @@ def train_grpo(model, processor, stage: RLStage, *, seed: int, workdir: Path, re
         output_dir=str(workdir / "rl"), max_steps=stage.steps, learning_rate=stage.learning_rate,
         per_device_train_batch_size=stage.prompts_per_step * stage.num_generations,
         num_generations=stage.num_generations, max_completion_length=stage.max_completion_length,
-        temperature=stage.temperature, top_k=stage.top_k, beta=stage.beta, seed=seed, data_seed=seed, use_cpu=_train_on_cpu(), bf16=False,
-        report_to="none", save_strategy="no", logging_steps=max(1, stage.steps // 10), disable_tqdm=not progress,
-        lr_scheduler_type="constant_with_warmup", warmup_steps=stage.warmup_steps, log_level="warning", shuffle_dataset=False,
+        temperature=stage.temperature, top_k=stage.top_k, beta=stage.beta, seed=seed, data_seed=seed,
+        use_cpu=_train_on_cpu(), bf16=False, report_to="none", save_strategy="no",
+        logging_steps=max(1, stage.steps // 10), disable_tqdm=not progress,
+        lr_scheduler_type="constant_with_warmup", warmup_steps=stage.warmup_steps, log_level="warning",
+        shuffle_dataset=False,
         loss_type=stage.loss_type, scale_rewards=stage.scale_rewards, num_iterations=stage.num_iterations,
         top_entropy_quantile=stage.top_entropy_quantile, optim=stage.optimizer,
     )
@@ -388,7 +390,8 @@ def generate(model, processor, items: Sequence[world.WorldItem], *, batch_size: 
     out: list[str] = []
     for s in tqdm(range(0, len(items), batch_size), desc="generate", disable=not progress, leave=False):
         chunk = items[s:s + batch_size]
-        texts = [processor.apply_chat_template(it.messages(), add_generation_prompt=True, tokenize=False) for it in chunk]
+        texts = [processor.apply_chat_template(it.messages(), add_generation_prompt=True, tokenize=False)
+                 for it in chunk]
         images = [it.image() for it in chunk if it.has_image]
         enc = processor(text=texts, images=images or None, padding=True, padding_side="left", return_tensors="pt")
         enc = enc.to(model.device)
@@ -420,7 +423,8 @@ def heldout_items(seed: int = 0, sizes: dict[str, int] | None = None) -> dict[st
     return {axis: world.world_items("test", axis, sizes[axis], seed) for axis in world.AXES}
 
 
-def bootstrap_ci(values: Sequence[float], *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+def bootstrap_ci(values: Sequence[float], *, n_boot: int = 2000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean."""
     v = np.asarray(values, dtype=float)
     idx = np.random.default_rng(seed).integers(0, len(v), size=(n_boot, len(v)))
@@ -518,8 +522,10 @@ def build_trained_lineage(
         workdir = Path(work)
         model = None
         stages: dict[str, Callable[[Any], Any]] = {
-            "base": lambda m: train_sft(m, processor, recipe.base, name="base", seed=seed, workdir=workdir, progress=progress),
-            "in": lambda m: train_sft(m, processor, recipe.in_, name="in", seed=seed, workdir=workdir, progress=progress),
+            "base": lambda m: train_sft(m, processor, recipe.base, name="base", seed=seed, workdir=workdir,
+                                        progress=progress),
+            "in": lambda m: train_sft(m, processor, recipe.in_, name="in", seed=seed, workdir=workdir,
+                                      progress=progress),
             "rl": lambda m: train_grpo(m, processor, recipe.rl, seed=seed, workdir=workdir, reference=root / "in",
                                        progress=progress),
         }
@@ -538,11 +544,13 @@ def build_trained_lineage(
                 continue
             retrain = True  # every later stage starts from this new member
             if model is None:
-                model = init_model(config, seed) if member == "base" else load_member(root / MEMBERS[MEMBERS.index(member) - 1])[0]
+                model = (init_model(config, seed) if member == "base"
+                         else load_member(root / MEMBERS[MEMBERS.index(member) - 1])[0])
             t0, c0 = time.perf_counter(), time.process_time()
             model.train()
             logs[member] = run_stage(model)
-            stage_times = {member: round(time.perf_counter() - t0, 1), f"{member}_cpu": round(time.process_time() - c0, 1)}
+            stage_times = {member: round(time.perf_counter() - t0, 1),
+                           f"{member}_cpu": round(time.process_time() - c0, 1)}
             timings.update(stage_times)
             save_member(model, processor, config, path, spec=spec, stamp=_stamp(seed, recipe, member),
                         record={"timings": stage_times, "logs": logs[member]})
@@ -588,6 +596,7 @@ def format_accuracy(accuracy: dict[str, Any]) -> str:
     lines = ["| member | " + " | ".join(world.AXES) + " |", "|---|" + "---|" * len(world.AXES)]
     for m in MEMBERS:
         if m in accuracy:
-            cells = [f"{accuracy[m][a]['acc']:.3f} [{accuracy[m][a]['lo']:.3f}, {accuracy[m][a]['hi']:.3f}]" for a in world.AXES]
+            cells = [f"{accuracy[m][a]['acc']:.3f} [{accuracy[m][a]['lo']:.3f}, {accuracy[m][a]['hi']:.3f}]"
+                     for a in world.AXES]
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

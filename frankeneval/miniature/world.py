@@ -39,7 +39,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import shutil
 import tempfile
 import zlib
@@ -52,7 +51,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 from frankeneval.core.paths import default_cache_dir
-from frankeneval.core.probes import PROBE_TASKS, write_probe_task
+from frankeneval.core.probes import PROBE_TASKS, owned_probe_folder, write_probe_task
 from frankeneval.core.results import atomic_write_text, staged_directory, write_json_atomic
 
 CANVAS = 84
@@ -233,7 +232,8 @@ def _plural(shape: str) -> str:
 
 def _random_scene(rng: random.Random, fixed: list[Obj], n_extra: int, avoid: set[tuple[str | None, str]] | None = None,
                   digit: bool = False) -> list[Obj]:
-    """``fixed`` objects plus ``n_extra`` random shapes (none of the ``(colour, shape)`` kinds in ``avoid``) in free cells."""
+    """``fixed`` objects plus ``n_extra`` random shapes (none of the ``(colour, shape)`` kinds in ``avoid``) in free
+    cells."""
     used = {o.cell for o in fixed}
     free = [c for c in range(GRID * GRID) if c not in used]
     rng.shuffle(free)
@@ -285,7 +285,8 @@ def make_item(task: str, rng: random.Random) -> WorldItem:
         return WorldItem("", "alignment", task, q, str(digit + n), sol, scene=scene)
     if task == "ocr":
         scene = _random_scene(rng, [], rng.randint(0, 4), digit=True)
-        return WorldItem("", "perception", task, "What number is written in the image?", str(_digit_of(scene)), scene=scene)
+        return WorldItem("", "perception", task, "What number is written in the image?", str(_digit_of(scene)),
+                         scene=scene)
     if task in ("colour", "position", "box"):
         # exactly one object of the asked kind: its shape for "colour", its (colour, shape) for position / box
         target = Obj(rng.randrange(GRID * GRID), shape, colour)
@@ -294,7 +295,8 @@ def make_item(task: str, rng: random.Random) -> WorldItem:
         if task == "colour":
             return WorldItem("", "perception", task, f"What colour is the {shape}?", colour, scene=scene)
         if task == "position":
-            return WorldItem("", "perception", task, f"Where is the {colour} {shape}?", POSITIONS[target.cell], scene=scene)
+            return WorldItem("", "perception", task, f"Where is the {colour} {shape}?", POSITIONS[target.cell],
+                             scene=scene)
         box = cell_box(target.cell)
         q = f"Locate the object: {colour} {shape}. Return bounding box as x1,y1,x2,y2."
         return WorldItem("", "perception", task, q, ",".join(map(str, box)), scene=scene, meta={"bbox_xyxy": list(box)})
@@ -306,7 +308,8 @@ def make_item(task: str, rng: random.Random) -> WorldItem:
         return WorldItem("", "perception", task, q, "Yes" if present else "No", scene=scene)
     if task == "caption":
         scene = _random_scene(rng, [], rng.randint(1, 5), digit=rng.random() < 0.5)
-        return WorldItem("", "pretrain", task, "Describe the image.", ", ".join(o.name for o in scene) + ".", scene=scene)
+        return WorldItem("", "pretrain", task, "Describe the image.", ", ".join(o.name for o in scene) + ".",
+                         scene=scene)
     if task == "arithmetic":
         op = rng.choice("*+-")
         a, b = rng.randint(1, 9), rng.randint(1, 9)
@@ -385,9 +388,9 @@ def is_correct(task: str, answer: str, response: str) -> bool:
 
     The shared rules of :mod:`frankeneval.core.scoring`: boxes by IoU >= 0.5, counts and digits by the first
     integer, yes/no by the first yes/no word, colour and position words by whitespace-free lower-case equality
-    of the short answer; alignment and reasoning by the final answer (``<answer>`` tag, last ``\\boxed{}``, else
-    the last number) and :func:`frankeneval.core.scoring.math_equal` (math-verify only when the answer is not a number,
-    since every world answer is an integer).
+    of the short answer; alignment and reasoning by the stated final answer (``<answer>`` tag, else the last
+    ``\\boxed{}``; no last-number fallback) and :func:`frankeneval.core.scoring.math_equal` (math-verify only when
+    the answer is not a number, since every world answer is an integer).
     """
     from frankeneval.core import scoring
 
@@ -482,7 +485,8 @@ def probe_pair(task: str, rng: random.Random) -> tuple[list[Obj], list[Obj], str
             "object_name": f"{colour} {shape}", "target_bbox_xyxy": list(cell_box(c_t)),
             "source_bbox_xyxy": list(cell_box(c_s)), "canvas_size": [CANVAS, CANVAS], "iou_threshold": 0.5}
     if task == "recognition":
-        with_obj = _random_scene(rng, [Obj(rng.randrange(GRID * GRID), shape, colour)], rng.randint(0, 3), {(colour, shape)})
+        with_obj = _random_scene(rng, [Obj(rng.randrange(GRID * GRID), shape, colour)], rng.randint(0, 3),
+                                 {(colour, shape)})
         without = _random_scene(rng, [], rng.randint(1, 4), {(colour, shape)})
         flip = rng.random() < 0.5
         t, s = (without, with_obj) if flip else (with_obj, without)
@@ -495,22 +499,9 @@ def probe_pair(task: str, rng: random.Random) -> tuple[list[Obj], list[Obj], str
 
 def _owned_probe_folder(task: str) -> Callable[[Path], str | None]:
     """For :func:`staged_directory`: a probe task folder may be replaced only when it holds exactly what
-    :func:`write_vision_probes` writes (``data.jsonl`` and ``images/<task>_NNNNNN_[ts].png``)."""
-    pattern = re.compile(rf"{re.escape(task)}_\d{{6}}_[ts]\.png")
-
-    def owned(folder: Path) -> str | None:
-        extra = [e.name for e in os.scandir(folder)
-                 if not (e.name == "data.jsonl" and e.is_file(follow_symlinks=False))
-                 and not (e.name == "images" and e.is_dir(follow_symlinks=False))]
-        images = folder / "images"
-        if images.is_dir() and not images.is_symlink():
-            extra += [f"images/{e.name}" for e in os.scandir(images)
-                      if not (e.is_file(follow_symlinks=False) and pattern.fullmatch(e.name))]
-        if not extra:
-            return None
-        return f"it holds files frankeneval did not write ({', '.join(sorted(extra)[:5])}); move them away or choose another output"
-
-    return owned
+    :func:`write_vision_probes` writes (``data.jsonl`` and ``images/<task>_NNNNNN_[ts].png``;
+    :func:`frankeneval.core.probes.owned_probe_folder`)."""
+    return owned_probe_folder(task)
 
 
 def write_vision_probes(out_dir: str | os.PathLike, *, n_per_task: int = 50, seed: int = 0,

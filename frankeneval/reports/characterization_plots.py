@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from frankeneval.characterization.schema import MATRICES_FILE, matrix_record_problem
+from frankeneval.core.outdir import claim_for
 from frankeneval.core.results import atomic_output, read_jsonl
+from frankeneval.errors import FrankenevalError
 
 SECTION_COLOURS = {"vision": "#dbe9f6", "projector": "#fde3c8", "llm": "#e2f0d9"}
 DELTA_STYLE = {"delta_in": ("ΔIN", "#1f77b4"), "delta_rl": ("ΔRL", "#d62728")}
@@ -139,7 +142,8 @@ def plot_ranks_per_layer(summary: dict[str, Any], out: str | os.PathLike) -> Pat
             ax.plot(xs, [float("nan") if y is None else y for y in ys], marker="o", ms=3, color=col, label=lab)
         ax.set_yscale("log")
         ax.set_ylabel(f"mean {name}")
-    axes[0].set_title(_title(summary, "Update rank per layer" + (" (seed-compatible)" if is_seed_compatible(summary) else "")), pad=14)
+    axes[0].set_title(_title(summary, "Update rank per layer"
+                             + (" (seed-compatible)" if is_seed_compatible(summary) else "")), pad=14)
     axes[0].legend(frameon=False)
     axes[-1].set_xlabel("unified layer (vision < 0, projector 0, LLM > 0)")
     return save_figure(fig, out)
@@ -220,7 +224,8 @@ def plot_compare_heatmap(compare_summary: dict[str, Any], out: str | os.PathLike
     data = [[value(g, pair) for _, g in rows] for pair in pairs]
     fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(xs) + 3), 0.5 * len(pairs) + 2))
     vmin = -1.0 if metric.endswith("cosine") else 0.0
-    im = ax.imshow(data, aspect="auto", cmap="RdBu_r" if vmin < 0 else "viridis", vmin=vmin, vmax=1.0, interpolation="nearest")
+    im = ax.imshow(data, aspect="auto", cmap="RdBu_r" if vmin < 0 else "viridis", vmin=vmin, vmax=1.0,
+                   interpolation="nearest")
     ax.set_yticks(range(len(pairs)), [p.replace("|", " vs ") for p in pairs])
     step = max(1, len(xs) // 20)
     ax.set_xticks(range(0, len(xs), step), [str(x) for x in xs[::step]])
@@ -236,21 +241,42 @@ def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = Non
     """Draw every figure the outputs in ``run_dir`` allow; returns the written PNGs (into ``out_dir``,
     default ``run_dir/plots``)."""
     run_dir = Path(run_dir)
-    out = Path(out_dir) if out_dir is not None else run_dir / "plots"
+    read = [(name, run_dir / name) for name in ("summary.json", MATRICES_FILE, "compare_summary.json")
+            if (run_dir / name).is_file()]  # the plots' inputs: the output folder must not be, hold or lie in one
+    out = Path(claim_for("plot", out_dir if out_dir is not None else run_dir / "plots", inputs=read))
     written: list[Path] = []
     if (run_dir / "summary.json").is_file():
-        summary = load_json(run_dir / "summary.json")
-        written.append(plot_energy_per_layer(summary, out / "energy_per_layer.png"))
-        has_spectra = any("stable_rank" in (g.get("delta_rl") or {}) for g in summary["aggregates"]["by_layer"].values())
+        with _malformed(run_dir / "summary.json", "characterize"):
+            summary = load_json(run_dir / "summary.json")
+            written.append(plot_energy_per_layer(summary, out / "energy_per_layer.png"))
+            has_spectra = any("stable_rank" in (g.get("delta_rl") or {})
+                              for g in summary["aggregates"]["by_layer"].values())
+            if has_spectra:
+                written.append(plot_ranks_per_layer(summary, out / "rank_per_layer.png"))
         if has_spectra:
-            written.append(plot_ranks_per_layer(summary, out / "rank_per_layer.png"))
             records = read_jsonl(run_dir / MATRICES_FILE, check=matrix_record_problem)
             if records:
                 written.append(plot_spectra(records, out / "spectra.png", layers=spectrum_layers))
     if (run_dir / "compare_summary.json").is_file():
-        cmp = load_json(run_dir / "compare_summary.json")
-        written.append(plot_compare_heatmap(cmp, out / "compare_cosine.png", metric="cosine"))
-        if any(p["overlap_left"]["n"] for g in cmp["aggregates"]["by_layer"].values() for p in g["pairs"].values()):
-            written.append(plot_compare_heatmap(cmp, out / "compare_overlap_left.png", metric="overlap_left"))
-            written.append(plot_compare_heatmap(cmp, out / "compare_overlap_right.png", metric="overlap_right"))
+        with _malformed(run_dir / "compare_summary.json", "characterize --compare"):
+            cmp = load_json(run_dir / "compare_summary.json")
+            written.append(plot_compare_heatmap(cmp, out / "compare_cosine.png", metric="cosine"))
+            if any(p["overlap_left"]["n"] for g in cmp["aggregates"]["by_layer"].values() for p in g["pairs"].values()):
+                written.append(plot_compare_heatmap(cmp, out / "compare_overlap_left.png", metric="overlap_left"))
+                written.append(plot_compare_heatmap(cmp, out / "compare_overlap_right.png", metric="overlap_right"))
     return written
+
+
+@contextmanager
+def _malformed(path: Path, command: str):
+    """A summary file that is not JSON, or whose fields are missing or of another type than frankeneval writes,
+    stops the plot in one line naming the file (a :class:`FrankenevalError`), not with a traceback."""
+    try:
+        yield
+    except FrankenevalError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+        what = "is not valid JSON" if isinstance(exc, json.JSONDecodeError) else "is malformed"
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        raise FrankenevalError(f"{path} {what} ({detail}); rerun `frankeneval {command}` with the same --out "
+                               "to rewrite it") from None

@@ -33,11 +33,13 @@ def plot_vision_localization(results: dict, out: str | os.PathLike) -> Path:
     for ax, task in zip(axes[0], tasks):
         rows = results["tasks"][task]["layers"]
         xs = [r["layer"] for r in rows]
-        for key, label, style in (("change_rate", "changed (method)", "-o"), ("task_change_rate", "changed (task-aware)", "--s"),
+        for key, label, style in (("change_rate", "changed (method)", "-o"),
+                                  ("task_change_rate", "changed (task-aware)", "--s"),
                                   ("source_follow_rate", "follows source", "-^")):
             ax.plot(xs, [_nan(r[key]) for r in rows], style, ms=3, label=label)
         n_skipped = sum(str(x.get("id", "")).startswith(f"{task}/") for x in results.get("skipped") or [])
-        ax.set_title(f"{task} (n={results['tasks'][task]['n_pairs']}" + (f", {n_skipped} skipped)" if n_skipped else ")"))
+        ax.set_title(f"{task} (n={results['tasks'][task]['n_pairs']}"
+                     + (f", {n_skipped} skipped)" if n_skipped else ")"))
         ax.set_xlabel("swap from LLM layer (unified)")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
@@ -57,7 +59,8 @@ def plot_reasoning_localization(results: dict, out: str | os.PathLike) -> Path:
     ax.set_xlabel("ablated LLM layer (unified)")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1)
-    ax.set_title(f"Layer ablation on {results['dataset']} (n={results['n_questions']}): {results.get('model', '')}", fontsize=9)
+    ax.set_title(f"Layer ablation on {results['dataset']} (n={results['n_questions']}): "
+                 f"{results.get('model', '')}", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3, axis="y")
     return save_figure(fig, out)

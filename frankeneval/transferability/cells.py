@@ -27,6 +27,7 @@ from frankeneval.errors import FrankenevalError
 from frankeneval.transferability.manifest import Cell
 
 __all__ = [
+    "CELL_STAMP",
     "PREFLIGHT_MODULE",
     "CellFailed",
     "CellJob",
@@ -35,11 +36,13 @@ __all__ = [
     "cell_record",
     "clear",
     "find_results",
+    "finished_cell",
     "harness_preflight",
     "headline",
     "lmms_eval_command",
     "lmms_eval_runner",
     "system_prompts",
+    "write_cell_stamp",
 ]
 
 
@@ -85,6 +88,51 @@ def find_results(cell_dir: Path) -> tuple[Path | None, dict[str, Path]]:
     return res, samples
 
 
+CELL_STAMP = "frankeneval_cell.json"  # in a finished cell's folder: the content fingerprint of the model it ran
+
+
+def write_cell_stamp(cell_dir: Path, cell: Cell, models: Mapping[str, Mapping[str, Any]]) -> None:
+    """Record in ``cell_dir`` which model content the cell ran (its ``fingerprint``: ``{"weights": sha}`` of a
+    checkpoint, ``{"splice": build hash}`` of a variant), before the folder is renamed into place."""
+    from frankeneval.core.results import write_json_atomic
+
+    write_json_atomic(cell_dir / CELL_STAMP, {"model": cell.model, "task": cell.task,
+                                              "pretrained": str(models[cell.model]["path"]),
+                                              "fingerprint": models[cell.model].get("fingerprint")}, indent=1)
+
+
+def finished_cell(cell_dir: Path, fingerprint: Mapping[str, Any] | None, *, label: str = "model",
+                  check_model: bool = True) -> tuple[Path | None, dict[str, Path], str | None]:
+    """``(results file, samples files, None)`` of a finished cell made from the model content ``fingerprint``, else
+    ``(None, {}, why not)``: no results file, one that is not a JSON object with ``results``, or (``check_model``)
+    no stamp or the stamp of another model (:data:`CELL_STAMP`). ``transfer`` reruns such a cell; ``report`` shows
+    it as missing with the same reason."""
+    res, samples = find_results(cell_dir)
+    if res is None:
+        return None, {}, "not finished"
+    try:
+        data = json.loads(res.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
+            raise ValueError("not a JSON object with results")
+    except (OSError, ValueError) as exc:
+        return None, {}, f"results unreadable: {res} ({getattr(exc, 'strerror', None) or exc})"
+    if check_model:
+        try:
+            stamp = json.loads((cell_dir / CELL_STAMP).read_text(encoding="utf-8"))
+            made = stamp.get("fingerprint") if isinstance(stamp, dict) else None
+            if not isinstance(stamp, dict) or "fingerprint" not in stamp:
+                raise ValueError
+        except (OSError, ValueError):
+            return None, {}, "no record of the model content it was made from (an older frankeneval)"
+        if made != (dict(fingerprint) if fingerprint is not None else None):
+            from frankeneval.core.runstore import input_change
+
+            change = (input_change({label: made}, {label: dict(fingerprint)})
+                      if isinstance(made, dict) and fingerprint is not None else None)
+            return None, {}, f"made with {change or f'another {label} (one of the two of unknown content)'}"
+    return res, samples, None
+
+
 def cell_record(run_dir: Path, cell: Cell, models: Mapping[str, Mapping[str, str]], res: Path,
                 samples: Mapping[str, Path], seconds: float | None, prompt: Any = None) -> dict[str, Any]:
     """The run store's line of one finished cell."""
@@ -92,6 +140,7 @@ def cell_record(run_dir: Path, cell: Cell, models: Mapping[str, Mapping[str, str
         "model": cell.model,
         "task": cell.task,
         "pretrained": str(models[cell.model]["path"]),
+        "model_fingerprint": models[cell.model].get("fingerprint"),
         "system_prompt": prompt.record() if prompt is not None else None,
         "results": str(res.relative_to(run_dir)),
         "samples": {t: str(p.relative_to(run_dir)) for t, p in sorted(samples.items())},
@@ -144,14 +193,19 @@ def base_env(data_dir: str | None, sample_size: int | None, sample_seed: int | N
 
 
 def system_prompts(run_dir: Path, models: Mapping[str, Mapping[str, str]],
-                   setting: str | None) -> dict[str, tuple[Any, str]]:
+                   setting: str | None, *, seed_compatible: bool = False) -> dict[str, tuple[Any, str]]:
     """{label: (SystemPrompt, its ``system_prompt=`` model arg)}; a free text goes to ``run_dir/system_prompt.txt``
-    (lmms-eval's ``--model_args`` cannot carry its commas) and is passed as ``@FILE``."""
-    from frankeneval.core.prompts import resolve_system_prompt
+    (lmms-eval's ``--model_args`` cannot carry its commas) and is passed as ``@FILE``. ``seed_compatible`` with
+    ``auto``: a variant's prompt comes from the rule on its own phrase (its ``description``), as the reference's."""
+    from frankeneval.core.prompts import resolve_system_prompt, variant_phrase_prompt
 
+    auto = setting is None or str(setting).strip().lower() == "auto"
     out: dict[str, tuple[Any, str]] = {}
     for label, info in models.items():
-        prompt = resolve_system_prompt(str(info["path"]), setting)
+        if seed_compatible and auto and info.get("kind") == "variant":
+            prompt = variant_phrase_prompt(str(info.get("description") or label))
+        else:
+            prompt = resolve_system_prompt(str(info["path"]), setting)
         arg = prompt.model_arg
         if arg is None:
             file = run_dir / "system_prompt.txt"
@@ -188,20 +242,26 @@ def lmms_eval_runner(job: CellJob) -> None:
         # folder's lock, so a rerun cannot start while a child of a killed run still writes into its cell
         rc = run_child(cmd, cwd=job.run_dir, env=job.env, stdout=log, stderr=subprocess.STDOUT, pass_fds=job.keep_fds)
     if rc != 0:
-        raise CellFailed(f"lmms-eval exited with {rc}; {_log_tail(job.log_path)}")
+        raise CellFailed(f"lmms-eval exited with {rc}; {_log_tail(job.log_path, env=job.env)}")
     # lmms-eval logs evaluation errors and still exits 0: the results file is the proof of success
     if find_results(job.output_dir)[0] is None:
-        raise CellFailed(f"lmms-eval wrote no results file; {_log_tail(job.log_path)}")
+        raise CellFailed(f"lmms-eval wrote no results file; {_log_tail(job.log_path, env=job.env)}")
 
 
-def _log_tail(path: Path, n: int = 3) -> str:
+def _log_tail(path: Path, n: int = 3, env: Mapping[str, str] | None = None) -> str:
+    """The last error lines of a cell's log (else its last lines), credentials redacted (the judge's key and URL
+    of the cell's environment ``env``, and anything key-like: :func:`frankeneval.core.grading.redact_secrets`)."""
+    from frankeneval.core.grading import redact_secrets, url_secrets
+
+    env = os.environ if env is None else env
+    secrets = (env.get("OPENAI_API_KEY"), *url_secrets(env.get("OPENAI_BASE_URL")))
     try:
         lines = [ln for ln in path.read_text(encoding="utf-8", errors="replace").split("\n") if ln.strip()]
     except OSError:
         return f"see {path}"
     errors = [ln for ln in lines if "Error" in ln or "error" in ln]
     tail = (errors or lines)[-n:]
-    return f"see {path}: " + " | ".join(t.strip()[:300] for t in tail)
+    return redact_secrets(f"see {path}: " + " | ".join(t.strip()[:300] for t in tail), secrets)
 
 
 # -- the harness tasks' check of their inputs, before the first cell --------------------------------
@@ -225,7 +285,10 @@ def harness_preflight(tasks: Sequence[str],
         raise
     answer = _last_json(out)
     if proc.returncode != 0 or not isinstance(answer, dict):
-        tail = " | ".join(ln.strip()[:300] for ln in err.strip().splitlines()[-3:])
+        from frankeneval.core.grading import redact_secrets, url_secrets
+
+        tail = redact_secrets(" | ".join(ln.strip()[:300] for ln in err.strip().splitlines()[-3:]),
+                              (env.get("OPENAI_API_KEY"), *url_secrets(env.get("OPENAI_BASE_URL"))))
         raise FrankenevalError(f"checking the tasks' inputs failed ({PREFLIGHT_MODULE} exited with {proc.returncode}): "
                                f"{tail or 'no output'}")
     error = answer.get("error")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from frankeneval.core.locks import file_lock
+from frankeneval.core.outdir import claim_for
 from frankeneval.core.results import safe_name, write_json_atomic
 from frankeneval.errors import FrankenevalError
 
@@ -46,7 +47,8 @@ DEFAULT_SPLITS = "v1"
 DEFAULT_TASKS: tuple[str, ...] = SPLITS[DEFAULT_SPLITS]
 MANIFEST = "transfer.json"
 STORE = "cells.jsonl"
-CELL_FIELDS = ("model", "task", "results")  # a cells.jsonl record without one of them is not a finished cell
+# a cells.jsonl record without one of them, or with one of another type, is not a finished cell
+CELL_FIELDS = {"model": str, "task": str, "results": str}
 REFERENCE_LABELS = {"base": "Base", "in": "IN", "rl": "RL"}
 REFERENCE_ORDER: tuple[str, ...] = ("base", "in", "rl")  # rows before the variants
 RUN_LOCK = ".frankeneval.lock"
@@ -162,19 +164,6 @@ def patch_manifest(run_dir: Path, updates: Mapping[str, Mapping[str, Any]]) -> N
 
 
 # -- the run folder ---------------------------------------------------------------------------------
-def _check_run_folder(run_dir: Path) -> None:
-    """A run folder is new, empty, or one frankeneval transfer wrote (its manifest or run store is there)."""
-    if not os.path.lexists(run_dir):
-        return
-    if not run_dir.is_dir() or run_dir.is_symlink() and not run_dir.resolve().is_dir():
-        raise FrankenevalError(f"{run_dir} is not a folder; choose another run folder")
-    if (run_dir / MANIFEST).is_file() or (run_dir / STORE).is_file():
-        return
-    if any(e.name != RUN_LOCK for e in os.scandir(run_dir)):
-        raise FrankenevalError(f"{run_dir} is not a frankeneval transfer run folder (no {MANIFEST} or {STORE}) and is "
-                               "not empty; choose a new or empty run folder")
-
-
 @contextmanager
 def run_folder(run_dir: str | os.PathLike, labels: Iterable[str], tasks: Iterable[str]) -> Iterator[tuple[Path, int]]:
     """(the absolute run folder, its lock's descriptor) for the block: names and folder checked, folder made,
@@ -183,8 +172,7 @@ def run_folder(run_dir: str | os.PathLike, labels: Iterable[str], tasks: Iterabl
         safe_name(label, "model / variant name")
     for task in tasks:
         safe_name(Cell("m", str(task)).slug, "task name")
-    run_dir = Path(run_dir).expanduser().absolute()
-    _check_run_folder(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # new, empty, or transfer's own (its manifest or run store, or the output marker): the one output-folder guard
+    run_dir = claim_for("transfer", run_dir).path
     with file_lock(run_dir / RUN_LOCK, wait=False, what=f"run folder {run_dir}") as fd:
         yield run_dir, fd

@@ -194,7 +194,9 @@ def read_num_hidden_layers(ref: str | os.PathLike) -> int:
             ) from exc
     if not cfg_path.is_file():
         raise SpecError(f"{ref!r} has no config.json; give num_hidden_layers explicitly")
-    cfg = json.loads(cfg_path.read_text())
+    from frankeneval.weights.checkpoint import read_config  # one reader of config.json: a broken one is one line
+
+    cfg = read_config(cfg_path)
     n = cfg.get("num_hidden_layers", (cfg.get("text_config") or {}).get("num_hidden_layers"))
     if not isinstance(n, int):
         raise SpecError(f"config.json of {ref!r} does not state num_hidden_layers")
@@ -207,8 +209,8 @@ class MergeSpec:
     """A Frankenstein checkpoint, declared: the source of every tensor.
 
     ``layers[j]`` maps each component (``attention``, ``mlp``, ``norm``, ``other``) of decoder layer ``j``
-    (unified LLM layer ``j + 1``; a list, so indexed from 0) to a source name; ``parts`` maps each non-layer part to a source name; ``sources`` maps source names to hub ids
-    or local directories.
+    (unified LLM layer ``j + 1``; a list, so indexed from 0) to a source name; ``parts`` maps each non-layer part to
+    a source name; ``sources`` maps source names to hub ids or local directories.
     """
 
     sources: dict[str, str]
@@ -233,14 +235,16 @@ class MergeSpec:
         for j, choice in enumerate(self.layers):
             unknown = set(choice) - set(COMPONENTS)
             if unknown:
-                raise SpecError(f"layer {unified_llm_layer(j)}: unknown component(s) {sorted(unknown)} (use {', '.join(COMPONENTS)})")
+                raise SpecError(f"layer {unified_llm_layer(j)}: unknown component(s) {sorted(unknown)} "
+                                f"(use {', '.join(COMPONENTS)})")
             layers.append({c: choice.get(c, self.host) for c in COMPONENTS})
         self.layers = layers
         unknown_parts = set(self.parts) - set(PARTS)
         if unknown_parts:
             raise SpecError(f"unknown part(s) {sorted(unknown_parts)} (use {', '.join(PARTS)})")
         self.parts = {p: self.parts.get(p, self.host) for p in PARTS}
-        for where, src in [*((f"layer {unified_llm_layer(j)} {c}", s) for j, ch in enumerate(self.layers) for c, s in ch.items()),
+        for where, src in [*((f"layer {unified_llm_layer(j)} {c}", s)
+                             for j, ch in enumerate(self.layers) for c, s in ch.items()),
                            *((f"part {p}", s) for p, s in self.parts.items())]:
             if src not in self.sources:
                 raise SpecError(f"{where} comes from {src!r}, which is not one of the sources {sorted(self.sources)}")
@@ -298,7 +302,8 @@ class MergeSpec:
         if isinstance(data, str):  # a bare phrase
             data = {"phrase": data}
         if not isinstance(data, dict):
-            raise SpecError("a merge spec must be a YAML mapping (or a phrase such as 'IN early 1/3 layers + RL late 2/3 layers')")
+            raise SpecError("a merge spec must be a YAML mapping "
+                            "(or a phrase such as 'IN early 1/3 layers + RL late 2/3 layers')")
         if spec_dir is not None:  # the file's own relative paths are relative to the file, not to the current folder
             for k in ("sources", "models"):
                 if isinstance(data.get(k), Mapping):
@@ -317,7 +322,8 @@ class MergeSpec:
         unknown = set(data) - _YAML_KEYS
         if unknown:
             raise SpecError(f"unknown merge spec key(s) {sorted(unknown)}; allowed: {', '.join(sorted(_YAML_KEYS))}")
-        sources = {str(k): str(v) for k, v in dict(data.get("sources") or data.get("models") or {}).items() if v is not None}
+        sources = {str(k): str(v) for k, v in dict(data.get("sources") or data.get("models") or {}).items()
+                   if v is not None}
         phrase = data.get("phrase")
         blocks = data.get("blocks")
         if phrase is not None and blocks is not None:
@@ -341,7 +347,8 @@ class MergeSpec:
         if host is None:
             raise SpecError("cannot tell the host model: assign layer 1 or give 'host'")
         if host not in sources:
-            raise SpecError(f"source {host!r} has no model reference; pass it (e.g. --{host} PATH or sources: {{{host}: ...}})")
+            raise SpecError(f"source {host!r} has no model reference; "
+                            f"pass it (e.g. --{host} PATH or sources: {{{host}: ...}})")
         parts = {str(k): _source_name(str(v), sources) for k, v in dict(data.get("parts") or {}).items()}
         for p in list(parts):
             if p not in PARTS:
@@ -384,7 +391,8 @@ class MergeSpec:
 
     def source_of(self, tensor: TensorRole | str) -> str:
         """The source name a tensor (role, or name in either naming scheme) comes from."""
-        role = tensor if isinstance(tensor, TensorRole) else LayerMap.from_names([tensor], n_llm_layers=self.n_layers).role(tensor)
+        role = (tensor if isinstance(tensor, TensorRole)
+                else LayerMap.from_names([tensor], n_llm_layers=self.n_layers).role(tensor))
         if role.section == "llm":
             j = role.block
             if j is None or not 0 <= j < self.n_layers:
@@ -449,8 +457,8 @@ class MergeSpec:
     def spec_hash(self) -> str:
         """SHA-256 of the resolved spec (name, description and phrase excluded): equal hashes, equal recipes.
 
-        The source *contents* are not part of it; :mod:`frankeneval.transferability.splice` combines it with the sources'
-        fingerprints.
+        The source *contents* are not part of it; :mod:`frankeneval.transferability.splice` combines it with the
+        sources' fingerprints.
         """
         d = self.to_dict()
         d.pop("name", None)
@@ -460,7 +468,8 @@ class MergeSpec:
         d.pop("blocks")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
-    def with_sources(self, sources: Mapping[str, str | os.PathLike], revisions: Mapping[str, str] | None = None) -> MergeSpec:
+    def with_sources(self, sources: Mapping[str, str | os.PathLike],
+                     revisions: Mapping[str, str] | None = None) -> MergeSpec:
         """The same spec with some sources re-pointed (e.g. at local copies)."""
         new = {**self.sources, **{k: str(v) for k, v in sources.items() if v is not None}}
         revs = {k: v for k, v in self.revisions.items() if k not in sources}
@@ -561,7 +570,8 @@ def _block_terms(blocks: Any, sources: Mapping[str, str], n: int, cuts: tuple[in
     if isinstance(blocks, Mapping):  # {early: in, middle: rl, late: rl}
         blocks = [{"region": k, "source": v} for k, v in blocks.items()]
     if not isinstance(blocks, list):
-        raise SpecError("'blocks' must be a list of {region|layers, source[, components]} or a mapping region -> source")
+        raise SpecError("'blocks' must be a list of {region|layers, source[, components]} "
+                        "or a mapping region -> source")
     terms = []
     for b in blocks:
         if not isinstance(b, Mapping) or "source" not in b:
@@ -599,7 +609,8 @@ def _assign(terms: Iterable[_Term], n: int) -> tuple[list[dict[str, str]], str |
             for c in comps:
                 if c in layers[j] and term.components is None:
                     raise SpecError(
-                        f"{term.text!r} overlaps {origin[j][c]!r} at layer {unified_llm_layer(j)}; blocks must not overlap "
+                        f"{term.text!r} overlaps {origin[j][c]!r} at layer {unified_llm_layer(j)}; "
+                        "blocks must not overlap "
                         "(only a component-restricted term, e.g. '... attention only', may override)"
                     )
                 layers[j][c] = term.source

@@ -67,7 +67,8 @@ class Recipe:
     definitions: dict[str, Any] = field(default_factory=dict, repr=False)  # variant -> phrase or mapping
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, models: Mapping[str, Any] | None = None, n_layers: int | None = None) -> Recipe:
+    def from_dict(cls, data: Mapping[str, Any], *, models: Mapping[str, Any] | None = None,
+                  n_layers: int | None = None) -> Recipe:
         unknown = set(data) - _RECIPE_KEYS
         if unknown:
             raise SpecError(f"recipe {data.get('name')!r}: unknown key(s) {sorted(unknown)}")
@@ -92,7 +93,8 @@ class Recipe:
             definitions=definitions,
         )
 
-    def with_models(self, models: Mapping[str, str | os.PathLike] | None = None, /, **kwargs: str | os.PathLike) -> Recipe:
+    def with_models(self, models: Mapping[str, str | os.PathLike] | None = None, /,
+                    **kwargs: str | os.PathLike) -> Recipe:
         """The same recipe pointed at other copies: ``recipe.with_models(in_=path, rl=path)`` or a mapping.
 
         ``in_`` is accepted for ``in`` (a Python keyword).
@@ -106,7 +108,8 @@ class Recipe:
         try:
             return self.variants[name]
         except KeyError:
-            raise SpecError(f"recipe {self.name!r} has no variant {name!r}; choose from: {', '.join(self.variants)}") from None
+            raise SpecError(f"recipe {self.name!r} has no variant {name!r}; "
+                            f"choose from: {', '.join(self.variants)}") from None
 
     def _data(self) -> dict[str, Any]:
         return {
@@ -119,7 +122,8 @@ class Recipe:
         }
 
 
-def _variant_spec(recipe: str, variant: str, definition: Any, models: Mapping[str, str], n: int, cuts: Any) -> MergeSpec:
+def _variant_spec(recipe: str, variant: str, definition: Any, models: Mapping[str, str], n: int,
+                  cuts: Any) -> MergeSpec:
     if isinstance(definition, str):
         data: dict[str, Any] = {"phrase": definition}
     elif isinstance(definition, Mapping):

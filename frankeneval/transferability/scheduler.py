@@ -75,7 +75,7 @@ def _pool(cells: Sequence[C], attempt: Attempt, gpus: int) -> None:
         try:
             for f in as_completed(futures):
                 f.result()
-        except KeyboardInterrupt:
+        except BaseException:  # Ctrl-C, or a disk error that every cell would hit: start no further cell
             for f in futures:
                 f.cancel()
             raise

@@ -55,7 +55,7 @@ from frankeneval.weights.checkpoint import (
     inside_checkpoint,
 )
 from frankeneval.weights.layermap import canonical_name
-from frankeneval.weights.safetensors_file import DTYPE_SIZES, TensorLocation, pack_shards
+from frankeneval.weights.safetensors_file import DTYPE_SIZES, TensorLocation, pack_shards, read_header
 
 PROVENANCE = "frankeneval_provenance.json"
 DEFAULT_SHARD_BYTES = 5 * 1024**3  # like the hub's 7B checkpoints (about 4-5 GB per shard)
@@ -262,7 +262,7 @@ def _read_provenance(out_dir: Path) -> dict[str, Any] | None:
 
 
 def _holds(out_dir: Path, build_hash: str) -> bool:
-    """True when ``out_dir`` is a complete splice of the same spec and source contents."""
+    """True when ``out_dir`` is a complete splice of the same spec and source contents (:func:`splice_damage`)."""
     prov = _read_provenance(out_dir)
     if not prov or prov.get("build_hash") != build_hash or not (out_dir / SAFETENSORS_INDEX).is_file():
         return False
@@ -270,7 +270,68 @@ def _holds(out_dir: Path, build_hash: str) -> bool:
         p = out_dir / shard
         if not p.is_file() or p.stat().st_size != size:
             return False
-    return bool(prov.get("shards"))
+    return bool(prov.get("shards")) and not splice_damage(out_dir)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")  # one of them: a tokenizer transformers loads
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def splice_damage(out_dir: str | os.PathLike) -> list[str]:
+    """What keeps the materialized splice ``out_dir`` from loading; [] when it is complete.
+
+    Checked: a readable provenance; ``config.json`` parses as a JSON object; a tokenizer file is there; every file
+    copied from the host is there (and, where the provenance records its SHA-256, unchanged); the weight index
+    parses and every weight file it or the provenance lists is there, of the recorded size, with a loadable
+    safetensors header. Headers and small files only: no tensor bytes are read."""
+    from frankeneval.errors import CorruptCheckpoint
+
+    out = Path(out_dir)
+    prov = _read_provenance(out)
+    if not isinstance(prov, dict):
+        return [f"no readable {PROVENANCE}"]
+    damage: list[str] = []
+    try:
+        if not isinstance(json.loads((out / "config.json").read_text(encoding="utf-8")), dict):
+            damage.append("config.json is not a JSON object")
+    except FileNotFoundError:
+        damage.append("config.json is missing")
+    except (OSError, ValueError) as exc:
+        damage.append(f"config.json is unreadable ({getattr(exc, 'strerror', None) or exc})")
+    if not any((out / t).is_file() for t in TOKENIZER_FILES):
+        damage.append(f"no tokenizer ({' / '.join(TOKENIZER_FILES)})")
+    sums = prov.get("metadata_sha256") or {}
+    gone = [n for n in prov.get("metadata_from_host") or [] if n != "config.json" and not (out / n).is_file()]
+    if gone:
+        damage.append("missing host file(s): " + ", ".join(gone))
+    changed = [n for n, h in sums.items() if (out / n).is_file() and _file_sha256(out / n) != h]
+    if changed:
+        damage.append("host file(s) changed since the splice was written: " + ", ".join(changed))
+    try:
+        index = json.loads((out / SAFETENSORS_INDEX).read_text(encoding="utf-8"))
+        weight_map = index["weight_map"]
+        if not isinstance(weight_map, dict):
+            raise ValueError("weight_map is not an object")
+    except FileNotFoundError:
+        return [*damage, f"{SAFETENSORS_INDEX} is missing"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return [*damage, f"{SAFETENSORS_INDEX} is unreadable ({getattr(exc, 'strerror', None) or exc})"]
+    sizes = prov.get("shards") or {}
+    for shard in dict.fromkeys([*map(str, weight_map.values()), *sizes]):
+        path = out / shard
+        if not path.is_file():
+            damage.append(f"weight file {shard} is missing")
+        elif shard in sizes and path.stat().st_size != sizes[shard]:
+            damage.append(f"weight file {shard} has {path.stat().st_size} bytes, not {sizes[shard]}")
+        elif shard.endswith(".safetensors"):
+            try:
+                read_header(path)
+            except CorruptCheckpoint as exc:
+                damage.append(f"weight file {shard}: {exc}")
+    return damage
 
 
 def _log(progress: bool, msg: str) -> None:
@@ -372,6 +433,7 @@ def _materialize_locked(spec: MergeSpec, out: Path, *, force: bool, progress: bo
                 "host": spec.host,
                 "sources": plan.fingerprints,
                 "metadata_from_host": copied,
+                "metadata_sha256": {name: _file_sha256(tmp / name) for name in copied},
                 "dtype_differences": plan.dtype_notes,
                 "tensor_counts": plan.counts(),
                 "shards": shard_sizes,
@@ -404,11 +466,18 @@ def cache_path(spec: MergeSpec, cache_dir: str | os.PathLike | None = None, *, p
 
 
 def materialize_cached(spec: MergeSpec, cache_dir: str | os.PathLike | None = None, *, progress: bool = True,
-                       shard_bytes: int = DEFAULT_SHARD_BYTES, allow_pickle: bool = False) -> Path:
-    """Materialize ``spec`` into a cache directory keyed by its hash (reused when present) and return it."""
+                       shard_bytes: int = DEFAULT_SHARD_BYTES, allow_pickle: bool = False,
+                       leases: list[SpliceLease] | None = None) -> Path:
+    """Materialize ``spec`` into a cache directory keyed by its hash (reused when present and complete, rebuilt
+    when damaged) and return it. ``leases``: a :class:`SpliceLease` on the folder is appended, taken under the
+    folder's lock before it is released (so no eviction can come in between); the caller releases it."""
     plan = plan_splice(spec, allow_pickle=allow_pickle)
     out = cache_path(spec, cache_dir, plan=plan)
-    return materialize(spec, out, progress=progress, shard_bytes=shard_bytes, plan=plan)
+    with output_lock(out):
+        path = materialize(spec, out, progress=progress, shard_bytes=shard_bytes, plan=plan)
+        if leases is not None:
+            leases.append(lease_splice(path))
+    return path
 
 
 # -- the cache's lifecycle: who owns a cached splice, and deleting one ---------------------------------
@@ -425,26 +494,124 @@ def splice_stamp(path: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def materialize_owned(spec: MergeSpec, cache_dir: str | os.PathLike | None, *, allow_pickle: bool = False,
-                      known: Sequence[Mapping[str, Any] | None] = ()) -> tuple[Path, dict[str, Any] | None]:
+                      known: Sequence[Mapping[str, Any] | None] = (),
+                      leases: list[SpliceLease] | None = None) -> tuple[Path, dict[str, Any] | None]:
     """:func:`materialize_cached`, and (its folder, its stamp when the caller owns it, else None).
 
     Owned: nothing was there when it was called (under the folder's output lock, which ``materialize``
     re-enters: no other writer in between), or what was there has one of the stamps ``known`` (the caller's
-    own, recorded by an earlier, interrupted run)."""
+    own, recorded by an earlier, interrupted run). ``leases``: as :func:`materialize_cached`."""
     out = Path(cache_path(spec, cache_dir, allow_pickle=allow_pickle)).expanduser().absolute()
     with output_lock(out):
         existed = os.path.lexists(out)
         before = splice_stamp(out) if existed else None
-        path = Path(materialize_cached(spec, cache_dir, progress=False, allow_pickle=allow_pickle)).absolute()
+        kw = {} if leases is None else {"leases": leases}
+        path = Path(materialize_cached(spec, cache_dir, progress=False, allow_pickle=allow_pickle, **kw)).absolute()
         if path != out or (existed and (before is None or before not in [k for k in known if k])):
             return path, None
         return path, splice_stamp(path)
+
+
+# -- leases: who uses a cached splice right now ------------------------------------------------------------------
+LEASE_SUFFIX = ".lease"
+
+
+def _leases_dir(out: Path) -> Path:
+    """``<cache>/.<splice>.leases/``: one file per live user of the splice (beside it, as its lock file)."""
+    return out.parent / f".{out.name}.leases"
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` (``/proc/<pid>/stat`` field 22; None where unknown): a lease names its
+    process by pid and start, so a pid the kernel reused for another process does not keep a lease alive."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+@dataclass
+class SpliceLease:
+    """One user's lease on a cached splice (:func:`lease_splice`); :meth:`release` (or leaving a ``with``) ends it."""
+
+    splice: Path
+    file: Path
+
+    def release(self) -> None:
+        try:
+            self.file.unlink()
+        except FileNotFoundError:
+            pass
+        try:
+            self.file.parent.rmdir()  # the last lease gone: no empty folder left beside the splice
+        except OSError:
+            pass
+
+    def __enter__(self) -> SpliceLease:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def lease_splice(out: str | os.PathLike) -> SpliceLease:
+    """Take a lease on the splice folder ``out`` for this process: :func:`evict_splice` keeps a splice while a
+    live process holds a lease on it. A lease is a file ``<pid>-<random>.lease`` (pid and process start time)
+    in ``<cache>/.<splice>.leases/``, created exclusively under the folder's output lock; the lease of a
+    process that died is ignored (and removed by the next eviction)."""
+    out = Path(out).expanduser().absolute()
+    with output_lock(out):
+        folder = _leases_dir(out)
+        if folder.is_symlink():
+            raise SpliceError(f"{folder} is a symbolic link; remove it (frankeneval keeps splice leases there)")
+        folder.mkdir(exist_ok=True)
+        pid = os.getpid()
+        file = folder / f"{pid}-{os.urandom(4).hex()}{LEASE_SUFFIX}"
+        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        try:
+            write_all(fd, json.dumps({"pid": pid, "start": _process_start(pid),
+                                      "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode())
+        finally:
+            os.close(fd)
+    return SpliceLease(out, file)
+
+
+def live_leases(out: str | os.PathLike, *, sweep: bool = False) -> list[int]:
+    """The pids of the live processes holding a lease on ``out`` (:func:`lease_splice`). ``sweep`` (under the
+    folder's lock): remove the leases of dead processes."""
+    from frankeneval.core.locks import pid_alive
+
+    folder = _leases_dir(Path(out).expanduser().absolute())
+    try:
+        files = [e for e in os.scandir(folder) if e.name.endswith(LEASE_SUFFIX) and e.is_file(follow_symlinks=False)]
+    except OSError:
+        return []
+    pids = []
+    for e in files:
+        try:
+            lease = json.loads(Path(e.path).read_text())
+            pid, start = int(lease["pid"]), lease.get("start")
+        except (OSError, ValueError, KeyError, TypeError):
+            pid, start = int(e.name.split("-", 1)[0]) if e.name.split("-", 1)[0].isdigit() else 0, None
+        if pid_alive(pid) and (start is None or _process_start(pid) in (None, start)):
+            pids.append(pid)
+        elif sweep:
+            Path(e.path).unlink(missing_ok=True)
+    if sweep and not pids:
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+    return sorted(set(pids))
 
 
 def _why_kept(out: Path, stamp: Mapping[str, Any], inputs: Sequence[tuple[str, str]]) -> str | None:
     """None when ``out`` may be deleted, else why not (see :func:`evict_splice`)."""
     if out.is_symlink() or not out.is_dir():
         return "it is not a folder"
+    users = live_leases(out, sweep=True)
+    if users:
+        return f"{IN_USE} (pid {', '.join(map(str, users))})"
     if splice_stamp(out) != dict(stamp):
         return "it is not the splice this run wrote (replaced or changed since)"
     if not _holds(out, str(stamp.get("build_hash"))):
@@ -461,12 +628,17 @@ def _why_kept(out: Path, stamp: Mapping[str, Any], inputs: Sequence[tuple[str, s
     return None
 
 
+IN_USE = "another run is using it"  # the reason evict_splice gives while a live process holds a lease
+
+
 def evict_splice(out: str | os.PathLike, stamp: Mapping[str, Any], inputs: Sequence[tuple[str, str]]) -> str | None:
     """Delete the cached splice ``out`` the caller materialized; None when it is gone, else why it was kept.
 
-    Kept unless it is still the folder of ``stamp``, holds exactly a complete frankeneval splice and is, holds
-    and lies inside no input (``(label, path)`` pairs, and the sources its provenance records). Under the
-    folder's output lock; deleted by :func:`frankeneval.core.results.discard_directory`."""
+    Kept while another live process holds a lease on it (:func:`lease_splice`; the caller releases its own
+    first), and unless it is still the folder of ``stamp``, holds exactly a complete frankeneval splice and is,
+    holds and lies inside no input (``(label, path)`` pairs, and the sources its provenance records). Under the
+    folder's output lock (which leases are taken under too); deleted by
+    :func:`frankeneval.core.results.discard_directory`."""
     out = Path(out).expanduser().absolute()
     with output_lock(out):
         if not os.path.lexists(out):
@@ -490,17 +662,23 @@ class VerifyReport:
     extra: list[str] = field(default_factory=list)  # in the checkpoint, not declared
     source_changes: list[str] = field(default_factory=list)  # sources whose fingerprint changed since the splice
     per_source: dict[str, int] = field(default_factory=dict)
+    damage: list[str] = field(default_factory=list)  # what keeps it from loading (splice_damage)
 
     @property
     def ok(self) -> bool:
-        return not (self.mismatches or self.missing or self.extra)
+        return not (self.mismatches or self.missing or self.extra or self.damage)
 
     def summary(self) -> str:
         if self.ok:
             src = ", ".join(f"{k}: {v}" for k, v in sorted(self.per_source.items()))
             warn = f" (warning: {'; '.join(self.source_changes)})" if self.source_changes else ""
             return f"OK: {self.n_checked}/{self.n_tensors} tensors equal their declared sources bit for bit ({src}){warn}"
-        lines = [f"FAILED: {len(self.mismatches)} mismatching, {len(self.missing)} missing, {len(self.extra)} undeclared tensor(s)"]
+        head = (f"FAILED: {len(self.mismatches)} mismatching, {len(self.missing)} missing, "
+                f"{len(self.extra)} undeclared tensor(s)")
+        if self.damage:
+            head += f"; damaged, it cannot be loaded (rerun the splice to rebuild it): {len(self.damage)} problem(s)"
+        lines = [head]
+        lines += [f"  damaged: {m}" for m in self.damage]
         lines += [f"  mismatch: {m}" for m in self.mismatches[:20]]
         lines += [f"  missing: {m}" for m in self.missing[:20]]
         lines += [f"  undeclared: {m}" for m in self.extra[:20]]
@@ -536,8 +714,13 @@ def verify(out_dir: str | os.PathLike, *, progress: bool = False, allow_pickle: 
     prov = _read_provenance(out)
     if prov is None:
         raise SpliceError(f"{out} has no readable {PROVENANCE}: it is not a frankeneval splice")
-    report = VerifyReport(out)
-    result = Checkpoint(out)
+    report = VerifyReport(out, damage=splice_damage(out))
+    try:
+        result = Checkpoint(out)
+    except FrankenevalError as exc:  # weights that cannot be opened: nothing to compare
+        if not report.damage:
+            report.damage.append(str(exc))
+        return report
     sources: dict[str, Checkpoint] = {}
     for name, info in prov["sources"].items():
         ckpt = _open_recorded_source(name, info, allow_pickle)
@@ -609,19 +792,24 @@ def read_provenance(out_dir: str | os.PathLike) -> dict[str, Any]:
 
 __all__ = (
     "DEFAULT_SHARD_BYTES",
+    "IN_USE",
     "PROVENANCE",
     "SpliceError",
+    "SpliceLease",
     "SplicePlan",
     "VerifyReport",
     "cache_path",
     "default_splice_cache",
     "evict_splice",
+    "lease_splice",
+    "live_leases",
     "materialize",
     "materialize_cached",
     "materialize_owned",
     "open_sources",
     "plan_splice",
     "read_provenance",
+    "splice_damage",
     "splice_stamp",
     "verify",
 )

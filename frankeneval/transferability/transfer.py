@@ -24,13 +24,17 @@ Run layout (``run_dir``)::
 **Resumable**: a cell writes into ``<task>.partial`` first and is renamed into place only after lmms-eval
 finished and wrote its results file; then the cell is appended to the run store. A rerun after a crash or
 Ctrl-C skips recorded cells, adopts a renamed-but-unrecorded cell, and restarts unfinished ones from
-scratch. ``gpus=N`` runs N cells at a time, one lmms-eval process per GPU (``CUDA_VISIBLE_DEVICES``;
+scratch. A cell is finished only when its results file parses and its ``frankeneval_cell.json`` names the model
+content this run uses (a checkpoint's weights fingerprint, a variant's splice build hash:
+:func:`.cells.finished_cell`), so a rerun with another ``--in`` runs IN's and the variants' cells again.
+``gpus=N`` runs N cells at a time, one lmms-eval process per GPU (``CUDA_VISIBLE_DEVICES``;
 :mod:`frankeneval.transferability.scheduler`). The manifest and the run folder: :mod:`.manifest`.
 
 **Disk** (``evict_variants``, ``--evict-variants``): the variants are materialized ``max(1, gpus)`` at a time and
 each one this run materialized is deleted once its cells ran, so the disk holds Base / IN / RL plus that many
 variants (a 7B variant is 16.6 GB); a splice that was in the cache before is never deleted (:func:`_run_evicting`;
-the cache's lifecycle: :func:`.splice.materialize_owned` and :func:`.splice.evict_splice`).
+the cache's lifecycle: :func:`.splice.materialize_owned` and :func:`.splice.evict_splice`), nor one another live
+run holds a lease on (every run leases the splices it uses until its cells ran: :func:`.splice.lease_splice`).
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from typing import Any
 
 from frankeneval.core.paths import harness_tasks_dir
 from frankeneval.core.runstore import RunStore
-from frankeneval.errors import FrankenevalError
+from frankeneval.errors import FrankenevalError, disk_error
 from frankeneval.transferability import cells, scheduler
 from frankeneval.transferability.cells import CellFailed, CellJob, CellRunner, cell_record, find_results
 from frankeneval.transferability.manifest import (
@@ -115,20 +119,24 @@ def prepare_models(
     splice_cache: str | os.PathLike | None = None,
     progress: Callable[[str], None] = print,
     allow_pickle: bool = False,
-) -> tuple[str, dict[str, dict[str, str]]]:
-    """(recipe name, {label: {"path", "kind", "description"}}) for Base (when the recipe names a ``base``), IN,
-    RL and the chosen variants.
+    leases: list | None = None,
+) -> tuple[str, dict[str, dict[str, Any]]]:
+    """(recipe name, {label: {"path", "kind", "description", "fingerprint"}}) for Base (when the recipe names a
+    ``base``), IN, RL and the chosen variants.
 
-    Variants are materialized (cached by spec and source contents) one after the other.
+    Variants are materialized (cached by spec and source contents) one after the other. ``leases``: a lease on
+    each variant's folder is appended (:func:`.splice.lease_splice`; the caller releases them), so an
+    ``--evict-variants`` run on the same cache keeps them while this run uses them.
     """
     from frankeneval.transferability.splice import materialize_cached
 
     rec, chosen = _recipe_variants(recipe, variants, models)
     out = _reference_models(rec)
+    kw = {} if leases is None else {"leases": leases}
     for i, v in enumerate(chosen, 1):
         spec = rec.variant(v)
         progress(f"[splice {i}/{len(chosen)}] {v}: {rec.definitions.get(v, spec.describe())}")
-        path = materialize_cached(spec, splice_cache, progress=False, allow_pickle=allow_pickle)
+        path = materialize_cached(spec, splice_cache, progress=False, allow_pickle=allow_pickle, **kw)
         out[v] = _variant_info(rec, v, path)
     return rec.name, out
 
@@ -142,9 +150,9 @@ def _recipe_variants(recipe: Any, variants: Sequence[str] | None, models: Mappin
     return rec, chosen
 
 
-def _reference_models(rec: Any) -> dict[str, dict[str, str]]:
-    """{label: {"path", "kind", "description"}} of Base (when the recipe names one), IN and RL."""
-    out: dict[str, dict[str, str]] = {}
+def _reference_models(rec: Any) -> dict[str, dict[str, Any]]:
+    """{label: {"path", "kind", "description", "fingerprint"}} of Base (when the recipe names one), IN and RL."""
+    out: dict[str, dict[str, Any]] = {}
     if rec.models.get("base"):  # the paper's tables have a Base row
         out["base"] = {"path": _resolve_local(rec.models["base"]), "kind": "base",
                        "description": f"Base ({rec.models['base']})"}
@@ -153,12 +161,45 @@ def _reference_models(rec: Any) -> dict[str, dict[str, str]]:
             raise FrankenevalError(f"recipe {rec.name!r} names no {kind!r} model")
         out[kind] = {"path": _resolve_local(rec.models[kind]), "kind": kind,
                      "description": f"{REFERENCE_LABELS[kind]} ({rec.models[kind]})"}
+    for info in out.values():
+        info["fingerprint"] = _weights_fingerprint(info["path"])
     return out
 
 
-def _variant_info(rec: Any, v: str, path: str | os.PathLike) -> dict[str, str]:
+def _data_inputs(data_dir: str | os.PathLike | None) -> dict[str, dict[str, str | None]] | None:
+    """The run store's record of the benchmark data's content under ``--data-dir``: every file of each benchmark's
+    folder the tasks read (``gsm8k/``, ``math500/``, ``mathvista/`` with its images, ``vision_probes/``); None for
+    hub data (lmms-eval's dataset cache pins it)."""
+    if not data_dir:
+        return None
+    from frankeneval.core.data import BENCHMARKS
+    from frankeneval.weights.fingerprint import folder_fingerprint
+
+    root = Path(data_dir)
+    folders = sorted({Path(b.local_file).parts[0] for b in BENCHMARKS.values()} | {"vision_probes"})
+    found = {f"{name} data": {"content": folder_fingerprint(root / name)} for name in folders if (root / name).is_dir()}
+    return found or None
+
+
+def _weights_fingerprint(path: str | os.PathLike) -> dict[str, str | None]:
+    """A checkpoint's content identity for its cells: ``{"weights": <weights_sha256>}`` (None: not readable)."""
+    from frankeneval.weights.fingerprint import model_fingerprint
+
+    return {"weights": model_fingerprint(path)}
+
+
+def _splice_fingerprint(build_hash: Any) -> dict[str, str]:
+    """A variant's content identity for its cells: ``{"splice": <build hash>}`` (its spec and its sources' contents,
+    :func:`.splice.plan_splice`), known before it is materialized."""
+    return {"splice": str(build_hash)}
+
+
+def _variant_info(rec: Any, v: str, path: str | os.PathLike) -> dict[str, Any]:
+    from frankeneval.transferability.splice import read_provenance
+
     description = str(rec.definitions.get(v) or rec.variant(v).describe())
-    return {"path": str(path), "kind": "variant", "description": description}
+    return {"path": str(path), "kind": "variant", "description": description,
+            "fingerprint": _splice_fingerprint(read_provenance(path).get("build_hash"))}
 
 
 # -- cells ----------------------------------------------------------------------------------------
@@ -223,10 +264,13 @@ def _run_cells(
                 # only when on: run folders made before the switch existed (off) keep resuming
                 **({"seed_compatible": True} if seed_compatible else {})}
     env = {**dict(env or {}), **_grading_env(grading, seed_compatible, skip_broken)}
-    prompts = cells.system_prompts(run_dir, models, system_prompt)
+    prompts = cells.system_prompts(run_dir, models, system_prompt, seed_compatible=seed_compatible)
     models = {label: {**dict(info), "system_prompt": prompts[label][0].name,
                       "system_prompt_reason": prompts[label][0].reason} for label, info in models.items()}
-    store = RunStore(run_dir / STORE, header=settings, required=CELL_FIELDS)
+    for info in models.values():  # what a cell records and a finished cell must match (cells.finished_cell)
+        if not isinstance(info.get("fingerprint"), dict):
+            info["fingerprint"] = _weights_fingerprint(str(info["path"]))
+    store = RunStore(run_dir / STORE, header=settings, required=CELL_FIELDS, inputs=_data_inputs(data_dir))
     update_manifest(run_dir, recipe, models, tasks, {**settings, "seed_compatible": bool(seed_compatible)},
                     _manifest_extra)
     result = TransferResult(run_dir=run_dir, cells=plan_cells(models, tasks))
@@ -270,11 +314,14 @@ def _preflight(run_dir: Path, pending: Sequence[Cell], env: Mapping[str, str]) -
 
 
 def _pending(job: _CellRun, n_tasks: int) -> list[Cell]:
-    """The cells still to run; a finished one is skipped, a renamed-but-unrecorded one adopted."""
+    """The cells still to run; a finished one is skipped, a renamed-but-unrecorded one adopted. Finished means
+    :func:`.cells.finished_cell`: a readable results file, made from the model content this run names; any other
+    cell (one of another splice or checkpoint, or with a corrupt results file) is run again."""
     result, pending = job.result, []
     for cell in result.cells:
         final = job.run_dir / cell.relpath()
-        res, samples = find_results(final)
+        res, samples, why = cells.finished_cell(final, job.models[cell.model].get("fingerprint"),
+                                                label=f"{cell.model} model")
         if res is not None and not job.store.done(cell.key):  # renamed into place, not recorded: adopt it
             job.store.append(cell.key, cell_record(job.run_dir, cell, job.models, res, samples, None,
                                                    job.prompts[cell.model][0]))
@@ -282,6 +329,8 @@ def _pending(job: _CellRun, n_tasks: int) -> list[Cell]:
             result.skipped.append(cell)
         else:
             pending.append(cell)
+            if why != "not finished":
+                job.progress(f"[transfer] {cell.model} x {cell.task} is not finished: {why}; running it again")
     if result.skipped:
         job.progress(f"[transfer] {len(result.skipped)}/{len(result.cells)} cells already finished; "
                      f"{len(pending)} to run")
@@ -319,6 +368,8 @@ class _CellRun:
             self.result.ran.append(cell)
             return True
         except (FrankenevalError, OSError, subprocess.SubprocessError) as exc:
+            if disk_error(exc) is not None:  # the run folder's disk, not the cell: every cell would fail alike
+                raise
             if not last:
                 self.progress(f"[transfer] {cell.model} x {cell.task} failed on GPU {gpu} ({exc}); "
                               "retrying on another GPU")
@@ -358,6 +409,7 @@ class _CellRun:
         seconds = time.perf_counter() - t0
         if find_results(partial)[0] is None:
             raise CellFailed(f"{cell.key}: the runner wrote no *_results.json under {partial}")
+        cells.write_cell_stamp(partial, cell, self.models)  # the model content it ran, renamed in with it
         cells.clear(final)
         os.replace(partial, final)  # atomic: the cell dir only ever holds a finished lmms-eval output
         res, samples = find_results(final)
@@ -396,17 +448,22 @@ def run_transfer(
     run materialized once its cells ran (peak disk: Base / IN / RL plus ``max(1, gpus)`` variants); see
     :func:`_run_evicting`. Off (the default): every variant is materialized up front and nothing is deleted.
     """
-    if evict_variants:
-        result = _run_evicting(run_dir, recipe, variants=variants, tasks=tasks, models=models,
-                               splice_cache=splice_cache, include_reference=include_reference, progress=progress,
-                               allow_pickle=allow_pickle, **kwargs)
-    else:
-        name, prepared = prepare_models(recipe, variants=variants, models=models, splice_cache=splice_cache,
-                                        progress=progress, allow_pickle=allow_pickle)
-        _allow_pickle_arg(kwargs, allow_pickle)
-        if not include_reference:
-            prepared = {k: v for k, v in prepared.items() if v["kind"] == "variant"}
-        result = run_cells(run_dir, prepared, list(tasks), recipe=name, progress=progress, **kwargs)
+    leases: list = []  # this run's leases on the splices it uses (held until its cells ran)
+    try:
+        if evict_variants:
+            result = _run_evicting(run_dir, recipe, variants=variants, tasks=tasks, models=models,
+                                   splice_cache=splice_cache, include_reference=include_reference, progress=progress,
+                                   allow_pickle=allow_pickle, _leases=leases, **kwargs)
+        else:
+            name, prepared = prepare_models(recipe, variants=variants, models=models, splice_cache=splice_cache,
+                                            progress=progress, allow_pickle=allow_pickle, leases=leases)
+            _allow_pickle_arg(kwargs, allow_pickle)
+            if not include_reference:
+                prepared = {k: v for k, v in prepared.items() if v["kind"] == "variant"}
+            result = run_cells(run_dir, prepared, list(tasks), recipe=name, progress=progress, **kwargs)
+    finally:
+        for lease in leases:
+            lease.release()
     if result.failed:
         first = next(iter(result.failed.items()))
         raise FrankenevalError(
@@ -438,6 +495,7 @@ def _run_evicting(
     include_reference: bool,
     progress: Callable[[str], None],
     allow_pickle: bool,
+    _leases: list | None = None,
     **kwargs: Any,
 ) -> TransferResult:
     """:func:`run_transfer` with ``evict_variants``: the same cells, run store and manifest, the variants
@@ -450,7 +508,13 @@ def _run_evicting(
     :func:`~frankeneval.transferability.splice.evict_splice`; the stamp goes to the manifest (``splice_owner``)
     before any cell runs, so a killed run's rerun reuses that splice and deletes it afterwards. The manifest gets
     ``evict_variants: true`` and, per variant, ``evicted`` (and ``kept``: why not, when not).
+
+    Every splice this run uses is leased (:func:`.splice.lease_splice`, into ``_leases``) from its
+    materialization until its cells ran; a splice another live run holds a lease on is kept (its stamp stays in
+    the manifest, so a later run of this folder deletes it once it is free). A variant is finished when each
+    of its cells was made from the splice its spec and its sources' contents give now (:func:`_unfinished`).
     """
+    leases = _leases if _leases is not None else []
     rec, chosen = _recipe_variants(recipe, variants, models)
     refs = _reference_models(rec)  # resolved even with include_reference off, as prepare_models does
     _allow_pickle_arg(kwargs, allow_pickle)
@@ -472,24 +536,30 @@ def _run_evicting(
         # first: Base / IN / RL; with none, the call still checks the run store's settings and writes the manifest
         run(ref_models, quiet=not ref_models)
         recorded = read_manifest(folder).get("models") or {}
-        pending = _unfinished(folder, chosen, tasks, recorded, inputs, result, progress)
+        pending = _unfinished(folder, rec, chosen, tasks, recorded, inputs, result, progress, allow_pickle)
         mine: dict[str, dict[str, Any]] = {}  # splice folder -> stamp, materialized by this run and not deleted yet
         for start in range(0, len(pending), chunk):
             group = {v: _materialize_variant(folder, rec, v, f"{i}/{len(pending)}", recorded.get(v) or {}, mine,
-                                             splice_cache, allow_pickle, progress)
+                                             splice_cache, allow_pickle, progress, leases)
                      for i, v in enumerate(pending[start : start + chunk], start + 1)}
             run(group)
-            _evict_chunk(folder, group, mine, result.failed, inputs, progress)
+            _evict_chunk(folder, group, mine, result.failed, inputs, progress, leases)
     return result
 
 
-def _unfinished(folder: Path, chosen: Sequence[str], tasks: Sequence[str], recorded: Mapping[str, Any],
+def _unfinished(folder: Path, rec: Any, chosen: Sequence[str], tasks: Sequence[str], recorded: Mapping[str, Any],
                 inputs: Sequence[tuple[str, str]], result: TransferResult,
-                progress: Callable[[str], None]) -> list[str]:
-    """The variants with an unfinished cell; a finished one is skipped and settled (:func:`_settle_finished`)."""
+                progress: Callable[[str], None], allow_pickle: bool = False) -> list[str]:
+    """The variants with an unfinished cell (:func:`.cells.finished_cell` against the build hash of the splice
+    its spec and its sources give now, computed without materializing it); a finished one is skipped and settled
+    (:func:`_settle_finished`)."""
+    from frankeneval.transferability.splice import plan_splice
+
     pending = []
     for v in chosen:
-        if all(find_results(folder / Cell(v, t).relpath())[0] is not None for t in tasks):
+        expected = _splice_fingerprint(plan_splice(rec.variant(v), allow_pickle=allow_pickle).build_hash)
+        if all(cells.finished_cell(folder / Cell(v, t).relpath(), expected, label=f"{v} model")[0] is not None
+               for t in tasks):
             result.skipped += [Cell(v, t) for t in tasks]  # finished (recorded, or adopted by the next plain run)
             _settle_finished(folder, v, recorded.get(v), inputs, progress)
         else:
@@ -501,15 +571,15 @@ def _unfinished(folder: Path, chosen: Sequence[str], tasks: Sequence[str], recor
 
 def _materialize_variant(folder: Path, rec: Any, v: str, counter: str, old: Mapping[str, Any],
                          mine: dict[str, dict[str, Any]], splice_cache: str | os.PathLike | None, allow_pickle: bool,
-                         progress: Callable[[str], None]) -> dict[str, Any]:
-    """Materialize variant ``v`` and record whether this run owns its folder (in ``mine`` and, before any of
-    its cells runs, in the manifest); its model info."""
+                         progress: Callable[[str], None], leases: list) -> dict[str, Any]:
+    """Materialize variant ``v`` (leased: into ``leases``) and record whether this run owns its folder (in
+    ``mine`` and, before any of its cells runs, in the manifest); its model info."""
     from frankeneval.transferability import splice
 
     spec = rec.variant(v)
     progress(f"[splice {counter}] {v}: {rec.definitions.get(v, spec.describe())}")
     path, stamp = splice.materialize_owned(spec, splice_cache, allow_pickle=allow_pickle,
-                                           known=[old.get("splice_owner"), *mine.values()])
+                                           known=[old.get("splice_owner"), *mine.values()], leases=leases)
     info: dict[str, Any] = {**_variant_info(rec, v, path), "evicted": False}
     if stamp is not None:
         mine[str(path)] = stamp
@@ -521,8 +591,14 @@ def _materialize_variant(folder: Path, rec: Any, v: str, counter: str, old: Mapp
 
 
 def _evict_chunk(folder: Path, group: Mapping[str, Mapping[str, Any]], mine: dict[str, dict[str, Any]],
-                 failed: Mapping[str, str], inputs: Sequence[tuple[str, str]], progress: Callable[[str], None]) -> None:
-    """Delete every folder of ``group`` this run materialized (also when one of its cells failed)."""
+                 failed: Mapping[str, str], inputs: Sequence[tuple[str, str]], progress: Callable[[str], None],
+                 leases: list) -> None:
+    """Release this run's leases on the folders of ``group`` (their cells ran), then delete every one of them
+    this run materialized (also when one of its cells failed) that no other live run holds a lease on."""
+    paths = {str(info["path"]) for info in group.values()}
+    for lease in [x for x in leases if str(x.splice) in paths]:
+        lease.release()
+        leases.remove(lease)
     for path in dict.fromkeys(str(info["path"]) for info in group.values()):
         if path not in mine:
             continue
@@ -546,8 +622,9 @@ def _evict_and_record(run_dir: Path, labels: Sequence[str], path: Path, stamp: M
     if why is None:
         patch_manifest(run_dir, {v: {"evicted": True, "splice_owner": None, "kept": None} for v in labels})
         progress(f"[evict] {names}: deleted {path}{note}")
-    else:
-        patch_manifest(run_dir, {v: {"evicted": False, "splice_owner": None, "kept": why} for v in labels})
+    else:  # in use by another run: the stamp stays, so a later run of this folder deletes it once it is free
+        owner = dict(stamp) if why.startswith(splice.IN_USE) else None
+        patch_manifest(run_dir, {v: {"evicted": False, "splice_owner": owner, "kept": why} for v in labels})
         progress(f"[evict] {names}: kept {path}: {why}")
 
 

@@ -29,7 +29,8 @@ from frankeneval.errors import (
     MissingShard,
     UnsafeWeights,
 )
-from frankeneval.weights.layermap import LayerMap, canonical_name
+from frankeneval.weights.architecture import Architecture, architecture_for_config
+from frankeneval.weights.layermap import LayerMap
 from frankeneval.weights.safetensors_file import (
     DTYPE_SIZES,
     TORCH_DTYPES,
@@ -206,14 +207,14 @@ class Checkpoint:
     def _stored_name(self, name: str) -> str:
         if name in self._weight_map:
             return name
-        canon = canonical_name(name)
+        canon = self.architecture.canonical_name(name)
         if canon in self._canonical_to_stored:
             return self._canonical_to_stored[canon]
         raise KeyError(f"{self.source_id} has no tensor {name!r}")
 
     @cached_property
     def _canonical_to_stored(self) -> dict[str, str]:
-        return {canonical_name(n): n for n in self._weight_map}
+        return {self.architecture.canonical_name(n): n for n in self._weight_map}
 
     @cached_property
     def config(self) -> dict[str, Any]:
@@ -221,16 +222,19 @@ class Checkpoint:
         if not cfg.is_file():
             return {}
         _check_inside(self.path, "config.json")
-        return json.loads(cfg.read_text())
+        return read_config(cfg)
+
+    @cached_property
+    def architecture(self) -> Architecture:
+        """The family's description (:mod:`frankeneval.weights.architecture`), chosen by the config's model_type."""
+        return architecture_for_config(self.config)
 
     @cached_property
     def layer_map(self) -> LayerMap:
         """The layer map of this checkpoint (stack sizes from the config when it states them)."""
-        cfg = self.config
-        text = cfg.get("text_config") or {}
-        n_llm = cfg.get("num_hidden_layers", text.get("num_hidden_layers"))
-        n_vis = (cfg.get("vision_config") or {}).get("depth")
-        return LayerMap.from_names(self.names, n_vision_blocks=n_vis, n_llm_layers=n_llm)
+        arch = self.architecture
+        n_vis, n_llm = arch.layer_counts(self.config)
+        return LayerMap.from_names(self.names, n_vision_blocks=n_vis, n_llm_layers=n_llm, architecture=arch)
 
     # -- where the bytes are ----------------------------------------------------------------
     def _header(self, shard: str) -> SafetensorsHeader:
@@ -337,6 +341,52 @@ class Checkpoint:
         return f"Checkpoint({self.source_id!r}, {len(self._weight_map)} tensors in {len(self.shards)} shard(s))"
 
 
+# Files that hold a tokenizer's vocabulary (any one is enough; tokenizer_config.json alone is not).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model", "*.tiktoken")
+
+
+def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint's ``config.json`` as a JSON object, or one :class:`CorruptCheckpoint` line naming the file and
+    what is wrong (not JSON, not an object, not UTF-8)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CorruptCheckpoint(f"{path} is not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg}); "
+                                "restore the checkpoint's config.json") from None
+    except UnicodeDecodeError:
+        raise CorruptCheckpoint(f"{path} is not UTF-8 text; restore the checkpoint's config.json") from None
+    if not isinstance(data, dict):
+        raise CorruptCheckpoint(f"{path} is not a JSON object (it is a {type(data).__name__}); "
+                                "restore the checkpoint's config.json")
+    return data
+
+
+def check_metadata_json(path: str | os.PathLike) -> None:
+    """A local checkpoint folder's ``config.json`` (:func:`read_config`) and every other top-level ``*.json`` file a
+    loader reads (tokenizer, processor, generation configs) parse as JSON; one :class:`CorruptCheckpoint` line
+    naming the first that does not. A hub id (not a local folder) is left to its loader."""
+    root = Path(str(path)).expanduser()
+    if not root.is_dir():
+        return
+    if (root / "config.json").is_file():
+        read_config(root / "config.json")
+    for f in sorted(root.glob("*.json")):
+        if f.name in ("config.json", SAFETENSORS_INDEX, PICKLE_INDEX) or not f.is_file():
+            continue
+        try:
+            json.loads(f.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CorruptCheckpoint(f"{f} is not valid JSON ({' '.join(str(exc).split())[:200]}); restore that file "
+                                    "of the checkpoint") from None
+
+
+def tokenizer_files(path: str | os.PathLike) -> list[str]:
+    """The tokenizer vocabulary files (:data:`TOKENIZER_FILES`) in a local checkpoint folder; empty when it has none."""
+    root = Path(str(path)).expanduser()
+    return sorted({f.name for pat in TOKENIZER_FILES for f in root.glob(pat) if f.is_file()})
+
+
 def _check_plain_name(root: Path, shard: str) -> None:
     """A weight index's shard name must be a plain file name inside the checkpoint (no folder, no ``..``)."""
     if not shard or shard in (".", "..") or "/" in shard or "\\" in shard or "\0" in shard or os.path.isabs(shard):
@@ -403,7 +453,7 @@ class CompatibilityReport:
 def compare_architectures(checkpoints: Sequence[Checkpoint], labels: Sequence[str] | None = None) -> CompatibilityReport:
     """Compare tensor names (canonical), shapes and dtypes of several checkpoints (headers only)."""
     labels = list(labels or [f"checkpoint{i}" for i in range(len(checkpoints))])
-    infos = [{canonical_name(k): v for k, v in c.tensor_infos().items()} for c in checkpoints]
+    infos = [{c.architecture.canonical_name(k): v for k, v in c.tensor_infos().items()} for c in checkpoints]
     all_names = sorted(set().union(*[set(i) for i in infos]))
     missing, shapes, dtypes = [], [], []
     for name in all_names:

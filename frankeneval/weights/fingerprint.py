@@ -89,3 +89,38 @@ def file_digests(paths: Sequence[str | os.PathLike], *, cache: bool = True, work
         return [file_digest(p, cache=cache) for p in paths]
     with ThreadPoolExecutor(workers) as pool:
         return list(pool.map(lambda p: file_digest(p, cache=cache), paths))
+
+
+# -- the content identity of a run's inputs (run-store headers, transfer cells) --------------------------------
+def model_fingerprint(ref: str | os.PathLike, *, allow_pickle: bool = True) -> str | None:
+    """The ``weights_sha256`` of the checkpoint ``ref`` (a local folder or a hub id in the cache), as
+    :meth:`frankeneval.weights.checkpoint.Checkpoint.fingerprint` computes it (every byte, cached per file); None
+    when ``ref`` is not a checkpoint on disk (an in-memory model)."""
+    from frankeneval.errors import FrankenevalError
+    from frankeneval.weights.checkpoint import Checkpoint
+
+    try:
+        return str(Checkpoint.open(ref, allow_pickle=allow_pickle).fingerprint()["weights_sha256"])
+    except (FrankenevalError, OSError):
+        return None
+
+
+def data_fingerprint(rows: object, files: Sequence[str | os.PathLike] = ()) -> str:
+    """SHA-256 of the data a run reads: ``rows`` (the selected rows' fields, as canonical JSON) and the content of
+    every file of ``files`` in order (:func:`file_digests`; paths are not part of it, so a moved copy is equal)."""
+    h = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str, ensure_ascii=False).encode())
+    for digest in file_digests(files) if files else ():
+        h.update(f"\n{digest}".encode())
+    return h.hexdigest()
+
+
+def folder_fingerprint(folder: str | os.PathLike) -> str:
+    """SHA-256 of a data folder's content: every regular file under it (hidden entries skipped), as its path
+    relative to ``folder`` and its :func:`file_digest` (cached per file, so a rerun rehashes only changed files)."""
+    root = Path(folder)
+    files = sorted(p for p in root.rglob("*")
+                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    h = hashlib.sha256()
+    for path, digest in zip(files, file_digests(files) if files else ()):
+        h.update(f"{path.relative_to(root).as_posix()}\0{digest}\n".encode())
+    return h.hexdigest()

@@ -1,6 +1,8 @@
 """One layer map shared by every analysis.
 
-Every tensor name of a Qwen2.5-VL checkpoint is classified into
+Every tensor name of a checkpoint is classified, by its family's architecture description
+(:mod:`frankeneval.weights.architecture`: ``frankeneval/weights/architectures/<family>.json``; Qwen2.5-VL by
+default), into
 
 * ``section``: ``vision`` (vision encoder blocks), ``projector`` (the patch merger), ``llm`` (decoder
   layers), ``embeddings`` (token embeddings and the vision patch embedding), ``final_norm`` or ``lm_head``;
@@ -9,10 +11,11 @@ Every tensor name of a Qwen2.5-VL checkpoint is classified into
 * ``component``: ``attention``, ``mlp``, ``norm`` or ``other``;
 * ``submodule``: ``q_proj``, ``k_proj``, ``v_proj``, ``o_proj``, ``qkv``, ``proj``, ``gate_proj``, ...
 
-Two naming schemes are accepted and map to the same roles: the hub checkpoints' names
-(``model.layers.N...``, ``visual.blocks.N...``, ``visual.merger...``, ``lm_head.weight``) and the names that
-current transformers uses in memory (``model.language_model.layers.N...``, ``model.visual.blocks.N...``).
-:func:`canonical_name` converts either to the hub scheme; every comparison between checkpoints is done
+The names, sections and components come from the description, never from this module. Each description gives
+the canonical name layout (the hub checkpoints' names; for Qwen2.5-VL ``model.layers.N...``, ``visual.blocks.N...``,
+``visual.merger...``, ``lm_head.weight``) and the other layouts it accepts (the names current transformers uses
+in memory: ``model.language_model.layers.N...``, ``model.visual.blocks.N...``); both map to the same roles.
+:func:`canonical_name` converts either to the canonical scheme; every comparison between checkpoints is done
 on canonical names.
 
 Layer grammar: every way of naming layers (``--layers`` flags, the wrapper's ``intervention=``, freeze and merge
@@ -28,49 +31,26 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from frankeneval.errors import FrankenevalError, SpecError
+from frankeneval.weights.architecture import SECTIONS as SECTIONS  # re-exported: the sections of every family
+from frankeneval.weights.architecture import Architecture, default_architecture
 
 Section = Literal["vision", "projector", "llm", "embeddings", "final_norm", "lm_head"]
 Component = Literal["attention", "mlp", "norm", "other"]
 Region = Literal["early", "middle", "late"]
 
-SECTIONS: tuple[str, ...] = ("vision", "projector", "llm", "embeddings", "final_norm", "lm_head")
-
-# transformers-in-memory prefix -> hub prefix (order matters: longest first)
-_PREFIX_TO_HUB: tuple[tuple[str, str], ...] = (
-    ("model.language_model.", "model."),
-    ("model.visual.", "visual."),
-    ("language_model.model.", "model."),  # older VLM wrappers
-    ("language_model.lm_head.", "lm_head."),
-)
-
-_VISION_BLOCK = re.compile(r"^visual\.blocks\.(\d+)\.(.+)$")
-_LLM_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
-
-_ATTN_SUBMODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "qkv", "proj")
-_MLP_SUBMODULES = ("gate_proj", "up_proj", "down_proj", "fc1", "fc2")
-_NORM_SUBMODULES = ("norm1", "norm2", "input_layernorm", "post_attention_layernorm", "ln_q", "norm")
-
 
 class UnclassifiedTensor(FrankenevalError):
-    """A tensor name that the Qwen2.5-VL layer map does not recognise."""
+    """A tensor name that the family's layer map does not recognise."""
 
 
-def canonical_name(name: str) -> str:
-    """Return ``name`` in the hub checkpoint naming scheme (idempotent)."""
-    for prefix, hub in _PREFIX_TO_HUB:
-        if name.startswith(prefix):
-            return hub + name[len(prefix) :]
-    return name
+def canonical_name(name: str, architecture: Architecture | None = None) -> str:
+    """Return ``name`` in the canonical (hub checkpoint) naming scheme of its family (idempotent)."""
+    return (architecture or default_architecture()).canonical_name(name)
 
 
-def transformers_name(name: str) -> str:
+def transformers_name(name: str, architecture: Architecture | None = None) -> str:
     """Return ``name`` in the scheme current transformers uses for module paths / ``state_dict``."""
-    name = canonical_name(name)
-    if name.startswith("model."):
-        return "model.language_model." + name[len("model.") :]
-    if name.startswith("visual."):
-        return "model." + name
-    return name
+    return (architecture or default_architecture()).layout_name(name, "transformers")
 
 
 @dataclass(frozen=True)
@@ -101,50 +81,6 @@ class TensorRole:
         return self.param == "weight" and len(shape) >= 2 and self.component != "norm"
 
 
-def _component_of(path: str) -> tuple[Component, str]:
-    """Component and sub-module of a within-block path such as ``self_attn.q_proj.weight``."""
-    parts = path.split(".")
-    stem = parts[:-1]  # drop weight/bias
-    for part in reversed(stem):
-        if part in _NORM_SUBMODULES:
-            return "norm", part
-    for part in reversed(stem):
-        if part in _ATTN_SUBMODULES:
-            return "attention", part
-        if part in _MLP_SUBMODULES:
-            return "mlp", part
-    if any(p in ("attn", "self_attn", "attention") for p in stem):
-        return "attention", stem[-1] if stem else "attn"
-    if "mlp" in stem:
-        return "mlp", ".".join(stem[stem.index("mlp") :])
-    return "other", ".".join(stem) or path
-
-
-def _classify(canonical: str) -> tuple[Section, int | None, Component, str, str, str] | None:
-    """(section, native block, component, submodule, param, tower) or None when unknown."""
-    param = canonical.rsplit(".", 1)[-1]
-    m = _VISION_BLOCK.match(canonical)
-    if m:
-        comp, sub = _component_of(m.group(2))
-        return "vision", int(m.group(1)), comp, sub, param, "vision"
-    m = _LLM_LAYER.match(canonical)
-    if m:
-        comp, sub = _component_of(m.group(2))
-        return "llm", int(m.group(1)), comp, sub, param, "language"
-    if canonical.startswith("visual.merger."):
-        comp, sub = _component_of(canonical[len("visual.merger.") :])
-        return "projector", None, comp, sub, param, "vision"
-    if canonical.startswith("visual.patch_embed."):
-        return "embeddings", None, "other", "patch_embed", param, "vision"
-    if canonical.startswith("model.embed_tokens."):
-        return "embeddings", None, "other", "embed_tokens", param, "language"
-    if canonical.startswith("model.norm."):
-        return "final_norm", None, "norm", "norm", param, "language"
-    if canonical.startswith("lm_head."):
-        return "lm_head", None, "other", "lm_head", param, "language"
-    return None
-
-
 def llm_region(decoder_layer: int, n_llm_layers: int) -> Region:
     """Characterization thirds of decoder layer j (unified j + 1): with t = n // 3, early j < t, middle
     t <= j < 2t, late j >= 2t (for 28 layers: unified 1-9 | 10-18 | 19-28)."""
@@ -170,13 +106,18 @@ ranges (9-17; vision ranges -32..-1, also -32--1); early, middle, late (the bloc
 c1 = n // 3, c2 = 2n // 3: 1-c1 | c1+1-c2 | c2+1-n) and 'early 2/3' (1-c2), 'late 2/3' (c1+1-n) ('early 1/3'
 = early, 'late 1/3' = late); all (LLM layers 1-n); vision (every vision block); projector (0)."""
 
-GRAMMAR_HINT = "layers on the unified axis (LLM 1-n, vision <0, projector 0), e.g. 9-17, late, 3+7: see README 'Layer grammar'"
+GRAMMAR_HINT = ("layers on the unified axis (LLM 1-n, vision <0, projector 0), e.g. 9-17, late, 3+7: "
+                "see README 'Layer grammar'")
 
 _RANGE = re.compile(r"^(-?\d+)(?:(?:\.\.|-)(-?\d+))?$")
 _REGION_TOKEN = re.compile(r"^(early|mid|middle|late|all)(?:[-_:]?([123])/3)?$")
 _FRACTION = re.compile(r"^([123])/3$")
-_VISION_WORDS = ("vision", "visual")
-_PROJECTOR_WORDS = ("projector", "merger")
+
+
+def _section_words(architecture: Architecture | None) -> dict[str, str]:
+    """Grammar word -> section: ``vision``, ``projector`` and the family's ``layer_words`` for them."""
+    extra = (architecture or default_architecture()).layer_words
+    return {w: sec for sec in ("vision", "projector") for w in (sec, *extra.get(sec, ()))}
 
 
 def unified_llm_layer(decoder_layer: int) -> int:
@@ -279,6 +220,7 @@ def select_layers(
     cuts: Sequence[int] | None = None,
     sections: Iterable[str] = ("llm",),
     default_all: bool = False,
+    architecture: Architecture | None = None,
 ) -> LayerSelection:
     """Parse a layer spec (:data:`LAYER_GRAMMAR`) into a :class:`LayerSelection` on the unified axis.
 
@@ -286,6 +228,7 @@ def select_layers(
     ``n_vision_blocks``; a numeric ``0`` (the projector) is accepted only where the whole axis is meant
     (``projector`` allowed and ``n_vision_blocks`` given), since it used to mean decoder layer 0. Every error is
     one line naming the valid range. An empty spec (or ``None``) selects all LLM layers when ``default_all``.
+    ``architecture``: the family whose ``layer_words`` are accepted too (default: the default family).
     """
     n = int(n_llm_layers)
     if n < 1:
@@ -301,6 +244,7 @@ def select_layers(
     llm: set[int] = set()
     vision: set[int] = set()
     projector = whole_vision = False
+    section_words = _section_words(architecture)
     valid = f"LLM layers are 1-{n}"
     if "vision" in allowed and n_vision_blocks:
         valid += f", vision blocks {-n_vision_blocks}..-1"
@@ -320,8 +264,8 @@ def select_layers(
                 tok = f"{tok} {toks[i + 1]}"
                 i += 1
             llm.update(_region(m.group(1), frac, n, c, tok))
-        elif tok in _VISION_WORDS or tok in _PROJECTOR_WORDS:
-            sec = "vision" if tok in _VISION_WORDS else "projector"
+        elif tok in section_words:
+            sec = section_words[tok]
             if sec not in allowed:
                 raise LayerSpecError(f"{tok!r}: only LLM layers can be chosen here ({valid})")
             if sec == "vision":
@@ -346,7 +290,8 @@ def select_layers(
                 raise LayerSpecError(f"layer {tok!r} out of range: {valid}")
             if lo < 0:
                 if "vision" not in allowed:
-                    raise LayerSpecError(f"layer {tok!r} is a vision block: only LLM layers can be chosen here ({valid})")
+                    raise LayerSpecError(f"layer {tok!r} is a vision block: only LLM layers can be chosen here "
+                                         f"({valid})")
                 if n_vision_blocks is None:
                     raise LayerSpecError(f"layer {tok!r}: single vision blocks cannot be chosen here, write vision")
                 if lo < -n_vision_blocks:
@@ -373,6 +318,7 @@ def parse_layers(
     cuts: Sequence[int] | None = None,
     sections: Iterable[str] = ("llm",),
     default_all: bool = True,
+    architecture: Architecture | None = None,
 ) -> list[int]:
     """Unified indices (ascending) selected by a layer spec; by default LLM layers only, ``None`` = all of them.
 
@@ -381,7 +327,7 @@ def parse_layers(
     == [-4, -3, -2, -1, 0, 1, 2]``. See :func:`select_layers` and :data:`LAYER_GRAMMAR`.
     """
     sel = select_layers(spec, n_llm_layers, n_vision_blocks=n_vision_blocks, cuts=cuts, sections=sections,
-                        default_all=default_all)
+                        default_all=default_all, architecture=architecture)
     if sel.whole_vision and n_vision_blocks is None:
         raise LayerSpecError("'vision' needs the model's vision depth here; name the blocks (-k..-1)")
     return sel.unified()
@@ -404,12 +350,13 @@ def format_layers(layers: Iterable[int]) -> str:
 
 @dataclass
 class LayerMap:
-    """Roles of every tensor of one checkpoint, with the sizes of its stacks."""
+    """Roles of every tensor of one checkpoint, with the sizes of its stacks, under its family's description."""
 
     n_vision_blocks: int
     n_llm_layers: int
     roles: dict[str, TensorRole] = field(default_factory=dict)  # keyed by canonical name
     unclassified: list[str] = field(default_factory=list)
+    architecture: Architecture = field(default_factory=default_architecture, repr=False)
 
     @classmethod
     def from_names(
@@ -419,28 +366,31 @@ class LayerMap:
         n_vision_blocks: int | None = None,
         n_llm_layers: int | None = None,
         strict: bool = True,
+        architecture: Architecture | None = None,
     ) -> LayerMap:
-        """Classify ``names`` (either naming scheme).
+        """Classify ``names`` (any naming scheme of the family) by ``architecture`` (default: the default family).
 
         The stack sizes are counted from the names unless given (pass the config's values when
         classifying a subset of a checkpoint). With ``strict`` an unrecognised name raises
         :class:`UnclassifiedTensor`, so no tensor is ever silently dropped; otherwise it is listed in
         :attr:`unclassified`.
         """
+        arch = architecture or default_architecture()
         names = list(names)
         parsed: dict[str, tuple[str, tuple]] = {}
         unknown: list[str] = []
         vision_max, llm_max = -1, -1
         for name in names:
-            canon = canonical_name(name)
-            info = _classify(canon)
-            if info is None:
+            canon = arch.canonical_name(name)
+            c = arch.classify(canon)
+            if c is None:
                 unknown.append(name)
                 continue
             if canon in parsed:
                 raise UnclassifiedTensor(f"tensor {canon!r} appears twice (as {parsed[canon][0]!r} and {name!r})")
+            info = (c.section, c.block, c.component, c.submodule, c.param, c.tower)
             parsed[canon] = (name, info)
-            section, block = info[0], info[1]
+            section, block = c.section, c.block
             if section == "vision":
                 vision_max = max(vision_max, block)
             elif section == "llm":
@@ -448,11 +398,11 @@ class LayerMap:
         if unknown and strict:
             shown = ", ".join(unknown[:5]) + (f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else "")
             raise UnclassifiedTensor(
-                f"{len(unknown)} tensor name(s) are not part of the Qwen2.5-VL layer map: {shown}"
+                f"{len(unknown)} tensor name(s) are not part of the {arch.display_name} layer map: {shown}"
             )
         nv = n_vision_blocks if n_vision_blocks is not None else vision_max + 1
         nl = n_llm_layers if n_llm_layers is not None else llm_max + 1
-        lmap = cls(n_vision_blocks=nv, n_llm_layers=nl, unclassified=unknown)
+        lmap = cls(n_vision_blocks=nv, n_llm_layers=nl, unclassified=unknown, architecture=arch)
         for canon, (name, (section, block, comp, sub, param, tower)) in parsed.items():
             lmap.roles[canon] = TensorRole(
                 name=name,
@@ -490,7 +440,7 @@ class LayerMap:
                      sections: Iterable[str] = ("llm", "vision", "projector")) -> list[int]:
         """Unified indices of a layer spec on this checkpoint's axis (:func:`parse_layers`)."""
         return parse_layers(spec, self.n_llm_layers, n_vision_blocks=self.n_vision_blocks, cuts=cuts,
-                            sections=sections)
+                            sections=sections, architecture=self.architecture)
 
     def region(self, role: TensorRole) -> Region | None:
         """early / middle / late third for LLM tensors (characterization thirds), else None."""
@@ -500,15 +450,15 @@ class LayerMap:
 
     # -- lookups ----------------------------------------------------------------------------
     def role(self, name: str) -> TensorRole:
-        """Role of ``name`` (either naming scheme)."""
-        canon = canonical_name(name)
+        """Role of ``name`` (any naming scheme of the family)."""
+        canon = self.architecture.canonical_name(name)
         try:
             return self.roles[canon]
         except KeyError:
             raise UnclassifiedTensor(f"{name!r} is not a tensor of this checkpoint's layer map") from None
 
     def __contains__(self, name: str) -> bool:
-        return canonical_name(name) in self.roles
+        return self.architecture.canonical_name(name) in self.roles
 
     def __len__(self) -> int:
         return len(self.roles)

@@ -87,12 +87,14 @@ def read_header(path: str | os.PathLike) -> SafetensorsHeader:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if size < 8:
-                raise CorruptCheckpoint(f"{path}: not a safetensors file ({size} bytes, shorter than the 8-byte header length)")
+                raise CorruptCheckpoint(f"{path}: not a safetensors file ({size} bytes, shorter than the 8-byte "
+                                        "header length)")
             n = int.from_bytes(f.read(8), "little")
             if n > size - 8 or n > MAX_HEADER_BYTES:
                 raise CorruptCheckpoint(
                     f"{path}: not a safetensors file: its header length {n} does not fit in the file ({size} bytes)"
-                    if n > size - 8 else f"{path}: safetensors header length {n} is over the {MAX_HEADER_BYTES}-byte limit"
+                    if n > size - 8
+                    else f"{path}: safetensors header length {n} is over the {MAX_HEADER_BYTES}-byte limit"
                 )
             raw = f.read(n)
     except OSError as exc:
@@ -104,7 +106,8 @@ def read_header(path: str | os.PathLike) -> SafetensorsHeader:
     if not isinstance(header, dict):
         raise CorruptCheckpoint(f"{path}: safetensors header is a JSON {type(header).__name__}, not an object")
     start = 8 + n
-    tensors = {name: _location(path, name, entry, start, size) for name, entry in header.items() if name != "__metadata__"}
+    tensors = {name: _location(path, name, entry, start, size) for name, entry in header.items()
+               if name != "__metadata__"}
     _check_no_overlap(path, tensors.values())
     return SafetensorsHeader(path, raw, start, tensors)
 
@@ -123,7 +126,8 @@ def _location(path: Path, name: str, entry: Any, start: int, size: int) -> Tenso
         raise CorruptCheckpoint(f"{where}: unknown dtype {dtype!r}")
     if not isinstance(shape, list) or not all(_is_int(s) for s in shape):
         raise CorruptCheckpoint(f"{where}: shape {shape!r} is not a list of non-negative integers")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets) and offsets[0] <= offsets[1]):
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)
+            and offsets[0] <= offsets[1]):
         raise CorruptCheckpoint(f"{where}: data_offsets {offsets!r} is not a [begin, end] pair with 0 <= begin <= end")
     begin, end = offsets
     if start + end > size:
@@ -143,7 +147,8 @@ def _check_no_overlap(path: Path, locations) -> None:
     last: TensorLocation | None = None
     for loc in sorted((loc for loc in locations if loc.nbytes), key=lambda loc: (loc.offset, loc.end)):
         if last is not None and loc.offset < last.end:
-            raise CorruptCheckpoint(f"{path}: tensors {last.name!r} and {loc.name!r} overlap (their bytes share the file)")
+            raise CorruptCheckpoint(f"{path}: tensors {last.name!r} and {loc.name!r} overlap "
+                                    "(their bytes share the file)")
         last = loc
 
 

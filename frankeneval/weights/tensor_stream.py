@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from frankeneval.errors import FrankenevalError
-from frankeneval.weights.layermap import canonical_name
 from frankeneval.weights.safetensors_file import TensorLocation, torch_dtype
 
 if TYPE_CHECKING:
@@ -62,13 +61,14 @@ _END = object()
 class _MemberReader(threading.Thread):
     """Reads the tensors ``names`` of one checkpoint, in order, onto ``device`` into a bounded queue."""
 
-    def __init__(self, ckpt: Checkpoint, names: Sequence[str], device: torch.device, depth: int, chunk_bytes: int, stop: threading.Event):
+    def __init__(self, ckpt: Checkpoint, names: Sequence[str], device: torch.device, depth: int, chunk_bytes: int,
+                 stop: threading.Event):
         super().__init__(daemon=True, name=f"reader:{ckpt.path.name}")
         self.ckpt, self.names, self.device, self.stop = ckpt, list(names), device, stop
         self.queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self.chunk_bytes = chunk_bytes
         self.bytes_read = 0
-        self._index = {canonical_name(n): loc for n, loc in ckpt.locations().items()}
+        self._index = {ckpt.architecture.canonical_name(n): loc for n, loc in ckpt.locations().items()}
         self._fds: dict[Path, int] = {}
 
     def _put(self, item: Any) -> bool:

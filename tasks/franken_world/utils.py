@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from frankeneval.tasks.common import DEFAULT_SAMPLE_SEED, FrankenTask, TaskSettings, checked_docs, count, mean_score  # noqa: F401
+from frankeneval.tasks.common import DEFAULT_SAMPLE_SEED, count, mean_score  # noqa: F401 - YAML hooks
 
 from frankeneval.core.data import subsample_indices
 from frankeneval.errors import FrankenevalError
@@ -26,7 +26,8 @@ def world_root(metadata: dict | None) -> Path:
     if explicit:
         root = Path(explicit).expanduser()
         if not root.is_dir():
-            raise FrankenevalError(f"world data folder {root} does not exist (write it with frankeneval.miniature.world.write_world)")
+            raise FrankenevalError(f"world data folder {root} does not exist "
+                                   "(write it with frankeneval.miniature.world.write_world)")
         return root
     return world.write_world(seed=int(md.get("world_seed", 0)))
 
@@ -44,7 +45,8 @@ def world_docs(axis: str, metadata: dict | None, control: str | None = None) -> 
                                f"on {axis}")
     root = world_root(md)
     if not (root / axis / "test.jsonl").is_file():
-        raise FrankenevalError(f"no {root / axis / 'test.jsonl'}; write the world with frankeneval.miniature.world.write_world")
+        raise FrankenevalError(f"no {root / axis / 'test.jsonl'}; "
+                               "write the world with frankeneval.miniature.world.write_world")
     rows = world.read_world(root, axis)
     k = int(md.get("sample_size") or os.environ.get("FRANKENEVAL_SAMPLE_SIZE") or 0)
     seed = int(md.get("sample_seed") or os.environ.get("FRANKENEVAL_SAMPLE_SEED") or DEFAULT_SAMPLE_SEED)
@@ -60,22 +62,6 @@ def world_docs(axis: str, metadata: dict | None, control: str | None = None) -> 
             doc["prompt"] = world.blackdesc_prompt(doc["description"], r["question"], boxed=r["axis"] != "perception")
         docs.append(doc)
     return docs
-
-
-class WorldTask(FrankenTask):
-    """A ConfigurableTask over the world's held-out split of one axis (``dataset_kwargs.axis``)."""
-
-    def download(self, dataset_kwargs: dict | None = None) -> None:
-        import datasets
-
-        md = self.config.metadata if isinstance(self.config.metadata, dict) else {}
-        kwargs = dataset_kwargs or {}
-        docs = checked_docs(str(self.config.task), world_docs(str(kwargs.get("axis")), md, kwargs.get("control")),
-                            TaskSettings.resolve(md))  # every selected image decoded before any item runs
-        split = self.config.test_split
-        self.settings = None
-        self.dataset = datasets.DatasetDict({split: datasets.Dataset.from_list(docs)})
-        self.dataset_no_image = self.dataset
 
 
 def world_doc_to_visual(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> list:

@@ -1,7 +1,7 @@
 """GSM8K hooks (``!function utils.X`` in ``franken_gsm8k.yaml``; the lm-eval task ``franken_gsm8k`` reuses them).
 
 Data: hub ``openai/gsm8k`` (config ``main``) or ``$FRANKENEVAL_DATA/gsm8k/test.jsonl``; the target is the number
-after ``####``. Scored by rules (``\\boxed{}``, then ``####``, then the last number) and, when on, the judge.
+after ``####``. Scored by rules (``\\boxed{}``, then ``####``; no last-number fallback) and, when on, the judge.
 """
 
 from __future__ import annotations
@@ -20,9 +20,6 @@ def build_docs(spec: dict, settings: TaskSettings) -> list[dict]:
     return [common.row_doc(rows[i], row_where(rows[i], "gsm8k", i), f"gsm8k_{i}",
                            lambda r, i=i: {"id": f"gsm8k_{i}", "question": r["question"], "answer": r["answer"],
                                            "target": scoring.extract_gsm8k_target(r["answer"])}) for i in idx]
-
-
-__getattr__ = common.task_module_getattr(build_docs)  # FrankenTask, made on first use
 
 
 def gsm8k_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:

@@ -1,7 +1,7 @@
 """MATH-500 hooks (``!function utils.X`` in ``franken_math500.yaml``; the lm-eval task ``franken_math500`` reuses them).
 
 Data: hub ``HuggingFaceH4/MATH-500`` or ``$FRANKENEVAL_DATA/math500/test.jsonl``. Scored by rules (``\\boxed{}``,
-then the last number; symbolic equality) and, when on, the judge.
+symbolic equality; no last-number fallback) and, when on, the judge.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ def _level(row: dict) -> int | None:
 
 
 def build_docs(spec: dict, settings: TaskSettings) -> list[dict]:
-    """The (sub-sampled) MATH-500 docs: ``id`` (the data's ``unique_id``), ``problem``, ``target``, ``subject``, ``level``.
+    """The (sub-sampled) MATH-500 docs: ``id`` (the data's ``unique_id``), ``problem``, ``target``, ``subject``,
+    ``level``.
 
     ``spec`` (the YAML's ``dataset_kwargs``): ``min_level`` keeps the rows of level >= it (v2 reasoning: 4)."""
     rows = load_benchmark_rows("math500", settings.data_path)
@@ -35,9 +36,6 @@ def build_docs(spec: dict, settings: TaskSettings) -> list[dict]:
                            lambda r, i=i: {"id": str(r.get("unique_id", f"math500_{i}")), "problem": r["problem"],
                                            "target": str(r["answer"]), "subject": str(r.get("subject", "")),
                                            "level": str(r.get("level", ""))}) for i in idx]
-
-
-__getattr__ = common.task_module_getattr(build_docs)  # FrankenTask, made on first use
 
 
 def math500_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:

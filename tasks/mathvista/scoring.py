@@ -363,7 +363,8 @@ def mathvista_query(doc: dict) -> str:
     if qtype == "multi_choice":
         hint = "Please answer the question and provide the correct option letter, e.g., A, B, C, D, at the end."
     elif atype == "integer":
-        hint = "Please answer the question requiring an integer answer and provide the final value, e.g., 1, 2, 3, at the end."
+        hint = ("Please answer the question requiring an integer answer and provide the final value, e.g., 1, 2, 3, "
+                "at the end.")
     elif atype == "float" and int(doc.get("precision") or 0) == 1:
         hint = ("Please answer the question requiring a floating-point number with one decimal place and provide "
                 "the final value, e.g., 1.2, 1.3, 1.4, at the end.")
@@ -385,7 +386,8 @@ def mathvista_query(doc: dict) -> str:
 
 
 MATHVISTA_EXTRACTION_EXAMPLES = """\
-Please read the following examples. Then extract the answer from the model response and type it at the end of the prompt.
+Please read the following examples. Then extract the answer from the model response and type it at the end of the \
+prompt.
 
 Hint: Please answer the question requiring an integer answer and provide the final value, e.g., 1, 2, 3, at the end.
 Question: How many birds are sitting on the fence?
@@ -394,21 +396,24 @@ Model response: Counting from left to right, there are seven birds on the fence.
 
 Extracted answer: 7
 
-Hint: Please answer the question requiring a floating-point number with one decimal place and provide the final value, e.g., 1.2, 1.3, 1.4, at the end.
+Hint: Please answer the question requiring a floating-point number with one decimal place and provide the final \
+value, e.g., 1.2, 1.3, 1.4, at the end.
 Question: What is the ratio of the red bar to the blue bar?
 
 Model response: The red bar reaches 3 and the blue bar reaches 2, so the ratio is 1.5.
 
 Extracted answer: 1.5
 
-Hint: Please answer the question requiring a floating-point number with two decimal places and provide the final value, e.g., 1.23, 1.34, 1.45, at the end.
+Hint: Please answer the question requiring a floating-point number with two decimal places and provide the final \
+value, e.g., 1.23, 1.34, 1.45, at the end.
 Question: How much does a notebook and a pen cost together? (Unit: $)
 
 Model response: The notebook costs $2.15 and the pen $0.90, which together make $3.05.
 
 Extracted answer: 3.05
 
-Hint: Please answer the question requiring a Python list as an answer and provide the final list, e.g., [1, 2, 3], [1.2, 1.3, 1.4], at the end.
+Hint: Please answer the question requiring a Python list as an answer and provide the final list, e.g., [1, 2, 3], \
+[1.2, 1.3, 1.4], at the end.
 Question: In which two months is the temperature the same?
 
 Model response: The curve has the same value in month 4 and month 9.

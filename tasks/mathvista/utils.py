@@ -4,13 +4,14 @@ Data: hub ``AI4Math/MathVista`` (split ``testmini``) or ``$FRANKENEVAL_DATA/math
 ``images/<pid>.jpg`` next to it. ``dataset_kwargs``: ``category`` (``general-vqa`` = perception,
 ``math-targeted-vqa`` = alignment, absent = all), ``any_of`` (v2 splits: metadata field -> values, see
 :func:`metadata_selector`) and ``control`` (absent = the image; ``black``: an all-black image
-of the size the image is shown at (every image is resized to at most 1280 x 720: :func:`paper_image_size`);
+of the size the image is shown at (the reference's pixel cap of 921,600 = 1280 x 720: :func:`paper_image_size`);
 ``blackdesc``: the black image plus a text description of the real one, written by the judge or taken from the data's
 ``caption_bard``, see ``description_source``).
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +100,8 @@ def build_docs(spec: dict, settings: TaskSettings) -> list[dict]:
             rows = rows.filter(keep, input_columns="metadata")
     idx = subsample_indices(len(rows), settings.sample_size, settings.sample_seed)
     selected = [rows[i] for i in idx] if isinstance(rows, list) else _rows_list(rows.select(idx))
-    docs = [common.row_doc(r, row_where(r, "mathvista", i), r.get("pid", f"row {i}"), lambda r: _mathvista_doc(r, control))
+    docs = [common.row_doc(r, row_where(r, "mathvista", i), r.get("pid", f"row {i}"),
+                           lambda r: _mathvista_doc(r, control))
             for i, r in zip(idx, selected)]  # a row lacking a field: a placeholder that common.check_docs names
     good = [d for d in docs if "broken" not in d]
     if control is None or control == "blackdesc":
@@ -119,9 +121,6 @@ def build_docs(spec: dict, settings: TaskSettings) -> list[dict]:
         if control is not None:
             d["decoded_image"] = None  # the controls never show the image
     return docs
-
-
-__getattr__ = common.task_module_getattr(build_docs)  # FrankenTask, made on first use
 
 
 def description_source(settings: TaskSettings) -> str:
@@ -179,37 +178,48 @@ def mathvista_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = No
     return f"{INSTRUCTION}\n\n{mathvista_question(doc)}"
 
 
-MAX_IMAGE_SIZE = (1280, 720)  # the paper's bound on every image (width, height)
+MAX_PIXELS = 1280 * 720  # 921,600: the reference's cap on an image's pixel count (not a 1280 x 720 box)
 MIN_IMAGE_SIDE = 28  # Qwen2.5-VL's smallest side (one 2 x 2 patch merge of 14-pixel patches)
 
 
-def paper_image_size(width: int, height: int) -> tuple[int, int]:
-    """The size an image of ``width`` x ``height`` is shown at: at most 1280 x 720, aspect ratio kept, never enlarged.
+def resize_steps(width: int, height: int) -> list[tuple[int, int]]:
+    """The sizes an image of ``width`` x ``height`` is resized through before it is shown, as the reference does:
 
-    Exact rule (integers, no floating point): an image within the bound keeps its size. Otherwise the side that
-    binds (width when ``width * 720 >= height * 1280``) becomes exactly 1280 (resp. 720) and the other side is the
-    proportional length rounded half up: ``floor(height * 1280 / width + 1/2)`` (resp. ``floor(width * 720 / height
-    + 1/2)``). Last, a side below 28 pixels becomes 28 (only extreme aspect ratios or tiny images: there the ratio
-    gives way). E.g. 2000 x 1000 -> 1280 x 640, 500 x 2000 -> 180 x 720, 640 x 480 -> 640 x 480.
+    1. a side below 28 px: both sides scale by ``max(28 / w, 28 / h)``, each truncated with ``int()``;
+    2. then, if ``w * h > 921,600``: both sides scale by ``sqrt(921600 / (w * h))``, each truncated with ``int()``.
+
+    Each step is one LANCZOS resize (:func:`fit_image`); an image that needs neither keeps its size (``[]``).
+    E.g. 1000 x 1000 -> 960 x 960, 500 x 2000 -> 480 x 1920, 20 x 500 -> 28 x 700, 1280 x 720 and 640 x 480 kept.
     """
     w, h = int(width), int(height)
     if w <= 0 or h <= 0:
         raise FrankenevalError(f"image size must be positive, got {width}x{height}")
-    max_w, max_h = MAX_IMAGE_SIZE
-    if w > max_w or h > max_h:
-        if w * max_h >= h * max_w:  # width binds
-            w, h = max_w, (2 * h * max_w + w) // (2 * w)
-        else:
-            w, h = (2 * w * max_h + h) // (2 * h), max_h
-    return max(w, MIN_IMAGE_SIDE), max(h, MIN_IMAGE_SIDE)
+    steps = []
+    if w < MIN_IMAGE_SIDE or h < MIN_IMAGE_SIDE:
+        factor = max(MIN_IMAGE_SIDE / w, MIN_IMAGE_SIDE / h)
+        w, h = max(1, int(w * factor)), max(1, int(h * factor))
+        steps.append((w, h))
+    if w * h > MAX_PIXELS:
+        factor = math.sqrt(MAX_PIXELS / (w * h))
+        w, h = max(1, int(w * factor)), max(1, int(h * factor))
+        steps.append((w, h))
+    return steps
+
+
+def paper_image_size(width: int, height: int) -> tuple[int, int]:
+    """The size an image of ``width`` x ``height`` is shown at (the last of :func:`resize_steps`, else its own)."""
+    steps = resize_steps(width, height)
+    return steps[-1] if steps else (int(width), int(height))
 
 
 def fit_image(image):
-    """``image`` resized to :func:`paper_image_size` (bicubic; the same object when the size does not change)."""
+    """``image`` resized as the reference does (:func:`resize_steps`, LANCZOS each step; the same object when no
+    step applies)."""
     from PIL import Image
 
-    size = paper_image_size(*image.size)
-    return image if size == tuple(image.size) else image.resize(size, Image.Resampling.BICUBIC)
+    for size in resize_steps(*image.size):
+        image = image.resize(size, Image.Resampling.LANCZOS)
+    return image
 
 
 def black_image(width: int, height: int):
@@ -268,7 +278,8 @@ def mathvista_protocol(doc: dict, response: str, settings: TaskSettings) -> dict
         from frankeneval.core.grading import JudgeUnavailable
 
         try:
-            extraction = common.get_judge(settings).extract_mathvista(scoring.mathvista_extraction_prompt(doc, response))
+            extraction = common.get_judge(settings).extract_mathvista(
+                scoring.mathvista_extraction_prompt(doc, response))
             how = "llm"
         except JudgeUnavailable as exc:
             return {"id": doc["id"], "judge_error": True, "reason": str(exc)[:240]}

@@ -52,9 +52,6 @@ def build_docs(spec: dict, settings: TaskSettings) -> list[dict]:
     return docs
 
 
-__getattr__ = common.task_module_getattr(build_docs)  # FrankenTask, made on first use
-
-
 def probe_doc_to_visual(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> list:
     return [common.open_image(doc)]
 

@@ -28,7 +28,8 @@ if importlib.util.find_spec("vllm") is None:
 import numpy as np  # noqa: E402  (after the module-level skip)
 from PIL import Image  # noqa: E402
 
-OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
 os.environ.update(OFFLINE)
 MAX_NEW = 12
 TEXT_PROMPTS = [
@@ -157,12 +158,14 @@ def _chat(base_url: str, prompt: str, image: Image.Image | None = None) -> str:
 
 def test_served_splice_answers_as_transformers_greedy(server, hf_answers):
     base_url, _proc = server
-    got = [_chat(base_url, p) for p in TEXT_PROMPTS] + [_chat(base_url, p, _image(i)) for i, p in enumerate(IMAGE_PROMPTS)]
+    got = ([_chat(base_url, p) for p in TEXT_PROMPTS]
+           + [_chat(base_url, p, _image(i)) for i, p in enumerate(IMAGE_PROMPTS)])
     n_text = len(TEXT_PROMPTS)
     text_eq = sum(_same(a, b) for a, b in zip(got[:n_text], hf_answers[:n_text]))
     image_eq = sum(_same(a, b) for a, b in zip(got[n_text:], hf_answers[n_text:]))
     exact = sum(a == b for a, b in zip(got, hf_answers))
-    _record("server_vs_transformers", {"text_equal": f"{text_eq}/{n_text}", "image_equal": f"{image_eq}/{len(IMAGE_PROMPTS)}",
+    _record("server_vs_transformers", {"text_equal": f"{text_eq}/{n_text}",
+                                       "image_equal": f"{image_eq}/{len(IMAGE_PROMPTS)}",
                                        "byte_exact": f"{exact}/{len(got)}", "vllm": got, "transformers": hf_answers})
     print(f"\nserver == transformers greedy: text {text_eq}/{n_text}, image {image_eq}/{len(IMAGE_PROMPTS)} "
           f"(byte-exact {exact}/{len(got)})")
@@ -173,7 +176,8 @@ def test_served_splice_answers_as_transformers_greedy(server, hf_answers):
 def test_server_is_stopped_with_its_workers(spliced, tmp_path):
     """The fixture's stop kills the whole process group, even when the test body raises."""
     proc = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
-                             "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); time.sleep(600)"],
+                             "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
+                             "time.sleep(600)"],
                             start_new_session=True)
     try:
         with pytest.raises(ZeroDivisionError):
@@ -207,7 +211,8 @@ def _tiny_task_requests(root: Path):
     from lmms_eval.api.instance import Instance
 
     docs_vqa = [{"id": i, "question": q, "image": _image(10 + i)} for i, q in enumerate(
-        ["What color is this?", "How many red circles are there in the image?", "What is the number written in the picture?",
+        ["What color is this?", "How many red circles are there in the image?",
+         "What is the number written in the picture?",
          "Is there a blue square? Answer yes or no."])]
     docs_text = [{"id": i, "question": f"What is {i}+{i}?"} for i in (1, 2, 3, 4)]
     task_dict = {"fe_tiny_vqa": {"test": docs_vqa}, "fe_tiny_text": {"test": docs_text}}
@@ -216,7 +221,8 @@ def _tiny_task_requests(root: Path):
                                       ("fe_tiny_text", docs_text, None, ["\n"])):
         for i, d in enumerate(docs):
             ctx = ("<image>" if visual else "") + d["question"]
-            reqs.append(Instance("generate_until", (ctx, {"max_new_tokens": 8, "until": until}, visual, i, task, "test"),
+            reqs.append(Instance("generate_until",
+                                 (ctx, {"max_new_tokens": 8, "until": until}, visual, i, task, "test"),
                                  idx=0, metadata={"task": task, "doc_id": i, "repeats": 1}))
     return task_dict, reqs
 

@@ -50,9 +50,11 @@ def _finished_cells(run_dir: Path, manifest: dict[str, Any]) -> tuple[list[dict[
 
     A corrupt or incomplete ``cells.jsonl`` line is named and skipped (the run store's one check); a planned cell
     without a record whose finished lmms-eval output is on disk (``cells/<model>/<task>``, only ever renamed into
-    place once finished) is read from there, as ``transfer`` adopts it on its next run."""
+    place once finished) is read from there, as ``transfer`` adopts it on its next run. A planned cell is finished
+    as ``transfer`` decides it (:func:`frankeneval.transferability.cells.finished_cell`: a readable results file,
+    made from the model content the manifest names, where it names one); any other is missing, with the reason."""
     from frankeneval.core.runstore import read_records
-    from frankeneval.transferability.cells import find_results
+    from frankeneval.transferability.cells import finished_cell
     from frankeneval.transferability.manifest import CELL_FIELDS, STORE, plan_cells
 
     path = run_dir / STORE
@@ -61,12 +63,17 @@ def _finished_cells(run_dir: Path, manifest: dict[str, Any]) -> tuple[list[dict[
     records = read_records(path, CELL_FIELDS)[1]
     missing: dict[str, str] = {}
     models = [str(m) for m in manifest.get("order") or manifest.get("models") or []]
+    infos = manifest.get("models") if isinstance(manifest.get("models"), dict) else {}
     for cell in plan_cells(models, [str(t) for t in manifest.get("tasks") or []]):
-        if cell.key in records:
+        info = infos.get(cell.model) if isinstance(infos.get(cell.model), dict) else {}
+        expected = info.get("fingerprint")
+        res, samples, why = finished_cell(run_dir / cell.relpath(), expected if isinstance(expected, dict) else None,
+                                          label=f"{cell.model} model", check_model=isinstance(expected, dict))
+        if why is not None:
+            records.pop(cell.key, None)
+            missing[cell.key] = why
             continue
-        res, samples = find_results(run_dir / cell.relpath())
-        if res is None:
-            missing[cell.key] = "not finished"
+        if cell.key in records:
             continue
         records[cell.key] = {"model": cell.model, "task": cell.task, "results": str(res.relative_to(run_dir)),
                              "samples": {t: str(p.relative_to(run_dir)) for t, p in sorted(samples.items())}}

@@ -78,7 +78,8 @@ h1{font-size:22px}h2{font-size:18px;margin-top:28px}p.legend{color:#555;font-siz
 table{border-collapse:collapse;margin:12px 0;font-size:14px}
 th,td{border:1px solid #c9c9c9;padding:6px 10px;text-align:right;vertical-align:top}
 th{background:#eef1f6}td.model,th.model{text-align:left;font-weight:600}td.desc{text-align:left;color:#555;font-size:12px}
-td.best,tr.ref td.best{background:#e3f4e1;font-weight:700}span.ci,span.delta{display:block;font-size:11px;color:#666;font-weight:400}
+td.best,tr.ref td.best{background:#e3f4e1;font-weight:700}\
+span.ci,span.delta{display:block;font-size:11px;color:#666;font-weight:400}
 tr.ref td{background:#fafafa}figure{display:inline-block;margin:8px;vertical-align:top}
 figure img{max-width:560px;border:1px solid #ddd}figcaption{font-size:12px;color:#555}
 """

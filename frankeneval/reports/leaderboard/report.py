@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from frankeneval.core.outdir import LAYOUTS, claim_output_dir
 from frankeneval.core.results import atomic_write_text
 from frankeneval.errors import FrankenevalError
 from frankeneval.reports.leaderboard.build import build_leaderboard
@@ -67,10 +68,11 @@ def write_report(
 ) -> dict[str, Path]:
     """Write ``report.<ext>`` for each format into ``out_dir`` (default: the run dir); returns the paths."""
     board = build_leaderboard(run_dir, seed=seed)
-    out = Path(out_dir or board.run_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
-    plots = find_plots(default_plot_dirs(board.run_dir) if plot_dirs is None else plot_dirs)
     ext = {"md": "md", "csv": "csv", "html": "html", "latex": "tex"}
+    # an output folder frankeneval owns (the transfer run folder by default); a report.* it did not write is refused
+    out = Path(claim_output_dir(out_dir or board.run_dir, command="report", adopt=LAYOUTS["report"].adopt,
+                                files=[f"report.{ext[fmt]}" for fmt in formats]))
+    plots = find_plots(default_plot_dirs(board.run_dir) if plot_dirs is None else plot_dirs)
     written = {}
     for fmt in formats:
         text = render(board, fmt, plots=plots)
