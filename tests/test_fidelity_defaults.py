@@ -93,3 +93,24 @@ def test_seed_compatible_decoding_takes_the_checkpoint_repetition_penalty(tiny_l
     assert gen_settings({}, 8, seed_compatible=True)[0]["repetition_penalty"] == "checkpoint"
     assert gen_settings({"repetition_penalty": 1.2}, 8, seed_compatible=True)[0]["repetition_penalty"] == 1.2
     assert "repetition_penalty" not in gen_settings({}, 8)[0]
+
+
+@pytest.mark.parametrize("command", ["localize-vision", "attention-shift"])
+def test_probe_commands_default_to_the_released_probes_never_to_rendered_ones(tmp_path, monkeypatch, capsys, command):
+    """Without --data or $FRANKENEVAL_DATA/vision_probes: one line saying where to point it (nothing rendered, no
+    model loaded); synthetic probes only with --rendered; --seed-compatible never renders."""
+    from frankeneval.cli import main
+
+    monkeypatch.delenv("FRANKENEVAL_DATA", raising=False)
+    members = ["--model", "m"] if command == "localize-vision" else ["--base", "b", "--in", "i", "--rl", "r"]
+    out = tmp_path / "out"
+    assert main([command, *members, "--tasks", "counting", "--out", str(out), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no probe data" in err[0] and "--rendered" in err[0]
+    assert not (out / "probes").exists()
+    monkeypatch.setenv("FRANKENEVAL_DATA", str(tmp_path / "nothing here"))
+    assert main([command, *members, "--tasks", "counting", "--out", str(out), "--no-progress"]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    if command == "localize-vision":
+        rc = main([command, *members, "--rendered", "--seed-compatible", "--out", str(out), "--no-progress"])
+        assert rc == 1 and "never on the rendered ones" in capsys.readouterr().err

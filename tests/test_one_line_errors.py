@@ -92,8 +92,8 @@ def test_a_config_json_that_is_not_json_is_one_line(tiny_lineage, tmp_path, caps
         rc, err = _cli(capsys, "splice", "tiny:in_early+rl_middle_late", "--in", tiny_lineage.in_, "--rl", bad,
                        "--host", host, "--out", tmp_path / f"splice_{host}", "-q")
         assert rc == 1 and want in _error_line(err, "splice")
-    rc, err = _cli(capsys, "localize-vision", "--model", bad, "--out", tmp_path / "lv", "--tasks", "counting",
-                   "--samples", "1", "--layers", "1", "--max-new-tokens", "2", "--no-progress")
+    rc, err = _cli(capsys, "localize-vision", "--model", bad, "--out", tmp_path / "lv", "--rendered", "--tasks",
+                   "counting", "--samples", "1", "--layers", "1", "--max-new-tokens", "2", "--no-progress")
     assert rc == 1 and "config.json is not valid JSON" in _error_line(err, "localize-vision")
     data = tmp_path / "gsm8k.jsonl"
     data.write_text("".join(json.dumps({"question": f"{i} + 1?", "answer": f"#### {i + 1}"}) + "\n" for i in range(3)))
@@ -112,8 +112,8 @@ def test_a_member_without_tokenizer(tiny_lineage, tmp_path, capsys):
     bare = _copy(tiny_lineage.in_, tmp_path / "in_bare", drop=TOKENIZER_FILES)
     with pytest.raises(FrankenevalError, match="has no tokenizer"):
         Generator.load(str(bare), device="cpu")
-    rc, err = _cli(capsys, "localize-vision", "--model", bare, "--out", tmp_path / "lv", "--tasks", "counting",
-                   "--samples", "1", "--layers", "1", "--max-new-tokens", "2", "--no-progress")
+    rc, err = _cli(capsys, "localize-vision", "--model", bare, "--out", tmp_path / "lv", "--rendered", "--tasks",
+                   "counting", "--samples", "1", "--layers", "1", "--max-new-tokens", "2", "--no-progress")
     assert rc == 1 and "has no tokenizer" in _error_line(err, "localize-vision")
 
     out = tmp_path / "splice"  # this variant's host is IN: its config, tokenizer and processor files are copied
@@ -226,8 +226,8 @@ def test_an_unwritable_output_disk_is_one_line_naming_the_path(tiny_lineage, tmp
                    "--out", disk / "splice"],
         "characterize": ["--base", tiny_lineage.base, "--in", tiny_lineage.in_, "--rl", tiny_lineage.rl,
                          "--no-progress", "--energy-only", "--out", disk / "char"],
-        "localize-vision": ["--model", tiny_lineage.rl, "--tasks", "counting", "--samples", "1", "--layers", "1",
-                            "--max-new-tokens", "2", "--no-progress", "--out", disk / "lv"],
+        "localize-vision": ["--model", tiny_lineage.rl, "--rendered", "--tasks", "counting", "--samples", "1",
+                            "--layers", "1", "--max-new-tokens", "2", "--no-progress", "--out", disk / "lv"],
         "transfer": ["--recipe", "tiny", "--base", tiny_lineage.base, "--in", tiny_lineage.in_, "--rl",
                      tiny_lineage.rl, "--tasks", "franken_gsm8k", "--no-reference", "--variants",
                      "in_early+rl_middle_late", "--splice-cache", tmp_path / "cache", "--out", disk / "run"],

@@ -103,11 +103,11 @@ def test_no_command_writes_into_a_checkpoint_folder(own_lineage, gsm8k_file, com
     before = snapshot(rl)
     argv = {
         "characterize": ["characterize", *lineage_args(own_lineage), *FAST],
-        "localize-vision": ["localize-vision", "--model", "m", "--tasks", "counting", "--no-progress"],
+        "localize-vision": ["localize-vision", "--model", "m", "--rendered", "--tasks", "counting", "--no-progress"],
         "localize-reasoning": ["localize-reasoning", "--model", "m", "--dataset", "gsm8k", "--data", str(gsm8k_file),
                                "--no-progress"],
-        "attention-shift": ["attention-shift", "--base", "b", "--in", "i", "--rl", "r", "--tasks", "counting",
-                            "--no-progress"],
+        "attention-shift": ["attention-shift", "--base", "b", "--in", "i", "--rl", "r", "--rendered", "--tasks",
+                            "counting", "--no-progress"],
     }[command]
     assert main([*argv, "--out", str(rl)]) == 1
     assert snapshot(rl) == before  # was: results (or rendered probes) written into the checkpoint

@@ -240,7 +240,9 @@ def test_seed_compatible_recorded_and_never_mixed(gen, image_prompt_probes, tmp_
 def test_cli_seed_compatible(tiny_lineage, tmp_path):
     from frankeneval.cli import main
 
-    common = ["localize-vision", "--model", str(tiny_lineage.rl), "--rendered", str(tmp_path / "probes"),
+    # --seed-compatible never renders probes itself: a probe folder written by make-probes stands in for the data
+    assert main(["make-probes", str(tmp_path / "probes"), "--tasks", "counting"]) == 0
+    common = ["localize-vision", "--model", str(tiny_lineage.rl), "--data", str(tmp_path / "probes"),
               "--tasks", "counting", "--layers", "2", "--max-new-tokens", "3", "--dtype", "float32",
               "--device", "cpu", "--no-progress"]
     assert main([*common, "--samples", "2", "--seed-compatible", "--out", str(tmp_path / "seed")]) == 0

@@ -7,6 +7,8 @@ import os
 import re
 from pathlib import Path
 
+from frankeneval.errors import FrankenevalError
+
 MAX_SEED = 2**32 - 1  # numpy's RandomState and the bootstrap take seeds 0 ... 2**32 - 1
 
 
@@ -104,10 +106,11 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--tasks", nargs="+", choices=PROBE_TASKS, default=list(PROBE_TASKS), help="probe tasks (default: all four)")
     src = parser.add_mutually_exclusive_group()
-    src.add_argument("--data", help="probe folder in the vision_probes format (root or one task folder)")
+    src.add_argument("--data", help="probe folder in the vision_probes format (root or one task folder); default: "
+                                    "the released probes at $FRANKENEVAL_DATA/vision_probes")
     src.add_argument("--rendered", nargs="?", const="", default=None, metavar="DIR",
-                     help="use the built-in rendered probes (rendered into DIR, default OUT/probes); the default "
-                          "when neither --data nor $FRANKENEVAL_DATA/vision_probes is given")
+                     help="use the built-in synthetic probes instead, rendered into DIR (default OUT/probes); only "
+                          "when asked, never with --seed-compatible")
     parser.add_argument("--samples", type=positive_int, default=None,
                         help="pairs per task, >= 1: the paper's sub-sample (default: all); with --seed-compatible the "
                              "first k pairs in file order, as the reference (default 50). More than a task has: all "
@@ -118,18 +121,29 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def probe_data(args: argparse.Namespace) -> str | None:
-    """The probe folder :func:`probe_sets` reads (``--data``, else ``$FRANKENEVAL_DATA/vision_probes`` when there and
-    no ``--rendered``); None when it renders the built-in probes."""
-    if args.data is not None or args.rendered is not None:
+    """The probe folder :func:`probe_sets` reads: ``--data``, else the released probes at
+    ``$FRANKENEVAL_DATA/vision_probes``; None only for ``--rendered`` (the built-in synthetic probes, when asked).
+    Neither found: one line saying where to point it. ``--seed-compatible`` never runs on rendered probes."""
+    if args.rendered is not None:
+        if getattr(args, "seed_compatible", False):
+            raise FrankenevalError("--seed-compatible runs on the released probes (--data DIR or "
+                                   "$FRANKENEVAL_DATA/vision_probes), never on the rendered ones")
+        return None
+    if args.data is not None:
         return args.data
     env = os.environ.get("FRANKENEVAL_DATA", "").strip()
-    return str(Path(env) / "vision_probes") if env and (Path(env) / "vision_probes").is_dir() else None
+    if env and (Path(env) / "vision_probes").is_dir():
+        return str(Path(env) / "vision_probes")
+    where = f"$FRANKENEVAL_DATA/vision_probes ({Path(env) / 'vision_probes'}) does not exist" if env else \
+        "$FRANKENEVAL_DATA is not set"
+    raise FrankenevalError(f"no probe data: {where}; give --data DIR (the released vision_probes folder), set "
+                           "$FRANKENEVAL_DATA to the folder that holds vision_probes/, or ask for the built-in "
+                           "synthetic probes with --rendered")
 
 
 def renders_into_out(args: argparse.Namespace) -> bool:
-    """Whether :func:`probe_sets` renders the built-in probes into ``OUT/probes`` (no --data, --rendered DIR or
-    ``$FRANKENEVAL_DATA/vision_probes``)."""
-    return probe_data(args) is None and not args.rendered
+    """Whether :func:`probe_sets` renders the built-in probes into ``OUT/probes`` (``--rendered`` without DIR)."""
+    return args.rendered == ""
 
 
 def probe_sets(args: argparse.Namespace):
@@ -137,11 +151,7 @@ def probe_sets(args: argparse.Namespace):
     every one's images checked before any model is loaded (``--skip-broken``: broken ones skipped and returned)."""
     from frankeneval.localization.vision import select_probe_sets
 
-    data = args.data
-    if data is None and args.rendered is None:
-        env = os.environ.get("FRANKENEVAL_DATA", "").strip()
-        if env and (Path(env) / "vision_probes").is_dir():
-            data = str(Path(env) / "vision_probes")
+    data = probe_data(args)
     rendered = None
     if data is None:  # rendered into a folder frankeneval owns: never over a probe dataset it did not render
         rendered = output_request(args, args.rendered) if args.rendered else Path(args.out) / "probes"

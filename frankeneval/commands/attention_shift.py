@@ -2,7 +2,8 @@
 layer and head, for Base, IN and RL on the same prompts; RL - IN and IN - Base per layer, and the early /
 middle / late summary (the paper's claim rests on the middle and late rows).
 
-    frankeneval attention-shift --base B --in I --rl R --out runs/attn                 # built-in rendered probes
+    frankeneval attention-shift --base B --in I --rl R --out runs/attn     # the released probes, $FRANKENEVAL_DATA
+    frankeneval attention-shift --base B --in I --rl R --rendered --out runs/attn-synthetic  # built-in synthetic
     frankeneval attention-shift --base B --in I --rl R --tasks counting ocr \\
         --data ../shared/data/vision_probes --samples 25 --max-new-tokens 256 --out runs/attn
 

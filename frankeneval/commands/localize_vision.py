@@ -1,8 +1,9 @@
 """Vision localization: swap the source image's visual-token K/V into the target's from each LLM layer L on,
 and measure how often the answer changes, and how often it becomes the source image's own answer.
 
-    frankeneval localize-vision --model M --out runs/vision                       # built-in rendered probes
+    frankeneval localize-vision --model M --out runs/vision              # the released probes, $FRANKENEVAL_DATA
     frankeneval localize-vision --model M --data ../shared/data/vision_probes --samples 25 --out runs/vision
+    frankeneval localize-vision --model M --rendered --out runs/vision-synthetic   # built-in synthetic probes
     frankeneval localize-vision --model M --tasks counting ocr --layers 1-14 --out runs/vision
     frankeneval localize-vision --model M --data ../shared/data/vision_probes --seed-compatible --out runs/vision-ref
 
