@@ -159,7 +159,9 @@ def test_hooks_removed_after_block(gen):
     before, _ = prefill_logits(gen, reqs)
     impl = gen.model.config.text_config._attn_implementation
     with pytest.raises(RuntimeError):
-        with apply_interventions(gen.model, [[Ablate([1]), CaptureAttention()]], input_ids=gen.encode(reqs)["input_ids"]):
+        with apply_interventions(
+            gen.model, [[Ablate([1]), CaptureAttention()]], input_ids=gen.encode(reqs)["input_ids"]
+        ):
             raise RuntimeError("boom")
     after, _ = prefill_logits(gen, reqs)
     assert gen.model.config.text_config._attn_implementation == impl
@@ -199,7 +201,9 @@ def test_capture_prompt_and_layer_subset_in_a_padded_batch(gen, gen_eager):
     reqs = [GenRequest("short", [noise_image(21)]), GenRequest(PROMPT + " and some more words here", [noise_image(22)])]
     rows = [[CaptureAttention(layers=[2, 4], query="prompt")], [CaptureAttention(query="last")]]
     inputs = gen.encode(reqs)
-    with torch.inference_mode(), apply_interventions(gen.model, rows, input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]) as session:
+    with torch.inference_mode(), apply_interventions(
+        gen.model, rows, input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+    ) as session:
         gen.model(**inputs)
     for r in range(2):
         single = gen_eager.encode([reqs[r]])
@@ -265,3 +269,18 @@ def test_visual_mass_few_queries_equals_the_attention_call(mask_kind):
     ind = visual.float()[:, None, :, None].expand(-1, q.shape[1], -1, 1)
     want = torch.nn.functional.scaled_dot_product_attention(q, k, ind, attn_mask=mask, scale=0.25)[..., 0]
     torch.testing.assert_close(few, want, atol=1e-5, rtol=1e-5)
+
+
+def test_seed_compatible_swap_interpolates_unequal_visual_token_counts():
+    """The reference interpolates the source's visual K/V linearly over token positions (align_corners=False) when
+    the counts differ; the default swap refuses. Hand-computed: [0, 2] -> 4 tokens = [0, 0.5, 1.5, 2]."""
+    from frankeneval.engine.interventions import VisualKV, plan_rows
+
+    kv = VisualKV(keys=torch.tensor([0.0, 2.0]).reshape(1, 1, 2, 1),
+                  values=torch.tensor([4.0, 0.0]).reshape(1, 1, 2, 1))
+    visual = torch.tensor([[False, True, True, True, True]])  # the target row has 4 visual tokens
+    (plan,) = plan_rows([[SwapVisualKV(kv, from_layer=1, seed_compatible=True)]], 1, visual)
+    assert plan.swap.source.keys.flatten().tolist() == [0.0, 0.5, 1.5, 2.0]
+    assert plan.swap.source.values.flatten().tolist() == [4.0, 3.0, 1.0, 0.0]
+    with pytest.raises(InterventionError, match="same number of visual tokens"):
+        plan_rows([[SwapVisualKV(kv, from_layer=1)]], 1, visual)

@@ -9,7 +9,9 @@ An intervention is a small frozen dataclass; a batched call takes one list of th
 * ``SwapVisualKV(source, from_layer)`` -- at every LLM layer ``>= from_layer`` the row's keys/values at the
   visual-token positions are replaced by the source image's post-RoPE keys/values (``VisualKV``), at prefill;
   the edit lands in the KV cache, so decode steps read it. Source and target must have the same number of
-  visual tokens (else ``InterventionError``). A ``from_layer`` past the last layer is a no-op.
+  visual tokens (else ``InterventionError``; the seed-compatible swap interpolates the source's K/V linearly over
+  token positions instead, as the reference, :meth:`VisualKV.resized`). A ``from_layer`` past the last layer is a
+  no-op.
   ``seed_compatible=True`` adds the reference code's decode-step re-append (docs/method.md §4.1):
   see *Seed-compatible swap* below.
 * ``CaptureAttention(layers=None, query="generated")`` -- per layer and head, the attention mass
@@ -63,7 +65,7 @@ import contextvars
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import torch
@@ -133,6 +135,18 @@ class VisualKV:
     def n_layers(self) -> int:
         return int(self.keys.shape[0])
 
+    def resized(self, n_visual: int) -> VisualKV:
+        """These K/V linearly interpolated over token positions to ``n_visual`` tokens, as the reference code does for
+        a pair of unequal visual-token counts (``F.interpolate(mode="linear", align_corners=False)`` along the token
+        axis, in the tensors' own dtype)."""
+        def interp(t: torch.Tensor) -> torch.Tensor:
+            layers, heads, n, dim = t.shape
+            flat = t.permute(0, 1, 3, 2).reshape(layers * heads, dim, n)
+            out = F.interpolate(flat, size=n_visual, mode="linear", align_corners=False)
+            return out.reshape(layers, heads, dim, n_visual).permute(0, 1, 3, 2).contiguous()
+
+        return VisualKV(keys=interp(self.keys), values=interp(self.values), grid_thw=self.grid_thw)
+
 
 @dataclass(frozen=True, eq=False)
 class SwapVisualKV(Intervention):
@@ -164,14 +178,18 @@ class SwapVisualKV(Intervention):
         src = self.source
         if not isinstance(src, VisualKV):
             raise InterventionError("SwapVisualKV.source must be a VisualKV here (Generator encodes images)")
-        if src.n_visual != n_visual:
-            raise InterventionError(
-                f"SwapVisualKV needs the same number of visual tokens: source has {src.n_visual}, "
-                f"target row {row} has {n_visual} (resize both images to the same size)"
-            )
         if src.n_layers != n_layers:
             raise InterventionError(f"VisualKV has {src.n_layers} layers, the model {n_layers}")
-        plan.swap = self
+        swap = self
+        if src.n_visual != n_visual:
+            if not self.seed_compatible:
+                raise InterventionError(
+                    f"SwapVisualKV needs the same number of visual tokens: source has {src.n_visual}, "
+                    f"target row {row} has {n_visual} (resize both images to the same size; the seed-compatible "
+                    "swap interpolates, as the reference)"
+                )
+            swap = replace(self, source=src.resized(n_visual))  # the reference: linear over token positions
+        plan.swap = swap
         plan.swap_from = decoder_index(self.from_layer)  # past the last layer: no layer swaps
         plan.reappend = self.seed_compatible
 
