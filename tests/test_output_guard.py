@@ -356,3 +356,17 @@ def test_make_probes_rerun_keeps_and_rewrites_only_its_own_folders(tmp_path):
     with pytest.raises(FrankenevalError, match="mine.jpg"):
         write_probe_pairs(out, tasks=("counting",), n=4, seed=0, size=96)
     assert (first / "images" / "mine.jpg").read_bytes() == b"mine"
+
+
+def test_demo_never_writes_into_a_folder_holding_a_users_files(tmp_path, capsys):
+    """`frankeneval demo --out DIR` claims DIR like every other command: a user's file there stops it in one line
+    before any stage runs, and nothing in DIR changes."""
+    from frankeneval.cli import main
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes\n")
+    before = snapshot(out)
+    assert main(["demo", "--out", str(out), "--lineage", "random", "--fast"]) == 1
+    assert "notes.txt" in one_line_error(capsys, "demo")
+    assert snapshot(out) == before

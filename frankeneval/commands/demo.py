@@ -2,7 +2,8 @@
 characterize -> splice the six Frankenstein variants -> evaluate IN, RL and the variants through lmms-eval on
 local tasks -> localization sweeps -> leaderboard (markdown printed, HTML / CSV / LaTeX written).
 
-    frankeneval demo                       # the trained miniature lineage (trained once, 8-13 min on 2 cores; cached), into ./frankeneval-demo
+    frankeneval demo                       # the trained miniature lineage (trained once, 8-13 min on 2 cores;
+                                             cached), into ./frankeneval-demo
     frankeneval demo --out runs/demo --fast
     frankeneval demo --lineage random      # the random tiny lineage with planted updates (seconds; speed tests)
 
@@ -22,15 +23,18 @@ HELP = "the whole analysis on the built-in tiny lineage (no downloads, minutes o
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="frankeneval-demo", help="output folder (default ./frankeneval-demo)")
     parser.add_argument("--lineage", choices=("trained", "random"), default="trained",
-                        help="the trained miniature lineage (default; built once and cached) or the random tiny lineage "
-                             "with planted updates (no training: for speed tests)")
+                        help="the trained miniature lineage (default; built once and cached) or the random tiny "
+                             "lineage with planted updates (no training: for speed tests)")
     parser.add_argument("--fast", action="store_true", help="fewer items and tokens (CI)")
     parser.add_argument("--data", default=None, help="local data folder (FRANKENEVAL_DATA layout) to evaluate on")
     parser.add_argument("--no-localization", action="store_true", help="skip the localization sweeps")
 
 
 def run(args: argparse.Namespace) -> int:
-    result = run_demo(args.out, lineage=args.lineage, fast=args.fast, data=args.data,
+    from frankeneval.commands._shared import claim_out
+
+    out = claim_out(args, "demo", ("data", args.data))  # a folder frankeneval owns (docs/safety.md)
+    result = run_demo(out, lineage=args.lineage, fast=args.fast, data=args.data,
                       localization=not args.no_localization)
     print()
     print(result.markdown)

@@ -431,6 +431,10 @@ class Layout:
     whole: bool = False
 
 
+# what `frankeneval demo` writes at the top of its folder (each stage's own folder is claimed by its command)
+_DEMO = ("demo.jsonl", "lineage", "world_reasoning.jsonl", "probes", "characterize", "localize", "transfer",
+         "splices")
+
 LAYOUTS: dict[str, Layout] = {
     "characterize": Layout(_CHARACTERIZE, anchored("run.json", json_with(schema="frankeneval.characterize/1"),
                                                    (*_CHARACTERIZE, *_COMPARE, "plots"))),
@@ -450,6 +454,7 @@ LAYOUTS: dict[str, Layout] = {
                     "compare_overlap_left.png", "compare_overlap_right.png"), _png_files),
     "report": Layout(("report.md", "report.csv", "report.html", "report.tex"), _transfer_folder),
     "transfer": Layout(("transfer.json", "cells.jsonl"), _transfer_folder, whole=True),
+    "demo": Layout(_DEMO, anchored("demo.jsonl", run_store_of(), _DEMO)),
 }
 
 
