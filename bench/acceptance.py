@@ -864,7 +864,9 @@ def table(state: dict) -> str:
             resumed = "no" if att else "–"
         done = s.get("status")
         if s.get("expected") is not None:
-            done += f" ({s.get('present', 0):,} / {s['expected']:,})"
+            done += f" ({s.get('present') or 0:,} / {s['expected']:,})"
+        if s.get("reset"):
+            resumed += "; then reset, to restart whole (acceptance.json: reset)"
         lines.append(f"| {name} | {s.get('what', '')} | {wall:,.0f} s | "
                      f"{gib(max((a.get('peak_gpu_mib') or 0 for a in att), default=0))} | "
                      f"{max((a.get('peak_host_gb') or 0 for a in att), default=0):.1f} GB | {done} | {resumed} |")
