@@ -45,7 +45,8 @@ from frankeneval.errors import FrankenevalError
 
 LM_EVAL_ARGS = (
     "pretrained", "splice", "dtype", "device", "device_map", "attn_implementation", "batch_size", "max_batch_size",
-    "max_new_tokens", "intervention", "system_prompt", "chat", "max_length", "allow_pickle", "decode", "seed_compatible",
+    "max_new_tokens", "intervention", "system_prompt", "chat", "max_length", "allow_pickle", "decode",
+    "seed_compatible",
 )
 
 

@@ -241,10 +241,13 @@ def check_docs(task: str, docs: list[dict], settings: TaskSettings) -> tuple[lis
     """``(usable docs, skipped)``: every selected doc's row parsed (no placeholder of :func:`row_doc`) and, in the
     image setting, its image file decoded. A broken one raises one
     :class:`~frankeneval.core.inputs_check.BrokenInput`, or with ``skip_broken`` is left out and returned as
-    ``{"task", "id", "path", "reason"}``."""
+    ``{"task", "id", "path", "reason"}``. A doc the task leaves out (``left_out``, e.g. a black + description item
+    whose description cannot be had) is always returned among the skipped, never run."""
+    left_out = [{"id": str(d.get("id")), **d["left_out"]} for d in docs if "left_out" in d]
+    docs = [d for d in docs if "left_out" not in d]  # e.g. no description to be had: out of the setting, counted
     good, skipped = check_inputs(docs, _check_doc, ident=lambda d: str(d.get("id")), skip=settings.skip_broken,
                                  what=f"{task} items", progress=False)
-    return good, [{"task": task, **s} for s in skipped]
+    return good, [{"task": task, **s} for s in skipped + left_out]
 
 
 def checked_docs(task: str, docs: list[dict], settings: TaskSettings) -> list[dict]:
@@ -300,11 +303,15 @@ def check_task_inputs(names: list[str], environ: Mapping[str, str]) -> list[dict
     for name in names:
         expand(name)
     skipped: list[dict] = []
+    probed = False
     for name, (f, cfg) in leaves.items():
         spec, md = dict(cfg.get("dataset_kwargs") or {}), dict(cfg.get("metadata") or {})
-        if spec.get("control"):
+        if spec.get("control") and spec.get("control") != "blackdesc":  # blackdesc: its descriptions are read
             continue
         settings = TaskSettings.resolve(md, environ=environ)
+        if spec.get("control") == "blackdesc" and settings.data_path and not probed:
+            probe_judge(environ)  # the descriptions ask the judge: one line now when it does not answer at all
+            probed = True
         utils = importlib.import_module(f"frankeneval.tasks.{f.parent.name}.utils")
         if f.parent.name == "franken_world":  # world_docs reads its settings from the metadata, else os.environ
             for key, env in (("sample_size", "FRANKENEVAL_SAMPLE_SIZE"), ("sample_seed", "FRANKENEVAL_SAMPLE_SEED"),
@@ -320,16 +327,20 @@ def check_task_inputs(names: list[str], environ: Mapping[str, str]) -> list[dict
 
 
 def judge_fields(settings: TaskSettings, doc_id: str, rule_ok: bool, question: str, choices, target: str,
-                 response: str, extracted: str | None = None) -> dict:
+                 response: str, *, full_question: str | None = None) -> dict:
     """``judge_acc`` / ``judge_error`` of one sample. ``grading: paper`` (default): rules first -- a rule-correct
     sample costs no judge call; a judge failure is ``judge_error``, not a wrong answer. ``grading: seed`` (the
-    reference): the judge decides every sample from the ``extracted`` answer (the response when none), a failed
-    call counts as wrong (and in ``judge_error``), an unparsable reply is read by "true" near its start. What is
-    kept of the judge's reply is its verdict, the extracted answer and a short reason, all key-redacted."""
+    reference): the judge decides every sample from the reference's extraction of the response
+    (:func:`frankeneval.core.scoring.reference_final_answer`, the same for every task), with the reference's texts
+    (``full_question``: the question with its Choices block, else ``question``; choices as a JSON list); its verdict
+    is ``bool(is_correct)``, an unparsable reply is true when "true" is in its first 100 characters, and a failed call
+    counts as wrong (and in ``judge_error``). What is kept of the judge's reply is its verdict, the extracted answer
+    and a short reason, all key-redacted."""
     if settings.grading == "seed":
-        j = get_judge(settings).judge_seed(question, choices, target, extracted if extracted else response)
+        answer = scoring.reference_final_answer(response, choices or None)
+        j = get_judge(settings).judge_seed(full_question or question, choices or None, target, answer)
         return {"judge_acc": {"id": doc_id, "score": int(bool(j.is_correct)), "judged_by": "judge (seed)",
-                              "extracted": j.extracted_answer, "reason": j.reason,
+                              "judge_input": answer, "extracted": j.extracted_answer, "reason": j.reason,
                               **({"judge_error": True} if j.judge_error else {})},
                 "judge_error": int(j.judge_error)}
     if rule_ok:
@@ -341,14 +352,29 @@ def judge_fields(settings: TaskSettings, doc_id: str, rule_ok: bool, question: s
                           "extracted": j.extracted_answer, "reason": j.reason}, "judge_error": 0}
 
 
+def seed_rule_acc(doc_id: str, response: str, target: Any, choices=None) -> dict:
+    """``rule_acc`` of one sample under ``grading: seed``: the reference's extraction
+    (:func:`frankeneval.core.scoring.reference_final_answer`) and its rule check
+    (:func:`frankeneval.core.scoring.reference_rule_correct`: MCQ letters, letter to choice, 90 % containment,
+    math-verify, 1e-6 or 1 %)."""
+    extracted = scoring.reference_final_answer(response, choices or None)
+    ok = scoring.reference_rule_correct(extracted, target, choices=choices or None, response=response)
+    return {"id": doc_id, "score": int(ok), "extracted": extracted, "method": "reference", "target": target}
+
+
 def math_results(doc: dict, results: list[str], settings: TaskSettings | None, question: str, *, gsm8k: bool) -> dict:
-    """``rule_acc`` (and the judge's metrics when on) of a free-form math answer (GSM8K, MATH-500)."""
+    """``rule_acc`` (and the judge's metrics when on) of a free-form math answer (GSM8K, MATH-500); under
+    ``grading: seed`` the rules are the reference's (:func:`seed_rule_acc`)."""
     settings = settings or TaskSettings.resolve()
     response = results[0] if results else ""
-    extracted, method = scoring.extract_final_answer(response, allow_hashes=gsm8k)
-    ok = scoring.math_equal(extracted, doc["target"], rel_tol=settings.rel_tol)
-    out: dict[str, Any] = {"rule_acc": {"id": doc["id"], "score": int(ok), "extracted": extracted, "method": method,
-                                        "target": doc["target"]}}
+    if settings.grading == "seed":
+        rule = seed_rule_acc(doc["id"], response, doc["target"])
+        ok = bool(rule["score"])
+    else:
+        extracted, method = scoring.extract_final_answer(response, allow_hashes=gsm8k)
+        ok = scoring.math_equal(extracted, doc["target"], rel_tol=settings.rel_tol)
+        rule = {"id": doc["id"], "score": int(ok), "extracted": extracted, "method": method, "target": doc["target"]}
+    out: dict[str, Any] = {"rule_acc": rule}
     if settings.judge:
         out.update(judge_fields(settings, doc["id"], ok, question, None, doc["target"], response))
     return out

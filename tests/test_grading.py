@@ -145,8 +145,8 @@ def test_describe_image_is_cached(server, tmp_path):
     assert judge.describe_image(img) == "A red square on a white background."
     assert make_judge(server, tmp_path).describe_image(img) == "A red square on a white background."
     assert server.calls == 1
-    content = server.bodies[0]["messages"][0]["content"]
-    assert content[1]["image_url"]["url"].startswith("data:image/png;base64,")
+    content = server.bodies[0]["messages"][1]["content"]  # the reference's layout: the image first, then the text
+    assert content[0]["image_url"]["url"].startswith("data:image/png;base64,")
 
 
 def test_task_judge_metrics_rules_first_and_judge_error(server, tmp_path, monkeypatch):

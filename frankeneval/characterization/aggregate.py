@@ -66,7 +66,9 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def summarize(records: list[dict[str, Any]], run: dict[str, Any], *, n_planned: int, seconds: float | None = None) -> dict[str, Any]:
+def summarize(
+    records: list[dict[str, Any]], run: dict[str, Any], *, n_planned: int, seconds: float | None = None
+) -> dict[str, Any]:
     """The summary.json object for the records measured so far."""
     run = {k: v for k, v in run.items() if k != "resume_key"}
     skipped = {r["name"]: r["spectra_skipped"] for r in records if r.get("spectra_skipped")}

@@ -7,9 +7,9 @@ on the GPU when there is one, CPU otherwise) and appends one JSON line per matri
 end ``summary.json`` aggregates them (:mod:`~frankeneval.characterization.aggregate`). A rerun skips the matrices
 already in ``matrices.jsonl`` (resumable); ``run.json`` holds the run's metadata and settings, and a rerun with
 different settings or different weights refuses to mix results (:mod:`~frankeneval.characterization.rundir`).
-``settings.seed_compatible`` (``--seed-compatible``) reproduces the paper's reference scripts instead of docs/method.md's
-definitions (:mod:`~frankeneval.characterization.reference`); every output records which, and the resume check keys
-on it.
+``settings.seed_compatible`` (``--seed-compatible``) reproduces the paper's reference scripts instead of
+docs/method.md's definitions (:mod:`~frankeneval.characterization.reference`); every output records which, and the
+resume check keys on it.
 The cross-lineage ΔRL comparison is :mod:`frankeneval.characterization.compare`.
 
 Output schema: see :mod:`frankeneval.characterization.schema`.
@@ -101,8 +101,13 @@ def characterize(
     t0 = time.perf_counter()
     non_finite: list[str] = []
     try:
-        bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc="characterize", unit="matrix", disable=not progress, dynamic_ncols=True)
-        with stream_tensors(ckpts, [p.name for p in todo], dev, queue_depth=queue_depth, chunk_bytes=chunk_bytes) as (items, bytes_read):
+        bar = tqdm(
+            total=len(plan), initial=len(plan) - len(todo), desc="characterize", unit="matrix", disable=not progress,
+            dynamic_ncols=True,
+        )
+        with stream_tensors(
+            ckpts, [p.name for p in todo], dev, queue_depth=queue_depth, chunk_bytes=chunk_bytes
+        ) as (items, bytes_read):
             by_name = {p.name: p for p in todo}
             for name, (w_base, w_in, w_rl) in items:
                 t1 = time.perf_counter()

@@ -151,8 +151,13 @@ def compare(
     pairs = [(i, j) for i in range(len(refs)) for j in range(i + 1, len(refs))]
     non_finite: list[str] = []
     try:
-        bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc="compare", unit="matrix", disable=not progress, dynamic_ncols=True)
-        with stream_tensors(ckpts, [p.name for p in todo], dev, queue_depth=queue_depth, chunk_bytes=chunk_bytes) as (items, _):
+        bar = tqdm(
+            total=len(plan), initial=len(plan) - len(todo), desc="compare", unit="matrix", disable=not progress,
+            dynamic_ncols=True,
+        )
+        with stream_tensors(
+            ckpts, [p.name for p in todo], dev, queue_depth=queue_depth, chunk_bytes=chunk_bytes
+        ) as (items, _):
             by_name = {p.name: p for p in todo}
             for name, tensors in items:
                 rec = role_fields(by_name[name], lmap)
@@ -180,7 +185,12 @@ def compare(
 
 
 def measure_rl_agreement(
-    tensors: Sequence[torch.Tensor], labels: Sequence[str], pairs: Sequence[tuple[int, int]], *, rank_r: int, svd_method: str = "auto"
+    tensors: Sequence[torch.Tensor],
+    labels: Sequence[str],
+    pairs: Sequence[tuple[int, int]],
+    *,
+    rank_r: int,
+    svd_method: str = "auto",
 ) -> dict[str, Any]:
     """Per-matrix ΔRL agreement: ``tensors`` = [IN₀, RL₀, IN₁, RL₁, ...]."""
     deltas = [as_matrix(delta(tensors[2 * k], tensors[2 * k + 1])) for k in range(len(labels))]
@@ -210,7 +220,10 @@ def measure_rl_agreement(
         if subspaces is not None:
             if subspaces[i] is not None and subspaces[j] is not None:
                 rep = overlap_report(subspaces[i][0], subspaces[i][1], subspaces[j][0], subspaces[j][1])
-                entry.update(overlap_left=rep["left"], overlap_right=rep["right"], chance_left=rep["chance_left"], chance_right=rep["chance_right"])
+                entry.update(
+                    overlap_left=rep["left"], overlap_right=rep["right"],
+                    chance_left=rep["chance_left"], chance_right=rep["chance_right"],
+                )
             else:
                 entry.update(overlap_left=None, overlap_right=None)
         out_pairs.append(entry)

@@ -62,7 +62,9 @@ class CharacterizeSettings:
             raise SpecError("top_k and volume_k must be >= 1 and rank_r >= 0")
 
 
-def measure_update(w_base: torch.Tensor, w_in: torch.Tensor, w_rl: torch.Tensor, settings: CharacterizeSettings) -> dict[str, Any]:
+def measure_update(
+    w_base: torch.Tensor, w_in: torch.Tensor, w_rl: torch.Tensor, settings: CharacterizeSettings
+) -> dict[str, Any]:
     """Energy (and spectra) of ΔIN and ΔRL of one matrix: the metric part of a matrices.jsonl record.
 
     :class:`NonFiniteWeights` (saying which of Base / IN / RL hold how many NaN / Inf) when a weight is not finite
@@ -93,7 +95,10 @@ def _measure(w_base: torch.Tensor, w_in: torch.Tensor, w_rl: torch.Tensor,
     d_in = as_matrix(delta(w_base, w_in))
     d_rl = as_matrix(delta(w_in, w_rl))
     norms = torch.stack(
-        [frobenius_norm(w_base), frobenius_norm(w_in), frobenius_norm(w_rl), frobenius_norm(d_in), frobenius_norm(d_rl), dot64(d_in, d_rl)]
+        [
+            frobenius_norm(w_base), frobenius_norm(w_in), frobenius_norm(w_rl),
+            frobenius_norm(d_in), frobenius_norm(d_rl), dot64(d_in, d_rl),
+        ]
     ).tolist()
     n_base, n_in, n_rl, f_in, f_rl, dot = norms
     _check_finite({"base": w_base, "in": w_in, "rl": w_rl}, norms[:3])
@@ -142,7 +147,9 @@ def _overlap(d_in, d_rl, f_in: float, f_rl: float, r: int, method: str, grams=No
     return overlap_report(u_in, v_in, u_rl, v_rl)
 
 
-def _measure_reference(w_base: torch.Tensor, w_in: torch.Tensor, w_rl: torch.Tensor, settings: CharacterizeSettings) -> dict[str, Any]:
+def _measure_reference(
+    w_base: torch.Tensor, w_in: torch.Tensor, w_rl: torch.Tensor, settings: CharacterizeSettings
+) -> dict[str, Any]:
     """:func:`measure_update` with the reference scripts' arithmetic: fp16 deltas, float32 norms and svdvals, no
     spectra for 1-D weights or matrices over the reference's element limit (``spectra_skipped`` says why)."""
     found = non_finite_report({"base": w_base, "in": w_in, "rl": w_rl})  # before fp16 can hide where they are

@@ -26,7 +26,9 @@ class PlannedMatrix:
         return self.role.canonical
 
 
-def plan_matrices(ckpt: Checkpoint, sections: Iterable[str] | None = None, *, seed_compatible: bool = False) -> list[PlannedMatrix]:
+def plan_matrices(
+    ckpt: Checkpoint, sections: Iterable[str] | None = None, *, seed_compatible: bool = False
+) -> list[PlannedMatrix]:
     """The analysed matrices of ``ckpt`` (optionally only some sections), in on-disk order. ``seed_compatible``: the
     reference scripts' selection -- also the tensors only its energy script counts (``visual.merger.ln_q.weight``),
     and none of the matrices off the unified axis (patch_embed, embed_tokens, lm_head), which it drops."""
@@ -36,13 +38,18 @@ def plan_matrices(ckpt: Checkpoint, sections: Iterable[str] | None = None, *, se
     if wanted is not None:
         unknown = wanted - {"vision", "projector", "llm", "embeddings", "final_norm", "lm_head"}
         if unknown:
-            raise SpecError(f"unknown section(s) {sorted(unknown)}; choose from vision, projector, llm, embeddings, lm_head")
+            raise SpecError(
+                f"unknown section(s) {sorted(unknown)}; choose from vision, projector, llm, embeddings, lm_head"
+            )
     order = {s: i for i, s in enumerate(ckpt.shards)}
     offsets = {ckpt.architecture.canonical_name(n): loc.offset for n, loc in ckpt.locations().items()}
     plan = [
         PlannedMatrix(role, infos[name].shape)
         for name, role in lmap.roles.items()
-        if (role.is_analysed_matrix(infos[name].shape) or (seed_compatible and reference.is_energy_extra(role, infos[name].shape)))
+        if (
+            role.is_analysed_matrix(infos[name].shape)
+            or (seed_compatible and reference.is_energy_extra(role, infos[name].shape))
+        )
         and (wanted is None or role.section in wanted)
         and not (seed_compatible and role.layer is None)
     ]

@@ -35,7 +35,9 @@ RANK_EPS = 1e-12  # stable rank denominator, effective-rank cut, condition numbe
 SVD_METHOD = "svdvals_fp32"
 
 SKIP_OVER_LIMIT = "reference rule: more than 1e8 elements (characterisation_diversity.py skips the matrix)"
-SKIP_VECTOR = "1-D weight: energy only (characterisation_energy.py counts it; characterisation_diversity.py drops < 2-D tensors)"
+SKIP_VECTOR = (
+    "1-D weight: energy only (characterisation_energy.py counts it; characterisation_diversity.py drops < 2-D tensors)"
+)
 
 DEVIATIONS = (
     "seed-compatible (the reference scripts, " + SOURCE + "): members cast to fp16 and subtracted in fp16; "
@@ -59,7 +61,8 @@ def over_limit(numel: int) -> bool:
 
 
 def is_energy_extra(role: TensorRole, shape: Sequence[int]) -> bool:
-    """A tensor the reference's energy script counts that docs/method.md does not analyse (``visual.merger.ln_q.weight``)."""
+    """A tensor the reference's energy script counts that docs/method.md does not analyse
+    (``visual.merger.ln_q.weight``)."""
     if role.is_analysed_matrix(shape) or role.layer is None or role.param != "weight":
         return False
     return "norm" not in role.canonical.lower() and "norm" not in role.name.lower()

@@ -203,7 +203,9 @@ def subspaces_from_gram(m: torch.Tensor, g: torch.Tensor, r: int) -> tuple[torch
 EXACT_EIGH_MAX_N = 512
 
 
-def top_eigenvectors(g: torch.Tensor, r: int, *, oversample: int = 8, max_iter: int = 60, tol: float = 1e-9, seed: int = 0) -> torch.Tensor:
+def top_eigenvectors(
+    g: torch.Tensor, r: int, *, oversample: int = 8, max_iter: int = 60, tol: float = 1e-9, seed: int = 0
+) -> torch.Tensor:
     """Orthonormal top-r eigenvectors (n × r, largest first) of the symmetric PSD matrix ``g``.
 
     For n <= ``EXACT_EIGH_MAX_N``: full ``eigh``. Larger: block subspace iteration with r + oversample

@@ -63,14 +63,16 @@ def add_generator_arguments(parser: argparse.ArgumentParser, *, batch_size: int,
                         help=f"greedy new tokens, >= 1 (default {shown})")
     if auto_batch:
         parser.add_argument("--batch-size", type=_batch_size_arg, default="auto",
-                            help=f"generations per batched call (sample x layer units), or auto: {batch_size} on a CPU, "
-                                 "on a GPU as many rows as a quarter of its free memory holds (up to 1024; default auto)")
+                            help=f"generations per batched call (sample x layer units), or auto: {batch_size} on a "
+                                 "CPU, on a GPU as many rows as a quarter of its free memory holds (up to 1024; "
+                                 "default auto)")
     else:
         parser.add_argument("--batch-size", type=positive_int, default=batch_size,
                             help=f"generations per batched call (sample x layer units), >= 1 (default {batch_size})")
     parser.add_argument("--dtype", default="auto", help="auto | bfloat16 | float16 | float32 (default auto)")
     parser.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if present)")
-    parser.add_argument("--attn-implementation", default=None, help="sdpa | eager | flash_attention_2 (default: the model's)")
+    parser.add_argument("--attn-implementation", default=None,
+                        help="sdpa | eager | flash_attention_2 (default: the model's)")
     parser.add_argument("--decode", choices=("auto", "hf"), default="auto",
                         help="auto: greedy rows decode with the static-cache decoder (CUDA graphs on a GPU); "
                              "hf: transformers' generate for everything (default auto; same tokens in float32)")
@@ -104,7 +106,8 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
     from frankeneval.core.data import DEFAULT_SAMPLE_SEED
     from frankeneval.core.probes import PROBE_TASKS
 
-    parser.add_argument("--tasks", nargs="+", choices=PROBE_TASKS, default=list(PROBE_TASKS), help="probe tasks (default: all four)")
+    parser.add_argument("--tasks", nargs="+", choices=PROBE_TASKS, default=list(PROBE_TASKS),
+                        help="probe tasks (default: all four)")
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--data", help="probe folder in the vision_probes format (root or one task folder); default: "
                                     "the released probes at $FRANKENEVAL_DATA/vision_probes")
@@ -147,8 +150,9 @@ def renders_into_out(args: argparse.Namespace) -> bool:
 
 
 def probe_sets(args: argparse.Namespace):
-    """``(pairs per task, data folder, skipped)``: the selected pairs (``--samples``, ``--seed``, ``--seed-compatible``),
-    every one's images checked before any model is loaded (``--skip-broken``: broken ones skipped and returned)."""
+    """``(pairs per task, data folder, skipped)``: the selected pairs (``--samples``, ``--seed``,
+    ``--seed-compatible``), every one's images checked before any model is loaded (``--skip-broken``: broken ones
+    skipped and returned)."""
     from frankeneval.localization.vision import select_probe_sets
 
     data = probe_data(args)
@@ -193,7 +197,8 @@ SEED_COMPATIBLE_HELP = (
 
 
 def add_seed_compatible_argument(parser: argparse.ArgumentParser) -> None:
-    """The one ``--seed-compatible`` switch every analysis command takes (same name as the model arg / task metadata)."""
+    """The one ``--seed-compatible`` switch every analysis command takes (same name as the model arg / task
+    metadata)."""
     parser.add_argument("--seed-compatible", action="store_true", help=SEED_COMPATIBLE_HELP)
 
 

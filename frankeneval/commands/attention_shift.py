@@ -9,8 +9,9 @@ middle / late summary (the paper's claim rests on the middle and late rows).
 
 Prompts: the probe pairs' target images with their questions, preceded by the step-by-step / \\boxed{}
 instruction (--plain: the bare question); each member's system prompt by --system-prompt (default auto:
-docs/method.md's rule on its hub id / directory's own name), recorded in the JSON with the reason. Writes OUT/units.jsonl (resumable), OUT/attention_shift.json (schema:
-frankeneval.localization.attention) and OUT/attention_shift.png. The selected pairs' images are decoded before any
+docs/method.md's rule on its hub id / directory's own name), recorded in the JSON with the reason. Writes
+OUT/units.jsonl (resumable), OUT/attention_shift.json (schema: frankeneval.localization.attention) and
+OUT/attention_shift.png. The selected pairs' images are decoded before any
 model is loaded: a broken one stops the run in one line, or with --skip-broken is left out (not replaced), listed
 under "skipped" in attention_shift.json and below the table.
 """
@@ -42,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--in", dest="in_", metavar="IN", required=True, help="IN model")
     parser.add_argument("--rl", required=True, help="RL model")
     add_probe_arguments(parser)
-    parser.add_argument("--plain", action="store_true", help="ask the bare probe question (no step-by-step instruction)")
+    parser.add_argument("--plain", action="store_true",
+                        help="ask the bare probe question (no step-by-step instruction)")
     add_system_prompt_arguments(parser, per_member=True)
     parser.add_argument("--out", required=True, help="output folder (a rerun with the same settings resumes)")
     add_allow_foreign_argument(parser)

@@ -38,10 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", help="Base checkpoint (local dir or hub id)")
     parser.add_argument("--in", dest="in_", metavar="IN", help="IN (instruction/SFT) checkpoint")
     parser.add_argument("--rl", help="RL checkpoint")
-    parser.add_argument("--recipe", help="built-in recipe whose lineage to measure (--base/--in/--rl override its models)")
+    parser.add_argument("--recipe",
+                        help="built-in recipe whose lineage to measure (--base/--in/--rl override its models)")
     parser.add_argument("--compare", nargs="+", metavar="LINEAGE",
                         help="compare ΔRL across lineages: characterize run dirs, recipe:NAME, or [LABEL=]BASE,IN,RL")
-    parser.add_argument("--out", required=True, help="output directory (resumed when it holds a run with the same settings)")
+    parser.add_argument("--out", required=True,
+                        help="output directory (resumed when it holds a run with the same settings)")
     parser.add_argument("--top-k", type=positive_int, default=50,
                         help="singular values kept per matrix, >= 1 (default 50)")
     parser.add_argument("--volume-k", type=positive_int, default=50,
@@ -67,10 +69,12 @@ def run(args: argparse.Namespace) -> int:
     from frankeneval.characterization.compare import compare
     from frankeneval.characterization.measure import CharacterizeSettings
 
-    common = dict(device=args.device, overwrite=args.overwrite, progress=not args.no_progress, allow_pickle=args.allow_pickle)
+    common = dict(device=args.device, overwrite=args.overwrite, progress=not args.no_progress,
+                  allow_pickle=args.allow_pickle)
     if args.compare:
         if args.seed_compatible:
-            raise SpecError("--seed-compatible has no counterpart for --compare (the reference scripts have no cross-lineage comparison)")
+            raise SpecError("--seed-compatible has no counterpart for --compare "
+                            "(the reference scripts have no cross-lineage comparison)")
         summary = compare(args.compare, output_request(args, args.out), rank_r=args.rank_r, sections=args.sections,
                           svd_method=args.svd_method, **common)
         overall = summary["aggregates"]["all"] or {"pairs": {}}
@@ -89,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
         label = args.recipe
     missing = [k for k, v in models.items() if not v]
     if missing:
-        raise SpecError(f"characterize needs --base, --in and --rl (or --recipe); missing: {', '.join('--' + m for m in missing)}")
+        raise SpecError(f"characterize needs --base, --in and --rl (or --recipe); "
+                        f"missing: {', '.join('--' + m for m in missing)}")
     settings = CharacterizeSettings(
         top_k=args.top_k,
         volume_k=args.volume_k,
@@ -116,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
         for name, why in summary["spectra_skipped"].items():
             print(f"no spectra for {name}: {why}")
     elif summary["over_reference_limit"]:
-        print(f"measured {len(summary['over_reference_limit'])} matrices with more than 1e8 elements (the reference skips them)")
+        print(f"measured {len(summary['over_reference_limit'])} matrices with more than 1e8 elements "
+              f"(the reference skips them)")
     print(f"wrote {args.out}/matrices.jsonl and summary.json ({summary['n_matrices']}/{summary['n_planned']} matrices)")
     return 0
 

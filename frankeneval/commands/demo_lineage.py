@@ -1,7 +1,7 @@
 """Write a built-in Base -> IN -> RL lineage (``base/``, ``in/``, ``rl/`` in the hub layout) into DIR.
 
-By default the lineage is random with planted, known updates (``frankeneval.miniature.lineage.write_lineage``; any preset,
-seconds for ``tiny``). With ``--trained`` it is the trained miniature lineage: a tiny Qwen2.5-VL taken through
+By default the lineage is random with planted, known updates (``frankeneval.miniature.lineage.write_lineage``; any
+preset, seconds for ``tiny``). With ``--trained`` it is the trained miniature lineage: a tiny Qwen2.5-VL taken through
 pre-training, SFT and GRPO on the rendered world (``frankeneval.miniature.training``; minutes on a CPU). The trained
 lineage is built once per (version, seed) in the cache (``$FRANKENEVAL_CACHE/lineages/trained-seed<S>-v<V>``) and
 linked or copied into DIR, so a second call returns at once; ``--force`` rebuilds it.

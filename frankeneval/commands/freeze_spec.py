@@ -24,7 +24,8 @@ HELP = "print the parameter patterns to freeze (necessity test) for TRL, verl or
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", required=True,
-                        help="unified LLM layers 1-n, e.g. 1-9,12 or late, plus vision / projector (README 'Layer grammar')")
+                        help="unified LLM layers 1-n, e.g. 1-9,12 or late, plus vision / projector "
+                             "(README 'Layer grammar')")
     parser.add_argument("--components", default="all", help="attention,mlp,norm (default: all)")
     src = parser.add_mutually_exclusive_group()
     from frankeneval.commands._shared import positive_int
@@ -32,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--n-layers", type=positive_int, default=None,
                      help="number of LLM layers, >= 1 (default 28, Qwen2.5-VL-7B)")
     src.add_argument("--model", default=None, help="checkpoint dir: read the depth and check the patterns on its names")
-    parser.add_argument("--cuts", default=None, help="block cuts c1,c2: early 1-c1, middle c1+1-c2, late c2+1-n (default n//3,2n//3)")
+    parser.add_argument("--cuts", default=None,
+                        help="block cuts c1,c2: early 1-c1, middle c1+1-c2, late c2+1-n (default n//3,2n//3)")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="with --model: allow pickle (.bin) weights (loading them can run code from the file!)")
     parser.add_argument("--format", choices=FORMATS, default="regex", help="output form (default: regex)")

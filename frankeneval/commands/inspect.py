@@ -22,7 +22,8 @@ HELP = "show a checkpoint's layer map; with several checkpoints, check they are 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoints", nargs="+", help="local checkpoint directories or hub ids")
     parser.add_argument("--json", action="store_true", help="print every tensor's role as JSON lines")
-    parser.add_argument("--allow-pickle", action="store_true", help="allow pickle (.bin) weights (runs code from the file!)")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="allow pickle (.bin) weights (runs code from the file!)")
 
 
 def layer_table(ckpt: Checkpoint) -> list[dict]:
@@ -32,7 +33,10 @@ def layer_table(ckpt: Checkpoint) -> list[dict]:
     for name, info in infos.items():
         role = ckpt.layer_map.role(name)
         key = (role.layer if role.layer is not None else 10**9, role.section)
-        row = rows.setdefault(key, {"layer": role.layer, "section": role.section, "tensors": 0, "params": 0, "components": defaultdict(int)})
+        row = rows.setdefault(
+            key,
+            {"layer": role.layer, "section": role.section, "tensors": 0, "params": 0, "components": defaultdict(int)},
+        )
         row["tensors"] += 1
         row["params"] += info.numel
         row["components"][role.component] += 1

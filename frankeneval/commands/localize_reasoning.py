@@ -9,9 +9,9 @@ Prompt: the method's step-by-step / \\boxed{} instruction, a blank line, the pro
 --system-prompt (default auto: docs/method.md's rule on the hub id or the directory's own name, a splice its sources';
 reasoner / revisual / none / a text / @FILE fix it; --reasoning-prompt on|off is the old spelling of reasoner|none),
 recorded in the JSON with the reason it was chosen. --seed-compatible scores the responses as the paper's reference
-script (first <answer> tag, "answer is" / "therefore" fallbacks, last 50 characters, 1 % relative error). Both
-modes default to the reference's 2048 new tokens. --layers takes the layer grammar (README "Layer
-grammar"): unified LLM layers 1 ... n, decoder layer j = L - 1. Writes OUT/units.jsonl (resumable), OUT/reasoning_localization.json (schema:
+script (first <answer> tag, "answer is" / "therefore" fallbacks, last 50 characters, 1 % relative error). Both modes
+default to the reference's 2048 new tokens. --layers takes the layer grammar (README "Layer grammar"): unified LLM
+layers 1 ... n, decoder layer j = L - 1. Writes OUT/units.jsonl (resumable), OUT/reasoning_localization.json (schema:
 frankeneval.localization.reasoning) and OUT/reasoning_localization.png. Every selected row is parsed before the
 model is loaded: a malformed one (bad JSON, a missing field) stops the run in one line naming its file:line, or with
 --skip-broken is left out (not replaced), listed under "skipped" in the JSON and below the table.
@@ -45,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model (local dir or hub id)")
     parser.add_argument("--dataset", required=True, choices=("gsm8k", "math500"))
     parser.add_argument("--data", default=None,
-                        help="local JSONL (or data folder) instead of the hub dataset (default: $FRANKENEVAL_DATA when set)")
+                        help="local JSONL (or data folder) instead of the hub dataset "
+                             "(default: $FRANKENEVAL_DATA when set)")
     parser.add_argument("--samples", type=int_arg(0, note="0 = all"), default=DEFAULT_SAMPLE_SIZE,
                         help=f"questions, >= 0: the paper's sub-sample (default {DEFAULT_SAMPLE_SIZE}; 0 = all; more "
                              "than the dataset has: all of it, said in a note)")
@@ -90,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     results = run_reasoning_sweep(
         gen, args.dataset, questions, layers, args.out, model_name=args.model,
         system_prompt=prompt, max_new_tokens=args.max_new_tokens,
-        batch_size=units_per_call(args, gen, 32, args.max_new_tokens), seed_compatible=args.seed_compatible, progress=not args.no_progress,
+        batch_size=units_per_call(args, gen, 32, args.max_new_tokens), seed_compatible=args.seed_compatible,
+        progress=not args.no_progress,
         meta={"data": data or "hub", "samples": args.samples, "seed": args.seed}, ignore_eos=args.ignore_eos,
         skipped=skipped,
     )

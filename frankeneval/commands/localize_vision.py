@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     gen = load_generator(args, args.model)
     layers = parse_layers(args.layers, gen.n_llm_layers)  # unified LLM layers 1 … n
     results = run_vision_sweep(gen, pairs, layers, args.out, model_name=args.model, max_new_tokens=args.max_new_tokens,
-                               batch_size=units_per_call(args, gen, 32, args.max_new_tokens), seed_compatible=sc, progress=not args.no_progress,
+                               batch_size=units_per_call(args, gen, 32, args.max_new_tokens), seed_compatible=sc,
+                               progress=not args.no_progress,
                                meta={"samples": args.samples, "seed": args.seed, "data": str(source),
                                      "pair_selection": pair_selection(args.samples, args.seed, seed_compatible=sc)},
                                skipped=skipped)

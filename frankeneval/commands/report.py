@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", help="a `frankeneval transfer` run directory")
     parser.add_argument("--format", choices=FORMATS, default="md", help="what to print (default md)")
     parser.add_argument("--out", default=None, help="where report.{md,csv,html,tex} are written (default RUN_DIR)")
-    parser.add_argument("--plots", nargs="*", default=None, help="folders (or PNG files) of layer plots to embed in the HTML")
+    parser.add_argument("--plots", nargs="*", default=None,
+                        help="folders (or PNG files) of layer plots to embed in the HTML")
     from frankeneval.commands._shared import MAX_SEED, seed_arg
 
     parser.add_argument("--seed", type=seed_arg, default=0, help=f"bootstrap seed, 0 to {MAX_SEED} (default 0)")

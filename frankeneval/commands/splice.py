@@ -51,12 +51,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from frankeneval.commands._shared import positive_int
 
     parser.add_argument("--cuts", nargs=2, type=positive_int, metavar=("C1", "C2"),
-                        help="block cuts on the unified axis: early 1-C1, middle C1+1-C2, late C2+1-n (default n//3 2n//3)")
-    parser.add_argument("--host", help="source that supplies non-layer parts, config and tokenizer (default: layer 1's)")
-    parser.add_argument("--force", action="store_true", help="rewrite even if OUT already holds this splice (never replaces a source, a folder holding one, "
-                        "or files frankeneval did not write)")
+                        help="block cuts on the unified axis: early 1-C1, middle C1+1-C2, late C2+1-n "
+                             "(default n//3 2n//3)")
+    parser.add_argument("--host",
+                        help="source that supplies non-layer parts, config and tokenizer (default: layer 1's)")
+    parser.add_argument("--force", action="store_true",
+                        help="rewrite even if OUT already holds this splice (never replaces a source, a folder "
+                             "holding one, or files frankeneval did not write)")
     parser.add_argument("--shard-size", type=_size, default=None, help="output shard size (default 5GiB)")
-    parser.add_argument("--dry-run", action="store_true", help="print which source every block comes from, write nothing")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print which source every block comes from, write nothing")
     parser.add_argument("--check", metavar="DIR", help="verify every tensor of a splice against its declared source")
     parser.add_argument("--list", action="store_true", help="list built-in recipes and their variants")
     parser.add_argument("--allow-pickle", action="store_true",

@@ -36,13 +36,15 @@ def _csv(text: str | None) -> list[str] | None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--recipe", required=True, help="openmmreasoner | revisual_r1 | mmr1 | tiny | a recipe or merge-spec YAML")
+    parser.add_argument("--recipe", required=True,
+                        help="openmmreasoner | revisual_r1 | mmr1 | tiny | a recipe or merge-spec YAML")
     parser.add_argument("--out", required=True, help="run directory (rerun with the same one to resume)")
     parser.add_argument("--variants", default=None, help="comma-separated variant names (default: all of the recipe)")
     parser.add_argument("--splits", choices=("v1", "v2", "both"), default=DEFAULT_SPLITS,
                         help=f"the paper's splits to run (default {DEFAULT_SPLITS}): v1 = {','.join(SPLITS['v1'])}; "
                              f"v2 = {','.join(SPLITS['v2'])}; both = all six groups")
-    parser.add_argument("--tasks", default=None, help="comma-separated lmms-eval tasks or groups to run instead of --splits")
+    parser.add_argument("--tasks", default=None,
+                        help="comma-separated lmms-eval tasks or groups to run instead of --splits")
     parser.add_argument("--base", dest="base_model", default=None, help="local copy of the Base model")
     parser.add_argument("--in", dest="in_model", default=None, help="local copy of the IN model")
     parser.add_argument("--rl", dest="rl_model", default=None, help="local copy of the RL model")
@@ -57,24 +59,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=batch_size_arg, default=1,
                         help="franken_qwen batch_size: an integer >= 1 or auto (default 1)")
     parser.add_argument("--max-new-tokens", type=positive_int, default=None,
-                        help="new-token budget of every cell (default: the tasks' own, 8192 on MathVista / MATH-500 / "
-                             "GSM8K as the reference's runs; answers that reach it are counted as hit_limit)")
-    parser.add_argument("--model-args", default=None, help="extra franken_qwen model args, e.g. attn_implementation=sdpa")
+                        help="new-token budget of every cell (default: the tasks' own, 8192 on MathVista / "
+                             "MATH-500 / GSM8K as the reference's runs; answers that reach it are counted as "
+                             "hit_limit)")
+    parser.add_argument("--model-args", default=None,
+                        help="extra franken_qwen model args, e.g. attn_implementation=sdpa")
     parser.add_argument("--system-prompt", default="auto", metavar="auto|reasoner|revisual|none|TEXT|@FILE",
                         help=SETTING_HELP + "; each cell's choice and reason go into cells.jsonl and the report")
     parser.add_argument("--grading", choices=("paper", "seed"), default=None,
-                        help="with the judge on (FRANKENEVAL_JUDGE=1): paper = rules first, the judge for the rest, a judge "
-                             "failure counted apart (default); seed = the reference's rule, the judge decides every item "
-                             "from the extracted answer and a failed call is wrong (default with --seed-compatible)")
+                        help="with the judge on (--judge): paper = rules first, the judge for the rest, "
+                             "a judge failure counted apart (default); seed = the reference's grading: its extraction, "
+                             "judge texts and rule check; the judge decides every item and a failed call is wrong "
+                             "(default with --seed-compatible)")
+    judge = parser.add_mutually_exclusive_group()
+    judge.add_argument("--judge", dest="judge", action="store_true", default=None,
+                       help="turn the LLM judge on in every cell (default: FRANKENEVAL_JUDGE; the server and model "
+                            "from OPENAI_BASE_URL, OPENAI_API_KEY, FRANKENEVAL_JUDGE_MODEL)")
+    judge.add_argument("--no-judge", dest="judge", action="store_false", help="turn the LLM judge off in every cell")
+    parser.add_argument("--description-source", choices=("auto", "judge", "caption_bard"), default=None,
+                        help="who writes the black + description texts: judge = the judge model with the "
+                             "reference's texts; caption_bard = the released Bard captions (a named alternative "
+                             "for machines without a judge); auto = judge when the judge is on, else caption_bard "
+                             "(default: FRANKENEVAL_DESCRIPTION_SOURCE, else auto). An item without a description "
+                             "is left out of that setting and listed in the report")
     add_seed_compatible_argument(parser)
     add_skip_broken_argument(parser)
     parser.add_argument("--gpus", type=int_arg(0, note="0 = one cell at a time on the visible devices"), default=0,
                         help="run N cells at once, one lmms-eval process per GPU, >= 0 (default 0)")
-    parser.add_argument("--splice-cache", default=None, help="where variants are materialized (default: frankeneval's cache)")
+    parser.add_argument("--splice-cache", default=None,
+                        help="where variants are materialized (default: frankeneval's cache)")
     parser.add_argument("--evict-variants", action="store_true",
-                        help="materialize the variants max(1, --gpus) at a time and delete each one this run materialized "
-                             "once its cells ran (disk: Base/IN/RL plus that many variants); splices already in the "
-                             "cache are kept")
+                        help="materialize the variants max(1, --gpus) at a time and delete each one this run "
+                             "materialized once its cells ran (disk: Base/IN/RL plus that many variants); splices "
+                             "already in the cache are kept")
     parser.add_argument("--no-reference", action="store_true", help="skip the Base, IN and RL cells")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="read pickle (.bin) weights, which can run code when loaded: only for sources you trust")
@@ -101,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
         grading=args.grading,
         seed_compatible=args.seed_compatible,
         skip_broken=args.skip_broken,
+        judge=args.judge,
+        description_source=args.description_source,
         allow_pickle=args.allow_pickle,
         evict_variants=args.evict_variants,
     )

@@ -1,4 +1,5 @@
-"""Benchmark data: the hub dataset by default, or local files when ``FRANKENEVAL_DATA`` / a task argument points at them.
+"""Benchmark data: the hub dataset by default, or local files when ``FRANKENEVAL_DATA`` / a task argument points at
+them.
 
 Local layout accepted (the ``../shared/data`` shape; pass the root folder, the benchmark folder or the file)::
 
@@ -112,7 +113,9 @@ def read_jsonl(path: str | os.PathLike, *, keep_broken: bool = False) -> list[di
                 if not isinstance(value, dict):
                     raise TypeError(f"a JSON {type(value).__name__}, not an object")
             except (ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError
-                reason = f"not valid JSON ({exc.msg})" if isinstance(exc, json.JSONDecodeError) else f"not a row ({exc})"
+                reason = (
+                    f"not valid JSON ({exc.msg})" if isinstance(exc, json.JSONDecodeError) else f"not a row ({exc})"
+                )
                 if not keep_broken:
                     raise FrankenevalError(f"{path}:{i}: {reason}") from None
                 rows.append(BrokenRow(f"{path}:{i}", reason))
@@ -129,7 +132,8 @@ def row_where(row: Any, benchmark: str, index: int) -> str:
 
 
 def mathvista_image_path(jsonl: Path, row: dict) -> Path:
-    """Absolute image path of a local MathVista row (``image`` relative to the JSONL's folder, else images/<pid>.jpg)."""
+    """Absolute image path of a local MathVista row (``image`` relative to the JSONL's folder, else
+    images/<pid>.jpg)."""
     rel = row.get("image") or f"images/{row['pid']}.jpg"
     return Path(os.path.abspath(jsonl.parent / rel))
 

@@ -3,8 +3,9 @@
 * ``Judge.judge(question, choices, ground_truth, model_answer)`` asks the judge model for JSON
   ``{"is_correct": bool, "extracted_answer": str, "reason": str}``.
 * ``Judge.describe_image(image)`` writes the description used by the black-image + description control.
-* ``Judge.judge_seed(...)`` is the reference's rule (``grading: seed``): the judge decides every item from the
-  extracted answer, a failed call is wrong, an unparsable reply is read by "true" near its start.
+* ``Judge.judge_seed(...)`` is the reference's judge (``grading: seed``): its texts byte for byte
+  (:data:`SEED_JUDGE_SYSTEM`, :data:`SEED_JUDGE_USER`), the verdict ``bool(is_correct)``, an unparsable reply true
+  when "true" is in its first 100 characters, a failed call wrong.
 * ``Judge.extract_mathvista(prompt)`` is the LLM step of MathVista's own extraction (``extraction: mathvista``).
 
 A verdict is a boolean or it is a judge error: a reply whose ``is_correct`` is not a clear boolean (``null``, a
@@ -60,20 +61,75 @@ __all__ = [
     "build_judge_prompt",
     "parse_judge_json",
     "DESCRIBE_PROMPT",
+    "DESCRIBE_SYSTEM",
+    "DESCRIBE_USER",
+    "SEED_JUDGE_SYSTEM",
+    "SEED_JUDGE_USER",
+    "build_seed_judge_prompt",
+    "parse_seed_reply",
 ]
 
 DEFAULT_JUDGE_MODEL = "gpt-4o-mini"
 DEFAULT_JUDGE_TIMEOUT_S = 60.0
 DEFAULT_JUDGE_RETRIES = 3
-SEED_TRUE_WINDOW = 50  # grading: seed reads an unparsable reply as correct when "true" is in its first 50 chars
+SEED_TRUE_WINDOW = 100  # grading: seed reads an unparsable reply as correct when "true" is in its first 100 chars
+SEED_JUDGE_MAX_TOKENS = 1000  # grading: seed sends max_completion_tokens 1000 and no temperature (the API default)
+DESCRIBE_MAX_TOKENS = 2000  # the reference's descriptions: max_completion_tokens 2000
 MAX_REASON_CHARS = 240  # what of the judge's reason is kept (redacted) in samples and the cache
 
 JUDGE_SYSTEM = "You are a strict grader of answers to benchmark questions. Reply with one JSON object only."
 
-DESCRIBE_PROMPT = (
-    "Describe this image in detail so that someone who cannot see it could answer questions about it: "
-    "every object, number, label, text, axis, table value and spatial relation. Do not solve any problem."
-)
+# The reference's judge texts (METHOD.md, "Judge texts"): data, kept byte for byte; grading: seed sends exactly these.
+SEED_JUDGE_SYSTEM = """You are a strict but fair math grader. Compare the model's answer to the ground truth.
+
+Consider correct if:
+- Numerically equivalent (e.g., 0.5 = 1/2 = 50%)
+- Same meaning with different formatting (e.g., "2x+3" vs "3+2x")
+- For multiple choice: letter matches or full option text matches
+- Minor differences in units or notation that don't change the answer
+
+Consider incorrect if:
+- Different numerical values
+- Wrong multiple choice option
+- Missing or extra significant information"""
+
+SEED_JUDGE_USER = """Question: {question}
+
+Choices: {choices}
+
+Ground Truth Answer: {ground_truth}
+
+Model's Answer: {model_answer}
+
+Is the model's answer correct? Respond with JSON:
+{"is_correct": true/false, "extracted_answer": "...", "reason": "brief explanation"}"""
+
+SEED_NO_CHOICES = "N/A (free-form)"
+
+# The reference's description texts (METHOD.md, "Image descriptions"): data, kept byte for byte.
+DESCRIBE_SYSTEM = """You are a precise visual analyzer for mathematical and scientific images.
+Your task is to describe EXACTLY what you see - do NOT solve any problems or make inferences.
+
+Focus on:
+1. All text, numbers, labels, and symbols visible in the image
+2. Geometric shapes, graphs, diagrams, or charts with their properties
+3. Spatial relationships between elements
+4. Colors and visual distinctions that may be meaningful
+5. Any tables, axes labels, or data points
+
+Be thorough but factual. Include ALL numbers and text you can read."""
+
+DESCRIBE_USER = """Describe this image in detail for someone who cannot see it.
+Output a structured description covering:
+- Overview: What type of image is this (graph, diagram, geometry problem, etc.)
+- Text Content: All readable text, numbers, labels, equations
+- Visual Elements: Shapes, lines, colors, symbols
+- Spatial Layout: How elements are arranged
+- Key Details: Any numbers, measurements, or specific values shown
+
+Be precise and complete. Do not solve or interpret - just describe what you see."""
+
+DESCRIBE_PROMPT = DESCRIBE_USER  # the user text of a description request (kept under its former name)
 
 
 class JudgeUnavailable(RuntimeError):
@@ -323,6 +379,45 @@ def parse_judge_json(text: str) -> dict:
     raise ValueError(f"judge reply ({len(t)} chars) has no JSON object with a boolean is_correct")
 
 
+_SEED_FIELDS = re.compile(r"\{(question|choices|ground_truth|model_answer)\}")
+
+
+def build_seed_judge_prompt(question: str, choices: Sequence[str] | None, ground_truth: Any,
+                            model_answer: Any) -> str:
+    """The reference's user text (:data:`SEED_JUDGE_USER`) filled in one pass: ``question`` is the full question
+    with its Choices block, ``choices`` the JSON list of the choices (``json.dumps``) or ``N/A (free-form)``."""
+    values = {"question": str(question), "choices": json.dumps(list(choices)) if choices else SEED_NO_CHOICES,
+              "ground_truth": str(ground_truth), "model_answer": str(model_answer)}
+    return _SEED_FIELDS.sub(lambda m: values[m.group(1)], SEED_JUDGE_USER)
+
+
+def _unfence(text: str) -> str:
+    """A ```-fenced reply's content (a leading ``json`` tag dropped), else the stripped text."""
+    t = (text or "").strip()
+    if t.startswith("```"):
+        parts = t.split("```")
+        t = parts[1] if len(parts) > 1 else t[3:]
+        if t.startswith("json"):
+            t = t[4:]
+        t = t.strip()
+    return t
+
+
+def parse_seed_reply(text: str) -> tuple[bool, dict | None]:
+    """The reference's reading of a judge reply (``grading: seed``): the ```-fence unwrapped, then the JSON
+    object's ``bool(is_correct)`` (so the string ``"false"`` is true, a missing value false); a reply that is not a
+    JSON object is true when ``"true"`` occurs in its first :data:`SEED_TRUE_WINDOW` characters (lower-cased).
+    Returns ``(verdict, the parsed object or None)``."""
+    t = _unfence(text)
+    try:
+        obj = json.loads(t)
+    except (json.JSONDecodeError, TypeError):
+        obj = None
+    if isinstance(obj, dict):
+        return bool(obj.get("is_correct")), obj
+    return "true" in t.lower()[:SEED_TRUE_WINDOW], None
+
+
 def _split_query(url: str | None) -> tuple[str | None, dict[str, str]]:
     """``(url without its query, {name: value} of the query)``: the OpenAI client appends its paths to the base URL,
     so a query there (``?api_key=...``, ``?api-version=...``) is sent as the client's ``default_query`` instead."""
@@ -511,11 +606,6 @@ class Judge:
     def judge(self, question: str, choices: Sequence[str] | None, ground_truth: Any, model_answer: str) -> Judgment:
         """Judge one answer. A clear boolean verdict is cached; on final failure, or a reply without a clear boolean
         ``is_correct``, ``judge_error=True`` and ``is_correct=None`` (not cached, never a wrong answer)."""
-        return self._judge(question, choices, ground_truth, model_answer)[0]
-
-    def _judge(self, question: str, choices: Sequence[str] | None, ground_truth: Any,
-               model_answer: str) -> tuple[Judgment, str | None]:
-        """:meth:`judge`'s verdict and, for an unparsable reply, the start of that reply (redacted; else None)."""
         messages = [
             {"role": "system", "content": JUDGE_SYSTEM},
             {"role": "user", "content": build_judge_prompt(question, choices, str(ground_truth), model_answer)},
@@ -525,7 +615,7 @@ class Judge:
         if entry is not None:
             verdict = entry.get("verdict")
             if isinstance(verdict, dict) and isinstance(verdict.get("is_correct"), bool):
-                return Judgment(**self._verdict(verdict), cached=True), None
+                return Judgment(**self._verdict(verdict), cached=True)
             if isinstance(entry.get("content"), str):  # an entry of an older version: the raw reply
                 try:
                     verdict = self._verdict(parse_judge_json(entry["content"]))
@@ -533,33 +623,55 @@ class Judge:
                     verdict = None  # e.g. {"is_correct": null}, once cached as wrong: ask again
                 if verdict is not None:
                     self._write_cache(request, {"verdict": verdict})  # rewritten without the raw reply
-                    return Judgment(**verdict, cached=True), None
+                    return Judgment(**verdict, cached=True)
         try:
             content = self._call(request, retries=self.config.max_retries)
         except JudgeUnavailable as exc:
-            return Judgment(None, None, f"judge unavailable: {exc}", judge_error=True), None
+            return Judgment(None, None, f"judge unavailable: {exc}", judge_error=True)
         try:
             verdict = self._verdict(parse_judge_json(content))
         except ValueError as exc:
-            return Judgment(None, None, str(exc), judge_error=True), self.redact(content).strip()[:SEED_TRUE_WINDOW]
+            return Judgment(None, None, str(exc), judge_error=True)
         self._write_cache(request, {"verdict": verdict})
-        return Judgment(**verdict), None
+        return Judgment(**verdict)
+
+    def seed_request(self, question: str, choices: Sequence[str] | None, ground_truth: Any,
+                     model_answer: Any) -> dict:
+        """The request ``grading: seed`` sends: the reference's system and user texts, max_completion_tokens 1000,
+        no temperature (the API default)."""
+        messages = [{"role": "system", "content": SEED_JUDGE_SYSTEM},
+                    {"role": "user", "content": build_seed_judge_prompt(question, choices, ground_truth,
+                                                                       model_answer)}]
+        return {"model": self.config.model, "messages": messages, "max_completion_tokens": SEED_JUDGE_MAX_TOKENS}
 
     def judge_seed(self, question: str, choices: Sequence[str] | None, ground_truth: Any,
                    extracted_answer: str) -> Judgment:
-        """The reference's rule (``grading: seed``, seed-compatible only): the judge decides from the extracted
-        answer; a reply without a clear JSON verdict is read as correct when "true" occurs in its first
-        :data:`SEED_TRUE_WINDOW` characters (lower-cased), wrong otherwise; a failed call counts as **wrong**
-        (``is_correct=False`` with ``judge_error=True``, so it is still counted). Clear verdicts share
-        :meth:`judge`'s cache."""
-        j, reply_start = self._judge(question, choices, ground_truth, extracted_answer)
-        if not j.judge_error:
-            return j
-        if reply_start is None:  # the call failed
-            return Judgment(False, None, j.reason, judge_error=True)
-        content = reply_start
-        verdict = "true" in content.strip().lower()[:SEED_TRUE_WINDOW]
-        return Judgment(verdict, None, f"unparsable reply read as {str(verdict).lower()} (seed rule)")
+        """The reference's judge (``grading: seed``, seed-compatible only): its texts byte for byte
+        (:meth:`seed_request`; ``question`` with its Choices block, ``extracted_answer`` the reference's extraction,
+        :func:`frankeneval.core.scoring.reference_final_answer`), its reading of the reply (:func:`parse_seed_reply`:
+        ``bool(is_correct)``, an unparsable reply true when "true" is in its first 100 characters), and a failed
+        call counted **wrong** (``is_correct=False`` with ``judge_error=True``, so it is still counted). Every
+        verdict read from a reply is cached (its own cache entries: the request differs from :meth:`judge`'s)."""
+        request = self.seed_request(question, choices, ground_truth, extracted_answer)
+        entry = self._read_cache(request)
+        verdict = entry.get("verdict") if entry is not None else None
+        if isinstance(verdict, dict) and isinstance(verdict.get("is_correct"), bool):
+            return Judgment(**self._verdict(verdict), cached=True)
+        try:
+            content = self._call(request, retries=self.config.max_retries)
+        except JudgeUnavailable as exc:
+            return Judgment(False, None, f"judge unavailable: {exc}", judge_error=True)
+        ok, obj = parse_seed_reply(content)
+        if obj is None:
+            obj = {"reason": f"unparsable reply read as {str(ok).lower()} (seed rule)"}
+        obj = {**obj, "is_correct": ok}
+        if not isinstance(obj.get("extracted_answer"), (str, type(None))):
+            obj["extracted_answer"] = str(obj["extracted_answer"])
+        if not isinstance(obj.get("reason"), (str, type(None))):
+            obj["reason"] = str(obj["reason"])
+        verdict = self._verdict(obj)
+        self._write_cache(request, {"verdict": verdict})
+        return Judgment(**verdict)
 
     def extract_mathvista(self, prompt: str, *, max_tokens: int = 256) -> str:
         """MathVista's LLM extraction step: the model's completion of ``prompt`` (few-shot examples, the query, the
@@ -571,19 +683,28 @@ class Judge:
             self._write_cache(self._request(messages, max_tokens), {"content": content})
         return content
 
-    def describe_image(self, image, *, prompt: str = DESCRIBE_PROMPT, max_tokens: int = 1024) -> str:
-        """A text description of a PIL image (cached by model + image bytes + prompt, key-like text redacted);
-        JudgeUnavailable on failure."""
+    def describe_request(self, image) -> dict:
+        """The description request, as the reference's: its system text, then the image first and its user text,
+        max_completion_tokens 2000, no temperature."""
         messages = [
+            {"role": "system", "content": DESCRIBE_SYSTEM},
             {"role": "user", "content": [
-                {"type": "text", "text": prompt},
                 {"type": "image_url", "image_url": {"url": _image_data_url(image)}},
+                {"type": "text", "text": DESCRIBE_USER},
             ]},
         ]
-        content, cached = self.complete(messages, max_tokens=max_tokens)
-        content = content.strip()
+        return {"model": self.config.model, "messages": messages, "max_completion_tokens": DESCRIBE_MAX_TOKENS}
+
+    def describe_image(self, image) -> str:
+        """A text description of a PIL image written by the judge model with the reference's texts
+        (:meth:`describe_request`; cached by model + request, image bytes included, key-like text redacted);
+        JudgeUnavailable on failure or an empty reply (never another kind of description)."""
+        request = self.describe_request(image)
+        entry = self._read_cache(request)
+        if entry is not None and isinstance(entry.get("content"), str) and entry["content"].strip():
+            return self.redact(entry["content"]).strip()
+        content = self.redact(self._call(request, retries=self.config.max_retries)).strip()
         if not content:
             raise JudgeUnavailable("empty description")
-        if not cached:
-            self._write_cache(self._request(messages, max_tokens), {"content": content})
+        self._write_cache(request, {"content": content})
         return content

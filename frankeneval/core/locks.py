@@ -223,7 +223,9 @@ def file_lock(lock_path: str | os.PathLike, *, wait: bool = True, what: str | No
     with _GUARD:
         held = _HELD.setdefault(key, _Held())
     if not held.rlock.acquire(blocking=wait):
-        raise OutputBusy(f"{what} is in use by another frankeneval run of this process (another thread); wait for it to finish")
+        raise OutputBusy(
+            f"{what} is in use by another frankeneval run of this process (another thread); wait for it to finish"
+        )
     try:
         if held.depth == 0:
             held.fd = _acquire(lock_path, wait, what)

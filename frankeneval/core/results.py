@@ -155,7 +155,9 @@ def safe_name(name: Any, what: str = "name") -> str:
     :class:`SpecError`. Refused: empty, ``.``, ``..``, anything with ``/``, ``\\`` or a NUL byte."""
     text = str(name) if name is not None else ""
     if not text or text in (".", "..") or any(c in text for c in "/\\\0") or os.path.isabs(text):
-        raise SpecError(f"{what} {text!r} must be a single path component (a plain name: no '/', '\\', '..', not empty)")
+        raise SpecError(
+            f"{what} {text!r} must be a single path component (a plain name: no '/', '\\', '..', not empty)"
+        )
     return text
 
 
@@ -163,7 +165,9 @@ def _real(path: str | os.PathLike) -> Path:
     return Path(os.path.realpath(Path(path).expanduser()))
 
 
-def refuse_inputs(target: str | os.PathLike, inputs: Iterable[tuple[str, str | os.PathLike]], what: str = "output") -> None:
+def refuse_inputs(
+    target: str | os.PathLike, inputs: Iterable[tuple[str, str | os.PathLike]], what: str = "output"
+) -> None:
     """One-line :class:`~frankeneval.errors.OutputRefused` when ``target`` is one of ``inputs`` ((label, path)
     pairs), holds one, or lies inside one (real paths: symlinks resolved)."""
     out = _real(target)
@@ -302,7 +306,11 @@ def is_object(record: Any) -> str | None:
     """The default check: every line of a results log is one JSON object."""
     if isinstance(record, dict):
         return None
-    return "not a JSON object (null)" if record is None else f"not a JSON object ({_JSON_KINDS.get(type(record), 'a value')})"
+    return (
+        "not a JSON object (null)"
+        if record is None
+        else f"not a JSON object ({_JSON_KINDS.get(type(record), 'a value')})"
+    )
 
 
 def require_fields(*fields: str) -> RecordCheck:

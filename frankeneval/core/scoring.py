@@ -31,6 +31,8 @@ __all__ = [
     "math_equal",
     "reference_final_answer",
     "reference_math_correct",
+    "reference_mcq_letter",
+    "reference_rule_correct",
     "parse_box",
     "box_iou",
     "grounding_correct",
@@ -98,8 +100,8 @@ def extract_final_answer(text: str, *, allow_hashes: bool = False) -> tuple[str 
     """The final answer of a response and how it was found.
 
     Returns ``(answer, method)`` with method one of ``answer_tag``, ``boxed``, ``hashes`` (``allow_hashes``: GSM8K's
-    ``#### N``), ``whole`` (the response is one number and nothing else), ``none``. A ``\\boxed{}`` inside the ``<answer>`` tag is unwrapped. No last-number fallback: a
-    response that states no answer has none.
+    ``#### N``), ``whole`` (the response is one number and nothing else), ``none``. A ``\\boxed{}`` inside the
+    ``<answer>`` tag is unwrapped. No last-number fallback: a response that states no answer has none.
     """
     tag = extract_answer_tag(text)
     if tag is not None and tag != "":
@@ -189,10 +191,14 @@ def math_equal(pred: Any, gold: Any, *, rel_tol: float | None = None, use_math_v
 
 
 # --------------------------------------------------------------------------- the reference's rules (seed-compatible)
-# Reasoning localization as the paper's reference script scores it (``--seed-compatible`` only): the *first*
-# closed ``<answer>`` tag, else the last ``\\boxed{}``, else an "answer is" / "therefore" pattern (a match under 100
-# characters), else the last number, else the response's last 50 characters; correct by whitespace-free lower-case
-# match, math-verify on the raw strings, or numbers (``,`` and ``%`` removed) within 1e-6 or a 1 % relative error.
+# The reference's extraction and checks (``--seed-compatible`` / ``grading: seed`` only), one extraction for
+# reasoning localization and for transfer's judge input and rules (MathVista, MATH-500, GSM8K): the *first* closed
+# ``<answer>`` tag (with its "3.5" -> "5" quirk), for multiple choice the MCQ letter, else the last ``\\boxed{}``, else
+# an "answer is" / "therefore" pattern (a match under 100 characters), else the last number, else the response's
+# last 50 characters (:func:`reference_final_answer`); correct by whitespace-free lower-case match, math-verify on
+# the raw strings, or numbers (``,`` and ``%`` removed) within 1e-6 or a 1 % relative error
+# (:func:`reference_math_correct`), with the MCQ letter, letter-to-choice and 90 % containment rules in front for
+# transfer (:func:`reference_rule_correct`).
 
 _REF_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 _REF_PATTERNS = (
@@ -215,13 +221,55 @@ def _reference_boxed(text: str) -> str | None:
     return text[start:i - 1].strip() if depth == 0 else None
 
 
-def reference_final_answer(text: str) -> str:
-    """The reference script's answer extraction (seed-compatible; see the section comment)."""
+_REF_TAG_ITEM = re.compile(r"^\s*([A-Ha-h0-9])\s*[.):\-]\s*(.+?)\s*$")
+_REF_LONE_LETTER = re.compile(r"[A-Ha-h]")
+_REF_MCQ_PATTERNS = (
+    re.compile(r"(?:answer|option|choice)\s*(?:is\s*)?[:\s]\s*\(?((?-i:[A-H]))\)?(?![A-Za-z0-9])", re.IGNORECASE),
+    re.compile(r"\(([A-H])\)"),
+)
+
+
+def reference_mcq_letter(text: str) -> str | None:
+    """The multiple-choice letter (A-H, upper-cased) a response states, or None: the whole (stripped) text is one
+    letter (``B``, ``(B)``, ``B.``), else the last "answer / option / choice (is) B", else the last ``(B)``.
+    METHOD.md names the reference's MCQ parser without its rule; this is frankeneval's reading of it."""
+    t = (text or "").strip()
+    lone = re.fullmatch(r"\(?([A-Ha-h])\)?[.:]?", t)
+    if lone:
+        return lone.group(1).upper()
+    for pattern in _REF_MCQ_PATTERNS:
+        found = pattern.findall(t)
+        if found:
+            return found[-1].upper()
+    return None
+
+
+def reference_final_answer(text: str, choices: Sequence[str] | None = None) -> str:
+    r"""The reference's answer extraction (seed-compatible; the judge's input in ``grading: seed`` for every task,
+    and reasoning localization's answer), in METHOD.md's order:
+
+    1. the first closed ``<answer>`` tag's content: when it matches ``^\s*([A-Ha-h0-9])\s*[.):\-]\s*(.+?)\s*$``
+       its group 2 (the reference's quirk: "3.5" becomes "5"), else a lone letter A-H upper-cased, else the
+       stripped content;
+    2. multiple choice (``choices`` given): the letter :func:`reference_mcq_letter` finds in the response;
+    3. the last ``\boxed{}``;
+    4. "answer is ..." then "therefore / thus / hence / so ..." (first match, kept when under 100 characters);
+    5. the last number ``-?\d+\.?\d*``;
+    6. the last 50 characters.
+    """
     if not text:
         return ""
     tag = _REF_TAG.search(text)
     if tag and tag.group(1).strip():
-        return tag.group(1).strip()
+        content = tag.group(1).strip()
+        item = _REF_TAG_ITEM.match(content)
+        if item:
+            return item.group(2)
+        return content.upper() if _REF_LONE_LETTER.fullmatch(content) else content
+    if choices:
+        letter = reference_mcq_letter(text)
+        if letter is not None:
+            return letter
     boxed = _reference_boxed(text)
     if boxed:
         return boxed
@@ -255,6 +303,32 @@ def reference_math_correct(pred: Any, gold: Any) -> bool:
     except ValueError:
         return False
     return abs(a - b) < 1e-6 or (b != 0 and abs(a - b) / abs(b) < 0.01)
+
+
+def reference_rule_correct(extracted: Any, gold: Any, *, choices: Sequence[str] | None = None,
+                           response: str = "") -> bool:
+    """The reference's rule check with the judge off (``grading: seed``): a one-letter gold answer compares MCQ
+    letters (:func:`reference_mcq_letter` of ``extracted``, then of the full ``response``); otherwise a letter
+    ``extracted`` maps to its choice text, then whitespace-free lower-case equality, containment either way when the
+    shorter is at least 90 % of the longer, math-verify, numbers within 1e-6 or 1 % (:func:`reference_math_correct`)."""
+    pred = str(extracted if extracted is not None else "").strip()
+    gold_s = str(gold if gold is not None else "").strip()
+    if not pred or not gold_s:
+        return False
+    if re.fullmatch(r"[A-Ha-h]", gold_s):
+        letter = reference_mcq_letter(pred) or reference_mcq_letter(response)
+        return letter is not None and letter == gold_s.upper()
+    if choices and re.fullmatch(r"[A-Ha-h]", pred):
+        index = ord(pred.upper()) - ord("A")
+        if index < len(choices):
+            pred = str(choices[index]).strip()
+    p, g = normalize_text(pred), normalize_text(gold_s)
+    if p == g:
+        return True
+    short, long_ = sorted((p, g), key=len)
+    if short and short in long_ and len(short) >= 0.9 * len(long_):
+        return True
+    return reference_math_correct(pred, gold_s)
 
 
 # --------------------------------------------------------------------------- vision probes

@@ -295,7 +295,9 @@ class Generator:
         if not (static and self.device.type == "cuda"):
             return DEFAULT_MAX_BATCH_SIZE
         per_row = StaticDecoder.cache_bytes(self.model, 1, 2048 + max_new_tokens)
-        return int(max(DEFAULT_MAX_BATCH_SIZE, min(MAX_AUTO_ROWS, usable_gpu_memory(self.device) // 4 // max(per_row, 1))))
+        return int(
+            max(DEFAULT_MAX_BATCH_SIZE, min(MAX_AUTO_ROWS, usable_gpu_memory(self.device) // 4 // max(per_row, 1)))
+        )
 
     @property
     def encoder(self) -> PromptEncoder:
@@ -343,7 +345,9 @@ class Generator:
         """Processor outputs for a batch (left padding), on the model's device."""
         texts = [self.chat_text(r) for r in requests]
         images = [to_rgb(im) for r in requests for im in r.images]
-        inputs = self.processor(text=texts, images=images or None, padding=True, padding_side="left", return_tensors="pt")
+        inputs = self.processor(
+            text=texts, images=images or None, padding=True, padding_side="left", return_tensors="pt"
+        )
         return inputs.to(self.device)
 
     def _eos_ids(self) -> set[int]:
@@ -396,13 +400,19 @@ class Generator:
             req = requests[i]
             if self._static_path:  # the encoder's caches: an LLM prefill
                 inputs, features, positions, mask, _ = self._encode_static([req])
-                forward = dict(inputs_embeds=self.encoder.embeds(inputs["input_ids"], features, self.model.get_input_embeddings()),
-                               attention_mask=mask, position_ids=positions)
+                forward = dict(
+                    inputs_embeds=self.encoder.embeds(inputs["input_ids"], features, self.model.get_input_embeddings()),
+                    attention_mask=mask,
+                    position_ids=positions,
+                )
             else:
                 inputs = self.encode([req])
                 forward = dict(inputs)
             with torch.inference_mode(), apply_interventions(
-                self.model, [[RecordVisualKV()]], input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask")
+                self.model,
+                [[RecordVisualKV()]],
+                input_ids=inputs["input_ids"],
+                attention_mask=inputs.get("attention_mask"),
             ) as session:
                 self.model(**forward, use_cache=False)
             grid = tuple(tuple(int(x) for x in g) for g in inputs.get("image_grid_thw", torch.zeros(0, 3)).tolist())
@@ -421,7 +431,9 @@ class Generator:
                         raise InterventionError("SwapVisualKV.source must be a PIL image or a VisualKV")
                     n_images = len(req.images)
                     if n_images != 1:
-                        raise InterventionError(f"SwapVisualKV with an image source needs one target image per row, got {n_images}")
+                        raise InterventionError(
+                            f"SwapVisualKV with an image source needs one target image per row, got {n_images}"
+                        )
                     kv = self._visual_kvs([GenRequest(req.prompt, [it.source], req.system)])[0]
                     it = replace(it, source=kv)
                 new_row.append(it)
@@ -478,7 +490,9 @@ class Generator:
         while i < n:
             idx = order[i : i + bs]
             try:
-                batch = self._generate_batch([requests[j] for j in idx], [rows[j] for j in idx], [stops[j] for j in idx], **kwargs)
+                batch = self._generate_batch(
+                    [requests[j] for j in idx], [rows[j] for j in idx], [stops[j] for j in idx], **kwargs
+                )
             except Exception as exc:
                 if not (auto and _is_oom(exc)) or bs == 1:
                     raise
@@ -510,7 +524,9 @@ class Generator:
             raise FrankenevalError(f"stop must be one list of strings or one list per request ({n}), got {len(stop)}")
         return [[s for s in ([row] if isinstance(row, str) else (row or [])) if s] for row in stop]
 
-    def _generate_batch(self, requests, rows, stops, *, max_new_tokens, do_sample, temperature, top_p, repetition_penalty, ignore_eos):
+    def _generate_batch(
+        self, requests, rows, stops, *, max_new_tokens, do_sample, temperature, top_p, repetition_penalty, ignore_eos
+    ):
         rows = self._resolve_sources(requests, rows)
         if self._static_ok(rows, do_sample, repetition_penalty):
             return self._generate_static(requests, rows, stops, max_new_tokens=max_new_tokens, ignore_eos=ignore_eos)
@@ -518,7 +534,9 @@ class Generator:
                                  temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty,
                                  ignore_eos=ignore_eos)
 
-    def _generate_hf(self, requests, rows, stops, *, max_new_tokens, do_sample, temperature, top_p, repetition_penalty, ignore_eos):
+    def _generate_hf(
+        self, requests, rows, stops, *, max_new_tokens, do_sample, temperature, top_p, repetition_penalty, ignore_eos
+    ):
         """One batch through ``model.generate`` (sampling, capture, the seed-compatible swap, ``decode="hf"``)."""
         from transformers import GenerationConfig, StoppingCriteriaList
 
@@ -546,7 +564,9 @@ class Generator:
         with torch.inference_mode(), apply_interventions(
             self.model, rows, input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask")
         ) as session:
-            out = self.model.generate(**inputs, generation_config=gen_cfg, stopping_criteria=StoppingCriteriaList([_StopOnStrings(scan)]))
+            out = self.model.generate(
+                **inputs, generation_config=gen_cfg, stopping_criteria=StoppingCriteriaList([_StopOnStrings(scan)])
+            )
         new = out[:, prompt_len:].tolist()
         return self._results(new, scan.finished_at, scan.reason, stops, session)
 
@@ -591,7 +611,9 @@ class Generator:
             eos_ids = set() if ignore_eos else self._eos_ids()
             decoder.set_eos(eos_ids)
             scan = _FinishScan(self.tokenizer, stops, eos_ids)
-            tokens = decoder.run(done=(lambda toks, _n: scan.extend(toks[:, scan.n_seen :].tolist())) if any(stops) else None)
+            tokens = decoder.run(
+                done=(lambda toks, _n: scan.extend(toks[:, scan.n_seen :].tolist())) if any(stops) else None
+            )
             new = tokens.tolist()
         scan.extend([row[scan.n_seen :] for row in new])
         return self._results(new, scan.finished_at, scan.reason, stops, None)
@@ -629,7 +651,8 @@ class Generator:
         return pos
 
     def _results(self, new: list[list[int]], finished_at, reasons, stops, session) -> list[GenResult]:
-        """Generated token lists (one per row, cut at ``finished_at``) -> results, texts cut at the first stop string."""
+        """Generated token lists (one per row, cut at ``finished_at``) -> results, texts cut at the first stop
+        string."""
         results = []
         for r, toks in enumerate(new):
             end = finished_at[r]
@@ -668,7 +691,9 @@ class Generator:
         if chat:
             inputs = self.encode([GenRequest(context, list(images), system)])
             ctx_ids = inputs["input_ids"]
-            cont_ids = torch.tensor([self.tokenizer(continuation, add_special_tokens=False)["input_ids"]], device=self.device)
+            cont_ids = torch.tensor(
+                [self.tokenizer(continuation, add_special_tokens=False)["input_ids"]], device=self.device
+            )
             ids = torch.cat([ctx_ids, cont_ids], dim=1)
             extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
             if "mm_token_type_ids" in inputs:
@@ -698,7 +723,9 @@ class Generator:
         """Log-probabilities of ``token_ids[1:]`` given their prefixes (text only), shape ``(len - 1,)``."""
         ids = torch.tensor([list(token_ids)], device=self.device)
         with torch.inference_mode(), apply_interventions(self.model, [interventions or []], input_ids=ids):
-            logits = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits[0, :-1].float()
+            logits = (
+                self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits[0, :-1].float()
+            )
         return torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None])[:, 0].cpu()
 
     @torch.inference_mode()

@@ -6,14 +6,14 @@ For every prompt (an image and a question) each member generates greedily (``max
 query producing each generated token puts on the visual-token keys. A prompt's value is that mass averaged over
 its generated tokens; a member's value is the mean over prompts. Reported: per layer (mean over heads) and per
 layer and head, for each member; the differences ``RL - IN`` and ``IN - Base`` per layer; and the region summary
-(early / middle / late thirds of the LLM, :func:`frankeneval.weights.layermap.llm_region`), whose middle and late rows are
-what the paper's claim (RL shifts attention to the image in mid/late layers) rests on.
+(early / middle / late thirds of the LLM, :func:`frankeneval.weights.layermap.llm_region`), whose middle and late rows
+are what the paper's claim (RL shifts attention to the image in mid/late layers) rests on.
 
 Prompts: the target images of the probe pairs of ``tasks`` (``--data`` folder or the built-in rendered probes),
 each question preceded by the method's step-by-step / ``\\boxed{}`` instruction (``instruction=False``: the bare
 probe prompt), so the generated tokens are reasoning tokens. The system prompt is decided per member by
-:func:`frankeneval.core.prompts.resolve_system_prompt` (``system_prompt="auto"``: docs/method.md's name rule on the hub id
-/ the directory's own name, a splice its sources'; or one fixed choice for all: ``reasoner`` / ``revisual`` /
+:func:`frankeneval.core.prompts.resolve_system_prompt` (``system_prompt="auto"``: docs/method.md's name rule on the hub
+id / the directory's own name, a splice its sources'; or one fixed choice for all: ``reasoner`` / ``revisual`` /
 ``none`` / a text), and recorded with its reason.
 
 Members are loaded one at a time; every finished (member, prompt) unit is appended to ``units.jsonl``.
@@ -200,7 +200,9 @@ def summarize_attention(records: dict[str, dict], members: Sequence[str], prompt
     ml = [j for j in range(n_layers) if llm_region(j, n_layers) in ("middle", "late")]
     mid_late = {}
     for key, (a, b) in {"rl_minus_in": ("rl", "in"), "in_minus_base": ("in", "base")}.items():
-        mid_late[key] = float((per_layer[a][ml] - per_layer[b][ml]).mean()) if ml and a in per_layer and b in per_layer else None
+        mid_late[key] = (
+            float((per_layer[a][ml] - per_layer[b][ml]).mean()) if ml and a in per_layer and b in per_layer else None
+        )
     return {
         "analysis": "attention_shift",
         "n_prompts": len(prompts),
@@ -226,7 +228,8 @@ def format_attention_table(results: dict) -> str:
         lines.append(f"{L:>5} {vals} {'-' if a is None else f'{a:+9.4f}':>9} {'-' if b is None else f'{b:+9.4f}':>9}")
     for name, r in results["regions"].items():
         a, b = r.get("rl_minus_in"), r.get("in_minus_base")
-        lines.append(f"{name:>7} (layers {r['layers'][0] if r['layers'] else '-'}-{r['layers'][-1] if r['layers'] else '-'}): "
+        lines.append(f"{name:>7} (layers {r['layers'][0] if r['layers'] else '-'}-"
+                     f"{r['layers'][-1] if r['layers'] else '-'}): "
                      f"RL-IN {'-' if a is None else f'{a:+.4f}'}  IN-Base {'-' if b is None else f'{b:+.4f}'}")
     ml = results["mid_late"]
 

@@ -8,12 +8,12 @@ MLP outputs zeroed, residual kept). Greedy, ``max_new_tokens`` new tokens.
   blank line, the problem. The system prompt: :func:`frankeneval.core.prompts.resolve_system_prompt` of the model
   (``system_prompt="auto"``: docs/method.md's name rule on the hub id / the directory's own name, a splice its sources';
   or ``reasoner`` / ``revisual`` / ``none`` / a text), recorded with the reason it was chosen.
-* Answer: the ``<answer>`` tag's content, else the last ``\\boxed{}`` (:func:`frankeneval.core.scoring.extract_final_answer`);
-  correct by :func:`frankeneval.core.scoring.math_equal` (normalized match, math-verify, numbers within 1e-6).
-  ``seed_compatible`` scores the same responses as the reference script does
-  (:func:`~frankeneval.core.scoring.reference_final_answer`: the first ``<answer>`` tag, "answer is" / "therefore"
-  patterns, the last 50 characters; :func:`~frankeneval.core.scoring.reference_math_correct`: adds a 1 % relative
-  error). Both modes default to the reference's 2048 new tokens.
+* Answer: the ``<answer>`` tag's content, else the last ``\\boxed{}``
+  (:func:`frankeneval.core.scoring.extract_final_answer`); correct by :func:`frankeneval.core.scoring.math_equal`
+  (normalized match, math-verify, numbers within 1e-6). ``seed_compatible`` scores the same responses as the reference
+  script does (:func:`~frankeneval.core.scoring.reference_final_answer`: the first ``<answer>`` tag, "answer is" /
+  "therefore" patterns, the last 50 characters; :func:`~frankeneval.core.scoring.reference_math_correct`: adds a 1 %
+  relative error). Both modes default to the reference's 2048 new tokens.
 
 Speed by design: the (question, layer) units are packed into batched generate calls with a different
 ``Ablate`` per row, question by question (rows of one batch share a prompt length: no padding waste). Every
@@ -160,7 +160,9 @@ def unit_key(dataset: str, q: Question, layer: int | None) -> str:
     return f"{dataset}/{q.index}/" + ("none" if layer is None else f"L{layer}")
 
 
-def reasoning_units(dataset: str, questions: Sequence[Question], layers: Sequence[int], system: str | None) -> list[Unit]:
+def reasoning_units(
+    dataset: str, questions: Sequence[Question], layers: Sequence[int], system: str | None
+) -> list[Unit]:
     """Units question by question: unablated first, then each ablated layer (unified index)."""
     from frankeneval.engine.generation import GenRequest
     from frankeneval.engine.interventions import Ablate
@@ -222,7 +224,9 @@ def run_reasoning_sweep(
     """
     if reasoning_prompt is not None:
         system_prompt = "reasoner" if reasoning_prompt else "none"
-    prompt = system_prompt if isinstance(system_prompt, SystemPrompt) else resolve_system_prompt(model_name, system_prompt)
+    prompt = (
+        system_prompt if isinstance(system_prompt, SystemPrompt) else resolve_system_prompt(model_name, system_prompt)
+    )
     out = Path(claim_for("localize-reasoning", out_dir, inputs=local_inputs(("model", model_name))))
     n_layers = generator.model.config.get_text_config().num_hidden_layers
     check_layers(layers, n_layers)

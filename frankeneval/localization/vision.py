@@ -5,8 +5,8 @@ For each probe pair (target image, source image, prompt) of each task, three kin
 * the **original** answer: the target image, no intervention;
 * the **source's own** answer: the source image, no intervention;
 * for each unified LLM layer ``L`` of the sweep, the **swapped** answer: the target image with, at every LLM
-  layer ``>= L`` (unified; decoder modules ``L - 1`` on), the keys/values at the visual-token positions replaced by the source's
-  post-RoPE keys/values, at prefill (decode steps read the edited cache). Greedy, ``max_new_tokens`` (64).
+  layer ``>= L`` (unified; decoder modules ``L - 1`` on), the keys/values at the visual-token positions replaced by
+  the source's post-RoPE keys/values, at prefill (decode steps read the edited cache). Greedy, ``max_new_tokens`` (64).
 
 The prompt is the data's ``prompt`` field verbatim (a literal ``<image>`` stays text), after the image. Pairs: the
 paper's sub-sample (``--samples k``: ``RandomState(seed).choice``, sorted; default all). Before any model work every
@@ -208,7 +208,8 @@ def plain_key(image: Path, prompt: str, system: str | None) -> str:
 
 def swap_key(pair: ProbePair, layer: int, system: str | None = None, *, seed_compatible: bool = False) -> str:
     """Store key of a swap unit: pair, prompt (+ system), layer, and the seed-compatible mode (never mixed)."""
-    return f"swap/{pair.task}/{pair.id}/{_text_digest(system, pair.prompt)}/L{layer}" + ("/seed" if seed_compatible else "")
+    key = f"swap/{pair.task}/{pair.id}/{_text_digest(system, pair.prompt)}/L{layer}"
+    return key + ("/seed" if seed_compatible else "")
 
 
 def _open_image(path: Path):
@@ -238,13 +239,14 @@ def vision_units(pairs_by_task: dict[str, list[ProbePair]], layers: Sequence[int
             for key, image in ((k_orig, pair.target_image), (k_src, pair.source_image)):
                 if key not in seen:
                     seen.add(key)
-                    units.append(Unit(key, ("plain", image, prompt), [], {"kind": "plain", "image": str(image)}, group=pair.id))
+                    units.append(Unit(key, ("plain", image, prompt), [], {"kind": "plain", "image": str(image)},
+                                      group=pair.id))
             swapped = {}
             for layer in layers:
                 key = swap_key(pair, layer, system, seed_compatible=seed_compatible)
                 swapped[layer] = key
-                units.append(Unit(key, ("swap", pair, prompt, layer), [], {"kind": "swap", "task": task,
-                                                                           "pair": pair.id, "layer": layer}, group=pair.id))
+                info = {"kind": "swap", "task": task, "pair": pair.id, "layer": layer}
+                units.append(Unit(key, ("swap", pair, prompt, layer), [], info, group=pair.id))
             keys[(task, pair.id)] = {"original": k_orig, "source_own": k_src, "swapped": swapped}
     return units, keys
 
@@ -334,7 +336,8 @@ def run_vision_sweep(
 
         bar = tqdm(total=todo, desc="swap sweep", unit="gen")
     try:
-        execute = make_executor(generator, max_new_tokens=max_new_tokens, system=system, seed_compatible=seed_compatible)
+        execute = make_executor(generator, max_new_tokens=max_new_tokens, system=system,
+                                seed_compatible=seed_compatible)
         run_units(units, execute, store, batch_size=batch_size, progress=bar.update if bar else None)
     finally:
         if bar:

@@ -17,9 +17,10 @@ A rate whose denominator is 0 (e.g. N = 0) is ``None``, never 0.
 
 Intervals: every M is the mean of a per-item 0/1 indicator (M_vis: A and not B; M_v2r: A and B; M_rea: A), so its
 95 % interval is a **percentile bootstrap over items** (2000 resamples, ``numpy.random.default_rng(seed)``, seed 0 by
-default; the same procedure as :func:`bootstrap_mean_ci` here, which the leaderboard uses). A difference to IN (``RL - IN``,
-``variant - IN``) is **paired**: the items both models scored (the intersection of their paired ids), the mean of the
-per-item indicator differences, and a percentile bootstrap that resamples those items (both models together).
+default; the same procedure as :func:`bootstrap_mean_ci` here, which the leaderboard uses). A difference to IN
+(``RL - IN``, ``variant - IN``) is **paired**: the items both models scored (the intersection of their paired ids), the
+mean of the per-item indicator differences, and a percentile bootstrap that resamples those items (both models
+together).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Materialize a Frankenstein checkpoint from a :class:`~frankeneval.transferability.mergespec.MergeSpec`, and check one.
+"""Materialize a Frankenstein checkpoint from a :class:`~frankeneval.transferability.mergespec.MergeSpec`, and check
+one.
 
 :func:`materialize` writes an ordinary hub-layout checkpoint (``model-0000i-of-0000n.safetensors`` +
 ``model.safetensors.index.json`` + the host's config / tokenizer / processor / chat template / generation
@@ -122,7 +123,9 @@ def open_sources(spec: MergeSpec, *, allow_pickle: bool = False) -> dict[str, Ch
     return out
 
 
-def plan_splice(spec: MergeSpec, checkpoints: dict[str, Checkpoint] | None = None, *, allow_pickle: bool = False) -> SplicePlan:
+def plan_splice(
+    spec: MergeSpec, checkpoints: dict[str, Checkpoint] | None = None, *, allow_pickle: bool = False
+) -> SplicePlan:
     """Open the sources, refuse incompatible ones, and decide the source of every output tensor."""
     ckpts = checkpoints or open_sources(spec, allow_pickle=allow_pickle)
     names = list(ckpts)
@@ -672,7 +675,9 @@ class VerifyReport:
         if self.ok:
             src = ", ".join(f"{k}: {v}" for k, v in sorted(self.per_source.items()))
             warn = f" (warning: {'; '.join(self.source_changes)})" if self.source_changes else ""
-            return f"OK: {self.n_checked}/{self.n_tensors} tensors equal their declared sources bit for bit ({src}){warn}"
+            return (
+                f"OK: {self.n_checked}/{self.n_tensors} tensors equal their declared sources bit for bit ({src}){warn}"
+            )
         head = (f"FAILED: {len(self.mismatches)} mismatching, {len(self.missing)} missing, "
                 f"{len(self.extra)} undeclared tensor(s)")
         if self.damage:
@@ -725,7 +730,9 @@ def verify(out_dir: str | os.PathLike, *, progress: bool = False, allow_pickle: 
     for name, info in prov["sources"].items():
         ckpt = _open_recorded_source(name, info, allow_pickle)
         if os.path.realpath(ckpt.path) == os.path.realpath(out):
-            raise SpliceError(f"{out}: its recorded source {name} is the splice itself; there is nothing to check it against")
+            raise SpliceError(
+                f"{out}: its recorded source {name} is the splice itself; there is nothing to check it against"
+            )
         sources[name] = ckpt
         if ckpt.fingerprint()["weights_sha256"] != info.get("weights_sha256"):
             report.source_changes.append(f"source {name} ({info.get('ref')}) changed since the splice was written")

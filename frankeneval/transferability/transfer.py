@@ -235,6 +235,8 @@ def _run_cells(
     grading: str | None = None,
     seed_compatible: bool = False,
     skip_broken: bool = False,
+    judge: bool | None = None,
+    description_source: str | None = None,
     runner: CellRunner | None = None,
     progress: Callable[[str], None] = print,
     _keep_fds: tuple[int, ...] = (),
@@ -249,6 +251,10 @@ def _run_cells(
     ``FRANKENEVAL_GRADING`` in every cell, recorded in the manifest.
     ``seed_compatible``: the reference's behaviour wherever it deviates (grading ``seed`` unless ``grading`` is
     given; ``FRANKENEVAL_SEED_COMPATIBLE=1``); in the manifest, and in the run store's header when on.
+    ``judge``: the LLM judge on (True) or off (False) in every cell (``FRANKENEVAL_JUDGE``; None: the environment's).
+    ``description_source``: who writes the black + description texts, ``judge`` or ``caption_bard`` (the released
+    Bard captions, a named alternative) or ``auto`` (``FRANKENEVAL_DESCRIPTION_SOURCE``; None: the environment's).
+    Both are recorded in the manifest and the run store's header when given.
     Before the first lmms-eval cell the tasks' inputs are checked (:func:`.cells.harness_preflight`): a broken
     one stops the run; ``skip_broken`` leaves such items out and records them in the manifest's ``skipped_inputs``.
     ``runner`` (default :func:`.cells.lmms_eval_runner`) is called once per cell that has to run.
@@ -258,12 +264,20 @@ def _run_cells(
     run_dir.mkdir(parents=True, exist_ok=True)
     default_runner = runner is None or runner is cells.lmms_eval_runner
     grading = _check_settings(model_args, grading, seed_compatible)
+    if description_source is not None and description_source not in ("auto", "judge", "caption_bard"):
+        raise FrankenevalError(f"description_source must be auto, judge or caption_bard, not {description_source!r}")
     settings = {"sample_size": sample_size, "sample_seed": sample_seed, "max_new_tokens": max_new_tokens,
                 "model_args": model_args or "", "data_dir": str(data_dir) if data_dir else None,
                 "system_prompt": "auto" if system_prompt is None else str(system_prompt), "grading": grading,
                 # only when on: run folders made before the switch existed (off) keep resuming
-                **({"seed_compatible": True} if seed_compatible else {})}
+                **({"seed_compatible": True} if seed_compatible else {}),
+                **({"judge": bool(judge)} if judge is not None else {}),
+                **({"description_source": description_source} if description_source is not None else {})}
     env = {**dict(env or {}), **_grading_env(grading, seed_compatible, skip_broken)}
+    if judge is not None:
+        env["FRANKENEVAL_JUDGE"] = "1" if judge else "0"
+    if description_source is not None:
+        env["FRANKENEVAL_DESCRIPTION_SOURCE"] = description_source
     prompts = cells.system_prompts(run_dir, models, system_prompt, seed_compatible=seed_compatible)
     models = {label: {**dict(info), "system_prompt": prompts[label][0].name,
                       "system_prompt_reason": prompts[label][0].reason} for label, info in models.items()}

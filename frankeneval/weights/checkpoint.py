@@ -67,7 +67,9 @@ class TensorInfo:
         return self.numel * DTYPE_SIZES.get(self.dtype, 4)
 
 
-def resolve(ref: str | os.PathLike, *, revision: str | None = None, token: str | None = None) -> tuple[Path, str, str | None]:
+def resolve(
+    ref: str | os.PathLike, *, revision: str | None = None, token: str | None = None
+) -> tuple[Path, str, str | None]:
     """Local directory for a lineage member: ``(path, source_id, revision)``.
 
     ``ref`` is a local directory or a hub id. Hub ids go through huggingface_hub's cache
@@ -130,7 +132,9 @@ def _snapshot_revision(path: Path) -> str | None:
 class Checkpoint:
     """One lineage member on disk: config, tensor index, lazy per-tensor reads."""
 
-    def __init__(self, path: Path, *, source_id: str | None = None, revision: str | None = None, allow_pickle: bool = False):
+    def __init__(
+        self, path: Path, *, source_id: str | None = None, revision: str | None = None, allow_pickle: bool = False
+    ):
         self.path = Path(path)
         self.source_id = source_id or str(self.path)
         self.revision = revision
@@ -249,10 +253,14 @@ class Checkpoint:
         out: dict[str, TensorLocation] = {}
         for shard in self.shards:
             if shard.endswith(".safetensors"):
-                out.update((n, loc) for n, loc in self._header(shard).tensors.items() if self._weight_map.get(n) == shard)
+                out.update(
+                    (n, loc) for n, loc in self._header(shard).tensors.items() if self._weight_map.get(n) == shard
+                )
         absent = [n for n, s in self._weight_map.items() if s.endswith(".safetensors") and n not in out]
         if absent:
-            raise MissingShard(f"{self.source_id}: tensors listed in the index but absent from their shard: {absent[:5]}")
+            raise MissingShard(
+                f"{self.source_id}: tensors listed in the index but absent from their shard: {absent[:5]}"
+            )
         return out
 
     def locations(self) -> dict[str, TensorLocation]:
@@ -277,7 +285,9 @@ class Checkpoint:
                     infos[name] = TensorInfo(name, tuple(t.shape), _torch_to_st_dtype(t.dtype), shard)
         absent = [n for n in self._weight_map if n not in infos]
         if absent:
-            raise MissingShard(f"{self.source_id}: tensors listed in the index but absent from their shard: {absent[:5]}")
+            raise MissingShard(
+                f"{self.source_id}: tensors listed in the index but absent from their shard: {absent[:5]}"
+            )
         return infos
 
     # -- reads ------------------------------------------------------------------------------
@@ -423,7 +433,9 @@ def _read_index(path: Path) -> dict[str, str]:
     except (OSError, ValueError) as exc:
         raise CorruptCheckpoint(f"{path}: weights index is not valid JSON ({exc})") from None
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
-    if not isinstance(weight_map, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+    ):
         raise CorruptCheckpoint(f"{path}: weights index has no \"weight_map\" object of tensor name -> shard file")
     return dict(weight_map)
 
@@ -450,7 +462,9 @@ class CompatibilityReport:
         return not self.missing and not self.shape_mismatches
 
 
-def compare_architectures(checkpoints: Sequence[Checkpoint], labels: Sequence[str] | None = None) -> CompatibilityReport:
+def compare_architectures(
+    checkpoints: Sequence[Checkpoint], labels: Sequence[str] | None = None
+) -> CompatibilityReport:
     """Compare tensor names (canonical), shapes and dtypes of several checkpoints (headers only)."""
     labels = list(labels or [f"checkpoint{i}" for i in range(len(checkpoints))])
     infos = [{c.architecture.canonical_name(k): v for k, v in c.tensor_infos().items()} for c in checkpoints]
@@ -469,7 +483,9 @@ def compare_architectures(checkpoints: Sequence[Checkpoint], labels: Sequence[st
     return CompatibilityReport(labels, missing, shapes, dtypes)
 
 
-def check_compatible(checkpoints: Sequence[Checkpoint], labels: Sequence[str] | None = None, *, show: int = 8) -> CompatibilityReport:
+def check_compatible(
+    checkpoints: Sequence[Checkpoint], labels: Sequence[str] | None = None, *, show: int = 8
+) -> CompatibilityReport:
     """Raise :class:`ArchitectureMismatch` listing the first mismatches unless the checkpoints share
     every tensor name and shape. dtype differences are allowed and reported in the returned report."""
     report = compare_architectures(checkpoints, labels)
@@ -479,6 +495,7 @@ def check_compatible(checkpoints: Sequence[Checkpoint], labels: Sequence[str] | 
         more = f"\n  ... and {len(problems) - show} more" if len(problems) > show else ""
         raise ArchitectureMismatch(
             f"checkpoints {', '.join(report.labels)} have different architectures "
-            f"({len(report.missing)} missing tensor(s), {len(report.shape_mismatches)} shape mismatch(es)):\n  {lines}{more}"
+            f"({len(report.missing)} missing tensor(s), {len(report.shape_mismatches)} shape mismatch(es)):"
+            f"\n  {lines}{more}"
         )
     return report

@@ -62,7 +62,9 @@ def _key(path: Path) -> tuple[Path, dict]:
 def file_digest(path: str | os.PathLike, *, cache: bool = True) -> str:
     """The SHA-256 hex digest of the file ``path`` (symlinks followed), from the cache when its stamp matches."""
     real, stamp = _key(Path(path))
-    entry = fingerprint_cache_dir() / (hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:32] + ".json")
+    entry = fingerprint_cache_dir() / (
+        hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:32] + ".json"
+    )
     if cache:
         try:
             rec = json.loads(entry.read_text())
@@ -75,7 +77,9 @@ def file_digest(path: str | os.PathLike, *, cache: bool = True) -> str:
         return digest
     if cache:
         try:
-            write_json_atomic(entry, {"version": CACHE_VERSION, "algorithm": ALGORITHM, "stamp": stamp, "digest": digest})
+            write_json_atomic(
+                entry, {"version": CACHE_VERSION, "algorithm": ALGORITHM, "stamp": stamp, "digest": digest}
+            )
         except OSError:
             pass  # a read-only cache only costs a re-hash next time
     return digest

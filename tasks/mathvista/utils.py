@@ -12,6 +12,7 @@ of the size the image is shown at (the reference's pixel cap of 921,600 = 1280 x
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +117,11 @@ def build_docs(spec: dict, settings: TaskSettings) -> list[dict]:
                 "The black-image controls need no images."
             )
     if control == "blackdesc":
-        add_descriptions(good, settings)
+        if add_descriptions(good, settings):  # an item without a description is left out of the setting, counted
+            docs = [d if d.get("description_source") != "missing" else
+                    {"id": d["id"], "left_out": {"path": "description", "reason": d["description_error"]}}
+                    for d in docs]
+            good = [d for d in good if d.get("description_source") != "missing"]
     for d in good:
         if control is not None:
             d["decoded_image"] = None  # the controls never show the image
@@ -130,32 +135,35 @@ def description_source(settings: TaskSettings) -> str:
     return settings.description_source
 
 
-def add_descriptions(docs: list[dict], settings: TaskSettings) -> None:
-    """Fill ``description`` / ``description_source`` (judge-written and cached, or the data's ``caption_bard``)."""
+def add_descriptions(docs: list[dict], settings: TaskSettings) -> int:
+    """Fill ``description`` / ``description_source`` from the named source only: ``judge`` (written by the judge
+    model with the reference's texts, cached per item: :meth:`frankeneval.core.grading.Judge.describe_image`) or
+    ``caption_bard`` (the data's released captions). Never another kind of description: an item whose description
+    cannot be had gets ``description_source: missing`` and ``description_error`` (the caller leaves it out of the
+    setting and counts it). Returns the number of such items."""
     source = description_source(settings)
     judge = common.get_judge(settings) if source == "judge" else None
     for d in docs:
+        d["description_error"] = ""
         if judge is not None:
             from frankeneval.core.grading import JudgeUnavailable
 
             try:
                 d["description"], d["description_source"] = judge.describe_image(common.open_image(d)), "judge"
-                continue
-            except JudgeUnavailable:
-                pass
-        if d["caption_bard"]:
+            except JudgeUnavailable as exc:
+                d["description"], d["description_source"] = "", "missing"
+                d["description_error"] = f"no description: the judge failed ({str(exc)[:200]})"
+        elif d["caption_bard"]:
             d["description"], d["description_source"] = d["caption_bard"], "caption_bard"
         else:
             d["description"], d["description_source"] = "", "missing"
+            d["description_error"] = "no description: the item has no caption_bard"
     n_missing = sum(d["description_source"] == "missing" for d in docs)
     if n_missing:
-        try:
-            from loguru import logger
-
-            logger.warning(f"black-image + description: {n_missing} of {len(docs)} items have no description "
-                           "(no caption_bard and no judge); they are shown with an empty description.")
-        except ImportError:  # pragma: no cover
-            pass
+        print(f"frankeneval: black-image + description ({source}): {n_missing} of {len(docs)} items have no "
+              "description; they are left out of this setting (listed in transfer.json's skipped_inputs)",
+              file=sys.stderr)
+    return n_missing
 
 
 # --------------------------------------------------------------------------- prompt hooks
@@ -249,20 +257,32 @@ def mathvista_process_results(doc: dict, results: list[str], settings: TaskSetti
     """``rule_acc`` (the rules: only a stated final answer counts, see
     :func:`frankeneval.tasks.mathvista.scoring.mathvista_rule_verdict`; an answer
     that hit ``max_new_tokens`` is credited only from a tag or box), ``judge_acc`` / ``judge_error`` with the
-    judge on (``grading: paper`` rules first, or ``seed``), and ``mathvista_acc`` with ``extraction: mathvista``
+    judge on (``grading: paper`` rules first, or ``seed``: then ``rule_acc`` is the reference's rule check and the
+    judge sees the reference's extraction, :func:`common.judge_fields`), and ``mathvista_acc`` with
+    ``extraction: mathvista``
     (MathVista's own extraction then normalization, :func:`mathvista_protocol`)."""
     settings = settings or TaskSettings.resolve()
     response = results[0] if results else ""
     truncated = bool(getattr(response, "hit_limit", None))
+    choices = list(doc.get("choices") or [])
     v = mathvista_rule_verdict(response, doc, truncated=truncated)
     ok, pred, extracted, method = v["correct"], v["prediction"], v["extracted"], v["method"]
     out: dict[str, Any] = {"rule_acc": {"id": doc["id"], "score": int(ok), "prediction": pred, "target": doc["target"],
                                         "extracted": extracted, "method": method, "verdict": v["verdict"],
                                         "truncated": truncated, "category": doc.get("category", ""),
                                         "control": doc.get("control", "image")}}
+    if doc.get("control") == "blackdesc":
+        out["rule_acc"]["description_source"] = doc.get("description_source", "")
+    if settings.grading == "seed":  # the reference's extraction and rule check
+        out["rule_acc"] = {**common.seed_rule_acc(doc["id"], str(response), doc["target"], choices),
+                           "truncated": truncated, "category": doc.get("category", ""),
+                           "control": doc.get("control", "image"),
+                           **({"description_source": doc.get("description_source", "")}
+                              if doc.get("control") == "blackdesc" else {})}
+        ok = bool(out["rule_acc"]["score"])
     if settings.judge:
-        out.update(common.judge_fields(settings, doc["id"], ok, doc["question"], list(doc.get("choices") or []),
-                                       doc["target"], response, extracted=extracted))
+        out.update(common.judge_fields(settings, doc["id"], ok, doc["question"], choices, doc["target"], response,
+                                       full_question=mathvista_question(doc)))
     if settings.extraction == "mathvista":
         out["mathvista_acc"] = mathvista_protocol(doc, str(response), settings)
     return out

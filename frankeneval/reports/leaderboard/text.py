@@ -152,10 +152,26 @@ def missing_note(board: Leaderboard) -> str | None:
 
 
 def skipped_note(board: Leaderboard, show: int = 10) -> str | None:
-    """One line naming the inputs the cells left out as broken (``transfer --skip-broken``), or None."""
-    if not board.skipped:
-        return None
-    items = [f"{x.get('task')} {x.get('id')}: {x.get('path')} ({x.get('reason')})" for x in board.skipped[:show]]
-    more = f"; ... {len(board.skipped) - show} more in transfer.json" if len(board.skipped) > show else ""
-    return (f"Skipped broken inputs ({len(board.skipped)}; left out of their task's cells, --skip-broken): "
+    """One line naming the inputs the cells left out as broken (``transfer --skip-broken``), or None; then, when
+    any, the black + description items left out for want of a description (:func:`description_note`)."""
+    broken = [x for x in board.skipped if x.get("path") != "description"]
+    described = description_note(board, show)
+    if not broken:
+        return described
+    items = [f"{x.get('task')} {x.get('id')}: {x.get('path')} ({x.get('reason')})" for x in broken[:show]]
+    more = f"; ... {len(broken) - show} more in transfer.json" if len(broken) > show else ""
+    line = (f"Skipped broken inputs ({len(broken)}; left out of their task's cells, --skip-broken): "
             + "; ".join(items) + more)
+    return line + (". " + described if described else "")
+
+
+def description_note(board: Leaderboard, show: int = 10) -> str | None:
+    """One line counting the black + description items left out because their description could not be had (the
+    judge failed, or the named caption source has none), or None."""
+    left = [x for x in board.skipped if x.get("path") == "description"]
+    if not left:
+        return None
+    items = [f"{x.get('task')} {x.get('id')} ({x.get('reason')})" for x in left[:show]]
+    more = f"; ... {len(left) - show} more in transfer.json" if len(left) > show else ""
+    return (f"Left out of black + description, no description ({len(left)}; not given another kind of "
+            "description): " + "; ".join(items) + more)
