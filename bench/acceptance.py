@@ -253,7 +253,7 @@ def image_broken(path: Path) -> str | None:
 def probe_selection(probes: Path, samples: int | None, broken: dict) -> tuple[dict, list[str]]:
     """(the pairs each probe command runs, per task, the selected ids left out as broken): the command's selection
     (select_pairs, then selected pairs with a broken image left out, not replaced)."""
-    from frankeneval.core.probes import PROBE_TASKS, load_probe_pairs
+    from frankeneval.evaluation.probes import PROBE_TASKS, load_probe_pairs
     from frankeneval.localization.vision import select_pairs
 
     good, left_out = {}, []

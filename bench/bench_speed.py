@@ -400,9 +400,9 @@ def _tally(units, batched, alone, kinds) -> dict:
 
 
 def bench_same(args, model_path: str, layers: list[int], model_name: str) -> dict:
-    from frankeneval.core.prompts import resolve_system_prompt
     from frankeneval.engine.generation import GenRequest
     from frankeneval.engine.interventions import SwapVisualKV
+    from frankeneval.evaluation.prompts import resolve_system_prompt
     from frankeneval.localization.reasoning import load_questions, reasoning_units
     from frankeneval.localization.vision import load_probe_sets, vision_units
 

@@ -16,7 +16,7 @@ decoder layer 11; ``+`` between list items, README "Layer grammar"), ``backend``
 without interventions; ``gpu_memory_utilization``: vLLM's, default 0.1 without a CUDA device -- vLLM's CPU build --
 else vLLM's own), ``system_prompt`` (default ``auto``: docs/method.md's rule on the hub id or the directory's own
 name, a splice its sources' prompt; ``reasoner``, ``revisual``, ``none`` = the chat template's default, ``@FILE`` or a
-text: :mod:`frankeneval.core.prompts`), ``keep_blank_line_stop`` (False: like lmms-eval's own Qwen2.5-VL model, a
+text: :mod:`frankeneval.evaluation.prompts`), ``keep_blank_line_stop`` (False: like lmms-eval's own Qwen2.5-VL model, a
 ``"\\n\\n"`` stop sequence is ignored), ``seed_compatible`` (the paper's reference code where it deviates: ``swapkv``
 re-appends the source's visual K/V at every decode step, and the checkpoint's generation_config repetition penalty
 applies, as the reference passes none; unset: ``FRANKENEVAL_SEED_COMPATIBLE``, which the tasks' scoring reads too).

@@ -13,8 +13,8 @@ wrapper through :mod:`frankeneval.model_wrappers.model_args`.
 
 Model args: as the lmms-eval model (``pretrained``/``splice``, ``dtype``, ``device``, ``device_map``,
 ``attn_implementation``, ``batch_size``, ``max_batch_size``, ``max_new_tokens``, ``intervention``,
-``system_prompt``: default ``auto``, :mod:`frankeneval.core.prompts`) plus ``chat`` (default True: the context is the
-user turn of the chat template and the continuation / generation is the assistant's reply; False: raw text, as
+``system_prompt``: default ``auto``, :mod:`frankeneval.evaluation.prompts`) plus ``chat`` (default True: the context
+is the user turn of the chat template and the continuation / generation is the assistant's reply; False: raw text, as
 lm-eval's ``hf`` model).
 ``device``, ``batch_size`` and ``max_batch_size`` may also come from lm-eval's ``--device`` / ``--batch_size`` /
 ``--max_batch_size``; a value in ``--model_args`` wins (lm-eval always passes its defaults, e.g. ``device=cuda:0``).

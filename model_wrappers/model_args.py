@@ -114,11 +114,11 @@ def seed_compatible_arg(value) -> bool:
 
 
 def system_prompt_arg(pretrained: str, value: str | None):
-    """``system_prompt`` (default ``auto``): the :class:`frankeneval.core.prompts.SystemPrompt` for ``pretrained``
+    """``system_prompt`` (default ``auto``): the :class:`frankeneval.evaluation.prompts.SystemPrompt` for ``pretrained``
     (``auto`` = docs/method.md's name rule, or a splice's sources; ``reasoner`` / ``revisual`` / ``none``; ``@FILE``
     or a file path; or the text itself, ``\\n`` escapes allowed). Logged, so the harness's log says which and
     why."""
-    from frankeneval.core.prompts import resolve_system_prompt
+    from frankeneval.evaluation.prompts import resolve_system_prompt
 
     prompt = resolve_system_prompt(pretrained, value)
     log.info("franken_qwen: system prompt %s", prompt)

@@ -57,7 +57,7 @@ has a verdict: with any judge error it is NaN (shown as "–" beside the error c
 errors as wrong or one over the rule-credited samples alone. ``grading: seed`` lets the judge decide every item (see
 :func:`judge_fields`). MathVista with ``extraction: mathvista`` adds ``mathvista_acc`` (MathVista's own protocol).
 With the judge on (or ``description_source: judge``), loading a task's docs first asks the judge once
-(:meth:`frankeneval.core.grading.Judge.probe`): a judge that does not answer stops the run with one line naming
+(:meth:`frankeneval.evaluation.grading.Judge.probe`): a judge that does not answer stops the run with one line naming
 the server and model. Per-sample values are dicts with
 ``id`` and ``score`` (0/1), kept in lmms-eval's samples file for bootstrapping.
 """
@@ -71,16 +71,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from frankeneval.core import scoring
-from frankeneval.core.data import DEFAULT_SAMPLE_SEED, DEFAULT_SAMPLE_SIZE, DataNotFound
-from frankeneval.core.inputs_check import (
+from frankeneval.errors import FrankenevalError
+from frankeneval.evaluation import scoring
+from frankeneval.evaluation.data import DEFAULT_SAMPLE_SEED, DEFAULT_SAMPLE_SIZE, DataNotFound
+from frankeneval.evaluation.inputs_check import (
     Broken,
     check_inputs,
     format_skipped,
     image_problem,
     parse_row,
 )
-from frankeneval.errors import FrankenevalError
 
 INSTRUCTION = 'Please solve the problem step by step and put your answer in one "\\boxed{}".'
 
@@ -139,7 +139,7 @@ class TaskSettings:
         extraction = str(get("extraction", "FRANKENEVAL_EXTRACTION", "rules")).strip().lower()
         if extraction not in ("rules", "mathvista"):
             raise FrankenevalError(f"extraction must be rules or mathvista, not {extraction!r}")
-        from frankeneval.core.grading import judge_number_setting
+        from frankeneval.evaluation.grading import judge_number_setting
 
         timeout = get("judge_timeout", "FRANKENEVAL_JUDGE_TIMEOUT")
         retries = get("judge_retries", "FRANKENEVAL_JUDGE_RETRIES")
@@ -170,8 +170,9 @@ _JUDGES_LOCK = threading.Lock()
 
 
 def get_judge(settings: TaskSettings):
-    """One :class:`frankeneval.core.grading.Judge` per (model, server, cache, timeout, retries) in this process."""
-    from frankeneval.core.grading import Judge, JudgeConfig
+    """One :class:`frankeneval.evaluation.grading.Judge` per (model, server, cache, timeout, retries) in this
+    process."""
+    from frankeneval.evaluation.grading import Judge, JudgeConfig
 
     key = (settings.judge_model, settings.judge_base_url, settings.judge_cache, settings.judge_timeout,
            settings.judge_retries)
@@ -191,7 +192,7 @@ def judge_in_use(settings: TaskSettings) -> bool:
 def probe_judge(environ: Mapping[str, str]) -> None:
     """Fail fast before starting harness processes with ``environ``: when it turns the judge on (and
     ``FRANKENEVAL_JUDGE_PROBE`` is not 0), ask the judge once; JudgeNotAnswering (one line) if it does not answer."""
-    from frankeneval.core.grading import Judge, JudgeConfig
+    from frankeneval.evaluation.grading import Judge, JudgeConfig
 
     settings = TaskSettings.resolve(None, environ=environ)
     if judge_in_use(settings) and settings.judge_probe:
@@ -240,7 +241,7 @@ def _check_doc(doc: dict) -> dict:
 def check_docs(task: str, docs: list[dict], settings: TaskSettings) -> tuple[list[dict], list[dict]]:
     """``(usable docs, skipped)``: every selected doc's row parsed (no placeholder of :func:`row_doc`) and, in the
     image setting, its image file decoded. A broken one raises one
-    :class:`~frankeneval.core.inputs_check.BrokenInput`, or with ``skip_broken`` is left out and returned as
+    :class:`~frankeneval.evaluation.inputs_check.BrokenInput`, or with ``skip_broken`` is left out and returned as
     ``{"task", "id", "path", "reason"}``. A doc the task leaves out (``left_out``, e.g. a black + description item
     whose description cannot be had) is always returned among the skipped, never run."""
     left_out = [{"id": str(d.get("id")), **d["left_out"]} for d in docs if "left_out" in d]
@@ -283,8 +284,9 @@ def _task_configs() -> dict[str, tuple[Path, dict]]:
 def check_task_inputs(names: list[str], environ: Mapping[str, str]) -> list[dict]:
     """Before a harness run under ``environ``: every frankeneval task among ``names`` (groups expanded) that shows
     the image or reads local rows has its docs built and checked (:func:`check_docs`) as its run will. Returns the
-    skipped items (``skip_broken`` on), or raises :class:`~frankeneval.core.inputs_check.BrokenInput`. The controls
-    (same rows as their image task, no image) and hub data are left to the run; other harness tasks are not read."""
+    skipped items (``skip_broken`` on), or raises :class:`~frankeneval.evaluation.inputs_check.BrokenInput`. The
+    controls (same rows as their image task, no image) and hub data are left to the run; other harness tasks are
+    not read."""
     import importlib
 
     configs = _task_configs()
@@ -331,7 +333,7 @@ def judge_fields(settings: TaskSettings, doc_id: str, rule_ok: bool, question: s
     """``judge_acc`` / ``judge_error`` of one sample. ``grading: paper`` (default): rules first -- a rule-correct
     sample costs no judge call; a judge failure is ``judge_error``, not a wrong answer. ``grading: seed`` (the
     reference): the judge decides every sample from the reference's extraction of the response
-    (:func:`frankeneval.core.scoring.reference_final_answer`, the same for every task), with the reference's texts
+    (:func:`frankeneval.evaluation.scoring.reference_final_answer`, the same for every task), with the reference's texts
     (``full_question``: the question with its Choices block, else ``question``; choices as a JSON list); its verdict
     is ``bool(is_correct)``, an unparsable reply is true when "true" is in its first 100 characters, and a failed call
     counts as wrong (and in ``judge_error``). What is kept of the judge's reply is its verdict, the extracted answer
@@ -354,8 +356,8 @@ def judge_fields(settings: TaskSettings, doc_id: str, rule_ok: bool, question: s
 
 def seed_rule_acc(doc_id: str, response: str, target: Any, choices=None) -> dict:
     """``rule_acc`` of one sample under ``grading: seed``: the reference's extraction
-    (:func:`frankeneval.core.scoring.reference_final_answer`) and its rule check
-    (:func:`frankeneval.core.scoring.reference_rule_correct`: MCQ letters, letter to choice, 90 % containment,
+    (:func:`frankeneval.evaluation.scoring.reference_final_answer`) and its rule check
+    (:func:`frankeneval.evaluation.scoring.reference_rule_correct`: MCQ letters, letter to choice, 90 % containment,
     math-verify, 1e-6 or 1 %)."""
     extracted = scoring.reference_final_answer(response, choices or None)
     ok = scoring.reference_rule_correct(extracted, target, choices=choices or None, response=response)

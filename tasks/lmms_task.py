@@ -16,7 +16,7 @@ from lmms_eval.api.task import ConfigurableTask
 
 
 class FrankenTask(LocalDocsTask, ConfigurableTask):
-    """A ConfigurableTask whose data come from :mod:`frankeneval.core.data` (hub or local), sub-sampled as the
+    """A ConfigurableTask whose data come from :mod:`frankeneval.evaluation.data` (hub or local), sub-sampled as the
     paper; a folder's subclass sets :meth:`build_docs`, which makes the docs from the YAML's ``dataset_kwargs``."""
 
     def download(self, dataset_kwargs: dict | None = None) -> None:

@@ -7,7 +7,13 @@ import os
 import numpy as np
 import pytest
 
-from frankeneval.core.data import DataNotFound, load_benchmark_rows, resolve_local_file, subsample, subsample_indices
+from frankeneval.evaluation.data import (
+    DataNotFound,
+    load_benchmark_rows,
+    resolve_local_file,
+    subsample,
+    subsample_indices,
+)
 
 
 def test_subsample_is_the_papers_rule():

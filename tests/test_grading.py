@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from frankeneval.core.grading import Judge, JudgeConfig, build_judge_prompt, parse_judge_json
+from frankeneval.evaluation.grading import Judge, JudgeConfig, build_judge_prompt, parse_judge_json
 
 
 class FakeServer:
@@ -162,7 +162,7 @@ def test_task_judge_metrics_rules_first_and_judge_error(server, tmp_path, monkey
     out = gsm8k_process_results(doc, ["the result is four"], settings)
     assert out["rule_acc"]["score"] == 0 and out["judge_acc"]["score"] == 1 and out["judge_error"] == 0
     server.default = (500, "down")
-    monkeypatch.setattr("frankeneval.core.grading.time.sleep", lambda s: None)
+    monkeypatch.setattr("frankeneval.evaluation.grading.time.sleep", lambda s: None)
     from frankeneval.tasks import common
 
     common._JUDGES.clear()
@@ -207,7 +207,7 @@ def test_non_boolean_verdict_is_judge_error_and_not_cached(server, tmp_path, ver
 def test_legacy_cached_null_verdict_is_not_reused(server, tmp_path):
     """A cache entry written by the old code for ``{"is_correct": null}`` is not read back as a wrong answer."""
     judge = make_judge(server, tmp_path)
-    from frankeneval.core.grading import JUDGE_SYSTEM
+    from frankeneval.evaluation.grading import JUDGE_SYSTEM
 
     messages = [{"role": "system", "content": JUDGE_SYSTEM},
                 {"role": "user", "content": build_judge_prompt("q", None, "1", "one")}]
@@ -257,8 +257,8 @@ def test_timeout_and_retries_are_settings(server, tmp_path, monkeypatch):
     """FRANKENEVAL_JUDGE_TIMEOUT / _RETRIES (and task metadata) bound a judge that does not answer."""
     from frankeneval.tasks.common import TaskSettings, get_judge
 
-    from frankeneval.core.grading import DEFAULT_JUDGE_RETRIES, DEFAULT_JUDGE_TIMEOUT_S
     from frankeneval.errors import FrankenevalError
+    from frankeneval.evaluation.grading import DEFAULT_JUDGE_RETRIES, DEFAULT_JUDGE_TIMEOUT_S
 
     assert (DEFAULT_JUDGE_TIMEOUT_S, DEFAULT_JUDGE_RETRIES) == (60.0, 3)
     assert (JudgeConfig().resolved().timeout_s, JudgeConfig().resolved().max_retries) == (60.0, 3)
@@ -346,7 +346,7 @@ def test_reply_text_and_keys_are_never_written(server, tmp_path, monkeypatch):
     from frankeneval.tasks.common import TaskSettings, judge_fields
     from PIL import Image
 
-    from frankeneval.core.grading import redact_secrets
+    from frankeneval.evaluation.grading import redact_secrets
 
     configured = "my-own-gateway-key-123456"
     monkeypatch.setenv("OPENAI_API_KEY", configured)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from frankeneval.core.inputs_check import BrokenInput
+from frankeneval.evaluation.inputs_check import BrokenInput
 
 RELEASED_BROKEN = "recognition_000058_t.jpg"  # truncated at 262,144 bytes in the released probe data
 
@@ -31,7 +31,7 @@ def _truncate_to_jpeg(png: Path) -> Path:
 @pytest.fixture()
 def broken_probes(tmp_path):
     """A counting probe folder of 3 pairs whose second pair's target image is a truncated JPEG."""
-    from frankeneval.core.probes import write_probe_pairs
+    from frankeneval.evaluation.probes import write_probe_pairs
 
     tdir = write_probe_pairs(tmp_path / "probes", tasks=("counting",), n=3, seed=0, size=96)["counting"]
     rows = [json.loads(line) for line in (tdir / "data.jsonl").read_text().splitlines()]
@@ -86,7 +86,7 @@ def test_skip_broken_leaves_the_pair_out_and_records_it(broken_probes, tiny_line
 
 
 def test_seed_compatible_selection_is_kept_when_skipping(broken_probes):
-    from frankeneval.core.probes import load_probe_pairs
+    from frankeneval.evaluation.probes import load_probe_pairs
     from frankeneval.localization.vision import select_pairs, select_probe_sets
 
     root, bad_id, _ = broken_probes
@@ -118,7 +118,7 @@ def test_released_truncated_probe_image_is_named(shared_data, monkeypatch):
 
 
 def test_malformed_probe_row_is_named_with_file_and_line(tmp_path):
-    from frankeneval.core.probes import write_probe_pairs
+    from frankeneval.evaluation.probes import write_probe_pairs
     from frankeneval.localization.vision import select_probe_sets
 
     tdir = write_probe_pairs(tmp_path, tasks=("ocr",), n=3, seed=0, size=96)["ocr"]

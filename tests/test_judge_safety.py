@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from frankeneval.core.grading import Judge, JudgeConfig, redact_secrets
+from frankeneval.evaluation.grading import Judge, JudgeConfig, redact_secrets
 
 USER, PASSWORD, QUERY_KEY, API_KEY = "alice", "hunter2-pass-77", "qk-0123456789abcdef", "sk-test-0123456789abcdef"
 BASIC = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()

@@ -8,7 +8,8 @@ part too: ``errors`` and the package root (``__version__``) to ``core``, ``cli``
 line (``commands``), ``models`` (the lmms-eval manifest) to ``model_wrappers``.
 
 Layers, bottom up: ``core`` (imports no other part) < ``weights`` < ``engine`` < the analyses (localization,
-characterization, transferability, necessity) < the rest (reports, miniature, tasks, wrappers, commands).
+characterization, transferability, necessity) < the rest (reports, miniature, tasks, wrappers, commands); the
+evaluation protocol (``evaluation``: data, probes, prompts, answer checks, the judge) imports only ``core``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "core": set(),
     "weights": {"core"},
     "engine": {"core", "weights"},
+    "evaluation": {"core"},
 }
 # what each analysis may not import
 MAY_NOT_IMPORT: dict[str, set[str]] = {a: set(ABOVE_ANALYSES) for a in ANALYSES}

@@ -79,7 +79,7 @@ def test_parse_layers_and_prompt_rule():
     with pytest.raises(FrankenevalError, match="only LLM layers"):
         parse_layers("vision", 6)
     # the system prompt rule itself: tests/test_prompts.py
-    from frankeneval.core.prompts import resolve_system_prompt
+    from frankeneval.evaluation.prompts import resolve_system_prompt
 
     assert resolve_system_prompt("lmms-lab/OpenMMReasoner-ColdStart").name == "reasoner"
     assert resolve_system_prompt("/ckpt/my-rl-model/").name == "reasoner"
@@ -119,7 +119,7 @@ def tiny_rl(tiny_lineage):
 
 @pytest.fixture(scope="module")
 def small_probes(tmp_path_factory):
-    from frankeneval.core.probes import write_probe_pairs
+    from frankeneval.evaluation.probes import write_probe_pairs
     from frankeneval.localization.vision import load_probe_sets
 
     root = tmp_path_factory.mktemp("probes")
@@ -210,9 +210,9 @@ REASONING_LAYERS = [1, 4, 6]
 
 
 def test_reasoning_sweep_batched_equals_single_runs_and_resumes(tiny_rl, shared_data, tmp_path):
-    from frankeneval.core.prompts import REASONER_SYSTEM_PROMPT
     from frankeneval.engine.generation import GenRequest
     from frankeneval.engine.interventions import Ablate
+    from frankeneval.evaluation.prompts import REASONER_SYSTEM_PROMPT
     from frankeneval.localization.reasoning import (
         load_questions,
         question_prompt,

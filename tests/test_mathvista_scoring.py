@@ -138,7 +138,7 @@ class _FakeJudge:
         self.verdict, self.asked = verdict, []
 
     def judge(self, question, choices, target, answer):
-        from frankeneval.core.grading import Judgment
+        from frankeneval.evaluation.grading import Judgment
 
         self.asked.append(answer)
         return Judgment(self.verdict, answer)
@@ -162,7 +162,7 @@ def test_paper_grading_rules_first_seed_grading_judge_decides_everything(monkeyp
 
 def test_seed_rule_on_the_judge_client(monkeypatch, tmp_path):
     """grading seed: an unparsable reply is read by "true" near its start; a failed call is wrong (and counted)."""
-    from frankeneval.core.grading import Judge, JudgeConfig, JudgeUnavailable
+    from frankeneval.evaluation.grading import Judge, JudgeConfig, JudgeUnavailable
 
     judge = Judge(JudgeConfig(model="m", cache_dir=tmp_path, max_retries=0))
     replies = iter(["True, the answer matches.", "It is false.", None])

@@ -345,7 +345,7 @@ def test_frankeneval_locks_are_created_exclusively_and_reused_when_stale(tmp_pat
 
 
 def test_make_probes_rerun_keeps_and_rewrites_only_its_own_folders(tmp_path):
-    from frankeneval.core.probes import write_probe_pairs
+    from frankeneval.evaluation.probes import write_probe_pairs
 
     out = tmp_path / "probes"
     first = write_probe_pairs(out, tasks=("counting",), n=2, seed=0, size=96)["counting"]

@@ -7,9 +7,9 @@ import json
 import pytest
 from PIL import Image
 
-from frankeneval.core.probes import PROBE_TASKS, load_probe_pairs, write_probe_pairs
-from frankeneval.core.scoring import box_iou
 from frankeneval.errors import FrankenevalError
+from frankeneval.evaluation.probes import PROBE_TASKS, load_probe_pairs, write_probe_pairs
+from frankeneval.evaluation.scoring import box_iou
 
 
 def test_generator_writes_the_shared_format_deterministically(tmp_path):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from frankeneval.core.prompts import (
+from frankeneval.evaluation.prompts import (
     REASONER_SYSTEM_PROMPT,
     REVISUAL_SYSTEM_PROMPT,
     resolve_system_prompt,

@@ -115,7 +115,7 @@ def _generator(path: Path):
 
 
 def _probes(root: Path):
-    from frankeneval.core.probes import write_probe_pairs
+    from frankeneval.evaluation.probes import write_probe_pairs
     from frankeneval.localization.vision import load_probe_sets
 
     write_probe_pairs(root, tasks=("counting",), n=2, seed=0, size=112)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from frankeneval.tasks.mathvista import scoring as MV
 
-from frankeneval.core import scoring as S
+from frankeneval.evaluation import scoring as S
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import argparse
 
 import pytest
 
-from frankeneval.core.scoring import math_equal, reference_final_answer, reference_math_correct
+from frankeneval.evaluation.scoring import math_equal, reference_final_answer, reference_math_correct
 from frankeneval.localization.reasoning import Question, summarize_reasoning, unit_key
 
 # --------------------------------------------------------------------------- the reference's answer rules
@@ -24,7 +24,7 @@ from frankeneval.localization.reasoning import Question, summarize_reasoning, un
     ("x" * 80, None, "x" * 50),
 ])
 def test_reference_extraction_differs_from_the_papers(response, paper, reference):
-    from frankeneval.core.scoring import extract_final_answer
+    from frankeneval.evaluation.scoring import extract_final_answer
 
     assert extract_final_answer(response)[0] == paper
     assert reference_final_answer(response) == reference
@@ -42,7 +42,7 @@ def _records(dataset, questions, layers, responses):
     for q in questions:
         for layer in [None, *layers]:
             text = responses[(q.index, layer)]
-            from frankeneval.core.scoring import extract_final_answer
+            from frankeneval.evaluation.scoring import extract_final_answer
 
             recs[unit_key(dataset, q, layer)] = {"response": text, "answer": extract_final_answer(text)[0]}
     return recs

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from frankeneval.core.grading import Judge, JudgeConfig
-from frankeneval.core.scoring import reference_final_answer, reference_mcq_letter, reference_rule_correct
+from frankeneval.evaluation.grading import Judge, JudgeConfig
+from frankeneval.evaluation.scoring import reference_final_answer, reference_mcq_letter, reference_rule_correct
 
 # --------------------------------------------------------------------------- the judge's texts, byte for byte
 
@@ -128,7 +128,7 @@ class _SeedJudge:
         self.asked = []
 
     def judge_seed(self, question, choices, target, answer):
-        from frankeneval.core.grading import Judgment
+        from frankeneval.evaluation.grading import Judgment
 
         self.asked.append((question, choices, target, answer))
         return Judgment(True, answer)
@@ -229,7 +229,7 @@ EXPECTED_DESCRIBE_USER = (
 def test_description_request_is_the_references_byte_for_byte(tmp_path):
     from PIL import Image
 
-    from frankeneval.core.grading import _image_data_url
+    from frankeneval.evaluation.grading import _image_data_url
 
     client = FakeClient("  A bar chart with three bars.  ")
     judge = _judge(tmp_path, client)
@@ -262,7 +262,7 @@ class _Describer:
         self.fail_red, self.calls = fail_red, 0
 
     def describe_image(self, image):
-        from frankeneval.core.grading import JudgeUnavailable
+        from frankeneval.evaluation.grading import JudgeUnavailable
 
         self.calls += 1
         if image.getpixel((0, 0))[0] == self.fail_red:

@@ -25,7 +25,7 @@ def _local_data(shared: Path, root: Path, k: int, seed: int = 123) -> Path:
     first ``k``-subsample of every category (the real images exist only on the hub)."""
     from PIL import Image
 
-    from frankeneval.core.data import load_benchmark_rows, subsample_indices
+    from frankeneval.evaluation.data import load_benchmark_rows, subsample_indices
 
     (root / "mathvista" / "images").mkdir(parents=True, exist_ok=True)
     for name in ("gsm8k", "math500", "vision_probes"):

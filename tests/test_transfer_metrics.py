@@ -136,7 +136,7 @@ V2_PERCEPTION = {"natural image": 109, "bar chart": 119, "table": 70, "pie chart
 def test_split_membership_and_deterministic_samples(shared_data, task, n_all):
     from frankeneval.tasks.common import TaskSettings
 
-    from frankeneval.core.data import load_benchmark_rows, subsample_indices
+    from frankeneval.evaluation.data import load_benchmark_rows, subsample_indices
 
     path = REPO / "tasks" / f"{task}.yaml"
     if "math500_v2" in task:

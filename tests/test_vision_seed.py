@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 from transformers import DynamicCache, GenerationConfig
 
-from frankeneval.core.probes import load_probe_pairs, write_probe_pairs
 from frankeneval.core.runstore import RunStoreMismatch
 from frankeneval.engine.generation import Generator, GenRequest
 from frankeneval.engine.interventions import SwapVisualKV, apply_interventions
+from frankeneval.evaluation.probes import load_probe_pairs, write_probe_pairs
 from frankeneval.localization.vision import (
     REFERENCE_PAIRS,
     load_probe_sets,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from frankeneval.core import scoring
+from frankeneval.evaluation import scoring
 from frankeneval.miniature import world
 
 N_SAMPLE = 40  # items per task checked against the pixels
@@ -245,9 +245,9 @@ def test_vision_probes_format_and_answers(tmp_path):
 
 
 def test_probe_folder_reads_with_the_shared_probe_loader(tmp_path):
-    probes = pytest.importorskip("frankeneval.core.probes")
+    probes = pytest.importorskip("frankeneval.evaluation.probes")
     if not hasattr(probes, "load_probe_pairs"):
-        pytest.skip("frankeneval.core.probes.load_probe_pairs not available")
+        pytest.skip("frankeneval.evaluation.probes.load_probe_pairs not available")
     root = world.write_vision_probes(tmp_path / "probes", n_per_task=3, seed=0)
     for task in world.PROBE_TASKS:
         pairs = probes.load_probe_pairs(root, task)

@@ -103,8 +103,8 @@ def units_per_call(args: argparse.Namespace, generator, cpu_default: int, max_ne
 
 
 def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
-    from frankeneval.core.data import DEFAULT_SAMPLE_SEED
-    from frankeneval.core.probes import PROBE_TASKS
+    from frankeneval.evaluation.data import DEFAULT_SAMPLE_SEED
+    from frankeneval.evaluation.probes import PROBE_TASKS
 
     parser.add_argument("--tasks", nargs="+", choices=PROBE_TASKS, default=list(PROBE_TASKS),
                         help="probe tasks (default: all four)")
@@ -166,16 +166,17 @@ def probe_sets(args: argparse.Namespace):
 
 
 def add_skip_broken_argument(parser: argparse.ArgumentParser) -> None:
-    """``--skip-broken`` (:data:`frankeneval.core.inputs_check.SKIP_BROKEN_HELP`) for every command that reads data."""
-    from frankeneval.core.inputs_check import SKIP_BROKEN_HELP
+    """``--skip-broken`` (:data:`frankeneval.evaluation.inputs_check.SKIP_BROKEN_HELP`) for every command that
+    reads data."""
+    from frankeneval.evaluation.inputs_check import SKIP_BROKEN_HELP
 
     parser.add_argument("--skip-broken", action="store_true", help=SKIP_BROKEN_HELP)
 
 
 def add_system_prompt_arguments(parser: argparse.ArgumentParser, *, per_member: bool = False) -> None:
-    """``--system-prompt auto|reasoner|revisual|none|TEXT|@FILE`` (:mod:`frankeneval.core.prompts`) and the old
+    """``--system-prompt auto|reasoner|revisual|none|TEXT|@FILE`` (:mod:`frankeneval.evaluation.prompts`) and the old
     ``--reasoning-prompt auto|on|off`` (on = reasoner, off = none)."""
-    from frankeneval.core.prompts import SETTING_HELP
+    from frankeneval.evaluation.prompts import SETTING_HELP
 
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--system-prompt", default=None, metavar="auto|reasoner|revisual|none|TEXT|@FILE",

@@ -40,7 +40,7 @@ HELP = "layer-ablation sweep: GSM8K / MATH-500 accuracy with each LLM layer abla
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from frankeneval.commands._shared import MAX_SEED, int_arg, seed_arg
-    from frankeneval.core.data import DEFAULT_SAMPLE_SEED, DEFAULT_SAMPLE_SIZE
+    from frankeneval.evaluation.data import DEFAULT_SAMPLE_SEED, DEFAULT_SAMPLE_SIZE
 
     parser.add_argument("--model", required=True, help="model (local dir or hub id)")
     parser.add_argument("--dataset", required=True, choices=("gsm8k", "math500"))
@@ -66,8 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from frankeneval.core.data import data_root_from_env
-    from frankeneval.core.prompts import resolve_system_prompt
+    from frankeneval.evaluation.data import data_root_from_env
+    from frankeneval.evaluation.prompts import resolve_system_prompt
     from frankeneval.localization.reasoning import (
         REASONING_MAX_NEW_TOKENS,
         REFERENCE_MAX_NEW_TOKENS,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 from frankeneval.commands._shared import add_allow_foreign_argument, output_request
-from frankeneval.core.probes import PROBE_TASKS, write_probe_pairs
+from frankeneval.evaluation.probes import PROBE_TASKS, write_probe_pairs
 
 COMMAND = "make-probes"
 HELP = "render the built-in counting / OCR / grounding / recognition probe pairs"

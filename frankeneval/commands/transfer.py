@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 
 from frankeneval.commands._shared import add_seed_compatible_argument, add_skip_broken_argument
-from frankeneval.core.prompts import SETTING_HELP
+from frankeneval.evaluation.prompts import SETTING_HELP
 from frankeneval.transferability.manifest import DEFAULT_SPLITS, SPLITS, split_tasks
 from frankeneval.transferability.transfer import run_transfer
 

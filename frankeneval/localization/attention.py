@@ -12,9 +12,9 @@ are what the paper's claim (RL shifts attention to the image in mid/late layers)
 Prompts: the target images of the probe pairs of ``tasks`` (``--data`` folder or the built-in rendered probes),
 each question preceded by the method's step-by-step / ``\\boxed{}`` instruction (``instruction=False``: the bare
 probe prompt), so the generated tokens are reasoning tokens. The system prompt is decided per member by
-:func:`frankeneval.core.prompts.resolve_system_prompt` (``system_prompt="auto"``: docs/method.md's name rule on the hub
-id / the directory's own name, a splice its sources'; or one fixed choice for all: ``reasoner`` / ``revisual`` /
-``none`` / a text), and recorded with its reason.
+:func:`frankeneval.evaluation.prompts.resolve_system_prompt` (``system_prompt="auto"``: docs/method.md's name rule
+on the hub id / the directory's own name, a splice its sources'; or one fixed choice for all: ``reasoner`` /
+``revisual`` / ``none`` / a text), and recorded with its reason.
 
 Members are loaded one at a time; every finished (member, prompt) unit is appended to ``units.jsonl``.
 
@@ -47,12 +47,12 @@ from typing import Any
 
 import numpy as np
 
-from frankeneval.core.inputs_check import format_skipped
 from frankeneval.core.outdir import claim_for, local_inputs
-from frankeneval.core.probes import ProbePair
-from frankeneval.core.prompts import resolve_system_prompt
 from frankeneval.core.results import write_json_atomic
 from frankeneval.core.runstore import RunStore, list_of_numbers
+from frankeneval.evaluation.inputs_check import format_skipped
+from frankeneval.evaluation.probes import ProbePair
+from frankeneval.evaluation.prompts import resolve_system_prompt
 from frankeneval.localization.common import (
     MATH_INSTRUCTION,
     Unit,

@@ -25,14 +25,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from frankeneval.core.scoring import (
+from frankeneval.errors import FrankenevalError
+from frankeneval.evaluation.scoring import (
     box_iou,
     parse_box,
     parse_count,
     parse_yes_no,
     short_answer,
 )
-from frankeneval.errors import FrankenevalError
 from frankeneval.weights.layermap import decoder_index
 from frankeneval.weights.layermap import parse_layers as _parse_layers
 
@@ -56,7 +56,7 @@ CHANGE_MIN_CONTAINMENT_LEN = 20
 # --------------------------------------------------------------------------- prompts (docs/method.md)
 
 MATH_INSTRUCTION = 'Please solve the problem step by step and put your answer in one "\\boxed{}".'
-# the system prompt: frankeneval.core.prompts (docs/method.md §3; one resolver for every analysis)
+# the system prompt: frankeneval.evaluation.prompts (docs/method.md §3; one resolver for every analysis)
 _TRAILING = ".,!?;:"
 
 

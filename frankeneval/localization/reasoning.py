@@ -5,15 +5,17 @@ answers once unablated and once with each swept LLM layer ablated (the layer ret
 MLP outputs zeroed, residual kept). Greedy, ``max_new_tokens`` new tokens.
 
 * Prompt: user message ``Please solve the problem step by step and put your answer in one "\\boxed{}".``, a
-  blank line, the problem. The system prompt: :func:`frankeneval.core.prompts.resolve_system_prompt` of the model
+  blank line, the problem. The system prompt: :func:`frankeneval.evaluation.prompts.resolve_system_prompt` of the model
   (``system_prompt="auto"``: docs/method.md's name rule on the hub id / the directory's own name, a splice its sources';
   or ``reasoner`` / ``revisual`` / ``none`` / a text), recorded with the reason it was chosen.
 * Answer: the ``<answer>`` tag's content, else the last ``\\boxed{}``
-  (:func:`frankeneval.core.scoring.extract_final_answer`); correct by :func:`frankeneval.core.scoring.math_equal`
-  (normalized match, math-verify, numbers within 1e-6). ``seed_compatible`` scores the same responses as the reference
-  script does (:func:`~frankeneval.core.scoring.reference_final_answer`: the first ``<answer>`` tag, "answer is" /
-  "therefore" patterns, the last 50 characters; :func:`~frankeneval.core.scoring.reference_math_correct`: adds a 1 %
-  relative error). Both modes default to the reference's 2048 new tokens.
+  (:func:`frankeneval.evaluation.scoring.extract_final_answer`); correct by
+  :func:`frankeneval.evaluation.scoring.math_equal` (normalized match, math-verify, numbers within 1e-6).
+  ``seed_compatible`` scores the same responses as the reference script does
+  (:func:`~frankeneval.evaluation.scoring.reference_final_answer`: the first ``<answer>`` tag, "answer is" /
+  "therefore" patterns, the last 50 characters;
+  :func:`~frankeneval.evaluation.scoring.reference_math_correct`: adds a 1 % relative error). Both modes default
+  to the reference's 2048 new tokens.
 
 Speed by design: the (question, layer) units are packed into batched generate calls with a different
 ``Ablate`` per row, question by question (rows of one batch share a prompt length: no padding waste). Every
@@ -46,26 +48,26 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from frankeneval.core.data import (
+from frankeneval.core.outdir import claim_for, local_inputs
+from frankeneval.core.results import write_json_atomic
+from frankeneval.core.runstore import RunStore
+from frankeneval.errors import FrankenevalError
+from frankeneval.evaluation.data import (
     DEFAULT_SAMPLE_SEED,
     load_benchmark_rows,
     note_all_samples,
     row_where,
     subsample_indices,
 )
-from frankeneval.core.inputs_check import check_inputs, format_skipped, parse_row
-from frankeneval.core.outdir import claim_for, local_inputs
-from frankeneval.core.prompts import SystemPrompt, resolve_system_prompt
-from frankeneval.core.results import write_json_atomic
-from frankeneval.core.runstore import RunStore
-from frankeneval.core.scoring import (
+from frankeneval.evaluation.inputs_check import check_inputs, format_skipped, parse_row
+from frankeneval.evaluation.prompts import SystemPrompt, resolve_system_prompt
+from frankeneval.evaluation.scoring import (
     extract_final_answer,
     extract_gsm8k_target,
     math_equal,
     reference_final_answer,
     reference_math_correct,
 )
-from frankeneval.errors import FrankenevalError
 from frankeneval.localization.common import (
     MATH_INSTRUCTION,
     Unit,
@@ -112,7 +114,7 @@ class Question(tuple):
 def load_questions(dataset: str, *, data: str | os.PathLike | None = None, samples: int | None = 100,
                    seed: int = DEFAULT_SAMPLE_SEED) -> list[Question]:
     """The sub-sampled questions of ``gsm8k`` / ``math500`` (hub by default, or a local JSONL / data folder); a
-    selected row that cannot be read raises :class:`~frankeneval.core.inputs_check.BrokenInput` (see
+    selected row that cannot be read raises :class:`~frankeneval.evaluation.inputs_check.BrokenInput` (see
     :func:`select_questions`)."""
     return select_questions(dataset, data=data, samples=samples, seed=seed)[0]
 
@@ -122,7 +124,7 @@ def select_questions(dataset: str, *, data: str | os.PathLike | None = None, sam
                      progress: bool = True) -> tuple[list[Question], list[dict]]:
     """``(questions, skipped)``: the paper's sub-sample of the rows (a malformed line keeps its place), then every
     selected row parsed. A broken row (bad JSON, a missing field) raises one
-    :class:`~frankeneval.core.inputs_check.BrokenInput` naming its ``file:line``, or with ``skip_broken`` is left
+    :class:`~frankeneval.evaluation.inputs_check.BrokenInput` naming its ``file:line``, or with ``skip_broken`` is left
     out (not replaced) and listed in ``skipped`` (``{"id": "<dataset>/<index>", "path": "file:line", "reason"}``)."""
     if dataset not in DATASETS:
         raise FrankenevalError(f"--dataset must be one of {', '.join(DATASETS)}, not {dataset!r}")

@@ -66,20 +66,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from frankeneval.core.data import DEFAULT_SAMPLE_SEED, note_all_samples, subsample
-from frankeneval.core.inputs_check import check_inputs, format_skipped
 from frankeneval.core.outdir import claim_for, local_inputs
-from frankeneval.core.probes import (
+from frankeneval.core.results import write_json_atomic
+from frankeneval.core.runstore import RunStore
+from frankeneval.errors import FrankenevalError
+from frankeneval.evaluation.data import DEFAULT_SAMPLE_SEED, note_all_samples, subsample
+from frankeneval.evaluation.inputs_check import check_inputs, format_skipped
+from frankeneval.evaluation.probes import (
     PROBE_TASKS,
     ProbePair,
     check_pair,
     load_probe_pairs,
     write_probe_pairs,
 )
-from frankeneval.core.results import write_json_atomic
-from frankeneval.core.runstore import RunStore
-from frankeneval.core.scoring import probe_correct
-from frankeneval.errors import FrankenevalError
+from frankeneval.evaluation.scoring import probe_correct
 from frankeneval.localization.common import (
     Unit,
     answer_changed,
@@ -116,7 +116,7 @@ UNITS_FILE = "units.jsonl"
 
 def load_probe_sets(tasks: Sequence[str] = PROBE_TASKS, **selection) -> dict[str, list[ProbePair]]:
     """Probe pairs per task: :func:`select_probe_sets` (same keywords) without the skipped list; a broken image or
-    row raises :class:`~frankeneval.core.inputs_check.BrokenInput` unless ``skip_broken``."""
+    row raises :class:`~frankeneval.evaluation.inputs_check.BrokenInput` unless ``skip_broken``."""
     return select_probe_sets(tasks, **selection)[0]
 
 
@@ -133,8 +133,8 @@ def select_probe_sets(
     progress: bool = True,
 ) -> tuple[dict[str, list[ProbePair]], list[dict]]:
     """``(pairs per task, skipped)``: :func:`select_pairs` per task, then every selected pair's images decoded
-    (:func:`frankeneval.core.inputs_check.check_inputs`). A broken pair raises one
-    :class:`~frankeneval.core.inputs_check.BrokenInput`, or with ``skip_broken`` is left out (never replaced by
+    (:func:`frankeneval.evaluation.inputs_check.check_inputs`). A broken pair raises one
+    :class:`~frankeneval.evaluation.inputs_check.BrokenInput`, or with ``skip_broken`` is left out (never replaced by
     another pair) and listed in ``skipped`` (``{"id": "<task>/<pair id>", "path", "reason"}``).
     """
     if data is None and rendered_dir is None:

@@ -51,8 +51,8 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 from frankeneval.core.paths import default_cache_dir
-from frankeneval.core.probes import PROBE_TASKS, owned_probe_folder, write_probe_task
 from frankeneval.core.results import atomic_write_text, staged_directory, write_json_atomic
+from frankeneval.evaluation.probes import PROBE_TASKS, owned_probe_folder, write_probe_task
 
 CANVAS = 84
 CELL = 28
@@ -386,13 +386,13 @@ def corpus(seed: int = 0, n: int = 600) -> list[str]:
 def is_correct(task: str, answer: str, response: str) -> bool:
     """Whether ``response`` answers a world question of ``task`` whose right answer is ``answer``.
 
-    The shared rules of :mod:`frankeneval.core.scoring`: boxes by IoU >= 0.5, counts and digits by the first
+    The shared rules of :mod:`frankeneval.evaluation.scoring`: boxes by IoU >= 0.5, counts and digits by the first
     integer, yes/no by the first yes/no word, colour and position words by whitespace-free lower-case equality
     of the short answer; alignment and reasoning by the stated final answer (``<answer>`` tag, else the last
-    ``\\boxed{}``; no last-number fallback) and :func:`frankeneval.core.scoring.math_equal` (math-verify only when
+    ``\\boxed{}``; no last-number fallback) and :func:`frankeneval.evaluation.scoring.math_equal` (math-verify only when
     the answer is not a number, since every world answer is an integer).
     """
-    from frankeneval.core import scoring
+    from frankeneval.evaluation import scoring
 
     if task == "box":
         return scoring.grounding_correct(response, scoring.parse_box(answer))  # type: ignore[arg-type]
@@ -500,15 +500,15 @@ def probe_pair(task: str, rng: random.Random) -> tuple[list[Obj], list[Obj], str
 def _owned_probe_folder(task: str) -> Callable[[Path], str | None]:
     """For :func:`staged_directory`: a probe task folder may be replaced only when it holds exactly what
     :func:`write_vision_probes` writes (``data.jsonl`` and ``images/<task>_NNNNNN_[ts].png``;
-    :func:`frankeneval.core.probes.owned_probe_folder`)."""
+    :func:`frankeneval.evaluation.probes.owned_probe_folder`)."""
     return owned_probe_folder(task)
 
 
 def write_vision_probes(out_dir: str | os.PathLike, *, n_per_task: int = 50, seed: int = 0,
                         tasks: Sequence[str] = PROBE_TASKS) -> Path:
     """Write ``<out_dir>/<task>/data.jsonl`` + ``images/`` in the ``vision_probes`` folder format (through the format's
-    one writer, :func:`frankeneval.core.probes.write_probe_task`). An existing task folder is replaced only when it
-    holds exactly an earlier run's probes (``core.results.staged_directory``)."""
+    one writer, :func:`frankeneval.evaluation.probes.write_probe_task`). An existing task folder is replaced only
+    when it holds exactly an earlier run's probes (``core.results.staged_directory``)."""
     root = Path(out_dir)
     for task in tasks:
         with staged_directory(root / task, owned=_owned_probe_folder(task)) as tmp:

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from frankeneval.core.grading import JudgeNotAnswering
-from frankeneval.core.inputs_check import BrokenInput
 from frankeneval.core.locks import run_child, start_child, stop_child
 from frankeneval.errors import FrankenevalError
+from frankeneval.evaluation.grading import JudgeNotAnswering
+from frankeneval.evaluation.inputs_check import BrokenInput
 from frankeneval.transferability.manifest import Cell
 
 __all__ = [
@@ -197,7 +197,7 @@ def system_prompts(run_dir: Path, models: Mapping[str, Mapping[str, str]],
     """{label: (SystemPrompt, its ``system_prompt=`` model arg)}; a free text goes to ``run_dir/system_prompt.txt``
     (lmms-eval's ``--model_args`` cannot carry its commas) and is passed as ``@FILE``. ``seed_compatible`` with
     ``auto``: a variant's prompt comes from the rule on its own phrase (its ``description``), as the reference's."""
-    from frankeneval.core.prompts import resolve_system_prompt, variant_phrase_prompt
+    from frankeneval.evaluation.prompts import resolve_system_prompt, variant_phrase_prompt
 
     auto = setting is None or str(setting).strip().lower() == "auto"
     out: dict[str, tuple[Any, str]] = {}
@@ -250,8 +250,8 @@ def lmms_eval_runner(job: CellJob) -> None:
 
 def _log_tail(path: Path, n: int = 3, env: Mapping[str, str] | None = None) -> str:
     """The last error lines of a cell's log (else its last lines), credentials redacted (the judge's key and URL
-    of the cell's environment ``env``, and anything key-like: :func:`frankeneval.core.grading.redact_secrets`)."""
-    from frankeneval.core.grading import redact_secrets, url_secrets
+    of the cell's environment ``env``, and anything key-like: :func:`frankeneval.evaluation.grading.redact_secrets`)."""
+    from frankeneval.evaluation.grading import redact_secrets, url_secrets
 
     env = os.environ if env is None else env
     secrets = (env.get("OPENAI_API_KEY"), *url_secrets(env.get("OPENAI_BASE_URL")))
@@ -285,7 +285,7 @@ def harness_preflight(tasks: Sequence[str],
         raise
     answer = _last_json(out)
     if proc.returncode != 0 or not isinstance(answer, dict):
-        from frankeneval.core.grading import redact_secrets, url_secrets
+        from frankeneval.evaluation.grading import redact_secrets, url_secrets
 
         tail = redact_secrets(" | ".join(ln.strip()[:300] for ln in err.strip().splitlines()[-3:]),
                               (env.get("OPENAI_API_KEY"), *url_secrets(env.get("OPENAI_BASE_URL"))))

@@ -172,7 +172,7 @@ def _data_inputs(data_dir: str | os.PathLike | None) -> dict[str, dict[str, str 
     hub data (lmms-eval's dataset cache pins it)."""
     if not data_dir:
         return None
-    from frankeneval.core.data import BENCHMARKS
+    from frankeneval.evaluation.data import BENCHMARKS
     from frankeneval.weights.fingerprint import folder_fingerprint
 
     root = Path(data_dir)
@@ -245,7 +245,7 @@ def _run_cells(
     """Run every missing (model, task) cell; finished cells are skipped (see the module docstring).
 
     ``models``: label -> {"path": checkpoint dir, "kind": in|rl|variant, "description": ...}.
-    ``system_prompt``: resolved per model (:func:`frankeneval.core.prompts.resolve_system_prompt`; ``auto``:
+    ``system_prompt``: resolved per model (:func:`frankeneval.evaluation.prompts.resolve_system_prompt`; ``auto``:
     docs/method.md's rule, a variant its sources'); recorded in the manifest and in every cell record.
     ``grading``: ``paper`` (rules first, the judge for the rest) or ``seed`` (the judge decides every item);
     ``FRANKENEVAL_GRADING`` in every cell, recorded in the manifest.

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from frankeneval.tasks.common import DEFAULT_SAMPLE_SEED, count, mean_score  # noqa: F401 - YAML hooks
 
-from frankeneval.core.data import subsample_indices
 from frankeneval.errors import FrankenevalError
+from frankeneval.evaluation.data import subsample_indices
 from frankeneval.miniature import world
 
 

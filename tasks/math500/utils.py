@@ -9,7 +9,7 @@ from __future__ import annotations
 from frankeneval.tasks import common
 from frankeneval.tasks.common import INSTRUCTION, TaskSettings, count, judge_accuracy, mean_score  # noqa: F401 - YAML hooks
 
-from frankeneval.core.data import load_benchmark_rows, row_where, subsample_indices
+from frankeneval.evaluation.data import load_benchmark_rows, row_where, subsample_indices
 
 
 def _rows_list(rows) -> list[dict]:

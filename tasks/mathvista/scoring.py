@@ -8,10 +8,10 @@
   ``unit``.
 * MathVista's own protocol (``extraction: mathvista``): the zero-shot query (``mathvista_query``), the quick rules and
   the few-shot LLM extraction prompt (``mathvista_quick_extract``, ``mathvista_extraction_prompt``; the prompt is sent
-  by the judge client, :meth:`frankeneval.core.grading.Judge.extract_mathvista`, from :mod:`.utils`), then
+  by the judge client, :meth:`frankeneval.evaluation.grading.Judge.extract_mathvista`, from :mod:`.utils`), then
   ``mathvista_normalize`` / ``mathvista_official_correct``, MathVista's own normalization and comparison.
 
-The generic pieces (tag / box extraction, number parsing, normalized match) are :mod:`frankeneval.core.scoring`'s.
+The generic pieces (tag / box extraction, number parsing, normalized match) are :mod:`frankeneval.evaluation.scoring`'s.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from frankeneval.core.scoring import NUMBER_RE, extract_final_answer, normalize_text, parse_number
+from frankeneval.evaluation.scoring import NUMBER_RE, extract_final_answer, normalize_text, parse_number
 
 __all__ = [
     "MATHVISTA_EXTRACTION_EXAMPLES",

@@ -21,8 +21,8 @@ from frankeneval.tasks.common import INSTRUCTION, TaskSettings, count, judge_acc
 from frankeneval.tasks.mathvista import scoring
 from frankeneval.tasks.mathvista.scoring import mathvista_rule_verdict
 
-from frankeneval.core.data import DataNotFound, load_benchmark_rows, row_where, subsample_indices
 from frankeneval.errors import FrankenevalError
+from frankeneval.evaluation.data import DataNotFound, load_benchmark_rows, row_where, subsample_indices
 
 # --------------------------------------------------------------------------- docs
 
@@ -137,7 +137,7 @@ def description_source(settings: TaskSettings) -> str:
 
 def add_descriptions(docs: list[dict], settings: TaskSettings) -> int:
     """Fill ``description`` / ``description_source`` from the named source only: ``judge`` (written by the judge
-    model with the reference's texts, cached per item: :meth:`frankeneval.core.grading.Judge.describe_image`) or
+    model with the reference's texts, cached per item: :meth:`frankeneval.evaluation.grading.Judge.describe_image`) or
     ``caption_bard`` (the data's released captions). Never another kind of description: an item whose description
     cannot be had gets ``description_source: missing`` and ``description_error`` (the caller leaves it out of the
     setting and counts it). Returns the number of such items."""
@@ -146,7 +146,7 @@ def add_descriptions(docs: list[dict], settings: TaskSettings) -> int:
     for d in docs:
         d["description_error"] = ""
         if judge is not None:
-            from frankeneval.core.grading import JudgeUnavailable
+            from frankeneval.evaluation.grading import JudgeUnavailable
 
             try:
                 d["description"], d["description_source"] = judge.describe_image(common.open_image(d)), "judge"
@@ -295,7 +295,7 @@ def mathvista_protocol(doc: dict, response: str, settings: TaskSettings) -> dict
     extraction = scoring.mathvista_quick_extract(response, doc)
     how = "quick"
     if extraction is None:
-        from frankeneval.core.grading import JudgeUnavailable
+        from frankeneval.evaluation.grading import JudgeUnavailable
 
         try:
             extraction = common.get_judge(settings).extract_mathvista(

@@ -2,7 +2,7 @@
 data's prompt, scored by rules against the target answer (no judge).
 
 Data: ``$FRANKENEVAL_DATA/vision_probes/<task>/data.jsonl`` (or ``data_path``), else the built-in rendered probes
-(:mod:`frankeneval.core.probes`), written once into ``probe_cache``.
+(:mod:`frankeneval.evaluation.probes`), written once into ``probe_cache``.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 from frankeneval.tasks import common
 from frankeneval.tasks.common import TaskSettings, count, mean_score  # noqa: F401 - YAML hooks
 
-from frankeneval.core import scoring
-from frankeneval.core.data import DataNotFound, subsample_indices
+from frankeneval.evaluation import scoring
+from frankeneval.evaluation.data import DataNotFound, subsample_indices
 
 
 def probe_folder(task: str, settings: TaskSettings) -> Path:
@@ -28,7 +28,7 @@ def probe_folder(task: str, settings: TaskSettings) -> Path:
             f"probe task {task}: no {root / 'vision_probes' / task / 'data.jsonl'}; point FRANKENEVAL_DATA "
             "(or data_path) at a folder in the vision_probes format, or unset it to use the built-in rendered probes."
         )
-    from frankeneval.core.probes import write_probe_pairs
+    from frankeneval.evaluation.probes import write_probe_pairs
 
     cache = Path(settings.probe_cache or Path.home() / ".cache" / "frankeneval" / "probes").expanduser()
     write_probe_pairs(cache, tasks=[task], n=100, seed=0)
@@ -37,7 +37,7 @@ def probe_folder(task: str, settings: TaskSettings) -> Path:
 
 def build_docs(spec: dict, settings: TaskSettings) -> list[dict]:
     """The (sub-sampled) docs of probe task ``spec["probe_task"]`` (counting, ocr, grounding, recognition)."""
-    from frankeneval.core.probes import load_probe_pairs
+    from frankeneval.evaluation.probes import load_probe_pairs
 
     task = spec["probe_task"]
     pairs = load_probe_pairs(probe_folder(task, settings), task, check_images=False)  # common.check_docs decodes

@@ -648,7 +648,8 @@ class Judge:
                    extracted_answer: str) -> Judgment:
         """The reference's judge (``grading: seed``, seed-compatible only): its texts byte for byte
         (:meth:`seed_request`; ``question`` with its Choices block, ``extracted_answer`` the reference's extraction,
-        :func:`frankeneval.core.scoring.reference_final_answer`), its reading of the reply (:func:`parse_seed_reply`:
+        :func:`frankeneval.evaluation.scoring.reference_final_answer`), its reading of the reply
+        (:func:`parse_seed_reply`:
         ``bool(is_correct)``, an unparsable reply true when "true" is in its first 100 characters), and a failed
         call counted **wrong** (``is_correct=False`` with ``judge_error=True``, so it is still counted). Every
         verdict read from a reply is cached (its own cache entries: the request differs from :meth:`judge`'s)."""

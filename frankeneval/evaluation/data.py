@@ -7,7 +7,7 @@ Local layout accepted (the ``../shared/data`` shape; pass the root folder, the b
     math500/test.jsonl               problem, solution, answer, subject, level, unique_id
     mathvista/testmini.jsonl         MathVista rows (pid, question, image, choices, unit, precision, answer, …)
     mathvista/images/<pid>.jpg       the images (only needed by the image settings, not by the black-image controls)
-    vision_probes/<task>/data.jsonl  probe pairs (see :mod:`frankeneval.core.probes`)
+    vision_probes/<task>/data.jsonl  probe pairs (see :mod:`frankeneval.evaluation.probes`)
 
 Sub-sampling is the paper's: ``numpy.random.RandomState(seed).choice(n, k, replace=False)``, sorted.
 """
@@ -22,8 +22,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from frankeneval.core.inputs_check import BrokenRow
 from frankeneval.errors import FrankenevalError
+from frankeneval.evaluation.inputs_check import BrokenRow
 
 __all__ = [
     "BenchmarkSource",
@@ -101,8 +101,9 @@ class Row(dict):
 
 def read_jsonl(path: str | os.PathLike, *, keep_broken: bool = False) -> list[dict]:
     """Rows of a JSONL file (blank lines skipped), each a :class:`Row` knowing its ``file:line``. A bad line raises
-    a FrankenevalError naming it; ``keep_broken``: it becomes a :class:`~frankeneval.core.inputs_check.BrokenRow` in
-    its place instead (so index-based sub-samples do not shift; a run that selects it checks it)."""
+    a FrankenevalError naming it; ``keep_broken``: it becomes a
+    :class:`~frankeneval.evaluation.inputs_check.BrokenRow` in its place instead (so index-based sub-samples do not
+    shift; a run that selects it checks it)."""
     rows: list = []
     with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f, 1):

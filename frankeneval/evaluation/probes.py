@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from frankeneval.core.inputs_check import Broken, BrokenRow, image_problem
 from frankeneval.core.results import atomic_output, atomic_write_text, staged_directory, write_json_atomic
 from frankeneval.errors import FrankenevalError
+from frankeneval.evaluation.inputs_check import Broken, BrokenRow, image_problem
 
 __all__ = ["PROBE_TASKS", "ProbePair", "check_pair", "load_probe_pairs", "owned_probe_folder", "write_probe_pairs",
            "write_probe_task", "render_pair", "probe_task_dir"]
@@ -94,7 +94,7 @@ def load_probe_pairs(folder: str | os.PathLike, task: str, *, check_images: bool
     """The pairs of one probe task from a vision_probes-format folder (root or task folder).
 
     A malformed row raises a FrankenevalError naming ``file:line``; ``keep_broken``: it becomes a
-    :class:`~frankeneval.core.inputs_check.BrokenRow` in its place instead (file order kept, for selection;
+    :class:`~frankeneval.evaluation.inputs_check.BrokenRow` in its place instead (file order kept, for selection;
     :func:`check_pair` reports it). ``check_images``: every row's image files must exist."""
     if task not in PROBE_TASKS:
         raise FrankenevalError(f"unknown probe task {task!r}; known: {', '.join(PROBE_TASKS)}")
@@ -125,7 +125,8 @@ def load_probe_pairs(folder: str | os.PathLike, task: str, *, check_images: bool
 
 
 def check_pair(pair: ProbePair | BrokenRow) -> ProbePair:
-    """The pair, once both its images decode; else :class:`~frankeneval.core.inputs_check.Broken` naming the file."""
+    """The pair, once both its images decode; else :class:`~frankeneval.evaluation.inputs_check.Broken` naming the
+    file."""
     if isinstance(pair, BrokenRow):
         raise Broken(pair.where, pair.reason)
     for img in (pair.target_image, pair.source_image):
