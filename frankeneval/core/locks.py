@@ -111,10 +111,7 @@ def _create_lock(lock_path: Path) -> int | None:
             os.pwrite(fd, _lock_text(), 0)
             return fd
     except BaseException:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+        _close_quietly(fd)
         raise
     finally:
         try:
@@ -151,6 +148,14 @@ def _open_existing_lock(lock_path: Path) -> int | None:
         os.close(fd)  # empty: a lock being created without hard links a moment ago; look again
         time.sleep(0.05)
     raise _refuse_lock(lock_path, "is an empty file frankeneval did not write")
+
+
+def _close_quietly(fd: int) -> None:
+    """Close ``fd`` on an error path, where a second error must not hide the first."""
+    try:
+        os.close(fd)
+    except OSError:
+        pass
 
 
 def _same_file(fd: int, path: Path) -> bool:
@@ -193,10 +198,7 @@ def _acquire(lock_path: Path, wait: bool, what: str) -> int:
             os.pwrite(fd, _lock_text(os.getpid()), 0)
             return fd
         except BaseException:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+            _close_quietly(fd)
             raise
 
 
