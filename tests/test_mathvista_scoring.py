@@ -82,6 +82,13 @@ def test_stated_answers_are_credited(doc, response):
     assert S.mathvista_correct(response, doc)[0] is True
 
 
+def test_a_non_integer_is_never_truncated_to_an_integer_answer():
+    """Recorded idefics pid 917: "1.5" for the integer answer 1 was credited by truncation; official: wrong."""
+    one = {**INTEGER, "answer": "1"}
+    assert S.mathvista_correct("1.5", one) == (False, "1.5")
+    assert S.mathvista_correct("\\boxed{1.0}", one)[0] is True  # a whole number written as a float still counts
+
+
 def test_stated_wrong_option_is_wrong():
     assert S.mathvista_correct("\\boxed{A}", YES_NO)[0] is False
     assert S.mathvista_correct("The answer is Yes.", YES_NO)[0] is False

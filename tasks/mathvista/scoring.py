@@ -195,6 +195,8 @@ def mathvista_correct(response: str, doc: dict, *, extraction: str | None = None
         if v is None or not math.isfinite(v):
             return False, None
         if atype == "integer":
+            if v != int(v):  # a stated 1.5 is not the integer 1: no truncation (the official verdict agrees)
+                return False, format(v, "g")
             pred = str(int(v))
             return pred == str(int(float(gold))), pred
         precision = int(doc.get("precision") or 0)
