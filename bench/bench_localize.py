@@ -164,8 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     device = str(gen.device) + (f" ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else "")
     rows = []
     if args.only in (None, "vision"):
-        pairs = load_probe_sets(data=args.data, rendered_dir=None if args.data else work / "probes",
-                                n_rendered=max(args.pairs, 25), samples=args.pairs, seed=123)
+        from frankeneval.miniature.world import write_vision_probes
+
+        data = args.data or write_vision_probes(work / "probes", n_per_task=max(args.pairs, 25), seed=0)
+        pairs = load_probe_sets(data=data, samples=args.pairs, seed=123)
         rows.append(bench_vision(gen, pairs, layers, work / "vision", args))
     if args.only in (None, "reasoning"):
         gsm = args.gsm8k

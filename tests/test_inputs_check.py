@@ -31,9 +31,9 @@ def _truncate_to_jpeg(png: Path) -> Path:
 @pytest.fixture()
 def broken_probes(tmp_path):
     """A counting probe folder of 3 pairs whose second pair's target image is a truncated JPEG."""
-    from frankeneval.evaluation.probes import write_probe_pairs
+    from frankeneval.miniature.world import write_vision_probes
 
-    tdir = write_probe_pairs(tmp_path / "probes", tasks=("counting",), n=3, seed=0, size=96)["counting"]
+    tdir = write_vision_probes(tmp_path / "probes", tasks=("counting",), n_per_task=3, seed=0) / "counting"
     rows = [json.loads(line) for line in (tdir / "data.jsonl").read_text().splitlines()]
     jpg = _truncate_to_jpeg(tdir / rows[1]["target_image"])
     rows[1]["target_image"] = str(jpg.relative_to(tdir))
@@ -118,10 +118,10 @@ def test_released_truncated_probe_image_is_named(shared_data, monkeypatch):
 
 
 def test_malformed_probe_row_is_named_with_file_and_line(tmp_path):
-    from frankeneval.evaluation.probes import write_probe_pairs
     from frankeneval.localization.vision import select_probe_sets
+    from frankeneval.miniature.world import write_vision_probes
 
-    tdir = write_probe_pairs(tmp_path, tasks=("ocr",), n=3, seed=0, size=96)["ocr"]
+    tdir = write_vision_probes(tmp_path, tasks=("ocr",), n_per_task=3, seed=0) / "ocr"
     lines = (tdir / "data.jsonl").read_text().splitlines()
     lines[1] = lines[1][:40]
     (tdir / "data.jsonl").write_text("\n".join(lines) + "\n")

@@ -119,11 +119,11 @@ def tiny_rl(tiny_lineage):
 
 @pytest.fixture(scope="module")
 def small_probes(tmp_path_factory):
-    from frankeneval.evaluation.probes import write_probe_pairs
     from frankeneval.localization.vision import load_probe_sets
+    from frankeneval.miniature.world import write_vision_probes
 
     root = tmp_path_factory.mktemp("probes")
-    write_probe_pairs(root, tasks=("counting", "grounding"), n=3, seed=0, size=112)
+    write_vision_probes(root, tasks=("counting", "grounding"), n_per_task=3, seed=0)
     return load_probe_sets(("counting", "grounding"), data=root, samples=2, seed=123)
 
 

@@ -268,7 +268,7 @@ def test_a_disk_error_without_a_file_names_the_output(tiny_lineage, tmp_path, ca
     (["transfer", "--sample-size", "-1"], "argument --sample-size: must be an integer >= 0 (0 = all)"),
     (["transfer", "--gpus", "-2"], "argument --gpus: must be an integer >= 0"),
     (["transfer", "--batch-size", "0"], "argument --batch-size: must be a positive integer or auto"),
-    (["make-probes", "out", "--size", "8"], "argument --size: must be an integer >= 64"),
+    (["make-probes", "out", "--seed", "-1"], "argument --seed: must be an integer from 0 to 4294967295"),
     (["make-probes", "out", "--n", "0"], "argument --n: must be an integer >= 1"),
     (["freeze-spec", "--n-layers", "0"], "argument --n-layers: must be an integer >= 1"),
     (["splice", "--cuts", "0", "3"], "argument --cuts: must be an integer >= 1"),
@@ -289,14 +289,15 @@ def test_more_samples_than_the_data_has_says_it_uses_all(tmp_path, capsys):
     from frankeneval.cli import build_parser
     from frankeneval.localization.reasoning import select_questions
     from frankeneval.localization.vision import select_probe_sets
+    from frankeneval.miniature.world import write_vision_probes
 
     data = tmp_path / "gsm8k.jsonl"
     data.write_text("".join(json.dumps({"question": f"{i} + 1?", "answer": f"#### {i + 1}"}) + "\n" for i in range(5)))
     questions, _ = select_questions("gsm8k", data=data, samples=99999, progress=False)
     assert len(questions) == 5
     assert "--samples 99999 is more than the 5 gsm8k questions; using all 5" in capsys.readouterr().err
-    pairs, _ = select_probe_sets(["counting"], rendered_dir=tmp_path / "probes", n_rendered=3, samples=99999,
-                                 progress=False)
+    probes = write_vision_probes(tmp_path / "probes", n_per_task=3, tasks=["counting"])
+    pairs, _ = select_probe_sets(["counting"], data=probes, samples=99999, progress=False)
     assert len(pairs["counting"]) == 3
     assert "--samples 99999 is more than the 3 counting pairs" in capsys.readouterr().err
     sub = build_parser()._subparsers._group_actions[0].choices["localize-vision"]

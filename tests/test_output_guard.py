@@ -82,7 +82,7 @@ def gsm8k_file(tmp_path) -> Path:
 # -- the examples -----------------------------------------------------------------------------------
 def test_make_probes_never_overwrites_a_probe_dataset(probe_dataset, capsys):
     before = snapshot(probe_dataset)
-    rc = main(["make-probes", str(probe_dataset), "--tasks", "counting", "--n", "2", "--size", "96"])
+    rc = main(["make-probes", str(probe_dataset), "--tasks", "counting", "--n", "2"])
     assert rc == 1
     assert snapshot(probe_dataset) == before  # was: data.jsonl and the images replaced
     assert str(probe_dataset) in one_line_error(capsys, "make-probes")
@@ -345,16 +345,16 @@ def test_frankeneval_locks_are_created_exclusively_and_reused_when_stale(tmp_pat
 
 
 def test_make_probes_rerun_keeps_and_rewrites_only_its_own_folders(tmp_path):
-    from frankeneval.evaluation.probes import write_probe_pairs
+    from frankeneval.miniature.world import write_vision_probes
 
     out = tmp_path / "probes"
-    first = write_probe_pairs(out, tasks=("counting",), n=2, seed=0, size=96)["counting"]
+    first = write_vision_probes(out, tasks=("counting",), n_per_task=2, seed=0) / "counting"
     data = (first / "data.jsonl").read_bytes()
-    write_probe_pairs(out, tasks=("counting",), n=3, seed=0, size=96)  # ours: replaced as a whole
+    write_vision_probes(out, tasks=("counting",), n_per_task=3, seed=0)  # ours: replaced as a whole
     assert (first / "data.jsonl").read_bytes() != data and len((first / "data.jsonl").read_text().splitlines()) == 3
     (first / "images" / "mine.jpg").write_bytes(b"mine")
     with pytest.raises(FrankenevalError, match="mine.jpg"):
-        write_probe_pairs(out, tasks=("counting",), n=4, seed=0, size=96)
+        write_vision_probes(out, tasks=("counting",), n_per_task=4, seed=0)
     assert (first / "images" / "mine.jpg").read_bytes() == b"mine"
 
 

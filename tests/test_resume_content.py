@@ -115,10 +115,10 @@ def _generator(path: Path):
 
 
 def _probes(root: Path):
-    from frankeneval.evaluation.probes import write_probe_pairs
     from frankeneval.localization.vision import load_probe_sets
+    from frankeneval.miniature.world import write_vision_probes
 
-    write_probe_pairs(root, tasks=("counting",), n=2, seed=0, size=112)
+    write_vision_probes(root, tasks=("counting",), n_per_task=2, seed=0)
     return load_probe_sets(("counting",), data=root, samples=1, seed=123)
 
 

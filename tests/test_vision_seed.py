@@ -14,7 +14,7 @@ from transformers import DynamicCache, GenerationConfig
 from frankeneval.core.runstore import RunStoreMismatch
 from frankeneval.engine.generation import Generator, GenRequest
 from frankeneval.engine.interventions import SwapVisualKV, apply_interventions
-from frankeneval.evaluation.probes import load_probe_pairs, write_probe_pairs
+from frankeneval.evaluation.probes import load_probe_pairs
 from frankeneval.localization.vision import (
     REFERENCE_PAIRS,
     load_probe_sets,
@@ -22,6 +22,7 @@ from frankeneval.localization.vision import (
     select_pairs,
     vision_units,
 )
+from frankeneval.miniature.world import write_vision_probes
 
 VERBATIM = "<image>How many items are there in the image?"
 PROMPT = "What is shown in the picture?"
@@ -50,7 +51,7 @@ def noise_image(seed: int, size=(112, 112)) -> Image.Image:
 def image_prompt_probes(tmp_path_factory):
     """Rendered counting pairs whose prompt starts with a literal ``<image>`` (as the real counting file)."""
     root = tmp_path_factory.mktemp("probes")
-    write_probe_pairs(root, tasks=("counting",), n=3, seed=0, size=112)
+    write_vision_probes(root, tasks=("counting",), n_per_task=3, seed=0)
     path = root / "counting" / "data.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     path.write_text("".join(json.dumps({**r, "prompt": VERBATIM}) + "\n" for r in rows))

@@ -291,3 +291,67 @@ def test_reasoning_items_in_gsm8k_format_feed_the_ablation_sweep(tmp_path):
     assert [q.target for q in questions] == [it.answer for it in items]
     # the sweep asks exactly what the world's reasoning task asks
     assert [question_prompt(q.problem) for q in questions] == [it.prompt for it in items]
+
+
+def test_described_views_show_the_scene_in_words_and_keep_the_split():
+    """``task:blackdesc`` / ``task:text`` items: the same content (hence split) as the image item, the scene given as
+    describe_scene text in the black + description layout, with an all-black image of the same size or none."""
+    for task in ("multiply", "add", "count", "position"):
+        for split in ("train", "test"):
+            for i in range(10):
+                image_item = world.world_item(0, split, task, i)
+                for view in ("blackdesc", "text"):
+                    it = world.with_view(image_item, view)
+                    assert it.key() == image_item.key() and world.split_of(it) == split
+                    assert it.described and it.answer == image_item.answer
+                    desc = world.describe_scene(it.scene)
+                    assert it.prompt == world.blackdesc_prompt(desc, it.question, boxed=it.axis == "alignment")
+                    assert it.blind_target() == it.target(worked=False)  # the teacher reads the description
+                    if view == "text":
+                        assert not it.has_image and it.image() is None and it.messages()[0]["content"] == [
+                            {"type": "text", "text": it.prompt}]
+                    else:
+                        assert it.image().size == (world.CANVAS, world.CANVAS)
+                        assert it.image().getextrema() == ((0, 0), (0, 0), (0, 0))
+                drawn = world.world_item(0, split, f"{task}:blackdesc", i)
+                assert drawn.view == "blackdesc" and world.split_of(drawn) == split
+                assert drawn.id == f"{split}-{task}-blackdesc-{i:06d}"
+    with pytest.raises(ValueError):
+        world.world_item(0, "train", "word:blackdesc", 0)  # no scene to describe
+    with pytest.raises(ValueError):
+        world.task_view("multiply:sideways")
+
+
+def test_described_training_items_are_never_held_out():
+    """Training streams draw described items from the train split only: no held-out (question, scene) is ever shown
+    in words either."""
+    test_keys = {it.key() for it in world.world_items("test", ("multiply", "add", "count", "ocr"), 2000, seed=0)}
+    train = world.world_items("train", ("multiply:blackdesc", "add:blackdesc", "count:blackdesc", "ocr:text"), 800,
+                              seed=0)
+    assert all(world.split_of(it) == "train" for it in train) and not test_keys & {it.key() for it in train}
+
+
+def test_blackdesc_view_is_the_transfer_controls_layout(tmp_path, monkeypatch):
+    """A held-out alignment item in the blackdesc view is exactly what franken_world_alignment_blackdesc shows:
+    the same prompt and an all-black image of the same size."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tasks" / "franken_world" / "utils.py"
+    spec = importlib.util.spec_from_file_location("franken_world_utils", path)
+    utils = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(utils)
+    root = world.write_world(tmp_path / "w", seed=0, sizes={"perception": 2, "alignment": 8, "reasoning": 2})
+    monkeypatch.setenv("FRANKENEVAL_SAMPLE_SIZE", "0")
+    docs = utils.world_docs("alignment", {"world_dir": str(root)}, control="blackdesc")
+    items = [world.with_view(it, "blackdesc") for it in world.world_items("test", "alignment", 8, seed=0)]
+    assert [d["id"] for d in docs] == [it.id for it in items]
+    for doc, it in zip(docs, items):
+        assert utils.world_doc_to_text(doc) == it.prompt
+        (black,) = utils.world_doc_to_visual(doc)
+        assert np.array_equal(np.asarray(black), np.asarray(it.image()))
+
+
+def test_corpus_holds_the_described_layout():
+    texts = "\n".join(world.corpus(0, n=40))
+    assert "Image Description:\nObjects: " in texts and "\n\nQuestion:\n" in texts

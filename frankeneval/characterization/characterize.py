@@ -9,7 +9,10 @@ already in ``matrices.jsonl`` (resumable); ``run.json`` holds the run's metadata
 different settings or different weights refuses to mix results (:mod:`~frankeneval.characterization.rundir`).
 ``settings.seed_compatible`` (``--seed-compatible``) reproduces the paper's reference scripts instead of
 docs/method.md's definitions (:mod:`~frankeneval.characterization.reference`); every output records which, and the
-resume check keys on it.
+resume check keys on it. ``settings.weight_filter`` (``--weight-filter``) and ``settings.llm_only`` (``--llm-only``)
+narrow the matrices measured (:func:`~frankeneval.characterization.plan.plan_matrices`); they are settings too, so
+they are recorded in ``run.json`` / ``summary.json`` (``settings``) and a rerun with another filter is refused.
+``summary.json`` also holds the reference's diversity view (:func:`~frankeneval.characterization.aggregate.diversity`).
 The cross-lineage ΔRL comparison is :mod:`frankeneval.characterization.compare`.
 
 Output schema: see :mod:`frankeneval.characterization.schema`.
@@ -39,6 +42,10 @@ from frankeneval.errors import FrankenevalError, NonFiniteWeights, SpecError
 from frankeneval.weights.checkpoint import Checkpoint, check_compatible
 from frankeneval.weights.tensor_stream import stream_tensors
 
+# the values of settings added after the first runs, as those runs were measured (filled into an older run.json's
+# resume key, so such a run still resumes with the same settings and is refused with any other)
+LEGACY_SETTINGS = {"seed_compatible": False, "weight_filter": None, "llm_only": False}
+
 
 def characterize(
     base: str | os.PathLike | Checkpoint,
@@ -66,9 +73,12 @@ def characterize(
     check_compatible(ckpts, ["base", "in", "rl"])
     lmap = ckpts[0].layer_map
     seed = settings.seed_compatible
-    plan = plan_matrices(ckpts[0], settings.sections, seed_compatible=seed)
+    plan = plan_matrices(ckpts[0], settings.sections, seed_compatible=seed, weight_filter=settings.weight_filter,
+                         llm_only=settings.llm_only)
     if not plan:
-        raise FrankenevalError("no analysed weight matrices found (check --sections)")
+        raise FrankenevalError("no analysed weight matrices found (check --sections"
+                               + (f", --weight-filter {settings.weight_filter!r}" if settings.weight_filter else "")
+                               + (", --llm-only" if settings.llm_only else "") + ")")
     out = Path(claim_for("characterize", out_dir, inputs=[(k, c.path) for k, c in zip(("base", "in", "rl"), ckpts)]))
     models = {k: c.fingerprint() for k, c in zip(("base", "in", "rl"), ckpts)}
     settings_d = asdict(settings)
@@ -89,7 +99,7 @@ def characterize(
         **device_info(dev),
     }
     prepare_run_dir(out, RUN_FILE, meta, overwrite=overwrite, files=(MATRICES_FILE, SUMMARY_FILE),
-                    legacy_settings={"seed_compatible": False})
+                    legacy_settings=LEGACY_SETTINGS)
     log = JsonlLog(out / MATRICES_FILE, allow_nan=False, check=matrix_record_problem)
     foreign = [r["name"] for r in log.records if bool(r.get("seed_compatible", False)) != seed]
     if foreign:
@@ -130,7 +140,8 @@ def characterize(
         raise non_finite_error(non_finite, len(plan), out / MATRICES_FILE, SUMMARY_FILE)
     planned = {p.name for p in plan}
     records = [r for r in log.records if r["name"] in planned]
-    summary = summarize(records, meta, n_planned=len(plan), seconds=time.perf_counter() - t0)
+    order = ckpts[0].architecture.tensor_names(lmap.n_vision_blocks, lmap.n_llm_layers)
+    summary = summarize(records, meta, n_planned=len(plan), seconds=time.perf_counter() - t0, module_order=order)
     write_json_atomic(out / SUMMARY_FILE, summary, indent=2, allow_nan=False)
     return summary
 

@@ -52,6 +52,8 @@ class CharacterizeSettings:
     svd_method: str = "auto"
     sections: tuple[str, ...] | None = None  # None: every section
     seed_compatible: bool = False  # True: the reference scripts' arithmetic and selection (characterization.reference)
+    weight_filter: str | None = None  # only matrices whose name holds this substring (the reference's --weight-filter)
+    llm_only: bool = False  # only the LLM decoder layers (unified layers > 0)
 
     def __post_init__(self) -> None:
         if self.svd_method not in SVD_METHODS:
@@ -60,6 +62,11 @@ class CharacterizeSettings:
             raise SpecError("seed_compatible uses the reference's fp32 torch.linalg.svdvals; leave svd_method at auto")
         if self.top_k < 1 or self.volume_k < 1 or self.rank_r < 0:
             raise SpecError("top_k and volume_k must be >= 1 and rank_r >= 0")
+        if self.weight_filter is not None and (not isinstance(self.weight_filter, str) or not self.weight_filter):
+            raise SpecError("weight_filter (--weight-filter) must be a non-empty substring of a weight's name")
+        if self.llm_only and self.sections is not None and "llm" not in self.sections:
+            raise SpecError(f"--llm-only keeps the LLM layers, but --sections {' '.join(self.sections)} leaves "
+                            "none of them: nothing would be measured")
 
 
 def measure_update(

@@ -14,6 +14,13 @@ Both load every member with ``torch_dtype=torch.float16`` and subtract the fp16 
 * tensor selection (both scripts): ``'weight' in name``, ``'norm' not in name.lower()``, on the unified axis.
   That admits the 1-D ``visual.merger.ln_q.weight`` (an RMSNorm whose name lacks "norm") into the energy
   means of the projector (layer 0); the diversity script then drops it (1-D), so it has no spectra.
+
+Selection options of the diversity script that frankeneval offers for every run (seed-compatible or not):
+``--weight-filter`` (``_should_analyze``, L214-216: ``if self.weight_filter not in name``, a substring test; its
+class default ``"down_proj"`` is overridden by the command line's default None, so runs/characterisation_diversity.sh
+analyses every weight) is :func:`frankeneval.characterization.plan.matches_weight_filter`; the script's ``--llm``
+(load a text-only LLM, whose tensors are all decoder layers on the unified axis) is ``--llm-only``, which keeps the
+LLM decoder layers of any checkpoint.
 """
 
 from __future__ import annotations
@@ -108,7 +115,9 @@ def singular_values(d: torch.Tensor) -> torch.Tensor:
 
 def spectral_metrics(s: torch.Tensor, fro: float, *, top_k: int = 50, volume_k: int = 50) -> dict[str, Any]:
     """The reference's per-matrix metrics from its float32 σ (same keys as
-    :func:`frankeneval.characterization.spectra.spectral_metrics`)."""
+    :func:`frankeneval.characterization.spectra.spectral_metrics`): ``characterisation_diversity.py``,
+    ``compute_svd_metrics`` (L108-165 at commit 8377f06; spectral norm L131 ``S[0]``, log volume L151
+    ``torch.log(S[:topk] + 1e-12).sum()``, both in float32)."""
     spectral = s[0].item()
     pos = s[s > RANK_EPS]
     if len(pos) > 0:

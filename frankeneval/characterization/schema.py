@@ -107,5 +107,13 @@ SUMMARY_DOC = """summary.json:
     by_section_component ("llm/attention"), by_region, all}: each group is
     {n, energy: {delta_in_fro, delta_rl_fro (sqrt of Σ‖Δ‖_F²), delta_in_rel_fro, delta_rl_rel_fro
       (sqrt(Σ‖Δ‖²)/sqrt(Σ‖W_IN‖²))}, delta_in / delta_rl: {metric: {mean, sum, n}} for fro, rel_fro and the
-     spectral metrics, cos_in_rl: {mean, sum, n}, overlap_left / overlap_right: {mean, sum, n}}."""
+     spectral metrics, cos_in_rl: {mean, sum, n}, overlap_left / overlap_right: {mean, sum, n}},
+  diversity (null without spectra; the reference's characterisation_diversity.py view): {source, volume_k,
+    per_layer_rule, representative_rule, by_layer (keys: unified index as a string): {n (matrices with spectra),
+      delta_in / delta_rl: {spectral_norm, log_spectral_volume} (means over the layer's matrices)},
+    region_spectra: {early, middle, late: null or {name, layer, index, n_candidates, delta_in, delta_rl (top-k σ,
+      descending)}}: the representative matrix of each LLM third, the one at index n_candidates // 2 after sorting
+    the third's matrices by layer (ties in module order)}.
+  The selection is in run.settings: sections, weight_filter (substring of the weight's name, null: all),
+  llm_only (true: LLM decoder layers only), seed_compatible."""
 

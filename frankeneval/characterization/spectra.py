@@ -257,6 +257,14 @@ def spectral_metrics(
 
     ``fro_sq`` (‖Δ‖_F², measured on the data) defaults to Σσ². Metrics undefined for a zero matrix
     (stable and effective rank) are None.
+
+    The two diversity metrics are the reference's (github.com/xirui-li/Frankenstein
+    ``scripts/characterisation_diversity.py``, ``compute_svd_metrics``, commit 8377f06): ``spectral_norm = σ₁``
+    (L131 ``spectral_norm = S[0].item()``, S from ``torch.linalg.svdvals``, descending) and
+    ``log_spectral_volume = Σ_{i ≤ volume_k} log(σᵢ + 1e-12)`` (L151 ``torch.log(S[:topk] + 1e-12).sum()``, with
+    ``--topk`` 50 by default: the *top* 50 σ, every σ counted, zeros included, each guarded by ``+ 1e-12``, so a
+    zero σ adds log(1e-12) ≈ -27.63; a matrix with fewer than 50 σ sums all of them). Here σ and the sum are
+    float64 (the reference: float32).
     """
     s = sigma.to(torch.float64)
     if fro_sq is None:

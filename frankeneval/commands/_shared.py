@@ -112,8 +112,9 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--data", help="probe folder in the vision_probes format (root or one task folder); default: "
                                     "the released probes at $FRANKENEVAL_DATA/vision_probes")
     src.add_argument("--rendered", nargs="?", const="", default=None, metavar="DIR",
-                     help="use the built-in synthetic probes instead, rendered into DIR (default OUT/probes); only "
-                          "when asked, never with --seed-compatible")
+                     help="use the built-in synthetic probes instead (miniature-world scenes, as make-probes renders "
+                          "them), rendered into DIR (default OUT/probes); only when asked, never with "
+                          "--seed-compatible")
     parser.add_argument("--samples", type=positive_int, default=None,
                         help="pairs per task, >= 1: the paper's sub-sample (default: all); with --seed-compatible the "
                              "first k pairs in file order, as the reference (default 50). More than a task has: all "
@@ -156,13 +157,25 @@ def probe_sets(args: argparse.Namespace):
     from frankeneval.localization.vision import select_probe_sets
 
     data = probe_data(args)
-    rendered = None
-    if data is None:  # rendered into a folder frankeneval owns: never over a probe dataset it did not render
-        rendered = output_request(args, args.rendered) if args.rendered else Path(args.out) / "probes"
-    pairs, skipped = select_probe_sets(args.tasks, data=data, rendered_dir=rendered, samples=args.samples,
+    if data is None:  # --rendered: the one renderer (the miniature world's), here, before the analysis reads
+        data = render_probes(args)
+    pairs, skipped = select_probe_sets(args.tasks, data=data, samples=args.samples,
                                        seed=args.seed, seed_compatible=getattr(args, "seed_compatible", False),
                                        skip_broken=args.skip_broken, progress=not args.no_progress)
-    return pairs, (data or rendered), skipped
+    return pairs, data, skipped
+
+
+RENDERED_PAIRS = 100  # pairs per task --rendered renders (seed 0), as `make-probes` by default
+
+
+def render_probes(args: argparse.Namespace) -> Path:
+    """``--rendered [DIR]``: the built-in probes (:func:`frankeneval.miniature.world.write_vision_probes`,
+    :data:`RENDERED_PAIRS` per task, seed 0) rendered into DIR (default ``OUT/probes``), a folder frankeneval owns:
+    never over a probe dataset it did not render. Returns the folder."""
+    from frankeneval.miniature.world import write_vision_probes
+
+    folder = output_request(args, args.rendered) if args.rendered else Path(args.out) / "probes"
+    return write_vision_probes(folder, n_per_task=RENDERED_PAIRS, seed=0, tasks=args.tasks)
 
 
 def add_skip_broken_argument(parser: argparse.ArgumentParser) -> None:

@@ -5,6 +5,7 @@ for every weight matrix, streamed (each tensor read once), on the GPU when there
     frankeneval characterize --recipe NAME --out runs/char           # a built-in recipe's lineage
     frankeneval characterize --base B --in I --rl R --out runs/energy --energy-only
     frankeneval characterize --base B --in I --rl R --out runs/char-seed --seed-compatible   # the reference scripts
+    frankeneval characterize --base B --in I --rl R --out runs/down --weight-filter down_proj --llm-only
 
 Writes OUT/matrices.jsonl (one line per matrix), OUT/summary.json (mean and sum per unified layer,
 section, component and LLM region) and OUT/run.json (metadata). A rerun resumes: finished matrices are
@@ -14,7 +15,10 @@ matrix and per layer):
     frankeneval characterize --compare runs/charA runs/charB --out runs/cmp
     frankeneval characterize --compare A=IN_A,RL_A B=IN_B,RL_B recipe:NAME --out runs/cmp
 
-Then `frankeneval plot OUT` draws the figures.
+Then `frankeneval plot OUT` draws the figures (among them the reference's diversity plots: spectral norm and log
+spectral volume per layer, and the representative spectra of the early / middle / late LLM thirds).
+--weight-filter and --llm-only narrow the matrices measured; they are recorded in run.json's settings, and a rerun
+in the same --out with another selection is refused.
 
 --seed-compatible reproduces the paper's reference scripts (frankeneval.characterization.reference): fp16
 deltas, fp32 svdvals, no spectra for matrices over 1e8 elements, the 1-D visual.merger.ln_q.weight in the
@@ -56,6 +60,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     parser.add_argument("--sections", nargs="+", choices=("vision", "projector", "llm", "embeddings", "lm_head"),
                         help="only these sections (default: all)")
+    parser.add_argument("--weight-filter", metavar="SUBSTRING",
+                        help="only weights whose name contains SUBSTRING, e.g. down_proj (the reference's "
+                             "--weight-filter: a plain substring, not a regex; default: every weight)")
+    parser.add_argument("--llm-only", action="store_true",
+                        help="only the LLM decoder layers (unified layers > 0; no vision, projector, embeddings)")
     parser.add_argument("--overwrite", action="store_true", help="discard an existing run in --out")
     add_allow_foreign_argument(parser)
     parser.add_argument("--allow-pickle", action="store_true",
@@ -75,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
         if args.seed_compatible:
             raise SpecError("--seed-compatible has no counterpart for --compare "
                             "(the reference scripts have no cross-lineage comparison)")
+        if args.weight_filter is not None or args.llm_only:
+            raise SpecError("--weight-filter and --llm-only select the matrices of a characterize run; "
+                            "--compare takes --sections")
         summary = compare(args.compare, output_request(args, args.out), rank_r=args.rank_r, sections=args.sections,
                           svd_method=args.svd_method, **common)
         overall = summary["aggregates"]["all"] or {"pairs": {}}
@@ -103,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
         svd_method=args.svd_method,
         sections=tuple(args.sections) if args.sections else None,
         seed_compatible=args.seed_compatible,
+        weight_filter=args.weight_filter,
+        llm_only=args.llm_only,
     )
     summary = characterize(models["base"], models["in"], models["rl"], output_request(args, args.out),
                            settings=settings, label=label, **common)
@@ -117,6 +131,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name:<11} {g['n']:>4} matrices  {what}‖ΔIN‖/‖W‖ {_fmt(rel_in)}  {what}‖ΔRL‖/‖W‖ {_fmt(rel_rl)}"
               + (f"  ΔRL stable rank (mean) {_fmt(sr)}" if sr is not None else ""))
     print(f"seed_compatible: {'true' if seed else 'false'}")
+    if settings.weight_filter is not None or settings.llm_only:
+        print("selection: " + ", ".join(([f"names containing {settings.weight_filter!r}"] if settings.weight_filter
+                                         else []) + (["LLM layers only"] if settings.llm_only else [])))
     if seed:
         for name, why in summary["spectra_skipped"].items():
             print(f"no spectra for {name}: {why}")

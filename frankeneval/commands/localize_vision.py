@@ -19,6 +19,12 @@ file (e.g. the released recognition_000058_t.jpg, truncated) stops the run in on
 leaves such pairs out instead: they are skipped after selection (not replaced by other pairs, so --samples and
 --seed-compatible select the same pairs either way), listed under "skipped" in vision_localization.json and
 printed below the table.
+
+The default swap needs a pair's two images to give the same number of visual tokens. A pair that does not (the
+counts follow from the image sizes through the processor) is refused before any model work on it: it is listed under
+"refused" (task, pair id, both counts, reason) in vision_localization.json and below the table, recorded in
+units.jsonl so a resumed run refuses it again without running it, and the other pairs run; rates are over the pairs
+that ran. --seed-compatible runs such a pair with the source's K/V interpolated over token positions, as the reference.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Draw the figures of a frankeneval run directory. Detects which outputs exist and plots them:
 
 * characterize (summary.json, matrices.jsonl): update energy per unified layer (ΔIN vs ΔRL, vision /
-  projector / LLM shaded), stable and effective rank per layer, singular value spectra of chosen layers;
+  projector / LLM shaded), stable and effective rank per layer, singular value spectra of chosen layers, the
+  reference's diversity plots (spectral norm and log spectral volume per layer; the representative spectra of the
+  early / middle / late LLM thirds);
 * characterize --compare (compare_summary.json): cross-lineage ΔRL similarity heatmaps.
 
     frankeneval plot runs/char                 # PNGs into runs/char/plots

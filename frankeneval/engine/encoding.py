@@ -43,6 +43,24 @@ def to_rgb(image):
     return image.convert("RGB") if getattr(image, "mode", "RGB") != "RGB" else image
 
 
+def visual_token_count(processor, size: tuple[int, int]) -> int:
+    """The visual tokens ``processor`` gives one image of ``size`` (PIL's ``(width, height)``), without processing
+    it: the image processor's own patch count for that size (Qwen2.5-VL: ``smart_resize`` within its min / max
+    pixels, 14 px patches), merged ``merge_size`` x ``merge_size`` -- ``image_grid_thw.prod() // merge_size**2`` of
+    the processed image."""
+    image_processor = getattr(processor, "image_processor", processor)
+    width, height = (int(x) for x in size)
+    count = getattr(image_processor, "get_number_of_image_patches", None)
+    if count is None:  # an image processor without it: process a blank image of that size
+        from PIL import Image
+
+        grid = image_processor(images=[Image.new("RGB", (width, height))], return_tensors="pt")["image_grid_thw"]
+        patches = int(grid.prod())
+    else:
+        patches = int(count(height, width))
+    return patches // int(getattr(image_processor, "merge_size", 2)) ** 2
+
+
 class PromptEncoder:
     """Batches of (chat text, images) -> processor-style inputs + ``inputs_embeds``, with the caches above."""
 

@@ -1,4 +1,4 @@
-"""Vision probes: paired (target, source) images for visual-token swapping, and the built-in rendered generator.
+"""Vision probes: paired (target, source) images for visual-token swapping -- the folder format.
 
 A probe folder holds ``<task>/data.jsonl`` (rows: ``id``, ``task``, ``target_image``, ``source_image`` relative to the
 task folder, ``prompt``, ``meta``) and the images. Vision localization gives ``prompt`` verbatim after the image (a
@@ -7,46 +7,31 @@ answers for both images: counting / recognition ``target_answer`` / ``source_ans
 ``source_text``; grounding ``target_bbox_xyxy`` / ``source_bbox_xyxy``, ``object_name``, ``iou_threshold``. The two
 images of a pair always have the same size, so they give the same number of visual tokens.
 
-``write_probe_pairs`` renders such a folder with PIL, deterministically from a seed:
-counting (coloured shapes, different counts), OCR (a word, different words), grounding (one coloured shape at
-different places), recognition (a named shape present in the target, absent in the source).
-
-Every writer of the format goes through :func:`write_probe_task` (one task folder from rendered pairs): the built-in
-generator here and the miniature world's probes (:func:`frankeneval.miniature.world.write_vision_probes`, its own
-scenes drawn on its 3 x 3 grid) alike.
+This module is the format only -- reading, checking and writing such folders -- and draws nothing. The one
+renderer is the miniature world's (:func:`frankeneval.miniature.world.write_vision_probes`: its scenes on the 3 x 3
+grid the demo lineage is trained on), used by ``frankeneval make-probes``, ``--rendered`` and the harness tasks'
+built-in probes. It writes through :func:`write_probe_folders` (the guarded output folder, a ``generator.json`` stamp
+per task folder) and :func:`write_probe_task` (one task folder from rendered pairs).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from frankeneval.core.results import atomic_output, atomic_write_text, staged_directory, write_json_atomic
 from frankeneval.errors import FrankenevalError
 from frankeneval.evaluation.inputs_check import Broken, BrokenRow, image_problem
 
-__all__ = ["PROBE_TASKS", "ProbePair", "check_pair", "load_probe_pairs", "owned_probe_folder", "write_probe_pairs",
-           "write_probe_task", "render_pair", "probe_task_dir"]
+__all__ = ["GENERATOR_STAMP", "PROBE_TASKS", "ProbePair", "check_pair", "load_probe_pairs", "owned_probe_folder",
+           "probe_task_dir", "write_probe_folders", "write_probe_task"]
 
 PROBE_TASKS = ("counting", "ocr", "grounding", "recognition")
-
-COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 30),
-           "purple": (140, 60, 180), "orange": (240, 140, 30)}
-SHAPES = ("circle", "square", "triangle")
-WORDS = ("gradient", "spectrum", "alignment", "manifold", "curvature", "singular", "tensor", "entropy", "lattice",
-         "momentum", "variance", "kernel", "horizon", "quantum", "vector", "matrix", "theorem", "integral")
-
-PROMPTS = {
-    "counting": "How many items are there in the image?",
-    "ocr": "Read the text in the image. Answer with the exact word only.",
-    "grounding": "Locate the object: {object}. Return bounding box as x1,y1,x2,y2.",
-    "recognition": "Is there a {object} in the image? Answer Yes or No only.",
-}
 
 
 @dataclass(frozen=True)
@@ -136,101 +121,7 @@ def check_pair(pair: ProbePair | BrokenRow) -> ProbePair:
     return pair
 
 
-# --------------------------------------------------------------------------- rendering
-
-
-def _font(size: int):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1
-        return ImageFont.load_default()
-
-
-def _draw_shape(draw, shape: str, box: tuple[int, int, int, int], colour) -> None:
-    x1, y1, x2, y2 = box
-    if shape == "circle":
-        draw.ellipse(box, fill=colour)
-    elif shape == "square":
-        draw.rectangle(box, fill=colour)
-    else:
-        draw.polygon([((x1 + x2) // 2, y1), (x2, y2), (x1, y2)], fill=colour)
-
-
-def _place_boxes(rng: random.Random, n: int, size: int, lo: int, hi: int) -> list[tuple[int, int, int, int]]:
-    """``n`` non-overlapping boxes (with a margin) inside a ``size`` canvas."""
-    for _ in range(200):
-        boxes: list[tuple[int, int, int, int]] = []
-        for _ in range(n * 50):
-            if len(boxes) == n:
-                break
-            w, h = rng.randint(lo, hi), rng.randint(lo, hi)
-            x, y = rng.randint(4, size - w - 4), rng.randint(4, size - h - 4)
-            b = (x, y, x + w, y + h)
-            if all(b[2] + 6 < o[0] or o[2] + 6 < b[0] or b[3] + 6 < o[1] or o[3] + 6 < b[1] for o in boxes):
-                boxes.append(b)
-        if len(boxes) == n:
-            return boxes
-    raise RuntimeError(f"could not place {n} shapes on a {size}px canvas")
-
-
-def _canvas(size: int):
-    from PIL import Image
-
-    return Image.new("RGB", (size, size), (245, 245, 245))
-
-
-def render_pair(task: str, rng: random.Random, size: int = 384):
-    """``(target_image, source_image, prompt, meta)`` for one pair of ``task``."""
-    from PIL import ImageDraw
-
-    imgs = [_canvas(size), _canvas(size)]
-    draws = [ImageDraw.Draw(im) for im in imgs]
-    if task == "counting":
-        counts = rng.sample(range(2, 10), 2)
-        for d, n in zip(draws, counts):
-            for b in _place_boxes(rng, n, size, max(6, size // 14), max(8, size // 8)):
-                _draw_shape(d, rng.choice(SHAPES), b, COLOURS[rng.choice(list(COLOURS))])
-        meta = {"target_answer": str(counts[0]), "source_answer": str(counts[1]), "canvas_size": [size, size]}
-        prompt = PROMPTS["counting"]
-    elif task == "ocr":
-        words = rng.sample(WORDS, 2)
-        font = _font(max(16, size // 10))
-        for d, w in zip(draws, words):
-            left, top, right, bottom = d.textbbox((0, 0), w, font=font)
-            x = rng.randint(4, max(4, size - (right - left) - 4))
-            y = rng.randint(4, max(4, size - (bottom - top) - 4))
-            d.text((x - left, y - top), w, fill=(10, 10, 10), font=font)
-        meta = {"target_text": words[0], "source_text": words[1], "canvas_size": [size, size]}
-        prompt = PROMPTS["ocr"]
-    elif task == "grounding":
-        colour, shape = rng.choice(list(COLOURS)), rng.choice(("circle", "square"))
-        boxes = []
-        for d in draws:
-            b = _place_boxes(rng, 1, size, size // 6, size // 4)[0]
-            _draw_shape(d, shape, b, COLOURS[colour])
-            boxes.append(list(b))
-        name = f"{colour} {shape}"
-        meta = {"object_name": name, "target_bbox_xyxy": boxes[0], "source_bbox_xyxy": boxes[1],
-                "canvas_size": [size, size], "iou_threshold": 0.5}
-        prompt = PROMPTS["grounding"].format(object=name)
-    elif task == "recognition":
-        present = rng.choice(SHAPES)
-        others = [s for s in SHAPES if s != present]
-        n = rng.randint(2, 4)
-        for k, d in enumerate(draws):
-            boxes = _place_boxes(rng, n, size, max(8, size // 10), max(10, size // 6))
-            kinds = [rng.choice(others) for _ in boxes]
-            if k == 0:
-                kinds[rng.randrange(n)] = present
-            for b, s in zip(boxes, kinds):
-                _draw_shape(d, s, b, COLOURS[rng.choice(list(COLOURS))])
-        meta = {"category_name": present, "target_answer": "Yes", "source_answer": "No", "canvas_size": [size, size]}
-        prompt = PROMPTS["recognition"].format(object=present)
-    else:
-        raise FrankenevalError(f"unknown probe task {task!r}; known: {', '.join(PROBE_TASKS)}")
-    return imgs[0], imgs[1], prompt, meta
+# --------------------------------------------------------------------------- writing
 
 
 def write_probe_task(folder: str | os.PathLike, task: str, pairs: Iterable[tuple[Any, Any, str, dict]]) -> Path:
@@ -252,7 +143,7 @@ def write_probe_task(folder: str | os.PathLike, task: str, pairs: Iterable[tuple
     return tdir
 
 
-GENERATOR_STAMP = "generator.json"  # what write_probe_pairs wrote a task folder from (task, n, seed, size)
+GENERATOR_STAMP = "generator.json"  # what a task folder was rendered from (write_probe_folders' stamp)
 
 
 def owned_probe_folder(task: str, *, stamp: str | None = None) -> Callable[[Path], str | None]:
@@ -283,7 +174,7 @@ def owned_probe_folder(task: str, *, stamp: str | None = None) -> Callable[[Path
 
 def _rendered_root(folder: Path, present: set[str]) -> str | None:
     """Adopt a probe folder an older frankeneval rendered without the output marker: nothing but task folders
-    :func:`write_probe_pairs` wrote (each with its generator stamp)."""
+    :func:`write_probe_folders` wrote (each with its generator stamp)."""
     for name in sorted(present):
         path = folder / name
         if name not in PROBE_TASKS or path.is_symlink() or not path.is_dir():
@@ -301,16 +192,19 @@ def _read_stamp(path: Path) -> Any:
         return None
 
 
-def write_probe_pairs(out_dir: str | os.PathLike, tasks: Iterable[str] = PROBE_TASKS, n: int = 100, seed: int = 0,
-                      size: int = 384, *, command: str = "make-probes") -> dict[str, Path]:
-    """Render ``n`` pairs per task into ``out_dir/<task>/`` (data.jsonl + images/); returns the task folders.
-
-    Deterministic: the same (task, n, seed, size) gives the same files. Already complete folders are kept.
+def write_probe_folders(out_dir: str | os.PathLike, tasks: Iterable[str],
+                        render: Callable[[str], Iterable[tuple[Any, Any, str, dict]]], stamp: Mapping[str, Any], *,
+                        command: str = "make-probes") -> dict[str, Path]:
+    """Write ``out_dir/<task>/`` (data.jsonl + images/ + ``generator.json``) for each task from ``render(task)`` (the
+    rendered pairs, :func:`write_probe_task`); returns the task folders. ``stamp`` says what the renderer's output
+    depends on (renderer, n, seed, ...): a task folder that already holds a complete render with the same stamp
+    (and the task) is kept as it is.
 
     Never overwrites a probe dataset frankeneval did not render: ``out_dir`` is claimed as an output folder
     (:func:`frankeneval.core.outdir.claim_output_dir`; pass an already claimed one to allow foreign files beside),
-    and a task folder is replaced -- atomically, as a whole -- only when it holds exactly what this function wrote
-    (its ``generator.json`` stamp, ``data.jsonl`` and the rendered images); anything else is refused in one line.
+    and a task folder is replaced -- atomically, as a whole -- only when it holds exactly what a frankeneval probe
+    writer wrote (its ``generator.json`` stamp, ``data.jsonl`` and the rendered images); anything else is refused in
+    one line.
     """
     from frankeneval.core.outdir import claim_output_dir
 
@@ -322,15 +216,14 @@ def write_probe_pairs(out_dir: str | os.PathLike, tasks: Iterable[str] = PROBE_T
     written = {}
     for task in tasks:
         tdir = out / task
-        stamp = {"task": task, "n": n, "seed": seed, "size": size}
+        task_stamp = {"task": task, **stamp}
         owned = owned_probe_folder(task, stamp=GENERATOR_STAMP)
         if tdir.is_dir() and not tdir.is_symlink() and owned(tdir) is None and (tdir / "data.jsonl").is_file() \
-                and _read_stamp(tdir / GENERATOR_STAMP) == stamp:
+                and _read_stamp(tdir / GENERATOR_STAMP) == task_stamp:
             written[task] = tdir
             continue
-        rng = random.Random(f"{seed}:{task}")
         with staged_directory(tdir, owned=owned) as tmp:
-            write_probe_task(tmp, task, (render_pair(task, rng, size) for _ in range(n)))
-            write_json_atomic(tmp / GENERATOR_STAMP, stamp, newline=False)
+            write_probe_task(tmp, task, render(task))
+            write_json_atomic(tmp / GENERATOR_STAMP, task_stamp, newline=False)
         written[task] = tdir
     return written

@@ -12,11 +12,17 @@ The prompt is the data's ``prompt`` field verbatim (a literal ``<image>`` stays 
 paper's sub-sample (``--samples k``: ``RandomState(seed).choice``, sorted; default all). Before any model work every
 selected pair's two images are decoded (:func:`select_probe_sets`): a broken file stops the run in one line, or with
 ``--skip-broken`` the pair is left out (not replaced) and listed under ``skipped`` in the results and the table.
+The default swap needs the pair's two images to give the same number of visual tokens: a pair that does not (the
+counts follow from the image sizes through the processor, :func:`unequal_pairs`) is refused before any model work on
+it, recorded (``refused`` in the results and the table, a ``refused/<task>/<pair id>`` record in the store, never a
+result) and the other pairs run; its task's rates are over the pairs that ran.
 
 ``seed_compatible=True`` (``--seed-compatible``) reproduces the reference code: the swap also re-appends the source's
-visual K/V at every decode step (:class:`frankeneval.engine.interventions.SwapVisualKV`), and the pairs are the first
-50 (or ``samples``) of each task file, in file order. Its swap units are keyed apart and the run store's header
-records it, so a run never reuses units computed with the other setting.
+visual K/V at every decode step (:class:`frankeneval.engine.interventions.SwapVisualKV`), the pairs are the first
+50 (or ``samples``) of each task file, in file order, and a pair of unequal visual-token counts runs with the source's
+K/V interpolated over token positions (:meth:`frankeneval.engine.interventions.VisualKV.resized`), never refused.
+Its swap units are keyed apart and the run store's header records it, so a run never reuses units computed with the
+other setting.
 
 Speed by design: the source's visual K/V is computed once per pair (one prefill) and shared by all of the
 pair's layers; the units (pair x layer) are packed into batched ``Generator.generate`` calls with a different
@@ -41,7 +47,8 @@ Output ``vision_localization.json`` schema::
       "samples": int | null, "seed": int, "data": str,
       "tasks": {
         "<task>": {
-          "n_pairs": int,
+          "n_pairs": int,                     # pairs that ran (the rates are over these)
+          "n_refused": int,                   # pairs refused as unequal (default mode)
           "target_accuracy": float,           # original answers correct for the target's ground truth
           "source_accuracy": float,           # source's own answers correct for the source's ground truth
           "n_informative": int,               # pairs whose original and source answers differ (task-aware)
@@ -54,6 +61,9 @@ Output ``vision_localization.json`` schema::
       },
       "pairs": [ {"task": str, "id": str, "original": str, "source_own": str,
                   "swapped": {"<unified layer>": str, ...}}, ... ],
+      "n_refused": int,
+      "refused": [ {"task": str, "id": str, "target_tokens": int, "source_tokens": int, "reason": str}, ... ],
+                                              # unequal visual-token counts (default mode; not in any figure)
       "skipped": [ {"id": "<task>/<pair id>", "path": str, "reason": str}, ... ]   # selected but broken
     }                                                                              # (--skip-broken; not in any figure)
 """
@@ -77,7 +87,6 @@ from frankeneval.evaluation.probes import (
     ProbePair,
     check_pair,
     load_probe_pairs,
-    write_probe_pairs,
 )
 from frankeneval.evaluation.scoring import probe_correct
 from frankeneval.localization.common import (
@@ -94,17 +103,20 @@ from frankeneval.localization.common import (
 __all__ = [
     "REFERENCE_PAIRS",
     "VISION_MAX_NEW_TOKENS",
+    "format_refused",
     "format_vision_table",
     "load_probe_sets",
     "make_executor",
     "pair_selection",
     "plain_key",
     "probe_fingerprint",
+    "refusal_key",
     "run_vision_sweep",
     "select_pairs",
     "select_probe_sets",
     "summarize_vision",
     "swap_key",
+    "unequal_pairs",
     "vision_units",
 ]
 
@@ -124,8 +136,6 @@ def select_probe_sets(
     tasks: Sequence[str] = PROBE_TASKS,
     *,
     data: str | os.PathLike | None = None,
-    rendered_dir: str | os.PathLike | None = None,
-    n_rendered: int = 100,
     samples: int | None = None,
     seed: int = DEFAULT_SAMPLE_SEED,
     seed_compatible: bool = False,
@@ -137,11 +147,9 @@ def select_probe_sets(
     :class:`~frankeneval.evaluation.inputs_check.BrokenInput`, or with ``skip_broken`` is left out (never replaced by
     another pair) and listed in ``skipped`` (``{"id": "<task>/<pair id>", "path", "reason"}``).
     """
-    if data is None and rendered_dir is None:
-        raise FrankenevalError("give a probe folder (--data) or a folder to render built-in probes into (--rendered)")
-    if data is None:
-        write_probe_pairs(rendered_dir, tasks=tasks, n=n_rendered, seed=0)
-        data = rendered_dir
+    if data is None:  # the built-in probes are rendered before (make-probes, --rendered: the commands' layer)
+        raise FrankenevalError("give a probe folder (--data), or render the built-in probes first (frankeneval "
+                               "make-probes OUT, or --rendered)")
     selected = []
     for task in tasks:
         pairs = load_probe_pairs(data, task, check_images=False, keep_broken=True)
@@ -217,6 +225,39 @@ def _open_image(path: Path):
 
     with Image.open(path) as im:
         return im.convert("RGB")
+
+
+def refusal_key(task: str, pair_id: str) -> str:
+    """Store key of a refused pair's record (never a result: no summary reads it)."""
+    return f"refused/{task}/{pair_id}"
+
+
+def unequal_pairs(processor, pairs_by_task: dict[str, list[ProbePair]]) -> list[dict]:
+    """The pairs whose target and source images give different visual-token counts, which the default swap refuses:
+    ``{"task", "id", "target_tokens", "source_tokens", "reason"}`` each, in pair order. The counts come from the
+    image sizes through the processor (:func:`frankeneval.engine.encoding.visual_token_count`), no model work."""
+    from PIL import Image
+
+    from frankeneval.engine.encoding import visual_token_count
+
+    counts: dict[Path, int] = {}
+
+    def tokens(path: Path) -> int:
+        if path not in counts:
+            with Image.open(path) as im:  # the size only: the header is read, not the pixels
+                counts[path] = visual_token_count(processor, im.size)
+        return counts[path]
+
+    refused = []
+    for task, pairs in pairs_by_task.items():
+        for pair in pairs:
+            n_target, n_source = tokens(pair.target_image), tokens(pair.source_image)
+            if n_target != n_source:
+                refused.append({"task": task, "id": pair.id, "target_tokens": n_target, "source_tokens": n_source,
+                                "reason": f"unequal visual-token counts (target {n_target}, source {n_source}): the "
+                                          "default swap needs equal counts; --seed-compatible interpolates, as the "
+                                          "reference"})
+    return refused
 
 
 def vision_units(pairs_by_task: dict[str, list[ProbePair]], layers: Sequence[int], system: str | None = None, *,
@@ -318,6 +359,9 @@ def run_vision_sweep(
     ``seed_compatible``: the reference's decode-step re-append in every swap (pick the pairs with
     :func:`select_pairs`); recorded in the results and the store header (a store of the other setting is refused).
     ``skipped``: the selected pairs left out as broken (:func:`select_probe_sets`), recorded in the results.
+    Default mode: a pair of unequal visual-token counts (:func:`unequal_pairs`, from the image sizes, before any
+    model work) is refused on its own -- recorded in the store (:func:`refusal_key`, never a result) and under
+    ``refused`` in the results -- and the other pairs run (a generator without a ``processor`` is not checked).
     """
     out = Path(claim_for("localize-vision", out_dir, inputs=local_inputs(("model", model_name))))
     n_layers = generator.model.config.get_text_config().num_hidden_layers
@@ -328,6 +372,15 @@ def run_vision_sweep(
                      required={"response": str},
                      inputs={"model": model_input(generator, model_name),
                              "probe data": {"content": probe_fingerprint(pairs_by_task)}})
+    processor = getattr(generator, "processor", None)
+    refused = [] if seed_compatible or processor is None else unequal_pairs(processor, pairs_by_task)
+    for r in refused:  # recorded once; a resume refuses the pair again from the sizes, before any model work
+        record = {"kind": "refused", "task": r["task"], "pair": r["id"], "target_tokens": r["target_tokens"],
+                  "source_tokens": r["source_tokens"], "reason": r["reason"], "response": ""}  # no answer
+        if store.get(refusal_key(r["task"], r["id"])) != record:
+            store.append(refusal_key(r["task"], r["id"]), record)
+    out_ids = {(r["task"], r["id"]) for r in refused}
+    pairs_by_task = {task: [p for p in pairs if (task, p.id) not in out_ids] for task, pairs in pairs_by_task.items()}
     units, keys = vision_units(pairs_by_task, layers, system, seed_compatible=seed_compatible)
     todo = len(store.missing(u.key for u in units))
     bar = None
@@ -342,7 +395,7 @@ def run_vision_sweep(
     finally:
         if bar:
             bar.close()
-    results = summarize_vision(store.records(), pairs_by_task, keys, layers)
+    results = summarize_vision(store.records(), pairs_by_task, keys, layers, refused=refused)
     results.update({"model": model_name, "max_new_tokens": max_new_tokens, "system": system, **(meta or {}),
                     "seed_compatible": bool(seed_compatible), "skipped": list(skipped)})
     write_json_atomic(out / RESULTS_FILE, results, indent=1, ensure_ascii=False, newline=False)
@@ -350,8 +403,9 @@ def run_vision_sweep(
 
 
 def summarize_vision(records: dict[str, dict], pairs_by_task: dict[str, list[ProbePair]], keys: dict,
-                     layers: Sequence[int]) -> dict:
-    """Per task and layer metrics from finished unit records (see the module docstring)."""
+                     layers: Sequence[int], *, refused: Sequence[dict] = ()) -> dict:
+    """Per task and layer metrics from finished unit records (see the module docstring), over the pairs that ran
+    (``pairs_by_task``); ``refused``: the pairs refused as unequal (:func:`unequal_pairs`), counted and listed."""
     tasks_out: dict[str, Any] = {}
     pairs_out = []
     for task, pairs in pairs_by_task.items():
@@ -382,6 +436,7 @@ def summarize_vision(records: dict[str, dict], pairs_by_task: dict[str, list[Pro
             pairs_out.append({"task": task, "id": pair.id, "original": orig, "source_own": src, "swapped": swapped})
         tasks_out[task] = {
             "n_pairs": len(pairs),
+            "n_refused": sum(r["task"] == task for r in refused),
             "target_accuracy": rate(tgt_ok),
             "source_accuracy": rate(src_ok),
             "n_informative": n_inf,
@@ -394,7 +449,8 @@ def summarize_vision(records: dict[str, dict], pairs_by_task: dict[str, list[Pro
                 for L in layers
             ],
         }
-    return {"analysis": "vision_localization", "layers": list(layers), "tasks": tasks_out, "pairs": pairs_out}
+    return {"analysis": "vision_localization", "layers": list(layers), "tasks": tasks_out, "pairs": pairs_out,
+            "n_refused": len(refused), "refused": [dict(r) for r in refused]}
 
 
 def format_vision_table(results: dict) -> str:
@@ -419,4 +475,18 @@ def format_vision_table(results: dict) -> str:
     lines.append(acc)
     if results.get("seed_compatible"):
         lines.append("seed-compatible: the reference's decode-step re-append; " + results.get("pair_selection", ""))
-    return "\n".join(lines + format_skipped(results.get("skipped")))
+    return "\n".join(lines + format_refused(results.get("refused")) + format_skipped(results.get("skipped")))
+
+
+def format_refused(refused: Sequence[dict] | None, limit: int = 20) -> list[str]:
+    """Report lines for the pairs refused as unequal (none when nothing was refused)."""
+    if not refused:
+        return []
+    n = len(refused)
+    lines = [f"refused {n} pair{'s' if n != 1 else ''} of unequal visual-token counts (not in the figures above; "
+             "--seed-compatible interpolates them, as the reference):"]
+    lines += [f"  {r['task']}/{r['id']}: target {r['target_tokens']}, source {r['source_tokens']} visual tokens"
+              for r in refused[:limit]]
+    if n > limit:
+        lines.append(f"  ... and {n - limit} more (see the output's 'refused' record)")
+    return lines

@@ -17,6 +17,12 @@ the paper's three capability axes:
 Training-only kinds (Base's pre-training): ``caption`` ("Describe the image.") and ``arithmetic`` ("What is 3 * 7?"
 -> ``21``).
 
+Views (:data:`VIEWS`): an item with a scene is shown as its image (``"image"``, the default), or -- for training only,
+as a pretrained LLM has read scenes described in words -- as the black + description control shows it
+(``"blackdesc"``: an all-black image of the same size and :func:`blackdesc_prompt` with :func:`describe_scene`,
+exactly the ``franken_world_*_blackdesc`` layout) or as the description alone (``"text"``: no image). A view is
+asked for as ``"task:view"`` (``"multiply:blackdesc"``); it leaves the item's content, hence its split, unchanged.
+
 Alignment and reasoning questions are asked with the method's step-by-step / ``\\boxed{}`` instruction
 (:data:`MATH_PROMPT`); perception questions are asked plainly and answered with a word, a number or a box.
 Answers are right by construction: the scene is drawn from the same description the answer is computed from.
@@ -42,8 +48,8 @@ import random
 import shutil
 import tempfile
 import zlib
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -51,8 +57,8 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 from frankeneval.core.paths import default_cache_dir
-from frankeneval.core.results import atomic_write_text, staged_directory, write_json_atomic
-from frankeneval.evaluation.probes import PROBE_TASKS, owned_probe_folder, write_probe_task
+from frankeneval.core.results import atomic_write_text, write_json_atomic
+from frankeneval.evaluation.probes import PROBE_TASKS, write_probe_folders
 
 CANVAS = 84
 CELL = 28
@@ -80,6 +86,7 @@ AXIS_TASKS: dict[str, tuple[str, ...]] = {
     "pretrain": ("caption", "arithmetic"),
 }
 TEST_FRACTION = 5  # one item in five (by content hash) is held out
+VIEWS = ("image", "blackdesc", "text")  # how an item's scene is shown (module docstring)
 WORLD_VERSION = 1  # bump when the generator's output changes
 
 
@@ -176,10 +183,16 @@ class WorldItem:
     solution: str = ""  # worked steps before the boxed answer (alignment / reasoning)
     scene: list[Obj] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    view: str = "image"  # one of VIEWS: the image, or the scene described in words (with a black image, or alone)
 
     @property
     def has_image(self) -> bool:
-        return self.scene is not None
+        return self.scene is not None and self.view != "text"
+
+    @property
+    def described(self) -> bool:
+        """The scene is given as :func:`describe_scene` text, in the black + description layout."""
+        return self.scene is not None and self.view != "image"
 
     @property
     def boxed(self) -> bool:
@@ -188,11 +201,16 @@ class WorldItem:
 
     @property
     def prompt(self) -> str:
-        """The user text shown after the image."""
+        """The user text shown after the image (for a described view: :func:`blackdesc_prompt`)."""
+        if self.described:
+            return blackdesc_prompt(describe_scene(self.scene or []), self.question, boxed=self.boxed)
         return f"{MATH_PROMPT}\n\n{self.question}" if self.boxed else self.question
 
     def image(self) -> Image.Image | None:
-        return render(self.scene) if self.scene is not None else None
+        """The rendered scene; for the ``blackdesc`` view an all-black image of the same size (as the control's)."""
+        if not self.has_image:
+            return None
+        return Image.new("RGB", (CANVAS, CANVAS), (0, 0, 0)) if self.view == "blackdesc" else render(self.scene or [])
 
     def target(self, worked: bool = True) -> str:
         """The assistant's reply to train on: the answer, or the worked solution then ``\\boxed{answer}``."""
@@ -206,9 +224,10 @@ class WorldItem:
 
         It answers without working, guessing the image's quantities (a count of 1-3, a written 2-5: a fixed draw
         per item) and applying the question's operation correctly -- so it is right only when its guess is.
-        Items that need no image are answered as :meth:`target` does.
+        Items that need no image, and items whose scene is described in words (the teacher reads it), are answered
+        as :meth:`target` does.
         """
-        if self.axis != "alignment":
+        if self.axis != "alignment" or self.described:
             return self.target(worked=False)
         rng = random.Random(f"blind:{self.key()}")
         n, digit = rng.randint(*ALIGNMENT_COUNTS), rng.choice(ALIGNMENT_DIGITS)
@@ -222,7 +241,8 @@ class WorldItem:
         return [{"role": "user", "content": content}]
 
     def key(self) -> str:
-        """The content that decides the split (question + scene)."""
+        """The content that decides the split (question + scene; not the view: a described item is in its image
+        item's split)."""
         return json.dumps([self.task, self.question, scene_to_json(self.scene or [])], sort_keys=True)
 
 
@@ -352,15 +372,38 @@ def split_of(item: WorldItem) -> str:
     return "test" if zlib.crc32(item.key().encode()) % TEST_FRACTION == 0 else "train"
 
 
+def task_view(task: str) -> tuple[str, str]:
+    """``"multiply:blackdesc"`` -> ``("multiply", "blackdesc")``; a bare task name is the ``"image"`` view."""
+    name, _, view = task.partition(":")
+    view = view or "image"
+    if view not in VIEWS:
+        raise ValueError(f"unknown view {view!r} in world task {task!r}; expected one of {VIEWS}")
+    return name, view
+
+
+def with_view(item: WorldItem, view: str) -> WorldItem:
+    """``item`` shown in ``view`` (same content, so the same split); only an item with a scene can be described."""
+    if view not in VIEWS:
+        raise ValueError(f"unknown view {view!r}; expected one of {VIEWS}")
+    if view != "image" and item.scene is None:
+        raise ValueError(f"a {item.task} item has no scene to describe")
+    return replace(item, view=view)
+
+
 def world_item(seed: int, split: str, task: str, index: int) -> WorldItem:
-    """Item ``index`` of ``task`` in ``split``: a pure function of its arguments."""
+    """Item ``index`` of ``task`` (``"name"`` or ``"name:view"``) in ``split``: a pure function of its arguments.
+
+    The split is decided by the item's content alone (:func:`split_of`), whatever its view.
+    """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    name, view = task_view(task)
     for attempt in range(1000):
         rng = random.Random(f"frankeneval-world:{seed}:{split}:{task}:{index}:{attempt}")
-        item = make_item(task, rng)
+        item = make_item(name, rng)
         if split_of(item) == split:
-            item.id = f"{split}-{task}-{index:06d}"
+            item = with_view(item, view) if view != "image" else item
+            item.id = f"{split}-{name}-{index:06d}" if view == "image" else f"{split}-{name}-{view}-{index:06d}"
             return item
     raise RuntimeError(f"could not draw a {split} item of {task}")  # pragma: no cover
 
@@ -377,6 +420,8 @@ def corpus(seed: int = 0, n: int = 600) -> list[str]:
     texts = []
     for it in world_items("train", tasks, n, seed):
         texts.append(f"{it.prompt}\n{it.target(worked=True)}")
+        if it.scene is not None:  # the scene in words, as the described views show it
+            texts.append(f"{with_view(it, 'blackdesc').prompt}\n{it.target(worked=True)}")
     texts.append(f"{MATH_PROMPT} Yes No " + " ".join(POSITIONS) + " " + " ".join(COLOURS) + " " + " ".join(SHAPES))
     texts += ["system\nYou are a helpful assistant.\nuser\nassistant\n"] * 50  # the chat template's own words
     return texts
@@ -497,29 +542,56 @@ def probe_pair(task: str, rng: random.Random) -> tuple[list[Obj], list[Obj], str
     raise ValueError(f"unknown probe task {task!r}; expected one of {PROBE_TASKS}")
 
 
-def _owned_probe_folder(task: str) -> Callable[[Path], str | None]:
-    """For :func:`staged_directory`: a probe task folder may be replaced only when it holds exactly what
-    :func:`write_vision_probes` writes (``data.jsonl`` and ``images/<task>_NNNNNN_[ts].png``;
-    :func:`frankeneval.evaluation.probes.owned_probe_folder`)."""
-    return owned_probe_folder(task)
-
-
 def write_vision_probes(out_dir: str | os.PathLike, *, n_per_task: int = 50, seed: int = 0,
-                        tasks: Sequence[str] = PROBE_TASKS) -> Path:
-    """Write ``<out_dir>/<task>/data.jsonl`` + ``images/`` in the ``vision_probes`` folder format (through the format's
-    one writer, :func:`frankeneval.evaluation.probes.write_probe_task`). An existing task folder is replaced only
-    when it holds exactly an earlier run's probes (``core.results.staged_directory``)."""
-    root = Path(out_dir)
-    for task in tasks:
-        with staged_directory(root / task, owned=_owned_probe_folder(task)) as tmp:
-            write_probe_task(tmp, task, (_rendered_probe_pair(task, seed, i) for i in range(n_per_task)))
-    return root
+                        tasks: Sequence[str] = PROBE_TASKS, command: str = "make-probes",
+                        size: int | None = None) -> Path:
+    """frankeneval's one probe renderer: ``n_per_task`` pairs of world scenes per task into ``<out_dir>/<task>/``
+    (``data.jsonl``, ``images/``, ``generator.json``: the ``vision_probes`` folder format); returns ``out_dir``.
+    Used by ``frankeneval make-probes``, ``--rendered`` (the commands render before the analysis reads), the
+    harness tasks' built-in probes and the demo.
+
+    Deterministic: pair ``i`` of a task is a pure function of ``(seed, task, i)``, so the same ``(tasks, n_per_task,
+    seed)`` gives the same files. Written through the format's writer
+    (:func:`frankeneval.evaluation.probes.write_probe_folders`): ``out_dir`` is a guarded output folder (``command``
+    is recorded in its marker), a task folder already holding this very render (same stamp) is kept, and one is
+    replaced -- as a whole -- only when it holds exactly a frankeneval probe render; a probe dataset frankeneval did
+    not render is refused in one line.
+
+    ``size``: each image scaled to ``size`` x ``size`` pixels by nearest neighbour (the scene unchanged, for models
+    that expect larger images than the world's {canvas} px); None keeps the world's size, which the miniature lineage
+    was trained on.""".replace("{canvas}", str(CANVAS))
+    stamp = {"renderer": "miniature.world", "world_version": WORLD_VERSION, "n": n_per_task, "seed": seed,
+             **({"size": size} if size else {})}
+
+    def pairs(task: str):
+        for i in range(n_per_task):
+            target, source, prompt, meta = _rendered_probe_pair(task, seed, i)
+            if size and size != CANVAS:
+                target, source = (im.resize((size, size), Image.Resampling.NEAREST) for im in (target, source))
+                meta = _scaled_meta(meta, size / CANVAS)
+            yield target, source, prompt, meta
+
+    write_probe_folders(out_dir, tasks, pairs, stamp, command=command)
+    return Path(out_dir)
+
+
+def _scaled_meta(meta: dict[str, Any], factor: float) -> dict[str, Any]:
+    """A probe's ``meta`` for its images scaled by ``factor``: the canvas and the boxes in the new pixels."""
+    def scale(values):
+        return [round(v * factor, 2) if factor != int(factor) else int(v * factor) for v in values]
+
+    out = {**meta, "canvas_size": scale(meta.get("canvas_size") or [CANVAS, CANVAS])}
+    for key in ("target_bbox_xyxy", "source_bbox_xyxy"):
+        if key in meta:
+            out[key] = scale(meta[key])
+    return out
 
 
 def _rendered_probe_pair(task: str, seed: int, index: int) -> tuple[Image.Image, Image.Image, str, dict[str, Any]]:
     """Pair ``index`` of ``task``: ``(target image, source image, prompt, meta)``, the scenes kept in ``meta``."""
     target, source, prompt, meta = probe_pair(task, random.Random(f"frankeneval-probe:{seed}:{task}:{index}"))
-    meta = {**meta, "target_scene": scene_to_json(target), "source_scene": scene_to_json(source)}
+    meta = {**meta, "canvas_size": [CANVAS, CANVAS], "target_scene": scene_to_json(target),
+            "source_scene": scene_to_json(source)}
     return render(target), render(source), prompt, meta
 
 

@@ -12,6 +12,11 @@ Characterization (``summary.json`` / ``matrices.jsonl`` / ``compare_summary.json
   :func:`energy_per_layer_values`);
 * :func:`plot_ranks_per_layer` -- mean stable and effective rank of ΔIN and ΔRL per layer;
 * :func:`plot_spectra` -- normalized top-k singular values of ΔIN and ΔRL for chosen layers;
+* :func:`plot_diversity_per_layer` -- the reference's diversity plots (``characterisation_diversity.py``,
+  ``plot_spectral_norm_comparison`` / ``plot_log_volume_comparison``): mean spectral norm σ₁ and mean log spectral
+  volume Σ_{i≤50} log(σᵢ + 1e-12) of ΔIN and ΔRL per unified layer (``summary.json: diversity.by_layer``);
+* :func:`plot_region_spectra` -- the reference's ``plot_svd_spectrum_comparison``: σᵢ/σ₁ of the representative
+  matrix of the early / middle / late LLM thirds, ΔIN solid and ΔRL dashed (``diversity.region_spectra``);
 * :func:`plot_compare_heatmap` -- cross-lineage ΔRL similarity (cosine or subspace overlap) per layer.
 """
 
@@ -205,6 +210,101 @@ def plot_spectra(
     return save_figure(fig, out)
 
 
+REGION_COLOURS = {"early": "#2ca02c", "middle": "#ff7f0e", "late": "#1f77b4"}  # the reference's colours
+DIVERSITY_PLOTS = ("diversity_per_layer.png", "region_spectra.png")
+
+
+def selection_note(summary: dict[str, Any]) -> str:
+    """The run's matrix selection for a figure title (``--weight-filter``, ``--llm-only``, ``--sections``); empty for
+    every matrix."""
+    st = (summary.get("run") or {}).get("settings") or {}
+    parts = ([f"names containing '{st['weight_filter']}'"] if st.get("weight_filter") else []) + (
+        ["LLM only"] if st.get("llm_only") else []) + ([f"sections {', '.join(st['sections'])}"]
+                                                       if st.get("sections") else [])
+    return f" [{'; '.join(parts)}]" if parts else ""
+
+
+def diversity_of(summary: dict[str, Any], records: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
+    """The summary's ``diversity`` block; for a summary.json written before it existed, computed from the records
+    (:func:`frankeneval.characterization.aggregate.diversity`, ties within a layer in record order)."""
+    if "diversity" in summary:
+        return summary["diversity"]
+    if records is None:
+        return None
+    from frankeneval.characterization.aggregate import diversity
+
+    return diversity(records, volume_k=((summary.get("run") or {}).get("settings") or {}).get("volume_k"))
+
+
+def diversity_per_layer_values(diversity: dict[str, Any]) -> tuple[list[int], dict[str, dict[str, list[float | None]]]]:
+    """The diversity plot's points: unified layers and ``{metric: {delta: one mean per layer}}``."""
+    from frankeneval.characterization.aggregate import DIVERSITY_METRICS
+
+    rows = sorted(((int(k), v) for k, v in diversity["by_layer"].items()), key=lambda kv: kv[0])
+    values = {m: {d: [(g.get(d) or {}).get(m) for _, g in rows] for d in DELTA_STYLE} for m in DIVERSITY_METRICS}
+    return [k for k, _ in rows], values
+
+
+def plot_diversity_per_layer(summary: dict[str, Any], out: str | os.PathLike, *,
+                             diversity: dict[str, Any] | None = None) -> Path:
+    """Mean spectral norm σ₁ (top) and mean log spectral volume Σ_{i≤k} log(σᵢ + 1e-12) (bottom) of ΔIN and ΔRL per
+    unified layer, vision / projector / LLM shaded: the reference's spectral-norm and log-volume comparisons
+    (``characterisation_diversity.py``; linear axes, as there). ``diversity``: default the summary's."""
+    div = diversity if diversity is not None else summary.get("diversity")
+    if not div:
+        raise ValueError("this summary holds no diversity view (run characterize without --energy-only)")
+    xs, values = diversity_per_layer_values(div)
+    k = div.get("volume_k") or 50
+    fig, axes = plt.subplots(2, 1, figsize=(max(6, 0.22 * len(xs) + 3), 5.6), sharex=True)
+    labels = {"spectral_norm": "mean spectral norm σ₁",
+              "log_spectral_volume": f"mean log volume Σ_{{i≤{k}}} log(σᵢ+1e-12)"}
+    for ax, (metric, name) in zip(axes, labels.items()):
+        shade_sections(ax, xs)
+        for d, (lab, col) in DELTA_STYLE.items():
+            ys = values[metric][d]
+            ax.plot(xs, [float("nan") if y is None else y for y in ys], marker="o", ms=3, color=col, label=lab)
+        ax.set_ylabel(name, fontsize=8)
+    axes[0].set_title(_title(summary, "Update diversity per layer" + selection_note(summary)
+                             + (" (seed-compatible)" if is_seed_compatible(summary) else "")), pad=14)
+    axes[0].legend(frameon=False)
+    axes[-1].set_xlabel("unified layer (vision < 0, projector 0, LLM > 0)")
+    return save_figure(fig, out)
+
+
+def plot_region_spectra(summary: dict[str, Any], out: str | os.PathLike, *,
+                        diversity: dict[str, Any] | None = None) -> Path:
+    """σᵢ/σ₁ (log scale) of ΔIN (solid) and ΔRL (dashed) of the representative matrix of each LLM third
+    (``diversity.region_spectra``: the reference's ``plot_svd_spectrum_comparison``; a spectrum whose σ₁ is 0 is
+    not drawn, as there). ``diversity``: default the summary's."""
+    div = diversity if diversity is not None else summary.get("diversity")
+    spectra = (div or {}).get("region_spectra") or {}
+    if not any(spectra.values()):
+        raise ValueError("no representative spectra (no LLM matrices with spectra in this run)")
+    fig, ax = plt.subplots(figsize=(7.5, 4.4))
+    drawn = 0
+    for region, rep in spectra.items():
+        if not rep:
+            continue
+        for d, style, alpha in (("delta_in", "-", 0.5), ("delta_rl", "--", 1.0)):
+            s = rep[d]
+            if not s or s[0] <= 0:
+                continue
+            ax.plot(range(1, len(s) + 1), [x / s[0] for x in s], color=REGION_COLOURS.get(region, "0.4"), ls=style,
+                    alpha=alpha, lw=2, label=f"{region} {DELTA_STYLE[d][0]} (layer {rep['layer']}: {rep['name']})")
+            drawn += 1
+    if drawn:
+        ax.set_yscale("log")
+        ax.legend(frameon=False, fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "every representative update is zero", transform=ax.transAxes, ha="center")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_xlabel("singular value index i")
+    ax.set_ylabel("σᵢ / σ₁")
+    ax.set_title(_title(summary, "Spectra of the LLM thirds: ΔIN (solid) vs ΔRL (dashed)" + selection_note(summary)),
+                 fontsize=10)
+    return save_figure(fig, out)
+
+
 def plot_compare_heatmap(compare_summary: dict[str, Any], out: str | os.PathLike, *, metric: str = "cosine") -> Path:
     """Cross-lineage ΔRL similarity per unified layer: rows = lineage pairs, columns = layers.
 
@@ -243,7 +343,8 @@ def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = Non
     run_dir = Path(run_dir)
     read = [(name, run_dir / name) for name in ("summary.json", MATRICES_FILE, "compare_summary.json")
             if (run_dir / name).is_file()]  # the plots' inputs: the output folder must not be, hold or lie in one
-    out = Path(claim_for("plot", out_dir if out_dir is not None else run_dir / "plots", inputs=read))
+    out = Path(claim_for("plot", out_dir if out_dir is not None else run_dir / "plots", inputs=read,
+                         extra=DIVERSITY_PLOTS))
     written: list[Path] = []
     if (run_dir / "summary.json").is_file():
         with _malformed(run_dir / "summary.json", "characterize"):
@@ -257,6 +358,12 @@ def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = Non
             records = read_jsonl(run_dir / MATRICES_FILE, check=matrix_record_problem)
             if records:
                 written.append(plot_spectra(records, out / "spectra.png", layers=spectrum_layers))
+            with _malformed(run_dir / "summary.json", "characterize"):
+                div = diversity_of(summary, records)
+                if div:
+                    written.append(plot_diversity_per_layer(summary, out / DIVERSITY_PLOTS[0], diversity=div))
+                    if any((div.get("region_spectra") or {}).values()):
+                        written.append(plot_region_spectra(summary, out / DIVERSITY_PLOTS[1], diversity=div))
     if (run_dir / "compare_summary.json").is_file():
         with _malformed(run_dir / "compare_summary.json", "characterize --compare"):
             cmp = load_json(run_dir / "compare_summary.json")

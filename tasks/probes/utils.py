@@ -2,7 +2,8 @@
 data's prompt, scored by rules against the target answer (no judge).
 
 Data: ``$FRANKENEVAL_DATA/vision_probes/<task>/data.jsonl`` (or ``data_path``), else the built-in rendered probes
-(:mod:`frankeneval.evaluation.probes`), written once into ``probe_cache``.
+(:func:`frankeneval.miniature.world.write_vision_probes`, as ``make-probes`` renders them), written once into
+``probe_cache``.
 """
 
 from __future__ import annotations
@@ -28,10 +29,10 @@ def probe_folder(task: str, settings: TaskSettings) -> Path:
             f"probe task {task}: no {root / 'vision_probes' / task / 'data.jsonl'}; point FRANKENEVAL_DATA "
             "(or data_path) at a folder in the vision_probes format, or unset it to use the built-in rendered probes."
         )
-    from frankeneval.evaluation.probes import write_probe_pairs
+    from frankeneval.miniature.world import write_vision_probes
 
     cache = Path(settings.probe_cache or Path.home() / ".cache" / "frankeneval" / "probes").expanduser()
-    write_probe_pairs(cache, tasks=[task], n=100, seed=0)
+    write_vision_probes(cache, tasks=[task], n_per_task=100, seed=0)
     return cache
 
 
