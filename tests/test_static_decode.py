@@ -126,7 +126,6 @@ def test_prefill_in_chunks_equals_one_prefill(gen, static_runs):
 def test_what_the_static_decoder_does_not_take_goes_through_generate(gen, static_runs):
     gen.generate(requests()[:2], max_new_tokens=4, do_sample=True, seed=0)
     gen.generate(requests()[:2], max_new_tokens=4, repetition_penalty=1.3)
-    gen.generate(requests()[:1], max_new_tokens=4, interventions=[[CaptureAttention()]])
     gen.generate([GenRequest("x", [noise_image(7)])], max_new_tokens=4,
                  interventions=[[SwapVisualKV(noise_image(8), 2, seed_compatible=True)]])
     assert static_runs == []
@@ -220,3 +219,39 @@ def test_profile_adds_up_the_phases_of_the_static_path(gen):
         gen.profile = False
     assert set(gen.timings) == {"encode", "processor", "vision", "prefill", "decode"}
     assert all(t > 0 for t in gen.timings.values())
+
+
+def _capture_rows():
+    return [[CaptureAttention()], [CaptureAttention(layers=[2, 5])], [Ablate([3]), CaptureAttention()],
+            [CaptureAttention(query="last")], [], [CaptureAttention(layers=[1, 6], query="prompt")]]
+
+
+def assert_same_captures(hf, static):
+    assert_same(hf, static)
+    for a, b in zip(hf, static, strict=True):
+        assert len(a.captures) == len(b.captures)
+        for ca, cb in zip(a.captures, b.captures, strict=True):
+            assert (ca.layers, ca.query, ca.mass.shape) == (cb.layers, cb.query, cb.mass.shape)
+            torch.testing.assert_close(cb.mass, ca.mass, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("ignore_eos", [True, False])
+def test_static_decoder_captures_what_the_hooked_forward_captures(gen, static_runs, monkeypatch, ignore_eos):
+    """Per row, layer, head and generated token, in a padded batch of mixed captures, an ablation and a plain row;
+    the cache (and the capture buffer) grows twice on the way (8 -> 16 -> 19 new-token slots)."""
+    monkeypatch.setattr(decode_mod.StaticDecoder, "GROW_TOKENS", 8)
+    reqs = [GenRequest(f"Describe picture {i}" + " in words" * i, [noise_image(30 + i)]) for i in range(6)]
+    hf, static = both(gen, reqs, max_new_tokens=20, ignore_eos=ignore_eos, interventions=_capture_rows(),
+                      batch_size=6)
+    assert static_runs == [6]
+    assert_same_captures(hf, static)
+    assert static[0].captures[0].mass.shape[-1] == len(static[0].token_ids) + (static[0].finish_reason == "stop")
+
+
+@requires_gpu
+def test_cuda_graph_decoder_captures_what_the_hooked_forward_captures(tiny_lineage, monkeypatch):
+    monkeypatch.setattr(decode_mod.StaticDecoder, "GROW_TOKENS", 8)
+    g = Generator.load(str(tiny_lineage.rl), device="cuda", dtype="float32")
+    reqs = [GenRequest(f"Describe picture {i}" + " in words" * i, [noise_image(30 + i)]) for i in range(6)]
+    hf, static = both(g, reqs, max_new_tokens=20, ignore_eos=True, interventions=_capture_rows(), batch_size=6)
+    assert_same_captures(hf, static)

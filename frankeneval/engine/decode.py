@@ -18,8 +18,10 @@ the text model alone (after the prefill no image is involved):
   replayed, so a step costs one launch instead of ~600; on CPU the same code runs eagerly (what the tests compare).
 
 Every projection, norm, rotary table and MLP is the model's own module (the weights are never copied), so a
-spliced or ablated checkpoint decodes exactly as loaded. Greedy only: sampling, repetition penalty, attention capture
-and the seed-compatible decode-step swap use ``model.generate`` (``Generator`` picks; ``decode="hf"`` forces it).
+spliced or ablated checkpoint decodes exactly as loaded. Attention capture (``CaptureAttention``): each step's
+float32 scores of the captured layers against the cache, masked softmax, mass on the visual slots, per row and head,
+kept on the device (inside the CUDA graph). Greedy only: sampling, repetition penalty, recording visual K/V and the
+seed-compatible decode-step swap use ``model.generate`` (``Generator`` picks; ``decode="hf"`` forces it).
 """
 
 from __future__ import annotations
@@ -99,6 +101,12 @@ class StaticDecoder:
         self.finished = torch.zeros(rows, dtype=torch.bool, device=device)
         self.use_graph = (device.type == "cuda") if use_graph is None else use_graph
         self.graph = None
+        # attention capture (CaptureAttention, query "generated"): rows, decoder layers (None: all), visual slots
+        self.capture_rows: set[int] = set()
+        self.capture_layers: set[int] = set()
+        self.visual_slots = torch.zeros(rows, length, dtype=torch.bool, device=device)
+        self.mass: torch.Tensor | None = None  # (captured layers, rows, heads, 1 + new-token slots), float32
+        self.mass_index: dict[int, int] = {}  # decoder layer -> its row in ``mass``
 
     @staticmethod
     def cache_bytes(model, rows: int, length: int) -> int:
@@ -110,12 +118,15 @@ class StaticDecoder:
         return 2 * len(layers) * rows * cfg.num_key_value_heads * length * head_dim * elt
 
     def write_prompt(self, rows, cache, attention_mask: torch.Tensor, last_positions: torch.Tensor,
-                     first_tokens: torch.Tensor, plans: list[RowPlan] | None = None) -> None:
+                     first_tokens: torch.Tensor, plans: list[RowPlan] | None = None,
+                     visual: torch.Tensor | None = None) -> None:
         """Rows ``rows`` (decoder row indices, in the prefill's order) from one prefill: its ``DynamicCache``, padding
         mask ``(rows, length)``, ``(3, rows)`` rope positions of the last prompt token, the tokens the prefill
         produced, and the rows' intervention plans (``plans``, one per row; their ablations zero the layers'
-        attention and MLP outputs at every decode step, :func:`~frankeneval.engine.interventions.keep_mask`).
-        A prefill shorter than ``prompt_len`` is right-aligned; the slots before it stay masked."""
+        attention and MLP outputs at every decode step, :func:`~frankeneval.engine.interventions.keep_mask`; their
+        ``CaptureAttention(query="generated")`` records each step's attention mass on the visual slots, ``visual``
+        ``(rows, length)`` marking the prompts' visual tokens). A prefill shorter than ``prompt_len`` is
+        right-aligned; the slots before it stay masked."""
         kv = cache_tensors(cache)
         dev = self.valid.device
         idx = torch.as_tensor(list(rows), dtype=torch.long, device=dev)
@@ -135,6 +146,18 @@ class StaticDecoder:
         if keep is not None and bool((keep == 0).any()):
             self.keep[:, idx, 0, 0] = keep.to(dev, self.keep.dtype)
             self.ablating = True
+        for i, plan in enumerate(plans or ()):
+            if plan.capture is None or plan.capture.query != "generated":
+                continue
+            if visual is None:
+                raise InterventionError("CaptureAttention at decode steps needs the prompts' visual-token positions")
+            if self.mass is not None:
+                raise InterventionError("every prompt must be written before the first decode step")
+            row = int(idx[i])
+            self.capture_rows.add(row)
+            every = set(range(len(self.layers)))
+            self.capture_layers |= plan.capture_layers if plan.capture_layers is not None else every
+            self.visual_slots[row, off : self.prompt_len] = visual[i].to(dev).bool()
 
     def set_eos(self, eos_ids: set[int]) -> None:
         self.eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=self.tok.device)
@@ -161,6 +184,8 @@ class StaticDecoder:
             self.values[j].index_copy_(2, self.slot, v)
             # query head h reads kv head h // rep (repeat_kv's order): group the heads instead of copying the cache
             qg = q.reshape(rows, self.n_kv, rep, self.head_dim)
+            if j in self.mass_index:
+                self._capture_mass(j, qg, mask)
             o = F.scaled_dot_product_attention(qg, self.keys[j], self.values[j], attn_mask=mask, scale=self.scaling)
             o = o.reshape(rows, 1, self.n_heads * self.head_dim)
             a = attn.o_proj(o)
@@ -179,6 +204,30 @@ class StaticDecoder:
         self.pos += 1
         self.slot += 1
         self.step_idx += 1
+
+    def _capture_mass(self, j: int, qg: torch.Tensor, mask: torch.Tensor) -> None:
+        """This step's attention mass on the visual slots at decoder layer ``j``, every row and head (float32 scores,
+        masked softmax: what the hooked forward's capture computes), into ``mass[:, :, :, step_idx]``."""
+        scores = torch.matmul(qg.float(), self.keys[j].float().transpose(-1, -2)).mul_(self.scaling)
+        scores = scores.masked_fill(~mask, float("-inf"))  # (rows, kv heads, rep, slots)
+        probs = torch.softmax(scores, dim=-1)
+        share = (probs * self.visual_slots[:, None, None, :].to(probs.dtype)).sum(dim=-1)
+        self.mass[self.mass_index[j]].index_copy_(2, self.step_idx, share.reshape(self.rows, self.n_heads, 1))
+
+    def _alloc_capture(self) -> None:
+        """The capture buffer, once every prompt is written (before a CUDA graph is recorded)."""
+        if not self.capture_rows or self.mass is not None:
+            return
+        layers = sorted(self.capture_layers)
+        self.mass_index = {j: c for c, j in enumerate(layers)}
+        width = self.keys[0].shape[2] - self.prompt_len + 1
+        self.mass = torch.zeros(len(layers), self.rows, self.n_heads, width, dtype=torch.float32,
+                                device=self.tok.device)
+
+    def generated_mass(self, row: int, layer: int, n: int) -> torch.Tensor:
+        """``(heads, n - 1)``: the mass of decode steps 1 ... n - 1 (the queries that produced tokens 2 ... n) of a
+        capturing row at decoder layer ``layer``; the first token's query is the prefill's."""
+        return self.mass[self.mass_index[layer], row, :, 1:n]
 
     def _capture(self) -> None:
         """Record one step in a CUDA graph (after two warm-up steps on a side stream), then restore the state."""
@@ -209,6 +258,7 @@ class StaticDecoder:
         (checked every ``check_every`` steps; rows keep generating after they finish, the caller cuts them).
         """
         n = 1
+        self._alloc_capture()
         if self.use_graph and self.max_new_tokens > 1:
             self._capture_or_eager()
         while n < self.max_new_tokens:
@@ -243,6 +293,11 @@ class StaticDecoder:
         self.keys = [grown(k, 0.0) for k in self.keys]
         self.values = [grown(v, 0.0) for v in self.values]
         self.valid = grown(self.valid, False)
+        self.visual_slots = grown(self.visual_slots, False)
+        if self.mass is not None:
+            wider = self.mass.new_zeros(*self.mass.shape[:3], length - self.prompt_len + 1)
+            wider[..., : self.mass.shape[3]] = self.mass
+            self.mass = wider
         if self.graph is not None:
             self.graph = None
             self._capture_or_eager()

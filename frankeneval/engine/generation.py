@@ -46,10 +46,12 @@ from frankeneval.engine.decode import StaticDecoder, returned_cache, supports_st
 from frankeneval.engine.encoding import PromptEncoder, image_key, to_rgb
 from frankeneval.engine.interventions import (
     AttentionCapture,
+    CaptureAttention,
     RecordVisualKV,
     SwapVisualKV,
     VisualKV,
     apply_interventions,
+    build_captures,
     needs_hooked_decode,
     normalize_rows,
 )
@@ -120,6 +122,23 @@ class _FinishScan:
                     if any(s in tail for s in self.stops[r]):
                         self.finished_at[r], self.reason[r] = len(row), "stop"
         return all(f is not None for f in self.finished_at)
+
+
+class _StaticCaptures:
+    """``captures(row, n_generated)`` of a static-path batch: the prefill's capture (the hooked forward's, the
+    first generated token's query) followed by the static decoder's steps."""
+
+    def __init__(self, prefilled: dict, decoder: StaticDecoder, n_layers: int):
+        self.prefilled, self.decoder, self.n_layers = prefilled, decoder, n_layers
+
+    def captures(self, row: int, n_generated: int | None = None):
+        if row not in self.prefilled:
+            return []
+        plan, per_layer, padding = self.prefilled[row]
+        if plan.capture.query == "generated" and row in self.decoder.capture_rows:
+            n = n_generated if n_generated is not None else self.decoder.out.shape[1]
+            per_layer = {j: [*chunks, self.decoder.generated_mass(row, j, n)] for j, chunks in per_layer.items()}
+        return build_captures(plan, per_layer, self.n_layers, padding, n_generated)
 
 
 class _StopOnStrings:
@@ -578,8 +597,9 @@ class Generator:
         ids = inputs["input_ids"]
         n, prompt_len = ids.shape
         _check_prompt_tokens(prompt_len)
+        capturing = any(isinstance(it, CaptureAttention) for row in rows for it in row)
         plan = (plan_branches(rows, ids, mask, getattr(self.model.config, "image_token_id", None), keys)
-                if self.branch_swaps else BranchPlan.empty())
+                if self.branch_swaps and not capturing else BranchPlan.empty())
         branched = set(plan.rows)
         full = [r for r in range(n) if r not in branched]
         embed = self.model.get_input_embeddings()
@@ -590,6 +610,7 @@ class Generator:
             return self.encoder.embeds(ids[batch_rows], [features[r] for r in batch_rows], embed)
 
         chunk = max(1, self.prefill_tokens // prompt_len)
+        prefilled: dict[int, tuple[Any, dict, torch.Tensor]] = {}  # capturing row -> (plan, prefill mass, padding)
         with torch.inference_mode(), self._phase("prefill"):
             for lo in range(0, len(full), chunk):
                 part = full[lo : lo + chunk]
@@ -599,7 +620,10 @@ class Generator:
                                      position_ids=positions[:, part], use_cache=True, logits_to_keep=1)
                 cache = returned_cache(out)
                 decoder.write_prompt(part, cache, mask[part], positions[1:, part, -1], out.logits[:, -1].argmax(-1),
-                                     session.plans)
+                                     session.plans, visual=session.visual)
+                for i, r in enumerate(part):
+                    if session.plans[i].capture is not None:
+                        prefilled[r] = (session.plans[i], session.captured.get(i, {}), mask[part][i].bool())
                 del out, cache
             for part, cache, part_mask, last, first in branch_prefill(
                 self.model, plan, input_ids=ids, embeds=embeds, positions=positions, mask=mask, rows=rows,
@@ -616,7 +640,8 @@ class Generator:
             )
             new = tokens.tolist()
         scan.extend([row[scan.n_seen :] for row in new])
-        return self._results(new, scan.finished_at, scan.reason, stops, None)
+        return self._results(new, scan.finished_at, scan.reason, stops,
+                             _StaticCaptures(prefilled, decoder, self.n_llm_layers) if prefilled else None)
 
     @contextmanager
     def _phase(self, name: str):

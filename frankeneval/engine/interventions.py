@@ -208,7 +208,7 @@ class CaptureAttention(Intervention):
         if self.query not in QUERY_MODES:
             raise SpecError(f"CaptureAttention.query must be one of {QUERY_MODES}, got {self.query!r}")
 
-    acts_at_decode: ClassVar[bool] = True
+    acts_at_decode: ClassVar[bool] = False  # the static decoder captures at its decode steps too (engine/decode.py)
 
     def plan(self, plan: RowPlan, row: int, n_layers: int, n_visual: int) -> None:
         if plan.capture is not None:
@@ -436,6 +436,31 @@ def _visual_mass_few(query, key, visual, mask, scaling, n_rep) -> torch.Tensor:
     return (probs * visual[:, None, None, :].to(probs.dtype)).sum(dim=-1)
 
 
+def build_captures(plan: RowPlan, per_layer: dict[int, list[torch.Tensor]], n_layers: int,
+                   padding: torch.Tensor | None, n_generated: int | None) -> list[AttentionCapture]:
+    """A row's :class:`AttentionCapture` list from its recorded mass chunks (decoder layer -> ``(heads, queries)``
+    tensors in query order): the hooked forward's and the static decoder's alike. ``padding``: the row's real prompt
+    tokens (``prompt`` mode drops the padding's queries); ``n_generated``: the queries that produced a token."""
+    if plan.capture is None:
+        return []
+    capture = plan.capture
+    layers = capture.layers if capture.layers is not None else tuple(range(1, n_layers + 1))
+    stacks = []
+    for j in (decoder_index(L) for L in layers):
+        chunks = per_layer.get(j, [])
+        mass = torch.cat(chunks, dim=-1).float() if chunks else torch.zeros(0)
+        if capture.query == "prompt" and padding is not None and mass.numel():
+            mass = mass[:, padding.to(mass.device)]
+        if capture.query == "generated" and n_generated is not None:
+            mass = mass[:, :n_generated]
+        stacks.append(mass)
+    if not stacks:
+        return [AttentionCapture(layers=tuple(layers), query=capture.query, mass=torch.zeros(0))]
+    if len({m.device for m in stacks}) > 1 or any(m.numel() == 0 for m in stacks):
+        stacks = [m.cpu() for m in stacks]
+    return [AttentionCapture(layers=tuple(layers), query=capture.query, mass=torch.stack(stacks).cpu())]
+
+
 def _select_mask(mask, rows, q_index, q_len, k_len, device) -> torch.Tensor:
     """The attention mask for ``rows`` and absolute query indices ``q_index`` (within this forward)."""
     if mask is None or mask.dim() != 4:
@@ -504,10 +529,10 @@ def keep_mask(plans: Sequence[RowPlan], n_layers: int) -> torch.Tensor:
 
 
 def needs_hooked_decode(rows: Sequence[Sequence[Intervention]]) -> bool:
-    """Whether some intervention acts inside attention at decode steps (:class:`CaptureAttention`,
-    :class:`RecordVisualKV`, a seed-compatible :class:`SwapVisualKV`), so decoding must run the model's own forward
-    with :func:`apply_interventions` active. Ablation (a keep mask) and the default swap (written into the prefill's
-    KV cache) need only the prefill's cache and :func:`keep_mask`."""
+    """Whether some intervention acts inside attention at decode steps in a way only the model's own forward with
+    :func:`apply_interventions` active can do (:class:`RecordVisualKV`, a seed-compatible :class:`SwapVisualKV`).
+    Ablation (a keep mask), the default swap (written into the prefill's KV cache) and :class:`CaptureAttention`
+    (the static decoder computes the visual mass at its own steps) need only the prefill's cache and the plans."""
     return any(it.acts_at_decode for row in rows for it in row)
 
 
@@ -671,25 +696,8 @@ class _Session:
                 self.captured.setdefault(r, {}).setdefault(layer, []).append(mass[i].detach())
 
     def captures(self, row: int, n_generated: int | None = None) -> list[AttentionCapture]:
-        st = self.plans[row]
-        if st.capture is None:
-            return []
-        layers = st.capture.layers if st.capture.layers is not None else tuple(range(1, self.n_layers + 1))
-        per_layer = self.captured.get(row, {})
-        stacks = []
-        for j in (decoder_index(L) for L in layers):
-            chunks = per_layer.get(j, [])
-            mass = torch.cat(chunks, dim=-1).float() if chunks else torch.zeros(0)
-            if st.capture.query == "prompt" and self.padding is not None and mass.numel():
-                mass = mass[:, self.padding[row].to(mass.device)]
-            if st.capture.query == "generated" and n_generated is not None:
-                mass = mass[:, :n_generated]
-            stacks.append(mass)
-        if not stacks:
-            return [AttentionCapture(layers=tuple(layers), query=st.capture.query, mass=torch.zeros(0))]
-        if len({m.device for m in stacks}) > 1 or any(m.numel() == 0 for m in stacks):
-            stacks = [m.cpu() for m in stacks]
-        return [AttentionCapture(layers=tuple(layers), query=st.capture.query, mass=torch.stack(stacks).cpu())]
+        padding = self.padding[row] if self.padding is not None else None
+        return build_captures(self.plans[row], self.captured.get(row, {}), self.n_layers, padding, n_generated)
 
     def visual_kv(self, row: int, grid_thw=()) -> VisualKV:
         keys, vals = self.recorded[row]
