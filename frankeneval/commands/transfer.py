@@ -85,7 +85,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_seed_compatible_argument(parser)
     add_skip_broken_argument(parser)
     parser.add_argument("--gpus", type=int_arg(0, note="0 = one cell at a time on the visible devices"), default=0,
-                        help="run N cells at once, one lmms-eval process per GPU, >= 0 (default 0)")
+                        help="run N models' cells at once, one lmms-eval process per GPU, >= 0 (default 0)")
+    parser.add_argument("--process-per-cell", action="store_true",
+                        help="one lmms-eval process per (model, task) cell; by default one process runs all of a "
+                             "model's pending cells (the model loaded once) and its output is cut into the cells")
     parser.add_argument("--splice-cache", default=None,
                         help="where variants are materialized (default: frankeneval's cache)")
     parser.add_argument("--evict-variants", action="store_true",
@@ -122,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         description_source=args.description_source,
         allow_pickle=args.allow_pickle,
         evict_variants=args.evict_variants,
+        joint=False if args.process_per_cell else None,
     )
     print(f"[transfer] done: {len(result.ran)} cells run, {len(result.skipped)} already finished -> {result.run_dir}")
     print(f"[transfer] leaderboard: frankeneval report {result.run_dir}")

@@ -35,6 +35,7 @@ __all__ = [
     "base_env",
     "cell_record",
     "clear",
+    "cut_joint_output",
     "find_results",
     "finished_cell",
     "harness_preflight",
@@ -64,6 +65,12 @@ class CellJob:
     gen_kwargs: str | None
     env: dict[str, str]
     keep_fds: tuple[int, ...] = ()  # the run folder's lock: the child holds it while it lives
+    tasks: str | None = None  # lmms-eval's --tasks when one process runs several cells of the model (joint run)
+
+    @property
+    def task_arg(self) -> str:
+        """What ``--tasks`` gets: the cell's task, or the joint run's tasks."""
+        return self.tasks or self.cell.task
 
 
 CellRunner = Callable[[CellJob], None]
@@ -86,6 +93,58 @@ def find_results(cell_dir: Path) -> tuple[Path | None, dict[str, Path]]:
     prefix = f"{date_id}_samples_"
     samples = {p.name[len(prefix) : -len(".jsonl")]: p for p in res.parent.glob(f"{prefix}*.jsonl")}
     return res, samples
+
+
+def _task_closure(names: Sequence[str], group_subtasks: Mapping[str, Any]) -> set[str]:
+    """``names`` and every subtask under them (lmms-eval's ``group_subtasks``, nested groups followed)."""
+    seen: set[str] = set()
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        todo += [str(t) for t in (group_subtasks.get(name) or [])]
+    return seen
+
+
+def cut_joint_output(joint_dir: Path, cell: Cell, dest: Path, all_tasks: Sequence[str]) -> None:
+    """Write into ``dest`` what lmms-eval would have written for ``cell`` alone, from the output of one lmms-eval
+    run of several of the model's cells (``--tasks`` = ``all_tasks``, the cells' task lists joined).
+
+    The samples files of the cell's tasks (its tasks and their subtasks) are linked (copied where links fail)
+    unchanged; the results file keeps, of every task-keyed section (``results``, ``configs``, ``versions``,
+    ``n-samples`` ...), the cell's tasks only, and says under ``frankeneval_joint_run`` which tasks ran together.
+    Raises :class:`CellFailed` when the joint output has no results for one of the cell's tasks."""
+    res, samples = find_results(joint_dir)
+    if res is None:
+        raise CellFailed(f"{cell.key}: the joint lmms-eval run wrote no *_results.json under {joint_dir}")
+    data = json.loads(res.read_text(encoding="utf-8"))
+    mine = [t for t in cell.task.split(",") if t]
+    missing = [t for t in mine if t not in (data.get("results") or {})]
+    if missing:
+        raise CellFailed(f"{cell.key}: the joint lmms-eval run has no results for {', '.join(missing)}")
+    keep = _task_closure(mine, data.get("group_subtasks") or {})
+    everyone = _task_closure([t for ts in all_tasks for t in ts.split(",") if t], data.get("group_subtasks") or {})
+    everyone |= set(data.get("results") or {}) | set(samples)
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value and set(value) <= everyone:
+            value = {k: v for k, v in value.items() if k in keep}
+        out[key] = value
+    out["frankeneval_joint_run"] = {"tasks": list(all_tasks),
+                                    "note": "one lmms-eval process ran these cells; this file keeps this cell's tasks"}
+    target = dest / res.parent.relative_to(joint_dir)
+    target.mkdir(parents=True, exist_ok=True)
+    from frankeneval.core.results import write_json_atomic
+
+    write_json_atomic(target / res.name, out, indent=2, ensure_ascii=False)
+    for task, path in samples.items():
+        if task in keep:
+            try:
+                os.link(path, target / path.name)
+            except OSError:
+                shutil.copy2(path, target / path.name)
 
 
 CELL_STAMP = "frankeneval_cell.json"  # in a finished cell's folder: the content fingerprint of the model it ran
@@ -221,7 +280,7 @@ def lmms_eval_command(job: CellJob) -> list[str]:
         sys.executable, "-m", "lmms_eval",
         "--model", "franken_qwen",
         "--model_args", job.model_args,
-        "--tasks", job.cell.task,
+        "--tasks", job.task_arg,
         "--include_path", job.include_path,
         "--output_path", str(job.output_dir),
         "--log_samples",

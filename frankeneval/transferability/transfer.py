@@ -6,11 +6,13 @@ of the recipe, the task an lmms-eval task or group. The splits (docs/method.md Â
 ``v2`` = ``franken_v2_perception``, ``franken_v2_vision_reasoning``, ``franken_v2_reasoning``; each MathVista group
 holds the image setting and its controls (black, black + description), from which the report pairs per item
 (:mod:`frankeneval.transferability.metrics`). Each
-variant is materialized once through :func:`frankeneval.transferability.splice.materialize_cached`. Each cell runs
-lmms-eval in a subprocess::
+variant is materialized once through :func:`frankeneval.transferability.splice.materialize_cached`. A model's pending
+cells run in one lmms-eval subprocess (the model loaded once; ``--process-per-cell``: one per cell)::
 
     python -m lmms_eval --model franken_qwen --model_args pretrained=<dir>,batch_size=...
-        --tasks <task> --include_path <frankeneval tasks> --output_path <run>/cells/<model>/<task> --log_samples
+        --tasks <task>[,<task>...] --include_path <frankeneval tasks> --output_path <scratch> --log_samples
+
+and its output is cut into the cells' folders (:func:`.cells.cut_joint_output`).
 
 with the run directory as working directory (:mod:`frankeneval.transferability.cells`).
 
@@ -19,7 +21,7 @@ Run layout (``run_dir``)::
     transfer.json                  manifest: recipe, models (label -> checkpoint, kind, phrase), tasks, settings
     cells.jsonl                    run store: one line per finished cell (frankeneval.core.runstore.RunStore)
     cells/<model>/<task>/          lmms-eval output (<model name>/<date>_results.json, _samples_<task>.jsonl)
-    logs/<model>__<task>.log       the cell's lmms-eval output
+    logs/<model>__joint.log        the model's lmms-eval output (<model>__<task>.log: a cell run on its own)
 
 **Resumable**: a cell writes into ``<task>.partial`` first and is renamed into place only after lmms-eval
 finished and wrote its results file; then the cell is appended to the run store. A rerun after a crash or
@@ -238,6 +240,7 @@ def _run_cells(
     judge: bool | None = None,
     description_source: str | None = None,
     runner: CellRunner | None = None,
+    joint: bool | None = None,
     progress: Callable[[str], None] = print,
     _keep_fds: tuple[int, ...] = (),
     _manifest_extra: Mapping[str, Any] | None = None,
@@ -257,7 +260,10 @@ def _run_cells(
     Both are recorded in the manifest and the run store's header when given.
     Before the first lmms-eval cell the tasks' inputs are checked (:func:`.cells.harness_preflight`): a broken
     one stops the run; ``skip_broken`` leaves such items out and records them in the manifest's ``skipped_inputs``.
-    ``runner`` (default :func:`.cells.lmms_eval_runner`) is called once per cell that has to run.
+    ``runner`` (default :func:`.cells.lmms_eval_runner`) is called once per cell that has to run; with the default
+    runner (or ``joint=True``), one lmms-eval process runs all of a model's pending cells (the model is
+    loaded once) and its output is cut into the cells' folders (:func:`.cells.cut_joint_output`); when that
+    process fails, its cells are run one by one, so one broken task costs only its own cells.
     Failed cells are reported in the result (and retried by the next run); they never stop the others.
     """
     run_dir = Path(run_dir).expanduser().absolute()
@@ -298,8 +304,20 @@ def _run_cells(
     if job.pending and default_runner:
         _preflight(run_dir, job.pending, job.env)
     job.devices = scheduler.device_ids(gpus)
-    scheduler.schedule(job.pending, job.attempt, gpus)
+    if joint or (joint is None and default_runner):  # one lmms-eval process per model: its pending cells together
+        scheduler.schedule(model_groups(job.pending), job.attempt_joint, gpus)
+    else:
+        scheduler.schedule(job.pending, job.attempt, gpus)
     return result
+
+
+def model_groups(pending: Sequence[Cell]) -> list[tuple[Cell, ...]]:
+    """The pending cells grouped by model, in the order of each model's first cell; a group's cells run in one
+    lmms-eval process (:meth:`_CellRun.attempt_joint`)."""
+    groups: dict[str, list[Cell]] = {}
+    for cell in pending:
+        groups.setdefault(cell.model, []).append(cell)
+    return [tuple(g) for g in groups.values()]
 
 
 def _check_settings(model_args: str | None, grading: str | None, seed_compatible: bool) -> str:
@@ -392,6 +410,45 @@ class _CellRun:
             self.progress(f"[transfer] FAILED {cell.model} x {cell.task}: {exc}")
             return False
 
+    def attempt_joint(self, group: Sequence[Cell], gpu: int | None, last: bool = True) -> bool:
+        """Run a model's cells in one lmms-eval process; when it fails, each cell on its own (:meth:`attempt`)."""
+        group = [c for c in group if c not in self.result.ran]  # a retry on another GPU: only what is left
+        if len(group) <= 1:
+            return not group or self.attempt(group[0], gpu, last)
+        try:
+            self.run_joint(group, gpu)
+            self.result.ran.extend(group)
+            return True
+        except (FrankenevalError, OSError, subprocess.SubprocessError) as exc:
+            if disk_error(exc) is not None:
+                raise
+            self.progress(f"[transfer] {group[0].model}: the joint run of {len(group)} cells failed ({exc}); "
+                          "running them one by one")
+        return all([self.attempt(cell, gpu, last) for cell in group])
+
+    def run_joint(self, group: Sequence[Cell], gpu: int | None) -> None:
+        """Run ``group`` (cells of one model) as one lmms-eval process into a scratch folder, then move each cell's
+        share into place exactly as :meth:`run_one` does (partial folder, stamp, rename, run store)."""
+        model = group[0].model
+        scratch = self.run_dir / "cells" / model / ".joint.partial"
+        cells.clear(scratch)
+        scratch.mkdir(parents=True)
+        tasks = [c.task for c in group]
+        job = self.job(group[0], gpu, scratch)
+        job.tasks = ",".join(tasks)
+        job.log_path = self.run_dir / "logs" / f"{model}__joint.log"
+        t0 = time.perf_counter()
+        self.runner(job)
+        seconds = time.perf_counter() - t0
+        for cell in group:
+            final = self.run_dir / cell.relpath()
+            partial = final.with_name(final.name + ".partial")
+            cells.clear(partial)
+            partial.mkdir(parents=True)
+            cells.cut_joint_output(scratch, cell, partial, tasks)
+            self._place(cell, partial, seconds / len(group), gpu, joint=len(group))
+        cells.clear(scratch)
+
     def job(self, cell: Cell, gpu: int | None, output_dir: Path) -> CellJob:
         """The :class:`CellJob` of ``cell`` on ``gpu``, writing into ``output_dir``."""
         path = str(self.models[cell.model]["path"])
@@ -423,16 +480,24 @@ class _CellRun:
         seconds = time.perf_counter() - t0
         if find_results(partial)[0] is None:
             raise CellFailed(f"{cell.key}: the runner wrote no *_results.json under {partial}")
+        self._place(cell, partial, seconds, gpu)
+
+    def _place(self, cell: Cell, partial: Path, seconds: float, gpu: int | None, joint: int = 1) -> None:
+        """Stamp a cell's finished ``partial`` folder, rename it into place and record it in the run store."""
+        final = self.run_dir / cell.relpath()
         cells.write_cell_stamp(partial, cell, self.models)  # the model content it ran, renamed in with it
         cells.clear(final)
         os.replace(partial, final)  # atomic: the cell dir only ever holds a finished lmms-eval output
         res, samples = find_results(final)
-        self.store.append(cell.key, cell_record(self.run_dir, cell, self.models, res, samples, seconds,
-                                                self.prompts[cell.model][0]))
+        record = cell_record(self.run_dir, cell, self.models, res, samples, seconds, self.prompts[cell.model][0])
+        if joint > 1:
+            record["joint_run_cells"] = joint  # seconds: the joint process's time shared out evenly
+        self.store.append(cell.key, record)
+        where = ("" if gpu is None else f", GPU {gpu}") + (f", 1/{joint} of a joint run" if joint > 1 else "")
         with self.lock:
             self.done += 1
             self.progress(f"[transfer {self.done}/{len(self.pending)}] {cell.model} x {cell.task}: "
-                          f"{cells.headline(res)} ({seconds:.1f}s{'' if gpu is None else f', GPU {gpu}'})")
+                          f"{cells.headline(res)} ({seconds:.1f}s{where})")
 
 
 def run_transfer(
