@@ -97,6 +97,9 @@ class StaticDecoder:
         self.slot = torch.tensor([prompt_len], device=device)
         self.step_idx = torch.tensor([1], device=device)
         self.out = torch.zeros(rows, max_new_tokens, dtype=torch.long, device=device)
+        self.n_out = torch.ones(rows, dtype=torch.long, device=device)  # tokens in each row's ``out`` (per row: a
+        # refilled row of ContinuousDecoder starts again at 1 while the others go on)
+        self.slot_host = prompt_len  # ``slot`` on the host (no sync to read it)
         self.eos = torch.zeros(0, dtype=torch.long, device=device)
         self.finished = torch.zeros(rows, dtype=torch.bool, device=device)
         self.use_graph = (device.type == "cuda") if use_graph is None else use_graph
@@ -119,32 +122,37 @@ class StaticDecoder:
 
     def write_prompt(self, rows, cache, attention_mask: torch.Tensor, last_positions: torch.Tensor,
                      first_tokens: torch.Tensor, plans: list[RowPlan] | None = None,
-                     visual: torch.Tensor | None = None) -> None:
+                     visual: torch.Tensor | None = None, end: int | None = None) -> None:
         """Rows ``rows`` (decoder row indices, in the prefill's order) from one prefill: its ``DynamicCache``, padding
         mask ``(rows, length)``, ``(3, rows)`` rope positions of the last prompt token, the tokens the prefill
         produced, and the rows' intervention plans (``plans``, one per row; their ablations zero the layers'
         attention and MLP outputs at every decode step, :func:`~frankeneval.engine.interventions.keep_mask`; their
         ``CaptureAttention(query="generated")`` records each step's attention mass on the visual slots, ``visual``
         ``(rows, length)`` marking the prompts' visual tokens). A prefill shorter than ``prompt_len`` is
-        right-aligned; the slots before it stay masked."""
+        right-aligned; the slots before it stay masked. ``end``: the slot after the prompt (default ``prompt_len``;
+        :class:`ContinuousDecoder` writes a refill so that it ends at the current slot)."""
         kv = cache_tensors(cache)
         dev = self.valid.device
         idx = torch.as_tensor(list(rows), dtype=torch.long, device=dev)
         length = kv[0][0].shape[2]
-        off = self.prompt_len - length
+        end = self.prompt_len if end is None else end
+        off = end - length
         if off < 0:
-            raise ValueError(f"a prefill of {length} tokens does not fit the {self.prompt_len}-token prompt slots")
+            raise ValueError(f"a prefill of {length} tokens does not fit the {end}-token prompt slots")
         for j, (k, v) in enumerate(kv):
-            self.keys[j][idx, :, off : self.prompt_len] = k
-            self.values[j][idx, :, off : self.prompt_len] = v
-        self.valid[idx, : self.prompt_len] = False
-        self.valid[idx, off : self.prompt_len] = attention_mask.to(dev).bool()
+            self.keys[j][idx, :, off:end] = k
+            self.values[j][idx, :, off:end] = v
+        self.valid[idx] = False
+        self.valid[idx, off:end] = attention_mask.to(dev).bool()
         self.pos[:, idx, 0] = last_positions.to(dev).long() + 1  # the first fed-back token's position
         self.tok[idx] = first_tokens.to(dev)
         self.out[idx, 0] = first_tokens.to(dev)
+        self.n_out[idx] = 1
+        if self.eos.numel():
+            self.finished[idx] = torch.isin(self.tok[idx], self.eos)
         keep = keep_mask(plans, len(self.layers)) if plans is not None else None
+        self.keep[:, idx, 0, 0] = 1.0 if keep is None else keep.to(dev, self.keep.dtype)  # a refilled row: reset
         if keep is not None and bool((keep == 0).any()):
-            self.keep[:, idx, 0, 0] = keep.to(dev, self.keep.dtype)
             self.ablating = True
         for i, plan in enumerate(plans or ()):
             if plan.capture is None or plan.capture.query != "generated":
@@ -198,7 +206,8 @@ class StaticDecoder:
             h = h + m
         logits = self.lm_head(self.norm(h)[:, 0])
         nxt = logits.argmax(-1)
-        self.out.index_copy_(1, self.step_idx, nxt[:, None])
+        self.out.scatter_(1, self.n_out.clamp(max=self.out.shape[1] - 1)[:, None], nxt[:, None])
+        self.n_out += 1
         self.finished |= torch.isin(nxt, self.eos)
         self.tok.copy_(nxt)
         self.pos += 1
@@ -231,7 +240,7 @@ class StaticDecoder:
 
     def _capture(self) -> None:
         """Record one step in a CUDA graph (after two warm-up steps on a side stream), then restore the state."""
-        state = (self.tok, self.pos, self.slot, self.step_idx, self.valid, self.out, self.finished)
+        state = (self.tok, self.pos, self.slot, self.step_idx, self.valid, self.out, self.finished, self.n_out)
         saved = [t.clone() for t in state]
         try:
             stream = torch.cuda.Stream()
@@ -271,6 +280,7 @@ class StaticDecoder:
                 self.graph.replay()
             else:
                 self._step()
+            self.slot_host += 1
             n += 1
         return self.out[:, :n]
 
@@ -278,25 +288,31 @@ class StaticDecoder:
         """Double the new-token slots (at most ``max_new_tokens - 1``), keeping every written slot; a CUDA graph is
         captured again for the new shapes."""
         old = self.keys[0].shape[2] - self.prompt_len
-        length = self.prompt_len + min(self.fed_max, 2 * old)
+        self._resize(self.prompt_len + min(self.fed_max, 2 * old))
 
-        def grown(t: torch.Tensor, fill: float) -> torch.Tensor:
+    def _resize(self, length: int) -> None:
+        """Make the cache ``length`` slots long, keeping slots ``[0, min(old, length))``; a CUDA graph is captured
+        again for the new shapes."""
+
+        def resized(t: torch.Tensor, fill: float) -> torch.Tensor:
             shape = list(t.shape)
             shape[-2 if t.dim() == 4 else -1] = length
             new = torch.full(shape, fill, dtype=t.dtype, device=t.device)
+            keep = min(length, t.shape[-2 if t.dim() == 4 else -1])
             if t.dim() == 4:
-                new[:, :, : t.shape[2]] = t
+                new[:, :, :keep] = t[:, :, :keep]
             else:
-                new[:, : t.shape[1]] = t
+                new[:, :keep] = t[:, :keep]
             return new
 
-        self.keys = [grown(k, 0.0) for k in self.keys]
-        self.values = [grown(v, 0.0) for v in self.values]
-        self.valid = grown(self.valid, False)
-        self.visual_slots = grown(self.visual_slots, False)
+        self.keys = [resized(k, 0.0) for k in self.keys]
+        self.values = [resized(v, 0.0) for v in self.values]
+        self.valid = resized(self.valid, False)
+        self.visual_slots = resized(self.visual_slots, False)
         if self.mass is not None:
             wider = self.mass.new_zeros(*self.mass.shape[:3], length - self.prompt_len + 1)
-            wider[..., : self.mass.shape[3]] = self.mass
+            keep = min(wider.shape[3], self.mass.shape[3])
+            wider[..., :keep] = self.mass[..., :keep]
             self.mass = wider
         if self.graph is not None:
             self.graph = None

@@ -42,9 +42,11 @@ from typing import Any
 import torch
 
 from frankeneval.engine.branch import BranchPlan, branch_prefill, plan_branches
+from frankeneval.engine.continuous import ContinuousDecoder
 from frankeneval.engine.decode import StaticDecoder, returned_cache, supports_static_decode
 from frankeneval.engine.encoding import PromptEncoder, image_key, to_rgb
 from frankeneval.engine.interventions import (
+    Ablate,
     AttentionCapture,
     CaptureAttention,
     RecordVisualKV,
@@ -81,7 +83,7 @@ class GenResult:
 
     text: str
     token_ids: list[int]
-    finish_reason: str  # "stop" | "length"
+    finish_reason: str  # "stop" | "length" | "timeout" (generate's time_limit)
     captures: list[AttentionCapture] = field(default_factory=list)
 
 
@@ -124,6 +126,49 @@ class _FinishScan:
         return all(f is not None for f in self.finished_at)
 
 
+@dataclass
+class _Group:
+    """A group of requests encoded for the static decoder: ids, image features, prefill positions, padding mask,
+    the shared-prefix swap plan, the rows prefilled whole, and the prompt slots the group needs."""
+
+    ids: torch.Tensor
+    features: list
+    positions: torch.Tensor
+    mask: torch.Tensor
+    plan: BranchPlan
+    full: list[int]
+    slots: int
+
+
+def _budgets(max_new_tokens: int | Sequence[int], n: int) -> list[int]:
+    """One new-token budget per request (each >= 1)."""
+    if isinstance(max_new_tokens, int):
+        budgets = [max_new_tokens] * n
+    else:
+        budgets = [int(b) for b in max_new_tokens]
+        if len(budgets) != n:
+            raise FrankenevalError(f"max_new_tokens: one budget or one per request ({n}), got {len(budgets)}")
+    if min(budgets) < 1:
+        raise FrankenevalError(f"max_new_tokens must be >= 1, got {min(budgets)}")
+    return budgets
+
+
+def _within(res: GenResult, budget: int, tokenizer, stops: list[str]) -> GenResult:
+    """``res`` as it ends with its own ``budget``: a longer answer cut there (``length``), its text and captures
+    with it; a stop string inside the cut part would have ended it earlier, so it never applies."""
+    if len(res.token_ids) < budget:
+        return res
+    if len(res.token_ids) == budget:  # an EOS right after the budget's last token: alone it never comes
+        whole = tokenizer.decode(res.token_ids, skip_special_tokens=True)
+        eos_after = res.finish_reason == "stop" and res.text == whole
+        return replace(res, finish_reason="length") if eos_after else res
+    toks = res.token_ids[:budget]
+    captures = [replace(c, mass=c.mass[..., :budget]) if c.query == "generated" and c.mass.numel() else c
+                for c in res.captures]
+    return GenResult(text=tokenizer.decode(toks, skip_special_tokens=True), token_ids=toks, finish_reason="length",
+                     captures=captures)
+
+
 class _StaticCaptures:
     """``captures(row, n_generated)`` of a static-path batch: the prefill's capture (the hooked forward's, the
     first generated token's query) followed by the static decoder's steps."""
@@ -141,14 +186,33 @@ class _StaticCaptures:
         return build_captures(plan, per_layer, self.n_layers, padding, n_generated)
 
 
-class _StopOnStrings:
-    """``model.generate`` stopping criterion: feeds each step's new token to a :class:`_FinishScan`."""
+class _Deadline:
+    """A batch's time limit (``generate(time_limit=)``): the rows still generating when it has passed are cut there
+    with the finish reason ``timeout``. Checked between decode chunks (the static decoder's ``done`` callback, every
+    16 steps; ``model.generate``'s stopping criterion, every step)."""
 
-    def __init__(self, scan: _FinishScan):
+    def __init__(self, seconds: float, max_new_tokens: int):
+        self.at = time.monotonic() + float(seconds)
+        self.max_new_tokens = max_new_tokens
+        self.hit = False
+
+    def passed(self) -> bool:
+        self.hit = self.hit or time.monotonic() >= self.at
+        return self.hit
+
+
+class _StopOnStrings:
+    """``model.generate`` stopping criterion: feeds each step's new token to a :class:`_FinishScan`; every row stops
+    once the batch's :class:`_Deadline` (when one is set) has passed."""
+
+    def __init__(self, scan: _FinishScan, deadline: _Deadline | None = None):
         self.scan = scan
+        self.deadline = deadline
 
     def __call__(self, input_ids: torch.Tensor, scores=None, **kwargs) -> torch.Tensor:
         self.scan.extend([[t] for t in input_ids[:, -1].tolist()])
+        if self.deadline is not None and self.deadline.passed():
+            return torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         return torch.tensor([f is not None for f in self.scan.finished_at], device=input_ids.device)
 
 
@@ -213,6 +277,7 @@ class Generator:
         self._encoder: PromptEncoder | None = None
         self._static_layout: bool | None = None  # whether the static decoder knows this model (decided once)
         self.branch_swaps = True  # swap rows prefill only their text suffix over their prompt's shared prefix
+        self.continuous = True  # more requests than rows: refill finished rows (engine/continuous.py)
         self.profile = False  # True: the static path's encode / prefill / decode seconds add up in self.timings
         self.timings: dict[str, float] = {}
         self._auto_batch_size: int | None = None
@@ -464,7 +529,7 @@ class Generator:
         self,
         requests: Sequence[GenRequest],
         *,
-        max_new_tokens: int = 256,
+        max_new_tokens: int | Sequence[int] = 256,
         do_sample: bool = False,
         temperature: float | None = None,
         top_p: float | None = None,
@@ -475,12 +540,22 @@ class Generator:
         batch_size: int | str = "auto",
         seed: int | None = None,
         progress: bool = False,
+        time_limit: float | None = None,
     ) -> list[GenResult]:
-        """Generate for every request (results in request order). See the module docstring."""
+        """Generate for every request (results in request order). See the module docstring.
+
+        ``max_new_tokens``: one budget for all, or one per request (each answer then ends as it would alone with
+        its own budget; a static batch still runs to its largest, a continuous run frees the row at its own).
+
+        ``time_limit``: seconds a batch may take from its start; the rows still generating then are cut there with
+        the finish reason ``timeout`` (a row's time is its batch's, so with ``batch_size=1`` exactly the item's; no
+        continuous refilling while it is set)."""
         requests = list(requests)
         n = len(requests)
         if n == 0:
             return []
+        budgets = _budgets(max_new_tokens, n)
+        max_new_tokens = max(budgets)
         rows = normalize_rows(interventions, n)
         stops = self._normalize_stops(stop, n)
         if repetition_penalty == "checkpoint":
@@ -505,14 +580,20 @@ class Generator:
             from tqdm.auto import tqdm
 
             pbar = tqdm(total=n, desc="generate")
+        # more requests than rows on the static path: one continuous run refills finished rows from the queue
+        continuous = (static and self.continuous and n > bs and not time_limit
+                      and not any(isinstance(it, CaptureAttention) for row in rows for it in row))
         i = 0
         while i < n:
-            idx = order[i : i + bs]
+            idx = order[i:] if continuous else order[i : i + bs]
+            self._deadline = _Deadline(time_limit, max_new_tokens) if time_limit else None
             try:
                 batch = self._generate_batch(
-                    [requests[j] for j in idx], [rows[j] for j in idx], [stops[j] for j in idx], **kwargs
+                    [requests[j] for j in idx], [rows[j] for j in idx], [stops[j] for j in idx], **kwargs,
+                    slots=bs if continuous else None, budgets=[budgets[j] for j in idx],
                 )
             except Exception as exc:
+                self._deadline = None
                 if not (auto and _is_oom(exc)) or bs == 1:
                     raise
                 bs = max(1, bs // 2)
@@ -528,6 +609,7 @@ class Generator:
             i += len(idx)
             if pbar is not None:
                 pbar.update(len(idx))
+        self._deadline = None
         if pbar is not None:
             pbar.close()
         return results  # type: ignore[return-value]
@@ -544,8 +626,22 @@ class Generator:
         return [[s for s in ([row] if isinstance(row, str) else (row or [])) if s] for row in stop]
 
     def _generate_batch(
+        self, requests, rows, stops, *, max_new_tokens, do_sample, temperature, top_p, repetition_penalty, ignore_eos,
+        slots: int | None = None, budgets: list[int] | None = None,
+    ):
+        budgets = budgets or [max_new_tokens] * len(requests)
+        if slots is not None and slots < len(requests):  # swap sources are resolved per refill group there
+            return self._generate_continuous(requests, rows, stops, budgets=budgets, ignore_eos=ignore_eos,
+                                             slots=slots)
+        return [_within(res, b, self.tokenizer, stop) for res, b, stop in zip(
+            self._generate_fixed(requests, rows, stops, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                 temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty,
+                                 ignore_eos=ignore_eos), budgets, stops, strict=True)]
+
+    def _generate_fixed(
         self, requests, rows, stops, *, max_new_tokens, do_sample, temperature, top_p, repetition_penalty, ignore_eos
     ):
+        """One batch decoded to one budget: the static decoder, else ``model.generate``."""
         rows = self._resolve_sources(requests, rows)
         if self._static_ok(rows, do_sample, repetition_penalty):
             return self._generate_static(requests, rows, stops, max_new_tokens=max_new_tokens, ignore_eos=ignore_eos)
@@ -584,7 +680,8 @@ class Generator:
             self.model, rows, input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask")
         ) as session:
             out = self.model.generate(
-                **inputs, generation_config=gen_cfg, stopping_criteria=StoppingCriteriaList([_StopOnStrings(scan)])
+                **inputs, generation_config=gen_cfg,
+                stopping_criteria=StoppingCriteriaList([_StopOnStrings(scan, getattr(self, "_deadline", None))]),
             )
         new = out[:, prompt_len:].tolist()
         return self._results(new, scan.finished_at, scan.reason, stops, session)
@@ -593,55 +690,139 @@ class Generator:
         """One batch: prefill with the model's forward (``prefill_tokens`` prompt tokens at a time, interventions
         applied; prompts and images encoded through :class:`PromptEncoder`'s caches; visual-KV swap rows from their
         prompt's shared prefix, :mod:`frankeneval.engine.branch`), then greedy decode with :class:`StaticDecoder`."""
+        group = self._encode_group(requests, rows)
+        embed = self.model.get_input_embeddings()
+        decoder = StaticDecoder(self.model, rows=len(requests), prompt_len=group.slots, max_new_tokens=max_new_tokens,
+                                device=embed.weight.device, dtype=embed.weight.dtype)
+        prefilled = self._prefill_group(decoder, group, rows, dest=list(range(len(requests))))
+        with torch.inference_mode(), self._phase("decode"):
+            eos_ids = set() if ignore_eos else self._eos_ids()
+            decoder.set_eos(eos_ids)
+            scan = _FinishScan(self.tokenizer, stops, eos_ids)
+            tokens = decoder.run(done=self._decode_check(scan, stops))
+            new = tokens.tolist()
+        scan.extend([row[scan.n_seen :] for row in new])
+        return self._results(new, scan.finished_at, scan.reason, stops,
+                             _StaticCaptures(prefilled, decoder, self.n_llm_layers) if prefilled else None)
+
+    def _encode_group(self, requests, rows) -> _Group:
+        """Encode a group of requests for the static decoder and plan its shared-prefix swap rows."""
         inputs, features, positions, mask, keys = self._encode_static(requests)
         ids = inputs["input_ids"]
-        n, prompt_len = ids.shape
+        prompt_len = ids.shape[1]
         _check_prompt_tokens(prompt_len)
         capturing = any(isinstance(it, CaptureAttention) for row in rows for it in row)
         plan = (plan_branches(rows, ids, mask, getattr(self.model.config, "image_token_id", None), keys)
                 if self.branch_swaps and not capturing else BranchPlan.empty())
-        branched = set(plan.rows)
-        full = [r for r in range(n) if r not in branched]
+        full = [r for r in range(len(requests)) if r not in set(plan.rows)]
+        return _Group(ids, features, positions, mask, plan, full, max(prompt_len if full else 0, plan.length))
+
+    def _prefill_group(self, decoder: StaticDecoder, group: _Group, rows, *, dest: list[int],
+                       end: int | None = None) -> dict[int, tuple[Any, dict, torch.Tensor]]:
+        """Prefill ``group`` (its rows' interventions ``rows``) into the decoder's rows ``dest`` (group row ``i`` ->
+        ``dest[i]``), the prompts ending at slot ``end``; returns the capturing rows' prefill captures (by group
+        row)."""
+        ids, mask, positions = group.ids, group.mask, group.positions
         embed = self.model.get_input_embeddings()
-        decoder = StaticDecoder(self.model, rows=n, prompt_len=max(prompt_len if full else 0, plan.length),
-                                max_new_tokens=max_new_tokens, device=embed.weight.device, dtype=embed.weight.dtype)
 
         def embeds(batch_rows: list[int]) -> torch.Tensor:
-            return self.encoder.embeds(ids[batch_rows], [features[r] for r in batch_rows], embed)
+            return self.encoder.embeds(ids[batch_rows], [group.features[r] for r in batch_rows], embed)
 
-        chunk = max(1, self.prefill_tokens // prompt_len)
+        chunk = max(1, self.prefill_tokens // ids.shape[1])
         prefilled: dict[int, tuple[Any, dict, torch.Tensor]] = {}  # capturing row -> (plan, prefill mass, padding)
         with torch.inference_mode(), self._phase("prefill"):
-            for lo in range(0, len(full), chunk):
-                part = full[lo : lo + chunk]
+            for lo in range(0, len(group.full), chunk):
+                part = group.full[lo : lo + chunk]
                 with apply_interventions(self.model, [rows[r] for r in part], input_ids=ids[part],
                                          attention_mask=mask[part]) as session:
                     out = self.model(inputs_embeds=embeds(part), attention_mask=mask[part],
                                      position_ids=positions[:, part], use_cache=True, logits_to_keep=1)
                 cache = returned_cache(out)
-                decoder.write_prompt(part, cache, mask[part], positions[1:, part, -1], out.logits[:, -1].argmax(-1),
-                                     session.plans, visual=session.visual)
+                decoder.write_prompt([dest[r] for r in part], cache, mask[part], positions[1:, part, -1],
+                                     out.logits[:, -1].argmax(-1), session.plans, visual=session.visual, end=end)
                 for i, r in enumerate(part):
                     if session.plans[i].capture is not None:
                         prefilled[r] = (session.plans[i], session.captured.get(i, {}), mask[part][i].bool())
                 del out, cache
             for part, cache, part_mask, last, first in branch_prefill(
-                self.model, plan, input_ids=ids, embeds=embeds, positions=positions, mask=mask, rows=rows,
+                self.model, group.plan, input_ids=ids, embeds=embeds, positions=positions, mask=mask, rows=rows,
                 chunk_tokens=self.prefill_tokens,
             ):
-                decoder.write_prompt(part, cache, part_mask, last, first)
+                decoder.write_prompt([dest[r] for r in part], cache, part_mask, last, first, end=end)
                 del cache
-        with torch.inference_mode(), self._phase("decode"):
-            eos_ids = set() if ignore_eos else self._eos_ids()
-            decoder.set_eos(eos_ids)
-            scan = _FinishScan(self.tokenizer, stops, eos_ids)
-            tokens = decoder.run(
-                done=(lambda toks, _n: scan.extend(toks[:, scan.n_seen :].tolist())) if any(stops) else None
-            )
-            new = tokens.tolist()
-        scan.extend([row[scan.n_seen :] for row in new])
-        return self._results(new, scan.finished_at, scan.reason, stops,
-                             _StaticCaptures(prefilled, decoder, self.n_llm_layers) if prefilled else None)
+        return prefilled
+
+    def _generate_continuous(self, requests, rows, stops, *, budgets: list[int], ignore_eos, slots: int):
+        """Greedy decode of more requests than rows: :class:`ContinuousDecoder` keeps ``slots`` rows busy; a row
+        whose request finished (EOS, a stop string or ``max_new_tokens``) is harvested every ``check_every`` steps
+        and refilled with the next requests' prefill (their interventions applied) while the others decode on."""
+        n = len(requests)
+        eos_ids = set() if ignore_eos else self._eos_ids()
+        embed = self.model.get_input_embeddings()
+        results: list[GenResult | None] = [None] * n
+        rows = list(rows)
+        queue = list(range(n))
+        first = queue[:slots]
+        del queue[:slots]
+        self._resolve_into(requests, rows, first)
+        group = self._encode_group([requests[i] for i in first], [rows[i] for i in first])
+        decoder = ContinuousDecoder(self.model, rows=len(first), prompt_len=group.slots, max_new_tokens=max(budgets),
+                                    device=embed.weight.device, dtype=embed.weight.dtype)
+        decoder.set_eos(eos_ids)
+        decoder.ablating = any(isinstance(it, Ablate) for row in rows for it in row)  # before a graph is captured
+        self._prefill_group(decoder, group, [rows[i] for i in first], dest=list(range(len(first))))
+        owner = dict(enumerate(first))  # decoder row -> request
+        decoder.started(list(owner), group.slots)
+        scans = {i: _FinishScan(self.tokenizer, [stops[i]], eos_ids) for i in first}
+        with torch.inference_mode():
+            while owner:
+                with self._phase("decode"):
+                    decoder.steps(decoder.check_every)
+                free = self._harvest(decoder, owner, scans, stops, results, budgets)
+                take = queue[: len(free)]
+                del queue[: len(take)]
+                for row in free[len(take):]:
+                    decoder.retire(row)
+                if take:
+                    dest = free[: len(take)]
+                    self._resolve_into(requests, rows, take)
+                    group = self._encode_group([requests[i] for i in take], [rows[i] for i in take])
+                    end = decoder.room_for_prompt(group.slots)
+                    self._prefill_group(decoder, group, [rows[i] for i in take], dest=dest, end=end)
+                    decoder.started(dest, group.slots)
+                    owner.update(zip(dest, take))
+                    scans.update({i: _FinishScan(self.tokenizer, [stops[i]], eos_ids) for i in take})
+        return results
+
+    def _resolve_into(self, requests, rows: list, which: list[int]) -> None:
+        """Resolve the swap sources of requests ``which`` in place (``rows[i]``), a refill group at a time."""
+        resolved = self._resolve_sources([requests[i] for i in which], [rows[i] for i in which])
+        for i, row in zip(which, resolved):
+            rows[i] = row
+
+    def _harvest(self, decoder: ContinuousDecoder, owner: dict[int, int], scans: dict, stops, results,
+                 budgets: list[int]) -> list[int]:
+        """Move the finished rows' results into ``results``; returns the freed decoder rows."""
+        n_out = decoder.n_out.tolist()
+        finished = decoder.finished.tolist()
+        look = [r for r, i in owner.items() if stops[i] or finished[r] or n_out[r] >= budgets[i]]
+        if not look:
+            return []
+        lo = min(scans[owner[r]].n_seen for r in look)
+        hi = max(min(n_out[r], budgets[owner[r]]) for r in look)
+        window = decoder.out[look, lo:hi].tolist()
+        free = []
+        for row, toks in zip(look, window):
+            i = owner[row]
+            scan = scans[i]
+            budget = budgets[i]
+            scan.extend([toks[scan.n_seen - lo : min(n_out[row], budget) - lo]])
+            if scan.finished_at[0] is None and n_out[row] < budget:
+                continue
+            results[i] = self._results([scan.tokens[0][:budget]], scan.finished_at, scan.reason, [stops[i]], None)[0]
+            del owner[row], scans[i]
+            free.append(row)
+        return free
 
     @contextmanager
     def _phase(self, name: str):
@@ -675,15 +856,29 @@ class Generator:
             pos = pos[None].expand(4, -1, -1)
         return pos
 
+    def _decode_check(self, scan: _FinishScan, stops):
+        """The static decoder's ``done`` callback: the stop strings' scan, and the batch's deadline when set."""
+        deadline = getattr(self, "_deadline", None)
+        if deadline is None:
+            return (lambda toks, _n: scan.extend(toks[:, scan.n_seen :].tolist())) if any(stops) else None
+
+        def check(toks, _n) -> bool:
+            finished = scan.extend(toks[:, scan.n_seen :].tolist()) if any(stops) else False
+            return finished or deadline.passed()
+
+        return check
+
     def _results(self, new: list[list[int]], finished_at, reasons, stops, session) -> list[GenResult]:
         """Generated token lists (one per row, cut at ``finished_at``) -> results, texts cut at the first stop
-        string."""
+        string; a row cut by the batch's deadline before ``max_new_tokens`` ends with ``timeout``."""
+        deadline = getattr(self, "_deadline", None)
         results = []
         for r, toks in enumerate(new):
             end = finished_at[r]
             reason = reasons[r]
-            if end is None:  # ran to max_new_tokens
-                end, reason = len(toks), "length"
+            if end is None:  # ran to max_new_tokens, or out of time
+                timed_out = deadline is not None and deadline.hit and len(toks) < deadline.max_new_tokens
+                end, reason = len(toks), "timeout" if timed_out else "length"
             n_gen = end + 1 if reason == "eos" else end  # queries that produced a token (EOS included)
             reason = "stop" if reason == "eos" else reason
             toks = toks[:end]

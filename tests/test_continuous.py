@@ -1,0 +1,134 @@
+"""Continuous batching: a finished row is refilled from the queue, and every request's answer is the one it gets
+alone (float32 on the CPU, token for token), with mixed lengths, interventions, stop strings and cache moves."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from test_generation import noise_image
+
+import frankeneval.engine.continuous as continuous_mod
+from frankeneval.engine.generation import Generator, GenRequest
+from frankeneval.engine.interventions import Ablate, SwapVisualKV
+
+
+@pytest.fixture(scope="module")
+def gen(tiny_lineage) -> Generator:
+    return Generator.load(str(tiny_lineage.rl), device="cpu")
+
+
+def mixed_requests() -> list[GenRequest]:
+    words = ["count the shapes", "what is written", "where is the circle", "describe it", "is there a square"]
+    reqs = []
+    for i in range(11):
+        images = [] if i % 4 == 3 else [noise_image(100 + i, size=(56 + 28 * (i % 3), 84))]
+        reqs.append(GenRequest(f"{words[i % 5]} " + "and more " * (i % 6), images))
+    return reqs
+
+
+def interventions(reqs) -> list[list]:
+    rows = []
+    for i, r in enumerate(reqs):
+        if i % 5 == 1:
+            rows.append([Ablate([2 + i % 3])])
+        elif i % 5 == 2 and r.images:
+            rows.append([SwapVisualKV(noise_image(200 + i, size=r.images[0].size), 1 + i % 4)])
+        else:
+            rows.append([])
+    return rows
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Counts continuous runs, cache moves and refills; small windows so that moves and growth happen."""
+    seen = Counter()
+    seen.moves = []
+    cls = continuous_mod.ContinuousDecoder
+    real_move = cls._move
+
+    def move(self, new_slot):
+        seen.moves.append((self.slot_host, new_slot))
+        return real_move(self, new_slot)
+
+    monkeypatch.setattr(cls, "_move", move)
+    for name in ("steps", "started", "_resize"):
+        real = getattr(cls, name)
+
+        def wrapped(self, *a, _real=real, _name=name, **k):
+            seen[_name] += 1
+            return _real(self, *a, **k)
+
+        monkeypatch.setattr(cls, name, wrapped)
+    monkeypatch.setattr(cls, "CHECK_EVERY", 4)
+    monkeypatch.setattr(cls, "GROW_TOKENS", 8)
+    return seen
+
+
+def alone(gen: Generator, reqs, rows, **kw):
+    return [gen.generate([r], interventions=[row], batch_size=1, **kw)[0] for r, row in zip(reqs, rows)]
+
+
+def assert_same(a, b):
+    for x, y in zip(a, b, strict=True):
+        assert (x.token_ids, x.text, x.finish_reason) == (y.token_ids, y.text, y.finish_reason)
+
+
+def test_continuous_equals_each_request_alone(gen, spy, monkeypatch):
+    reqs = mixed_requests()
+    rows = interventions(reqs)
+    # mixed answer lengths: one frequent token of this random model counts as EOS
+    probe = gen.generate(reqs, max_new_tokens=40, ignore_eos=True, batch_size=len(reqs))
+    common = Counter(t for r in probe for t in r.token_ids[1:]).most_common(3)
+    monkeypatch.setattr(Generator, "_eos_ids", lambda self: {common[2][0]})
+    want = alone(gen, reqs, rows, max_new_tokens=40)
+    lengths = {len(r.token_ids) for r in want}
+    assert len(lengths) >= 3, lengths  # the case is mixed-length, not trivially equal
+    spy.clear()
+    got = gen.generate(reqs, max_new_tokens=40, interventions=rows, batch_size=3)
+    assert spy["steps"] > 0 and spy["started"] > 1  # it ran continuously and refilled rows
+    assert any(old != new for old, new in spy.moves)  # the live content was moved at least once
+    assert_same(got, want)
+
+
+def test_continuous_with_stop_strings_and_budget(gen, spy):
+    reqs = mixed_requests()
+    probe = gen.generate(reqs, max_new_tokens=20, ignore_eos=True, batch_size=len(reqs))
+    stops = [[r.text[len(r.text) // 2 : len(r.text) // 2 + 2]] if r.text.strip() else [] for r in probe]
+    want = [gen.generate([r], max_new_tokens=20, ignore_eos=True, stop=[s], batch_size=1)[0]
+            for r, s in zip(reqs, stops, strict=True)]
+    spy.clear()
+    got = gen.generate(reqs, max_new_tokens=20, ignore_eos=True, stop=stops, batch_size=4)
+    assert spy["started"] > 1
+    assert {r.finish_reason for r in got} >= {"stop"}
+    assert_same(got, want)
+
+
+def test_continuous_off_runs_static_batches(gen, spy):
+    reqs = mixed_requests()[:5]
+    gen.continuous = False
+    try:
+        fixed = gen.generate(reqs, max_new_tokens=8, batch_size=2)
+    finally:
+        gen.continuous = True
+    assert spy["steps"] == 0
+    assert_same(gen.generate(reqs, max_new_tokens=8, batch_size=2), fixed)
+
+
+@pytest.mark.parametrize("continuous", [True, False])
+def test_one_budget_per_request_equals_each_alone(gen, monkeypatch, continuous):
+    reqs = mixed_requests()
+    rows = interventions(reqs)
+    probe = gen.generate(reqs, max_new_tokens=24, ignore_eos=True, batch_size=len(reqs))
+    common = Counter(t for r in probe for t in r.token_ids[1:]).most_common(3)
+    monkeypatch.setattr(Generator, "_eos_ids", lambda self: {common[2][0]})
+    budgets = [3 + (7 * i) % 20 for i in range(len(reqs))]
+    want = [gen.generate([r], max_new_tokens=b, interventions=[row], batch_size=1)[0]
+            for r, b, row in zip(reqs, budgets, rows, strict=True)]
+    gen.continuous = continuous
+    try:
+        got = gen.generate(reqs, max_new_tokens=budgets, interventions=rows, batch_size=4)
+    finally:
+        gen.continuous = True
+    assert_same(got, want)
+    assert {r.finish_reason for r in got} == {"stop", "length"}
