@@ -19,7 +19,13 @@ name, a splice its sources' prompt; ``reasoner``, ``revisual``, ``none`` = the c
 text: :mod:`frankeneval.evaluation.prompts`), ``keep_blank_line_stop`` (False: like lmms-eval's own Qwen2.5-VL model, a
 ``"\\n\\n"`` stop sequence is ignored), ``seed_compatible`` (the paper's reference code where it deviates: ``swapkv``
 re-appends the source's visual K/V at every decode step, and the checkpoint's generation_config repetition penalty
-applies, as the reference passes none; unset: ``FRANKENEVAL_SEED_COMPATIBLE``, which the tasks' scoring reads too).
+applies, as the reference passes none; unset: ``FRANKENEVAL_SEED_COMPATIBLE``, which the tasks' scoring reads too),
+``item_time_limit`` (seconds: an item still generating that long after its batch started is cut off there with the
+finish reason ``timeout``, which the tasks count as ``timed_out``, apart from wrong; a row's time is its batch's, so
+with ``batch_size=1`` exactly the item's; backend hf only), ``replay`` (a JSON file of stored responses, written by
+``frankeneval transfer --regrade``: no model is loaded and each request gets its stored response back, with its
+stored finish reason, so the tasks score it again under the grading settings of this run; a request whose prompt or
+item differs from the stored one stops the run: :class:`ReplayResponses`).
 
 ``device``, ``batch_size`` and ``max_batch_size`` may also come from lmms-eval's own ``--device`` / ``--batch_size`` /
 ``--max_batch_size``; a value in ``--model_args`` wins (the rule of :mod:`frankeneval.model_wrappers.model_args`,
@@ -56,7 +62,7 @@ MODEL_ARGS = (
     "pretrained", "splice", "dtype", "device", "device_map", "attn_implementation", "batch_size", "max_batch_size",
     "seed_compatible",
     "max_pixels", "min_pixels", "max_new_tokens", "intervention", "backend", "system_prompt", "keep_blank_line_stop",
-    "allow_pickle", "gpu_memory_utilization", "decode",
+    "allow_pickle", "gpu_memory_utilization", "decode", "item_time_limit", "replay",
 )
 
 
@@ -87,11 +93,21 @@ class FrankenQwen(lmms):
         gpu_memory_utilization: float | str | None = None,
         seed_compatible: bool | str | None = None,
         decode: str = "auto",
+        item_time_limit: float | str | None = None,
+        replay: str | None = None,
         **kwargs,
     ) -> None:
         super().__init__()
         if kwargs:
             raise FrankenevalError(f"franken_qwen: unknown model args {sorted(kwargs)}; known: {', '.join(MODEL_ARGS)}")
+        self.item_time_limit = _time_limit(item_time_limit)
+        if replay:  # stored responses only: no model, no generation (frankeneval transfer --regrade)
+            self.replay = ReplayResponses(str(replay))
+            self.backend, self.generator, self.interventions = "replay", None, []
+            self.batch_size_arg = parse_batch_size(batch_size)
+            self.accelerator, self._rank, self._world_size, self._device = None, 0, 1, "cpu"
+            return
+        self.replay = None
         from frankeneval.engine.interventions import parse_intervention_spec
 
         allow_pickle = parse_bool(allow_pickle)
@@ -121,6 +137,8 @@ class FrankenQwen(lmms):
             if intervention and str(intervention).strip().lower() != "none":
                 raise FrankenevalError("backend=vllm runs without interventions; use backend=hf with intervention=")
             self.generator = None
+            if self.item_time_limit is not None:
+                raise FrankenevalError("item_time_limit needs backend=hf (vLLM's generation has no deadline here)")
             if not allow_pickle:
                 from frankeneval.engine.generation import refuse_pickle_only
 
@@ -190,10 +208,14 @@ class FrankenQwen(lmms):
 
         from frankeneval.engine.generation import GenRequest
 
+        if self.replay is not None:
+            return [self.replay.response(req.args, self.task_dict) for req in requests]
         parsed = []
         for req in requests:
             context, gen_kwargs, doc_to_visual, doc_id, task, split = req.args
             settings, until = self._gen_settings(gen_kwargs)
+            if self.item_time_limit is not None:
+                settings = {**settings, "time_limit": self.item_time_limit}
             parsed.append((context, gen_kwargs, settings, until, doc_to_visual, doc_id, task, split))
 
         def build(i: int) -> GenRequest:  # images are opened when the request's group runs
@@ -231,7 +253,7 @@ class FrankenQwen(lmms):
 
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
         if self.generator is None:
-            raise FrankenevalError("loglikelihood needs backend=hf")
+            raise FrankenevalError("loglikelihood needs backend=hf (and no replay)")
         out = []
         for req in requests:
             args = req.args
@@ -255,6 +277,61 @@ class FrankenQwen(lmms):
             "franken_qwen does not implement generate_until_multi_round (multi-round tasks are outside frankeneval); "
             "use lmms-eval's qwen2_5_vl model for them"
         )
+
+
+def _time_limit(value: float | str | None) -> float | None:
+    """The ``item_time_limit`` model arg: seconds > 0, or None (none, ``none``, ``0``: no limit)."""
+    if value is None or str(value).strip().lower() in ("", "none", "0", "0.0"):
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0:
+        raise FrankenevalError(f"item_time_limit must be a number of seconds > 0, not {value!r}")
+    return seconds
+
+
+class ReplayResponses:
+    """The stored responses a ``replay=FILE`` run answers with: ``{"tasks": {task: {doc_id: {"id", "context",
+    "responses", "finish_reason"}}}}`` (written by :func:`frankeneval.transferability.reuse.write_replay` from a
+    finished run's samples files). Each request gets its stored text back as a
+    :class:`~frankeneval.model_wrappers.model_args.GeneratedText` with its stored finish reason (``length`` /
+    ``stop`` / ``timeout``; None where the stored run did not say), after checking that it asks for the same item
+    (the doc's ``id``) with the same prompt: a response is never scored against another question."""
+
+    def __init__(self, path: str):
+        import json
+
+        try:
+            data = json.loads(open(path, encoding="utf-8").read())
+            self.tasks = {str(t): {str(k): v for k, v in docs.items()} for t, docs in data["tasks"].items()}
+        except (OSError, ValueError, KeyError, AttributeError, TypeError) as exc:
+            raise FrankenevalError(f"replay={path}: not a stored-responses file "
+                                   f"({type(exc).__name__}: {exc})") from None
+        self.path = path
+
+    def response(self, args: tuple, task_dict: dict | None = None):
+        from frankeneval.model_wrappers.model_args import GeneratedText
+
+        context, _gen_kwargs, _doc_to_visual, doc_id, task, split = args
+        entry = (self.tasks.get(str(task)) or {}).get(str(doc_id))
+        if entry is None:
+            raise FrankenevalError(f"replay={self.path}: no stored response for {task} item {doc_id} (the stored run "
+                                   "evaluated other items: its sample size, seed or data differ)")
+        if entry.get("context") is not None and entry["context"] != context:
+            raise FrankenevalError(f"replay={self.path}: {task} item {doc_id} was asked with another prompt than the "
+                                   "stored response's (data, settings or task version differ)")
+        doc = None
+        try:
+            doc = task_dict[task][split][doc_id] if task_dict else None
+        except (KeyError, IndexError, TypeError):
+            doc = None
+        if entry.get("id") is not None and isinstance(doc, dict) and str(doc.get("id")) != str(entry["id"]):
+            raise FrankenevalError(f"replay={self.path}: {task} item {doc_id} is {doc.get('id')!r} here but "
+                                   f"{entry['id']!r} in the stored run")
+        texts = entry.get("responses") or [""]
+        return GeneratedText(str(texts[0]), entry.get("finish_reason"))
 
 
 class _VLLMBackend:

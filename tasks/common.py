@@ -46,20 +46,21 @@ skip_broken            FRANKENEVAL_SKIP_BROKEN         1 = leave out selected it
 Before any item runs, every selected doc's row is parsed and its image (the image setting's) decoded
 (:func:`check_docs`): a broken one stops the task in one line naming the file (or ``file:line``).
 
-Metrics: ``rule_acc`` always; ``judge_acc`` and ``judge_error`` only when the judge is on (absent otherwise);
-``*_acc`` are fractions in [0, 1], ``judge_error`` a count; ``hit_limit`` (a count: answers that ran to the task's
-``max_new_tokens`` and are cut off) whenever the model is ``franken_qwen``, whose answers carry their finish
-reason (:meth:`LocalDocsTask.apply_filters`). A sample the rules mark correct is correct for the judge too
-(rules first; no call); a sample whose judging failed -- the judge did not answer, or its reply had no clear
-boolean ``is_correct`` -- is not marked wrong (its sample has no ``score``) and is counted in ``judge_error``;
-``judge_acc`` (:func:`judge_accuracy`) is the credited share of all samples and is defined only when every sample
-has a verdict: with any judge error it is NaN (shown as "–" beside the error count), never a number that counts
-errors as wrong or one over the rule-credited samples alone. ``grading: seed`` lets the judge decide every item (see
-:func:`judge_fields`). MathVista with ``extraction: mathvista`` adds ``mathvista_acc`` (MathVista's own protocol).
-With the judge on (or ``description_source: judge``), loading a task's docs first asks the judge once
+Metrics: ``rule_acc`` always; ``judge_acc`` and ``judge_error`` only when the judge is on (absent otherwise); ``*_acc``
+are fractions in [0, 1], ``judge_error`` a count; ``hit_limit`` (a count: answers that ran to the task's
+``max_new_tokens`` and are cut off) whenever the model is ``franken_qwen``, whose answers carry their finish reason
+(:meth:`LocalDocsTask.apply_filters`); ``timed_out`` (a count: answers cut off by ``franken_qwen``'s
+``item_time_limit``, left out of every accuracy, not counted wrong: :meth:`LocalDocsTask.score`) likewise. A sample the
+rules mark correct is correct for the judge too (rules first; no call); a sample whose judging failed -- the judge did
+not answer, or its reply had no clear boolean ``is_correct`` -- is not marked wrong (its sample has no ``score``) and is
+counted in ``judge_error``; ``judge_acc`` (:func:`judge_accuracy`) is the credited share of all samples and is defined
+only when every sample has a verdict: with any judge error it is NaN (shown as "–" beside the error count), never a
+number that counts errors as wrong or one over the rule-credited samples alone. ``grading: seed`` lets the judge decide
+every item (see :func:`judge_fields`). MathVista with ``extraction: mathvista`` adds ``mathvista_acc`` (MathVista's own
+protocol). With the judge on (or ``description_source: judge``), loading a task's docs first asks the judge once
 (:meth:`frankeneval.evaluation.grading.Judge.probe`): a judge that does not answer stops the run with one line naming
-the server and model. Per-sample values are dicts with
-``id`` and ``score`` (0/1), kept in lmms-eval's samples file for bootstrapping.
+the server and model. Per-sample values are dicts with ``id`` and ``score`` (0/1), kept in lmms-eval's samples file for
+bootstrapping.
 """
 
 from __future__ import annotations
@@ -448,15 +449,41 @@ class LocalDocsTask:
                    if r is not None]
         return any(r == "length" for r in reasons) if reasons else None
 
+    def timed_out_of(self, doc: dict) -> bool | None:
+        """Whether the item's generation ran past ``franken_qwen``'s ``item_time_limit`` (finish reason
+        ``timeout``, any of its responses); None when unknown (no response said why it ended)."""
+        key = doc.get("id") if isinstance(doc, dict) else None
+        reasons = [r for r in (getattr(self, "finish_reasons", {}).get(str(key), ()) if key is not None else ())
+                   if r is not None]
+        return any(r == "timeout" for r in reasons) if reasons else None
+
     def score(self, doc: dict, results: list) -> dict:
         """The YAML's ``process_results`` on the stripped responses (each a :class:`Response` carrying whether its
         generation hit ``max_new_tokens``), plus the per-item ``hit_limit`` (0/1) when the task lists that metric
-        and the responses said why they ended (``franken_qwen``'s do; unknown otherwise, and then left out)."""
+        and the responses said why they ended (``franken_qwen``'s do; unknown otherwise, and then left out).
+
+        An item whose generation ran out of time (``franken_qwen``'s ``item_time_limit``: finish reason
+        ``timeout``) is counted apart from wrong: its per-sample values keep their fields but no ``score`` (left out
+        of every accuracy, as a judge error is), no judge is asked about it, and its ``timed_out`` is 1 (the
+        metric is absent from items that finished in time, so ``timed_out`` in the results counts the cut ones and
+        is there only when there are any)."""
         hit = self.hit_limit_of(doc)
+        timed_out = self.timed_out_of(doc)
         results = [Response(r.strip() if isinstance(r, str) else "", hit_limit=hit) for r in results]
-        out = self.config.process_results(doc, results, settings=getattr(self, "settings", None))
-        if hit is not None and "hit_limit" in _metric_names(self.config):
+        settings = getattr(self, "settings", None)
+        if timed_out and settings is not None and settings.judge:
+            import dataclasses
+
+            settings = dataclasses.replace(settings, judge=False)  # an answer cut off by the clock is not judged
+        out = self.config.process_results(doc, results, settings=settings)
+        names = _metric_names(self.config)
+        if hit is not None and "hit_limit" in names:
             out = {**out, "hit_limit": int(hit)}
+        if timed_out:
+            out = {k: ({**{f: x for f, x in v.items() if f != "score"}, "timed_out": True}
+                       if isinstance(v, dict) else v) for k, v in out.items()}
+        if timed_out and "timed_out" in names:  # only then: the samples of a run without timeouts are unchanged
+            out = {**out, "timed_out": 1}
         return out
 
 

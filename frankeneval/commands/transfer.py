@@ -15,7 +15,18 @@ items out of the cells and lists them in transfer.json ("skipped_inputs") and in
     frankeneval transfer --recipe openmmreasoner --out runs/omr --splits both --gpus 8
     frankeneval transfer --recipe openmmreasoner --out runs/omr --gpus 2 --evict-variants   # a 128 GB disk
     frankeneval transfer --recipe tiny --tasks franken_gsm8k --data /path/to/data --sample-size 5 --max-new-tokens 32
+    frankeneval transfer --recipe openmmreasoner --out runs/omr-8-20 --cuts 8 20 --reuse-from runs/omr
+    frankeneval transfer --regrade judge --from runs/omr --out runs/omr-judge   # re-score, no generation
     frankeneval report runs/omr
+
+--cuts C1 C2 sets the variants' block cuts (early 1-C1, middle C1+1-C2, late C2+1-n; recorded in transfer.json); a
+rerun of a folder with other cuts runs again the variants whose splice changed (cells are stamped with the splice's
+build hash). --reuse-from RUN takes RUN's finished cells of the same model content (fingerprints, not names), task and
+settings, hard-linked and recorded as reused with their origin; a cell whose model content, prompt or settings differ
+is run here, saying why. --regrade rules|judge|seed --from RUN scores RUN's stored responses again into --out (a new
+folder) without generating: rules = the judge off, judge = rules first then the judge (--grading paper --judge),
+seed = the reference's grading (--grading seed --judge). --item-time-limit S cuts off an item still generating after
+S seconds (its batch's time; exact with --batch-size 1): counted as timed_out in the report, apart from wrong.
 """
 
 from __future__ import annotations
@@ -36,10 +47,16 @@ def _csv(text: str | None) -> list[str] | None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--recipe", required=True,
-                        help="openmmreasoner | revisual_r1 | mmr1 | tiny | a recipe or merge-spec YAML")
+    parser.add_argument("--recipe", default=None,
+                        help="openmmreasoner | revisual_r1 | mmr1 | tiny | a recipe or merge-spec YAML (required, "
+                             "except with --regrade)")
     parser.add_argument("--out", required=True, help="run directory (rerun with the same one to resume)")
     parser.add_argument("--variants", default=None, help="comma-separated variant names (default: all of the recipe)")
+    from frankeneval.commands._shared import positive_int as _positive
+
+    parser.add_argument("--cuts", nargs=2, type=_positive, metavar=("C1", "C2"), default=None,
+                        help="the variants' block cuts on the unified axis: early 1-C1, middle C1+1-C2, late C2+1-n "
+                             "(default: the recipe's, else n//3 and 2n//3); recorded in transfer.json")
     parser.add_argument("--splits", choices=("v1", "v2", "both"), default=DEFAULT_SPLITS,
                         help=f"the paper's splits to run (default {DEFAULT_SPLITS}): v1 = {','.join(SPLITS['v1'])}; "
                              f"v2 = {','.join(SPLITS['v2'])}; both = all six groups")
@@ -84,6 +101,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "is left out of that setting and listed in the report")
     add_seed_compatible_argument(parser)
     add_skip_broken_argument(parser)
+    parser.add_argument("--item-time-limit", type=_seconds, default=None, metavar="SECONDS",
+                        help="cut off an item still generating after SECONDS (its batch's time: exact with "
+                             "--batch-size 1); it is counted as timed_out, apart from wrong (franken_qwen, backend hf)")
+    parser.add_argument("--reuse-from", default=None, metavar="RUN",
+                        help="take the finished cells of another transfer run whose model content (fingerprint), "
+                             "task and settings are identical, hard-linked and recorded as reused; the others run")
+    parser.add_argument("--regrade", choices=("rules", "judge", "seed"), default=None,
+                        help="score the stored responses of the run --from RUN again into --out (a new folder), "
+                             "without generating: rules = the judge off; judge = rules first, then the judge; seed = "
+                             "the reference's grading (the judge decides every item). --grading / --judge / "
+                             "--no-judge override")
+    parser.add_argument("--from", dest="regrade_from", default=None, metavar="RUN",
+                        help="the finished transfer run --regrade re-scores")
     parser.add_argument("--gpus", type=int_arg(0, note="0 = one cell at a time on the visible devices"), default=0,
                         help="run N models' cells at once, one lmms-eval process per GPU, >= 0 (default 0)")
     parser.add_argument("--process-per-cell", action="store_true",
@@ -100,7 +130,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="read pickle (.bin) weights, which can run code when loaded: only for sources you trust")
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
+    return value
+
+
+def _regrade(args: argparse.Namespace) -> int:
+    from frankeneval.errors import FrankenevalError
+    from frankeneval.transferability.reuse import regrade_run
+
+    if not args.regrade_from:
+        raise FrankenevalError("--regrade needs --from RUN (the finished transfer run whose responses it re-scores)")
+    given = [f for f, v in (("--recipe", args.recipe), ("--variants", args.variants), ("--tasks", args.tasks),
+                            ("--cuts", args.cuts), ("--reuse-from", args.reuse_from),
+                            ("--item-time-limit", args.item_time_limit)) if v]
+    if given:
+        raise FrankenevalError(f"--regrade re-scores the stored cells of --from as they are; drop {', '.join(given)}")
+    result = regrade_run(args.regrade_from, args.out, args.regrade, judge=args.judge, grading_mode=args.grading,
+                         data_dir=args.data, gpus=args.gpus, joint=False if args.process_per_cell else None)
+    print(f"[transfer] regraded ({args.regrade}): {len(result.ran)} cells scored again, {len(result.skipped)} already "
+          f"done -> {result.run_dir}")
+    print(f"[transfer] leaderboard: frankeneval report {result.run_dir}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.regrade:
+        return _regrade(args)
+    if args.regrade_from:
+        from frankeneval.errors import FrankenevalError
+
+        raise FrankenevalError("--from names the run --regrade re-scores; give --regrade rules|judge|seed")
+    if not args.recipe:
+        from frankeneval.errors import FrankenevalError
+
+        raise FrankenevalError("transfer needs --recipe (or --regrade GRADING --from RUN)")
     models = {k: v for k, v in (("base", args.base_model), ("in", args.in_model), ("rl", args.rl_model)) if v}
     result = run_transfer(
         args.out,
@@ -126,7 +195,12 @@ def run(args: argparse.Namespace) -> int:
         allow_pickle=args.allow_pickle,
         evict_variants=args.evict_variants,
         joint=False if args.process_per_cell else None,
+        cuts=args.cuts,
+        item_time_limit=args.item_time_limit,
+        reuse_from=args.reuse_from,
     )
-    print(f"[transfer] done: {len(result.ran)} cells run, {len(result.skipped)} already finished -> {result.run_dir}")
+    reused = f", {len(result.reused)} reused from {args.reuse_from}" if result.reused else ""
+    print(f"[transfer] done: {len(result.ran)} cells run, {len(result.skipped)} already finished{reused} -> "
+          f"{result.run_dir}")
     print(f"[transfer] leaderboard: frankeneval report {result.run_dir}")
     return 0

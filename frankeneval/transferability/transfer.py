@@ -37,6 +37,11 @@ each one this run materialized is deleted once its cells ran, so the disk holds 
 variants (a 7B variant is 16.6 GB); a splice that was in the cache before is never deleted (:func:`_run_evicting`;
 the cache's lifecycle: :func:`.splice.materialize_owned` and :func:`.splice.evict_splice`), nor one another live
 run holds a lease on (every run leases the splices it uses until its cells ran: :func:`.splice.lease_splice`).
+
+**Other runs' cells** (:mod:`.reuse`): ``reuse_from`` takes another run's finished cells of the same model content,
+task and settings instead of running them; ``--regrade`` (:func:`.reuse.regrade_run`) scores a run's stored
+responses again under another grading into a new folder. ``cuts`` (``--cuts``) re-cuts the recipe's variants
+(:func:`_with_cuts`); ``item_time_limit`` cuts off an item still generating after that many seconds.
 """
 
 from __future__ import annotations
@@ -79,6 +84,7 @@ class TransferResult:
     ran: list[Cell] = field(default_factory=list)
     skipped: list[Cell] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # cell key -> error
+    reused: list[Cell] = field(default_factory=list)  # taken from another run (--reuse-from), not run here
 
 
 # -- models ---------------------------------------------------------------------------------------
@@ -89,28 +95,63 @@ def _resolve_local(ref: str) -> str:
     return str(resolve(resolve_ref(ref))[0])
 
 
-def _load_recipe(recipe: Any, models: Mapping[str, str] | None):
-    """A :class:`~frankeneval.transferability.recipes.Recipe` from a Recipe, a built-in name, a recipe or spec YAML."""
+def _load_recipe(recipe: Any, models: Mapping[str, str] | None, cuts: Sequence[int] | None = None):
+    """A :class:`~frankeneval.transferability.recipes.Recipe` from a Recipe, a built-in name, a recipe or spec YAML;
+    ``cuts`` (``--cuts``): the block cuts of every variant (:func:`_with_cuts`)."""
     from frankeneval.transferability.recipes import Recipe, get_recipe
 
     if isinstance(recipe, Recipe):
-        return recipe.with_models(dict(models)) if models else recipe
+        return _with_cuts(recipe.with_models(dict(models)) if models else recipe, cuts)
     text = str(recipe)
     try:
-        return get_recipe(text, models=models)
+        rec = get_recipe(text, models=models)
     except FrankenevalError:
         path = Path(text).expanduser()
         if not path.is_file():
             raise
+    else:
+        return _with_cuts(rec, cuts)
     # a single merge-spec file: one variant, its sources are IN and RL
     from frankeneval.transferability.mergespec import MergeSpec
+    from frankeneval.transferability.recipes import load_spec
 
-    spec = MergeSpec.from_yaml(path, sources=dict(models) if models else None)
+    if cuts is not None:  # as `frankeneval splice --cuts`: phrases only (a block spec names its layers itself)
+        spec = load_spec(str(path), models=dict(models) if models else None, cuts=list(cuts))
+    else:
+        spec = MergeSpec.from_yaml(path, sources=dict(models) if models else None)
     name = spec.name or path.stem
     if not {"in", "rl"} <= set(spec.sources):
         raise FrankenevalError(f"{path}: the spec names no 'in' and 'rl' sources to compare against")
     return Recipe(name=name, models=dict(spec.sources), variants={name: spec}, n_layers=spec.n_layers,
                   definitions={name: spec.phrase or spec.describe()})
+
+
+def _with_cuts(rec: Any, cuts: Sequence[int] | None) -> Any:
+    """``rec`` with the block cuts ``cuts`` (``--cuts C1 C2``: early 1-C1, middle C1+1-C2, late C2+1-n) for every
+    variant, a variant's own ``cuts`` included; unchanged when ``cuts`` is None. The variants' splices (and so their
+    build hashes, the fingerprints their cells are stamped with) follow: a rerun of a run folder with other cuts runs
+    again exactly the variants whose layers changed."""
+    if cuts is None:
+        return rec
+    from frankeneval.transferability.recipes import Recipe
+    from frankeneval.weights.layermap import check_cuts
+
+    c1, c2 = check_cuts(cuts, rec.n_layers)
+    data = rec._data()  # the recipe's mapping form (Recipe.from_dict reads it back)
+    data["cuts"] = [c1, c2]
+    data["variants"] = {v: ({**d, "cuts": [c1, c2]} if isinstance(d, Mapping) and "cuts" in d else d)
+                        for v, d in dict(data.get("variants") or {}).items()}
+    return Recipe.from_dict(data, n_layers=rec.n_layers)
+
+
+def effective_cuts(rec: Any) -> list[int]:
+    """The block cuts a recipe's variants use unless they name their own: its ``cuts``, else ``n // 3, 2n // 3``."""
+    from frankeneval.weights.layermap import check_cuts
+
+    cuts = getattr(rec, "cuts", None)
+    if cuts is None and len(rec.variants) == 1:  # a single merge spec: its own
+        cuts = next(iter(rec.variants.values())).cuts
+    return list(check_cuts(cuts, rec.n_layers))
 
 
 def prepare_models(
@@ -122,6 +163,7 @@ def prepare_models(
     progress: Callable[[str], None] = print,
     allow_pickle: bool = False,
     leases: list | None = None,
+    cuts: Sequence[int] | None = None,
 ) -> tuple[str, dict[str, dict[str, Any]]]:
     """(recipe name, {label: {"path", "kind", "description", "fingerprint"}}) for Base (when the recipe names a
     ``base``), IN, RL and the chosen variants.
@@ -132,7 +174,7 @@ def prepare_models(
     """
     from frankeneval.transferability.splice import materialize_cached
 
-    rec, chosen = _recipe_variants(recipe, variants, models)
+    rec, chosen = _recipe_variants(recipe, variants, models, cuts)
     out = _reference_models(rec)
     kw = {} if leases is None else {"leases": leases}
     for i, v in enumerate(chosen, 1):
@@ -143,9 +185,10 @@ def prepare_models(
     return rec.name, out
 
 
-def _recipe_variants(recipe: Any, variants: Sequence[str] | None, models: Mapping[str, str] | None):
+def _recipe_variants(recipe: Any, variants: Sequence[str] | None, models: Mapping[str, str] | None,
+                     cuts: Sequence[int] | None = None):
     """(the recipe, the chosen variant names), each name checked (a clear error naming the choices)."""
-    rec = _load_recipe(recipe, models)
+    rec = _load_recipe(recipe, models, cuts)
     chosen = list(rec.variants) if variants is None else list(variants)
     for v in chosen:
         rec.variant(v)  # clear error naming the choices
@@ -241,9 +284,16 @@ def _run_cells(
     description_source: str | None = None,
     runner: CellRunner | None = None,
     joint: bool | None = None,
+    item_time_limit: float | None = None,
+    reuse_from: str | os.PathLike | None = None,
+    cuts: Sequence[int] | None = None,
     progress: Callable[[str], None] = print,
     _keep_fds: tuple[int, ...] = (),
     _manifest_extra: Mapping[str, Any] | None = None,
+    _replay: Mapping[str, str] | None = None,
+    _prompts: Mapping[str, tuple[Any, str]] | None = None,
+    _record_extra: Mapping[str, Mapping[str, Any]] | None = None,
+    _header_extra: Mapping[str, Any] | None = None,
 ) -> TransferResult:
     """Run every missing (model, task) cell; finished cells are skipped (see the module docstring).
 
@@ -265,6 +315,15 @@ def _run_cells(
     loaded once) and its output is cut into the cells' folders (:func:`.cells.cut_joint_output`); when that
     process fails, its cells are run one by one, so one broken task costs only its own cells.
     Failed cells are reported in the result (and retried by the next run); they never stop the others.
+    ``item_time_limit``: seconds an item may generate (``franken_qwen``'s ``item_time_limit``): one still generating
+    then is cut off and counted as ``timed_out``, apart from wrong; in the run store's header when given.
+    ``reuse_from``: another transfer run whose finished cells of the same model content, task and settings are
+    hard-linked in instead of run (:mod:`.reuse`); any other cell runs here, and a refused one says why.
+    ``cuts``: the variants' block cuts, recorded in the manifest's settings only (a rerun with other cuts is
+    allowed: the variants whose splice changed run again, :func:`.cells.finished_cell`).
+    The private ``_replay`` / ``_prompts`` / ``_record_extra`` / ``_header_extra`` are ``--regrade``'s
+    (:func:`.reuse.regrade_run`): each model's stored-responses file, the prompts its cells recorded, what each
+    cell's record adds, and what the run store's header adds.
     """
     run_dir = Path(run_dir).expanduser().absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -278,29 +337,39 @@ def _run_cells(
                 # only when on: run folders made before the switch existed (off) keep resuming
                 **({"seed_compatible": True} if seed_compatible else {}),
                 **({"judge": bool(judge)} if judge is not None else {}),
-                **({"description_source": description_source} if description_source is not None else {})}
+                **({"description_source": description_source} if description_source is not None else {}),
+                **({"item_time_limit": float(item_time_limit)} if item_time_limit else {}),
+                **dict(_header_extra or {})}
     env = {**dict(env or {}), **_grading_env(grading, seed_compatible, skip_broken)}
     if judge is not None:
         env["FRANKENEVAL_JUDGE"] = "1" if judge else "0"
     if description_source is not None:
         env["FRANKENEVAL_DESCRIPTION_SOURCE"] = description_source
-    prompts = cells.system_prompts(run_dir, models, system_prompt, seed_compatible=seed_compatible)
+    prompts = (dict(_prompts) if _prompts is not None
+               else cells.system_prompts(run_dir, models, system_prompt, seed_compatible=seed_compatible))
     models = {label: {**dict(info), "system_prompt": prompts[label][0].name,
                       "system_prompt_reason": prompts[label][0].reason} for label, info in models.items()}
     for info in models.values():  # what a cell records and a finished cell must match (cells.finished_cell)
         if not isinstance(info.get("fingerprint"), dict):
             info["fingerprint"] = _weights_fingerprint(str(info["path"]))
     store = RunStore(run_dir / STORE, header=settings, required=CELL_FIELDS, inputs=_data_inputs(data_dir))
-    update_manifest(run_dir, recipe, models, tasks, {**settings, "seed_compatible": bool(seed_compatible)},
-                    _manifest_extra)
+    manifest_settings = {**settings, "seed_compatible": bool(seed_compatible),
+                         **({"cuts": [int(c) for c in cuts]} if cuts is not None else {})}
+    extra = {**dict(_manifest_extra or {}), **({"reuse_from": str(reuse_from)} if reuse_from else {})}
+    update_manifest(run_dir, recipe, models, tasks, manifest_settings, extra or None)
     result = TransferResult(run_dir=run_dir, cells=plan_cells(models, tasks))
     offline = bool(data_dir) if offline is None else offline
     job = _CellRun(run_dir=run_dir, models=models, prompts=prompts, store=store, result=result, progress=progress,
                    runner=runner or cells.lmms_eval_runner, keep_fds=_keep_fds, batch_size=batch_size,
                    max_new_tokens=max_new_tokens, model_args=model_args, devices=[],
                    env=cells.base_env(str(data_dir) if data_dir else None, sample_size, sample_seed, offline, env),
-                   include_path=str(harness_tasks_dir()))
+                   include_path=str(harness_tasks_dir()), item_time_limit=item_time_limit,
+                   replay=dict(_replay or {}), record_extra=dict(_record_extra or {}))
     job.pending = _pending(job, len(tasks))
+    if job.pending and reuse_from:
+        from frankeneval.transferability.reuse import reuse_cells
+
+        job.pending = reuse_cells(job, Path(reuse_from))
     if job.pending and default_runner:
         _preflight(run_dir, job.pending, job.env)
     job.devices = scheduler.device_ids(gpus)
@@ -322,8 +391,13 @@ def model_groups(pending: Sequence[Cell]) -> list[tuple[Cell, ...]]:
 
 def _check_settings(model_args: str | None, grading: str | None, seed_compatible: bool) -> str:
     """The grading setting, after checking the arguments (one-line errors)."""
-    if any(a.split("=", 1)[0].strip() == "system_prompt" for a in (model_args or "").split(",")):
+    keys = {a.split("=", 1)[0].strip() for a in (model_args or "").split(",")}
+    if "system_prompt" in keys:
         raise FrankenevalError("give the system prompt as --system-prompt (system_prompt=), not in --model-args")
+    if "item_time_limit" in keys:
+        raise FrankenevalError("give the time limit as --item-time-limit (item_time_limit=), not in --model-args")
+    if "replay" in keys:
+        raise FrankenevalError("replay= is --regrade's own model arg, not one for --model-args")
     grading = grading or ("seed" if seed_compatible else "paper")
     if grading not in ("paper", "seed"):
         raise FrankenevalError(f"grading must be paper or seed, not {grading!r}")
@@ -389,6 +463,9 @@ class _CellRun:
     devices: list[str]
     env: dict[str, str]
     include_path: str
+    item_time_limit: float | None = None
+    replay: dict[str, str] = field(default_factory=dict)  # label -> stored-responses file (--regrade)
+    record_extra: dict[str, Mapping[str, Any]] = field(default_factory=dict)  # cell key -> what its record adds
     pending: list[Cell] = field(default_factory=list)
     done: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -458,8 +535,14 @@ class _CellRun:
         margs = f"pretrained={path},batch_size={self.batch_size},system_prompt={self.prompts[cell.model][1]}"
         if self.max_new_tokens:
             margs += f",max_new_tokens={self.max_new_tokens}"
+        if self.item_time_limit:
+            margs += f",item_time_limit={float(self.item_time_limit)!r}"
         if self.model_args:
             margs += "," + self.model_args
+        if cell.model in self.replay:  # --regrade: the stored responses, no model loaded
+            if "," in self.replay[cell.model]:
+                raise CellFailed(f"{self.replay[cell.model]!r} contains a comma, which --model_args cannot carry")
+            margs += f",replay={self.replay[cell.model]}"
         env = dict(self.env)
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = self.devices[gpu]
@@ -482,8 +565,10 @@ class _CellRun:
             raise CellFailed(f"{cell.key}: the runner wrote no *_results.json under {partial}")
         self._place(cell, partial, seconds, gpu)
 
-    def _place(self, cell: Cell, partial: Path, seconds: float, gpu: int | None, joint: int = 1) -> None:
-        """Stamp a cell's finished ``partial`` folder, rename it into place and record it in the run store."""
+    def _place(self, cell: Cell, partial: Path, seconds: float | None, gpu: int | None, joint: int = 1,
+               reused_from: Path | None = None) -> None:
+        """Stamp a cell's finished ``partial`` folder, rename it into place and record it in the run store
+        (``reused_from``: the run it was taken from, :func:`.reuse.reuse_cells`)."""
         final = self.run_dir / cell.relpath()
         cells.write_cell_stamp(partial, cell, self.models)  # the model content it ran, renamed in with it
         cells.clear(final)
@@ -492,7 +577,11 @@ class _CellRun:
         record = cell_record(self.run_dir, cell, self.models, res, samples, seconds, self.prompts[cell.model][0])
         if joint > 1:
             record["joint_run_cells"] = joint  # seconds: the joint process's time shared out evenly
+        record.update(self.record_extra.get(cell.key) or {})
         self.store.append(cell.key, record)
+        if reused_from is not None:
+            self.progress(f"[reuse] {cell.model} x {cell.task}: {cells.headline(res)} (taken from {reused_from})")
+            return
         where = ("" if gpu is None else f", GPU {gpu}") + (f", 1/{joint} of a joint run" if joint > 1 else "")
         with self.lock:
             self.done += 1
@@ -512,6 +601,7 @@ def run_transfer(
     progress: Callable[[str], None] = print,
     allow_pickle: bool = False,
     evict_variants: bool = False,
+    cuts: Sequence[int] | None = None,
     **kwargs: Any,
 ) -> TransferResult:
     """Materialize the variants of ``recipe`` and run every (model, task) cell (see :func:`run_cells`).
@@ -526,7 +616,13 @@ def run_transfer(
     ``evict_variants``: materialize the variants lazily, ``max(1, gpus)`` at a time, and delete each one this
     run materialized once its cells ran (peak disk: Base / IN / RL plus ``max(1, gpus)`` variants); see
     :func:`_run_evicting`. Off (the default): every variant is materialized up front and nothing is deleted.
+
+    ``cuts`` (``--cuts C1 C2``): the block cuts of every variant (:func:`_with_cuts`), instead of the recipe's (or
+    ``n // 3, 2n // 3``); the cuts in use are recorded in the manifest's settings.
     """
+    recipe = _load_recipe(recipe, models, cuts)
+    models = None  # applied
+    kwargs["cuts"] = effective_cuts(recipe)
     leases: list = []  # this run's leases on the splices it uses (held until its cells ran)
     try:
         if evict_variants:

@@ -182,7 +182,8 @@ def _entry(run_dir: Path, rec: dict[str, Any], task: str, task_metrics: dict[str
     """One task's ``metric`` entry; None when the results file has neither a score nor judge errors."""
     value = _metric_value(task_metrics, metric)
     n_err = _metric_value(task_metrics, "judge_error") if metric == "judge_acc" else None
-    if value is None and not n_err:  # (a cell whose every item was a judge error still shows the count)
+    n_time = _metric_value(task_metrics, "timed_out")  # --item-time-limit: left out of the score, counted here
+    if value is None and not n_err and not n_time:  # (every item a judge error, or timed out: the count shows)
         return None
     sample_rel = (rec.get("samples") or {}).get(task)
     scores = read_sample_scores(run_dir / sample_rel, metric) if sample_rel else []
@@ -191,6 +192,7 @@ def _entry(run_dir: Path, rec: dict[str, Any], task: str, task_metrics: dict[str
         entry.errors = int(n_err) if n_err is not None else 0
     n_limit = _metric_value(task_metrics, "hit_limit")
     entry.hit_limit = int(n_limit) if n_limit is not None else None
+    entry.timed_out = int(n_time) if n_time is not None else None
     return entry
 
 

@@ -38,6 +38,7 @@ class Entry:
     best: bool = False
     errors: int | None = None  # judge_acc only: items the judge could not decide (judge_error), not in value / n
     hit_limit: int | None = None  # answers that hit max_new_tokens (the task's hit_limit count), when recorded
+    timed_out: int | None = None  # answers cut off by the item time limit (timed_out count), not in value / n
 
 
 @dataclass

@@ -12,8 +12,8 @@ from frankeneval.reports.leaderboard.tasks import task_split
 CSV_FIELDS = ["table", "model", "kind", "prompt", "prompt_reason", "description", "split", "dimension", "column",
               "task", "control_task", "condition", "correctness", "metric", "value", "ci_low", "ci_high", "n",
               "excluded", "excluded_unscored", "excluded_unpaired", "delta_in", "delta_in_ci_low", "delta_in_ci_high",
-              "delta_in_n", "delta_rl", "best", "judge_errors", "hit_limit", "acc_a", "acc_b", "delta", "n_tt", "n_tf",
-              "n_ft", "n_ff", "net_gain", "side_effect_rate", "lift_rate", "m_vis", "m_v2r"]
+              "delta_in_n", "delta_rl", "best", "judge_errors", "hit_limit", "timed_out", "acc_a", "acc_b", "delta",
+              "n_tt", "n_tf", "n_ft", "n_ff", "net_gain", "side_effect_rate", "lift_rate", "m_vis", "m_v2r"]
 
 
 def paper_csv_rows(board: Leaderboard) -> list[dict[str, Any]]:
@@ -68,7 +68,8 @@ def to_csv(board: Leaderboard) -> str:
                             "ci_high": _num(e.ci[1] if e.ci else None), "n": e.n, "delta_in": _num(e.delta_in),
                             "delta_rl": _num(e.delta_rl), "best": int(e.best),
                             "judge_errors": "" if e.errors is None else e.errors,
-                            "hit_limit": "" if e.hit_limit is None else e.hit_limit})
+                            "hit_limit": "" if e.hit_limit is None else e.hit_limit,
+                            "timed_out": "" if e.timed_out is None else e.timed_out})
     return buf.getvalue()
 
 

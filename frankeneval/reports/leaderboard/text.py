@@ -24,6 +24,8 @@ def cell_parts(board: Leaderboard, row: str, col: Column, metric: str, show_n: b
     e = board.get(row, col.key, metric)
     if e is not None and e.value is None and e.errors:
         return "–", "", f"{e.errors} judge error{'s' if e.errors != 1 else ''}"
+    if e is not None and e.value is None and e.timed_out:
+        return "–", "", f"{e.timed_out} timed out"
     if e is None or e.value is None:
         return None
     ci = f"[{pct(e.ci[0])}, {pct(e.ci[1])}]" if e.ci else ""
@@ -38,6 +40,8 @@ def cell_parts(board: Leaderboard, row: str, col: Column, metric: str, show_n: b
         deltas.append(f"{e.errors} judge error{'s' if e.errors != 1 else ''}")
     if e.hit_limit:
         deltas.append(f"{e.hit_limit} hit the token limit")
+    if e.timed_out:
+        deltas.append(f"{e.timed_out} timed out")
     return pct(e.value), ci, ", ".join(deltas)
 
 
@@ -51,7 +55,8 @@ def title(board: Leaderboard) -> str:
 def legend() -> str:
     return ("Scores in % (lmms-eval results); [95 % bootstrap interval over samples]; ΔIN / ΔRL: difference to IN / RL "
             "in points; best per column in bold. Judge errors (items the judge could not decide) are left out of the "
-            "judge score and counted beside it; answers that hit the token limit are counted beside the score.")
+            "judge score and counted beside it; answers that hit the token limit are counted beside the score; answers "
+            "cut off by the item time limit (timed out) are left out of the score and counted beside it.")
 
 
 def _short(task: str) -> str:
