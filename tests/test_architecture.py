@@ -277,7 +277,7 @@ def _toy_checkpoint(path: Path, n_vision=3, n_llm=4) -> Path:
 
 
 def test_a_new_family_is_a_new_file(toy_dir, tmp_path):
-    assert set(known_architectures()) == {"qwen2_5_vl", "qwen2_vl", "toy_vl"}
+    assert set(known_architectures()) == {"qwen2_5_vl", "qwen2_vl", "qwen2_text", "toy_vl"}
     ckpt = Checkpoint.open(_toy_checkpoint(tmp_path / "toy"))
     arch = ckpt.architecture
     assert arch.family == "toy_vl" and arch.source == str((toy_dir / "toy_vl.json").resolve())

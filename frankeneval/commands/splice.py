@@ -4,6 +4,15 @@ SPEC is one of
   * a built-in recipe variant, RECIPE:VARIANT   (e.g. openmmreasoner:in_early+rl_middle_late)
   * a merge-spec YAML file                       (see merges/ and frankeneval.transferability.mergespec)
   * a paper phrase with its models               ("SFT early 1/3 layers + RL late 2/3 layers" --in DIR --rl DIR)
+  * a variant phrase of the reference's transferability_test.py (noise ablation, interpolation, replacement):
+        "<model> layers A-B ablate noise=r [seed=N]"
+        "<model> layers A-B interpolate <donor> alpha=a [component=mlp|attn|all]"
+        "<model> early|middle|late 1/3 layers interpolate <donor> alpha=a"
+        "<model> early|middle|late 1/3 layers replaced by <donor>"
+    In these phrases only, A-B are the reference's 0-based decoder indices (layers 0-1 = unified LLM layers 1-2);
+    every output and the provenance give unified layers. <model> and <donor> are IN / RL / base / donor (--donor),
+    a checkpoint folder or a hub id; the donor may be a text-only LLM (Qwen2ForCausalLM). The thirds follow --cuts.
+    The selected tensors are computed (seeded noise: seed 0 unless seed=N; the seed is recorded).
 
 The result is an ordinary hub-layout checkpoint (sharded safetensors + index, the host's config, tokenizer,
 processor, chat template and generation config) plus frankeneval_provenance.json. The write is atomic, and
@@ -14,6 +23,8 @@ Examples:
   frankeneval splice openmmreasoner:in_early+rl_middle_late --out runs/omr-in-early
   frankeneval splice --recipe mmr1 --variant rl_early+in_middle+rl_late --in /ckpt/sft --rl /ckpt/rl --out X
   frankeneval splice "IN early 1/3 layers + RL late 2/3 layers" --in DIR_IN --rl DIR_RL --cuts 8 20 --out X
+  frankeneval splice "IN layers 0-1 ablate noise=0.5 seed=1" --in DIR_IN --out X
+  frankeneval splice "RL late 1/3 layers replaced by donor" --rl DIR_RL --donor Qwen/Qwen2.5-7B-Instruct --out X
   frankeneval splice --check X
 """
 
@@ -24,7 +35,8 @@ import json
 import re
 
 COMMAND = "splice"
-HELP = "materialize a Frankenstein checkpoint (layer blocks spliced from IN / RL) or check one"
+HELP = ("materialize a Frankenstein checkpoint (layer blocks spliced from IN / RL, noise ablation, interpolation "
+        "with a donor) or check one")
 
 
 def _size(text: str) -> int:
@@ -41,13 +53,19 @@ def _size(text: str) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", nargs="?", help="RECIPE:VARIANT, a merge-spec YAML file, or a quoted paper phrase "
-                        "(layers: unified LLM layers 1-n, README 'Layer grammar')")
+                        "(layers: unified LLM layers 1-n, README 'Layer grammar'), or a variant phrase of the "
+                        "reference ('IN layers 0-1 ablate noise=0.5', '... interpolate DONOR alpha=0.5 "
+                        "[component=mlp|attn|all]', 'IN late 1/3 layers replaced by DONOR'): in variant phrases only, "
+                        "'layers A-B' are 0-based decoder indices (0-1 = unified 1-2)")
     parser.add_argument("--out", "-o", help="output directory of the spliced checkpoint")
     parser.add_argument("--recipe", help="built-in recipe name (or recipe YAML) -- with --variant")
     parser.add_argument("--variant", help="variant of --recipe (see --list)")
     parser.add_argument("--in", dest="in_", metavar="DIR_OR_ID", help="the IN (SFT / cold-start) model")
     parser.add_argument("--rl", metavar="DIR_OR_ID", help="the RL model")
     parser.add_argument("--base", metavar="DIR_OR_ID", help="the base model (only if the spec uses it)")
+    parser.add_argument("--donor", metavar="DIR_OR_ID",
+                        help="the source named 'donor' of an interpolation / replacement (may be a text-only "
+                             "Qwen2ForCausalLM LLM); a variant phrase may name the donor's folder or hub id instead")
     from frankeneval.commands._shared import positive_int
 
     parser.add_argument("--cuts", nargs=2, type=positive_int, metavar=("C1", "C2"),
@@ -94,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         report = verify(args.check, progress=not args.quiet, allow_pickle=args.allow_pickle)
         print(report.summary())
         return 0 if report.ok else 1
-    models = {"in": args.in_, "rl": args.rl, "base": args.base}
+    models = {"in": args.in_, "rl": args.rl, "base": args.base, "donor": args.donor}
     models = {k: v for k, v in models.items() if v}
     if args.recipe:
         if not args.variant:
@@ -110,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         plan = plan_splice(spec, allow_pickle=args.allow_pickle)
         print(json.dumps({"spec": spec.to_dict(), "tensors_per_source": plan.counts(),
-                          "bytes": plan.total_bytes, "build_hash": plan.build_hash}, indent=2))
+                          "tensors_computed": len(plan.computed), "bytes": plan.total_bytes,
+                          "build_hash": plan.build_hash}, indent=2))
         return 0
     if not args.out:
         raise SpecError("--out DIR is required (where to write the spliced checkpoint)")

@@ -44,6 +44,33 @@ Three ways to write one:
 
 * Python: ``MergeSpec(sources=..., host=..., n_layers=..., layers=[{component: source}, ...], parts=...)``.
 
+**Transforms** (the reference's noise ablation and interpolation variants, ``scripts/transferability_test.py``
+``ModelManager.get_model``): after every tensor's source is chosen, ``transforms`` rewrite the LLM layer tensors
+they select, in order, and the splice computes those tensors instead of copying them
+(:mod:`frankeneval.transferability.splice`). YAML, on the unified axis::
+
+      transforms:
+        - {op: noise, layers: "1-2", ratio: 0.5, seed: 0}                  # W <- (1 - r) W + r eps std(W)
+        - {op: interpolate, donor: llm, layers: "19-28", alpha: 0.5, components: [mlp]}  # W <- (1 - a) W + a W_donor
+        - {op: replace, donor: llm, region: late}                          # interpolate with alpha = 1
+
+  ``components`` (default all): ``attention`` / ``attn``, ``mlp``, ``norm``, ``other``. A donor is a source (it
+  need not be assigned any tensor) and may be a text-only LLM (``Qwen2ForCausalLM``: decoder layer j of the donor
+  for decoder layer j of the host); it must hold every selected tensor, with the host's shape.
+
+**Variant phrases** (the reference's own phrases, so its run scripts translate one to one; :func:`variant_phrase`):
+
+      "<model> layers A-B ablate noise=r [seed=N]"
+      "<model> layers A-B interpolate <donor> alpha=a [component=mlp|attn|all]"
+      "<model> early|middle|late 1/3 layers interpolate <donor> alpha=a [component=...]"
+      "<model> early|middle|late 1/3 layers replaced by <donor>"
+
+  ``A-B`` here are the reference's **0-based decoder indices**, inclusive (``layers 0-1`` = unified layers 1-2);
+  only these phrases read them, and every output (``to_dict``, ``describe``, the splice's provenance) gives unified
+  layers. The thirds follow the cuts (``early 1/3`` = ``1-c1`` ...). ``<model>`` and ``<donor>`` are source names,
+  aliases (IN, RL, base, ...), local checkpoint folders or hub ids (added as sources ``model`` / ``donor``). The
+  model supplies every tensor and is the host; ``noise`` without ``seed=`` uses seed 0.
+
 :meth:`MergeSpec.to_dict` gives the resolved spec in the YAML form above (``from_dict(to_dict())`` round
 trips); :meth:`MergeSpec.spec_hash` hashes it (names and descriptions excluded).
 """
@@ -116,6 +143,7 @@ _YAML_KEYS = {
     "phrase",
     "blocks",
     "parts",
+    "transforms",
 }
 _LINEAGE_REF = re.compile(r"^lineage:(?P<preset>[\w.\-]+)/(?P<member>base|in|rl)$")
 
@@ -203,6 +231,111 @@ def read_num_hidden_layers(ref: str | os.PathLike) -> int:
     return n
 
 
+# -- transforms ---------------------------------------------------------------------------------------
+TRANSFORM_OPS: tuple[str, ...] = ("noise", "interpolate")
+
+
+@dataclass(frozen=True)
+class Transform:
+    """One rewrite of selected LLM layer tensors, applied after their sources are chosen (see the module docstring).
+
+    ``layers``: decoder-layer indices (0-based, as :attr:`MergeSpec.layers`; unified layer ``j + 1``).
+    ``noise``: W <- (1 - ratio) * W + ratio * (eps * std(W)), eps ~ N(0, 1) from ``seed``.
+    ``interpolate``: W <- (1 - alpha) * W + alpha * W_donor (``alpha`` 1: replaced by the donor).
+    """
+
+    op: str
+    layers: tuple[int, ...]
+    components: tuple[str, ...] = COMPONENTS
+    ratio: float | None = None
+    seed: int | None = None
+    donor: str | None = None
+    alpha: float | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            layers = tuple(sorted({int(j) for j in self.layers}))
+        except (TypeError, ValueError):
+            msg = f"transform {self.op!r}: layers must be decoder-layer indices, got {self.layers!r}"
+            raise SpecError(msg) from None
+        object.__setattr__(self, "layers", layers)
+        comps = tuple(self.components or ())
+        unknown = sorted(set(comps) - set(COMPONENTS))
+        if unknown:
+            raise SpecError(f"transform {self.op!r}: unknown component(s) {unknown} (use {', '.join(COMPONENTS)})")
+        object.__setattr__(self, "components", tuple(c for c in COMPONENTS if c in comps))
+        if self.op == "noise":
+            object.__setattr__(self, "ratio", _fraction(self.ratio, "noise ratio"))
+            object.__setattr__(self, "seed", _seed(0 if self.seed is None else self.seed))
+        elif self.op == "interpolate":
+            object.__setattr__(self, "alpha", _fraction(self.alpha, "alpha"))
+
+    def check(self, n_layers: int, sources: Mapping[str, str]) -> None:
+        """Refuse (one line) a transform that selects nothing, names layers outside the spec or an unknown donor."""
+        if self.op not in TRANSFORM_OPS:
+            raise SpecError(f"unknown transform {self.op!r} (use {', '.join(TRANSFORM_OPS)}, or replace)")
+        if not self.layers:
+            raise SpecError(f"transform {self.op!r} selects no layers")
+        bad = [j for j in self.layers if not 0 <= j < n_layers]
+        if bad:
+            raise SpecError(f"transform {self.op!r}: layer {unified_llm_layer(bad[0])} is outside this spec's layers "
+                            f"1-{n_layers}")
+        if not self.components:
+            raise SpecError(f"transform {self.op!r} selects no components")
+        if self.op == "noise":
+            if self.donor is not None or self.alpha is not None:
+                raise SpecError("a noise transform takes ratio and seed, not donor / alpha")
+        else:
+            if self.ratio is not None or self.seed is not None:
+                raise SpecError("an interpolate transform takes donor and alpha, not ratio / seed")
+            if self.donor not in sources:
+                raise SpecError(f"transform interpolate: donor {self.donor!r} is not one of the sources "
+                                f"{sorted(sources)}")
+
+    @property
+    def unified_layers(self) -> list[int]:
+        return [unified_llm_layer(j) for j in self.layers]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The YAML form (unified layers); ``replace`` is written as ``interpolate`` with ``alpha: 1.0``."""
+        d: dict[str, Any] = {"op": self.op, "layers": format_layers(self.unified_layers)}
+        if self.components != COMPONENTS:
+            d["components"] = list(self.components)
+        if self.op == "noise":
+            d.update(ratio=self.ratio, seed=self.seed)
+        else:
+            d.update(donor=self.donor, alpha=self.alpha)
+        return d
+
+    def describe(self) -> str:
+        comps = "" if self.components == COMPONENTS else f" ({'+'.join(self.components)})"
+        where = f"layers {format_layers(self.unified_layers)}"
+        if self.op == "noise":
+            return f"noise {self.ratio:g} seed {self.seed}{comps} on {where}"
+        if self.alpha == 1.0:
+            return f"replaced by {self.donor}{comps} on {where}"
+        return f"interpolate {self.donor} alpha {self.alpha:g}{comps} on {where}"
+
+
+def _fraction(value: Any, what: str) -> float:
+    """A number in [0, 1] (the noise ratio, alpha)."""
+    if isinstance(value, bool):
+        raise SpecError(f"{what} must be a number in [0, 1], got {value!r}")
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise SpecError(f"{what} must be a number in [0, 1], got {value!r}") from None
+    if not 0.0 <= x <= 1.0:
+        raise SpecError(f"{what} must be in [0, 1], got {value!r}")
+    return x
+
+
+def _seed(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().isdigit():
+        raise SpecError(f"seed must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
 # -- the spec ---------------------------------------------------------------------------------------
 @dataclass
 class MergeSpec:
@@ -210,7 +343,8 @@ class MergeSpec:
 
     ``layers[j]`` maps each component (``attention``, ``mlp``, ``norm``, ``other``) of decoder layer ``j``
     (unified LLM layer ``j + 1``; a list, so indexed from 0) to a source name; ``parts`` maps each non-layer part to
-    a source name; ``sources`` maps source names to hub ids or local directories.
+    a source name; ``sources`` maps source names to hub ids or local directories; ``transforms`` rewrite selected
+    LLM layer tensors after their sources are chosen (:class:`Transform`; donors are sources too).
     """
 
     sources: dict[str, str]
@@ -223,6 +357,7 @@ class MergeSpec:
     description: str = ""
     phrase: str | None = field(default=None, compare=False)
     revisions: dict[str, str] = field(default_factory=dict)
+    transforms: tuple[Transform, ...] = ()
 
     def __post_init__(self) -> None:
         self.sources = {str(k): str(v) for k, v in self.sources.items()}
@@ -248,6 +383,11 @@ class MergeSpec:
                            *((f"part {p}", s) for p, s in self.parts.items())]:
             if src not in self.sources:
                 raise SpecError(f"{where} comes from {src!r}, which is not one of the sources {sorted(self.sources)}")
+        self.transforms = tuple(self.transforms or ())
+        for t in self.transforms:
+            if not isinstance(t, Transform):
+                raise SpecError(f"transforms must be Transform objects, got {t!r}")
+            t.check(self.n_layers, self.sources)
 
     # -- constructors -------------------------------------------------------------------------
     @classmethod
@@ -330,18 +470,30 @@ class MergeSpec:
             raise SpecError("give either 'phrase' or 'blocks', not both")
         if phrase is None and blocks is None:
             raise SpecError("a merge spec needs 'phrase' or 'blocks' (which LLM layers come from which source)")
+        variant = variant_phrase(str(phrase)) if phrase is not None else None
+        if variant is not None:
+            if data.get("transforms"):
+                raise SpecError("give the transform either in the phrase or in 'transforms', not both")
+            variant = _resolve_variant(variant, sources)  # may add the phrase's models to sources
         host = data.get("host")
         host = _source_name(str(host), sources) if host is not None else None
+        if host is None and variant is not None:
+            host = variant["base"]
         n_layers = data.get("num_hidden_layers", data.get("n_layers"))
         if n_layers is None:
             n_layers = _infer_n_layers(sources, host, phrase, blocks)
         if not isinstance(n_layers, int) or n_layers < 1:
             raise SpecError(f"num_hidden_layers must be a positive integer, got {n_layers!r}")
         cuts = _check_cuts(data.get("cuts"), n_layers)
-        if phrase is not None:
-            terms = _phrase_terms(str(phrase), sources, n_layers, cuts)
+        if variant is not None:
+            try:
+                terms, transforms = _variant_terms(variant, n_layers, cuts, str(phrase))
+            except SpecError as exc:
+                raise SpecError(str(exc) if str(exc).startswith(repr(str(phrase))) else f"{phrase!r}: {exc}") from None
         else:
-            terms = _block_terms(blocks, sources, n_layers, cuts)
+            terms = (_phrase_terms(str(phrase), sources, n_layers, cuts) if phrase is not None
+                     else _block_terms(blocks, sources, n_layers, cuts))
+            transforms = _transform_terms(data.get("transforms"), sources, n_layers, cuts)
         layers, first = _assign(terms, n_layers)
         host = host or first
         if host is None:
@@ -370,13 +522,23 @@ class MergeSpec:
             description=str(data.get("description") or ""),
             phrase=str(phrase) if phrase is not None else None,
             revisions={str(k): str(v) for k, v in dict(data.get("revisions") or {}).items() if v},
+            transforms=tuple(transforms),
         )
 
     # -- queries ------------------------------------------------------------------------------
     def used_sources(self) -> list[str]:
-        """Names of the sources that at least one tensor comes from, host first."""
+        """Names of the sources that at least one tensor comes from (donors of transforms included), host first."""
+        used = {*self.assigned_sources(), *self.donors()}
+        return [self.host] + sorted(used - {self.host})
+
+    def assigned_sources(self) -> list[str]:
+        """Names of the sources whose tensors are copied (host, parts, layers; not donors only), host first."""
         used = {self.host, *self.parts.values(), *(s for ch in self.layers for s in ch.values())}
         return [self.host] + sorted(used - {self.host})
+
+    def donors(self) -> list[str]:
+        """Names of the sources the transforms interpolate with."""
+        return sorted({t.donor for t in self.transforms if t.donor is not None})
 
     def part_of(self, role: TensorRole) -> str | None:
         """The non-layer part a tensor belongs to (None for LLM layer tensors).
@@ -429,7 +591,8 @@ class MergeSpec:
             comps = f" ({'+'.join(b['components'])})" if "components" in b else ""
             parts.append(f"{b['source']}: layers {b['layers']}{comps}")
         off_host = [f"{p} from {s}" for p, s in self.parts.items() if s != self.host]
-        return " | ".join(parts) + f" | host {self.host}" + (f" ({', '.join(off_host)})" if off_host else "")
+        out = " | ".join(parts) + f" | host {self.host}" + (f" ({', '.join(off_host)})" if off_host else "")
+        return out + "".join(f" | then {t.describe()}" for t in self.transforms)
 
     # -- serialization ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -449,6 +612,8 @@ class MergeSpec:
         d["cuts"] = list(self.cuts)  # type: ignore[arg-type]
         d["blocks"] = self.blocks()
         d["parts"] = dict(self.parts)
+        if self.transforms:
+            d["transforms"] = [t.to_dict() for t in self.transforms]
         return d
 
     def to_yaml(self) -> str:
@@ -596,6 +761,156 @@ def _block_terms(blocks: Any, sources: Mapping[str, str], n: int, cuts: tuple[in
                 words.append(c)
         terms.append(_term_from_words(source, words, n, cuts, json.dumps(dict(b), default=str)))
     return terms
+
+
+# -- variant phrases and transforms ---------------------------------------------------------------------
+_NUMBER = r"\d+(?:\.\d*)?|\.\d+"
+_WHERE = r"(?:layers?\s+(?P<start>\d+)(?:\s*-\s*(?P<end>\d+))?|(?P<seg>early|middle|mid|late)\s+1/3\s+layers?)"
+_COMPONENT_OPT = r"(?:\s+component\s*=\s*(?P<component>mlp|attn|attention|all))?"
+# The reference's phrases (transferability_test.py, ModelManager.get_model), each also with the other layer form.
+_VARIANT_FORMS: tuple[tuple[str, re.Pattern], ...] = (
+    ("noise", re.compile(rf"^(?P<base>.+?)\s+{_WHERE}\s+ablate\s+noise\s*=\s*(?P<ratio>{_NUMBER})"
+                         rf"(?:\s+seed\s*=\s*(?P<seed>\d+))?\s*$", re.IGNORECASE)),
+    ("interpolate", re.compile(rf"^(?P<base>.+?)\s+{_WHERE}\s+interpolate\s+(?P<donor>.+?)\s+"
+                               rf"alpha\s*=\s*(?P<alpha>{_NUMBER}){_COMPONENT_OPT}\s*$", re.IGNORECASE)),
+    ("replace", re.compile(rf"^(?P<base>.+?)\s+{_WHERE}\s+replaced\s+by\s+(?P<donor>.+?){_COMPONENT_OPT}\s*$",
+                           re.IGNORECASE)),
+)
+_VARIANT_KEYWORD = re.compile(r"\b(?:ablate|interpolate|replaced\s+by)\b", re.IGNORECASE)
+VARIANT_FORMS_HELP = ("'<model> layers A-B ablate noise=r [seed=N]', "
+                      "'<model> layers A-B interpolate <donor> alpha=a [component=mlp|attn|all]', "
+                      "'<model> early|middle|late 1/3 layers interpolate <donor> alpha=a', "
+                      "'<model> early|middle|late 1/3 layers replaced by <donor>' "
+                      "(A-B: 0-based decoder indices, as in the reference)")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def variant_phrase(text: str) -> dict[str, Any] | None:
+    """The parts of a variant phrase (the reference's ablate / interpolate / replaced-by forms; module docstring),
+    or None for a text that is no variant phrase. A text that uses their words but none of their forms is refused
+    in one line naming the forms."""
+    text = " ".join(str(text).split())
+    if not _VARIANT_KEYWORD.search(text):
+        return None
+    for op, pattern in _VARIANT_FORMS:
+        m = pattern.match(text)
+        if m:
+            return {"op": op, **m.groupdict()}
+    raise SpecError(f"cannot read {text!r}: a variant phrase is one of {VARIANT_FORMS_HELP}")
+
+
+def _phrase_model(token: str, sources: dict[str, str], role: str) -> str:
+    """The source name of a phrase's model / donor: a declared name, an alias, or a checkpoint folder or hub id
+    (added to ``sources`` as ``role``, ``role2``, ...)."""
+    token = token.strip()
+    try:
+        return _source_name(token, sources)
+    except SpecError:
+        path = Path(token).expanduser()
+        if not (path.is_dir() or _HUB_ID.match(token) or _LINEAGE_REF.match(token)):
+            raise SpecError(
+                f"unknown model {token!r}: use a declared source ({', '.join(sorted(sources)) or 'none declared'}), "
+                f"an alias ({', '.join(sorted(SOURCE_ALIASES))}), a local checkpoint folder or a hub id"
+            ) from None
+    ref = os.path.abspath(path) if path.is_dir() else token
+    for name, known in sources.items():
+        if known == ref:
+            return name
+    name, i = role, 2
+    while name in sources:
+        name, i = f"{role}{i}", i + 1
+    sources[name] = ref
+    return name
+
+
+def _resolve_variant(variant: dict[str, Any], sources: dict[str, str]) -> dict[str, Any]:
+    """``variant`` with its model and donor as source names (``sources`` gains the ones given as paths / ids)."""
+    out = dict(variant)
+    out["base"] = _phrase_model(variant["base"], sources, "model")
+    if variant.get("donor") is not None:
+        out["donor"] = _phrase_model(variant["donor"], sources, "donor")
+    return out
+
+
+def _variant_terms(variant: Mapping[str, Any], n: int, cuts: tuple[int, int],
+                   text: str) -> tuple[list[_Term], list[Transform]]:
+    """Every layer from the phrase's model, and its one transform. ``layers A-B`` are 0-based decoder indices."""
+    if variant.get("start") is not None:
+        a = int(variant["start"])
+        b = int(variant["end"]) if variant.get("end") is not None else a
+        if a > b:
+            raise SpecError(f"{text!r}: layers {a}-{b}: start after end")
+        if b > n - 1:
+            raise SpecError(f"{text!r}: layers {a}-{b} are out of range: a variant phrase's layers are 0-based decoder "
+                            f"indices (as in the reference) and this model has {n} LLM layers, 0-{n - 1} "
+                            f"(unified 1-{n})")
+        layers = list(range(a, b + 1))
+    else:
+        unified = select_layers(str(variant["seg"]).lower(), n, cuts=cuts).llm
+        layers = [decoder_index(L, n) for L in unified]
+    comp = str(variant.get("component") or "all").lower()
+    components = COMPONENTS if comp == "all" else (_COMPONENT_ALIASES[comp],)
+    op = variant["op"]
+    if op == "noise":
+        seed = int(variant["seed"]) if variant.get("seed") is not None else 0
+        transform = Transform("noise", tuple(layers), COMPONENTS, ratio=float(variant["ratio"]), seed=seed)
+    else:
+        alpha = 1.0 if op == "replace" else float(variant["alpha"])
+        transform = Transform("interpolate", tuple(layers), components, donor=variant["donor"], alpha=alpha)
+    return [_Term(variant["base"], list(range(n)), None, text)], [transform]
+
+
+_TRANSFORM_KEYS = {"op", "layers", "region", "components", "component", "ratio", "seed", "donor", "alpha"}
+_OP_KEYS = {"noise": {"ratio", "seed"}, "interpolate": {"donor", "alpha"}, "replace": {"donor"}}
+
+
+def _transform_terms(items: Any, sources: Mapping[str, str], n: int, cuts: tuple[int, int]) -> list[Transform]:
+    """The ``transforms`` of a YAML spec (unified layers, as blocks)."""
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise SpecError("'transforms' must be a list of {op: noise|interpolate|replace, layers|region, ...}")
+    out = []
+    for i, t in enumerate(items):
+        where = f"transforms[{i}]"
+        if not isinstance(t, Mapping) or "op" not in t:
+            raise SpecError(f"{where}: {t!r} needs an 'op' (noise, interpolate or replace)")
+        op = str(t["op"]).lower()
+        if op not in _OP_KEYS:
+            raise SpecError(f"{where}: unknown op {t['op']!r} (use noise, interpolate or replace)")
+        extra = set(t) - _TRANSFORM_KEYS
+        wrong = (set(t) & (_TRANSFORM_KEYS - {"op", "layers", "region", "components", "component"})) - _OP_KEYS[op]
+        if extra or wrong:
+            raise SpecError(f"{where}: key(s) {sorted(extra | wrong)} do not apply to op {op!r} "
+                            f"(it takes layers/region, components, {', '.join(sorted(_OP_KEYS[op]))})")
+        missing = sorted(_OP_KEYS[op] - {"seed"} - set(t))
+        if missing:
+            raise SpecError(f"{where}: op {op!r} needs {', '.join(missing)}")
+        words: list[str] = []
+        if "region" in t:
+            words += re.sub(r"[+_,]", " ", str(t["region"]).lower()).split()
+        if "layers" in t:
+            spec = t["layers"]
+            words += [str(x).replace(" ", "") for x in (spec if isinstance(spec, list) else [spec])]
+        text = json.dumps(dict(t), default=str)
+        term = _term_from_words("", words, n, cuts, text)
+        raw = t.get("components", t.get("component", "all"))
+        comps: list[str] = []
+        for c in raw if isinstance(raw, list) else [raw]:
+            c = str(c).lower().replace("-only", "")
+            if c == "all":
+                comps += COMPONENTS
+            elif c in _COMPONENT_ALIASES:
+                comps.append(_COMPONENT_ALIASES[c])
+            else:
+                raise SpecError(f"{where}: unknown component {c!r} (use attention, mlp, norm, other or all)")
+        if op == "noise":
+            out.append(Transform("noise", tuple(term.layers), tuple(comps), ratio=t["ratio"], seed=t.get("seed", 0)))
+        else:
+            alpha = t["alpha"] if op == "interpolate" else 1.0
+            out.append(Transform("interpolate", tuple(term.layers), tuple(comps),
+                                 donor=_source_name(str(t["donor"]), sources), alpha=alpha))
+    return out
 
 
 def _assign(terms: Iterable[_Term], n: int) -> tuple[list[dict[str, str]], str | None]:

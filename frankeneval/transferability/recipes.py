@@ -15,6 +15,11 @@ built-in tiny lineage). Every recipe has the paper's six variants, named ``<host
 =============================  =========================================================
 
 The first-named source is the host (non-layer parts, config, tokenizer), as in the reference scripts.
+
+A variant may also be one of the reference's variant phrases (noise ablation, interpolation with a donor, a third
+replaced by a donor; :func:`frankeneval.transferability.mergespec.variant_phrase`), e.g.
+``in_early_noise: "IN layers 0-1 ablate noise=0.5 seed=0"`` -- whose ``layers A-B`` are 0-based decoder indices, as
+in the reference -- or a merge-spec mapping with ``transforms`` (unified layers).
 """
 
 from __future__ import annotations
@@ -29,7 +34,13 @@ from typing import Any
 from frankeneval.core.results import safe_name
 from frankeneval.core.yamlio import load_yaml
 from frankeneval.errors import SpecError
-from frankeneval.transferability.mergespec import MergeSpec, read_num_hidden_layers, resolve_ref, resolve_relative_refs
+from frankeneval.transferability.mergespec import (
+    MergeSpec,
+    read_num_hidden_layers,
+    resolve_ref,
+    resolve_relative_refs,
+    variant_phrase,
+)
 
 __all__ = [
     "PAPER_VARIANTS",
@@ -155,6 +166,7 @@ def _prune_sources(spec: MergeSpec) -> MergeSpec:
         description=spec.description,
         phrase=spec.phrase,
         revisions={k: v for k, v in spec.revisions.items() if k in used},
+        transforms=spec.transforms,
     )
 
 
@@ -224,9 +236,11 @@ def load_spec(
     host: str | None = None,
     n_layers: int | None = None,
 ) -> MergeSpec:
-    """A merge spec from what a user typed: a YAML file, ``recipe:variant``, or a paper phrase.
+    """A merge spec from what a user typed: a YAML file, ``recipe:variant``, a paper phrase, or one of the
+    reference's variant phrases (``"IN layers 0-1 ablate noise=0.5"``: 0-based decoder indices, and model / donor
+    as source names, checkpoint folders or hub ids).
 
-    ``models`` (``in``/``rl``/``base`` -> path or hub id) re-point a recipe or a YAML spec, and are the
+    ``models`` (``in``/``rl``/``base``/``donor`` -> path or hub id) re-point a recipe or a YAML spec, and are the
     sources of a phrase. Used by ``frankeneval splice`` and by the model wrapper's ``splice=`` argument.
     """
     text = str(text).strip()
@@ -239,7 +253,7 @@ def load_spec(
         recipe_name, variant = text.split(":", 1)
         spec = get_recipe(recipe_name, models=given).variant(variant)
     else:
-        if not given:
+        if not given and variant_phrase(text) is None:  # a variant phrase may name its models by path / hub id
             raise SpecError(
                 f"{text!r} is not a spec file or recipe:variant; a phrase needs its models (--in PATH --rl PATH). "
                 f"Recipes: {', '.join(list_recipes())}"
@@ -259,5 +273,10 @@ def load_spec(
         }
         if host is not None:
             data["host"] = host
+        if spec.transforms and variant_phrase(spec.phrase) is None:  # transforms written in YAML, beside the phrase
+            if cuts is not None:
+                raise SpecError("--cuts applies to a phrase's thirds, but this spec's transforms are resolved layers "
+                                "written in YAML; edit the YAML")
+            data["transforms"] = [t.to_dict() for t in spec.transforms]
         spec = _prune_sources(MergeSpec.from_dict(data))
     return spec

@@ -14,8 +14,26 @@ MB of memory. The write goes to a temporary directory next to ``out_dir`` and is
 (:func:`frankeneval.core.results.staged_directory`), so an
 interrupted run leaves nothing at ``out_dir``; a rerun with the same spec and unchanged sources is a no-op.
 
+**Computed tensors.** A spec's ``transforms`` (:class:`~frankeneval.transferability.mergespec.Transform`: the
+reference's noise ablation and interpolation variants) make the tensors they select computed rather than copied:
+each is read, rewritten by its steps in order, and written in its stored dtype and shape (one tensor in memory at
+a time). The arithmetic is the reference's (``scripts/transferability_test.py``, ``ModelManager.get_model``), the
+same torch expressions in the tensor's own dtype (the reference loads bfloat16, the dtype of the Qwen2.5-VL
+checkpoints; a donor of another dtype is cast to the tensor's first):
+
+* noise (:func:`noised`): ``std = W.std().item()`` (every element of the tensor, unbiased, torch's default),
+  ``eps * std`` with ``eps ~ N(0, 1)``, and ``(1 - r) * W + r * (eps * std)``. ``eps`` is drawn in float32 by a
+  ``torch.Generator`` seeded with :func:`tensor_seed` (the spec's seed and the tensor's name) and cast to the
+  tensor's dtype, so each tensor's noise is fixed by the seed and its name alone (the reference draws unseeded
+  ``torch.randn_like``);
+* interpolation (:func:`interpolated`): ``(1 - a) * W + a * W_donor``, the donor's tensor of the same decoder
+  layer and path (``alpha`` 1: "replaced by").
+
+The provenance records every computed tensor's steps under ``computed`` (seed, the tensor's generator seed, alpha,
+the donor and its tensor); its ``tensors`` entry names the source the tensor was read from before the steps.
+
 :func:`verify` re-reads every tensor of a materialized checkpoint and compares its bytes with its declared
-source (bit-exact).
+source (bit-exact); a computed tensor is recomputed from its recorded sources and steps and compared bit for bit.
 """
 
 from __future__ import annotations
@@ -24,6 +42,7 @@ import errno
 import fnmatch
 import hashlib
 import json
+import math
 import mmap
 import os
 import re
@@ -47,7 +66,7 @@ from frankeneval.core.results import (
     write_json_atomic,
 )
 from frankeneval.errors import ArchitectureMismatch, FrankenevalError, SpecError
-from frankeneval.transferability.mergespec import MergeSpec, resolve_ref
+from frankeneval.transferability.mergespec import MergeSpec, Transform, resolve_ref, variant_phrase
 from frankeneval.weights.checkpoint import (
     METADATA_PATTERNS,
     SAFETENSORS_INDEX,
@@ -61,6 +80,8 @@ from frankeneval.weights.safetensors_file import DTYPE_SIZES, TensorLocation, pa
 PROVENANCE = "frankeneval_provenance.json"
 DEFAULT_SHARD_BYTES = 5 * 1024**3  # like the hub's 7B checkpoints (about 4-5 GB per shard)
 FORMAT_VERSION = 1  # bump when the bytes written for the same spec + sources change
+TRANSFORMS_VERSION = 1  # bump when the bytes computed for the same transforms change (splices with transforms only)
+_FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 _COPY_CHUNK = 64 * 1024**2
 # Files of a source that are never copied into a splice (weights index, our own stamps).
 _NOT_COPIED = {SAFETENSORS_INDEX, "pytorch_model.bin.index.json", PROVENANCE, "frankeneval_lineage.json"}
@@ -89,6 +110,7 @@ class SplicePlan:
     fingerprints: dict[str, dict[str, Any]]
     build_hash: str
     dtype_notes: list[str] = field(default_factory=list)
+    computed: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # output name -> transform steps
 
     def stored(self, name: str) -> TensorLocation | None:
         return self.locations[self.tensors[name]][name]
@@ -128,9 +150,9 @@ def plan_splice(
 ) -> SplicePlan:
     """Open the sources, refuse incompatible ones, and decide the source of every output tensor."""
     ckpts = checkpoints or open_sources(spec, allow_pickle=allow_pickle)
-    names = list(ckpts)
+    names = [n for n in ckpts if n in spec.assigned_sources()]  # donors only: checked tensor by tensor instead
     labels = [f"{n} ({spec.sources[n]})" for n in names]
-    if len(ckpts) > 1:
+    if len(names) > 1:
         report = check_compatible([ckpts[n] for n in names], labels)
         dtype_notes = list(report.dtype_differences)
     else:
@@ -153,8 +175,133 @@ def plan_splice(
         "spec": spec.spec_hash(),
         "sources": {n: fp["weights_sha256"] for n, fp in fingerprints.items()},
     }
+    if spec.transforms:
+        build["transforms"] = TRANSFORMS_VERSION
     build_hash = hashlib.sha256(json.dumps(build, sort_keys=True).encode()).hexdigest()
-    return SplicePlan(spec, ckpts, tensors, locations, fingerprints, build_hash, dtype_notes)
+    plan = SplicePlan(spec, ckpts, tensors, locations, fingerprints, build_hash, dtype_notes)
+    for i, transform in enumerate(spec.transforms):
+        _plan_transform(plan, i, transform)
+    return plan
+
+
+# -- computed tensors ------------------------------------------------------------------------------
+def tensor_seed(seed: int, name: str) -> int:
+    """The generator seed of one tensor's noise: the first 8 bytes (little-endian) of SHA-256 of
+    ``"<seed>:<canonical tensor name>"``, top bit cleared."""
+    digest = hashlib.sha256(f"{int(seed)}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def noised(w, ratio: float, seed: int):
+    """``(1 - ratio) * w + ratio * (eps * std(w))`` in ``w``'s dtype: the reference's noise ablation
+    (``std = weight.std().item()``, ``random_weight = torch.randn_like(weight) * std``,
+    ``(1 - noise_ratio) * weight + noise_ratio * random_weight``), with ``eps`` drawn in float32 from a generator
+    seeded with ``seed`` (:func:`tensor_seed`) and cast to ``w``'s dtype."""
+    import torch
+
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    eps = torch.randn(tuple(w.shape), generator=generator, dtype=torch.float32).to(w.dtype)
+    std = w.std().item()
+    random_weight = eps * std
+    return (1 - ratio) * w + ratio * random_weight
+
+
+def interpolated(w, donor, alpha: float):
+    """``(1 - alpha) * w + alpha * donor`` in ``w``'s dtype (the donor cast to it): the reference's interpolation
+    (``(1 - alpha) * base_state[key] + alpha * donor_state[key]``)."""
+    return (1 - alpha) * w + alpha * donor.to(w.dtype)
+
+
+def compute_tensor(checkpoints: Mapping[str, Checkpoint], source: str, name: str, steps: Sequence[Mapping[str, Any]]):
+    """Tensor ``name`` of ``checkpoints[source]`` rewritten by its transform ``steps`` (as the provenance records
+    them), contiguous, in its stored dtype and shape."""
+    w = checkpoints[source].read(name)
+    for step in steps:
+        if step["op"] == "noise":
+            w = noised(w, float(step["ratio"]), int(step["tensor_seed"]))
+        elif step["op"] == "interpolate":
+            w = interpolated(w, checkpoints[step["donor"]].read(step["donor_tensor"]), float(step["alpha"]))
+        else:
+            raise SpliceError(f"{name}: unknown transform step {step.get('op')!r}")
+    return w.contiguous()
+
+
+def _tensor_bytes(t) -> Any:
+    import torch
+
+    return t.reshape(-1).view(torch.uint8).numpy()
+
+
+def _llm_match(arch, canonical: str) -> tuple[int, str] | None:
+    """(decoder layer, path inside the layer) of a canonical LLM tensor name under ``arch``'s llm group."""
+    for group in arch.groups:
+        if group.section == "llm":
+            hit = group.match(canonical)
+            if hit is not None:
+                return int(hit[0]), hit[1]
+    return None
+
+
+def _plan_transform(plan: SplicePlan, index: int, transform: Transform) -> None:
+    """Add ``transform``'s step to every tensor it selects (``plan.computed``); refuse in one line a selection
+    that holds no tensor, a tensor that is not floating point, or a donor that lacks a tensor or has another shape."""
+    spec = plan.spec
+    lmap = plan.checkpoints[spec.host].layer_map
+    layers, comps = set(transform.layers), set(transform.components)
+    what = f"transform {index + 1} ({transform.describe()})"
+    selected: dict[str, int] = {}  # name -> unified layer
+    for name in plan.tensors:
+        role = lmap.role(name)
+        if role.section == "llm" and role.block in layers and role.component in comps:
+            selected[name] = int(role.layer)
+    if not selected:
+        raise SpecError(f"{what} selects no tensor of host {spec.host} ({spec.sources[spec.host]})")
+    donor = donor_infos = donor_arch = None
+    if transform.op == "interpolate":
+        donor = plan.checkpoints[transform.donor]
+        donor_arch = donor.architecture
+        donor_infos = {donor_arch.canonical_name(k): v for k, v in donor.tensor_infos().items()}
+        if not any(g.section == "llm" for g in donor_arch.groups):
+            raise SpecError(f"{what}: donor {transform.donor} ({spec.sources[transform.donor]}) has no LLM layers "
+                            f"({donor_arch.display_name})")
+    missing: list[str] = []
+    for name in selected:
+        dtype, shape, _ = _entry(plan, name)
+        if dtype not in _FLOAT_DTYPES:
+            raise SpecError(f"{what}: {name} is {dtype}, not a floating-point tensor")
+        if transform.op == "noise":
+            if math.prod(shape) < 2:
+                raise SpecError(f"{what}: {name} has {math.prod(shape)} element(s); its std is undefined")
+            step = {"op": "noise", "transform": index + 1, "layer": selected[name], "ratio": transform.ratio,
+                    "seed": transform.seed, "tensor_seed": tensor_seed(int(transform.seed), name)}
+        else:
+            hit = _llm_match(lmap.architecture, name)
+            donor_name = None
+            if hit is not None:
+                group = next(g for g in donor_arch.groups if g.section == "llm")
+                donor_name = group.expand(hit[0]) + hit[1]
+            info = donor_infos.get(donor_name) if donor_name else None
+            if info is None:
+                missing.append(donor_name or name)
+                continue
+            if tuple(info.shape) != tuple(shape):
+                raise SpecError(f"{what}: donor {transform.donor} tensor {info.name} has shape {list(info.shape)} but "
+                                f"{name} has {list(shape)}")
+            if info.dtype not in _FLOAT_DTYPES:
+                raise SpecError(f"{what}: donor {transform.donor} tensor {info.name} is {info.dtype}, "
+                                "not a floating-point tensor")
+            if info.dtype != dtype:
+                note = f"donor {transform.donor} {info.dtype} cast to {dtype} for interpolation"
+                if note not in plan.dtype_notes:
+                    plan.dtype_notes.append(note)
+            step = {"op": "interpolate", "transform": index + 1, "layer": selected[name], "alpha": transform.alpha,
+                    "donor": transform.donor, "donor_tensor": info.name}
+        plan.computed.setdefault(name, []).append(step)
+    if missing:
+        depth = len({m[0] for n in donor_infos if (m := _llm_match(donor_arch, n)) is not None})
+        raise SpecError(f"{what}: donor {transform.donor} ({spec.sources[transform.donor]}) lacks {len(missing)} of "
+                        f"the {len(selected)} tensors it needs, e.g. {missing[0]} (the donor has {depth} LLM layers, "
+                        f"the host {lmap.n_llm_layers})")
 
 
 def _host_order_key(host: Checkpoint, st: TensorLocation | None, name: str) -> tuple:
@@ -229,7 +376,12 @@ def _write_shard(path: Path, names: list[str], plan: SplicePlan, fds: dict[Path,
         write_all(fd, len(raw).to_bytes(8, "little") + raw)
         for n, _dtype, _shape, nbytes in entries:
             st = plan.stored(n)
-            if st is not None:
+            if n in plan.computed:
+                data = _tensor_bytes(compute_tensor(plan.checkpoints, plan.tensors[n], n, plan.computed[n]))
+                if data.nbytes != nbytes:
+                    raise SpliceError(f"{n}: computed {data.nbytes} bytes, expected {nbytes}")
+                write_all(fd, memoryview(data))
+            elif st is not None:
                 src_fd = fds.get(st.file)
                 if src_fd is None:
                     src_fd = fds[st.file] = os.open(st.file, os.O_RDONLY)
@@ -442,6 +594,12 @@ def _materialize_locked(spec: MergeSpec, out: Path, *, force: bool, progress: bo
                 "shards": shard_sizes,
                 "tensors": dict(plan.tensors),
             }
+            if spec.transforms:
+                provenance["computed"] = plan.computed
+                if spec.phrase and _is_variant_phrase(spec.phrase):
+                    provenance["phrase_layers"] = (
+                        "the phrase's layer numbers are 0-based decoder indices (the reference's phrase form); "
+                        "spec, transforms and every other layer here are unified LLM layers 1-n")
             write_json_atomic(tmp / PROVENANCE, provenance, indent=1)
     finally:
         for fd in fds.values():
@@ -449,6 +607,13 @@ def _materialize_locked(spec: MergeSpec, out: Path, *, force: bool, progress: bo
     _log(progress, f"wrote {out} ({total / 1e6:.1f} MB, {len(plan.tensors)} tensors, {n} shard(s)) "
                    f"in {time.perf_counter() - t0:.1f} s: {spec.describe()}")
     return out
+
+
+def _is_variant_phrase(phrase: str) -> bool:
+    try:
+        return variant_phrase(phrase) is not None
+    except FrankenevalError:
+        return False
 
 
 def default_splice_cache() -> Path:
@@ -666,6 +831,7 @@ class VerifyReport:
     source_changes: list[str] = field(default_factory=list)  # sources whose fingerprint changed since the splice
     per_source: dict[str, int] = field(default_factory=dict)
     damage: list[str] = field(default_factory=list)  # what keeps it from loading (splice_damage)
+    n_computed: int = 0  # tensors recomputed from their recorded transforms (counted in n_checked too)
 
     @property
     def ok(self) -> bool:
@@ -675,9 +841,9 @@ class VerifyReport:
         if self.ok:
             src = ", ".join(f"{k}: {v}" for k, v in sorted(self.per_source.items()))
             warn = f" (warning: {'; '.join(self.source_changes)})" if self.source_changes else ""
-            return (
-                f"OK: {self.n_checked}/{self.n_tensors} tensors equal their declared sources bit for bit ({src}){warn}"
-            )
+            comp = f"; {self.n_computed} of them recomputed from their transforms" if self.n_computed else ""
+            return (f"OK: {self.n_checked}/{self.n_tensors} tensors equal their declared sources bit for bit "
+                    f"({src}{comp}){warn}")
         head = (f"FAILED: {len(self.mismatches)} mismatching, {len(self.missing)} missing, "
                 f"{len(self.extra)} undeclared tensor(s)")
         if self.damage:
@@ -737,6 +903,7 @@ def verify(out_dir: str | os.PathLike, *, progress: bool = False, allow_pickle: 
         if ckpt.fingerprint()["weights_sha256"] != info.get("weights_sha256"):
             report.source_changes.append(f"source {name} ({info.get('ref')}) changed since the splice was written")
     declared: dict[str, str] = prov["tensors"]
+    computed: dict[str, list[dict[str, Any]]] = prov.get("computed") or {}
     out_loc = _locate(result)
     src_loc = {n: _locate(c) for n, c in sources.items()}
     report.n_tensors = len(out_loc)
@@ -767,6 +934,11 @@ def verify(out_dir: str | os.PathLike, *, progress: bool = False, allow_pickle: 
             s = src_loc.get(src, {}).get(name, "absent")
             if src not in sources or s == "absent":
                 report.mismatches.append(f"{name}: declared source {src} has no such tensor")
+            elif name in computed:
+                report.n_computed += 1
+                why = _recomputed_differs(result, sources, src, name, computed[name])
+                if why:
+                    report.mismatches.append(f"{name}: {why}")
             elif o is None or s is None:  # pickle shards: compare through torch
                 import torch
 
@@ -789,6 +961,24 @@ def verify(out_dir: str | os.PathLike, *, progress: bool = False, allow_pickle: 
     return report
 
 
+def _recomputed_differs(result: Checkpoint, sources: Mapping[str, Checkpoint], src: str, name: str,
+                        steps: Sequence[Mapping[str, Any]]) -> str | None:
+    """None when the splice's tensor ``name`` equals ``src``'s rewritten by ``steps`` bit for bit, else why not."""
+    import torch
+
+    ops = " then ".join(str(step.get("op")) for step in steps)
+    try:
+        want = compute_tensor(sources, src, name, steps)
+    except (FrankenevalError, KeyError, RuntimeError, ValueError) as exc:
+        return f"cannot recompute it from {src} by {ops} ({type(exc).__name__}: {exc})"
+    got = result.read(name).contiguous()
+    if got.dtype != want.dtype or tuple(got.shape) != tuple(want.shape):
+        return f"{got.dtype}{list(got.shape)} but {src} by {ops} gives {want.dtype}{list(want.shape)}"
+    if not torch.equal(got.reshape(-1).view(torch.uint8), want.reshape(-1).view(torch.uint8)):
+        return f"bytes differ from {src} rewritten by {ops}"
+    return None
+
+
 def read_provenance(out_dir: str | os.PathLike) -> dict[str, Any]:
     """The provenance record of a materialized splice."""
     prov = _read_provenance(Path(out_dir))
@@ -806,17 +996,21 @@ __all__ = (
     "SplicePlan",
     "VerifyReport",
     "cache_path",
+    "compute_tensor",
     "default_splice_cache",
     "evict_splice",
+    "interpolated",
     "lease_splice",
     "live_leases",
     "materialize",
     "materialize_cached",
     "materialize_owned",
+    "noised",
     "open_sources",
     "plan_splice",
     "read_provenance",
     "splice_damage",
     "splice_stamp",
+    "tensor_seed",
     "verify",
 )

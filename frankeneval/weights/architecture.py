@@ -24,6 +24,10 @@ no family's names; a new family is a new file. The format (after mergekit's ``_d
 * ``ablation_targets``: templates of the weights whose zeroing removes a decoder layer's contribution;
 * ``layer_words``: extra words of the layer grammar for a section (``{"projector": ["merger"]}``).
 
+A family may lack sections: ``qwen2_text`` (a text-only ``Qwen2ForCausalLM`` such as Qwen2.5-7B-Instruct) has no
+vision tower and no projector, and its decoder layers are named like the language layers of the VL families, so it
+can serve as a merge spec's donor (:mod:`frankeneval.transferability.mergespec`, ``transforms``).
+
 Descriptions are read from the package folder and from the folders in ``$FRANKENEVAL_ARCHITECTURES``
 (``os.pathsep``-separated); each is checked when read, and a malformed one is a one-line error naming the file.
 """
