@@ -15,6 +15,13 @@ layers 1 ... n, decoder layer j = L - 1. Writes OUT/units.jsonl (resumable), OUT
 frankeneval.localization.reasoning) and OUT/reasoning_localization.png. Every selected row is parsed before the
 model is loaded: a malformed one (bad JSON, a missing field) stops the run in one line naming its file:line, or with
 --skip-broken is left out (not replaced), listed under "skipped" in the JSON and below the table.
+
+--dataset all runs GSM8K then MATH-500 in one run into one OUT: one units.jsonl (a rerun resumes either dataset),
+one reasoning_localization.json (by_dataset: each dataset's results, as a run of it alone gives), one table with
+both datasets side by side, one plot. --samples / --seed select each dataset's questions as a one-dataset run does;
+--data is then the data folder holding gsm8k/test.jsonl and math500/test.jsonl (a single file is refused).
+
+    frankeneval localize-reasoning --model M --dataset all --data ../shared/data --out runs/ablate-both
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from frankeneval.commands._shared import (
 )
 
 COMMAND = "localize-reasoning"
-HELP = "layer-ablation sweep: GSM8K / MATH-500 accuracy with each LLM layer ablated"
+HELP = "layer-ablation sweep: GSM8K / MATH-500 (or both: all) accuracy with each LLM layer ablated"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,10 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from frankeneval.evaluation.data import DEFAULT_SAMPLE_SEED, DEFAULT_SAMPLE_SIZE
 
     parser.add_argument("--model", required=True, help="model (local dir or hub id)")
-    parser.add_argument("--dataset", required=True, choices=("gsm8k", "math500"))
+    parser.add_argument("--dataset", required=True, choices=("gsm8k", "math500", "all"),
+                        help="all: GSM8K then MATH-500 in one run, one output folder and one report")
     parser.add_argument("--data", default=None,
-                        help="local JSONL (or data folder) instead of the hub dataset "
-                             "(default: $FRANKENEVAL_DATA when set)")
+                        help="local JSONL (or data folder; with --dataset all a data folder) instead of the hub "
+                             "dataset (default: $FRANKENEVAL_DATA when set)")
     parser.add_argument("--samples", type=int_arg(0, note="0 = all"), default=DEFAULT_SAMPLE_SIZE,
                         help=f"questions, >= 0: the paper's sub-sample (default {DEFAULT_SAMPLE_SIZE}; 0 = all; more "
                              "than the dataset has: all of it, said in a note)")
@@ -66,13 +74,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from frankeneval.errors import FrankenevalError
     from frankeneval.evaluation.data import data_root_from_env
     from frankeneval.evaluation.prompts import resolve_system_prompt
     from frankeneval.localization.reasoning import (
+        ALL,
+        DATASETS,
         REASONING_MAX_NEW_TOKENS,
         REFERENCE_MAX_NEW_TOKENS,
         format_reasoning_table,
-        run_reasoning_sweep,
+        run_reasoning_sweeps,
         select_questions,
     )
     from frankeneval.reports.localization_plots import plot_reasoning_localization
@@ -81,15 +92,22 @@ def run(args: argparse.Namespace) -> int:
     if args.max_new_tokens is None:
         args.max_new_tokens = REFERENCE_MAX_NEW_TOKENS if args.seed_compatible else REASONING_MAX_NEW_TOKENS
     data = args.data or data_root_from_env()  # as the other commands and the lmms-eval tasks: $FRANKENEVAL_DATA
+    datasets = list(DATASETS) if args.dataset == ALL else [args.dataset]
+    if len(datasets) > 1 and data and Path(data).expanduser().is_file():
+        raise FrankenevalError(f"--dataset all reads both datasets: give --data a data folder (holding "
+                               f"gsm8k/test.jsonl and math500/test.jsonl), not the file {data}")
     args.out = claim_out(args, "localize-reasoning", ("model", args.model), ("data", data))  # before any loading
-    questions, skipped = select_questions(args.dataset, data=data, samples=args.samples, seed=args.seed,
-                                          skip_broken=args.skip_broken, progress=not args.no_progress)
+    questions, skipped = {}, []
+    for d in datasets:  # every selected row of every dataset parsed before the model loads
+        questions[d], broken = select_questions(d, data=data, samples=args.samples, seed=args.seed,
+                                                skip_broken=args.skip_broken, progress=not args.no_progress)
+        skipped += broken
     gen = load_generator(args, args.model)  # after every selected row was parsed
     layers = parse_layers(args.layers, gen.n_llm_layers)  # unified LLM layers 1 … n
     prompt = resolve_system_prompt(args.model, system_prompt_setting(args))
     print(f"system prompt: {prompt}")
-    results = run_reasoning_sweep(
-        gen, args.dataset, questions, layers, args.out, model_name=args.model,
+    results = run_reasoning_sweeps(
+        gen, questions, layers, args.out, model_name=args.model,
         system_prompt=prompt, max_new_tokens=args.max_new_tokens,
         batch_size=units_per_call(args, gen, 32, args.max_new_tokens), seed_compatible=args.seed_compatible,
         progress=not args.no_progress,

@@ -9,7 +9,11 @@ and measure how often the answer changes, and how often it becomes the source im
 
 Layers are unified LLM indices (decoder layer j = L - 1); default: all. Per task and layer it reports the
 method's change rate (seed-compatible rule), the task-aware change rate (numbers, words, boxes by IoU >= 0.5,
-yes/no) and the source-follow rate. Writes OUT/units.jsonl (every finished generation; a rerun resumes),
+yes/no) and the source-follow rate, and per task the peak layer: the swap-start layer L where the change rate rises
+most, rate(L) - rate(L'), L' the next swept layer (swapping from L on covers every layer >= L, so the rate falls as L
+grows and the rise is what layers L ... L'-1 add), with a 95 % bootstrap interval over pairs (2000 resamples, seed 0)
+of the peak layer and its rise; in the table, the JSON (tasks.<task>.peak) and the plot (dotted, shaded interval).
+Writes OUT/units.jsonl (every finished generation; a rerun resumes),
 OUT/vision_localization.json (schema: frankeneval.localization.vision) and OUT/vision_localization.png.
 Prompts are the data's verbatim. --seed-compatible reproduces the reference code: the swap re-appends the source's
 visual K/V at every decode step, and the pairs are the first 50 (or --samples) of each task file, in file order.

@@ -16,6 +16,12 @@ Answer-change metrics (vision localization, :mod:`frankeneval.localization.visio
   normalized strings; when only one parses, they differ.
 * task-aware changed = not :func:`task_equal` (swapped, original); source-follow = :func:`task_equal` (swapped,
   the model's own answer on the source image).
+
+Peak layer (:func:`peak_rise`, the vision sweep's summary): the swap from layer L on replaces the visual K/V at every
+layer >= L, so a smaller L swaps more layers and the change rate falls as L grows. The *rise* at swept layer L is
+``rate(L) - rate(L')``, L' the next swept layer above L: how much the change rate grows when the swap's start moves
+down from L' to L, i.e. when layers L … L' - 1 join it. The peak is the L with the largest rise (the paper's reading
+of the plot: where the answer starts to follow the swapped image), with a percentile bootstrap over pairs.
 """
 
 from __future__ import annotations
@@ -38,11 +44,15 @@ from frankeneval.weights.layermap import parse_layers as _parse_layers
 
 __all__ = [
     "CHANGE_MIN_CONTAINMENT_LEN",
+    "PEAK_LEVEL",
+    "PEAK_RESAMPLES",
+    "PEAK_SEED",
     "MATH_INSTRUCTION",
     "Unit",
     "answer_changed",
     "normalize_answer",
     "parse_layers",
+    "peak_rise",
     "rate",
     "run_units",
     "source_follows",
@@ -52,6 +62,9 @@ __all__ = [
 ]
 
 CHANGE_MIN_CONTAINMENT_LEN = 20
+PEAK_RESAMPLES = 2000  # bootstrap resamples of the peak layer
+PEAK_SEED = 0
+PEAK_LEVEL = 0.95
 
 # --------------------------------------------------------------------------- prompts (docs/method.md)
 
@@ -122,6 +135,67 @@ def rate(flags: Iterable[bool]) -> float | None:
     """Mean of booleans (None when empty)."""
     flags = list(flags)
     return sum(bool(f) for f in flags) / len(flags) if flags else None
+
+
+def peak_rise(flags: Sequence[Sequence[bool]], layers: Sequence[int], *, n_resamples: int = PEAK_RESAMPLES,
+              seed: int = PEAK_SEED, level: float = PEAK_LEVEL) -> dict | None:
+    """The layer where a swap-from-L rate rises most, with a percentile bootstrap over pairs.
+
+    ``flags[i][j]``: whether pair ``i`` changed with the swap starting at ``layers[j]`` (unified). The rate at L is
+    the share of pairs flagged; the rise at L is ``rate(L) - rate(L')``, L' the next swept layer above L (the
+    direction: swapping from L on covers every layer >= L, so moving the start down from L' to L adds layers
+    L … L' - 1 to the swap, and the rise is what they add). The deepest swept layer has no L' and no rise. The peak
+    is the L of the largest rise (ties: the lowest L); when no rise is positive there is no peak (``layer`` None).
+
+    Bootstrap: ``n_resamples`` resamples of the pairs with replacement (``numpy.random.default_rng(seed)``), the
+    peak recomputed on each. ``layer_ci``: the ``level`` percentile interval of the resampled peak layers (resamples
+    where nothing rises are left out; the bounds are swept layers, numpy's ``inverted_cdf`` quantiles);
+    ``rise_ci``: the percentile interval of the rise at the point peak (the same span L … L' - 1) in the resamples;
+    ``agreement``: the share of resamples whose peak is the point peak.
+
+    Returns ``{"layer", "decoder_layer", "next_layer", "rise", "rate", "next_rate", "layer_ci", "rise_ci",
+    "agreement", "n", "n_resamples", "seed", "level"}``, or None with fewer than two layers or no pairs.
+    """
+    import numpy as np
+
+    order = sorted(range(len(layers)), key=lambda j: layers[j])
+    x = np.asarray(flags, dtype=np.int64).reshape(len(flags), len(layers))[:, order] if len(flags) else None
+    ls = [int(layers[j]) for j in order]
+    if x is None or len(ls) < 2:
+        return None
+    n = x.shape[0]
+
+    def peaks(counts):  # counts: (..., k) changed pairs per layer; integer rises, so ties are exact
+        rises = counts[..., :-1] - counts[..., 1:]
+        best = rises.argmax(axis=-1)  # the first maximum: the lowest layer
+        return best, np.take_along_axis(rises, best[..., None], axis=-1)[..., 0], rises
+
+    counts = x.sum(axis=0)
+    best, top, _ = peaks(counts)
+    point = int(best) if top > 0 else None
+    out = {"layer": ls[point] if point is not None else None,
+           "decoder_layer": ls[point] - 1 if point is not None else None,
+           "next_layer": ls[point + 1] if point is not None else None,
+           "rise": float(top) / n,
+           "rate": float(counts[point]) / n if point is not None else None,
+           "next_rate": float(counts[point + 1]) / n if point is not None else None,
+           "layer_ci": None, "rise_ci": None, "agreement": None,
+           "n": n, "n_resamples": int(n_resamples), "seed": int(seed), "level": float(level)}
+    if point is None or n_resamples <= 0:
+        return out
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+    weights = np.bincount((idx + n * np.arange(n_resamples)[:, None]).ravel(),
+                          minlength=n_resamples * n).reshape(n_resamples, n)
+    b_best, b_top, b_rises = peaks(weights @ x)  # (resamples, k) changed counts
+    have = b_top > 0
+    q = [(1 - level) / 2, 1 - (1 - level) / 2]
+    if have.any():
+        lo, hi = np.quantile(np.asarray(ls[:-1])[b_best[have]], q, method="inverted_cdf")
+        out["layer_ci"] = [int(lo), int(hi)]
+    lo, hi = np.quantile(b_rises[:, point] / n, q)
+    out["rise_ci"] = [float(lo), float(hi)]
+    out["agreement"] = float(np.mean(have & (b_best == point)))
+    return out
 
 
 # --------------------------------------------------------------------------- layers

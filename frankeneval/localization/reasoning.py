@@ -39,12 +39,27 @@ Output ``reasoning_localization.json`` schema::
                       "ablated": {"<unified layer>": {"answer": str|null, "correct": bool}}}, ... ],
       "skipped": [ {"id": "<dataset>/<index>", "path": "file:line", "reason": str}, ... ]  # broken selected rows
     }                                                                                      # left out (--skip-broken)
+
+``--dataset all`` (:func:`run_reasoning_sweeps`): GSM8K then MATH-500 in one run, one ``units.jsonl`` (unit keys
+``<dataset>/<index>/<layer>``; its header's ``dataset`` is the list ``["gsm8k", "math500"]`` and its inputs hold
+both datasets' content fingerprints) and one ``reasoning_localization.json``::
+
+    {
+      "analysis": "reasoning_localization", "dataset": "all", "datasets": ["gsm8k", "math500"],
+      "model", "data", "samples", "seed", "system_prompt", "max_new_tokens", "seed_compatible": as above,
+      "by_dataset": {"gsm8k": {"analysis", "dataset", "n_questions", "unablated_accuracy", "layers", "questions",
+                               "skipped"},     # exactly a one-dataset run's fields (same settings, same data)
+                     "math500": {...}},
+      "skipped": [...]                         # both datasets' broken rows
+    }
+
+``--samples`` and ``--seed`` select each dataset's questions on their own (the same rule as a one-dataset run).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,12 +96,16 @@ from frankeneval.weights.fingerprint import data_fingerprint
 __all__ = [
     "REASONING_MAX_NEW_TOKENS",
     "REFERENCE_MAX_NEW_TOKENS",
+    "ALL",
+    "DATASETS",
     "Question",
+    "combine_reasoning",
     "format_reasoning_table",
     "load_questions",
     "question_prompt",
     "reasoning_units",
     "run_reasoning_sweep",
+    "run_reasoning_sweeps",
     "select_questions",
     "summarize_reasoning",
 ]
@@ -95,7 +114,8 @@ REFERENCE_MAX_NEW_TOKENS = 2048  # the reference script's default
 REASONING_MAX_NEW_TOKENS = REFERENCE_MAX_NEW_TOKENS  # both modes: the reference's budget (a shorter one cuts answers)
 RESULTS_FILE = "reasoning_localization.json"
 UNITS_FILE = "units.jsonl"
-DATASETS = ("gsm8k", "math500")
+DATASETS = ("gsm8k", "math500")  # --dataset all: these, in this order
+ALL = "all"
 
 
 class Question(tuple):
@@ -203,6 +223,20 @@ def run_reasoning_sweep(
     questions: Sequence[Question],
     layers: Sequence[int],
     out_dir: str | os.PathLike,
+    **settings: Any,
+) -> dict:
+    """Run (or resume) the ablation sweep of one dataset; write ``units.jsonl`` + ``reasoning_localization.json``.
+
+    Keywords: those of :func:`run_reasoning_sweeps` (``model_name`` required).
+    """
+    return run_reasoning_sweeps(generator, {dataset: questions}, layers, out_dir, **settings)
+
+
+def run_reasoning_sweeps(
+    generator,
+    questions_by_dataset: Mapping[str, Sequence[Question]],
+    layers: Sequence[int],
+    out_dir: str | os.PathLike,
     *,
     model_name: str,
     system_prompt: SystemPrompt | str | None = "auto",
@@ -215,15 +249,25 @@ def run_reasoning_sweep(
     ignore_eos: bool = False,
     skipped: Sequence[dict] = (),
 ) -> dict:
-    """Run (or resume) the ablation sweep; write ``units.jsonl`` + ``reasoning_localization.json``.
+    """Run (or resume) the ablation sweep of one dataset or several in one run (``--dataset all``: GSM8K then
+    MATH-500), into one ``units.jsonl`` and one ``reasoning_localization.json``; return the results.
+
+    One dataset: the single-dataset schema (module docstring). Several: the combined schema, whose ``by_dataset``
+    blocks are what a run of each dataset alone gives. The datasets' units run in the given order, in one store
+    whose header names them all and whose inputs hold each dataset's content fingerprint (``"<dataset> data"``), so a
+    resume reuses a unit only with the same model, data and settings; a one-dataset run's store is never mixed in.
 
     ``ignore_eos`` (benchmarks on random weights only): every answer runs to ``max_new_tokens``; recorded in the store
     header and the results, so such a run is never mixed with a real one.
 
     ``system_prompt``: a :class:`SystemPrompt`, or a setting resolved for ``model_name`` (``auto``, ``reasoner``,
     ``revisual``, ``none``, ``@FILE``, a text); ``reasoning_prompt`` (old spelling): True = reasoner, False = none.
-    ``skipped``: the selected rows left out as broken (:func:`select_questions`), recorded in the results.
+    ``skipped``: the selected rows left out as broken (:func:`select_questions`; ids ``<dataset>/<index>``),
+    recorded in the results (each dataset's block holds its own).
     """
+    datasets = list(questions_by_dataset)
+    if not datasets or any(d not in DATASETS for d in datasets) or len(set(datasets)) != len(datasets):
+        raise FrankenevalError(f"datasets must be distinct ones of {', '.join(DATASETS)}, not {datasets}")
     if reasoning_prompt is not None:
         system_prompt = "reasoner" if reasoning_prompt else "none"
     prompt = (
@@ -235,14 +279,18 @@ def run_reasoning_sweep(
     system = prompt.text
     # seed-compatible decoding takes the checkpoint's repetition penalty: other responses, recorded in the header
     penalty = generator.checkpoint_repetition_penalty() if seed_compatible else None
+    # one dataset: the header as it always was (its stores resume); several: the list, in run order
     store = RunStore(out / UNITS_FILE, header={"analysis": "reasoning_localization", "model": model_name,
-                                               "dataset": dataset, "max_new_tokens": max_new_tokens,
+                                               "dataset": datasets[0] if len(datasets) == 1 else datasets,
+                                               "max_new_tokens": max_new_tokens,
                                                "system": system, **({"ignore_eos": True} if ignore_eos else {}),
                                                **({"repetition_penalty": penalty} if penalty else {})},
                      required={"response": str, "answer": (str, type(None))},
                      inputs={"model": model_input(generator, model_name),
-                             f"{dataset} data": {"content": data_fingerprint([list(q) for q in questions])}})
-    units = reasoning_units(dataset, questions, layers, system)
+                             **{f"{d} data": {"content": data_fingerprint([list(q) for q in questions])}
+                                for d, questions in questions_by_dataset.items()}})
+    units = [u for d, questions in questions_by_dataset.items()
+             for u in reasoning_units(d, questions, layers, system)]
     todo = len(store.missing(u.key for u in units))
     bar = None
     if progress and todo:
@@ -257,13 +305,24 @@ def run_reasoning_sweep(
     finally:
         if bar:
             bar.close()
-    results = summarize_reasoning(store.records(), dataset, questions, layers, seed_compatible=seed_compatible)
+    records = store.records()
+    blocks = {d: {**summarize_reasoning(records, d, questions, layers, seed_compatible=seed_compatible),
+                  "skipped": [s for s in skipped if str(s.get("id", "")).startswith(f"{d}/")]}
+              for d, questions in questions_by_dataset.items()}
+    results = blocks[datasets[0]] if len(datasets) == 1 else combine_reasoning(blocks)
     if ignore_eos:
         results["ignore_eos"] = True
     results.update({"model": model_name, "system_prompt": prompt.record(), "max_new_tokens": max_new_tokens,
                     "seed_compatible": seed_compatible, **(meta or {}), "skipped": list(skipped)})
     write_json_atomic(out / RESULTS_FILE, results, indent=1, ensure_ascii=False, newline=False)
     return results
+
+
+def combine_reasoning(blocks: Mapping[str, dict]) -> dict:
+    """The combined results of several datasets' summaries (:func:`summarize_reasoning`, in run order): the
+    ``all`` schema of the module docstring."""
+    return {"analysis": "reasoning_localization", "dataset": ALL, "datasets": list(blocks),
+            "by_dataset": {d: dict(b) for d, b in blocks.items()}}
 
 
 def summarize_reasoning(records: dict[str, dict], dataset: str, questions: Sequence[Question],
@@ -311,7 +370,10 @@ def summarize_reasoning(records: dict[str, dict], dataset: str, questions: Seque
 
 
 def format_reasoning_table(results: dict) -> str:
-    """Terminal table: accuracy and change per ablated layer."""
+    """Terminal table: accuracy and change per ablated layer (one dataset), or per layer each dataset's accuracy and
+    change side by side (``--dataset all``)."""
+    if results.get("by_dataset"):
+        return _format_combined(results)
     base = results["unablated_accuracy"]
     acc = "-" if base is None else f"{base:.3f}"
     lines = [f"{results['dataset']}: {results['n_questions']} questions, unablated accuracy {acc}",
@@ -320,4 +382,26 @@ def format_reasoning_table(results: dict) -> str:
         acc = "-" if row["accuracy"] is None else f"{row['accuracy']:.3f}"
         d = "-" if row["delta"] is None else f"{row['delta']:+.3f}"
         lines.append(f"{row['layer']:>5} {acc:>9} {d:>8}")
+    return "\n".join(lines + format_skipped(results.get("skipped")))
+
+
+def _format_combined(results: dict) -> str:
+    blocks = results["by_dataset"]
+
+    def num(x, fmt):
+        return "-" if x is None else format(x, fmt)
+
+    lines = ["; ".join(f"{d}: {b['n_questions']} questions, unablated accuracy "
+                       f"{num(b['unablated_accuracy'], '.3f')}" for d, b in blocks.items()),
+             f"{'layer':>5} | " + " | ".join(f"{d[:18]:^18}" for d in blocks),
+             f"{'':>5} | " + " | ".join(f"{'accuracy':>9}{'delta':>9}" for _ in blocks)]
+    lines.append("-" * len(lines[-1]))
+    rows = {d: {r["layer"]: r for r in b["layers"]} for d, b in blocks.items()}
+    layers = list(dict.fromkeys(L for d in blocks for L in rows[d]))
+    for L in layers:
+        cells = []
+        for d in blocks:
+            r = rows[d].get(L) or {}
+            cells.append(f"{num(r.get('accuracy'), '.3f'):>9}{num(r.get('delta'), '+.3f'):>9}")
+        lines.append(f"{L:>5} | " + " | ".join(cells))
     return "\n".join(lines + format_skipped(results.get("skipped")))

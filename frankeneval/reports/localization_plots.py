@@ -1,8 +1,10 @@
 """Figures of the localization analyses (matplotlib, Agg), from their JSON results.
 
 * :func:`plot_vision_localization` -- change rate (method's rule), task-aware change rate and source-follow rate
-  per swapped-from layer, one panel per probe task;
-* :func:`plot_reasoning_localization` -- accuracy with each LLM layer ablated, against the unablated accuracy;
+  per swapped-from layer, one panel per probe task; the peak layer (where the method's change rate rises most,
+  dotted) and its bootstrap interval (shaded);
+* :func:`plot_reasoning_localization` -- accuracy with each LLM layer ablated, against the unablated accuracy (one
+  panel per dataset for ``--dataset all``);
 * :func:`plot_attention_shift` -- visual attention share per layer for Base / IN / RL, and RL - IN, IN - Base.
 """
 
@@ -37,6 +39,13 @@ def plot_vision_localization(results: dict, out: str | os.PathLike) -> Path:
                                   ("task_change_rate", "changed (task-aware)", "--s"),
                                   ("source_follow_rate", "follows source", "-^")):
             ax.plot(xs, [_nan(r[key]) for r in rows], style, ms=3, label=label)
+        peak = (results["tasks"][task].get("peak") or {}).get("change_rate") or {}
+        if peak.get("layer") is not None:  # where the method's change rate rises most, and its bootstrap interval
+            ax.axvline(peak["layer"], color="k", ls=":", lw=1, label=f"peak L{peak['layer']} ({peak['rise']:+.2f})")
+            if peak.get("layer_ci"):
+                lo, hi = peak["layer_ci"]
+                ax.axvspan(lo - 0.4, hi + 0.4, color="k", alpha=0.08, lw=0,
+                           label=f"peak {round(100 * peak['level'])}% CI")
         n_skipped = sum(str(x.get("id", "")).startswith(f"{task}/") for x in results.get("skipped") or [])
         ax.set_title(f"{task} (n={results['tasks'][task]['n_pairs']}"
                      + (f", {n_skipped} skipped)" if n_skipped else ")"))
@@ -44,25 +53,33 @@ def plot_vision_localization(results: dict, out: str | os.PathLike) -> Path:
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("rate")
-    axes[0][-1].legend(fontsize=7, loc="best")
+    for ax in axes[0]:
+        ax.legend(fontsize=6, loc="best")
     mode = " (seed-compatible: reference decode-step re-append)" if results.get("seed_compatible") else ""
     fig.suptitle(f"Visual-token KV swap: {results.get('model', '')}{mode}", fontsize=9)
     return save_figure(fig, out)
 
 
 def plot_reasoning_localization(results: dict, out: str | os.PathLike) -> Path:
-    rows = results["layers"]
-    fig, ax = plt.subplots(figsize=(max(5, 0.25 * len(rows) + 2), 3.2))
-    ax.bar([r["layer"] for r in rows], [_nan(r["accuracy"]) for r in rows], color="#1f77b4", label="layer ablated")
-    if results.get("unablated_accuracy") is not None:
-        ax.axhline(results["unablated_accuracy"], color="k", ls="--", lw=1, label="unablated")
-    ax.set_xlabel("ablated LLM layer (unified)")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(0, 1)
-    ax.set_title(f"Layer ablation on {results['dataset']} (n={results['n_questions']}): "
-                 f"{results.get('model', '')}", fontsize=9)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3, axis="y")
+    """One panel (one dataset), or one panel per dataset side by side (``--dataset all``: ``by_dataset``)."""
+    blocks = results.get("by_dataset") or {results["dataset"]: results}
+    width = max(5, 0.25 * max(len(b["layers"]) for b in blocks.values()) + 2)
+    fig, axes = plt.subplots(1, len(blocks), figsize=(width * len(blocks), 3.2), squeeze=False, sharey=True)
+    for ax, (dataset, block) in zip(axes[0], blocks.items()):
+        rows = block["layers"]
+        ax.bar([r["layer"] for r in rows], [_nan(r["accuracy"]) for r in rows], color="#1f77b4",
+               label="layer ablated")
+        if block.get("unablated_accuracy") is not None:
+            ax.axhline(block["unablated_accuracy"], color="k", ls="--", lw=1, label="unablated")
+        ax.set_xlabel("ablated LLM layer (unified)")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"Layer ablation on {dataset} (n={block['n_questions']})"
+                     + ("" if len(blocks) > 1 else f": {results.get('model', '')}"), fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0][0].set_ylabel("accuracy")
+    if len(blocks) > 1:
+        fig.suptitle(f"Layer ablation: {results.get('model', '')}", fontsize=9)
     return save_figure(fig, out)
 
 
