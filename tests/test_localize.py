@@ -133,6 +133,7 @@ class CountingGenerator:
     def __init__(self, gen, fail_after: int | None = None):
         self.gen, self.model, self.fail_after = gen, gen.model, fail_after
         self.calls = self.rows = 0
+        self.batch_sizes: set = set()
 
     def visual_kvs(self, *a, **k):
         return self.gen.visual_kvs(*a, **k)
@@ -142,6 +143,7 @@ class CountingGenerator:
             raise KeyboardInterrupt("simulated interruption")
         self.calls += 1
         self.rows += len(requests)
+        self.batch_sizes.add(kw.get("batch_size"))
         return self.gen.generate(requests, **kw)
 
 
@@ -209,7 +211,10 @@ def test_vision_sweep_resumes_without_recomputing(tiny_rl, small_probes, tmp_pat
 REASONING_LAYERS = [1, 4, 6]
 
 
-def test_reasoning_sweep_batched_equals_single_runs_and_resumes(tiny_rl, shared_data, tmp_path):
+@pytest.mark.parametrize("rows,chunk", [(4, 1), (2, 2)])  # (2, 2): 4 units a call on 2 rows, refilled
+def test_reasoning_sweep_batched_equals_single_runs_and_resumes(tiny_rl, shared_data, tmp_path, monkeypatch, rows,
+                                                                 chunk):
+    import frankeneval.localization.reasoning as reasoning_mod
     from frankeneval.engine.generation import GenRequest
     from frankeneval.engine.interventions import Ablate
     from frankeneval.evaluation.prompts import REASONER_SYSTEM_PROMPT
@@ -219,15 +224,17 @@ def test_reasoning_sweep_batched_equals_single_runs_and_resumes(tiny_rl, shared_
         run_reasoning_sweep,
     )
 
+    monkeypatch.setattr(reasoning_mod, "REFILL_CHUNK", chunk)
     questions = load_questions("gsm8k", data=shared_data / "gsm8k" / "test.jsonl", samples=2, seed=123)
     assert [q.index for q in questions] == sorted(q.index for q in questions)
     broken = CountingGenerator(tiny_rl, fail_after=1)
     with pytest.raises(KeyboardInterrupt):
         run_reasoning_sweep(broken, "gsm8k", questions, REASONING_LAYERS, tmp_path, model_name="rl",
-                            reasoning_prompt=True, max_new_tokens=MAX_NEW, batch_size=4, progress=False)
+                            reasoning_prompt=True, max_new_tokens=MAX_NEW, batch_size=rows, progress=False)
     again = CountingGenerator(tiny_rl)
     res = run_reasoning_sweep(again, "gsm8k", questions, REASONING_LAYERS, tmp_path, model_name="rl",
-                              reasoning_prompt=True, max_new_tokens=MAX_NEW, batch_size=4, progress=False)
+                              reasoning_prompt=True, max_new_tokens=MAX_NEW, batch_size=rows, progress=False)
+    assert again.batch_sizes == {rows}
     assert again.rows == len(questions) * (1 + len(REASONING_LAYERS)) - 4
     records = [json.loads(line) for line in (tmp_path / "units.jsonl").read_text().splitlines()[1:]]
     responses = {r["key"]: r["record"]["response"] for r in records}

@@ -199,14 +199,20 @@ def reasoning_units(
     return units
 
 
-def make_executor(generator, *, max_new_tokens: int, ignore_eos: bool = False, seed_compatible: bool = False):
-    """``seed_compatible``: the checkpoint's generation_config repetition penalty applies, as in the reference."""
+REFILL_CHUNK = 8  # units per generate call = this x the rows, when answers end at EOS (continuous refilling)
+
+
+def make_executor(generator, *, max_new_tokens: int, ignore_eos: bool = False, seed_compatible: bool = False,
+                  rows: int | None = None):
+    """``seed_compatible``: the checkpoint's generation_config repetition penalty applies, as in the reference.
+    ``rows``: decode rows per call (default: the whole batch at once); fewer rows than units lets the Generator
+    refill a row whose answer ended (:mod:`frankeneval.engine.continuous`), with the same answers."""
     penalty = "checkpoint" if seed_compatible else None
 
     def execute(batch: list[Unit]) -> list[dict]:
         results = generator.generate([u.request for u in batch], max_new_tokens=max_new_tokens, ignore_eos=ignore_eos,
-                                     interventions=[u.interventions for u in batch], batch_size=len(batch),
-                                     repetition_penalty=penalty)
+                                     interventions=[u.interventions for u in batch],
+                                     batch_size=min(rows or len(batch), len(batch)), repetition_penalty=penalty)
         out = []
         for r in results:
             answer, method = extract_final_answer(r.text)
@@ -298,9 +304,12 @@ def run_reasoning_sweeps(
 
         bar = tqdm(total=todo, desc="ablation sweep", unit="gen")
     try:
+        # answers of mixed length (EOS on): REFILL_CHUNK x batch_size units a call, batch_size rows decoding, a row
+        # refilled as soon as its answer ends; fixed lengths (--ignore-eos) gain nothing from it
+        chunk = 1 if ignore_eos else REFILL_CHUNK
         run_units(units, make_executor(generator, max_new_tokens=max_new_tokens, ignore_eos=ignore_eos,
-                                       seed_compatible=seed_compatible), store,
-                  batch_size=batch_size,
+                                       seed_compatible=seed_compatible, rows=batch_size), store,
+                  batch_size=batch_size * chunk,
                   progress=bar.update if bar else None)
     finally:
         if bar:
