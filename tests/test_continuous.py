@@ -65,6 +65,13 @@ def spy(monkeypatch):
     return seen
 
 
+def eos_on_a_frequent_token(gen: Generator, reqs, monkeypatch, n: int) -> None:
+    """Mixed answer lengths: the third most frequent token of this random model's answers counts as EOS."""
+    probe = gen.generate(reqs, max_new_tokens=n, ignore_eos=True, batch_size=len(reqs))
+    common = Counter(t for r in probe for t in r.token_ids[1:]).most_common(3)
+    monkeypatch.setattr(Generator, "_eos_ids", lambda self: {common[2][0]})
+
+
 def alone(gen: Generator, reqs, rows, **kw):
     return [gen.generate([r], interventions=[row], batch_size=1, **kw)[0] for r, row in zip(reqs, rows)]
 
@@ -77,10 +84,7 @@ def assert_same(a, b):
 def test_continuous_equals_each_request_alone(gen, spy, monkeypatch):
     reqs = mixed_requests()
     rows = interventions(reqs)
-    # mixed answer lengths: one frequent token of this random model counts as EOS
-    probe = gen.generate(reqs, max_new_tokens=40, ignore_eos=True, batch_size=len(reqs))
-    common = Counter(t for r in probe for t in r.token_ids[1:]).most_common(3)
-    monkeypatch.setattr(Generator, "_eos_ids", lambda self: {common[2][0]})
+    eos_on_a_frequent_token(gen, reqs, monkeypatch, 40)
     want = alone(gen, reqs, rows, max_new_tokens=40)
     lengths = {len(r.token_ids) for r in want}
     assert len(lengths) >= 3, lengths  # the case is mixed-length, not trivially equal
@@ -119,9 +123,7 @@ def test_continuous_off_runs_static_batches(gen, spy):
 def test_one_budget_per_request_equals_each_alone(gen, monkeypatch, continuous):
     reqs = mixed_requests()
     rows = interventions(reqs)
-    probe = gen.generate(reqs, max_new_tokens=24, ignore_eos=True, batch_size=len(reqs))
-    common = Counter(t for r in probe for t in r.token_ids[1:]).most_common(3)
-    monkeypatch.setattr(Generator, "_eos_ids", lambda self: {common[2][0]})
+    eos_on_a_frequent_token(gen, reqs, monkeypatch, 24)
     budgets = [3 + (7 * i) % 20 for i in range(len(reqs))]
     want = [gen.generate([r], max_new_tokens=b, interventions=[row], batch_size=1)[0]
             for r, b, row in zip(reqs, budgets, rows, strict=True)]

@@ -137,10 +137,9 @@ def test_scoring_records_hit_limit_per_item():
     """The finish reason each response carries reaches the task's scoring: a per-item ``hit_limit`` (summed by
     ``count``) and a response that knows it was cut off; a response that says nothing -> no ``hit_limit`` (unknown,
     not 0). (tests/test_task_classes.py: the same through lmms-eval's own instances and filters.)"""
-    from types import SimpleNamespace
-
     from frankeneval.model_wrappers.model_args import GeneratedText
-    from frankeneval.tasks.common import LocalDocsTask, count
+    from frankeneval.tasks.common import count
+    from task_doubles import local_task
 
     seen = []
 
@@ -148,21 +147,8 @@ def test_scoring_records_hit_limit_per_item():
         seen.append(results[0])
         return {"rule_acc": {"id": doc["id"], "score": 0}}
 
-    class Harness:  # what both harnesses' ConfigurableTask give: instances, eval_docs, apply_filters
-        def apply_filters(self):
-            for inst in self.instances:
-                inst.filtered_resps["none"] = inst.resps[0]
-
-    class Task(LocalDocsTask, Harness):
-        pass
-
-    task = Task.__new__(Task)
-    task.config = SimpleNamespace(task="fe_hit_limit_test", process_results=process_results,
-                                  metric_list=[{"metric": "rule_acc"}, {"metric": "hit_limit"}])
-    task.eval_docs = [{"id": k} for k in ("a", "b", "c")]
-    task.instances = [SimpleNamespace(doc_id=i, resps=[r], filtered_resps={}) for i, r in enumerate(
-        [GeneratedText(" answer ", "length"), GeneratedText(" answer ", "stop"), " answer "])]
-    task.apply_filters()
+    task = local_task("fe_hit_limit_test", process_results, ["rule_acc", "hit_limit"],
+                      [GeneratedText(" answer ", "length"), GeneratedText(" answer ", "stop"), " answer "])
     out = [task.score({"id": k}, [str(inst.filtered_resps["none"])]) for k, inst in zip("abc", task.instances)]
     assert [o.get("hit_limit") for o in out] == [1, 0, None]
     assert [r.hit_limit for r in seen] == [True, False, None] and seen[0] == "answer"

@@ -203,10 +203,9 @@ def test_generator_time_limit_cuts_rows_off_as_timeout(tiny_lineage):
 
 
 def test_scoring_counts_a_timed_out_item_apart_from_wrong():
-    from types import SimpleNamespace
-
     from frankeneval.model_wrappers.model_args import GeneratedText
-    from frankeneval.tasks.common import LocalDocsTask, count, judge_accuracy, mean_score
+    from frankeneval.tasks.common import count, judge_accuracy, mean_score
+    from task_doubles import local_task
 
     judged = []
 
@@ -215,25 +214,11 @@ def test_scoring_counts_a_timed_out_item_apart_from_wrong():
             judged.append(doc["id"])
         return {"rule_acc": {"id": doc["id"], "score": 0, "extracted": "x"}}
 
-    class Harness:
-        def apply_filters(self):
-            for inst in self.instances:
-                inst.filtered_resps["none"] = inst.resps[0]
-
-    class Task(LocalDocsTask, Harness):
-        pass
-
     from frankeneval.tasks.common import TaskSettings
 
-    task = Task.__new__(Task)
-    task.config = SimpleNamespace(task="fe_timeout_test", process_results=process_results,
-                                  metric_list=[{"metric": "rule_acc"}, {"metric": "hit_limit"},
-                                               {"metric": "timed_out"}])
-    task.settings = TaskSettings(judge=True)
-    task.eval_docs = [{"id": k} for k in ("a", "b", "c")]
-    task.instances = [SimpleNamespace(doc_id=i, resps=[r], filtered_resps={}) for i, r in enumerate(
-        [GeneratedText("par", "timeout"), GeneratedText("full answer", "stop"), "other model"])]
-    task.apply_filters()
+    task = local_task("fe_timeout_test", process_results, ["rule_acc", "hit_limit", "timed_out"],
+                      [GeneratedText("par", "timeout"), GeneratedText("full answer", "stop"), "other model"],
+                      settings=TaskSettings(judge=True))
     out = [task.score({"id": k}, [str(inst.filtered_resps["none"])]) for k, inst in zip("abc", task.instances)]
     assert [o.get("timed_out") for o in out] == [1, None, None] and [o.get("hit_limit") for o in out] == [0, 0, None]
     assert out[0]["rule_acc"] == {"id": "a", "extracted": "x", "timed_out": True}  # no score: not wrong

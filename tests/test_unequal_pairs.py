@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-import torch
 from PIL import Image
+from test_generation import noise_image
 
 from frankeneval.engine.generation import Generator
 from frankeneval.localization.vision import format_vision_table, load_probe_sets, run_vision_sweep
@@ -22,23 +21,12 @@ ODD_SIZE = (168, 112)
 PROMPTS = {"counting": "How many items are there in the image?", "recognition": "Is there a red circle in the image?"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model's ops are too small for threads: one is many times faster on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def gen(tiny_lineage) -> Generator:
     return Generator.load(str(tiny_lineage.rl), dtype="float32", device="cpu")
-
-
-def noise_image(seed: int, size=(112, 112)) -> Image.Image:
-    rng = np.random.RandomState(seed)
-    return Image.fromarray(rng.randint(0, 256, (size[1], size[0], 3), dtype=np.uint8))
 
 
 def write_probes(root, task: str, n: int, odd: int | None = None) -> None:
