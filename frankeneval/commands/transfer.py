@@ -17,6 +17,7 @@ items out of the cells and lists them in transfer.json ("skipped_inputs") and in
     frankeneval transfer --recipe tiny --tasks franken_gsm8k --data /path/to/data --sample-size 5 --max-new-tokens 32
     frankeneval transfer --recipe openmmreasoner --out runs/omr-8-20 --cuts 8 20 --reuse-from runs/omr
     frankeneval transfer --regrade judge --from runs/omr --out runs/omr-judge   # re-score, no generation
+    frankeneval transfer --recipe openmmreasoner --out runs/omr --api-model gpt4o=openai:model_version=gpt-4o
     frankeneval report runs/omr
 
 --cuts C1 C2 sets the variants' block cuts (early 1-C1, middle C1+1-C2, late C2+1-n; recorded in transfer.json); a
@@ -126,6 +127,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "materialized once its cells ran (disk: Base/IN/RL plus that many variants); splices "
                              "already in the cache are kept")
     parser.add_argument("--no-reference", action="store_true", help="skip the Base, IN and RL cells")
+    parser.add_argument("--api-model", dest="api_models", action="append", default=None,
+                        metavar="LABEL=LMMS_MODEL:MODEL_ARGS",
+                        help="add an API model as a row, run through lmms-eval's own class on the same items, e.g. "
+                             "gpt4o=openai:model_version=gpt-4o or sonnet=claude:model_version=claude-sonnet-4-20250514"
+                             " (classes: openai, gpt4v, claude; key from OPENAI_API_KEY / ANTHROPIC_API_KEY, never "
+                             "recorded); repeatable. Refused in one line without its key or a reachable server")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="read pickle (.bin) weights, which can run code when loaded: only for sources you trust")
 
@@ -198,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
         cuts=args.cuts,
         item_time_limit=args.item_time_limit,
         reuse_from=args.reuse_from,
+        api_models=args.api_models,
     )
     reused = f", {len(result.reused)} reused from {args.reuse_from}" if result.reused else ""
     print(f"[transfer] done: {len(result.ran)} cells run, {len(result.skipped)} already finished{reused} -> "

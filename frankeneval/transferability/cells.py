@@ -5,13 +5,19 @@ package)::
 
     python -m lmms_eval --model franken_qwen --model_args pretrained=<dir>,batch_size=...
         --tasks <task> --include_path <frankeneval tasks> --output_path <run>/cells/<model>/<task> --log_samples
+
+An API row (``--api-model LABEL=openai:model_version=gpt-4o``, :func:`parse_api_model`) runs lmms-eval's own API
+class instead (``--model openai --force_simple --system_instruction <the reference's API prompt>``), on the same
+tasks and items; :func:`check_api_access` refuses it in one line where its key or its server is missing.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -32,7 +38,10 @@ __all__ = [
     "CellFailed",
     "CellJob",
     "CellRunner",
+    "API_SYSTEM_PROMPT",
+    "api_fingerprint",
     "base_env",
+    "check_api_access",
     "cell_record",
     "clear",
     "cut_joint_output",
@@ -42,6 +51,7 @@ __all__ = [
     "headline",
     "lmms_eval_command",
     "lmms_eval_runner",
+    "parse_api_model",
     "system_prompts",
     "write_cell_stamp",
 ]
@@ -66,6 +76,8 @@ class CellJob:
     env: dict[str, str]
     keep_fds: tuple[int, ...] = ()  # the run folder's lock: the child holds it while it lives
     tasks: str | None = None  # lmms-eval's --tasks when one process runs several cells of the model (joint run)
+    lmms_model: str = "franken_qwen"  # lmms-eval's --model: an API row's class (openai, gpt4v, claude)
+    system_instruction: str | None = None  # lmms-eval's --system_instruction (API rows: the prompt's text)
 
     @property
     def task_arg(self) -> str:
@@ -251,16 +263,128 @@ def base_env(data_dir: str | None, sample_size: int | None, sample_seed: int | N
     return env
 
 
+# -- API models as rows ---------------------------------------------------------------------------
+# lmms-eval 0.7.3's API classes an API row may name -> (the class's identity, the key variable it reads)
+API_CLASSES: dict[str, tuple[str, str]] = {
+    "openai": ("openai", "OPENAI_API_KEY"), "openai_compatible": ("openai", "OPENAI_API_KEY"),
+    "openai_compatible_chat": ("openai", "OPENAI_API_KEY"), "gpt4v": ("gpt4v", "OPENAI_API_KEY"),
+    "claude": ("claude", "ANTHROPIC_API_KEY"),
+}
+# the reference's GPTEvaluator / ClaudeEvaluator SYSTEM_PROMPT (scripts/transferability_test.py)
+API_SYSTEM_PROMPT = ("You are a helpful assistant that solves math and reasoning problems.\n"
+                     "When answering, first think through the problem step by step, then provide your final answer.\n"
+                     "Put your final answer in \\boxed{} format.")
+_API_SECRET_ARGS = ("api_key", "azure_openai")  # a key never goes into the manifest; Azure reads other variables
+API_FAILED_MARK = "[LMMS_EVAL_REQUEST_FAILED"  # lmms-eval's answer text for a request that failed every retry
+
+
+def parse_api_model(text: str) -> tuple[str, dict[str, Any]]:
+    """``(label, model entry)`` of ``--api-model LABEL=LMMS_MODEL:MODEL_ARGS`` (``gpt4o=openai:model_version=gpt-4o``):
+    kind ``api``, no checkpoint (``path`` = ``api:<class>``); its fingerprint comes from :func:`api_fingerprint`."""
+    label, sep, rest = str(text).partition("=")
+    lmms_model, _, margs = rest.partition(":")
+    label, lmms_model, margs = label.strip(), lmms_model.strip(), margs.strip()
+    if not sep or not label or not lmms_model:
+        raise FrankenevalError(f"--api-model {text!r}: expected LABEL=LMMS_MODEL:MODEL_ARGS, "
+                               "e.g. gpt4o=openai:model_version=gpt-4o")
+    if lmms_model not in API_CLASSES:
+        raise FrankenevalError(f"--api-model {label}: {lmms_model!r} is not one of lmms-eval's API classes frankeneval "
+                               f"runs ({', '.join(API_CLASSES)})")
+    args = {}
+    for part in filter(None, (a.strip() for a in margs.split(","))):
+        key, eq, value = part.partition("=")
+        if not eq:
+            raise FrankenevalError(f"--api-model {label}: model arg {part!r} is not KEY=VALUE")
+        args[key.strip()] = value.strip()
+    if "model" in args and "model_version" not in args:
+        args["model_version"] = args.pop("model")
+    bad = [k for k in (*_API_SECRET_ARGS, "system_prompt") if k in args]
+    if bad:
+        raise FrankenevalError(f"--api-model {label}: {bad[0]}= is not taken here (keys come from "
+                               f"{API_CLASSES[lmms_model][1]}; the system prompt from --system-prompt)")
+    if not args.get("model_version"):
+        raise FrankenevalError(f"--api-model {label}: name the API model, e.g. {lmms_model}:model_version=gpt-4o")
+    canonical = API_CLASSES[lmms_model][0]
+    margs = ",".join(f"{k}={v}" for k, v in args.items())
+    return label, {"path": f"api:{canonical}", "kind": "api", "lmms_model": canonical, "model_args": margs,
+                   "description": f"API model {args['model_version']} (lmms-eval {canonical})"}
+
+
+def _api_arg(info: Mapping[str, Any], key: str) -> str | None:
+    for part in str(info.get("model_args") or "").split(","):
+        k, _, v = part.partition("=")
+        if k == key:
+            return v
+    return None
+
+
+def _api_url(info: Mapping[str, Any], env: Mapping[str, str]) -> str:
+    """The server an API row's class talks to, read as the class reads it (lmms-eval 0.7.3 and its client)."""
+    if info.get("lmms_model") == "claude":  # anthropic.Anthropic(): ANTHROPIC_BASE_URL
+        return env.get("ANTHROPIC_BASE_URL") or "https://api.anthropic.com"
+    if info.get("lmms_model") == "openai":  # base_url=, else OPENAI_API_BASE, else the openai client's own
+        return _api_arg(info, "base_url") or env.get("OPENAI_API_BASE") or env.get("OPENAI_BASE_URL") or \
+            "https://api.openai.com/v1"
+    return env.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"  # gpt4v: OpenAI(api_key=...)
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(unquote(url))
+    return parts.hostname or "", parts.port or (80 if parts.scheme == "http" else 443)
+
+
+def api_fingerprint(info: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, str]:
+    """An API row's identity for its cells: its class, ``model_version`` and server host (never the key)."""
+    host, port = _host_port(_api_url(info, env))
+    return {"api_class": str(info.get("lmms_model")), "model_version": str(_api_arg(info, "model_version")),
+            "base_url_host": f"{host}:{port}"}
+
+
+def check_api_access(models: Mapping[str, Mapping[str, Any]], env: Mapping[str, str], timeout: float = 5.0) -> None:
+    """Refuse, in one line, an API row whose key variable is unset, whose client package is missing, or whose
+    server cannot be reached (a TCP connect); nothing for checkpoint rows."""
+    for label, info in models.items():
+        if info.get("kind") != "api":
+            continue
+        cls = str(info.get("lmms_model"))
+        var = API_CLASSES.get(cls, (cls, "OPENAI_API_KEY"))[1]
+        if not env.get(var):
+            raise FrankenevalError(f"API row {label!r} ({cls}): {var} is not set; set it, or drop --api-model {label}")
+        package = "anthropic" if cls == "claude" else "openai"
+        if importlib.util.find_spec(package) is None:
+            raise FrankenevalError(f"API row {label!r} ({cls}): the {package} package is not installed "
+                                   f"(pip install {package})")
+        host, port = _host_port(_api_url(info, env))
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+        except OSError as exc:
+            raise FrankenevalError(f"API row {label!r} ({cls}): cannot reach {host}:{port} "
+                                   f"({exc.strerror or type(exc).__name__}; no network?)") from None
+
+
+def _api_failures(output_dir: Path) -> int:
+    """How many logged answers of a cell are lmms-eval's text for a failed API request."""
+    return sum(p.read_text(encoding="utf-8", errors="replace").count(API_FAILED_MARK)
+               for p in output_dir.rglob("*_samples_*.jsonl"))
+
+
 def system_prompts(run_dir: Path, models: Mapping[str, Mapping[str, str]],
                    setting: str | None, *, seed_compatible: bool = False) -> dict[str, tuple[Any, str]]:
     """{label: (SystemPrompt, its ``system_prompt=`` model arg)}; a free text goes to ``run_dir/system_prompt.txt``
     (lmms-eval's ``--model_args`` cannot carry its commas) and is passed as ``@FILE``. ``seed_compatible`` with
     ``auto``: a variant's prompt comes from the rule on its own phrase (its ``description``), as the reference's."""
-    from frankeneval.evaluation.prompts import resolve_system_prompt, variant_phrase_prompt
+    from frankeneval.evaluation.prompts import SystemPrompt, resolve_system_prompt, variant_phrase_prompt
 
     auto = setting is None or str(setting).strip().lower() == "auto"
     out: dict[str, tuple[Any, str]] = {}
     for label, info in models.items():
+        if info.get("kind") == "api":  # its text goes to --system_instruction (no model arg, no file)
+            prompt = (SystemPrompt("api", API_SYSTEM_PROMPT, "auto: an API model gets the reference's GPT / Claude "
+                                   "prompt", "auto") if auto else resolve_system_prompt(str(info["path"]), setting))
+            out[label] = (prompt, "")
+            continue
         if seed_compatible and auto and info.get("kind") == "variant":
             prompt = variant_phrase_prompt(str(info.get("description") or label))
         else:
@@ -278,7 +402,7 @@ def lmms_eval_command(job: CellJob) -> list[str]:
     """The ``python -m lmms_eval`` command line of ``job``."""
     cmd = [
         sys.executable, "-m", "lmms_eval",
-        "--model", "franken_qwen",
+        "--model", job.lmms_model,
         "--model_args", job.model_args,
         "--tasks", job.task_arg,
         "--include_path", job.include_path,
@@ -287,6 +411,9 @@ def lmms_eval_command(job: CellJob) -> list[str]:
     ]  # fmt: skip
     if job.gen_kwargs:
         cmd += ["--gen_kwargs", job.gen_kwargs]
+    if job.lmms_model != "franken_qwen":  # an API class: its plain-text path, where --system_instruction reaches it
+        cmd += ["--force_simple"] + (["--system_instruction", job.system_instruction] if job.system_instruction
+                                     else [])
     return cmd
 
 
@@ -305,6 +432,9 @@ def lmms_eval_runner(job: CellJob) -> None:
     # lmms-eval logs evaluation errors and still exits 0: the results file is the proof of success
     if find_results(job.output_dir)[0] is None:
         raise CellFailed(f"lmms-eval wrote no results file; {_log_tail(job.log_path, env=job.env)}")
+    failed = _api_failures(job.output_dir) if job.lmms_model != "franken_qwen" else 0
+    if failed:  # lmms-eval keeps a failed request as an answer: not scored as wrong, the cell runs again
+        raise CellFailed(f"{failed} API request(s) failed every retry; {_log_tail(job.log_path, env=job.env)}")
 
 
 def _log_tail(path: Path, n: int = 3, env: Mapping[str, str] | None = None) -> str:
@@ -313,7 +443,8 @@ def _log_tail(path: Path, n: int = 3, env: Mapping[str, str] | None = None) -> s
     from frankeneval.evaluation.grading import redact_secrets, url_secrets
 
     env = os.environ if env is None else env
-    secrets = (env.get("OPENAI_API_KEY"), *url_secrets(env.get("OPENAI_BASE_URL")))
+    secrets = (env.get("OPENAI_API_KEY"), env.get("ANTHROPIC_API_KEY"), *url_secrets(env.get("OPENAI_BASE_URL")),
+               *url_secrets(env.get("OPENAI_API_BASE")))
     try:
         lines = [ln for ln in path.read_text(encoding="utf-8", errors="replace").split("\n") if ln.strip()]
     except OSError:

@@ -42,6 +42,11 @@ run holds a lease on (every run leases the splices it uses until its cells ran: 
 task and settings instead of running them; ``--regrade`` (:func:`.reuse.regrade_run`) scores a run's stored
 responses again under another grading into a new folder. ``cuts`` (``--cuts``) re-cuts the recipe's variants
 (:func:`_with_cuts`); ``item_time_limit`` cuts off an item still generating after that many seconds.
+
+**API rows** (``api_models``, ``--api-model LABEL=openai:model_version=gpt-4o``): a GPT or Claude model run through
+lmms-eval's own API class on the same cells (kind ``api``, no checkpoint; fingerprint: class, model version and
+server host, :func:`.cells.api_fingerprint`); refused in one line before any cell where its key or server is missing
+(:func:`.cells.check_api_access`).
 """
 
 from __future__ import annotations
@@ -294,6 +299,7 @@ def _run_cells(
     _prompts: Mapping[str, tuple[Any, str]] | None = None,
     _record_extra: Mapping[str, Mapping[str, Any]] | None = None,
     _header_extra: Mapping[str, Any] | None = None,
+    _check_api: bool = False,
 ) -> TransferResult:
     """Run every missing (model, task) cell; finished cells are skipped (see the module docstring).
 
@@ -349,8 +355,12 @@ def _run_cells(
                else cells.system_prompts(run_dir, models, system_prompt, seed_compatible=seed_compatible))
     models = {label: {**dict(info), "system_prompt": prompts[label][0].name,
                       "system_prompt_reason": prompts[label][0].reason} for label, info in models.items()}
+    cell_env = cells.base_env(str(data_dir) if data_dir else None, sample_size, sample_seed,
+                              bool(data_dir) if offline is None else offline, env)
     for info in models.values():  # what a cell records and a finished cell must match (cells.finished_cell)
-        if not isinstance(info.get("fingerprint"), dict):
+        if info.get("kind") == "api":  # its identity: class, model version, server host (never the key)
+            info["fingerprint"] = cells.api_fingerprint(info, cell_env)
+        elif not isinstance(info.get("fingerprint"), dict):
             info["fingerprint"] = _weights_fingerprint(str(info["path"]))
     store = RunStore(run_dir / STORE, header=settings, required=CELL_FIELDS, inputs=_data_inputs(data_dir))
     manifest_settings = {**settings, "seed_compatible": bool(seed_compatible),
@@ -358,11 +368,10 @@ def _run_cells(
     extra = {**dict(_manifest_extra or {}), **({"reuse_from": str(reuse_from)} if reuse_from else {})}
     update_manifest(run_dir, recipe, models, tasks, manifest_settings, extra or None)
     result = TransferResult(run_dir=run_dir, cells=plan_cells(models, tasks))
-    offline = bool(data_dir) if offline is None else offline
     job = _CellRun(run_dir=run_dir, models=models, prompts=prompts, store=store, result=result, progress=progress,
                    runner=runner or cells.lmms_eval_runner, keep_fds=_keep_fds, batch_size=batch_size,
                    max_new_tokens=max_new_tokens, model_args=model_args, devices=[],
-                   env=cells.base_env(str(data_dir) if data_dir else None, sample_size, sample_seed, offline, env),
+                   env=cell_env,
                    include_path=str(harness_tasks_dir()), item_time_limit=item_time_limit,
                    replay=dict(_replay or {}), record_extra=dict(_record_extra or {}))
     job.pending = _pending(job, len(tasks))
@@ -370,6 +379,9 @@ def _run_cells(
         from frankeneval.transferability.reuse import reuse_cells
 
         job.pending = reuse_cells(job, Path(reuse_from))
+    api_pending = {c.model: models[c.model] for c in job.pending if models[c.model].get("kind") == "api"}
+    if api_pending and (default_runner or _check_api):  # one line, before any cell starts
+        cells.check_api_access(api_pending, job.env)
     if job.pending and default_runner:
         _preflight(run_dir, job.pending, job.env)
     job.devices = scheduler.device_ids(gpus)
@@ -528,7 +540,10 @@ class _CellRun:
 
     def job(self, cell: Cell, gpu: int | None, output_dir: Path) -> CellJob:
         """The :class:`CellJob` of ``cell`` on ``gpu``, writing into ``output_dir``."""
-        path = str(self.models[cell.model]["path"])
+        info = self.models[cell.model]
+        if info.get("kind") == "api" and cell.model not in self.replay:
+            return self._api_job(cell, info, gpu, output_dir)
+        path = str(info["path"])
         if "," in path or "," in str(self.run_dir):
             raise CellFailed(f"{path!r} or {str(self.run_dir)!r} contains a comma, which lmms-eval's --model_args "
                              "cannot carry")
@@ -543,6 +558,18 @@ class _CellRun:
             if "," in self.replay[cell.model]:
                 raise CellFailed(f"{self.replay[cell.model]!r} contains a comma, which --model_args cannot carry")
             margs += f",replay={self.replay[cell.model]}"
+        return self.job_base(cell, gpu, output_dir, margs, path)
+
+    def _api_job(self, cell: Cell, info: Mapping[str, Any], gpu: int | None, output_dir: Path) -> CellJob:
+        """An API row's job: lmms-eval's API class with the row's own model args (no --model-args, no batch size,
+        no item time limit: those are franken_qwen's), the system prompt as ``--system_instruction``."""
+        prompt = self.prompts[cell.model][0]
+        job = self.job_base(cell, gpu, output_dir, str(info["model_args"]), str(info["path"]))
+        job.lmms_model = str(info["lmms_model"])
+        job.system_instruction = prompt.text or None
+        return job
+
+    def job_base(self, cell: Cell, gpu: int | None, output_dir: Path, margs: str, path: str) -> CellJob:
         env = dict(self.env)
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = self.devices[gpu]
@@ -602,6 +629,7 @@ def run_transfer(
     allow_pickle: bool = False,
     evict_variants: bool = False,
     cuts: Sequence[int] | None = None,
+    api_models: Sequence[str] | Mapping[str, Mapping[str, Any]] | None = None,
     **kwargs: Any,
 ) -> TransferResult:
     """Materialize the variants of ``recipe`` and run every (model, task) cell (see :func:`run_cells`).
@@ -619,14 +647,21 @@ def run_transfer(
 
     ``cuts`` (``--cuts C1 C2``): the block cuts of every variant (:func:`_with_cuts`), instead of the recipe's (or
     ``n // 3, 2n // 3``); the cuts in use are recorded in the manifest's settings.
+
+    ``api_models``: API rows, ``LABEL=LMMS_MODEL:MODEL_ARGS`` texts (:func:`.cells.parse_api_model`) or parsed
+    entries; run after the other rows on the same tasks, checked (key, package, server) before anything is spliced.
     """
+    api = _api_rows(api_models)
+    if api:
+        cells.check_api_access(api, {**os.environ, **dict(kwargs.get("env") or {})})
+        kwargs["_check_api"] = True
     recipe = _load_recipe(recipe, models, cuts)
     models = None  # applied
     kwargs["cuts"] = effective_cuts(recipe)
     leases: list = []  # this run's leases on the splices it uses (held until its cells ran)
     try:
         if evict_variants:
-            result = _run_evicting(run_dir, recipe, variants=variants, tasks=tasks, models=models,
+            result = _run_evicting(run_dir, recipe, variants=variants, tasks=tasks, models=models, _api=api,
                                    splice_cache=splice_cache, include_reference=include_reference, progress=progress,
                                    allow_pickle=allow_pickle, _leases=leases, **kwargs)
         else:
@@ -635,6 +670,7 @@ def run_transfer(
             _allow_pickle_arg(kwargs, allow_pickle)
             if not include_reference:
                 prepared = {k: v for k, v in prepared.items() if v["kind"] == "variant"}
+            prepared.update(_api_rows(api, taken=prepared))
             result = run_cells(run_dir, prepared, list(tasks), recipe=name, progress=progress, **kwargs)
     finally:
         for lease in leases:
@@ -646,6 +682,25 @@ def run_transfer(
             f"First: {first[0]}: {first[1]}"
         )
     return result
+
+
+def _api_rows(rows: Sequence[str] | Mapping[str, Mapping[str, Any]] | None,
+              taken: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """{label: API row entry} of ``--api-model`` texts (or entries); a label clashing with a row of the recipe or
+    another API row is refused."""
+    if isinstance(rows, Mapping):
+        out = {str(k): dict(v) for k, v in rows.items()}
+    else:
+        out = {}
+        for text in rows or ():
+            label, info = cells.parse_api_model(text)
+            if label in out:
+                raise FrankenevalError(f"--api-model {label}: given twice")
+            out[label] = info
+    clash = [k for k in out if k in (taken or {}) or k in REFERENCE_LABELS]
+    if clash:
+        raise FrankenevalError(f"--api-model {clash[0]}: the label names a row of the recipe; choose another")
+    return out
 
 
 def _allow_pickle_arg(kwargs: dict[str, Any], allow_pickle: bool) -> None:
@@ -671,6 +726,7 @@ def _run_evicting(
     progress: Callable[[str], None],
     allow_pickle: bool,
     _leases: list | None = None,
+    _api: Mapping[str, Mapping[str, Any]] | None = None,
     **kwargs: Any,
 ) -> TransferResult:
     """:func:`run_transfer` with ``evict_variants``: the same cells, run store and manifest, the variants
@@ -694,7 +750,7 @@ def _run_evicting(
     refs = _reference_models(rec)  # resolved even with include_reference off, as prepare_models does
     _allow_pickle_arg(kwargs, allow_pickle)
     tasks = list(tasks)
-    ref_models = refs if include_reference else {}
+    ref_models = {**(refs if include_reference else {}), **_api_rows(_api, taken={v: 1 for v in chosen})}
     chunk = max(1, int(kwargs.get("gpus") or 0))
     inputs = [(label, info["path"]) for label, info in refs.items()]
 
