@@ -234,7 +234,7 @@ def test_world_controls_leave_the_written_split_unchanged(tmp_path):
     of the trained lineage's cache key) stay as they were."""
     from frankeneval.miniature import training
 
-    assert world.WORLD_VERSION == 1 and training.TRAINED_VERSION == 3
+    assert world.WORLD_VERSION == 1 and training.TRAINED_VERSION == 4
     root = world.write_world(tmp_path / "w", seed=0, sizes={"perception": 4, "alignment": 4, "reasoning": 2})
     row = json.loads((root / "alignment" / "test.jsonl").read_text().splitlines()[0])
     assert set(row) == {"id", "axis", "task", "question", "prompt", "answer", "image", "meta"}

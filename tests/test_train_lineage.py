@@ -42,6 +42,48 @@ def test_smoke_build_writes_hub_layout(smoke_lineage):
     assert set(smoke_lineage.timings) >= {"base", "in", "rl"}
 
 
+def test_smoke_build_evaluates_the_black_description_control(smoke_lineage):
+    """The lineage's own table pairs each alignment item with the same item from the black image + description
+    (M_v2r: right both ways), on at most as many items as alignment has."""
+    for m in MEMBERS:
+        acc = smoke_lineage.accuracy[m]
+        assert acc["alignment_blackdesc"]["n"] == acc[tl.V2R]["n"] == acc["alignment"]["n"] == 4
+        assert acc[tl.V2R]["acc"] <= min(acc["alignment"]["acc"], acc["alignment_blackdesc"]["acc"])
+    assert {"rl-in/v2r", "in-base/alignment_blackdesc"} <= set(smoke_lineage.accuracy["diffs"])
+    assert "M_v2r" in tl.format_accuracy(smoke_lineage.accuracy)
+
+
+def test_a_stamp_of_an_older_recipe_version_is_rebuilt(smoke_lineage, monkeypatch):
+    """A cached member built by an older recipe version (or world, or recipe) is not reused."""
+    path = smoke_lineage.paths["base"]
+    assert tl._member_is_current(path, 0, tl.SMOKE_RECIPE, "base")
+    monkeypatch.setattr(tl, "TRAINED_VERSION", tl.TRAINED_VERSION + 1)
+    assert not tl._member_is_current(path, 0, tl.SMOKE_RECIPE, "base")
+    monkeypatch.undo()
+    older = tl.replace(tl.SMOKE_RECIPE.base, view_batches=False,
+                       mix=tuple((t, w) for t, w in tl.SMOKE_RECIPE.base.mix if ":" not in t))
+    assert not tl._member_is_current(path, 0, tl.Recipe(older, tl.SMOKE_RECIPE.in_, tl.SMOKE_RECIPE.rl), "base")
+
+
+def test_default_recipe_reads_described_scenes_in_base_and_in():
+    """Base (perception) and IN (alignment) see scenes given in words in the black + description layout; RL does
+    not; every SFT batch is all-described or all-image."""
+    views = {name: {world.task_view(t) for t, _ in stage.mix}
+             for name, stage in (("base", tl.DEFAULT_RECIPE.base), ("in", tl.DEFAULT_RECIPE.in_))}
+    assert {("count", "blackdesc"), ("ocr", "blackdesc")} <= views["base"]
+    assert not {t for t, _ in views["base"]} & set(world.AXIS_TASKS["alignment"])  # Base: no alignment question
+    assert {("multiply", "blackdesc"), ("add", "blackdesc")} <= views["in"]
+    assert all(world.task_view(t)[1] == "image" for t, _ in tl.DEFAULT_RECIPE.rl.mix)
+    stage = tl.DEFAULT_RECIPE.in_
+    assert stage.view_batches and tl.DEFAULT_RECIPE.base.view_batches
+    stream = tl.WorldStream(stage.mix, 64 * 32, seed=0, stage="in", view_group=32)
+    kinds = [{stream[b * 32 + j].described for j in range(32)} for b in range(64)]
+    assert all(len(k) == 1 for k in kinds)
+    share = np.mean([k == {True} for k in kinds])
+    assert 0.1 < share < 0.45 and abs(stream.described_share - share) < 0.15
+    assert all(world.split_of(stream[i]) == "train" for i in range(0, 64 * 32, 7))
+
+
 def test_each_stage_runs_its_steps(smoke_lineage):
     base, in_ = (Checkpoint.open(smoke_lineage.paths[m]) for m in ("base", "in"))
     name = "model.layers.4.mlp.down_proj.weight"
@@ -137,6 +179,17 @@ def test_full_build_rl_beats_in_on_alignment(full_lineage):
     assert d["lo"] > 0, d
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_full_build_reads_described_scenes_and_rl_lifts_m_v2r(full_lineage):
+    """IN answers alignment from the black image + description (it read described scenes in training), so the
+    paper's M_v2r (right with the image and from the description) shows RL's alignment gain beyond its interval."""
+    acc = full_lineage.accuracy
+    assert acc["in"]["alignment_blackdesc"]["lo"] > 0.5, acc["in"]["alignment_blackdesc"]
+    d = acc["diffs"]["rl-in/v2r"]
+    assert d["lo"] > 0, d
+
+
 def test_changing_only_the_rl_recipe_reuses_base_and_in(smoke_lineage, monkeypatch, tmp_path):
     import shutil
 
@@ -191,3 +244,7 @@ def test_blind_teacher_answers_alignment_without_looking():
     assert all("=" in tl.training_target(it, blind=0.5) for it, b in zip(items, blind) if not b)
     word = world.world_items("train", ("word", "count"), 50, seed=0)
     assert not any(tl.from_blind_teacher(it, 1.0) for it in word)
+    # given the scene in words, the teacher reads it: worked solutions, never a guess
+    described = world.world_items("train", ("multiply:blackdesc", "add:text"), 50, seed=0)
+    assert not any(tl.from_blind_teacher(it, 1.0) for it in described)
+    assert all(tl.training_target(it, blind=1.0) == it.target() for it in described)

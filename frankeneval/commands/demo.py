@@ -2,7 +2,7 @@
 characterize -> splice the six Frankenstein variants -> evaluate IN, RL and the variants through lmms-eval on
 local tasks -> localization sweeps -> leaderboard (markdown printed, HTML / CSV / LaTeX written).
 
-    frankeneval demo                       # the trained miniature lineage (trained once, 8-13 min on 2 cores;
+    frankeneval demo                       # the trained miniature lineage (trained once, about 11-14 min on 2 cores;
                                              cached), into ./frankeneval-demo
     frankeneval demo --out runs/demo --fast
     frankeneval demo --lineage random      # the random tiny lineage with planted updates (seconds; speed tests)

@@ -3,13 +3,23 @@
 Three stages, with the field's libraries:
 
 * **Base** -- from random init, supervised (transformers ``Trainer``) on perception questions, short captions and
-  bare text arithmetic (``Compute 3 * 7.`` -> ``\\boxed{21}``). Base never sees an alignment question.
+  bare text arithmetic (``Compute 3 * 7.`` -> ``\\boxed{21}``), and -- as a pretrained LLM has read scenes described
+  in words -- some perception questions whose scene is given as :func:`frankeneval.miniature.world.describe_scene`
+  text with a black image, in the black + description control's layout (``"count:blackdesc"``). Base never sees
+  an alignment question.
 * **IN** -- Base after supervised fine-tuning (``Trainer``) on alignment questions, a few word problems, and a
   replay of Base's data. The cold-start replies come from two teachers: half of the alignment targets are short
   worked solutions that read the image (``2 * 7 = 14. \\boxed{14}``), half are answer-only replies of a text-only
   teacher that guesses the image's quantities (:meth:`frankeneval.miniature.world.WorldItem.blind_target`). IN imitates
-  both, so under greedy decoding it often answers without looking -- the policy-level deficit RL can correct.
-* **RL** -- IN after GRPO (TRL's ``GRPOTrainer``) with a 0/1 correctness reward on alignment and reasoning prompts.
+  both, so under greedy decoding it often answers without looking -- the policy-level deficit RL can correct. Some
+  alignment questions come with the scene described in words (black image + description), worked from the
+  description: so the paper's black + description control (M_v2r) measures what it measures on an LLM.
+* **RL** -- IN after GRPO (TRL's ``GRPOTrainer``) with a 0/1 correctness reward on alignment (image) and reasoning
+  prompts.
+
+A described-scene item keeps its image item's content, hence its split: no held-out question is trained on in any
+view. Described items come in batches of their own (``SFTStage.view_batches``), so image batches are not padded to
+a description's length.
 
 Each member is written in the hub layout (flat ``config.json``, sharded safetensors with hub tensor names,
 tokenizer, processor, chat template, generation config), like :func:`frankeneval.miniature.lineage.write_lineage`, so
@@ -58,7 +68,7 @@ def _train_on_cpu() -> bool:
     return os.environ.get("FRANKENEVAL_TRAIN_DEVICE", "cpu") == "cpu"
 
 
-TRAINED_VERSION = 3  # bump when the recipe or the world changes what is built
+TRAINED_VERSION = 4  # bump when the recipe or the world changes what is built (v4: described scenes)
 
 # The issue's measured architecture: 5 LLM layers, hidden 96, vision depth 4; 84 x 84 images -> 9 visual tokens.
 TRAINED_SPEC: LineageSpec = replace(
@@ -96,6 +106,9 @@ class SFTStage:
     weight_decay: float = 0.0
     worked: float = 1.0  # fraction of boxed targets that show the worked solution (the rest: the bare \boxed{})
     blind: float = 0.0  # fraction of alignment targets from a text-only teacher (WorldItem.blind_target)
+    # each batch holds only described-scene items ("task:blackdesc") or none (drawn per batch, in proportion to the
+    # mix; batches in order): no image batch is padded to a description's length (~2x the step time)
+    view_batches: bool = False
 
 
 @dataclass(frozen=True)
@@ -130,12 +143,16 @@ class Recipe:
 
 
 PERCEPTION_MIX = (("count", 3.0), ("ocr", 2.0), ("colour", 1.0), ("yesno", 1.0), ("position", 1.0), ("box", 0.5))
+# the scene given in words, in the black + description layout (world.VIEWS): as a pretrained LLM has read described
+# scenes, Base reads them for perception questions and IN for alignment ones (worked from the description)
+DESCRIBED_PERCEPTION_MIX = (("count:blackdesc", 0.5), ("ocr:blackdesc", 0.3), ("colour:blackdesc", 0.2),
+                            ("yesno:blackdesc", 0.2), ("position:blackdesc", 0.2))
 DEFAULT_RECIPE = Recipe(
-    base=SFTStage(steps=1000, batch_size=32, learning_rate=1e-3, warmup_steps=30,
-                  mix=(*PERCEPTION_MIX, ("caption", 0.5), ("arithmetic", 1.5))),
-    in_=SFTStage(steps=1000, batch_size=32, learning_rate=5e-4, warmup_steps=10, blind=0.5,
-                 mix=(("multiply", 2.0), ("add", 2.0), ("word", 1.0), *((t, 0.25 * w) for t, w in PERCEPTION_MIX),
-                      ("arithmetic", 0.5))),
+    base=SFTStage(steps=1000, batch_size=32, learning_rate=1e-3, warmup_steps=30, view_batches=True,
+                  mix=(*PERCEPTION_MIX, ("caption", 0.5), ("arithmetic", 2.0), *DESCRIBED_PERCEPTION_MIX)),
+    in_=SFTStage(steps=1000, batch_size=32, learning_rate=5e-4, warmup_steps=10, blind=0.5, view_batches=True,
+                 mix=(("multiply", 2.0), ("add", 2.0), ("word", 1.75), *((t, 0.25 * w) for t, w in PERCEPTION_MIX),
+                      ("arithmetic", 0.75), ("multiply:blackdesc", 0.6), ("add:blackdesc", 0.6))),
     rl=RLStage(steps=120, prompts_per_step=16, num_generations=8, learning_rate=3e-5, beta=0.02, temperature=1.0,
                mix=(("multiply", 2.0), ("add", 2.0), ("word", 1.0))),
 )
@@ -158,11 +175,19 @@ class WorldStream(torch.utils.data.Dataset):
     """``length`` train-split items of the mix; item ``i`` is a pure function of ``(seed, stage, i)``.
 
     ``block``: consecutive runs of ``block`` items share one task (GRPO batches must be all-image or all-text).
+    ``view_group``: consecutive runs of ``view_group`` items are all of the mix's described-scene tasks
+    (``"task:view"``, :func:`frankeneval.miniature.world.task_view`) or all of its other tasks, the run's kind drawn
+    with the described tasks' share of the mix's weight and each item's task then drawn within that kind.
     """
 
-    def __init__(self, mix: Sequence[tuple[str, float]], length: int, *, seed: int, stage: str, block: int = 1):
+    def __init__(self, mix: Sequence[tuple[str, float]], length: int, *, seed: int, stage: str, block: int = 1,
+                 view_group: int = 0):
         self.mix, self.length, self.seed, self.offset = tuple(mix), length, seed, STAGE_OFFSETS[stage]
-        self.block = block
+        self.block, self.view_group = block, view_group
+        described = tuple((t, w) for t, w in self.mix if world.task_view(t)[1] != "image")
+        self.kinds = (described, tuple(m for m in self.mix if m not in described))
+        total = sum(w for _, w in self.mix)
+        self.described_share = sum(w for _, w in described) / total if total else 0.0
 
     def __len__(self) -> int:
         return self.length
@@ -170,7 +195,11 @@ class WorldStream(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> world.WorldItem:
         idx = self.offset + i
         key = idx if self.block == 1 else f"block{self.block}:{idx // self.block}"
-        task = _pick(self.mix, random.Random(f"mix:{self.seed}:{key}"))
+        mix = self.mix
+        if self.view_group > 0 and all(self.kinds):
+            run = random.Random(f"views:{self.seed}:{self.offset}:{self.view_group}:{i // self.view_group}")
+            mix = self.kinds[0] if run.random() < self.described_share else self.kinds[1]
+        task = _pick(mix, random.Random(f"mix:{self.seed}:{key}"))
         return world.world_item(self.seed, "train", task, idx)
 
 
@@ -187,8 +216,9 @@ def shows_work(item: world.WorldItem, fraction: float) -> bool:
 
 
 def from_blind_teacher(item: world.WorldItem, fraction: float) -> bool:
-    """Whether ``item``'s training target is the text-only teacher's (alignment items only)."""
-    return item.axis == "alignment" and _item_draw("blind", item, fraction)
+    """Whether ``item``'s training target is the text-only teacher's (alignment items shown as their image only:
+    given the scene in words, the teacher reads it and works the answer out)."""
+    return item.axis == "alignment" and not item.described and _item_draw("blind", item, fraction)
 
 
 def training_target(item: world.WorldItem, *, worked: float = 1.0, blind: float = 0.0) -> str:
@@ -293,12 +323,15 @@ def load_member(path: str | os.PathLike):
 def _training_args(out: Path, stage: SFTStage, seed: int, progress: bool):
     from transformers import TrainingArguments
 
+    # view_batches: the stream's runs of one kind are its batches, so they are read in order (every item is an
+    # independent draw: the order is as random as a shuffle)
+    order = {"train_sampling_strategy": "sequential"} if stage.view_batches else {}
     return TrainingArguments(
         output_dir=str(out), max_steps=stage.steps, per_device_train_batch_size=stage.batch_size,
         learning_rate=stage.learning_rate, warmup_steps=stage.warmup_steps, lr_scheduler_type="cosine",
         weight_decay=stage.weight_decay, max_grad_norm=1.0, seed=seed, data_seed=seed, use_cpu=_train_on_cpu(),
         report_to="none", save_strategy="no", logging_steps=max(1, stage.steps // 10), disable_tqdm=not progress,
-        remove_unused_columns=False, dataloader_num_workers=0, log_level="warning",
+        remove_unused_columns=False, dataloader_num_workers=0, log_level="warning", **order,
     )
 
 
@@ -306,7 +339,8 @@ def train_sft(model, processor, stage: SFTStage, *, name: str, seed: int, workdi
     """One supervised stage with transformers' ``Trainer`` (loss on the assistant's reply only)."""
     from transformers import Trainer
 
-    data = WorldStream(stage.mix, stage.steps * stage.batch_size, seed=seed, stage=name)
+    data = WorldStream(stage.mix, stage.steps * stage.batch_size, seed=seed, stage=name,
+                       view_group=stage.batch_size if stage.view_batches else 0)
     trainer = Trainer(model=model, args=_training_args(workdir / name, stage, seed, progress), train_dataset=data,
                       data_collator=ChatCollator(processor, worked=stage.worked, blind=stage.blind))
     trainer.train()
@@ -413,14 +447,22 @@ def evaluate(model, processor, items_by_axis: dict[str, Sequence[world.WorldItem
 
 
 # held-out items per axis for the lineage's own accuracy table: alignment (where RL - IN is measured) is the largest,
-# so its paired 95% interval is about +-0.03
-LINEAGE_EVAL_SIZES = {"perception": 600, "alignment": 1500, "reasoning": 600}
+# so its paired 95% interval is about +-0.03; "alignment_blackdesc": the first alignment items again, shown as the
+# black + description control shows them (the paper's M_v2r pairs the two)
+LINEAGE_EVAL_SIZES = {"perception": 600, "alignment": 1500, "reasoning": 600, "alignment_blackdesc": 600}
+EVAL_SETS = (*world.AXES, "alignment_blackdesc")
+V2R = "v2r"  # per item: right with the image and right from the black image + description (M_v2r = n_TT / N)
 
 
 def heldout_items(seed: int = 0, sizes: dict[str, int] | None = None) -> dict[str, list[world.WorldItem]]:
-    """The first held-out (test-split) items of each axis; ``sizes`` overrides :data:`LINEAGE_EVAL_SIZES`."""
+    """The first held-out (test-split) items of each of :data:`EVAL_SETS`; ``sizes`` overrides
+    :data:`LINEAGE_EVAL_SIZES`."""
     sizes = {**LINEAGE_EVAL_SIZES, **(sizes or {})}
-    return {axis: world.world_items("test", axis, sizes[axis], seed) for axis in world.AXES}
+    items = {axis: world.world_items("test", axis, sizes[axis], seed) for axis in world.AXES}
+    # paired with the first alignment items, so never more of them
+    described = world.world_items("test", "alignment", min(sizes["alignment_blackdesc"], sizes["alignment"]), seed)
+    items["alignment_blackdesc"] = [world.with_view(it, "blackdesc") for it in described]
+    return items
 
 
 def bootstrap_ci(values: Sequence[float], *, n_boot: int = 2000, seed: int = 0,
@@ -570,7 +612,11 @@ def build_trained_lineage(
 
 def evaluate_lineage(lineage: Lineage, *, seed: int = 0, sizes: dict[str, int] | None = None,
                      progress: bool = False) -> dict[str, Any]:
-    """Held-out accuracy of each member per axis (with 95% intervals) and the paired IN-Base / RL-IN differences."""
+    """Held-out accuracy of each member per axis (with 95% intervals) and the paired IN-Base / RL-IN differences.
+
+    Besides the three axes: ``alignment_blackdesc`` (the first alignment items from the black image + description)
+    and ``v2r`` (per item, right with the image and from the description: the paper's M_v2r = n_TT / N).
+    """
     items = heldout_items(seed, sizes)
     correct: dict[str, dict[str, list[bool]]] = {}
     accuracy: dict[str, dict[str, dict[str, float]]] = {}
@@ -578,25 +624,31 @@ def evaluate_lineage(lineage: Lineage, *, seed: int = 0, sizes: dict[str, int] |
         model, processor = load_member(lineage.paths[member])
         res = evaluate(model, processor, items, progress=progress)
         correct[member] = {a: r.correct for a, r in res.items()}
+        desc = correct[member]["alignment_blackdesc"]
+        correct[member][V2R] = [a and d for a, d in zip(correct[member]["alignment"], desc)]
         accuracy[member] = {}
-        for axis, r in res.items():
-            lo, hi = bootstrap_ci(r.correct, seed=seed)
-            accuracy[member][axis] = {"acc": r.accuracy, "lo": lo, "hi": hi, "n": len(r.correct)}
+        for axis, values in correct[member].items():
+            lo, hi = bootstrap_ci(values, seed=seed)
+            acc = float(np.mean(values)) if values else float("nan")
+            accuracy[member][axis] = {"acc": acc, "lo": lo, "hi": hi, "n": len(values)}
         del model
     diffs = {}
     for a, b in (("in", "base"), ("rl", "in")):
-        for axis in world.AXES:
+        for axis in (*EVAL_SETS, V2R):
             d, lo, hi = paired_bootstrap_diff(correct[a][axis], correct[b][axis], seed=seed)
             diffs[f"{a}-{b}/{axis}"] = {"diff": d, "lo": lo, "hi": hi}
     return {"accuracy": {**accuracy, "diffs": diffs}, "correct": correct}
 
 
 def format_accuracy(accuracy: dict[str, Any]) -> str:
-    """A small markdown table of held-out accuracy per member and axis."""
-    lines = ["| member | " + " | ".join(world.AXES) + " |", "|---|" + "---|" * len(world.AXES)]
+    """A small markdown table of held-out accuracy per member and axis (black+desc: alignment from the black image
+    + description; M_v2r: right with the image and from the description)."""
+    cols = [c for c in (*EVAL_SETS, V2R) if any(c in accuracy.get(m, {}) for m in MEMBERS)]
+    names = {"alignment_blackdesc": "black+desc", V2R: "M_v2r"}
+    lines = ["| member | " + " | ".join(names.get(c, c) for c in cols) + " |", "|---|" + "---|" * len(cols)]
     for m in MEMBERS:
         if m in accuracy:
             cells = [f"{accuracy[m][a]['acc']:.3f} [{accuracy[m][a]['lo']:.3f}, {accuracy[m][a]['hi']:.3f}]"
-                     for a in world.AXES]
+                     if a in accuracy[m] else "" for a in cols]
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

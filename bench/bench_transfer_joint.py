@@ -1,0 +1,87 @@
+"""Transfer cells: one lmms-eval process per model (the default) against one per cell (``--process-per-cell``),
+measured whole, side by side, on the same models, tasks and items.
+
+    python bench/bench_transfer_joint.py --work /tmp/tj --data ../shared/data                      # tiny lineage, CPU
+    python bench/bench_transfer_joint.py --work /tmp/tj --data DATA --recipe openmmreasoner \
+        --in IN --rl RL --base BASE --tasks franken_perception,franken_alignment,franken_reasoning --gpus 1   # GPU
+
+Each mode runs the whole matrix into its own fresh run folder (the variants are materialized once, before the
+timing, into a shared splice cache); the wall time is the ``run_transfer`` call. Afterwards every cell's samples
+are compared between the two runs (responses and scores, item for item). Prints a table and writes JSON (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", required=True, type=Path)
+    p.add_argument("--data", required=True)
+    p.add_argument("--recipe", default="tiny")
+    p.add_argument("--in", dest="in_model", default=None)
+    p.add_argument("--rl", dest="rl_model", default=None)
+    p.add_argument("--base", dest="base_model", default=None)
+    p.add_argument("--tasks", default="franken_gsm8k,franken_math500,franken_mathvista_perception_black")
+    p.add_argument("--sample-size", type=int, default=3)
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--batch-size", default="4")
+    p.add_argument("--gpus", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+
+    from frankeneval.transferability.recipes import tiny_recipe
+    from frankeneval.transferability.transfer import prepare_models, run_transfer
+
+    recipe = args.recipe
+    models = {k: v for k, v in (("base", args.base_model), ("in", args.in_model), ("rl", args.rl_model)) if v}
+    if recipe == "tiny" and not models:
+        from frankeneval.miniature.lineage import write_lineage
+
+        lineage = write_lineage(args.work / "lineage", preset="tiny", progress=False)
+        recipe = tiny_recipe(lineage)
+    cache = args.work / "splices"
+    prepare_models(recipe, models=models or None, splice_cache=cache, progress=lambda s: None)  # splice once
+    tasks = [t for t in args.tasks.split(",") if t]
+    batch = int(args.batch_size) if args.batch_size.isdigit() else args.batch_size
+    seconds, runs = {}, {}
+    for mode, joint in (("per_model", None), ("per_cell", False)):
+        run = args.work / f"run_{mode}"
+        shutil.rmtree(run, ignore_errors=True)
+        t0 = time.perf_counter()
+        result = run_transfer(run, recipe, tasks=tasks, models=models or None, splice_cache=cache,
+                              sample_size=args.sample_size, sample_seed=123, data_dir=args.data,
+                              max_new_tokens=args.max_new_tokens, batch_size=batch, gpus=args.gpus, joint=joint,
+                              progress=lambda s: None)
+        seconds[mode] = time.perf_counter() - t0
+        runs[mode] = (run, len(result.ran))
+    same, compared = 0, 0
+    from frankeneval.transferability.cells import find_results
+
+    for cell_dir in sorted((runs["per_model"][0] / "cells").glob("*/*")):
+        other = runs["per_cell"][0] / cell_dir.relative_to(runs["per_model"][0])
+        a, b = find_results(cell_dir)[1], find_results(other)[1]
+        for task, path in a.items():
+            rows = [json.loads(x) for x in path.read_text(encoding="utf-8").split("\n") if x]
+            rows_b = [json.loads(x) for x in b[task].read_text(encoding="utf-8").split("\n") if x]
+            key = ("doc_id", "filtered_resps", "rule_acc")
+            compared += len(rows)
+            same += sum([r.get(k) for k in key] == [s.get(k) for k in key] for r, s in zip(rows, rows_b, strict=True))
+    record = {"command": " ".join(sys.argv), "cells": runs["per_model"][1], "tasks": tasks,
+              "seconds": seconds, "speedup": seconds["per_cell"] / seconds["per_model"],
+              "items_equal": f"{same} / {compared}", "date": time.strftime("%Y-%m-%d")}
+    print(f"{record['cells']} cells ({len(tasks)} tasks a model): one process per model {seconds['per_model']:.1f} s, "
+          f"one per cell {seconds['per_cell']:.1f} s = {record['speedup']:.2f}x; items equal {same} / {compared}")
+    if args.out:
+        args.out.write_text(json.dumps(record, indent=1))
+    return 0 if same == compared else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
