@@ -26,8 +26,12 @@ build hash). --reuse-from RUN takes RUN's finished cells of the same model conte
 settings, hard-linked and recorded as reused with their origin; a cell whose model content, prompt or settings differ
 is run here, saying why. --regrade rules|judge|seed --from RUN scores RUN's stored responses again into --out (a new
 folder) without generating: rules = the judge off, judge = rules first then the judge (--grading paper --judge),
-seed = the reference's grading (--grading seed --judge). --item-time-limit S cuts off an item still generating after
-S seconds (its batch's time; exact with --batch-size 1): counted as timed_out in the report, apart from wrong.
+seed = the reference's grading (--grading seed --judge). API rows (--api-model) are regraded alike from their stored
+responses: no key, no server, no API call (only the judge, when on, is asked). `frankeneval report` marks the cells a
+run did not run itself: † taken by --reuse-from, ‡ re-scored by --regrade, each with a footnote naming the source
+run (and the grading), as the run recorded it (cells.jsonl and each cell's frankeneval_cell.json).
+--item-time-limit S cuts off an item still generating after S seconds (its batch's time; exact with --batch-size 1):
+counted as timed_out in the report, apart from wrong.
 """
 
 from __future__ import annotations
@@ -106,13 +110,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cut off an item still generating after SECONDS (its batch's time: exact with "
                              "--batch-size 1); it is counted as timed_out, apart from wrong (franken_qwen, backend hf)")
     parser.add_argument("--reuse-from", default=None, metavar="RUN",
-                        help="take the finished cells of another transfer run whose model content (fingerprint), "
-                             "task and settings are identical, hard-linked and recorded as reused; the others run")
+                        help="take the finished cells of another transfer run whose model content (fingerprint, "
+                             "not label), task and settings are identical, hard-linked and recorded as reused (the "
+                             "report marks them † with a footnote naming RUN); the others run here, a refused one "
+                             "saying why")
     parser.add_argument("--regrade", choices=("rules", "judge", "seed"), default=None,
                         help="score the stored responses of the run --from RUN again into --out (a new folder), "
                              "without generating: rules = the judge off; judge = rules first, then the judge; seed = "
                              "the reference's grading (the judge decides every item). --grading / --judge / "
-                             "--no-judge override")
+                             "--no-judge override. API rows too: their stored responses, no key, no server, no API "
+                             "call. The report marks every regraded cell ‡ with a footnote naming RUN and the "
+                             "grading")
     parser.add_argument("--from", dest="regrade_from", default=None, metavar="RUN",
                         help="the finished transfer run --regrade re-scores")
     parser.add_argument("--gpus", type=int_arg(0, note="0 = one cell at a time on the visible devices"), default=0,
@@ -155,7 +163,7 @@ def _regrade(args: argparse.Namespace) -> int:
         raise FrankenevalError("--regrade needs --from RUN (the finished transfer run whose responses it re-scores)")
     given = [f for f, v in (("--recipe", args.recipe), ("--variants", args.variants), ("--tasks", args.tasks),
                             ("--cuts", args.cuts), ("--reuse-from", args.reuse_from),
-                            ("--item-time-limit", args.item_time_limit)) if v]
+                            ("--item-time-limit", args.item_time_limit), ("--api-model", args.api_models)) if v]
     if given:
         raise FrankenevalError(f"--regrade re-scores the stored cells of --from as they are; drop {', '.join(given)}")
     result = regrade_run(args.regrade_from, args.out, args.regrade, judge=args.judge, grading_mode=args.grading,

@@ -42,6 +42,7 @@ __all__ = [
     "api_fingerprint",
     "base_env",
     "check_api_access",
+    "cell_origin",
     "cell_record",
     "clear",
     "cut_joint_output",
@@ -162,14 +163,37 @@ def cut_joint_output(joint_dir: Path, cell: Cell, dest: Path, all_tasks: Sequenc
 CELL_STAMP = "frankeneval_cell.json"  # in a finished cell's folder: the content fingerprint of the model it ran
 
 
-def write_cell_stamp(cell_dir: Path, cell: Cell, models: Mapping[str, Mapping[str, Any]]) -> None:
+def write_cell_stamp(cell_dir: Path, cell: Cell, models: Mapping[str, Mapping[str, Any]],
+                     origin: Mapping[str, Any] | None = None) -> None:
     """Record in ``cell_dir`` which model content the cell ran (its ``fingerprint``: ``{"weights": sha}`` of a
-    checkpoint, ``{"splice": build hash}`` of a variant), before the folder is renamed into place."""
+    checkpoint, ``{"splice": build hash}`` of a variant), before the folder is renamed into place; ``origin``: where
+    its answers or scores come from when not from a run of its own here (``{"reused_from": ...}`` of ``--reuse-from``,
+    ``{"regraded_from": ...}`` of ``--regrade``; None: run here), so the origin moves with the folder."""
     from frankeneval.core.results import write_json_atomic
 
+    origin = {k: v for k, v in dict(origin or {}).items() if k in ORIGIN_KEYS and v}
     write_json_atomic(cell_dir / CELL_STAMP, {"model": cell.model, "task": cell.task,
                                               "pretrained": str(models[cell.model]["path"]),
-                                              "fingerprint": models[cell.model].get("fingerprint")}, indent=1)
+                                              "fingerprint": models[cell.model].get("fingerprint"),
+                                              "origin": origin or None}, indent=1)
+
+
+ORIGIN_KEYS = ("reused_from", "regraded_from")  # a cell record's (and stamp's) note of where the cell came from
+
+
+def cell_origin(cell_dir: Path, record: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Where a finished cell came from: ``{"reused_from": {...}}`` (taken from another run, ``--reuse-from``),
+    ``{"regraded_from": {...}}`` (another run's stored responses scored again, ``--regrade``) or ``{}`` (run here).
+    Read from the cell's stamp, which is renamed into place with the cell; a stamp of a frankeneval that did not
+    record it there: from the cell's run-store ``record``."""
+    try:
+        stamp = json.loads((cell_dir / CELL_STAMP).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        stamp = None
+    source = (stamp.get("origin") or {}) if isinstance(stamp, dict) and "origin" in stamp else (record or {})
+    if not isinstance(source, Mapping):
+        return {}
+    return {k: dict(source[k]) for k in ORIGIN_KEYS if isinstance(source.get(k), Mapping)}
 
 
 def finished_cell(cell_dir: Path, fingerprint: Mapping[str, Any] | None, *, label: str = "model",
@@ -412,8 +436,9 @@ def lmms_eval_command(job: CellJob) -> list[str]:
     if job.gen_kwargs:
         cmd += ["--gen_kwargs", job.gen_kwargs]
     if job.lmms_model != "franken_qwen":  # an API class: its plain-text path, where --system_instruction reaches it
-        cmd += ["--force_simple"] + (["--system_instruction", job.system_instruction] if job.system_instruction
-                                     else [])
+        cmd += ["--force_simple"]
+    if job.system_instruction:  # an API row's prompt, in its contexts (also when --regrade replays its responses)
+        cmd += ["--system_instruction", job.system_instruction]
     return cmd
 
 

@@ -40,7 +40,9 @@ run holds a lease on (every run leases the splices it uses until its cells ran: 
 
 **Other runs' cells** (:mod:`.reuse`): ``reuse_from`` takes another run's finished cells of the same model content,
 task and settings instead of running them; ``--regrade`` (:func:`.reuse.regrade_run`) scores a run's stored
-responses again under another grading into a new folder. ``cuts`` (``--cuts``) re-cuts the recipe's variants
+responses again under another grading into a new folder (API rows included: their stored responses, no key and no
+API call). Both record each cell's origin (its record and its stamp), which the report marks. ``cuts`` (``--cuts``)
+re-cuts the recipe's variants
 (:func:`_with_cuts`); ``item_time_limit`` cuts off an item still generating after that many seconds.
 
 **API rows** (``api_models``, ``--api-model LABEL=openai:model_version=gpt-4o``): a GPT or Claude model run through
@@ -357,8 +359,11 @@ def _run_cells(
                       "system_prompt_reason": prompts[label][0].reason} for label, info in models.items()}
     cell_env = cells.base_env(str(data_dir) if data_dir else None, sample_size, sample_seed,
                               bool(data_dir) if offline is None else offline, env)
-    for info in models.values():  # what a cell records and a finished cell must match (cells.finished_cell)
-        if info.get("kind") == "api":  # its identity: class, model version, server host (never the key)
+    replayed = set(_replay or ())  # --regrade: stored responses, no generation (an API row: no key, no server)
+    for label, info in models.items():  # what a cell records and a finished cell must match (cells.finished_cell)
+        if info.get("kind") == "api" and label in replayed and isinstance(info.get("fingerprint"), dict):
+            pass  # the stored row's identity (its server host as it was then), not one read from this environment
+        elif info.get("kind") == "api":  # its identity: class, model version, server host (never the key)
             info["fingerprint"] = cells.api_fingerprint(info, cell_env)
         elif not isinstance(info.get("fingerprint"), dict):
             info["fingerprint"] = _weights_fingerprint(str(info["path"]))
@@ -379,7 +384,8 @@ def _run_cells(
         from frankeneval.transferability.reuse import reuse_cells
 
         job.pending = reuse_cells(job, Path(reuse_from))
-    api_pending = {c.model: models[c.model] for c in job.pending if models[c.model].get("kind") == "api"}
+    api_pending = {c.model: models[c.model] for c in job.pending
+                   if models[c.model].get("kind") == "api" and c.model not in replayed}
     if api_pending and (default_runner or _check_api):  # one line, before any cell starts
         cells.check_api_access(api_pending, job.env)
     if job.pending and default_runner:
@@ -441,8 +447,9 @@ def _pending(job: _CellRun, n_tasks: int) -> list[Cell]:
         res, samples, why = cells.finished_cell(final, job.models[cell.model].get("fingerprint"),
                                                 label=f"{cell.model} model")
         if res is not None and not job.store.done(cell.key):  # renamed into place, not recorded: adopt it
-            job.store.append(cell.key, cell_record(job.run_dir, cell, job.models, res, samples, None,
-                                                   job.prompts[cell.model][0]))
+            record = cell_record(job.run_dir, cell, job.models, res, samples, None, job.prompts[cell.model][0])
+            record.update(cells.cell_origin(final))  # reused / regraded: as its stamp says
+            job.store.append(cell.key, record)
         if res is not None:
             result.skipped.append(cell)
         else:
@@ -558,7 +565,10 @@ class _CellRun:
             if "," in self.replay[cell.model]:
                 raise CellFailed(f"{self.replay[cell.model]!r} contains a comma, which --model_args cannot carry")
             margs += f",replay={self.replay[cell.model]}"
-        return self.job_base(cell, gpu, output_dir, margs, path)
+        job = self.job_base(cell, gpu, output_dir, margs, path)
+        if info.get("kind") == "api":  # a regraded API row: its contexts were asked with the prompt as instruction
+            job.system_instruction = self.prompts[cell.model][0].text or None
+        return job
 
     def _api_job(self, cell: Cell, info: Mapping[str, Any], gpu: int | None, output_dir: Path) -> CellJob:
         """An API row's job: lmms-eval's API class with the row's own model args (no --model-args, no batch size,
@@ -597,7 +607,8 @@ class _CellRun:
         """Stamp a cell's finished ``partial`` folder, rename it into place and record it in the run store
         (``reused_from``: the run it was taken from, :func:`.reuse.reuse_cells`)."""
         final = self.run_dir / cell.relpath()
-        cells.write_cell_stamp(partial, cell, self.models)  # the model content it ran, renamed in with it
+        # the model content it ran (and where it came from: --reuse-from, --regrade), renamed in with it
+        cells.write_cell_stamp(partial, cell, self.models, self.record_extra.get(cell.key))
         cells.clear(final)
         os.replace(partial, final)  # atomic: the cell dir only ever holds a finished lmms-eval output
         res, samples = find_results(final)

@@ -31,6 +31,7 @@ class _Collected:
     models: list[str] = field(default_factory=list)  # in the order first read
     sample_paths: dict[str, dict[str, Path]] = field(default_factory=dict)  # model -> leaf task -> samples file
     prompts: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # model -> [(label, reason)]
+    origins: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)  # (model, leaf) -> (kind, note)
 
 
 def prompt_label(value: Any) -> tuple[str, str]:
@@ -106,7 +107,7 @@ def build_leaderboard(run_dir: str | os.PathLike, *, metrics: Sequence[str] = ME
         raise FrankenevalError(f"{run_dir}: no finished cells yet")
     got = _Collected(missing)
     for rec in records:
-        _read_cell(run_dir, rec, metrics, seed, got)
+        _read_cell(run_dir, rec, metrics, seed, got, manifest)
     order = _row_order(manifest, got)
     models_info = manifest.get("models") or {}
     _manifest_prompts(order, models_info, got.prompts)
@@ -126,6 +127,7 @@ def build_leaderboard(run_dir: str | os.PathLike, *, metrics: Sequence[str] = ME
         seed=seed,
         skipped=[dict(x) for x in manifest.get("skipped_inputs") or [] if isinstance(x, dict)],
     )
+    board.origins, board.origin_notes = _origin_marks(got.origins, order)
     fill_deltas_and_best(board)
     fill_paper(board, got.sample_paths, paper_metric)
     return board
@@ -142,9 +144,14 @@ def _manifest(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
-def _read_cell(run_dir: Path, rec: dict[str, Any], metrics: Sequence[str], seed: int, got: _Collected) -> None:
-    """Add one finished cell's prompt, samples files and entries to ``got``."""
+def _read_cell(run_dir: Path, rec: dict[str, Any], metrics: Sequence[str], seed: int, got: _Collected,
+               manifest: dict[str, Any] | None = None) -> None:
+    """Add one finished cell's prompt, samples files, entries and origin (reused / regraded) to ``got``."""
+    from frankeneval.transferability.cells import cell_origin
+    from frankeneval.transferability.manifest import Cell
+
     model = str(rec["model"])
+    note = origin_note(cell_origin(run_dir / Cell(model, str(rec["task"])).relpath(), rec), manifest or {})
     label = prompt_label(rec.get("system_prompt"))
     if label[0] and label not in got.prompts.setdefault(model, []):
         got.prompts[model].append(label)
@@ -159,6 +166,8 @@ def _read_cell(run_dir: Path, rec: dict[str, Any], metrics: Sequence[str], seed:
             if entry is not None:
                 got.entries[(model, task, metric)] = entry
                 got.tasks.add(task)
+                if note is not None:
+                    got.origins[(model, task)] = note
     if model not in got.models:
         got.models.append(model)
 
@@ -211,3 +220,60 @@ def _manifest_prompts(order: list[str], models_info: dict[str, Any], prompts: di
         label = prompt_label(info.get("system_prompt"))
         if not prompts.get(m) and label[0]:
             prompts[m] = [(label[0], label[1] or str(info.get("system_prompt_reason") or ""))]
+
+
+# -- cells not run here: --reuse-from and --regrade, as the run recorded them ----------------------------------------
+ORIGIN_SYMBOLS = {"reused": "†", "regraded": "‡"}
+
+
+def grading_words(mode: Any, judge: Any) -> str:
+    """A grading setting in words: ``paper`` / ``seed`` with the judge on or off (None: as the environment set it)."""
+    if mode == "seed":
+        return {True: "the reference's grading, the judge deciding every item", False: "the reference's rules, "
+                "no judge"}.get(judge, "the reference's grading, the judge as the environment set it")
+    return {True: "rules first, then the judge", False: "rules only, no judge"}.get(
+        judge, f"grading {mode or 'paper'}, the judge as the environment set it")
+
+
+def origin_note(origin: dict[str, Any], manifest: dict[str, Any]) -> tuple[str, str] | None:
+    """(kind, footnote) of a cell's recorded origin (:func:`frankeneval.transferability.cells.cell_origin`): kind
+    ``reused`` (``--reuse-from``) or ``regraded`` (``--regrade``); None for a cell run here."""
+    reused, regraded = origin.get("reused_from"), origin.get("regraded_from")
+    if reused and reused.get("run"):
+        text = f"taken from the run {reused['run']} by --reuse-from (the same model content, task and settings; " \
+               "not run here)"
+        if reused.get("first_run"):
+            text += f"; that run had taken it from {reused['first_run']}"
+        return "reused", text
+    if regraded and regraded.get("run"):
+        settings = regraded.get("settings") or (manifest.get("regraded_from") or {}).get("settings") or {}
+        if not settings:  # a regrade recorded before the cells named it: the run's own settings are the regrade's
+            settings = manifest.get("settings") or {}
+        grading = regraded.get("grading")
+        text = (f"re-scored by --regrade{' ' + str(grading) if grading else ''} "
+                f"({grading_words(settings.get('grading'), settings.get('judge'))}) from the responses stored in the "
+                f"run {regraded['run']}")
+        stored = regraded.get("stored_settings")
+        if isinstance(stored, dict) and stored.get("grading"):
+            text += f" (graded there with {grading_words(stored.get('grading'), stored.get('judge'))})"
+        if regraded.get("responses_from"):
+            text += f", generated by the run {regraded['responses_from']}"
+        return "regraded", text + "; nothing generated"
+    return None
+
+
+def _origin_marks(origins: dict[tuple[str, str], tuple[str, str]],
+                  order: Sequence[str]) -> tuple[dict[tuple[str, str], str], dict[str, str]]:
+    """The marks of the reused / regraded entries and their footnotes: one mark per distinct footnote, ``†`` reused,
+    ``‡`` regraded, numbered (``†1``, ``†2``) when a kind has several."""
+    rank = {m: i for i, m in enumerate(order)}
+    notes: dict[tuple[str, str], None] = {}
+    for key in sorted(origins, key=lambda k: (rank.get(k[0], len(rank)), k[1])):
+        notes.setdefault(origins[key], None)
+    marks: dict[tuple[str, str], str] = {}
+    for kind, symbol in ORIGIN_SYMBOLS.items():
+        of_kind = [n for n in notes if n[0] == kind]
+        for i, note in enumerate(of_kind, 1):
+            marks[note] = symbol + (str(i) if len(of_kind) > 1 else "")
+    return ({k: marks[v] for k, v in origins.items()},
+            {marks[n]: n[1] for kind in ORIGIN_SYMBOLS for n in notes if n[0] == kind})

@@ -60,6 +60,10 @@ class Leaderboard:
     prompt_reasons: dict[str, str] = field(default_factory=dict)  # row -> why that prompt (when recorded)
     seed: int = 0
     skipped: list[dict] = field(default_factory=list)  # inputs left out as broken (transfer --skip-broken)
+    # cells not run here, as their runs recorded it: (row, leaf task) -> mark ("†" reused, "‡" regraded, numbered
+    # when there are several sources); mark -> its footnote (the source run and, for a regrade, the grading)
+    origins: dict[tuple[str, str], str] = field(default_factory=dict)
+    origin_notes: dict[str, str] = field(default_factory=dict)
 
     def get(self, row: str, column: str, metric: str) -> Entry | None:
         return self.entries.get((row, column, metric))
@@ -69,6 +73,16 @@ class Leaderboard:
 
     def prompt(self, row: str) -> str:
         return self.prompts.get(row) or "—"
+
+    def origin_marks(self, row: str, *tasks: str | None) -> list[str]:
+        """The marks of the cells behind ``row`` x ``tasks`` (a leaderboard entry: one task; a paper cell: the task
+        and its control) that were reused or regraded, in footnote order; [] when every one was run here."""
+        marks = {self.origins.get((row, t)) for t in tasks if t}
+        return [m for m in self.origin_notes if m in marks]
+
+    def origin_mark(self, row: str, *tasks: str | None) -> str:
+        """:meth:`origin_marks` as one text ("" when none)."""
+        return "".join(self.origin_marks(row, *tasks))
 
     def splits(self) -> list[str]:
         return list(dict.fromkeys(p.split for p in self.parts))

@@ -13,7 +13,8 @@ CSV_FIELDS = ["table", "model", "kind", "prompt", "prompt_reason", "description"
               "task", "control_task", "condition", "correctness", "metric", "value", "ci_low", "ci_high", "n",
               "excluded", "excluded_unscored", "excluded_unpaired", "delta_in", "delta_in_ci_low", "delta_in_ci_high",
               "delta_in_n", "delta_rl", "best", "judge_errors", "hit_limit", "timed_out", "acc_a", "acc_b", "delta",
-              "n_tt", "n_tf", "n_ft", "n_ff", "net_gain", "side_effect_rate", "lift_rate", "m_vis", "m_v2r"]
+              "n_tt", "n_tf", "n_ft", "n_ff", "net_gain", "side_effect_rate", "lift_rate", "m_vis", "m_v2r",
+              "origin", "origin_note"]
 
 
 def paper_csv_rows(board: Leaderboard) -> list[dict[str, Any]]:
@@ -29,6 +30,7 @@ def paper_csv_rows(board: Leaderboard) -> list[dict[str, Any]]:
                     "prompt_reason": board.prompt_reasons.get(row, ""), "split": part.split,
                     "dimension": part.dimension, "task": part.a, "control_task": part.b or "",
                     "correctness": board.paper_metric}
+            base.update(_origin(board, row, part.a, part.b))
             out.append({"table": "paper", **base, "metric": part.metric, "value": _num(ind.value),
                         "ci_low": _num(ind.ci[0] if ind.ci else None), "ci_high": _num(ind.ci[1] if ind.ci else None),
                         "n": ind.n, "excluded": ind.excluded,
@@ -69,8 +71,16 @@ def to_csv(board: Leaderboard) -> str:
                             "delta_rl": _num(e.delta_rl), "best": int(e.best),
                             "judge_errors": "" if e.errors is None else e.errors,
                             "hit_limit": "" if e.hit_limit is None else e.hit_limit,
-                            "timed_out": "" if e.timed_out is None else e.timed_out})
+                            "timed_out": "" if e.timed_out is None else e.timed_out,
+                            **_origin(board, row, c.key)})
     return buf.getvalue()
+
+
+def _origin(board: Leaderboard, row: str, *tasks: str | None) -> dict[str, str]:
+    """``origin`` (the marks: ``†`` reused by --reuse-from, ``‡`` regraded by --regrade; "" run here) and
+    ``origin_note`` (their footnotes) of the cells behind a row."""
+    marks = board.origin_marks(row, *tasks)
+    return {"origin": " ".join(marks), "origin_note": " | ".join(f"{m} {board.origin_notes[m]}" for m in marks)}
 
 
 def _num(x: float | None) -> str:

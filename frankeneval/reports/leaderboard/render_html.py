@@ -14,6 +14,8 @@ from frankeneval.reports.leaderboard.text import (
     legend,
     missing_note,
     n_of,
+    origin_legend,
+    origin_note_lines,
     pair_label,
     paper_legend,
     paper_n,
@@ -49,7 +51,8 @@ def paper_html(board: Leaderboard) -> list[str]:
                               f"<td class='desc' title='{esc(reason)}'>{esc(board.prompt(row))}</td>")
             for p in parts:
                 pp = paper_parts(board, row, p)
-                parts_html += [f"<td>{esc(x)}</td>" for x in (pp or ("–", "–"))]
+                mark = _mark(board, row, p.a, p.b) if pp else ""
+                parts_html += [f"<td>{esc(x)}{mark if i == 0 else ''}</td>" for i, x in enumerate(pp or ("–", "–"))]
             parts_html.append("</tr>")
         parts_html.append("</tbody></table>")
     trans = transition_rows(board)
@@ -62,10 +65,17 @@ def paper_html(board: Leaderboard) -> list[str]:
         for row, part, vals in trans:
             parts_html.append(f"<tr><td class='model'>{esc(board.row_label(row))}</td><td class='desc'>"
                               f"{esc(board.prompt(row))}</td><td class='desc'>{esc(part.split)}</td><td class='desc'>"
-                              f"{esc(part.dimension)} ({esc(pair_label(part))})</td>"
+                              f"{esc(part.dimension)} ({esc(pair_label(part))})"
+                              f"{_mark(board, row, part.a, part.b)}</td>"
                               + "".join(f"<td>{esc(v)}</td>" for v in vals) + "</tr>")
         parts_html.append("</tbody></table>")
     return parts_html
+
+
+def _mark(board: Leaderboard, row: str, *tasks: str | None) -> str:
+    """The superscript marks of a reused / regraded cell, each with its footnote as the tooltip."""
+    return "".join(f"<sup class='origin' title='{html.escape(board.origin_notes[m])}'>{html.escape(m)}</sup>"
+                   for m in board.origin_marks(row, *tasks))
 
 
 def _data_uri(png: bytes) -> str:
@@ -79,7 +89,7 @@ table{border-collapse:collapse;margin:12px 0;font-size:14px}
 th,td{border:1px solid #c9c9c9;padding:6px 10px;text-align:right;vertical-align:top}
 th{background:#eef1f6}td.model,th.model{text-align:left;font-weight:600}td.desc{text-align:left;color:#555;font-size:12px}
 td.best,tr.ref td.best{background:#e3f4e1;font-weight:700}\
-span.ci,span.delta{display:block;font-size:11px;color:#666;font-weight:400}
+span.ci,span.delta{display:block;font-size:11px;color:#666;font-weight:400}sup.origin{color:#8a4b00;cursor:help}
 tr.ref td{background:#fafafa}figure{display:inline-block;margin:8px;vertical-align:top}
 figure img{max-width:560px;border:1px solid #ddd}figcaption{font-size:12px;color:#555}
 """
@@ -91,6 +101,9 @@ def to_html(board: Leaderboard, plots: Sequence[Path] = (), chart_png: bytes | N
              f"<title>{esc(title(board))}</title><style>{_CSS}</style></head><body>",
              f"<h1>{esc(title(board))}</h1>"]
     parts += [f'<p class="missing">{esc(note)}</p>' for note in (missing_note(board), skipped_note(board)) if note]
+    if origin_legend(board):
+        parts += [f'<p class="origin">{esc(origin_legend(board))}</p>', '<ul class="origin">']
+        parts += [f"<li>{esc(n)}</li>" for n in origin_note_lines(board)] + ["</ul>"]
     parts += paper_html(board)
     if board.metrics:
         parts += ["<h2>Leaderboard</h2>", f'<p class="legend">{esc(legend())}</p>']
@@ -115,7 +128,8 @@ def to_html(board: Leaderboard, plots: Sequence[Path] = (), chart_png: bytes | N
                     continue
                 score, ci, deltas = cp
                 td = ' class="best"' if e.best else ""
-                parts.append(f"<td{td}>{esc(score)}<span class='ci'>{esc(ci)}</span>"
+                parts.append(f"<td{td}>{esc(score)}{_mark(board, row, c.key)}"
+                             f"<span class='ci'>{esc(ci)}</span>"
                              f"<span class='delta'>{esc(deltas)}</span></td>")
             parts.append("</tr>")
         parts.append("</tbody></table>")

@@ -9,6 +9,8 @@ from frankeneval.reports.leaderboard.text import (
     legend,
     missing_note,
     n_of,
+    origin_legend,
+    origin_note_lines,
     pair_label,
     paper_legend,
     paper_n,
@@ -38,7 +40,8 @@ def paper_markdown(board: Leaderboard) -> list[str]:
             cells = []
             for p in parts:
                 pp = paper_parts(board, row, p)
-                cells += list(pp) if pp else ["–", "–"]
+                mark = board.origin_mark(row, p.a, p.b) if pp else ""
+                cells += [pp[0] + mark, pp[1]] if pp else ["–", "–"]
             if all(c == "–" for c in cells):
                 continue
             lines.append(f"| {board.row_label(row)} | {board.prompt(row)} | " + " | ".join(cells) + " |")
@@ -50,7 +53,7 @@ def paper_markdown(board: Leaderboard) -> list[str]:
                   "|---|---|---|---|" + "---:|" * len(TRANSITION_HEADS)]
         for row, part, vals in trans:
             lines.append(f"| {board.row_label(row)} | {board.prompt(row)} | {part.split} | {part.dimension} "
-                         f"({pair_label(part)}) | " + " | ".join(vals) + " |")
+                         f"({pair_label(part)}){board.origin_mark(row, part.a, part.b)} | " + " | ".join(vals) + " |")
         lines.append("")
     return lines
 
@@ -60,6 +63,8 @@ def to_markdown(board: Leaderboard) -> str:
     for note in (missing_note(board), skipped_note(board)):
         if note:
             lines += [f"**{note}**", ""]
+    if origin_legend(board):
+        lines += [f"**{origin_legend(board)}**", ""] + [f"- {n}" for n in origin_note_lines(board)] + [""]
     lines += paper_markdown(board)
     lines += ["## Leaderboard", "", legend(), ""]
     for metric in board.metrics:
@@ -79,6 +84,7 @@ def to_markdown(board: Leaderboard) -> str:
                 score, ci, deltas = parts
                 e = board.get(row, c.key, metric)
                 score = f"**{score}**" if e and e.best else score
+                score += board.origin_mark(row, c.key)
                 cells.append(" ".join(x for x in (score, ci, f"({deltas})" if deltas else "") if x))
             desc = board.descriptions.get(row, "") if board.kinds.get(row) == "variant" else ""
             lines.append(f"| {board.row_label(row)} | {desc.replace('|', '/')} | {board.prompt(row)} | "

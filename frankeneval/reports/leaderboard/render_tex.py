@@ -8,6 +8,8 @@ from frankeneval.reports.leaderboard.text import (
     legend,
     missing_note,
     n_of,
+    origin_legend,
+    origin_note_lines,
     pair_label,
     paper_n,
     paper_parts,
@@ -34,12 +36,13 @@ def paper_latex(board: Leaderboard) -> list[str]:
             cells = []
             for p in parts:
                 pp = paper_parts(board, row, p)
-                cells += [_tex(x) for x in pp] if pp else ["--", "--"]
+                cells += [_tex(pp[0]) + _marks(board, row, p.a, p.b), _tex(pp[1])] if pp else ["--", "--"]
             out.append(f"{_tex(board.row_label(row))} & {_tex(board.prompt(row))} & " + " & ".join(cells) + r" \\")
         caption = (f"{_tex(split_title(split))}: M\\_vis = $n_{{TF}}/N$ (perception), M\\_v2r = $n_{{TT}}/N$ "
                    "(alignment, vision+reasoning), M\\_rea = accuracy (reasoning), in \\% with 95\\% bootstrap "
                    "intervals over items; $\\Delta$IN: difference to IN in points with a paired bootstrap interval; "
                    f"per-item correctness: {_tex(board.paper_metric)}.")
+        caption += _notes_caption(board)
         out += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", rf"\label{{tab:paper-{split}}}",
                 r"\end{table}", ""]
     trans = transition_rows(board)
@@ -49,11 +52,33 @@ def paper_latex(board: Leaderboard) -> list[str]:
                 "Model & Prompt & Split & Part & "
                 + " & ".join(_tex(h).replace("Δ", "$\\Delta$") for h in TRANSITION_HEADS) + r" \\", r"\midrule"]
         for row, part, vals in trans:
-            out.append(" & ".join(_tex(x) for x in (board.row_label(row), board.prompt(row), part.split,
-                                                    f"{part.dimension} ({pair_label(part)})", *vals)) + r" \\")
-        out += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{_tex(transitions_legend())}}}",
+            out.append(" & ".join([*(_tex(x) for x in (board.row_label(row), board.prompt(row), part.split)),
+                                   _tex(f"{part.dimension} ({pair_label(part)})") + _marks(board, row, part.a, part.b),
+                                   *(_tex(x) for x in vals)]) + r" \\")
+        out += [r"\bottomrule", r"\end{tabular}",
+                rf"\caption{{{_tex(transitions_legend())}{_notes_caption(board)}}}",
                 r"\label{tab:transitions}", r"\end{table}", ""]
     return out
+
+
+_TEX_SYMBOLS = {"†": r"\dag{}", "‡": r"\ddag{}"}
+
+
+def _tex_mark(mark: str) -> str:
+    return "".join(_TEX_SYMBOLS.get(ch, ch) for ch in mark)
+
+
+def _marks(board: Leaderboard, row: str, *tasks: str | None) -> str:
+    """The reused / regraded marks of a cell as a superscript ("" when it was run here)."""
+    marks = board.origin_marks(row, *tasks)
+    return rf"\textsuperscript{{{','.join(_tex_mark(m) for m in marks)}}}" if marks else ""
+
+
+def _notes_caption(board: Leaderboard) -> str:
+    """The footnotes of the marked cells, for a caption ("" when none)."""
+    if not board.origin_notes:
+        return ""
+    return " " + " ".join(f"{_tex_mark(m)}\\,{_tex(t)}." for m, t in board.origin_notes.items())
 
 
 def _tex(text: str) -> str:
@@ -65,6 +90,7 @@ def _tex(text: str) -> str:
 def to_latex(board: Leaderboard) -> str:
     out = [f"% {title(board)}", "% " + legend(), "% needs \\usepackage{booktabs}"]
     out += ["% " + note for note in (missing_note(board), skipped_note(board)) if note]
+    out += ["% " + note for note in ([origin_legend(board)] + origin_note_lines(board) if origin_legend(board) else [])]
     out += paper_latex(board)
     for metric in board.metrics:
         cols = board.columns
@@ -90,10 +116,11 @@ def to_latex(board: Leaderboard) -> str:
                 if row != "rl" and e.delta_rl is not None:
                     d.append(rf"{pct(e.delta_rl, True)}")
                 dd = rf" {{\scriptsize({'/'.join(d)})}}" if d else ""
-                cells.append(f"{v}\\,{ci}{dd}")
+                cells.append(f"{v}{_marks(board, row, c.key)}\\,{ci}{dd}")
             out.append(_tex(board.row_label(row)) + " & " + " & ".join(cells) + r" \\")
         caption = (f"{METRIC_LABELS.get(metric, metric)} accuracy (\\%) with 95\\% bootstrap intervals; "
-                   "in brackets the difference to IN / RL in points; best per column in bold.")
+                   "in brackets the difference to IN / RL in points; best per column in bold."
+                   + _notes_caption(board))
         out += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}",
                 rf"\label{{tab:transfer-{metric.replace('_', '-')}}}", r"\end{table}", ""]
     return "\n".join(out)

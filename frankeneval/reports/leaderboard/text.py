@@ -180,3 +180,17 @@ def description_note(board: Leaderboard, show: int = 10) -> str | None:
     more = f"; ... {len(left) - show} more in transfer.json" if len(left) > show else ""
     return (f"Left out of black + description, no description ({len(left)}; not given another kind of "
             "description): " + "; ".join(items) + more)
+
+
+def origin_note_lines(board: Leaderboard) -> list[str]:
+    """The footnotes of the marked cells: ``† taken from the run ... by --reuse-from ...``, ``‡ re-scored by
+    --regrade ...``; [] when every cell was run here."""
+    return [f"{mark} {text}" for mark, text in board.origin_notes.items()]
+
+
+def origin_legend(board: Leaderboard) -> str | None:
+    """One line introducing the footnotes, or None when no cell is marked."""
+    if not board.origin_notes:
+        return None
+    return ("Cells not run here (marked beside their score; the paper table's cells and the transitions are marked "
+            "when the task or its control is):")
