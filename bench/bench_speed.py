@@ -12,7 +12,8 @@ vision_probes/ (the FRANKENEVAL_DATA layout, e.g. ../shared/data). Parts (--part
 
 generator  --n-prompts prompts (64), each one --image-size px image (336, random pixels, fixed seed) and a short
            text, exactly --max-new-tokens new tokens (128; EOS ignored, greedy), bf16. Side by side in one process:
-           (a) Generator decode="auto", batch 64; (b) Generator decode="hf", batch 64; (c) plain transformers
+           (a) Generator decode="auto", batch 64; (a3) decode="compiled" (the step torch.compile-d; its cold call
+           compiles; on CPU only with --compiled); (b) Generator decode="hf", batch 64; (c) plain transformers
            model.generate(**gen.encode(requests), max_new_tokens, do_sample=False, min_new_tokens=max_new_tokens);
            (d) Generator decode="auto", batch_size="auto" on --auto-prompts prompts (512; where auto starts: the
            Generator's own max_batch_size unless --auto-max-batch-size), reporting the batch size it settled on.
@@ -219,6 +220,8 @@ def bench_generator(gen, args, weights: dict) -> dict:
     via_generator("auto_fresh", f'(a2) Generator decode="auto", batch {bs}, prompts encoded in the call', "auto",
                   reqs, bs, fresh=True)
     via_generator("hf", f'(b) Generator decode="hf", batch {bs}', "hf", reqs, bs)
+    if not args.cpu_smoke or args.compiled:  # the compiled step (its cold call compiles it; reported apart)
+        via_generator("compiled", f'(a3) Generator decode="compiled", batch {bs}', "compiled", reqs, bs)
 
     # (c) plain transformers on the same inputs (the Generator's own encoding, one batch)
     inputs, enc_s = timed(lambda: gen.encode(reqs))
@@ -256,7 +259,9 @@ def bench_generator(gen, args, weights: dict) -> dict:
     # the same greedy tokens? (bf16: batched kernels may round differently; reported, not required)
     order = range(n)
     agree = {}
-    for a, b in (("auto", "hf"), ("hf", "plain"), ("auto", "plain")):
+    for a, b in (("auto", "hf"), ("hf", "plain"), ("auto", "plain"), ("auto", "compiled")):
+        if a not in outs or b not in outs:
+            continue
         eq = sum(outs[a][i] == outs[b][i] for i in order)
         agree[f"{a}_vs_{b}"] = {"equal_rows": eq, "rows": n,
                                 "min_common_prefix": min(common_prefix(outs[a][i], outs[b][i]) for i in order)}
@@ -514,6 +519,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=None, help="data folder with gsm8k/test.jsonl and vision_probes/")
     ap.add_argument("--out", type=Path, required=True, help="JSON results (rewritten after every part)")
     ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    ap.add_argument("--compiled", action="store_true", help="with --cpu-smoke: also decode=\"compiled\" (slow to "
+                    "compile on a CPU; always measured on a GPU)")
     ap.add_argument("--cpu-smoke", action="store_true",
                     help="run on the CPU on purpose with tiny sizes (a plumbing check, never a measurement)")
     ap.add_argument("--seed", type=int, default=0, help="lineage seed and image pixels (default 0)")

@@ -8,7 +8,8 @@ Model args: ``pretrained`` (dir or hub id) or ``splice`` (a merge spec file or b
 materialized once into a cache dir by ``frankeneval.transferability.splice.materialize_cached``), ``dtype`` (auto),
 ``device``, ``device_map``, ``attn_implementation``, ``batch_size`` (int or ``auto``), ``max_batch_size`` (default: 64
 rows, on a GPU as many as a quarter of its free memory holds), ``decode`` (``auto``: greedy rows decode with the
-static-cache decoder, CUDA graphs on GPU; ``hf``: ``model.generate`` for everything), ``max_pixels``, ``min_pixels``,
+static-cache decoder, CUDA graphs on GPU; ``compiled``: the same, its step ``torch.compile``-d; ``hf``:
+``model.generate`` for everything), ``max_pixels``, ``min_pixels``,
 ``max_new_tokens`` (default when the task sets none), ``intervention``
 (``frankeneval.engine.interventions.parse_intervention_spec``: ``ablate:12``, ``ablate:3-5``, ``ablate:3+7``,
 ``ablate:late``, ``swapkv:<L>:<image>``; unified LLM layers 1-n as everywhere in frankeneval, so ``ablate:12`` is

@@ -73,9 +73,11 @@ def add_generator_arguments(parser: argparse.ArgumentParser, *, batch_size: int,
     parser.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if present)")
     parser.add_argument("--attn-implementation", default=None,
                         help="sdpa | eager | flash_attention_2 (default: the model's)")
-    parser.add_argument("--decode", choices=("auto", "hf"), default="auto",
+    parser.add_argument("--decode", choices=("auto", "compiled", "hf"), default="auto",
                         help="auto: greedy rows decode with the static-cache decoder (CUDA graphs on a GPU); "
-                             "hf: transformers' generate for everything (default auto; same tokens in float32)")
+                             "compiled: the same with its step torch.compile-d (fused kernels; the first call "
+                             "compiles; bfloat16 tokens may differ from auto's at near-ties); hf: transformers' "
+                             "generate for everything (default auto; auto and hf give the same tokens in float32)")
     parser.add_argument("--max-pixels", type=positive_int, default=None,
                         help="processor max_pixels, >= 1 (default: the processor's)")
     parser.add_argument("--allow-pickle", action="store_true",

@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         members, prompts, args.out, load=lambda path: load_generator(args, path), max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size, system_prompt=system_prompt_setting(args), instruction=not args.plain,
         progress=not args.no_progress, meta={"samples": args.samples, "seed": args.seed, "data": str(source)},
-        skipped=skipped,
+        skipped=skipped, decode=args.decode,
     )
     print(format_attention_table(results))
     png = plot_attention_shift(results, Path(args.out) / "attention_shift.png")

@@ -27,11 +27,11 @@ class ContinuousDecoder(StaticDecoder):
     CHECK_EVERY = 16  # decode steps between two harvests
 
     def __init__(self, model, *, rows: int, prompt_len: int, max_new_tokens: int, device, dtype,
-                 check_every: int | None = None, use_graph: bool | None = None):
+                 check_every: int | None = None, use_graph: bool | None = None, compile_step: bool = False):
         check_every = check_every or self.CHECK_EVERY
         # a row may run up to check_every tokens past its budget before it is harvested: room for them in ``out``
         super().__init__(model, rows=rows, prompt_len=prompt_len, max_new_tokens=max_new_tokens + check_every + 1,
-                         device=device, dtype=dtype, use_graph=use_graph)
+                         device=device, dtype=dtype, use_graph=use_graph, compile_step=compile_step)
         self.check_every = check_every
         self.start = [prompt_len] * rows  # the first slot of each row's content (host)
         self.live: set[int] = set()

@@ -15,7 +15,12 @@ the text model alone (after the prefill no image is involved):
   (:class:`~frankeneval.engine.interventions.RowPlan`) through the same
   :func:`~frankeneval.engine.interventions.keep_mask` the hooked forward applies;
 * on CUDA the whole step (embedding, 28 layers, lm_head, argmax, cache write) is captured once in a CUDA graph and
-  replayed, so a step costs one launch instead of ~600; on CPU the same code runs eagerly (what the tests compare).
+  replayed, so a step costs one launch instead of ~600; on CPU the same code runs eagerly (what the tests compare);
+* ``compile_step=True`` (the Generator's ``decode="compiled"``): the step is ``torch.compile``-d first (Inductor fuses
+  its elementwise work: the RMSNorms, rope, SiLU x up, residual adds, the masks), then captured in the same CUDA
+  graph. One compiled graph serves every decoder (shapes become dynamic after the first recompile); the first call
+  pays the compilation. Fused kernels round differently from the eager ones: float32 gives the same tokens (tests),
+  bfloat16 may differ at near-ties, so it is a mode of its own, recorded like ``hf``.
 
 Every projection, norm, rotary table and MLP is the model's own module (the weights are never copied), so a
 spliced or ablated checkpoint decodes exactly as loaded. Attention capture (``CaptureAttention``): each step's
@@ -69,7 +74,7 @@ class StaticDecoder:
     GROW_TOKENS = 512  # new-token slots allocated at first; the cache doubles from there when needed
 
     def __init__(self, model, *, rows: int, prompt_len: int, max_new_tokens: int, device, dtype,
-                 use_graph: bool | None = None):
+                 use_graph: bool | None = None, compile_step: bool = False):
         from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import rotate_half  # the model's own rope maths
 
         self.rotate_half = rotate_half
@@ -110,6 +115,8 @@ class StaticDecoder:
         self.visual_slots = torch.zeros(rows, length, dtype=torch.bool, device=device)
         self.mass: torch.Tensor | None = None  # (captured layers, rows, heads, 1 + new-token slots), float32
         self.mass_index: dict[int, int] = {}  # decoder layer -> its row in ``mass``
+        if compile_step:  # the instance's step, compiled (Dynamo caches by code object: compiled once per process)
+            self._step = torch.compile(self._step)
 
     @staticmethod
     def cache_bytes(model, rows: int, length: int) -> int:

@@ -21,6 +21,8 @@ wrapper and the analyses (localization sweeps, transfer).
   image is encoded once (:class:`frankeneval.engine.encoding.PromptEncoder`), ``prefill_tokens`` prompt tokens per
   prefill forward; sampling, repetition penalty, attention capture and the seed-compatible swap use
   ``model.generate``, as does ``decode="hf"`` for everything. Both give the same tokens (tests, float32).
+  ``decode="compiled"``: the static path with its decode step ``torch.compile``-d (fused elementwise work inside
+  the CUDA graph; the first call compiles; float32 tokens equal ``auto``'s, bfloat16 may differ at near-ties).
   ``profile=True``: the static path's encode (of it: processor, vision tower) / prefill / decode seconds add up in
   ``timings``.
 * ``interventions``: one entry per request (see ``frankeneval.engine.interventions``); ``CaptureAttention`` results
@@ -65,7 +67,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_BATCH_SIZE = 64  # rows per call when the memory does not say more (CPU, or model.generate)
 MAX_AUTO_ROWS = 1024  # the most rows batch_size="auto" starts at on a GPU
 DEFAULT_PREFILL_TOKENS = 32768  # prompt tokens per prefill forward of the static decoder (rows = this // prompt length)
-DECODE_MODES = ("auto", "hf")
+DECODE_MODES = ("auto", "compiled", "hf")
 
 
 @dataclass
@@ -339,7 +341,8 @@ class Generator:
 
     @property
     def decode(self) -> str:
-        """``auto``: the static decoder for greedy rows (module docstring); ``hf``: ``model.generate`` for all."""
+        """``auto``: the static decoder for greedy rows (module docstring); ``compiled``: the same with its step
+        ``torch.compile``-d (:class:`StaticDecoder`'s ``compile_step``); ``hf``: ``model.generate`` for all."""
         return self._decode
 
     @decode.setter
@@ -351,8 +354,9 @@ class Generator:
 
     @property
     def _static_path(self) -> bool:
-        """``decode="auto"`` and a model the static decoder knows, on one device (the static path's own condition)."""
-        if self._decode != "auto":
+        """``decode="auto"`` (or ``"compiled"``) and a model the static decoder knows, on one device (the static path's
+        own condition)."""
+        if self._decode not in ("auto", "compiled"):
             return False
         if self._static_layout is None:  # the model does not change: decided once
             one_device = len({str(d) for d in getattr(self.model, "hf_device_map", {}).values()}) <= 1
@@ -693,7 +697,8 @@ class Generator:
         group = self._encode_group(requests, rows)
         embed = self.model.get_input_embeddings()
         decoder = StaticDecoder(self.model, rows=len(requests), prompt_len=group.slots, max_new_tokens=max_new_tokens,
-                                device=embed.weight.device, dtype=embed.weight.dtype)
+                                device=embed.weight.device, dtype=embed.weight.dtype,
+                                compile_step=self._decode == "compiled")
         prefilled = self._prefill_group(decoder, group, rows, dest=list(range(len(requests))))
         with torch.inference_mode(), self._phase("decode"):
             eos_ids = set() if ignore_eos else self._eos_ids()
@@ -767,7 +772,8 @@ class Generator:
         self._resolve_into(requests, rows, first)
         group = self._encode_group([requests[i] for i in first], [rows[i] for i in first])
         decoder = ContinuousDecoder(self.model, rows=len(first), prompt_len=group.slots, max_new_tokens=max(budgets),
-                                    device=embed.weight.device, dtype=embed.weight.dtype)
+                                    device=embed.weight.device, dtype=embed.weight.dtype,
+                                    compile_step=self._decode == "compiled")
         decoder.set_eos(eos_ids)
         decoder.ablating = any(isinstance(it, Ablate) for row in rows for it in row)  # before a graph is captured
         self._prefill_group(decoder, group, [rows[i] for i in first], dest=list(range(len(first))))

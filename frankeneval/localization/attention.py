@@ -129,17 +129,20 @@ def run_attention_shift(
     progress: bool = True,
     meta: dict | None = None,
     skipped: Sequence[dict] = (),
+    decode: str = "auto",
 ) -> dict:
     """Capture the visual attention share of every member on ``prompts``; write units + ``attention_shift.json``.
 
     ``members``: ``{"base": path, "in": path, "rl": path}``; ``load(path) -> Generator`` (one member at a time);
     ``system_prompt``: the setting every member's prompt is resolved with (``auto``: per member, by its name).
     ``skipped``: the selected pairs left out as broken (:func:`frankeneval.localization.vision.select_probe_sets`),
-    recorded in the results.
+    recorded in the results. ``decode``: the mode ``load`` gives its generators (``compiled`` is recorded in each
+    member's input, so its answers are never mixed with another mode's).
     """
     out = Path(claim_for("attention-shift", out_dir, inputs=local_inputs(*members.items())))
     chosen = {m: resolve_system_prompt(path, system_prompt) for m, path in members.items()}
-    inputs = {f"{m} model": {"weights": model_fingerprint(path)} for m, path in members.items()}
+    mode = {"decode": "compiled"} if decode == "compiled" else {}
+    inputs = {f"{m} model": {"weights": model_fingerprint(path), **mode} for m, path in members.items()}
     inputs["probe data"] = {"content": data_fingerprint([[p["id"], p["prompt"]] for p in prompts],
                                                         [p["image"] for p in prompts])}
     store = RunStore(out / UNITS_FILE, header={"analysis": "attention_shift", "members": dict(members),

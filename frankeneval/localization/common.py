@@ -251,11 +251,13 @@ def run_units(
 def model_input(generator, model_name: str) -> dict[str, str | None]:
     """The run-store input of the model a sweep runs: ``{"weights": <content fingerprint>}`` of the checkpoint the
     generator was loaded from (its ``name_or_path``, else ``model_name``; :func:`frankeneval.weights.fingerprint.
-    model_fingerprint`, every byte, cached per file)."""
+    model_fingerprint`, every byte, cached per file), and ``"decode": "compiled"`` when the generator decodes with
+    its compiled step (fused kernels round differently in bfloat16: such answers are never mixed with the others)."""
     from frankeneval.weights.fingerprint import model_fingerprint
 
     ref = getattr(getattr(generator, "model", None), "name_or_path", None) or model_name
-    return {"weights": model_fingerprint(ref)}
+    compiled = getattr(generator, "decode", None) == "compiled"
+    return {"weights": model_fingerprint(ref), **({"decode": "compiled"} if compiled else {})}
 
 
 def check_layers(layers, n_layers: int) -> None:
