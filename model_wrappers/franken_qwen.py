@@ -21,9 +21,11 @@ text: :mod:`frankeneval.evaluation.prompts`), ``keep_blank_line_stop`` (False: l
 ``"\\n\\n"`` stop sequence is ignored), ``seed_compatible`` (the paper's reference code where it deviates: ``swapkv``
 re-appends the source's visual K/V at every decode step, and the checkpoint's generation_config repetition penalty
 applies, as the reference passes none; unset: ``FRANKENEVAL_SEED_COMPATIBLE``, which the tasks' scoring reads too),
-``item_time_limit`` (seconds: an item still generating that long after its batch started is cut off there with the
-finish reason ``timeout``, which the tasks count as ``timed_out``, apart from wrong; a row's time is its batch's, so
-with ``batch_size=1`` exactly the item's; backend hf only), ``replay`` (a JSON file of stored responses, written by
+``item_time_limit`` (seconds: an item still generating that long after it started is cut off there with the
+finish reason ``timeout``, which the tasks count as ``timed_out``, apart from wrong; greedy rows refilled
+continuously (more items than rows) are timed from their own prefill, a static batch's rows from the batch's start,
+so with ``batch_size=1`` exactly the item's; checked every 16 decode steps; backend hf only), ``replay`` (a JSON
+file of stored responses, written by
 ``frankeneval transfer --regrade``: no model is loaded and each request gets its stored response back, with its
 stored finish reason, so the tasks score it again under the grading settings of this run; a request whose prompt or
 item differs from the stored one stops the run: :class:`ReplayResponses`).

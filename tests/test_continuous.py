@@ -134,3 +134,35 @@ def test_one_budget_per_request_equals_each_alone(gen, monkeypatch, continuous):
         gen.continuous = True
     assert_same(got, want)
     assert {r.finish_reason for r in got} == {"stop", "length"}
+
+
+def test_time_limit_times_each_request_from_its_own_prefill(gen, spy, monkeypatch):
+    """With a time limit the run stays continuous, and each request's clock starts at its own prefill: on a clock
+    that advances one second per decode chunk (CHECK_EVERY = 4 steps), a 2.5 s limit cuts every long request after
+    its third chunk (1 + 3 x 4 tokens, a prefix of its free answer) and a short budget still ends as ``length``."""
+    import types
+
+    import frankeneval.engine.generation as gen_mod
+
+    clock = [0.0]
+    monkeypatch.setattr(gen_mod, "time", types.SimpleNamespace(monotonic=lambda: clock[0],
+                                                               perf_counter=gen_mod.time.perf_counter))
+    steps = continuous_mod.ContinuousDecoder.steps
+
+    def tick(self, n):
+        steps(self, n)
+        clock[0] += 1.0
+
+    reqs = mixed_requests()[:7]
+    budgets = [40, 40, 6, 40, 40, 9, 40]
+    free = gen.generate(reqs, max_new_tokens=budgets, batch_size=3, ignore_eos=True)
+    monkeypatch.setattr(continuous_mod.ContinuousDecoder, "steps", tick)
+    runs = spy["started"]
+    cut = gen.generate(reqs, max_new_tokens=budgets, batch_size=3, ignore_eos=True, time_limit=2.5)
+    assert spy["started"] > runs  # a continuous run (refills), not static batches
+    for b, f, c in zip(budgets, free, cut, strict=True):
+        if b < 13:
+            assert (c.finish_reason, c.token_ids) == ("length", f.token_ids)
+        else:
+            assert c.finish_reason == "timeout"
+            assert c.token_ids == f.token_ids[:13]

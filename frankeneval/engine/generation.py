@@ -551,9 +551,9 @@ class Generator:
         ``max_new_tokens``: one budget for all, or one per request (each answer then ends as it would alone with
         its own budget; a static batch still runs to its largest, a continuous run frees the row at its own).
 
-        ``time_limit``: seconds a batch may take from its start; the rows still generating then are cut there with
-        the finish reason ``timeout`` (a row's time is its batch's, so with ``batch_size=1`` exactly the item's; no
-        continuous refilling while it is set)."""
+        ``time_limit``: seconds an answer may take; the rows still generating then are cut there with the finish
+        reason ``timeout``. A static batch's rows are timed from the batch's start (with ``batch_size=1`` exactly
+        the item's time); with continuous refilling each request from its own prefill, checked at each harvest."""
         requests = list(requests)
         n = len(requests)
         if n == 0:
@@ -585,16 +585,18 @@ class Generator:
 
             pbar = tqdm(total=n, desc="generate")
         # more requests than rows on the static path: one continuous run refills finished rows from the queue
-        continuous = (static and self.continuous and n > bs and not time_limit
+        continuous = (static and self.continuous and n > bs
                       and not any(isinstance(it, CaptureAttention) for row in rows for it in row))
         i = 0
         while i < n:
             idx = order[i:] if continuous else order[i : i + bs]
-            self._deadline = _Deadline(time_limit, max_new_tokens) if time_limit else None
+            # a continuous run times each request itself; a static batch has one deadline
+            self._deadline = _Deadline(time_limit, max_new_tokens) if time_limit and not continuous else None
             try:
                 batch = self._generate_batch(
                     [requests[j] for j in idx], [rows[j] for j in idx], [stops[j] for j in idx], **kwargs,
                     slots=bs if continuous else None, budgets=[budgets[j] for j in idx],
+                    time_limit=time_limit if continuous else None,
                 )
             except Exception as exc:
                 self._deadline = None
@@ -631,12 +633,12 @@ class Generator:
 
     def _generate_batch(
         self, requests, rows, stops, *, max_new_tokens, do_sample, temperature, top_p, repetition_penalty, ignore_eos,
-        slots: int | None = None, budgets: list[int] | None = None,
+        slots: int | None = None, budgets: list[int] | None = None, time_limit: float | None = None,
     ):
         budgets = budgets or [max_new_tokens] * len(requests)
         if slots is not None and slots < len(requests):  # swap sources are resolved per refill group there
             return self._generate_continuous(requests, rows, stops, budgets=budgets, ignore_eos=ignore_eos,
-                                             slots=slots)
+                                             slots=slots, time_limit=time_limit)
         return [_within(res, b, self.tokenizer, stop) for res, b, stop in zip(
             self._generate_fixed(requests, rows, stops, max_new_tokens=max_new_tokens, do_sample=do_sample,
                                  temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty,
@@ -757,10 +759,12 @@ class Generator:
                 del cache
         return prefilled
 
-    def _generate_continuous(self, requests, rows, stops, *, budgets: list[int], ignore_eos, slots: int):
+    def _generate_continuous(self, requests, rows, stops, *, budgets: list[int], ignore_eos, slots: int,
+                             time_limit: float | None = None):
         """Greedy decode of more requests than rows: :class:`ContinuousDecoder` keeps ``slots`` rows busy; a row
-        whose request finished (EOS, a stop string or ``max_new_tokens``) is harvested every ``check_every`` steps
-        and refilled with the next requests' prefill (their interventions applied) while the others decode on."""
+        whose request finished (EOS, a stop string, ``max_new_tokens`` or, with ``time_limit``, its own time from
+        its prefill on) is harvested every ``check_every`` steps and refilled with the next requests' prefill (their
+        interventions applied) while the others decode on."""
         n = len(requests)
         eos_ids = set() if ignore_eos else self._eos_ids()
         embed = self.model.get_input_embeddings()
@@ -769,6 +773,7 @@ class Generator:
         queue = list(range(n))
         first = queue[:slots]
         del queue[:slots]
+        began = dict.fromkeys(first, time.monotonic())  # request -> when its prefill started (time_limit)
         self._resolve_into(requests, rows, first)
         group = self._encode_group([requests[i] for i in first], [rows[i] for i in first])
         decoder = ContinuousDecoder(self.model, rows=len(first), prompt_len=group.slots, max_new_tokens=max(budgets),
@@ -784,13 +789,16 @@ class Generator:
             while owner:
                 with self._phase("decode"):
                     decoder.steps(decoder.check_every)
-                free = self._harvest(decoder, owner, scans, stops, results, budgets)
+                late = ({i for i in owner.values() if time.monotonic() - began[i] >= time_limit}
+                        if time_limit else set())
+                free = self._harvest(decoder, owner, scans, stops, results, budgets, late)
                 take = queue[: len(free)]
                 del queue[: len(take)]
                 for row in free[len(take):]:
                     decoder.retire(row)
                 if take:
                     dest = free[: len(take)]
+                    began.update(dict.fromkeys(take, time.monotonic()))
                     self._resolve_into(requests, rows, take)
                     group = self._encode_group([requests[i] for i in take], [rows[i] for i in take])
                     end = decoder.room_for_prompt(group.slots)
@@ -807,11 +815,12 @@ class Generator:
             rows[i] = row
 
     def _harvest(self, decoder: ContinuousDecoder, owner: dict[int, int], scans: dict, stops, results,
-                 budgets: list[int]) -> list[int]:
-        """Move the finished rows' results into ``results``; returns the freed decoder rows."""
+                 budgets: list[int], late: set[int] = frozenset()) -> list[int]:
+        """Move the finished rows' results into ``results``; returns the freed decoder rows. ``late``: requests out
+        of time, cut where they are (finish reason ``timeout``) unless they finished otherwise."""
         n_out = decoder.n_out.tolist()
         finished = decoder.finished.tolist()
-        look = [r for r, i in owner.items() if stops[i] or finished[r] or n_out[r] >= budgets[i]]
+        look = [r for r, i in owner.items() if stops[i] or finished[r] or n_out[r] >= budgets[i] or i in late]
         if not look:
             return []
         lo = min(scans[owner[r]].n_seen for r in look)
@@ -823,9 +832,11 @@ class Generator:
             scan = scans[i]
             budget = budgets[i]
             scan.extend([toks[scan.n_seen - lo : min(n_out[row], budget) - lo]])
-            if scan.finished_at[0] is None and n_out[row] < budget:
+            timed_out = scan.finished_at[0] is None and n_out[row] < budget
+            if timed_out and i not in late:
                 continue
-            results[i] = self._results([scan.tokens[0][:budget]], scan.finished_at, scan.reason, [stops[i]], None)[0]
+            res = self._results([scan.tokens[0][:budget]], scan.finished_at, scan.reason, [stops[i]], None)[0]
+            results[i] = replace(res, finish_reason="timeout") if timed_out else res
             del owner[row], scans[i]
             free.append(row)
         return free
