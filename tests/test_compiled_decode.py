@@ -7,6 +7,8 @@ import pytest
 import torch
 from conftest import requires_gpu
 from test_generation import noise_image, requests
+from test_static_decode import assert_same
+from test_static_decode import both as static_decode_both
 
 import frankeneval.engine.decode as decode_mod
 from frankeneval.engine.generation import Generator, GenRequest
@@ -36,20 +38,7 @@ def compiled_steps(monkeypatch):
 
 
 def both(gen: Generator, reqs, **kw):
-    try:
-        gen.decode = "auto"
-        eager = gen.generate(reqs, **kw)
-        gen.decode = "compiled"
-        compiled = gen.generate(reqs, **kw)
-    finally:
-        gen.decode = "auto"
-    return eager, compiled
-
-
-def assert_same(a, b):
-    for x, y in zip(a, b, strict=True):
-        assert x.token_ids == y.token_ids
-        assert (x.text, x.finish_reason) == (y.text, y.finish_reason)
+    return static_decode_both(gen, reqs, modes=("auto", "compiled"), **kw)
 
 
 def test_compiled_step_equals_the_eager_step(gen, compiled_steps):

@@ -32,16 +32,17 @@ def static_runs(monkeypatch):
     return calls
 
 
-def both(gen: Generator, reqs, **kw):
-    """The same call through model.generate (decode="hf") and the static decoder (decode="auto")."""
+def both(gen: Generator, reqs, modes=("hf", "auto"), **kw):
+    """The same call through two decode modes (default: model.generate, decode="hf", then the static decoder,
+    decode="auto")."""
     try:
-        gen.decode = "hf"
-        hf = gen.generate(reqs, **kw)
-        gen.decode = "auto"
-        static = gen.generate(reqs, **kw)
+        out = []
+        for mode in modes:
+            gen.decode = mode
+            out.append(gen.generate(reqs, **kw))
     finally:
         gen.decode = "auto"
-    return hf, static
+    return tuple(out)
 
 
 def assert_same(hf, static):
