@@ -12,7 +12,11 @@ Stages (each resumable; a rerun skips finished work):
    reasoning: M_rea), 100 items per task; else GSM8K and the black-image MathVista controls from a local data folder
    when present, else the built-in rendered probes; small sample sizes;
 4. localization -- a layer-ablation sweep (reasoning) and a visual-token swap sweep (vision) on the RL model;
-5. report -- the leaderboard (markdown printed; HTML, CSV, LaTeX written).
+   with ``necessity=True`` (``demo --necessity``, trained lineage only) also the necessity experiment
+   (:func:`frankeneval.miniature.necessity.run_necessity`: the lineage's RL stage re-run from IN with LLM blocks
+   frozen, cached) into ``necessity/``;
+5. report -- the leaderboard (markdown printed; HTML, CSV, LaTeX written), with the necessity table and plot when
+   that stage ran.
 """
 
 from __future__ import annotations
@@ -119,6 +123,7 @@ def run_demo(
     progress: Callable[[str], None] = print,
     runner: Any = None,
     localization: bool = True,
+    necessity: bool = False,
 ) -> DemoResult:
     """Run every stage into ``out`` (see the module docstring); returns where the report is."""
     from frankeneval.reports.leaderboard.build import build_leaderboard
@@ -196,9 +201,47 @@ def run_demo(
                 progress(f"[demo] localization ({name}) FAILED: {result.failed_stages[f'localize_{name}']}")
     result.seconds["localize"] = time.perf_counter() - t0
 
+    # 4b. necessity (optional: five RL runs of the lineage's recipe, ~20 min on 2 cores, cached)
+    sections: list[tuple[str, str]] = []
+    if necessity:
+        t0 = time.perf_counter()
+        data = _necessity_stage(out, kind, lin, fast=fast, log=progress, failed=result.failed_stages)
+        if data is not None:
+            from frankeneval.miniature.necessity import format_html, format_markdown
+
+            sections.append((format_markdown(data), format_html(data)))
+        result.seconds["necessity"] = time.perf_counter() - t0
+
     # 5. report
     progress("[demo 5/5] report")
-    plot_dirs = [d for d in (out / "characterize", out / "localize") if d.exists()]
-    result.report = write_report(out / "transfer", plot_dirs=plot_dirs)
+    plot_dirs = [d for d in (out / "characterize", out / "localize", out / "necessity") if d.exists()]
+    result.report = write_report(out / "transfer", plot_dirs=plot_dirs, sections=sections)
     result.markdown = render(build_leaderboard(out / "transfer"), "md")
+    if sections:
+        result.markdown = result.markdown.rstrip("\n") + "\n\n" + sections[0][0]
     return result
+
+
+NECESSITY_FAST_ITEMS = 24  # held-out items per eval set in ``demo --fast --necessity`` (else the lineage's sizes)
+
+
+def _necessity_stage(out: Path, kind: str, lin, *, fast: bool, log: Callable[[str], None],
+                     failed: dict[str, str]) -> dict[str, Any] | None:
+    """Run (or reuse: every run is cached by content) the necessity experiment on the trained lineage into
+    ``out/necessity``; returns its data, or None (recorded in ``failed``) when it cannot run."""
+    if kind != "trained":
+        failed["necessity"] = "needs the trained lineage (the random lineage has no RL recipe to re-run)"
+        log(f"[demo] necessity skipped: {failed['necessity']}")
+        return None
+    from frankeneval.miniature.necessity import run_necessity
+
+    log("[demo 4/5] necessity: the lineage's RL re-run from IN with LLM blocks frozen (none, early, middle, late, "
+        "middle+late; cached)")
+    sizes = ({k: NECESSITY_FAST_ITEMS for k in ("perception", "alignment", "reasoning", "alignment_blackdesc")}
+             if fast else None)
+    try:
+        return run_necessity(lin, eval_sizes=sizes, out=out / "necessity", log=log, progress=not fast).data
+    except FrankenevalError as exc:
+        failed["necessity"] = str(exc)
+        log(f"[demo] necessity FAILED: {exc}")
+        return None

@@ -6,6 +6,8 @@ local tasks -> localization sweeps -> leaderboard (markdown printed, HTML / CSV 
                                              cached), into ./frankeneval-demo
     frankeneval demo --out runs/demo --fast
     frankeneval demo --lineage random      # the random tiny lineage with planted updates (seconds; speed tests)
+    frankeneval demo --necessity           # plus the necessity experiment (RL re-run from IN with LLM blocks
+                                             frozen: five cached GRPO runs, about 20 min on 2 cores)
 
 Every stage is resumable: rerun the same command after an interruption.
 """
@@ -28,14 +30,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fast", action="store_true", help="fewer items and tokens (CI)")
     parser.add_argument("--data", default=None, help="local data folder (FRANKENEVAL_DATA layout) to evaluate on")
     parser.add_argument("--no-localization", action="store_true", help="skip the localization sweeps")
+    parser.add_argument("--necessity", action="store_true",
+                        help="also run the necessity experiment (trained lineage: its RL stage re-run from IN with "
+                             "none / early / middle / late / middle+late LLM layers frozen; cached; about 20 min on "
+                             "2 cores the first time) and put its table and plot into the report")
 
 
 def run(args: argparse.Namespace) -> int:
     from frankeneval.commands._shared import claim_out
 
-    out = claim_out(args, "demo", ("data", args.data))  # a folder frankeneval owns (docs/safety.md)
+    # a folder frankeneval owns (docs/safety.md); necessity/ is claimed again by that stage
+    out = claim_out(args, "demo", ("data", args.data), extra=("necessity",) if args.necessity else ())
     result = run_demo(out, lineage=args.lineage, fast=args.fast, data=args.data,
-                      localization=not args.no_localization)
+                      localization=not args.no_localization, necessity=args.necessity)
     print()
     print(result.markdown)
     print(f"HTML report: {result.report['html']}")

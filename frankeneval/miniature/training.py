@@ -311,11 +311,18 @@ def save_member(model, processor, config: dict[str, Any], path: Path, *, spec: L
     return path
 
 
-def load_member(path: str | os.PathLike):
-    """``(model, processor)`` of a written member, float32, eval mode."""
-    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+def load_member(path: str | os.PathLike, *, for_training: bool = False):
+    """``(model, processor)`` of a written member, float32, eval mode.
+
+    ``for_training``: a later stage starts from it, with the generation defaults of the model's config (stop at EOS
+    only), which a member trained earlier in the same process has. The written ``generation_config.json`` (EOS and
+    pad stop greedy evaluation) would end GRPO's sampled completions at the pad token too: another computation, so
+    an RL stage resumed from a cached IN would not be the one a whole build runs."""
+    from transformers import AutoProcessor, GenerationConfig, Qwen2_5_VLForConditionalGeneration
 
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
+    if for_training:
+        model.generation_config = GenerationConfig.from_model_config(model.config)
     return model.eval(), AutoProcessor.from_pretrained(path)
 
 
@@ -587,7 +594,7 @@ def build_trained_lineage(
             retrain = True  # every later stage starts from this new member
             if model is None:
                 model = (init_model(config, seed) if member == "base"
-                         else load_member(root / MEMBERS[MEMBERS.index(member) - 1])[0])
+                         else load_member(root / MEMBERS[MEMBERS.index(member) - 1], for_training=True)[0])
             t0, c0 = time.perf_counter(), time.process_time()
             model.train()
             logs[member] = run_stage(model)

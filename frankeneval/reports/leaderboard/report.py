@@ -65,8 +65,12 @@ def write_report(
     out_dir: str | os.PathLike | None = None,
     plot_dirs: Sequence[str | os.PathLike] | None = None,
     seed: int = 0,
+    sections: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Path]:
-    """Write ``report.<ext>`` for each format into ``out_dir`` (default: the run dir); returns the paths."""
+    """Write ``report.<ext>`` for each format into ``out_dir`` (default: the run dir); returns the paths.
+
+    ``sections``: more results (``(markdown, html)`` pairs, e.g. the necessity table of ``demo --necessity``),
+    appended to the markdown and HTML reports after the leaderboard."""
     board = build_leaderboard(run_dir, seed=seed)
     ext = {"md": "md", "csv": "csv", "html": "html", "latex": "tex"}
     # an output folder frankeneval owns (the transfer run folder by default); a report.* it did not write is refused
@@ -76,6 +80,11 @@ def write_report(
     written = {}
     for fmt in formats:
         text = render(board, fmt, plots=plots)
+        if fmt == "md" and sections:
+            text = text.rstrip("\n") + "\n\n" + "\n\n".join(md.strip("\n") for md, _ in sections) + "\n"
+        elif fmt == "html" and sections:
+            head, sep, tail = text.rpartition("</body>")
+            text = head + "\n".join(h for _, h in sections) + "\n" + sep + tail if sep else text
         path = out / f"report.{ext[fmt]}"
         atomic_write_text(path, text)
         written[fmt] = path
