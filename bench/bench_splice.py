@@ -4,7 +4,8 @@
     python bench/bench_splice.py --preset tiny --workdir /tmp/fe-bench-tiny          # CPU smoke test
 
 Writes the lineage's ``in`` and ``rl`` members (frankeneval.miniature.lineage.write_lineage; kept for reuse), then for
-each repeat: times ``cp -r`` of the ``in`` member, deletes the copy, times ``materialize`` of one variant
+each repeat, the page cache dropped before each timed part where the machine permits it (``cache_dropped`` in the
+JSON says whether it was): times ``cp -r`` of the ``in`` member, deletes the copy, times ``materialize`` of one variant
 (default ``in_early+rl_middle_late``: IN layers 1-9, RL layers 10-28 (unified) and non-layer parts from IN) in a child
 process (so its peak RSS is its own, not the lineage writer's), deletes the output. Target (issue 3):
 splice time <= 1.3x cp time, peak host memory < 4 GB. Prints a table and writes ``bench_splice.json``.
@@ -80,9 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     member_bytes = _dir_bytes(lineage.in_)
     cp_out, splice_out = args.workdir / "cp_in", args.workdir / "splice_out"
     runs = []
+    from bench_characterize import drop_caches  # the page cache, where the machine permits it
+
     for i in range(args.repeats):
         _drop(cp_out)
         os.sync()
+        cp_cold = drop_caches()  # each timed read starts from the disk (False: not permitted here, said in the JSON)
         t = time.perf_counter()
         subprocess.run(["cp", "-r", str(lineage.in_), str(cp_out)], check=True)
         cp_s = time.perf_counter() - t
@@ -92,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         _drop(splice_out)
         cmd = [sys.executable, __file__, "--_child", "--preset", args.preset, "--workdir", str(args.workdir),
                "--variant", args.variant, "--out", str(splice_out)]
+        splice_cold = drop_caches()
         t = time.perf_counter()
         res = subprocess.run(cmd, check=True, capture_output=True, text=True)
         child_wall = time.perf_counter() - t
@@ -100,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         run = {"repeat": i, "cp_s": cp_s, "cp_sync_s": cp_sync_s, "splice_s": info["materialize_s"],
                "splice_sync_s": info["materialize_sync_s"], "splice_process_s": child_wall,
                "ratio": info["materialize_s"] / cp_s, "ratio_sync": info["materialize_sync_s"] / cp_sync_s,
-               "peak_rss_gb": info["peak_rss_bytes"] / 1e9,
+               "peak_rss_gb": info["peak_rss_bytes"] / 1e9, "cache_dropped": {"cp": cp_cold, "splice": splice_cold},
                "out_bytes": info["out_bytes"]}
         runs.append(run)
         print(f"repeat {i}: cp {cp_s:.2f} s (+sync {cp_sync_s:.2f}) | splice {info['materialize_s']:.2f} s "
