@@ -280,6 +280,14 @@ def test_trl_launch_on_the_tiny_lineage_on_cpu(tiny_lineage, tmp_path, capsys, m
     frozen = [n for n in start if _llm_layer(n) in late]
     assert frozen and all(torch.equal(start[n], after[n]) for n in frozen)
     assert "1 GRPO steps" in capsys.readouterr().out
+    # the written script again on the same config: the finished run's folder is never trained into (nor a user's)
+    from frankeneval.necessity import trl_grpo
+
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    monkeypatch.setattr(trl_grpo, "load_model", lambda *a, **k: pytest.fail("loaded a model for a refused run"))
+    with pytest.raises(SystemExit, match="exists and is not empty"):
+        trl_grpo.main(out / "configs" / "trl_grpo_late.json")
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
 
 
 def test_demo_necessity_stage_puts_the_table_and_plot_in_the_report(lineage, env, tmp_path, monkeypatch):

@@ -146,6 +146,8 @@ def main(config: str | os.PathLike | dict) -> dict[str, Any]:
     if config.get("format") != CONFIG_FORMAT:
         raise ValueError(f"not a necessity launch config of format {CONFIG_FORMAT}")
     out = Path(config["output_dir"])
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):  # a finished run or someone's files: never over
+        raise SystemExit(f"output_dir {out} exists and is not empty: not training into it (choose a new one)")
     model, processor = load_model(config["model"], config.get("dtype", "auto"))
     frozen = freeze(model, config["freeze_parameter_regex"])
     expected = config.get("expected_frozen")
