@@ -457,7 +457,7 @@ def stage_commands(ctx: dict) -> dict[str, list[str]]:
         "transfer": [*fe, "transfer", "--recipe", cfg["recipe"], "--base", base, "--in", in_, "--rl", rl,
                      "--splits", "both", "--sample-size", str(cfg["sample_size"]), "--sample-seed", "123",
                      "--max-new-tokens", str(cfg["transfer_tokens"]), "--batch-size", "auto",
-                     "--data", str(work / "data"), "--splice-cache", str(work / "splices"), "--evict-variants",
+                     "--data", str(work / "data"), "--splice-cache", str(ctx["splices"]), "--evict-variants",
                      "--gpus", str(gpus), *(["--model-args", "device=cpu"] if dev == "cpu" else []),
                      "--out", str(work / "transfer")],
         "report": [*fe, "report", str(work / "transfer")],
@@ -515,9 +515,13 @@ def prepare_data(src: Path | None, work: Path, needed: set[str], st: dict, max_s
 
 
 def disk_needed(ctx: dict) -> tuple[float, float]:
-    """(GB free, GB the transfer stage needs: max(1, gpus) variants of one member's size, + 5 GB)."""
+    """(GB free where the splice cache goes, GB the transfer stage needs: max(1, gpus) variants of one member's
+    size, + 5 GB)."""
     member = sum(f.stat().st_size for f in (ctx["work"] / "lineage" / "rl").glob("*.safetensors")) / 1e9
-    return shutil.disk_usage(ctx["work"]).free / 1e9, max(1, ctx["gpus"]) * member + 5
+    folder = ctx["splices"]
+    while not folder.exists():  # the splice cache is made by the transfer: measure the filesystem it will be on
+        folder = folder.parent
+    return shutil.disk_usage(folder).free / 1e9, max(1, ctx["gpus"]) * member + 5
 
 
 def run(args: argparse.Namespace) -> int:
@@ -571,7 +575,8 @@ def run(args: argparse.Namespace) -> int:
     env = {"FRANKENEVAL_DATA": str(work / "data"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
     ctx = {"work": work, "cfg": cfg, "fe": fe, "device": dev, "env": env, "state": state,
-           "gpus": args.gpus if args.gpus is not None else n_gpus}
+           "gpus": args.gpus if args.gpus is not None else n_gpus,
+           "splices": (args.splice_cache or work / "splices").resolve()}
     cmds = stage_commands(ctx)
     wanted = [s for s in STAGES if s in (args.stages or STAGES)]
     todo = [s for s in wanted if s not in SETUP and stages[s]["status"] != "complete"]
@@ -621,8 +626,10 @@ def run(args: argparse.Namespace) -> int:
                     free, need = disk_needed(ctx)
                     pending = st.get("present") != st.get("expected") or st.get("expected") is None
                     if pending and free < need:
-                        st.update(status="blocked", error=f"{free:.0f} GB free, the variants need {need:.0f} GB: run "
-                                  "`--stages transfer report` on a machine with more disk (nvidia-h100-x2: 128 GiB)")
+                        st.update(status="blocked", error=f"{free:.0f} GB free in {ctx['splices']}, the variants need {need:.0f} GB: "
+                                  "give `--splice-cache` a folder with room (a RAM disk such as /dev/shm when the "
+                                  "host memory allows it) or run `--stages transfer report` on a machine with more "
+                                  "disk (nvidia-h100-x2: 128 GiB)")
                         print(f"acceptance: transfer {st['error']}", file=sys.stderr)
                         save_state(work, state)
                         continue
@@ -910,6 +917,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--resume-from", type=Path, nargs="+", default=None,
                        help="folder(s) or files of state.tar.xz.NN parts from `pack`, unpacked when WORK has no run")
         p.add_argument("--gpus", type=int, default=None, help="GPUs for the transfer cells (default: all visible)")
+        p.add_argument("--splice-cache", type=Path, default=None,
+                       help="where the transfer materializes its variants, one at a time (default WORK/splices); "
+                       "e.g. a RAM disk when the work disk holds the lineage but not a variant too")
         p.add_argument("--recipe", default=None, help="default openmmreasoner (--small: tiny, its 6-layer twin)")
         p.add_argument("--seed", type=int, default=0, help="lineage seed (default 0)")
         p.add_argument("--attention-batch-size", type=int, default=None,
