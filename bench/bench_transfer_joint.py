@@ -6,7 +6,9 @@ measured whole, side by side, on the same models, tasks and items.
         --in IN --rl RL --base BASE --tasks franken_perception,franken_alignment,franken_reasoning --gpus 1   # GPU
 
 Each mode runs the whole matrix into its own fresh run folder (the variants are materialized once, before the
-timing, into a shared splice cache); the wall time is the ``run_transfer`` call. Afterwards every cell's samples
+timing, into a shared splice cache); the wall time is the ``run_transfer`` call. ``--one-variant-at-a-time`` (a
+disk that holds the lineage but not six 7B variants): Base / IN / RL first, then each variant alone: materialized
+(untimed), its cells run in both modes (timed: the sum over the chunks is each mode's wall time), then deleted. Afterwards every cell's samples
 are compared between the two runs (responses and scores, item for item). Prints a table and writes JSON (``--out``).
 """
 
@@ -33,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--batch-size", default="4")
     p.add_argument("--gpus", type=int, default=0)
+    p.add_argument("--one-variant-at-a-time", action="store_true",
+                   help="materialize one variant at a time, untimed, and delete it after both modes ran its cells")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
 
@@ -47,20 +51,35 @@ def main(argv: list[str] | None = None) -> int:
         lineage = write_lineage(args.work / "lineage", preset="tiny", progress=False)
         recipe = tiny_recipe(lineage)
     cache = args.work / "splices"
-    prepare_models(recipe, models=models or None, splice_cache=cache, progress=lambda s: None)  # splice once
     tasks = [t for t in args.tasks.split(",") if t]
     batch = int(args.batch_size) if args.batch_size.isdigit() else args.batch_size
-    seconds, runs = {}, {}
-    for mode, joint in (("per_model", None), ("per_cell", False)):
-        run = args.work / f"run_{mode}"
-        shutil.rmtree(run, ignore_errors=True)
-        t0 = time.perf_counter()
-        result = run_transfer(run, recipe, tasks=tasks, models=models or None, splice_cache=cache,
-                              sample_size=args.sample_size, sample_seed=123, data_dir=args.data,
-                              max_new_tokens=args.max_new_tokens, batch_size=batch, gpus=args.gpus, joint=joint,
-                              progress=lambda s: None)
-        seconds[mode] = time.perf_counter() - t0
-        runs[mode] = (run, len(result.ran))
+    modes = (("per_model", None), ("per_cell", False))
+    for mode, _ in modes:
+        shutil.rmtree(args.work / f"run_{mode}", ignore_errors=True)
+    if args.one_variant_at_a_time:
+        if cache.exists():  # it is deleted after each variant: only a cache this run made
+            p.error(f"--one-variant-at-a-time deletes {cache} after each variant; it exists already: move it")
+        from full_size import variants
+
+        names = variants(recipe) if isinstance(recipe, str) else list(recipe.variants)
+        chunks = [([], True)] + [([v], False) for v in names]
+    else:
+        chunks = [(None, True)]
+    seconds, runs = {mode: 0.0 for mode, _ in modes}, {mode: (args.work / f"run_{mode}", 0) for mode, _ in modes}
+    for chunk, refs in chunks:
+        if chunk != []:  # untimed: the chunk's variants (None: all of them) into the splice cache
+            prepare_models(recipe, variants=chunk, models=models or None, splice_cache=cache,
+                           progress=lambda s: None)
+        for mode, joint in modes:
+            t0 = time.perf_counter()
+            result = run_transfer(runs[mode][0], recipe, tasks=tasks, models=models or None, splice_cache=cache,
+                                  variants=chunk, include_reference=refs, sample_size=args.sample_size,
+                                  sample_seed=123, data_dir=args.data, max_new_tokens=args.max_new_tokens,
+                                  batch_size=batch, gpus=args.gpus, joint=joint, progress=lambda s: None)
+            seconds[mode] += time.perf_counter() - t0
+            runs[mode] = (runs[mode][0], runs[mode][1] + len(result.ran))
+        if args.one_variant_at_a_time:
+            shutil.rmtree(cache, ignore_errors=True)  # this script's own cache under --work: the next variant's room
     same, compared = 0, 0
     from frankeneval.transferability.cells import find_results
 
@@ -74,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             compared += len(rows)
             same += sum([r.get(k) for k in key] == [s.get(k) for k in key] for r, s in zip(rows, rows_b, strict=True))
     record = {"command": " ".join(sys.argv), "cells": runs["per_model"][1], "tasks": tasks,
+              "one_variant_at_a_time": args.one_variant_at_a_time,
               "seconds": seconds, "speedup": seconds["per_cell"] / seconds["per_model"],
               "items_equal": f"{same} / {compared}", "date": time.strftime("%Y-%m-%d")}
     print(f"{record['cells']} cells ({len(tasks)} tasks a model): one process per model {seconds['per_model']:.1f} s, "
