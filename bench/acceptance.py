@@ -533,6 +533,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"acceptance: a run of {work} is already going (pid {runner_alive(work)}); poll it with `status`",
               file=sys.stderr)
         return 2
+    # at once, before any unpacking: `start` then `status --wait` must see this runner (a 43 MB state takes a
+    # while to unpack, and a status that found no runner.json returned at once, ending the call mid-unpack)
+    (work / "runner.json").write_text(json.dumps({"pid": os.getpid(), "pgid": os.getpgid(0), "started": now()}))
     carried = [p for src in args.resume_from or [] for p in ([src] if src.is_file() else src.glob("state.tar.xz.*"))]
     if args.resume_from and not carried:
         print(f"[acceptance] WARNING: no state.tar.xz.NN parts in {', '.join(map(str, args.resume_from))}: nothing "
@@ -779,7 +782,12 @@ def unpack_into(work: Path, sources: list[Path], results: bool = False) -> None:
                 if state.get("settings", {}).get("work") != str(work):
                     raise SystemExit(f"acceptance: the archive is of --work {state['settings'].get('work')}; unit "
                                      f"keys hold its paths: use that --work, not {work}")
+            log = work / "acceptance.out"  # this machine's log so far (the `start` line) goes after the carried one
+            ours = log.read_bytes() if stem == "state.tar.xz" and log.is_file() else b""
             tar.extractall(work, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+            if ours:
+                with open(log, "ab") as fh:
+                    fh.write(ours)
         whole.unlink()
         print(f"[acceptance] unpacked {stem}: {len(names)} files from {len(parts)} parts into {work}")
 

@@ -65,6 +65,24 @@ def run_units(gen: Generator, units, max_new_tokens: int, per_call: int) -> list
     return out
 
 
+def plain_one(gen: Generator, unit, max_new_tokens: int) -> float:
+    """Seconds of one prompt through the same ``decode`` path without the capture (what the hooks cost)."""
+    from PIL import Image
+
+    path, req = unit.request
+    with Image.open(path) as im:
+        request = type(req)(req.prompt, [im.convert("RGB")], req.system)
+    return timed(lambda: gen.generate([request], max_new_tokens=max_new_tokens, batch_size=1))[1]
+
+
+def write_json(path: Path, report: dict) -> None:
+    """Atomic: written after every member, so a run stopped by a call's limit keeps what it measured."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(report, indent=1))
+    tmp.replace(path)
+
+
 def members_of(args) -> dict[str, str]:
     if args.base and args.in_ and args.rl:
         return {"base": args.base, "in": args.in_, "rl": args.rl}
@@ -95,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompts", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--check", type=int, default=32, help="prompts of the float32 equality check (0: none)")
+    p.add_argument("--members", default="base,in,rl", help="which members to time (default all three)")
     p.add_argument("--cpu-smoke", action="store_true", help="run on the CPU on purpose (never a measurement)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
@@ -105,33 +124,44 @@ def main(argv: list[str] | None = None) -> int:
     device, dtype = ("cuda", "bfloat16") if gpu else ("cpu", "float32")
     args.workdir.mkdir(parents=True, exist_ok=True)
     members = members_of(args)
+    wanted = [m for m in args.members.split(",") if m]
+    if set(wanted) - set(MEMBERS):
+        p.error(f"--members: choose from {', '.join(MEMBERS)}")
     prompts = prompts_of(args)
     new = args.max_new_tokens
     report = {"device": torch.cuda.get_device_name(0) if gpu else "cpu", "torch": torch.__version__,
-              "prompts": len(prompts), "max_new_tokens": new, "dtype": dtype, "members": members, "runs": {}}
+              "prompts": len(prompts), "max_new_tokens": new, "dtype": dtype, "members": members, "runs": {},
+              "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "complete": False}
     totals = {"baseline_s": 0.0, "batched_s": 0.0}
-    for member, path in members.items():
+    for member in wanted:
+        path = members[member]
         units = _member_units(member, prompts, None)
         gen, load_s = timed(lambda path=path: Generator.load(path, device=device, dtype=dtype))
         gen.decode = "hf"
         run_units(gen, units[:1], new, 1)  # warm-up at the measured shape (one prompt)
+        plain_s = plain_one(gen, units[0], new)  # the same prompt, same path, no capture
         base_out, base_s = timed(lambda: run_units(gen, units, new, 1))
         gen.decode = "auto"
         _, cold_s = timed(lambda: run_units(gen, units, new, len(units)))  # warm-up at the measured shape
         batch_out, batch_s = timed(lambda: run_units(gen, units, new, len(units)))
         row = {"load_s": load_s, "baseline_s": base_s, "batched_s": batch_s, "batched_cold_s": cold_s,
+               "hf_one_prompt_without_capture_s": plain_s,
                "speedup": base_s / batch_s, "agreement_" + dtype: compare(base_out, batch_out)}
         report["runs"][member] = row
         totals["baseline_s"] += base_s
         totals["batched_s"] += batch_s
+        write_json(args.out, report)
         print(f"[bench_attention] {member}: one at a time {base_s:.1f} s, batched {batch_s:.1f} s "
-              f"({base_s / batch_s:.1f}x; cold batched {cold_s:.1f} s), load {load_s:.1f} s", flush=True)
+              f"({base_s / batch_s:.1f}x; cold batched {cold_s:.1f} s), load {load_s:.1f} s; one prompt without "
+              f"the capture {plain_s:.2f} s (with: {base_s / len(units):.2f} s)", flush=True)
         del gen
         gc.collect()
         if gpu:
             torch.cuda.empty_cache()
     report["total"] = {**totals, "speedup": totals["baseline_s"] / totals["batched_s"]}
     if args.check:
+        write_json(args.out, report)
         gen = Generator.load(members["rl"], device=device, dtype="float32")
         units = _member_units("rl", prompts[: args.check], None)
         gen.decode = "hf"
@@ -140,10 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         batched = run_units(gen, units, new, len(units))
         report["float32_check"] = compare(one, batched)
         del gen
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
+    report["complete"] = wanted == list(MEMBERS)
+    write_json(args.out, report)
     t = report["total"]
-    print(f"\n| {len(prompts)} prompts x {len(members)} models, {new} tokens, {dtype}, {report['device']} | seconds |\n"
+    print(f"\n| {len(prompts)} prompts x {len(wanted)} models, {new} tokens, {dtype}, {report['device']} | seconds |\n"
           f"|---|---:|\n| (a) one prompt at a time, model.generate + hooks | {t['baseline_s']:.1f} |\n"
           f"| (b) batched, static decoder capture | {t['batched_s']:.1f} |\n| speed-up | {t['speedup']:.1f}x |")
     if "float32_check" in report:
