@@ -629,10 +629,10 @@ def run(args: argparse.Namespace) -> int:
                     free, need = disk_needed(ctx)
                     pending = st.get("present") != st.get("expected") or st.get("expected") is None
                     if pending and free < need:
-                        st.update(status="blocked", error=f"{free:.0f} GB free in {ctx['splices']}, the variants need {need:.0f} GB: "
-                                  "give `--splice-cache` a folder with room (a RAM disk such as /dev/shm when the "
-                                  "host memory allows it) or run `--stages transfer report` on a machine with more "
-                                  "disk (nvidia-h100-x2: 128 GiB)")
+                        st.update(status="blocked", error=f"{free:.0f} GB free in {ctx['splices']}, the variants "
+                                  f"need {need:.0f} GB: give `--splice-cache` a folder with room (a RAM disk such "
+                                  "as /dev/shm when the host memory allows it) or run `--stages transfer report` on "
+                                  "a machine with more disk (nvidia-h100-x2: 128 GiB)")
                         print(f"acceptance: transfer {st['error']}", file=sys.stderr)
                         save_state(work, state)
                         continue

@@ -8,8 +8,9 @@ measured whole, side by side, on the same models, tasks and items.
 Each mode runs the whole matrix into its own fresh run folder (the variants are materialized once, before the
 timing, into a shared splice cache); the wall time is the ``run_transfer`` call. ``--one-variant-at-a-time`` (a
 disk that holds the lineage but not six 7B variants): Base / IN / RL first, then each variant alone: materialized
-(untimed), its cells run in both modes (timed: the sum over the chunks is each mode's wall time), then deleted. Afterwards every cell's samples
-are compared between the two runs (responses and scores, item for item). Prints a table and writes JSON (``--out``).
+(untimed), its cells run in both modes (timed: the sum over the chunks is each mode's wall time), then deleted.
+Afterwards every cell's samples are compared between the two runs (responses and scores, item for item). Prints a
+table and writes JSON (``--out``).
 """
 
 from __future__ import annotations
