@@ -7,19 +7,21 @@
 
 Issue 32's comparison: ``--prompts`` (32) probe target images with attention-shift's prompt (the step-by-step
 instruction), each member (Base, IN, RL) generating ``--max-new-tokens`` (256) greedy tokens with
-``CaptureAttention(query="generated")``, exactly as ``frankeneval attention-shift`` does (its executor), two ways in
-one process, bfloat16:
+``CaptureAttention(query="generated")``, exactly as ``frankeneval attention-shift`` does (its executor), in one
+process, bfloat16, three ways:
 
-(a) the baseline: ``decode="hf"``, one prompt per call (the hooked forward inside ``model.generate``, which is
-    how attention-shift ran before the static decoder captured attention);
 (b) the batched path: ``decode="auto"``, all prompts in one call (the capture inside the static decoder's step,
-    CUDA graph on a GPU).
+    CUDA graph on a GPU);
+(a16) how attention-shift ran before the static decoder captured attention (e95975c): ``decode="hf"``, the hooked
+    forward inside ``model.generate``, ``--old-batch`` (16, that command's default) prompts a call;
+(a1) the same one prompt per call (the issue's description of the baseline; ``--skip-one-at-a-time`` leaves it
+    out: at 7B it takes about 350 s a member).
 
-Each is warmed up at the shape it is measured at (a: one prompt; b: the whole batch once, reported as the cold
-call), model loads are timed apart. Then the equality check in float32 (RL only, ``--check`` prompts, both paths):
-the generated tokens and each prompt's per-layer, per-head mean mass, largest absolute difference reported (the
-unit test's tolerance is 1e-5). Random weights (a written lineage): time and agreement only. Writes ``--out`` (JSON)
-and prints a table.
+Each is warmed up at the shape it is measured at (b: the whole batch once, reported as the cold call), model loads
+are timed apart, and the JSON is rewritten after each member. Then the equality check in float32 (RL only,
+``--check`` prompts, one at a time vs batched): the generated tokens and each prompt's per-layer, per-head mean
+mass, largest absolute difference reported (the unit test's tolerance is 1e-5). Random weights (a written lineage):
+time and agreement only. Writes ``--out`` (JSON) and prints a table.
 """
 
 from __future__ import annotations
@@ -114,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--check", type=int, default=32, help="prompts of the float32 equality check (0: none)")
     p.add_argument("--members", default="base,in,rl", help="which members to time (default all three)")
+    p.add_argument("--old-batch", type=int, default=16, help="prompts a call of the pre-capture baseline (a16)")
+    p.add_argument("--skip-one-at-a-time", action="store_true", help="leave out baseline (a1)")
     p.add_argument("--cpu-smoke", action="store_true", help="run on the CPU on purpose (never a measurement)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
@@ -133,33 +137,40 @@ def main(argv: list[str] | None = None) -> int:
               "prompts": len(prompts), "max_new_tokens": new, "dtype": dtype, "members": members, "runs": {},
               "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "complete": False}
-    totals = {"baseline_s": 0.0, "batched_s": 0.0}
+    ways = {"batched": ("auto", None), f"hf_batch{args.old_batch}": ("hf", args.old_batch)}
+    if not args.skip_one_at_a_time:
+        ways["one_at_a_time"] = ("hf", 1)
+    totals = dict.fromkeys(ways, 0.0)
     for member in wanted:
         path = members[member]
         units = _member_units(member, prompts, None)
         gen, load_s = timed(lambda path=path: Generator.load(path, device=device, dtype=dtype))
+        row: dict = {"load_s": load_s}
+        outs = {}
+        for way, (decode, per_call) in ways.items():
+            gen.decode = decode
+            per_call = per_call or len(units)
+            _, cold_s = timed(lambda: run_units(gen, units[:per_call], new, per_call))  # warm-up at this shape
+            outs[way], row[f"{way}_s"] = timed(lambda: run_units(gen, units, new, per_call))
+            row[f"{way}_cold_s"] = cold_s
+            if way != "batched":
+                row[f"speedup_vs_{way}"] = row[f"{way}_s"] / row["batched_s"]
+                row[f"agreement_{way}_{dtype}"] = compare(outs[way], outs["batched"])
+            totals[way] += row[f"{way}_s"]
+            report["runs"][member] = row
+            write_json(args.out, report)
         gen.decode = "hf"
-        run_units(gen, units[:1], new, 1)  # warm-up at the measured shape (one prompt)
-        plain_s = plain_one(gen, units[0], new)  # the same prompt, same path, no capture
-        base_out, base_s = timed(lambda: run_units(gen, units, new, 1))
-        gen.decode = "auto"
-        _, cold_s = timed(lambda: run_units(gen, units, new, len(units)))  # warm-up at the measured shape
-        batch_out, batch_s = timed(lambda: run_units(gen, units, new, len(units)))
-        row = {"load_s": load_s, "baseline_s": base_s, "batched_s": batch_s, "batched_cold_s": cold_s,
-               "hf_one_prompt_without_capture_s": plain_s,
-               "speedup": base_s / batch_s, "agreement_" + dtype: compare(base_out, batch_out)}
-        report["runs"][member] = row
-        totals["baseline_s"] += base_s
-        totals["batched_s"] += batch_s
+        row["hf_one_prompt_without_capture_s"] = plain_one(gen, units[0], new)  # what the hooks cost
         write_json(args.out, report)
-        print(f"[bench_attention] {member}: one at a time {base_s:.1f} s, batched {batch_s:.1f} s "
-              f"({base_s / batch_s:.1f}x; cold batched {cold_s:.1f} s), load {load_s:.1f} s; one prompt without "
-              f"the capture {plain_s:.2f} s (with: {base_s / len(units):.2f} s)", flush=True)
+        print(f"[bench_attention] {member}: " + ", ".join(f"{w} {row[w + '_s']:.1f} s" for w in ways)
+              + f"; load {load_s:.1f} s; hf one prompt without the capture {row['hf_one_prompt_without_capture_s']:.2f}"
+              " s", flush=True)
         del gen
         gc.collect()
         if gpu:
             torch.cuda.empty_cache()
-    report["total"] = {**totals, "speedup": totals["baseline_s"] / totals["batched_s"]}
+    report["total"] = {**{f"{w}_s": t for w, t in totals.items()},
+                       **{f"speedup_vs_{w}": t / totals["batched"] for w, t in totals.items() if w != "batched"}}
     if args.check:
         write_json(args.out, report)
         gen = Generator.load(members["rl"], device=device, dtype="float32")
@@ -173,9 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     report["complete"] = wanted == list(MEMBERS)
     write_json(args.out, report)
     t = report["total"]
-    print(f"\n| {len(prompts)} prompts x {len(wanted)} models, {new} tokens, {dtype}, {report['device']} | seconds |\n"
-          f"|---|---:|\n| (a) one prompt at a time, model.generate + hooks | {t['baseline_s']:.1f} |\n"
-          f"| (b) batched, static decoder capture | {t['batched_s']:.1f} |\n| speed-up | {t['speedup']:.1f}x |")
+    print(f"\n| {len(prompts)} prompts x {len(wanted)} models, {new} tokens, {dtype}, {report['device']} | seconds | "
+          "batched is faster by |\n|---|---:|---:|")
+    for w in ways:
+        print(f"| {w} | {t[w + '_s']:.1f} | " + (f"{t['speedup_vs_' + w]:.1f}x |" if w != "batched" else "– |"))
     if "float32_check" in report:
         c = report["float32_check"]
         print(f"float32 check (rl, {c['prompts']} prompts): same responses {c['same_response']} / {c['prompts']}, "
