@@ -1,0 +1,68 @@
+"""bench/acceptance.py's resume across machines: the detached runner is visible before it unpacks the carried
+state, and unpacking keeps the machine's own log lines."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import acceptance  # noqa: E402
+
+
+def _state_parts(folder: Path, work: Path, log: bytes = b"carried log\n") -> None:
+    """One state.tar.xz.00 part as `pack` writes it (the state and the carried log)."""
+    folder.mkdir(parents=True)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:xz") as tar:
+        for name, data in ((acceptance.STATE, json.dumps({"settings": {"work": str(work)}}).encode()),
+                           ("acceptance.out", log)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    (folder / "state.tar.xz.00").write_bytes(buf.getvalue())
+
+
+def test_unpacking_keeps_this_machines_log(tmp_path):
+    work, parts = tmp_path / "work", tmp_path / "parts"
+    work.mkdir()
+    _state_parts(parts, work)
+    (work / "acceptance.out").write_text("=== start (this machine)\n")
+    acceptance.unpack_into(work, [parts])
+    assert (work / "acceptance.out").read_text() == "carried log\n=== start (this machine)\n"
+
+
+class _Unpacking(Exception):
+    pass
+
+
+def test_runner_is_visible_before_it_unpacks(tmp_path, monkeypatch):
+    """`start` then `status --wait` at once: status must find the runner while it still unpacks a large state
+    (it found none, returned, and the device call ended)."""
+    work, parts = tmp_path / "work", tmp_path / "parts"
+    _state_parts(parts, work)
+    seen = {}
+
+    def unpack(w, sources):
+        seen["runner"] = acceptance.runner_alive(w)
+        raise _Unpacking
+
+    monkeypatch.setattr(acceptance, "unpack_into", unpack)
+    monkeypatch.setattr(acceptance, "runner_alive", lambda w: _alive(w))
+    with pytest.raises(_Unpacking):
+        acceptance.main(["run", "--work", str(work), "--resume-from", str(parts), "--small", "--device", "cpu"])
+    assert seen["runner"] == os.getpid()
+
+
+def _alive(work: Path) -> int | None:
+    """runner_alive without its rule that a process never sees itself as the runner (here the test is the runner)."""
+    try:
+        return int(json.loads((work / "runner.json").read_text())["pid"])
+    except (OSError, ValueError, KeyError):
+        return None
