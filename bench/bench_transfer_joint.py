@@ -55,8 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     tasks = [t for t in args.tasks.split(",") if t]
     batch = int(args.batch_size) if args.batch_size.isdigit() else args.batch_size
     modes = (("per_model", None), ("per_cell", False))
-    for mode, _ in modes:
-        shutil.rmtree(args.work / f"run_{mode}", ignore_errors=True)
+    from frankeneval.transferability.manifest import MANIFEST
+
+    for mode, _ in modes:  # each mode starts fresh: only a transfer run folder (its manifest) is cleared
+        run = args.work / f"run_{mode}"
+        if run.exists() and any(run.iterdir()) and not (run / MANIFEST).is_file():
+            p.error(f"{run} exists and is not a transfer run folder: choose another --work")
+        shutil.rmtree(run, ignore_errors=True)
     if args.one_variant_at_a_time:
         if cache.exists():  # it is deleted after each variant: only a cache this run made
             p.error(f"--one-variant-at-a-time deletes {cache} after each variant; it exists already: move it")
