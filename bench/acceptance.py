@@ -63,6 +63,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from full_size import Sampler, auto_batch_sizes, synthetic_mathvista, variants
+from provenance import code_commit
 
 REPO = Path(__file__).resolve().parent.parent
 STAGES = ("lineage", "data", "characterize", "vision", "attention", "gsm8k", "math500", "transfer", "report")
@@ -87,13 +88,6 @@ WHOLE = {"preset": "qwen2.5-vl-7b", "pairs": None, "questions": 0, "sample_size"
 
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _exported_commit() -> str | None:
-    """The commit of a tree exported without .git (``git archive HEAD`` plus a ``COMMIT`` file), if any. It wins over
-    ``git rev-parse``, which from inside an export finds the enclosing checkout's (on the device: stale) .git."""
-    f = REPO / "COMMIT"
-    return f.read_text().strip() if f.is_file() else None
 
 
 def load_state(work: Path) -> dict:
@@ -121,10 +115,6 @@ def machine_info(work: Path) -> dict:
         except metadata.PackageNotFoundError:
             return None
 
-    def git(*a: str) -> str | None:
-        r = subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True, check=False)
-        return r.stdout.strip() if r.returncode == 0 else None
-
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     total_mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return {"date": now(), "gpus": [torch.cuda.get_device_name(i) for i in range(n)],
@@ -132,8 +122,7 @@ def machine_info(work: Path) -> dict:
             "cpus": os.cpu_count(), "host_memory_gib": round(total_mem / 2**30), "torch": torch.__version__,
             "transformers": version("transformers"), "lmms_eval": version("lmms_eval") or version("lmms-eval"),
             "frankeneval": version("frankeneval"), "python": sys.version.split()[0],
-            "git_commit": _exported_commit() or git("rev-parse", "HEAD"),
-            "git_dirty": False if _exported_commit() else bool(git("status", "--porcelain", "--untracked-files=no")),
+            **code_commit(),
             "disk_free_gb": round(shutil.disk_usage(work).free / 1e9, 1)}
 
 

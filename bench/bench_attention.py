@@ -42,6 +42,9 @@ from frankeneval.localization.vision import select_probe_sets
 from frankeneval.miniature.lineage import write_lineage
 from frankeneval.miniature.world import write_vision_probes
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import code_commit  # noqa: E402
+
 MEMBERS = ("base", "in", "rl")
 
 
@@ -136,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"device": torch.cuda.get_device_name(0) if gpu else "cpu", "torch": torch.__version__,
               "prompts": len(prompts), "max_new_tokens": new, "dtype": dtype, "members": members, "runs": {},
               "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              **code_commit(),
               "complete": False}
     ways = {"batched": ("auto", None), f"hf_batch{args.old_batch}": ("hf", args.old_batch)}
     if not args.skip_one_at_a_time:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,6 +44,7 @@ from frankeneval.engine.generation import Generator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_generate import make_requests  # noqa: E402
+from provenance import code_commit  # noqa: E402
 
 
 def draw_lengths(args, tokenizer, n: int) -> list[int]:
@@ -113,14 +113,6 @@ def run_plain(gen: Generator, reqs, lengths, rows: int) -> float:
     return time.perf_counter() - t0
 
 
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return (Path(__file__).resolve().parent.parent / "COMMIT").read_text().strip()[:12]
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="tiny", help="lineage preset: tiny | qwen2.5-vl-3b | qwen2.5-vl-7b")
@@ -155,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     gen.generate(warm, max_new_tokens=32, ignore_eos=True, batch_size=args.rows)
     rows = {}
     gpu = torch.cuda.get_device_name(0) if device == "cuda" else "CPU"
-    record = {"command": " ".join(sys.argv), "gpu": gpu, "commit": commit(), "date": time.strftime("%Y-%m-%d"),
+    record = {"command": " ".join(sys.argv), "gpu": gpu, **code_commit(), "date": time.strftime("%Y-%m-%d"),
               "draw": args.draw, "n": len(reqs), "rows": args.rows, "lengths": {
                   "median": float(np.median(lengths)), "mean": float(np.mean(lengths)), "max": max(lengths),
                   "at_cap": sum(x >= args.cap for x in lengths)}, "paths": rows, "complete": False}

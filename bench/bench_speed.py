@@ -16,7 +16,8 @@ generator  --n-prompts prompts (64), each one --image-size px image (336, random
            compiles; on CPU only with --compiled); (b) Generator decode="hf", batch 64; (c) plain transformers
            model.generate(**gen.encode(requests), max_new_tokens, do_sample=False, min_new_tokens=max_new_tokens);
            (d) Generator decode="auto", batch_size="auto" on --auto-prompts prompts (512; where auto starts: the
-           Generator's own max_batch_size unless --auto-max-batch-size), reporting the batch size it settled on.
+           Generator's own max_batch_size unless --auto-max-batch-size), reporting the batch size it settled on;
+           (d3) decode="compiled" on the same prompts at that settled size (issue 32's "at the auto batch size").
            Each: the cold first call at the measured shape (reported on its own), then --repeats timed calls at the
            same shape (torch.cuda.synchronize around). seconds, tokens/s, and the fraction of the decode floor:
            floor tokens/s for B rows = B / (LLM weight bytes / bandwidth), the LLM weight bytes = numel x
@@ -50,7 +51,6 @@ import math
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -59,6 +59,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import code_commit  # noqa: E402
 
 PARTS = ("generator", "vision", "reasoning", "same")
 FULL_PAIRS = 100  # probe pairs per task in the data (the full sweep)
@@ -162,13 +165,7 @@ def machine_info(device: str) -> dict:
         props = torch.cuda.get_device_properties(0)
         info.update({"gpu": torch.cuda.get_device_name(0), "gpu_memory_gib": round(props.total_memory / 1024**3, 1),
                      "gpu_count": torch.cuda.device_count()})
-    try:
-        repo = Path(__file__).resolve().parents[1]
-        info["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], check=False, cwd=repo, capture_output=True,
-                                            text=True, timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        info["git_commit"] = None
-    return info
+    return info | code_commit()
 
 
 # ----------------------------------------------------------------------------------------------------- generator
@@ -254,12 +251,16 @@ def bench_generator(gen, args, weights: dict) -> dict:
         gen._auto_batch_size = None  # start from max_batch_size, not from a size remembered earlier
     via_generator("auto_bs", f'(d) Generator decode="auto", batch_size="auto" ({args.auto_prompts} prompts)',
                   "auto", big, "auto")
-    rows["auto_bs"]["label"] += f", settled on {rows['auto_bs']['auto_batch_size']}"
+    settled = rows["auto_bs"]["auto_batch_size"]
+    rows["auto_bs"]["label"] += f", settled on {settled}"
+    if settled and (not args.cpu_smoke or args.compiled):  # (d3) the compiled step at the size "auto" chose
+        via_generator("compiled_bs", f'(d3) Generator decode="compiled", batch {settled} (the size "auto" settled '
+                      f"on), {args.auto_prompts} prompts", "compiled", big, int(settled))
 
     # the same greedy tokens? (bf16: batched kernels may round differently; reported, not required)
     order = range(n)
     agree = {}
-    for a, b in (("auto", "hf"), ("hf", "plain"), ("auto", "plain"), ("auto", "compiled")):
+    for a, b in (("auto", "hf"), ("hf", "plain"), ("auto", "plain"), ("auto", "compiled"), ("auto_bs", "compiled_bs")):
         if a not in outs or b not in outs:
             continue
         eq = sum(outs[a][i] == outs[b][i] for i in order)

@@ -22,6 +22,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import code_commit  # noqa: E402
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -101,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {"command": " ".join(sys.argv), "cells": runs["per_model"][1], "tasks": tasks,
               "one_variant_at_a_time": args.one_variant_at_a_time,
               "seconds": seconds, "speedup": seconds["per_cell"] / seconds["per_model"],
-              "items_equal": f"{same} / {compared}", "date": time.strftime("%Y-%m-%d")}
+              "items_equal": f"{same} / {compared}", "date": time.strftime("%Y-%m-%d"), **code_commit()}
     print(f"{record['cells']} cells ({len(tasks)} tasks a model): one process per model {seconds['per_model']:.1f} s, "
           f"one per cell {seconds['per_cell']:.1f} s = {record['speedup']:.2f}x; items equal {same} / {compared}")
     if args.out:

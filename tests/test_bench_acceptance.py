@@ -66,3 +66,30 @@ def _alive(work: Path) -> int | None:
         return int(json.loads((work / "runner.json").read_text())["pid"])
     except (OSError, ValueError, KeyError):
         return None
+
+
+def test_an_exported_trees_commit_wins_over_an_enclosing_checkout(tmp_path):
+    """On the device the benches run from `git archive HEAD` + COMMIT inside a stale checkout: its .git is not
+    the code measured (bench_speed recorded b2fe4bf for 0c42a82 on 2026-12-07)."""
+    import shutil
+    import subprocess
+
+    outer = tmp_path / "outer"
+    (outer / "export" / "bench").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(outer)], check=True)
+    subprocess.run(["git", "-C", str(outer), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q",
+                    "--allow-empty", "-m", "stale"], check=True)
+    shutil.copy(Path(acceptance.__file__).with_name("provenance.py"), outer / "export" / "bench")
+    sys.path.insert(0, str(outer / "export" / "bench"))
+    try:
+        import importlib
+
+        sys.modules.pop("provenance", None)
+        exported = importlib.import_module("provenance")
+        stale = exported.code_commit()["git_commit"]
+        assert stale and len(stale) == 40  # without COMMIT: the enclosing checkout's HEAD
+        (outer / "export" / "COMMIT").write_text("0c42a823393ef2562ff3e11f7260e47b0c1aac90\n")
+        assert exported.code_commit() == {"git_commit": "0c42a823393ef2562ff3e11f7260e47b0c1aac90", "git_dirty": False}
+    finally:
+        sys.path.remove(str(outer / "export" / "bench"))
+        sys.modules.pop("provenance", None)
