@@ -384,12 +384,13 @@ def check_transfer(run: Path, ctx: dict) -> dict:
 def check_report(run: Path, ctx: dict) -> dict:
     """Every planned cell in the leaderboard and every cell of the rendered rule_acc table filled."""
     from frankeneval.reports.leaderboard.build import build_leaderboard
-    from frankeneval.reports.leaderboard.text import missing_note
+    from frankeneval.reports.leaderboard.text import missing_note, samples_note
 
     md = run / "report.md"
     if not md.is_file():
         return {"expected": None, "present": 0, "complete": False, "what": "frankeneval report: no report.md"}
-    note = missing_note(build_leaderboard(run))
+    board = build_leaderboard(run)
+    note = "; ".join(n for n in (missing_note(board), samples_note(board)) if n) or None  # samples: the paper table
     rows, empty, in_table = 0, 0, False
     for line in md.read_text().splitlines():
         if line.startswith("#"):
@@ -401,9 +402,14 @@ def check_report(run: Path, ctx: dict) -> dict:
             ncols = len(cells)
     models, _ = transfer_plan(ctx)
     filled = rows * ncols - empty if rows else 0
+    planned = [(m, part.key) for m in board.rows for part in board.parts]  # every model on every split part
+    paper_empty = [f"{m} {k}" for m, k in planned if (c := board.paper.get((m, k))) is None or c.metric.n == 0]
+    paper = (f"; the paper table: {len(planned) - len(paper_empty)} of {len(planned)} model x part cells with items"
+             + (f" (none in: {', '.join(paper_empty[:6])}{' ...' if len(paper_empty) > 6 else ''})"
+                if paper_empty else ""))
     return {"expected": len(models) * ncols if rows else None, "present": filled, "missing_note": note,
-            "complete": note is None and rows == len(models) and empty == 0,
-            "what": f"frankeneval report: {rows} rows x {ncols if rows else 0} columns of rule_acc rendered"
+            "complete": note is None and rows == len(models) and empty == 0 and bool(planned) and not paper_empty,
+            "what": f"frankeneval report: {rows} rows x {ncols if rows else 0} columns of rule_acc rendered{paper}"
                     + (f"; {note}" if note else "")}
 
 

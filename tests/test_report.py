@@ -247,3 +247,29 @@ def test_html_is_self_contained_and_renders_in_chromium(run_dir, tmp_path):
     assert top.std() > 20 and (top < 100).mean() > 0.005
     # the header row's tinted background (#eef1f6 -> grey ~240) is present: the table, not only text
     assert ((top > 232) & (top < 245)).mean() > 0.01
+
+
+def test_a_missing_samples_file_is_named_never_a_silent_empty_pair(tmp_path):
+    """A finished cell whose samples file is gone (a copy of the run without them, as a lean acceptance pack
+    leaves it): its score still shows from the results file, and the report names the file in its notes (md, html,
+    tex and the command's stderr) instead of a bare N=0 in the paper table."""
+    from frankeneval.reports.leaderboard.text import report_notes, samples_note
+
+    run = tmp_path / "run"
+    models = {m: {"path": f"/models/{m}", "kind": m} for m in ("in", "rl")}
+    run_cells(run, models, ["franken_mathvista_perception", "franken_mathvista_perception_black"],
+              runner=_fake_runner, progress=lambda s: None)
+    assert samples_note(build_leaderboard(run)) is None
+    gone = next((run / "cells" / "rl" / "franken_mathvista_perception").rglob("*_samples_*.jsonl"))
+    gone.unlink()
+    board = build_leaderboard(run)
+    assert board.samples_missing == {"rl::franken_mathvista_perception": str(gone)}
+    note = samples_note(board)
+    assert note is not None and str(gone) in note and note in report_notes(board)
+    assert board.get("rl", "franken_mathvista_perception", "rule_acc").value == _results(
+        run, "rl", "franken_mathvista_perception")["rule_acc,none"]  # the results file's score still shows
+    assert board.get("rl", "franken_mathvista_perception", "rule_acc").n == 0
+    assert all(str(gone) in render(board, fmt) for fmt in ("md", "html", "latex"))
+    part = next(p for p in board.parts if p.dimension == "perception")
+    assert board.paper.get(("rl", part.key)) is None or board.paper[("rl", part.key)].metric.n == 0
+    assert board.paper[("in", part.key)].metric.n > 0

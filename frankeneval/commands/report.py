@@ -18,7 +18,7 @@ import sys
 from frankeneval.commands._shared import add_allow_foreign_argument, output_request
 from frankeneval.reports.leaderboard.build import build_leaderboard
 from frankeneval.reports.leaderboard.report import FORMATS, find_plots, render, write_report
-from frankeneval.reports.leaderboard.text import missing_note, skipped_note
+from frankeneval.reports.leaderboard.text import report_notes
 
 COMMAND = "report"
 HELP = "leaderboard of a transfer run as markdown, csv, html or latex"
@@ -49,7 +49,6 @@ def run(args: argparse.Namespace) -> int:
         print(render(board, args.format, plots=plots))
     if not args.no_write:
         print(f"report written: {', '.join(str(p) for p in written.values())}", file=sys.stderr)
-    for note in (missing_note(board), skipped_note(board)):
-        if note:
-            print(f"frankeneval report: {note}", file=sys.stderr)
+    for note in report_notes(board):
+        print(f"frankeneval report: {note}", file=sys.stderr)
     return 0

@@ -32,6 +32,7 @@ class _Collected:
     sample_paths: dict[str, dict[str, Path]] = field(default_factory=dict)  # model -> leaf task -> samples file
     prompts: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # model -> [(label, reason)]
     origins: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)  # (model, leaf) -> (kind, note)
+    samples_missing: dict[str, str] = field(default_factory=dict)  # "model::leaf task" -> the absent file
 
 
 def prompt_label(value: Any) -> tuple[str, str]:
@@ -126,6 +127,7 @@ def build_leaderboard(run_dir: str | os.PathLike, *, metrics: Sequence[str] = ME
         prompt_reasons={m: " / ".join(r for _, r in got.prompts.get(m, []) if r) for m in order},
         seed=seed,
         skipped=[dict(x) for x in manifest.get("skipped_inputs") or [] if isinstance(x, dict)],
+        samples_missing=got.samples_missing,
     )
     board.origins, board.origin_notes = _origin_marks(got.origins, order)
     fill_deltas_and_best(board)
@@ -156,7 +158,11 @@ def _read_cell(run_dir: Path, rec: dict[str, Any], metrics: Sequence[str], seed:
     if label[0] and label not in got.prompts.setdefault(model, []):
         got.prompts[model].append(label)
     for task, rel in (rec.get("samples") or {}).items():
-        got.sample_paths.setdefault(model, {})[str(task)] = run_dir / str(rel)
+        path = run_dir / str(rel)
+        if not path.is_file():  # e.g. a copy of the run without them: named in the report, never a silent N = 0
+            got.samples_missing[f"{model}::{task}"] = str(path)
+            continue
+        got.sample_paths.setdefault(model, {})[str(task)] = path
     data = _read_results(run_dir, rec, got.missing)
     if data is None:
         return
@@ -195,7 +201,8 @@ def _entry(run_dir: Path, rec: dict[str, Any], task: str, task_metrics: dict[str
     if value is None and not n_err and not n_time:  # (every item a judge error, or timed out: the count shows)
         return None
     sample_rel = (rec.get("samples") or {}).get(task)
-    scores = read_sample_scores(run_dir / sample_rel, metric) if sample_rel else []
+    sample_path = run_dir / str(sample_rel) if sample_rel else None
+    scores = read_sample_scores(sample_path, metric) if sample_path is not None and sample_path.is_file() else []
     entry = Entry(value=value, n=len(scores), ci=bootstrap_mean_ci(scores, seed=seed))
     if metric == "judge_acc":  # judge errors are reported beside the judge's accuracy, never as wrong
         entry.errors = int(n_err) if n_err is not None else 0

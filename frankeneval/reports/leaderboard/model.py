@@ -60,6 +60,9 @@ class Leaderboard:
     prompt_reasons: dict[str, str] = field(default_factory=dict)  # row -> why that prompt (when recorded)
     seed: int = 0
     skipped: list[dict] = field(default_factory=list)  # inputs left out as broken (transfer --skip-broken)
+    # finished cells' samples files that are not there ("model::leaf task" -> path): their per-item numbers (n, the
+    # intervals, the paper table) cannot be computed, and the report says so (samples_note)
+    samples_missing: dict[str, str] = field(default_factory=dict)
     # cells not run here, as their runs recorded it: (row, leaf task) -> mark ("†" reused, "‡" regraded, numbered
     # when there are several sources); mark -> its footnote (the source run and, for a regrade, the grading)
     origins: dict[tuple[str, str], str] = field(default_factory=dict)

@@ -12,7 +12,6 @@ from frankeneval.reports.leaderboard.text import (
     TRANSITION_HEADS,
     cell_parts,
     legend,
-    missing_note,
     n_of,
     origin_legend,
     origin_note_lines,
@@ -21,7 +20,7 @@ from frankeneval.reports.leaderboard.text import (
     paper_n,
     paper_parts,
     part_label,
-    skipped_note,
+    report_notes,
     split_title,
     title,
     transition_rows,
@@ -100,7 +99,7 @@ def to_html(board: Leaderboard, plots: Sequence[Path] = (), chart_png: bytes | N
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              f"<title>{esc(title(board))}</title><style>{_CSS}</style></head><body>",
              f"<h1>{esc(title(board))}</h1>"]
-    parts += [f'<p class="missing">{esc(note)}</p>' for note in (missing_note(board), skipped_note(board)) if note]
+    parts += [f'<p class="missing">{esc(note)}</p>' for note in report_notes(board)]
     if origin_legend(board):
         parts += [f'<p class="origin">{esc(origin_legend(board))}</p>', '<ul class="origin">']
         parts += [f"<li>{esc(n)}</li>" for n in origin_note_lines(board)] + ["</ul>"]

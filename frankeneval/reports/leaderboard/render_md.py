@@ -7,7 +7,6 @@ from frankeneval.reports.leaderboard.text import (
     TRANSITION_HEADS,
     cell_parts,
     legend,
-    missing_note,
     n_of,
     origin_legend,
     origin_note_lines,
@@ -16,7 +15,7 @@ from frankeneval.reports.leaderboard.text import (
     paper_n,
     paper_parts,
     part_label,
-    skipped_note,
+    report_notes,
     split_title,
     title,
     transition_rows,
@@ -60,9 +59,8 @@ def paper_markdown(board: Leaderboard) -> list[str]:
 
 def to_markdown(board: Leaderboard) -> str:
     lines = [f"# {title(board)}", ""]
-    for note in (missing_note(board), skipped_note(board)):
-        if note:
-            lines += [f"**{note}**", ""]
+    for note in report_notes(board):
+        lines += [f"**{note}**", ""]
     if origin_legend(board):
         lines += [f"**{origin_legend(board)}**", ""] + [f"- {n}" for n in origin_note_lines(board)] + [""]
     lines += paper_markdown(board)

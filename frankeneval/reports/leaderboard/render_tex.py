@@ -6,7 +6,6 @@ from frankeneval.reports.leaderboard.model import METRIC_LABELS, Leaderboard
 from frankeneval.reports.leaderboard.text import (
     TRANSITION_HEADS,
     legend,
-    missing_note,
     n_of,
     origin_legend,
     origin_note_lines,
@@ -15,7 +14,7 @@ from frankeneval.reports.leaderboard.text import (
     paper_parts,
     part_label,
     pct,
-    skipped_note,
+    report_notes,
     split_title,
     title,
     transition_rows,
@@ -89,7 +88,7 @@ def _tex(text: str) -> str:
 
 def to_latex(board: Leaderboard) -> str:
     out = [f"% {title(board)}", "% " + legend(), "% needs \\usepackage{booktabs}"]
-    out += ["% " + note for note in (missing_note(board), skipped_note(board)) if note]
+    out += ["% " + note for note in report_notes(board)]
     out += ["% " + note for note in ([origin_legend(board)] + origin_note_lines(board) if origin_legend(board) else [])]
     out += paper_latex(board)
     for metric in board.metrics:

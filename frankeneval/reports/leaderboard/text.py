@@ -156,6 +156,26 @@ def missing_note(board: Leaderboard) -> str | None:
     return f"Missing cells ({len(items)}; rerun `frankeneval transfer` to finish them): " + "; ".join(items)
 
 
+def samples_note(board: Leaderboard, show: int = 6) -> str | None:
+    """One line naming the finished cells' samples files that are not there, or None. Their scores still show (from
+    the results files), but nothing per item: n, the intervals and the paper table's pairs."""
+    if not board.samples_missing:
+        return None
+    items = []
+    for key, path in list(board.samples_missing.items())[:show]:
+        model, _, task = key.partition("::")
+        items.append(f"{board.row_label(model)} × {task} ({path})")
+    more = f"; ... {len(board.samples_missing) - show} more" if len(board.samples_missing) > show else ""
+    return (f"Samples files missing ({len(board.samples_missing)}): n, the intervals and the paper table are not "
+            "computed for them; restore the files (or delete the cell's folder and rerun `frankeneval transfer`): "
+            + "; ".join(items) + more)
+
+
+def report_notes(board: Leaderboard) -> list[str]:
+    """The report's warnings, in order: missing cells, missing samples files, skipped inputs."""
+    return [n for n in (missing_note(board), samples_note(board), skipped_note(board)) if n]
+
+
 def skipped_note(board: Leaderboard, show: int = 10) -> str | None:
     """One line naming the inputs the cells left out as broken (``transfer --skip-broken``), or None; then, when
     any, the black + description items left out for want of a description (:func:`description_note`)."""
