@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from frankeneval.core.results import write_json_atomic
 from frankeneval.engine.generation import Generator
 from frankeneval.localization.attention import _executor, _member_units, attention_prompts
 from frankeneval.localization.vision import select_probe_sets
@@ -82,10 +82,7 @@ def plain_one(gen: Generator, unit, max_new_tokens: int) -> float:
 
 def write_json(path: Path, report: dict) -> None:
     """Atomic: written after every member, so a run stopped by a call's limit keeps what it measured."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(report, indent=1))
-    tmp.replace(path)
+    write_json_atomic(path, report, indent=1)
 
 
 def members_of(args) -> dict[str, str]:

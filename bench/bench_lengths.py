@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from frankeneval.core.results import write_json_atomic
 from frankeneval.engine.generation import Generator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -175,10 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         record["complete"] = all(n in rows or n in skip for n in order)
         print(f"  {name:<11} {rows[name]['seconds']:8.1f} s  {rows[name]['tok_s']:9.0f} useful tok/s", flush=True)
         if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = args.out.with_name(args.out.name + ".partial")
-            tmp.write_text(json.dumps(record, indent=1))
-            tmp.replace(args.out)
+            write_json_atomic(args.out, record, indent=1)
     return 0
 
 

@@ -25,6 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import code_commit  # noqa: E402
 
+from frankeneval.core.results import write_json_atomic  # noqa: E402
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{record['cells']} cells ({len(tasks)} tasks a model): one process per model {seconds['per_model']:.1f} s, "
           f"one per cell {seconds['per_cell']:.1f} s = {record['speedup']:.2f}x; items equal {same} / {compared}")
     if args.out:
-        args.out.write_text(json.dumps(record, indent=1))
+        write_json_atomic(args.out, record, indent=1)
     return 0 if same == compared else 1
 
 

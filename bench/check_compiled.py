@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_generate import make_requests  # noqa: E402
 from provenance import code_commit  # noqa: E402
 
+from frankeneval.core.results import write_json_atomic  # noqa: E402
 from frankeneval.engine.generation import Generator  # noqa: E402
 
 
@@ -100,10 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[check_compiled] {dtype}: compiled = auto in {res['equal_rows']} / {res['rows']} rows of "
               f"{args.tokens} tokens; margins at the first differences {diffs}; all margins median "
               f"{res['margin_median']}, 10th percentile {res['margin_p10']}", flush=True)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_name(args.out.name + ".tmp")
-        tmp.write_text(json.dumps(report, indent=1))
-        tmp.replace(args.out)
+        write_json_atomic(args.out, report, indent=1)  # after each dtype: a call's limit keeps what ran
     return 0
 
 
