@@ -607,6 +607,7 @@ def run(args: argparse.Namespace) -> int:
                                    "run on the first session's GPU model or start over with a new --work")
                     print(f"acceptance: {st['error']}", file=sys.stderr)
                     return 1
+                st.pop("error", None)  # an earlier attempt's error is history (its attempt keeps its rc and log)
                 ctx["layers"] = n_llm_layers(work / "lineage" / "rl")
             elif name == "data":
                 t = time.perf_counter()
