@@ -166,3 +166,30 @@ def test_time_limit_times_each_request_from_its_own_prefill(gen, spy, monkeypatc
         else:
             assert c.finish_reason == "timeout"
             assert c.token_ids == f.token_ids[:13]
+
+
+def test_a_long_prompt_gone_shrinks_the_window_and_answers_stay_the_same(gen, spy, monkeypatch):
+    """Every step attends over the whole cache window: once the long prompts (first: longest first) are answered,
+    the window is cut to what the short rows need, and every answer is still the one it gets alone (float32). With
+    SHRINK off the window never gets shorter (the case would have stayed at the long prompts' length)."""
+    lengths = []
+    resize = continuous_mod.ContinuousDecoder._resize
+
+    def record(self, length):
+        lengths.append((self.keys[0].shape[2], length))
+        return resize(self, length)
+
+    monkeypatch.setattr(continuous_mod.ContinuousDecoder, "_resize", record)
+    long_text = "describe every shape and colour and more " * 12
+    reqs = [GenRequest(long_text + str(i), [noise_image(300 + i, size=(112, 112))]) for i in range(2)]
+    reqs += [GenRequest(f"count {i}", [noise_image(400 + i, size=(28, 28))]) for i in range(6)]
+    budgets = [3, 3] + [40] * 6
+    want = alone(gen, reqs, [[] for _ in reqs], max_new_tokens=budgets[0], ignore_eos=True)[:2]
+    want += [gen.generate([r], max_new_tokens=40, ignore_eos=True, batch_size=1)[0] for r in reqs[2:]]
+    got = gen.generate(reqs, max_new_tokens=budgets, ignore_eos=True, batch_size=2)
+    assert_same(got, want)
+    assert any(new < old for old, new in lengths), lengths  # the window was shrunk
+    lengths.clear()
+    monkeypatch.setattr(continuous_mod.ContinuousDecoder, "SHRINK", False)
+    assert_same(gen.generate(reqs, max_new_tokens=budgets, ignore_eos=True, batch_size=2), want)
+    assert not any(new < old for old, new in lengths), lengths

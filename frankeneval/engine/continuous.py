@@ -6,9 +6,12 @@ written into a freed row (its prompt ending at the current cache slot) between t
 write each step's keys and values at one shared slot, which is what lets the step be one CUDA graph.
 
 The cache is a window over that shared slot axis. When the slot reaches the window's end, the live rows' content
-(the last ``max(longest live row, longest prompt seen)`` slots) is moved to the front, in place (the CUDA graph
-keeps its tensors), and the window grows only when the live rows need more. A refill whose prompt is longer than
-the current slot moves the content to the right first. Masked slots are never read, so a moved or refilled row
+(the last ``longest live row`` slots) is moved to the front, in place (the CUDA graph keeps its tensors), and the
+window grows only when the live rows need more. A refill whose prompt is longer than the current slot moves the
+content to the right first. Every step attends over the whole window, so a window much longer than the live rows
+need (one long prompt, e.g. a 16,000-token MathVista image, finished long ago) is shrunk: when the live content
+plus room for the next steps fits four times over, it moves to the front and the window is cut to twice that
+(``SHRINK``; the CUDA graph is captured again). Masked slots are never read, so a moved, shrunk or refilled row
 decodes exactly as it would have in a batch of its own (float32: the tests compare token for token).
 
 The Generator drives it (:meth:`frankeneval.engine.generation.Generator._generate_continuous`): ``steps`` of
@@ -25,6 +28,7 @@ class ContinuousDecoder(StaticDecoder):
     """A :class:`StaticDecoder` whose rows are refilled (see the module docstring)."""
 
     CHECK_EVERY = 16  # decode steps between two harvests
+    SHRINK = True  # cut a window four times longer than the live rows need (module docstring); False: never
 
     def __init__(self, model, *, rows: int, prompt_len: int, max_new_tokens: int, device, dtype,
                  check_every: int | None = None, use_graph: bool | None = None, compile_step: bool = False):
@@ -35,7 +39,6 @@ class ContinuousDecoder(StaticDecoder):
         self.check_every = check_every
         self.start = [prompt_len] * rows  # the first slot of each row's content (host)
         self.live: set[int] = set()
-        self.longest_prompt = prompt_len
 
     # ------------------------------------------------------------------------------------------------ rows
     def started(self, rows: list[int], prompt_slots: int) -> None:
@@ -43,7 +46,6 @@ class ContinuousDecoder(StaticDecoder):
         for r in rows:
             self.start[r] = self.slot_host - prompt_slots
             self.live.add(r)
-        self.longest_prompt = max(self.longest_prompt, prompt_slots)
 
     def retire(self, row: int) -> None:
         """Row ``row`` has nothing more to decode (its slot keeps computing, unread)."""
@@ -59,6 +61,7 @@ class ContinuousDecoder(StaticDecoder):
     # ------------------------------------------------------------------------------------------------ steps
     def steps(self, n: int) -> None:
         """Decode ``n`` steps for every row (made room for first)."""
+        self._shrink(n)
         self._ensure(n)
         if self.use_graph and self.graph is None:
             self._capture_or_eager()
@@ -77,10 +80,21 @@ class ContinuousDecoder(StaticDecoder):
         length = self.keys[0].shape[2]
         if self.slot_host + n <= length:
             return
-        target = max(self._live_length(), self.longest_prompt)
+        target = self._live_length()
         if target + n > length:
             self._resize(max(2 * length, target + n + self.GROW_TOKENS))
         self._move(target)
+
+    def _shrink(self, n: int) -> None:
+        """Cut the window to twice what the live rows and ``n`` more steps need, when that is a quarter of it or less
+        (the content moves to the front first; a refill with a longer prompt makes room again, room_for_prompt)."""
+        if not self.SHRINK or self.mass is not None:
+            return
+        need = self._live_length() + n + self.check_every
+        if 4 * max(need, self.GROW_TOKENS) > self.keys[0].shape[2]:
+            return
+        self._move(self._live_length())
+        self._resize(2 * max(need, self.GROW_TOKENS))
 
     def _move(self, new_slot: int) -> None:
         """Move the content of the last ``min(slot, new_slot)`` slots so that it ends at ``new_slot`` (in place)."""

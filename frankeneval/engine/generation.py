@@ -46,7 +46,7 @@ import torch
 from frankeneval.engine.branch import BranchPlan, branch_prefill, plan_branches
 from frankeneval.engine.continuous import ContinuousDecoder
 from frankeneval.engine.decode import StaticDecoder, returned_cache, supports_static_decode
-from frankeneval.engine.encoding import PromptEncoder, image_key, to_rgb
+from frankeneval.engine.encoding import PromptEncoder, image_key, to_rgb, visual_token_count
 from frankeneval.engine.interventions import (
     Ablate,
     AttentionCapture,
@@ -285,6 +285,7 @@ class Generator:
         self._auto_batch_size: int | None = None
         self._kv_cache: OrderedDict[tuple, VisualKV] = OrderedDict()
         self.kv_cache_size = 64
+        self._visual_token_cache: dict[tuple[int, int], int] = {}  # image size -> visual tokens (request order)
 
     # ------------------------------------------------------------------------------------------------ load
     @classmethod
@@ -566,8 +567,10 @@ class Generator:
             repetition_penalty = self.checkpoint_repetition_penalty()
         if seed is not None:
             torch.manual_seed(seed)
-        # longest prompts first: less padding, and an out-of-memory shows up on the first batch
-        order = sorted(range(n), key=lambda i: (-len(requests[i].images), -len(requests[i].prompt)))
+        # longest prompts first (images' visual tokens, then text): less padding, an out-of-memory shows up on the
+        # first batch, and a continuous run's cache window shrinks as the queue gets shorter (engine.continuous)
+        order = sorted(range(n), key=lambda i: (-len(requests[i].images), -self._visual_tokens(requests[i]),
+                                                -len(requests[i].prompt)))
         kwargs = dict(
             max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
             repetition_penalty=repetition_penalty, ignore_eos=ignore_eos,
@@ -619,6 +622,16 @@ class Generator:
         if pbar is not None:
             pbar.close()
         return results  # type: ignore[return-value]
+
+    def _visual_tokens(self, request: GenRequest) -> int:
+        """The visual tokens of a request's images, from their sizes (no processing); 0 for an image without one."""
+        sizes = [getattr(im, "size", None) for im in request.images]
+        return sum(self._visual_tokens_of(tuple(sz)) for sz in sizes if sz is not None)
+
+    def _visual_tokens_of(self, size: tuple[int, int]) -> int:
+        if size not in self._visual_token_cache:
+            self._visual_token_cache[size] = visual_token_count(self.processor, size)
+        return self._visual_token_cache[size]
 
     @staticmethod
     def _normalize_stops(stop, n: int) -> list[list[str]]:
