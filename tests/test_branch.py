@@ -68,7 +68,7 @@ def test_branched_swap_rows_equal_a_full_prefill_and_generate(gen, branched):
     ours = gen.generate(reqs, **kw)
     swap_rows = {i for i, r in enumerate(rows) if r and isinstance(r[0], SwapVisualKV)}
     # generate's batch order
-    order = sorted(range(len(reqs)), key=lambda i: (-len(reqs[i].images), -len(reqs[i].prompt)))
+    order = gen.request_order(reqs)
     assert len(branched) == 1 and {order[b] for b in branched[0]} == swap_rows
     assert_same(full, ours)
     assert_same(hf, ours)

@@ -567,10 +567,7 @@ class Generator:
             repetition_penalty = self.checkpoint_repetition_penalty()
         if seed is not None:
             torch.manual_seed(seed)
-        # longest prompts first (images' visual tokens, then text): less padding, an out-of-memory shows up on the
-        # first batch, and a continuous run's cache window shrinks as the queue gets shorter (engine.continuous)
-        order = sorted(range(n), key=lambda i: (-len(requests[i].images), -self._visual_tokens(requests[i]),
-                                                -len(requests[i].prompt)))
+        order = self.request_order(requests)
         kwargs = dict(
             max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
             repetition_penalty=repetition_penalty, ignore_eos=ignore_eos,
@@ -622,6 +619,14 @@ class Generator:
         if pbar is not None:
             pbar.close()
         return results  # type: ignore[return-value]
+
+    def request_order(self, requests: Sequence[GenRequest]) -> list[int]:
+        """The order a call runs its requests in: longest prompts first (image count, the images' visual tokens, then
+        text). Less padding, an out-of-memory shows up on the first batch, and a continuous run's cache window
+        shrinks as the queue gets shorter (:mod:`frankeneval.engine.continuous`)."""
+        return sorted(range(len(requests)), key=lambda i: (-len(requests[i].images),
+                                                           -self._visual_tokens(requests[i]),
+                                                           -len(requests[i].prompt)))
 
     def _visual_tokens(self, request: GenRequest) -> int:
         """The visual tokens of a request's images, from their sizes (no processing); 0 for an image without one."""
