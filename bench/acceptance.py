@@ -849,12 +849,14 @@ def table(state: dict) -> str:
 
     sessions = state.get("sessions", [])
 
-    def seen(key: str) -> str:  # the values a machine field took over the sessions
-        return ", ".join(sorted({str(m.get(key))[:12] for m in sessions}))
+    def seen(key: str, width: int = 12, mark=lambda m: "") -> str:
+        """The values a machine field took over the sessions; sessions that did not record it are counted."""
+        values = sorted({str(m[key])[:width] + mark(m) for m in sessions if m.get(key) is not None})
+        missing = sum(m.get(key) is None for m in sessions)
+        return ", ".join(values + ([f"not recorded in {missing} of {len(sessions)} sessions"] if missing else []))
 
     gpus = sorted({g for m in sessions for g in m.get("gpus", [])}) or ["CPU"]
-    commits = ", ".join(sorted({str(m.get("git_commit"))[:7] + ("+dirty" if m.get("git_dirty") else "")
-                                for m in sessions}))
+    commits = seen("git_commit", 7, lambda m: "+dirty" if m.get("git_dirty") else "")
     head = (f"Sessions: {len(sessions)} ({', '.join(gpus)}); commit {commits}; torch {seen('torch')}, "
             f"transformers {seen('transformers')}, lmms-eval {seen('lmms_eval')}")
     lines = [head,

@@ -117,3 +117,16 @@ def test_every_listed_archive_comes_back_from_history_with_its_sha256(tmp_path):
                            capture_output=True, text=True)
     assert again.returncode != 0 and "not overwritten" in again.stderr
     assert (out / rows[0][0]).read_bytes() == b"a user's file"
+
+
+def test_the_tables_head_counts_sessions_that_did_not_record_a_field():
+    """A session whose machine lacked lmms-eval (or whose commit was unknown) is counted, never printed as 'None'."""
+    sessions = [{"gpus": ["H100"], "git_commit": "0c42a823393e", "torch": "2.11", "transformers": "5.25.0",
+                 "lmms_eval": "0.7.3"},
+                {"gpus": ["H100"], "git_commit": None, "torch": "2.11", "transformers": "5.25.0", "lmms_eval": None},
+                {"gpus": ["H100"], "git_commit": "9f8abf41939f", "git_dirty": True, "torch": "2.11",
+                 "transformers": "5.25.0", "lmms_eval": None}]
+    head = acceptance.table({"sessions": sessions, "stages": {}}).splitlines()[0]
+    assert "None" not in head
+    assert "commit 0c42a82, 9f8abf4+dirty, not recorded in 1 of 3 sessions;" in head
+    assert "lmms-eval 0.7.3, not recorded in 2 of 3 sessions" in head
