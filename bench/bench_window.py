@@ -1,31 +1,47 @@
-"""The transfer matrix's prompt shape (issue 32): MathVista images at their recorded sizes, a heavy tail of visual
-tokens (testmini: median 252, 90th percentile 975, largest 16,224 under Qwen2.5-VL's default pixel limits). A
-continuous run attends over one cache window for every row; this measures the window policy side by side in one
-process, with the same requests:
+"""The transfer matrix's prompt shape (issue 32): the continuous decoder's window policy and request order, side by
+side in one process, on the requests the transfer actually sends.
 
-* ``shrink``: today's Generator: requests longest first by visual tokens, and the window cut once the long prompts
-  are answered (``ContinuousDecoder.SHRINK``);
-* ``grow_only``: the window as before (``SHRINK`` off, it only grows) and the order as before (image count, then
-  text length: the visual-token estimate patched to 0).
+The MathVista tasks show an image at the paper's size (``paper_image_size``: at most 1280 x 720 = 921,600 pixels),
+so a transfer prompt brings at most about 1,200 visual tokens (testmini: median 252, 90th percentile 966, mean 328).
+At the processor's own limits (``--sizes recorded``) the largest testmini image brings 16,224. Ways:
 
-    python bench/bench_window.py --model /tmp/accept/lineage/rl --testmini .devdata/mathvista/testmini.jsonl \
-        --out /tmp/bw/window.json                                                    # GPU, about 6 min at 7B
-    python bench/bench_window.py --model <tiny>/rl --testmini ../shared/data/mathvista/testmini.jsonl \
+* ``new``: today's Generator: requests longest first by their images' visual tokens, and the cache window cut once
+  the long prompts are answered (``ContinuousDecoder.SHRINK``);
+* ``old``: the policy of 0c42a82 and before (the acceptance run's Base / IN / RL): the order by image count, then
+  text length (the visual-token estimate patched to 0), and a window that only grows;
+* ``visual_order_grow_only`` (``--ways``): the new order with the old window, to tell the two changes apart.
+
+Requests, one of:
+
+* ``--samples DIR``: a transfer's own requests, replayed: every ``*samples_*.jsonl`` under DIR (e.g. one model's
+  ``transfer/cells/<model>``), or the file that ``--samples DIR --save-requests FILE`` wrote (0.9 MB for a model's
+  1,364 requests: small enough to carry). Each request: the prompt text lmms-eval built (``input``), the row's image
+  at the paper's size (random pixels, as the acceptance's synthetic images), black for the ``_black`` /
+  ``_blackdesc`` controls, none for MATH-500; the system prompt ``--system`` (``reasoner``, as the transfer's cells;
+  a saved file keeps the one given when it was saved). Image sizes come from
+  ``--testmini`` (the rows' recorded sizes).
+* else ``--testmini`` rows (a seeded draw of ``--prompts``): the query and one random-pixel image at the row's size,
+  ``--sizes paper`` (default, as the tasks show it) or ``recorded``; ``--max-side`` scales larger ones down (CPU).
+
+Each request runs ``--tokens`` new tokens with EOS ignored (random weights), greedy, ``--batch-size`` rows (``auto``:
+settled in the warm-up, then fixed for every way). A warm-up runs every way once on other requests. Then the ways run
+``--repeats`` times in alternating order (A B B A ...), so a drift of the machine falls on both. Per run: seconds,
+useful tokens/s, the window lengths it went through, peak GPU memory; per way, whether its tokens equal the first
+way's (bf16: reported, not required; float32 equality is in tests/test_continuous.py). JSON after each run (atomic).
+
+    python bench/bench_window.py --samples /tmp/s09/transfer/cells/base --system reasoner \\
+        --save-requests .devdata/transfer_requests.jsonl                          # CPU: Base's 1,364 requests, 0.9 MB
+    python bench/bench_window.py --model /tmp/accept/lineage/rl --testmini .devdata/mathvista/testmini.jsonl \\
+        --samples .devdata/transfer_requests.jsonl --prompts 512 --out /tmp/bw/window.json   # GPU, about 8 min at 7B
+    python bench/bench_window.py --model <tiny>/rl --testmini ../shared/data/mathvista/testmini.jsonl \\
         --prompts 12 --tokens 8 --batch-size 4 --max-side 112 --out /tmp/bw.json     # CPU plumbing, not a measurement
-
-Requests: --prompts rows of testmini (seeded draw), each its question and one random-pixel image at the row's
-recorded size (``metadata.img_width`` / ``img_height``; --max-side scales larger ones down, for CPU smoke runs),
---tokens new tokens with EOS ignored (random weights), greedy, --batch-size rows (``auto``: the Generator's own,
-settled in the warm-up and then fixed for both ways). A warm-up call runs both ways once on other rows first. Per
-way: seconds, useful tokens/s, the window lengths it went through, peak GPU memory, and whether its tokens equal
-the other way's (bf16: reported, not required; float32 equality is in tests/test_continuous.py). JSON after each
-way (atomic).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -35,26 +51,96 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from frankeneval.tasks.mathvista.utils import black_image, paper_image_size  # noqa: E402
 from provenance import code_commit  # noqa: E402
 
 import frankeneval.engine.continuous as continuous_mod  # noqa: E402
 from frankeneval.core.results import write_json_atomic  # noqa: E402
 from frankeneval.engine.encoding import visual_token_count  # noqa: E402
 from frankeneval.engine.generation import Generator, GenRequest  # noqa: E402
+from frankeneval.evaluation.prompts import resolve_system_prompt  # noqa: E402
+
+WAYS = {"new": ("visual", True), "old": ("text", False), "visual_order_grow_only": ("visual", False)}
 
 
-def testmini_requests(path: Path, n: int, seed: int, max_side: int | None) -> list[GenRequest]:
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+def _scaled(w: int, h: int, sizes: str, max_side: int | None) -> tuple[int, int]:
+    if sizes == "paper":
+        w, h = paper_image_size(w, h)
+    if max_side and max(w, h) > max_side:
+        w, h = max(28, w * max_side // max(w, h)), max(28, h * max_side // max(w, h))
+    return w, h
+
+
+def _noise(rng, w: int, h: int):
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def recorded_sizes(testmini: Path) -> dict[str, tuple[int, int]]:
+    """image file name -> (width, height) recorded in testmini's metadata."""
+    sizes = {}
+    for line in testmini.read_text(encoding="utf-8").split("\n"):
+        if line.strip():
+            row = json.loads(line)
+            meta = row.get("metadata") or {}
+            sizes[Path(str(row.get("image"))).name] = (int(meta.get("img_width") or 336),
+                                                       int(meta.get("img_height") or 336))
+    return sizes
+
+
+def testmini_requests(path: Path, n: int, seed: int, sizes: str, max_side: int | None) -> list[GenRequest]:
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
     rng = np.random.default_rng(seed)
     out = []
     for i in rng.choice(len(rows), size=min(n, len(rows)), replace=False):
         meta = rows[i].get("metadata") or {}
-        w, h = int(meta.get("img_width") or 336), int(meta.get("img_height") or 336)
-        if max_side and max(w, h) > max_side:
-            w, h = max(28, w * max_side // max(w, h)), max(28, h * max_side // max(w, h))
-        pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        w, h = _scaled(int(meta.get("img_width") or 336), int(meta.get("img_height") or 336), sizes, max_side)
         out.append(GenRequest(str(rows[i].get("query") or rows[i].get("question") or "What is shown?"),
-                              [Image.fromarray(pixels)]))
+                              [_noise(rng, w, h)]))
+    return out
+
+
+def transfer_rows(source: Path) -> list[tuple[str, dict]]:
+    """(task, row) of a transfer's requests: every ``*samples_*.jsonl`` under a folder, or a file that
+    ``--save-requests`` wrote (one ``{"task", "input", "input_media"}`` a line)."""
+    if source.is_file():
+        lines = source.read_text(encoding="utf-8").split("\n")
+        return [(row["task"], row) for row in map(json.loads, filter(str.strip, lines))]
+    files = sorted(source.rglob("*samples_*.jsonl"))
+    if not files:
+        raise SystemExit(f"bench_window: no *samples_*.jsonl under {source}")
+    rows = []
+    for f in files:
+        task = re.sub(r"^.*samples_", "", f.stem)
+        for line in f.read_text(encoding="utf-8").split("\n"):
+            if line.strip():
+                rows.append((task, json.loads(line)))
+    return rows
+
+
+def save_requests(source: Path, out: Path, system: str | None) -> int:
+    """The fields the replay reads, one request a line (under 1 MB for a model's 1,364: small enough to carry)."""
+    rows = transfer_rows(source)
+    out.write_text("".join(json.dumps({"task": task, "input": row["input"], "input_media": row.get("input_media") or [],
+                                       "system": system}, ensure_ascii=False) + "\n"
+                           for task, row in rows), encoding="utf-8")
+    return len(rows)
+
+
+def samples_requests(folder: Path, testmini: Path, n: int | None, seed: int, system: str | None,
+                     max_side: int | None) -> list[GenRequest]:
+    """A transfer's requests from its lmms-eval samples files (see the module docstring)."""
+    sizes = recorded_sizes(testmini)
+    rows = transfer_rows(folder)
+    rng = np.random.default_rng(seed)
+    if n and n < len(rows):
+        rows = [rows[i] for i in sorted(rng.choice(len(rows), size=n, replace=False))]
+    out = []
+    for task, row in rows:
+        images = []
+        for media in row.get("input_media") or []:
+            w, h = _scaled(*sizes[Path(media).name], "paper", max_side)
+            images.append(black_image(w, h) if re.search(r"_black(desc)?$", task) else _noise(rng, w, h))
+        out.append(GenRequest(str(row["input"]), images, system=system or row.get("system")))
     return out
 
 
@@ -73,13 +159,16 @@ class Windows:
         continuous_mod.ContinuousDecoder._resize = resize
 
 
-def run_way(gen: Generator, name: str, reqs, tokens: int, batch: int, windows: Windows) -> tuple[dict, list]:
-    shrink = name == "shrink"
+def set_way(gen: Generator, way: str) -> None:
+    order, shrink = WAYS[way]
     continuous_mod.ContinuousDecoder.SHRINK = shrink
-    if shrink:
-        gen.__dict__.pop("_visual_tokens", None)
-    else:
-        gen._visual_tokens = lambda request: 0  # the order before: image count, then text length
+    gen.__dict__.pop("_visual_tokens", None)
+    if order == "text":
+        gen._visual_tokens = lambda request: 0  # the order before 6891b04: image count, then text length
+
+
+def run_way(gen: Generator, way: str, reqs, tokens: int, batch, windows: Windows) -> tuple[dict, list]:
+    set_way(gen, way)
     windows.seen.clear()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -90,53 +179,98 @@ def run_way(gen: Generator, name: str, reqs, tokens: int, batch: int, windows: W
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     useful = sum(len(r.token_ids) for r in out)
-    return {"seconds": round(seconds, 2), "useful_tokens": useful, "tok_s": round(useful / seconds, 1),
+    return {"way": way, "seconds": round(seconds, 2), "useful_tokens": useful, "tok_s": round(useful / seconds, 1),
             "windows": list(windows.seen),
             "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1) if torch.cuda.is_available()
             else None}, [r.token_ids for r in out]
 
 
+def alternating(ways: list[str], repeats: int) -> list[str]:
+    """A B B A A B ... for two ways (A B C C B A ... for three): each way as often first as last."""
+    return [w for r in range(repeats) for w in (ways if r % 2 == 0 else ways[::-1])]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="a checkpoint folder (e.g. the acceptance lineage's rl/)")
-    p.add_argument("--testmini", required=True, type=Path, help="MathVista testmini.jsonl (rows with metadata)")
-    p.add_argument("--prompts", type=int, default=512)
+    p.add_argument("--model", help="a checkpoint folder (e.g. the acceptance lineage's rl/)")
+    p.add_argument("--testmini", type=Path, help="MathVista testmini.jsonl (rows with metadata)")
+    p.add_argument("--samples", type=Path, default=None,
+                   help="replay a transfer's requests: a folder with its lmms-eval *samples_*.jsonl files, or a "
+                        "file --save-requests wrote")
+    p.add_argument("--save-requests", type=Path, default=None,
+                   help="with --samples: write the requests' fields to this file (to carry) and stop")
+    p.add_argument("--system", default=None,
+                   help="system prompt of every request: reasoner, revisual, @FILE or the text (default: the "
+                        "template's; the transfer's cells use reasoner)")
+    p.add_argument("--prompts", type=int, default=512, help="requests (a seeded draw; 0 with --samples: all)")
+    p.add_argument("--sizes", choices=("paper", "recorded"), default="paper",
+                   help="testmini requests: the paper's image size (as the tasks, default) or the recorded one")
     p.add_argument("--tokens", type=int, default=512)
     p.add_argument("--batch-size", default="auto")
+    p.add_argument("--ways", default="new,old", help=f"comma-separated, of {', '.join(WAYS)} (default new,old)")
+    p.add_argument("--repeats", type=int, default=2, help="runs of each way, in alternating order (default 2)")
     p.add_argument("--max-side", type=int, default=None, help="scale larger images down to this side (CPU smoke)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", type=Path, help="the JSON record")
     args = p.parse_args(argv)
+    args.system = resolve_system_prompt("bench", args.system).text if args.system else None
+    if args.save_requests:
+        if not args.samples:
+            p.error("--save-requests needs --samples")
+        print(f"{save_requests(args.samples, args.save_requests, args.system)} requests -> {args.save_requests}")
+        return 0
+    if not args.model or not args.testmini or not args.out:
+        p.error("--model, --testmini and --out are needed to measure")
+    ways = [w.strip() for w in args.ways.split(",") if w.strip()]
+    if not ways or any(w not in WAYS for w in ways):
+        p.error(f"--ways: of {', '.join(WAYS)}, got {args.ways!r}")
     gpu = torch.cuda.is_available()
     gen = Generator.load(args.model, device="cuda" if gpu else "cpu", dtype="bfloat16" if gpu else "float32")
-    reqs = testmini_requests(args.testmini, args.prompts, args.seed, args.max_side)
+    if args.samples:
+        reqs = samples_requests(args.samples, args.testmini, args.prompts, args.seed, args.system, args.max_side)
+        warm = samples_requests(args.samples, args.testmini, min(len(reqs), 64), args.seed + 1, args.system,
+                                args.max_side)
+    else:
+        reqs = testmini_requests(args.testmini, args.prompts, args.seed, args.sizes, args.max_side)
+        warm = testmini_requests(args.testmini, min(len(reqs), 64), args.seed + 1, args.sizes, args.max_side)
     visual = sorted(sum(visual_token_count(gen.processor, im.size) for im in r.images) for r in reqs)
     windows = Windows()
-    # warm-up on other rows: kernels, graphs and the auto batch size (then fixed, so both ways run the same rows)
-    warm = testmini_requests(args.testmini, min(len(reqs), 64), args.seed + 1, args.max_side)
+    # warm-up on other requests: kernels, graphs and the auto batch size (then fixed, so every way runs the same rows)
     batch = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
-    for name in ("shrink", "grow_only"):
-        run_way(gen, name, warm, min(args.tokens, 32), batch, windows)
+    for way in ways:
+        run_way(gen, way, warm, min(args.tokens, 32), batch, windows)
     batch = int(gen._auto_batch_size or len(reqs)) if batch == "auto" else batch
     record = {"command": " ".join(sys.argv), "gpu": torch.cuda.get_device_name(0) if gpu else "CPU",
-              **code_commit(), "date": time.strftime("%Y-%m-%d"), "prompts": len(reqs), "tokens": args.tokens,
-              "batch": batch, "visual_tokens": {"median": visual[len(visual) // 2], "max": visual[-1],
-                                                 "mean": round(float(np.mean(visual)), 1)},
-              "ways": {}, "complete": False}
-    print(f"{record['gpu']}: {len(reqs)} testmini-shaped prompts (visual tokens median {visual[len(visual) // 2]}, "
-          f"max {visual[-1]}), {args.tokens} tokens, batch {batch}", flush=True)
-    tokens = {}
-    for name in ("shrink", "grow_only"):
-        record["ways"][name], tokens[name] = run_way(gen, name, reqs, args.tokens, batch, windows)
-        w = record["ways"][name]
-        print(f"  {name:<10} {w['seconds']:8.1f} s {w['tok_s']:9.1f} useful tok/s, windows {w['windows'][:8]}"
-              f"{' ...' if len(w['windows']) > 8 else ''}", flush=True)
+              **code_commit(), "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
+              "requests": str(args.samples) if args.samples else f"testmini, {args.sizes} sizes",
+              "prompts": len(reqs), "tokens": args.tokens, "batch": batch,
+              "visual_tokens": {"median": visual[len(visual) // 2], "max": visual[-1],
+                                "mean": round(float(np.mean(visual)), 1)},
+              "runs": [], "complete": False}
+    print(f"{record['gpu']}: {len(reqs)} requests ({record['requests']}; visual tokens median "
+          f"{visual[len(visual) // 2]}, max {visual[-1]}), {args.tokens} tokens, batch {batch}", flush=True)
+    tokens: dict[str, list] = {}
+    for way in alternating(ways, args.repeats):
+        run, toks = run_way(gen, way, reqs, args.tokens, batch, windows)
+        tokens.setdefault(way, toks)
+        record["runs"].append(run)
+        print(f"  {way:<24} {run['seconds']:8.1f} s {run['tok_s']:9.1f} useful tok/s, {len(run['windows'])} "
+              f"resizes {run['windows'][:6]}{' ...' if len(run['windows']) > 6 else ''}", flush=True)
         write_json_atomic(args.out, record, indent=1)
-    record["equal_rows"] = sum(a == b for a, b in zip(tokens["shrink"], tokens["grow_only"], strict=True))
-    record["speedup"] = round(record["ways"]["grow_only"]["seconds"] / record["ways"]["shrink"]["seconds"], 3)
+    first = ways[0]
+    record["ways"] = {w: {"seconds": [r["seconds"] for r in record["runs"] if r["way"] == w],
+                          "median_s": float(np.median([r["seconds"] for r in record["runs"] if r["way"] == w])),
+                          "equal_rows_to_" + first: sum(a == b for a, b in zip(tokens[w], tokens[first], strict=True))}
+                      for w in ways}
+    for w in ways[1:]:
+        record["ways"][w]["time_vs_" + first] = round(record["ways"][w]["median_s"] / record["ways"][first]["median_s"],
+                                                      3)
     record["complete"] = True
     write_json_atomic(args.out, record, indent=1)
-    print(f"shrink vs grow_only: {record['speedup']:.2f}x; equal rows {record['equal_rows']} / {len(reqs)}")
+    for w in ways:
+        print(f"{w}: median {record['ways'][w]['median_s']:.1f} s"
+              + (f", {record['ways'][w]['time_vs_' + first]:.3f}x the time of {first}" if w != first else "")
+              + f"; rows equal to {first}'s: {record['ways'][w]['equal_rows_to_' + first]} / {len(reqs)}")
     continuous_mod.ContinuousDecoder.SHRINK = True
     return 0
 

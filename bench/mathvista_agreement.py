@@ -66,7 +66,7 @@ def load_items(path: Path) -> list[dict]:
     if path.suffix == ".json":
         data = json.loads(path.read_text(encoding="utf-8"))
         return list(data.values()) if isinstance(data, dict) else list(data)
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
 def doc_of(row: dict) -> dict:

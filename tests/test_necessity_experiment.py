@@ -211,6 +211,22 @@ def test_necessity_output_folder_is_guarded(env, tmp_path, capsys):
     assert (out / "necessity.md").read_text() == "my notes"
 
 
+def test_the_launchers_rows_keep_line_separators_inside_their_strings(tmp_path):
+    """A JSONL row is one "\\n"-ended line: U+2028, U+0085 or U+001E inside a prompt (written unescaped, as
+    ``ensure_ascii=False`` writes them) stay in the prompt instead of cutting the row in two."""
+    from frankeneval.necessity import trl_grpo
+
+    prompts = ["first\u2028second", "a\x85b", "c\x1ed"]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p, "answer": i}, ensure_ascii=False) + "\n"
+                            for i, p in enumerate(prompts)), encoding="utf-8")
+    rows = trl_grpo.load_rows(path)
+    assert [r["prompt"][0]["content"] for r in rows] == prompts and [r["answer"] for r in rows] == ["0", "1", "2"]
+    path.write_text('{"prompt": "x", "answer": 1}\n{"prompt": \n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"rows.jsonl:2: not a JSON line"):
+        trl_grpo.load_rows(path)
+
+
 # -- real models: configs and the TRL launch ---------------------------------------------------
 def test_written_configs_carry_the_masks(tiny_lineage, tmp_path, capsys):
     from frankeneval.necessity import trl_grpo

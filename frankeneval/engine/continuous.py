@@ -9,10 +9,11 @@ The cache is a window over that shared slot axis. When the slot reaches the wind
 (the last ``longest live row`` slots) is moved to the front, in place (the CUDA graph keeps its tensors), and the
 window grows only when the live rows need more. A refill whose prompt is longer than the current slot moves the
 content to the right first. Every step attends over the whole window, so a window much longer than the live rows
-need (one long prompt, e.g. a 16,000-token MathVista image, finished long ago) is shrunk: when the live content
-plus room for the next steps fits four times over, it moves to the front and the window is cut to twice that
-(``SHRINK``; the CUDA graph is captured again). Masked slots are never read, so a moved, shrunk or refilled row
-decodes exactly as it would have in a batch of its own (float32: the tests compare token for token).
+need (one long prompt finished long ago, e.g. an image of 16,000 visual tokens at the processor's pixel limit) is
+shrunk: when the live content plus room for the next steps fits four times over, it moves to the front and the
+window is cut to twice that (``SHRINK``; the CUDA graph is captured again). Masked slots are never read, so a
+moved, shrunk or refilled row decodes exactly as it would have in a batch of its own (float32: the tests compare
+token for token).
 
 The Generator drives it (:meth:`frankeneval.engine.generation.Generator._generate_continuous`): ``steps`` of
 ``check_every`` tokens, then harvest the finished rows (EOS, a stop string, the token budget) and refill them from

@@ -503,7 +503,7 @@ def write_world(out_dir: str | os.PathLike | None = None, *, seed: int = 0,
 def read_world(root: str | os.PathLike, axis: str) -> list[dict[str, Any]]:
     """Rows of ``<root>/<axis>/test.jsonl``."""
     path = Path(root) / axis / "test.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
 # -- vision probes -------------------------------------------------------------------------------

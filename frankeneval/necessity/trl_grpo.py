@@ -81,10 +81,14 @@ def load_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
 
     path = Path(path)
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    # JSONL lines end at "\n" only: str.splitlines would also cut at U+2028, U+0085 ... inside a JSON string
+    for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
         if not line.strip():
             continue
-        row = json.loads(line)
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise ValueError(f"{path}:{n}: not a JSON line ({exc})") from None
         if "prompt" not in row or "answer" not in row:
             raise ValueError(f"{path}:{n}: a row needs 'prompt' and 'answer'")
         prompt = row["prompt"]

@@ -1,0 +1,49 @@
+"""bench/bench_window.py replays a transfer's own requests: the prompt lmms-eval built, the image at the paper's
+size (black for the controls, none for MATH-500), and runs its ways in alternating order."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import bench_window  # noqa: E402
+from frankeneval.tasks.mathvista.utils import paper_image_size  # noqa: E402
+
+
+def test_a_transfers_samples_become_its_requests(tmp_path):
+    testmini = tmp_path / "testmini.jsonl"
+    rows = [{"image": f"images/{pid}.jpg", "metadata": {"img_width": w, "img_height": h}}
+            for pid, w, h in ((1, 2000, 1000), (2, 300, 200))]
+    testmini.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    cell = tmp_path / "cells" / "base"
+    for task, media in (("franken_mathvista_perception", ["/x/images/1.jpg"]),
+                        ("franken_mathvista_perception_black", ["/x/images/1.jpg"]),
+                        ("franken_mathvista_alignment_blackdesc", ["/x/images/2.jpg"]),
+                        ("franken_math500", [])):
+        folder = cell / task.split("_")[1] / "lineage__base"
+        folder.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"doc_id": 0, "input": f"prompt of {task}\u2028end", "input_media": media},
+                          ensure_ascii=False)
+        (folder / f"20261207_000000_samples_{task}.jsonl").write_text(line + "\n", encoding="utf-8")
+    reqs = bench_window.samples_requests(cell, testmini, None, 0, "be brief", None)
+    by_prompt = {r.prompt.split(" of ")[1].split("\u2028")[0]: r for r in reqs}
+    assert len(reqs) == 4 and all(r.system == "be brief" for r in reqs)
+    assert by_prompt["franken_math500"].images == []
+    shown = by_prompt["franken_mathvista_perception"].images[0]
+    assert shown.size == paper_image_size(2000, 1000) and shown.getextrema() != ((0, 0),) * 3
+    black = by_prompt["franken_mathvista_perception_black"].images[0]
+    assert black.size == paper_image_size(2000, 1000) and black.getextrema() == ((0, 0),) * 3
+    assert by_prompt["franken_mathvista_alignment_blackdesc"].images[0].getextrema() == ((0, 0),) * 3
+    assert len(bench_window.samples_requests(cell, testmini, 2, 0, None, None)) == 2
+    saved = tmp_path / "requests.jsonl"
+    assert bench_window.save_requests(cell, saved, "be brief") == 4
+    again = bench_window.samples_requests(saved, testmini, None, 0, None, None)
+    assert [(r.prompt, r.system, [im.size for im in r.images]) for r in again] == [
+        (r.prompt, r.system, [im.size for im in r.images]) for r in reqs]
+
+
+def test_ways_alternate_so_each_is_as_often_first_as_last():
+    assert bench_window.alternating(["new", "old"], 4) == ["new", "old", "old", "new", "new", "old", "old", "new"]
+    assert bench_window.alternating(["a", "b", "c"], 2) == ["a", "b", "c", "c", "b", "a"]
