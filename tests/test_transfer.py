@@ -313,6 +313,13 @@ def test_evict_variants_resumes_after_a_crash_without_resplicing_finished_varian
     assert variant_dirs(cache) == [second.name]  # the finished first one went; the crashed one is left for the rerun
     inode = second.stat().st_ino
     assert _manifest(run)["models"][names[0]]["evicted"] is True
+    # the interrupted run's report names every planned cell it lacks, also those of the variants never started
+    from frankeneval.reports.leaderboard.build import build_leaderboard
+
+    board = build_leaderboard(run)
+    assert board.rows == ["base", "in", "rl", *names]
+    assert {k.partition("::")[0] for k in board.missing} == set(names[1:])
+    assert len(board.missing) == (len(names) - 1) * len(TASKS) - 1  # the second variant's first cell finished
 
     spliced.clear()
     resumed = CacheWatchingRunner(cache)

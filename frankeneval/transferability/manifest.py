@@ -119,15 +119,19 @@ def _merged_order(old: Sequence[str], models: Iterable[str]) -> list[str]:
 
 
 def update_manifest(run_dir: Path, recipe: str | None, models: Mapping[str, Mapping[str, str]], tasks: Sequence[str],
-                    settings: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Merge this run's models, tasks and settings into the manifest; returns what was written."""
+                    settings: Mapping[str, Any], extra: Mapping[str, Any] | None = None,
+                    plan: Sequence[str] = ()) -> dict[str, Any]:
+    """Merge this run's models, tasks and settings into the manifest; returns what was written. ``plan``: every
+    model the run will evaluate, also those not materialized yet (``--evict-variants``): they join ``order``, so a
+    report of an interrupted run lists their cells as missing instead of leaving them out."""
     old = read_manifest(run_dir)
     merged_models = dict(old.get("models") or {})
     merged_models.update({k: dict(v) for k, v in models.items()})
     all_tasks = list(old.get("tasks") or [])
     all_tasks += [t for t in tasks if t not in all_tasks]
     data = {"recipe": recipe or old.get("recipe"), "models": merged_models,
-            "order": _merged_order(old.get("order") or [], models), "tasks": all_tasks, "settings": dict(settings)}
+            "order": _merged_order(old.get("order") or [], [*models, *plan]), "tasks": all_tasks,
+            "settings": dict(settings)}
     if old.get("skipped_inputs"):  # items earlier cells left out as broken (kept: those cells ran without them)
         data["skipped_inputs"] = old["skipped_inputs"]
     if extra:  # top-level keys of this run (``evict_variants``); absent otherwise, as before

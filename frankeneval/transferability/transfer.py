@@ -297,6 +297,7 @@ def _run_cells(
     progress: Callable[[str], None] = print,
     _keep_fds: tuple[int, ...] = (),
     _manifest_extra: Mapping[str, Any] | None = None,
+    _plan: Sequence[str] = (),
     _replay: Mapping[str, str] | None = None,
     _prompts: Mapping[str, tuple[Any, str]] | None = None,
     _record_extra: Mapping[str, Mapping[str, Any]] | None = None,
@@ -371,7 +372,7 @@ def _run_cells(
     manifest_settings = {**settings, "seed_compatible": bool(seed_compatible),
                          **({"cuts": [int(c) for c in cuts]} if cuts is not None else {})}
     extra = {**dict(_manifest_extra or {}), **({"reuse_from": str(reuse_from)} if reuse_from else {})}
-    update_manifest(run_dir, recipe, models, tasks, manifest_settings, extra or None)
+    update_manifest(run_dir, recipe, models, tasks, manifest_settings, extra or None, plan=_plan)
     result = TransferResult(run_dir=run_dir, cells=plan_cells(models, tasks))
     job = _CellRun(run_dir=run_dir, models=models, prompts=prompts, store=store, result=result, progress=progress,
                    runner=runner or cells.lmms_eval_runner, keep_fds=_keep_fds, batch_size=batch_size,
@@ -769,7 +770,8 @@ def _run_evicting(
 
         def run(group: Mapping[str, Mapping[str, Any]], quiet: bool = False) -> None:
             part = _run_cells(folder, group, tasks, recipe=rec.name, progress=(lambda s: None) if quiet else progress,
-                              _keep_fds=(fd,), _manifest_extra={"evict_variants": True}, **kwargs)
+                              _keep_fds=(fd,), _manifest_extra={"evict_variants": True},
+                              _plan=[*ref_models, *chosen], **kwargs)
             result.ran += part.ran
             result.skipped += part.skipped
             result.failed.update(part.failed)
