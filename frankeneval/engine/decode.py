@@ -312,8 +312,12 @@ class StaticDecoder:
                 new[:, :keep] = t[:, :keep]
             return new
 
-        self.keys = [resized(k, 0.0) for k in self.keys]
-        self.values = [resized(v, 0.0) for v in self.values]
+        recapture = self.graph is not None
+        self.graph = None  # first: the old graph's memory and its hold on the old cache go before the new is made
+        for cache in (self.keys, self.values):
+            for i, t in enumerate(cache):  # one layer at a time: at most one old layer beside the new cache
+                cache[i] = resized(t, 0.0)
+            del t
         self.valid = resized(self.valid, False)
         self.visual_slots = resized(self.visual_slots, False)
         if self.mass is not None:
@@ -321,8 +325,7 @@ class StaticDecoder:
             keep = min(wider.shape[3], self.mass.shape[3])
             wider[..., :keep] = self.mass[..., :keep]
             self.mass = wider
-        if self.graph is not None:
-            self.graph = None
+        if recapture:
             self._capture_or_eager()
 
     def _capture_or_eager(self) -> None:
