@@ -117,8 +117,15 @@ def transfer_rows(source: Path) -> list[tuple[str, dict]]:
     return rows
 
 
+def refuse_foreign(path: Path, mine: str) -> None:
+    """Stop when ``path`` exists and is not an earlier output of this bench (its text holds ``mine``)."""
+    if path.exists() and (not path.is_file() or mine not in path.read_text(encoding="utf-8", errors="replace")[:4096]):
+        raise SystemExit(f"bench_window: {path} exists and is not this bench's output; choose another path")
+
+
 def save_requests(source: Path, out: Path, system: str | None) -> int:
-    """The fields the replay reads, one request a line (under 1 MB for a model's 1,364: small enough to carry)."""
+    """The fields the replay reads, one request a line (1.4 MB for a model's 1,364: small enough to carry)."""
+    refuse_foreign(out, '"task": ')
     rows = transfer_rows(source)
     out.write_text("".join(json.dumps({"task": task, "input": row["input"], "input_media": row.get("input_media") or [],
                                        "system": system}, ensure_ascii=False) + "\n"
@@ -224,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     ways = [w.strip() for w in args.ways.split(",") if w.strip()]
     if not ways or any(w not in WAYS for w in ways):
         p.error(f"--ways: of {', '.join(WAYS)}, got {args.ways!r}")
+    refuse_foreign(args.out, "bench_window")  # its record's "command" names this script
     gpu = torch.cuda.is_available()
     gen = Generator.load(args.model, device="cuda" if gpu else "cpu", dtype="bfloat16" if gpu else "float32")
     if args.samples:

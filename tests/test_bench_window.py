@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import bench_window  # noqa: E402
 from frankeneval.tasks.mathvista.utils import paper_image_size  # noqa: E402
@@ -47,3 +49,13 @@ def test_a_transfers_samples_become_its_requests(tmp_path):
 def test_ways_alternate_so_each_is_as_often_first_as_last():
     assert bench_window.alternating(["new", "old"], 4) == ["new", "old", "old", "new", "new", "old", "old", "new"]
     assert bench_window.alternating(["a", "b", "c"], 2) == ["a", "b", "c", "c", "b", "a"]
+
+
+def test_it_never_overwrites_a_file_it_did_not_write(tmp_path):
+    mine = tmp_path / "notes.jsonl"
+    mine.write_text("my own notes\n")
+    with pytest.raises(SystemExit, match="is not this bench's output"):
+        bench_window.save_requests(tmp_path, mine, None)
+    with pytest.raises(SystemExit, match="is not this bench's output"):
+        bench_window.main(["--model", "m", "--testmini", str(mine), "--out", str(mine)])
+    assert mine.read_text() == "my own notes\n"
