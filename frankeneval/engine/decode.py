@@ -315,9 +315,8 @@ class StaticDecoder:
         recapture = self.graph is not None
         self.graph = None  # first: the old graph's memory and its hold on the old cache go before the new is made
         for cache in (self.keys, self.values):
-            for i, t in enumerate(cache):  # one layer at a time: at most one old layer beside the new cache
-                cache[i] = resized(t, 0.0)
-            del t
+            for i in range(len(cache)):  # one layer at a time (no name keeps an old one): at most one beside the new
+                cache[i] = resized(cache[i], 0.0)
         self.valid = resized(self.valid, False)
         self.visual_slots = resized(self.visual_slots, False)
         if self.mass is not None:
