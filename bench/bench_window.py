@@ -55,7 +55,7 @@ from frankeneval.tasks.mathvista.utils import black_image, paper_image_size  # n
 from provenance import code_commit  # noqa: E402
 
 import frankeneval.engine.continuous as continuous_mod  # noqa: E402
-from frankeneval.core.results import write_json_atomic  # noqa: E402
+from frankeneval.core.results import read_jsonl, write_json_atomic  # noqa: E402
 from frankeneval.engine.encoding import visual_token_count  # noqa: E402
 from frankeneval.engine.generation import Generator, GenRequest  # noqa: E402
 from frankeneval.evaluation.prompts import resolve_system_prompt  # noqa: E402
@@ -75,25 +75,22 @@ def _noise(rng, w: int, h: int):
     return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
 
 
+def _recorded_size(row: dict) -> tuple[int, int]:
+    meta = row.get("metadata") or {}
+    return int(meta.get("img_width") or 336), int(meta.get("img_height") or 336)
+
+
 def recorded_sizes(testmini: Path) -> dict[str, tuple[int, int]]:
     """image file name -> (width, height) recorded in testmini's metadata."""
-    sizes = {}
-    for line in testmini.read_text(encoding="utf-8").split("\n"):
-        if line.strip():
-            row = json.loads(line)
-            meta = row.get("metadata") or {}
-            sizes[Path(str(row.get("image"))).name] = (int(meta.get("img_width") or 336),
-                                                       int(meta.get("img_height") or 336))
-    return sizes
+    return {Path(str(row.get("image"))).name: _recorded_size(row) for row in read_jsonl(testmini)}
 
 
 def testmini_requests(path: Path, n: int, seed: int, sizes: str, max_side: int | None) -> list[GenRequest]:
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+    rows = read_jsonl(path)
     rng = np.random.default_rng(seed)
     out = []
     for i in rng.choice(len(rows), size=min(n, len(rows)), replace=False):
-        meta = rows[i].get("metadata") or {}
-        w, h = _scaled(int(meta.get("img_width") or 336), int(meta.get("img_height") or 336), sizes, max_side)
+        w, h = _scaled(*_recorded_size(rows[i]), sizes, max_side)
         out.append(GenRequest(str(rows[i].get("query") or rows[i].get("question") or "What is shown?"),
                               [_noise(rng, w, h)]))
     return out
@@ -103,18 +100,11 @@ def transfer_rows(source: Path) -> list[tuple[str, dict]]:
     """(task, row) of a transfer's requests: every ``*samples_*.jsonl`` under a folder, or a file that
     ``--save-requests`` wrote (one ``{"task", "input", "input_media"}`` a line)."""
     if source.is_file():
-        lines = source.read_text(encoding="utf-8").split("\n")
-        return [(row["task"], row) for row in map(json.loads, filter(str.strip, lines))]
+        return [(row["task"], row) for row in read_jsonl(source)]
     files = sorted(source.rglob("*samples_*.jsonl"))
     if not files:
         raise SystemExit(f"bench_window: no *samples_*.jsonl under {source}")
-    rows = []
-    for f in files:
-        task = re.sub(r"^.*samples_", "", f.stem)
-        for line in f.read_text(encoding="utf-8").split("\n"):
-            if line.strip():
-                rows.append((task, json.loads(line)))
-    return rows
+    return [(re.sub(r"^.*samples_", "", f.stem), row) for f in files for row in read_jsonl(f)]
 
 
 def refuse_foreign(path: Path, mine: str) -> None:
