@@ -142,18 +142,35 @@ def samples_requests(folder: Path, testmini: Path, n: int | None, seed: int, sys
 
 
 class Windows:
-    """Records every cache resize of the continuous decoder: (old length, new length)."""
+    """Records every cache resize of the continuous decoder, (old length, new length), and the key/value slots its
+    decode steps attend over: ``kv_slot_steps`` = the sum over steps of rows x window (every step reads the whole
+    window), ``kv_slot_steps_needed`` = the same with the window the live rows need (their longest content plus the
+    steps), the least any window policy reads. Both follow from the prompts' slot counts and the policy alone, not
+    from the model's weights."""
 
     def __init__(self):
         self.seen: list[tuple[int, int]] = []
-        real = continuous_mod.ContinuousDecoder._resize
-        windows = self
+        self.slot_steps = self.needed = self.steps = 0
+        cls, windows = continuous_mod.ContinuousDecoder, self
+        real_resize, real_steps = cls._resize, cls.steps
 
         def resize(decoder, length):
             windows.seen.append((int(decoder.keys[0].shape[2]), int(length)))
-            return real(decoder, length)
+            return real_resize(decoder, length)
 
-        continuous_mod.ContinuousDecoder._resize = resize
+        def steps(decoder, n):
+            live = decoder._live_length()
+            real_steps(decoder, n)
+            rows = int(decoder.keys[0].shape[0])
+            windows.steps += n
+            windows.slot_steps += n * rows * int(decoder.keys[0].shape[2])
+            windows.needed += n * rows * (live + n)
+
+        cls._resize, cls.steps = resize, steps
+
+    def clear(self) -> None:
+        self.seen.clear()
+        self.slot_steps = self.needed = self.steps = 0
 
 
 def set_way(gen: Generator, way: str) -> None:
@@ -166,10 +183,11 @@ def set_way(gen: Generator, way: str) -> None:
 
 def run_way(gen: Generator, way: str, reqs, tokens: int, batch, windows: Windows) -> tuple[dict, list]:
     set_way(gen, way)
-    windows.seen.clear()
+    windows.clear()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    gen.profile, gen.timings = True, {}  # encode / prefill / decode seconds (synchronized)
     t0 = time.perf_counter()
     out = gen.generate(reqs, max_new_tokens=tokens, ignore_eos=True, batch_size=batch)
     if torch.cuda.is_available():
@@ -177,7 +195,8 @@ def run_way(gen: Generator, way: str, reqs, tokens: int, batch, windows: Windows
     seconds = time.perf_counter() - t0
     useful = sum(len(r.token_ids) for r in out)
     return {"way": way, "seconds": round(seconds, 2), "useful_tokens": useful, "tok_s": round(useful / seconds, 1),
-            "windows": list(windows.seen),
+            "windows": list(windows.seen), "decode_steps": windows.steps, "kv_slot_steps": windows.slot_steps,
+            "kv_slot_steps_needed": windows.needed, "phases_s": {k: round(v, 2) for k, v in gen.timings.items()},
             "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1) if torch.cuda.is_available()
             else None}, [r.token_ids for r in out]
 
@@ -226,14 +245,14 @@ def main(argv: list[str] | None = None) -> int:
     gen = Generator.load(args.model, device="cuda" if gpu else "cpu", dtype="bfloat16" if gpu else "float32")
     if args.samples:
         reqs = samples_requests(args.samples, args.testmini, args.prompts, args.seed, args.system, args.max_side)
-        warm = samples_requests(args.samples, args.testmini, min(len(reqs), 64), args.seed + 1, args.system,
-                                args.max_side)
+        warm = samples_requests(args.samples, args.testmini, len(reqs), args.seed + 1, args.system, args.max_side)
     else:
         reqs = testmini_requests(args.testmini, args.prompts, args.seed, args.sizes, args.max_side)
-        warm = testmini_requests(args.testmini, min(len(reqs), 64), args.seed + 1, args.sizes, args.max_side)
+        warm = testmini_requests(args.testmini, len(reqs), args.seed + 1, args.sizes, args.max_side)
     visual = sorted(sum(visual_token_count(gen.processor, im.size) for im in r.images) for r in reqs)
     windows = Windows()
-    # warm-up on other requests: kernels, graphs and the auto batch size (then fixed, so every way runs the same rows)
+    # warm-up on as many other requests: kernels, graphs and the auto batch size (then fixed, so every way runs the
+    # same rows; fewer warm-up requests would cap it: 252aabb's 64 did, on the H100 where the transfer settles at 115)
     batch = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
     for way in ways:
         run_way(gen, way, warm, min(args.tokens, 32), batch, windows)
@@ -253,7 +272,11 @@ def main(argv: list[str] | None = None) -> int:
         tokens.setdefault(way, toks)
         record["runs"].append(run)
         print(f"  {way:<24} {run['seconds']:8.1f} s {run['tok_s']:9.1f} useful tok/s, {len(run['windows'])} "
-              f"resizes {run['windows'][:6]}{' ...' if len(run['windows']) > 6 else ''}", flush=True)
+              f"resizes {run['windows'][:6]}{' ...' if len(run['windows']) > 6 else ''}; {run['decode_steps']} steps, "
+              f"window {run['kv_slot_steps'] / max(1, run['decode_steps'] * batch):.0f} slots a row on average "
+              f"(the live rows needed {run['kv_slot_steps_needed'] / max(1, run['decode_steps'] * batch):.0f}); "
+              f"phases {run['phases_s']}",
+              flush=True)
         write_json_atomic(args.out, record, indent=1)
     first = ways[0]
     record["ways"] = {w: {"seconds": [r["seconds"] for r in record["runs"] if r["way"] == w],

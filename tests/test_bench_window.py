@@ -59,3 +59,28 @@ def test_it_never_overwrites_a_file_it_did_not_write(tmp_path):
     with pytest.raises(SystemExit, match="is not this bench's output"):
         bench_window.main(["--model", "m", "--testmini", str(mine), "--out", str(mine)])
     assert mine.read_text() == "my own notes\n"
+
+
+def test_a_run_records_the_window_it_attended_over_and_answers_the_same(tiny_lineage, monkeypatch):
+    """The record that tells a window policy from an order (issue 32): decode steps, key/value slots attended (rows x
+    window, every step) and the least the live rows needed, and the phases' seconds; the hook leaves answers as they
+    are (float32)."""
+    from test_generation import noise_image
+
+    from frankeneval.engine import continuous as continuous_mod
+    from frankeneval.engine.generation import Generator, GenRequest
+
+    cls = continuous_mod.ContinuousDecoder
+    for name in ("_resize", "steps", "SHRINK"):
+        monkeypatch.setattr(cls, name, getattr(cls, name))  # Windows patches the class: restored after the test
+    gen = Generator.load(str(tiny_lineage.rl), device="cpu")
+    reqs = [GenRequest(f"count the shapes {i}", [noise_image(10 + i, size=(28 * (1 + i % 3), 56))]) for i in range(6)]
+    want = [r.token_ids for r in gen.generate(reqs, max_new_tokens=6, ignore_eos=True, batch_size=2)]
+    windows = bench_window.Windows()
+    run, got = bench_window.run_way(gen, "new", reqs, 6, 2, windows)
+    assert got == want
+    assert run["decode_steps"] > 0 and run["kv_slot_steps"] % 2 == 0
+    assert 0 < run["kv_slot_steps_needed"] <= run["kv_slot_steps"]
+    assert {"prefill", "decode"} <= set(run["phases_s"])
+    run_old, got_old = bench_window.run_way(gen, "old", reqs, 6, 2, windows)
+    assert got_old == want and run_old["decode_steps"] == run["decode_steps"]
