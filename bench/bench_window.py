@@ -198,6 +198,8 @@ def run_way(gen: Generator, way: str, reqs, tokens: int, batch, windows: Windows
             "windows": list(windows.seen), "decode_steps": windows.steps, "kv_slot_steps": windows.slot_steps,
             "kv_slot_steps_needed": windows.needed, "phases_s": {k: round(v, 2) for k, v in gen.timings.items()},
             "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1) if torch.cuda.is_available()
+            else None,  # the tensors'; reserved: the caching allocator's, what NVML (the acceptance run) sees
+            "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 1) if torch.cuda.is_available()
             else None}, [r.token_ids for r in out]
 
 

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Issue 32's GPU figures, one after another, detached, on the acceptance lineage (bench/runs/issue28/RESUME.md): each
+# bench writes its JSON into OUTDIR (atomic, after every part) and its log beside it; a bench whose JSON says
+# "complete": true is not run again. With --after W it first waits for W's acceptance runner to end, so the
+# benches start the moment the acceptance stages stop (pack --stop, or every stage done) and no call is spent idle.
+#
+#   bash bench/device_benches.sh [--after /tmp/accept] [--outdir /tmp/b32] NAME...     (from .clean, after install)
+#   tail -3 /tmp/b32/queue.out; cp /tmp/b32/*.json /tmp/b32/*.out $OUT/                 (poll; collect)
+#
+# NAMEs, in the order given (estimates on an H100 at 7B):
+#   lengths    continuous vs fixed length, log-normal draw (the goal's two figures; about 3 min)
+#   lengths_recorded   the same with the recorded MathVista answer lengths
+#   window     the transfer's own requests, old vs new order (bench_window.py; about 8 min)
+#   attention  attention-shift batched vs e95975c's way, float32 check on 2 prompts (about 7 min)
+#   speed      decode compiled / auto / hf / generate at 64 rows, and the auto batch (about 6 min)
+set -u
+AFTER="" OUTDIR=/tmp/b32 LINEAGE=/tmp/accept/lineage DATA=.devdata
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --after) AFTER=$2; shift 2 ;;
+    --outdir) OUTDIR=$2; shift 2 ;;
+    --lineage) LINEAGE=$2; shift 2 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    *) break ;;
+  esac
+done
+[ $# -gt 0 ] || { echo "device_benches: name at least one bench (--help)" >&2; exit 2; }
+mkdir -p "$OUTDIR"
+command_of() {
+  case "$1" in
+    lengths) echo python3 bench/bench_lengths.py --model "$LINEAGE/rl" --workdir "$OUTDIR/bl" --draw lognormal \
+               --rows 64 --skip static,generate --out "$OUTDIR/lengths.json" ;;
+    lengths_recorded) echo python3 bench/bench_lengths.py --model "$LINEAGE/rl" --workdir "$OUTDIR/blr" --draw recorded \
+               --recorded "$DATA/mathvista/recorded" --rows 64 --skip static,generate --out "$OUTDIR/lengths_recorded.json" ;;
+    window) echo python3 bench/bench_window.py --model "$LINEAGE/rl" --testmini "$DATA/mathvista/testmini.jsonl" \
+               --samples "$DATA/transfer_requests.jsonl" --prompts 512 --out "$OUTDIR/window.json" ;;
+    attention) echo python3 bench/bench_attention.py --base "$LINEAGE/base" --in "$LINEAGE/in" --rl "$LINEAGE/rl" \
+               --workdir "$OUTDIR/ba" --check 2 --skip-one-at-a-time --out "$OUTDIR/attention.json" ;;
+    speed) # the weight-read limit: H100 SXM datasheet 3.35 TB/s; H200 4.27 measured (BENCHMARKS)
+           bw=3.35; nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | grep -q H200 && bw=4.27
+           echo python3 bench/bench_speed.py --model "$LINEAGE/rl" --parts generator --repeats 3 \
+               --bandwidth-tbs "$bw" --out "$OUTDIR/speed.json" ;;
+    *) return 1 ;;
+  esac
+}
+for name in "$@"; do
+  command_of "$name" > /dev/null || { echo "device_benches: unknown bench '$name' (--help)" >&2; exit 2; }
+done
+run_queue() {
+  if [ -n "$AFTER" ]; then
+    echo "$(date -u +%FT%TZ) waiting for the acceptance runner of $AFTER to end"
+    python3 bench/acceptance.py status --work "$AFTER" --wait 86400 > /dev/null
+  fi
+  for name in "$@"; do
+    json="$OUTDIR/$name.json"
+    if [ -f "$json" ] && python3 -c "import json,sys; sys.exit(0 if json.load(open('$json')).get('complete') else 1)"; then
+      echo "$(date -u +%FT%TZ) $name: complete already ($json)"; continue
+    fi
+    echo "$(date -u +%FT%TZ) $name: $(command_of "$name")"
+    start=$(date +%s)
+    $(command_of "$name") > "$OUTDIR/$name.out" 2>&1
+    echo "$(date -u +%FT%TZ) $name: rc $? after $(( $(date +%s) - start )) s"
+  done
+  echo "$(date -u +%FT%TZ) queue done"
+}
+export -f command_of run_queue
+export AFTER OUTDIR LINEAGE DATA
+setsid nohup bash -c 'run_queue "$@"' queue "$@" >> "$OUTDIR/queue.out" 2>&1 < /dev/null &
+echo "device_benches: started ($*); log $OUTDIR/queue.out"
