@@ -5,11 +5,13 @@ The MathVista tasks show an image at the paper's size (``paper_image_size``: at 
 so a transfer prompt brings at most about 1,200 visual tokens (testmini: median 252, 90th percentile 966, mean 328).
 At the processor's own limits (``--sizes recorded``) the largest testmini image brings 16,224. Ways:
 
-* ``new``: today's Generator: requests longest first by their images' visual tokens, and the cache window cut once
-  the long prompts are answered (``ContinuousDecoder.SHRINK``);
+* ``new``: today's Generator: requests longest first by their prompt slots (text tokens + visual tokens), and the
+  cache window cut once it is 1.5 times what the live rows need (``ContinuousDecoder.SHRINK``);
+* ``visual``: the policy of 6891b04 to 252aabb (the acceptance run's first three variants): the order by image
+  count, the images' visual tokens, then text length, and the window cut only once it is four times the need;
 * ``old``: the policy of 0c42a82 and before (the acceptance run's Base / IN / RL): the order by image count, then
-  text length (the visual-token estimate patched to 0), and a window that only grows;
-* ``visual_order_grow_only`` (``--ways``): the new order with the old window, to tell the two changes apart.
+  text length, and a window that only grows;
+* ``visual_order_grow_only`` (``--ways``): the visual order with the old window.
 
 Requests, one of:
 
@@ -60,7 +62,34 @@ from frankeneval.engine.encoding import visual_token_count  # noqa: E402
 from frankeneval.engine.generation import Generator, GenRequest  # noqa: E402
 from frankeneval.evaluation.prompts import resolve_system_prompt  # noqa: E402
 
-WAYS = {"new": ("visual", True), "old": ("text", False), "visual_order_grow_only": ("visual", False)}
+# way -> (request order, window shrink): "slots" / "today" are the Generator's own; the others re-create older code
+WAYS = {"new": ("slots", "today"), "visual": ("visual", "x4"), "old": ("text", None),
+        "visual_order_grow_only": ("visual", None)}
+
+
+def _order_visual(gen: Generator, requests) -> list[int]:
+    """6891b04 to 252aabb: image count, the images' visual tokens, then text length."""
+    return sorted(range(len(requests)), key=lambda i: (-len(requests[i].images), -gen._visual_tokens(requests[i]),
+                                                       -len(requests[i].prompt)))
+
+
+def _order_text(gen: Generator, requests) -> list[int]:
+    """0c42a82 and before: image count, then text length."""
+    return sorted(range(len(requests)), key=lambda i: (-len(requests[i].images), -len(requests[i].prompt)))
+
+
+def _shrink_x4(decoder, n: int) -> None:
+    """6891b04 to 252aabb: cut the window to twice what the live rows need once it is four times that."""
+    if decoder.mass is not None:
+        return
+    need = decoder._live_length() + n + decoder.check_every
+    if 4 * max(need, decoder.GROW_TOKENS) > decoder.keys[0].shape[2]:
+        return
+    decoder._move(decoder._live_length())
+    decoder._resize(2 * max(need, decoder.GROW_TOKENS))
+
+
+_SHRINK_TODAY = continuous_mod.ContinuousDecoder._shrink
 
 
 def _scaled(w: int, h: int, sizes: str, max_side: int | None) -> tuple[int, int]:
@@ -145,12 +174,14 @@ class Windows:
     """Records every cache resize of the continuous decoder, (old length, new length), and the key/value slots its
     decode steps attend over: ``kv_slot_steps`` = the sum over steps of rows x window (every step reads the whole
     window), ``kv_slot_steps_needed`` = the same with the window the live rows need (their longest content plus the
-    steps), the least any window policy reads. Both follow from the prompts' slot counts and the policy alone, not
-    from the model's weights."""
+    steps), the least any window policy reads; and the prefills: groups, padded and real prompt tokens, and the
+    padded attention's query-key pairs. All follow from the prompts' slot counts and the policy alone, not from the
+    model's weights."""
 
     def __init__(self):
         self.seen: list[tuple[int, int]] = []
         self.slot_steps = self.needed = self.steps = 0
+        self.prefills = self.prefill_slots = self.prefill_pairs = self.prefill_real = 0
         cls, windows = continuous_mod.ContinuousDecoder, self
         real_resize, real_steps = cls._resize, cls.steps
 
@@ -167,18 +198,33 @@ class Windows:
             windows.needed += n * rows * (live + n)
 
         cls._resize, cls.steps = resize, steps
+        real_prefill = Generator._prefill_group
+
+        def prefill(gen, decoder, group, rows, **kw):
+            n, length = group.ids.shape
+            windows.prefills += 1
+            windows.prefill_slots += n * length  # padded prompt tokens through the model
+            windows.prefill_pairs += n * length * length  # query-key pairs of the padded prompts' attention
+            windows.prefill_real += int(group.mask.sum())
+            return real_prefill(gen, decoder, group, rows, **kw)
+
+        Generator._prefill_group = prefill
 
     def clear(self) -> None:
         self.seen.clear()
         self.slot_steps = self.needed = self.steps = 0
+        self.prefills = self.prefill_slots = self.prefill_pairs = self.prefill_real = 0
 
 
 def set_way(gen: Generator, way: str) -> None:
     order, shrink = WAYS[way]
-    continuous_mod.ContinuousDecoder.SHRINK = shrink
-    gen.__dict__.pop("_visual_tokens", None)
-    if order == "text":
-        gen._visual_tokens = lambda request: 0  # the order before 6891b04: image count, then text length
+    cls = continuous_mod.ContinuousDecoder
+    cls.SHRINK = shrink is not None
+    cls._shrink = _shrink_x4 if shrink == "x4" else _SHRINK_TODAY
+    gen.__dict__.pop("request_order", None)
+    if order != "slots":
+        gen.request_order = (lambda reqs: _order_visual(gen, reqs)) if order == "visual" else (
+            lambda reqs: _order_text(gen, reqs))
 
 
 def run_way(gen: Generator, way: str, reqs, tokens: int, batch, windows: Windows) -> tuple[dict, list]:
@@ -196,7 +242,10 @@ def run_way(gen: Generator, way: str, reqs, tokens: int, batch, windows: Windows
     useful = sum(len(r.token_ids) for r in out)
     return {"way": way, "seconds": round(seconds, 2), "useful_tokens": useful, "tok_s": round(useful / seconds, 1),
             "windows": list(windows.seen), "decode_steps": windows.steps, "kv_slot_steps": windows.slot_steps,
-            "kv_slot_steps_needed": windows.needed, "phases_s": {k: round(v, 2) for k, v in gen.timings.items()},
+            "kv_slot_steps_needed": windows.needed, "prefill_groups": windows.prefills,
+            "prefill_tokens_padded": windows.prefill_slots, "prefill_tokens_real": windows.prefill_real,
+            "prefill_attention_pairs": windows.prefill_pairs,
+            "phases_s": {k: round(v, 2) for k, v in gen.timings.items()},
             "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1) if torch.cuda.is_available()
             else None,  # the tensors'; reserved: the caching allocator's, what NVML (the acceptance run) sees
             "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 1) if torch.cuda.is_available()
@@ -225,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="testmini requests: the paper's image size (as the tasks, default) or the recorded one")
     p.add_argument("--tokens", type=int, default=512)
     p.add_argument("--batch-size", default="auto")
-    p.add_argument("--ways", default="new,old", help=f"comma-separated, of {', '.join(WAYS)} (default new,old)")
+    p.add_argument("--ways", default="new,visual,old",
+                   help=f"comma-separated, of {', '.join(WAYS)} (default new,visual,old)")
     p.add_argument("--repeats", type=int, default=2, help="runs of each way, in alternating order (default 2)")
     p.add_argument("--max-side", type=int, default=None, help="scale larger images down to this side (CPU smoke)")
     p.add_argument("--seed", type=int, default=0)
@@ -277,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
               f"resizes {run['windows'][:6]}{' ...' if len(run['windows']) > 6 else ''}; {run['decode_steps']} steps, "
               f"window {run['kv_slot_steps'] / max(1, run['decode_steps'] * batch):.0f} slots a row on average "
               f"(the live rows needed {run['kv_slot_steps_needed'] / max(1, run['decode_steps'] * batch):.0f}); "
-              f"phases {run['phases_s']}",
+              f"prefill {run['prefill_groups']} groups, {run['prefill_tokens_padded']} padded tokens "
+              f"({run['prefill_tokens_real']} real); phases {run['phases_s']}",
               flush=True)
         write_json_atomic(args.out, record, indent=1)
     first = ways[0]
@@ -294,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{w}: median {record['ways'][w]['median_s']:.1f} s"
               + (f", {record['ways'][w]['time_vs_' + first]:.3f}x the time of {first}" if w != first else "")
               + f"; rows equal to {first}'s: {record['ways'][w]['equal_rows_to_' + first]} / {len(reqs)}")
-    continuous_mod.ContinuousDecoder.SHRINK = True
+    set_way(gen, "new")
     return 0
 
 

@@ -10,7 +10,8 @@
 # NAMEs, in the order given (estimates on an H100 at 7B):
 #   lengths    continuous vs fixed length, log-normal draw (the goal's two figures; about 3 min)
 #   lengths_recorded   the same with the recorded MathVista answer lengths
-#   window     the transfer's own requests, old vs new order (bench_window.py; about 8 min)
+#   window     the transfer's own requests: today's order and window vs 252aabb's and 0c42a82's (bench_window.py;
+#              about 12 min)
 #   attention  attention-shift batched vs e95975c's way, float32 check on 2 prompts (about 7 min)
 #   speed      decode compiled / auto / hf / generate at 64 rows, and the auto batch (about 6 min)
 set -u

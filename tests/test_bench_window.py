@@ -71,8 +71,9 @@ def test_a_run_records_the_window_it_attended_over_and_answers_the_same(tiny_lin
     from frankeneval.engine.generation import Generator, GenRequest
 
     cls = continuous_mod.ContinuousDecoder
-    for name in ("_resize", "steps", "SHRINK"):
-        monkeypatch.setattr(cls, name, getattr(cls, name))  # Windows patches the class: restored after the test
+    for name in ("_resize", "steps", "SHRINK", "_shrink"):
+        monkeypatch.setattr(cls, name, getattr(cls, name))  # Windows and the ways patch classes: restored after
+    monkeypatch.setattr(Generator, "_prefill_group", Generator._prefill_group)
     gen = Generator.load(str(tiny_lineage.rl), device="cpu")
     reqs = [GenRequest(f"count the shapes {i}", [noise_image(10 + i, size=(28 * (1 + i % 3), 56))]) for i in range(6)]
     want = [r.token_ids for r in gen.generate(reqs, max_new_tokens=6, ignore_eos=True, batch_size=2)]
@@ -82,5 +83,8 @@ def test_a_run_records_the_window_it_attended_over_and_answers_the_same(tiny_lin
     assert run["decode_steps"] > 0 and run["kv_slot_steps"] % 2 == 0
     assert 0 < run["kv_slot_steps_needed"] <= run["kv_slot_steps"]
     assert {"prefill", "decode"} <= set(run["phases_s"])
-    run_old, got_old = bench_window.run_way(gen, "old", reqs, 6, 2, windows)
-    assert got_old == want and run_old["decode_steps"] == run["decode_steps"]
+    assert run["prefill_tokens_real"] <= run["prefill_tokens_padded"] and run["prefill_groups"] >= 3
+    for way in ("visual", "old"):
+        other, got_other = bench_window.run_way(gen, way, reqs, 6, 2, windows)
+        assert got_other == want and other["decode_steps"] == run["decode_steps"]
+        assert other["prefill_tokens_real"] == run["prefill_tokens_real"]

@@ -227,3 +227,41 @@ def test_a_resize_holds_at_most_one_old_layer_beside_the_new_cache(gen, monkeypa
         assert decoder.keys[0].shape[2] == length and len(made) == len(old)
         assert all(r() is None for r in old)
         assert peak <= max(old_bytes, sum(made)) + max(layer_new, old_bytes // len(old)), (peak, old_bytes, sum(made))
+
+
+def test_prompt_slots_are_the_encoded_prompt_lengths_and_the_longest_runs_first(gen):
+    """The order is by the prompt's length in cache slots (text tokens + visual tokens), which equals what the
+    processor makes of it; a long text beside a small image runs before a short text beside a larger image
+    (ordering by visual tokens first put them the other way round, and padded the transfer's prefill)."""
+    reqs = [GenRequest("short", [noise_image(1, size=(112, 84))]),
+            GenRequest("a long question about the picture " * 8, [noise_image(2, size=(56, 56))]),
+            GenRequest("no image but a middling text " * 3),
+            GenRequest("two images", [noise_image(3, size=(56, 84)), noise_image(4, size=(84, 56))])]
+    encoded = [gen.processor(text=[gen.chat_text(r)], images=r.images or None, return_tensors="pt")["input_ids"]
+               .shape[1] for r in reqs]
+    assert gen.prompt_slots(reqs) == encoded
+    assert gen.request_order(reqs) == sorted(range(len(reqs)), key=lambda i: -encoded[i])
+    assert gen.request_order(reqs).index(1) < gen.request_order(reqs).index(0)
+
+
+def test_the_window_follows_the_waves_down_and_answers_stay_the_same(gen, spy, monkeypatch):
+    """Waves of shorter and shorter prompts (longest first): once the window is 1.5 times what the live rows need
+    it is cut, so later waves attend over less (the rule of 6891b04 waited for four times, and never cut the
+    transfer's window); every answer is the one it gets alone (float32)."""
+    lengths = []
+    resize = continuous_mod.ContinuousDecoder._resize
+
+    def record(self, length):
+        lengths.append((self.keys[0].shape[2], length))
+        return resize(self, length)
+
+    monkeypatch.setattr(continuous_mod.ContinuousDecoder, "_resize", record)
+    reqs = [GenRequest("describe the picture and more " * k + str(i), [noise_image(500 + 10 * k + i, size=(56, 56))])
+            for k in (12, 6, 1) for i in range(2)]
+    slots = gen.prompt_slots(reqs)
+    window = slots[0] + 8  # the first wave's prompt + GROW_TOKENS; 8 new tokens a wave: it never grows
+    assert window >= 1.5 * (slots[-1] + 4 + 4 + 8) and window < 4 * (slots[-1] + 4 + 4)  # the two rules differ here
+    want = [gen.generate([r], max_new_tokens=8, ignore_eos=True, batch_size=1)[0] for r in reqs]
+    got = gen.generate(reqs, max_new_tokens=8, ignore_eos=True, batch_size=2)
+    assert_same(got, want)
+    assert any(new < old for old, new in lengths), lengths  # cut as the waves got shorter

@@ -8,12 +8,13 @@ write each step's keys and values at one shared slot, which is what lets the ste
 The cache is a window over that shared slot axis. When the slot reaches the window's end, the live rows' content
 (the last ``longest live row`` slots) is moved to the front, in place (the CUDA graph keeps its tensors), and the
 window grows only when the live rows need more. A refill whose prompt is longer than the current slot moves the
-content to the right first. Every step attends over the whole window, so a window much longer than the live rows
-need (one long prompt finished long ago, e.g. an image of 16,000 visual tokens at the processor's pixel limit) is
-shrunk: when the live content plus room for the next steps fits four times over, it moves to the front and the
-window is cut to twice that (``SHRINK``; the CUDA graph is captured again). Masked slots are never read, so a
-moved, shrunk or refilled row decodes exactly as it would have in a batch of its own (float32: the tests compare
-token for token).
+content to the right first. Every step attends over the whole window, and at 7B with a hundred rows reading a
+window of 4,000 slots costs as much as reading the weights, so a window longer than the live rows need (the long
+prompts of the first waves answered, the Generator running the longest prompts first) is shrunk: when it is 1.5
+times the live content plus room for the next steps and ``GROW_TOKENS`` new tokens or more, the content moves to
+the front and the window is cut to that (``SHRINK``; the CUDA graph is captured again, a fraction of a second
+against the hundreds of steps a wave runs). Masked slots are never read, so a moved, shrunk or refilled row decodes
+exactly as it would have in a batch of its own (float32: the tests compare token for token).
 
 The Generator drives it (:meth:`frankeneval.engine.generation.Generator._generate_continuous`): ``steps`` of
 ``check_every`` tokens, then harvest the finished rows (EOS, a stop string, the token budget) and refill them from
@@ -29,7 +30,8 @@ class ContinuousDecoder(StaticDecoder):
     """A :class:`StaticDecoder` whose rows are refilled (see the module docstring)."""
 
     CHECK_EVERY = 16  # decode steps between two harvests
-    SHRINK = True  # cut a window four times longer than the live rows need (module docstring); False: never
+    SHRINK = True  # cut a window 1.5 times what the live rows need, or longer (module docstring); False: never
+    SHRINK_RATIO = 1.5
 
     def __init__(self, model, *, rows: int, prompt_len: int, max_new_tokens: int, device, dtype,
                  check_every: int | None = None, use_graph: bool | None = None, compile_step: bool = False):
@@ -87,15 +89,16 @@ class ContinuousDecoder(StaticDecoder):
         self._move(target)
 
     def _shrink(self, n: int) -> None:
-        """Cut the window to twice what the live rows and ``n`` more steps need, when that is a quarter of it or less
-        (the content moves to the front first; a refill with a longer prompt makes room again, room_for_prompt)."""
+        """Cut the window to what the live rows, ``n`` more steps and ``GROW_TOKENS`` new tokens need, when it is
+        ``SHRINK_RATIO`` times that or longer (the content moves to the front first; a refill with a longer prompt
+        makes room again, room_for_prompt; a row that outgrows it grows it, _ensure)."""
         if not self.SHRINK or self.mass is not None:
             return
-        need = self._live_length() + n + self.check_every
-        if 4 * max(need, self.GROW_TOKENS) > self.keys[0].shape[2]:
+        target = self._live_length() + n + self.check_every + self.GROW_TOKENS
+        if self.keys[0].shape[2] < self.SHRINK_RATIO * target:
             return
         self._move(self._live_length())
-        self._resize(2 * max(need, self.GROW_TOKENS))
+        self._resize(target)
 
     def _move(self, new_slot: int) -> None:
         """Move the content of the last ``min(slot, new_slot)`` slots so that it ends at ``new_slot`` (in place)."""
