@@ -72,6 +72,20 @@ def eos_on_a_frequent_token(gen: Generator, reqs, monkeypatch, n: int) -> None:
     monkeypatch.setattr(Generator, "_eos_ids", lambda self: {common[2][0]})
 
 
+@pytest.fixture
+def resizes(monkeypatch) -> list[tuple[int, int]]:
+    """The continuous decoder's cache resizes while a test runs: (old length, new length)."""
+    seen = []
+    resize = continuous_mod.ContinuousDecoder._resize
+
+    def record(self, length):
+        seen.append((self.keys[0].shape[2], length))
+        return resize(self, length)
+
+    monkeypatch.setattr(continuous_mod.ContinuousDecoder, "_resize", record)
+    return seen
+
+
 def alone(gen: Generator, reqs, rows, **kw):
     return [gen.generate([r], interventions=[row], batch_size=1, **kw)[0] for r, row in zip(reqs, rows)]
 
@@ -168,18 +182,10 @@ def test_time_limit_times_each_request_from_its_own_prefill(gen, spy, monkeypatc
             assert c.token_ids == f.token_ids[:13]
 
 
-def test_a_long_prompt_gone_shrinks_the_window_and_answers_stay_the_same(gen, spy, monkeypatch):
+def test_a_long_prompt_gone_shrinks_the_window_and_answers_stay_the_same(gen, spy, resizes, monkeypatch):
     """Every step attends over the whole cache window: once the long prompts (first: longest first) are answered,
     the window is cut to what the short rows need, and every answer is still the one it gets alone (float32). With
     SHRINK off the window never gets shorter (the case would have stayed at the long prompts' length)."""
-    lengths = []
-    resize = continuous_mod.ContinuousDecoder._resize
-
-    def record(self, length):
-        lengths.append((self.keys[0].shape[2], length))
-        return resize(self, length)
-
-    monkeypatch.setattr(continuous_mod.ContinuousDecoder, "_resize", record)
     long_text = "describe every shape and colour and more " * 12
     reqs = [GenRequest(long_text + str(i), [noise_image(300 + i, size=(112, 112))]) for i in range(2)]
     reqs += [GenRequest(f"count {i}", [noise_image(400 + i, size=(28, 28))]) for i in range(6)]
@@ -188,11 +194,11 @@ def test_a_long_prompt_gone_shrinks_the_window_and_answers_stay_the_same(gen, sp
     want += [gen.generate([r], max_new_tokens=40, ignore_eos=True, batch_size=1)[0] for r in reqs[2:]]
     got = gen.generate(reqs, max_new_tokens=budgets, ignore_eos=True, batch_size=2)
     assert_same(got, want)
-    assert any(new < old for old, new in lengths), lengths  # the window was shrunk
-    lengths.clear()
+    assert any(new < old for old, new in resizes), resizes  # the window was shrunk
+    resizes.clear()
     monkeypatch.setattr(continuous_mod.ContinuousDecoder, "SHRINK", False)
     assert_same(gen.generate(reqs, max_new_tokens=budgets, ignore_eos=True, batch_size=2), want)
-    assert not any(new < old for old, new in lengths), lengths
+    assert not any(new < old for old, new in resizes), resizes
 
 
 def test_a_resize_holds_at_most_one_old_layer_beside_the_new_cache(gen, monkeypatch):
@@ -244,18 +250,10 @@ def test_prompt_slots_are_the_encoded_prompt_lengths_and_the_longest_runs_first(
     assert gen.request_order(reqs).index(1) < gen.request_order(reqs).index(0)
 
 
-def test_the_window_follows_the_waves_down_and_answers_stay_the_same(gen, spy, monkeypatch):
+def test_the_window_follows_the_waves_down_and_answers_stay_the_same(gen, spy, resizes):
     """Waves of shorter and shorter prompts (longest first): once the window is 1.5 times what the live rows need
     it is cut, so later waves attend over less (the rule of 6891b04 waited for four times, and never cut the
     transfer's window); every answer is the one it gets alone (float32)."""
-    lengths = []
-    resize = continuous_mod.ContinuousDecoder._resize
-
-    def record(self, length):
-        lengths.append((self.keys[0].shape[2], length))
-        return resize(self, length)
-
-    monkeypatch.setattr(continuous_mod.ContinuousDecoder, "_resize", record)
     reqs = [GenRequest("describe the picture and more " * k + str(i), [noise_image(500 + 10 * k + i, size=(56, 56))])
             for k in (12, 6, 1) for i in range(2)]
     slots = gen.prompt_slots(reqs)
@@ -264,4 +262,4 @@ def test_the_window_follows_the_waves_down_and_answers_stay_the_same(gen, spy, m
     want = [gen.generate([r], max_new_tokens=8, ignore_eos=True, batch_size=1)[0] for r in reqs]
     got = gen.generate(reqs, max_new_tokens=8, ignore_eos=True, batch_size=2)
     assert_same(got, want)
-    assert any(new < old for old, new in lengths), lengths  # cut as the waves got shorter
+    assert any(new < old for old, new in resizes), resizes  # cut as the waves got shorter
