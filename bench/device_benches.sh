@@ -26,7 +26,6 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ $# -gt 0 ] || { echo "device_benches: name at least one bench (--help)" >&2; exit 2; }
-mkdir -p "$OUTDIR"
 command_of() {
   case "$1" in
     lengths) echo python3 bench/bench_lengths.py --model "$LINEAGE/rl" --workdir "$OUTDIR/bl" --draw lognormal \
@@ -47,6 +46,11 @@ command_of() {
 for name in "$@"; do
   command_of "$name" > /dev/null || { echo "device_benches: unknown bench '$name' (--help)" >&2; exit 2; }
 done
+# never write into a folder this script did not make (its marker file says it did)
+if [ -e "$OUTDIR" ] && [ ! -e "$OUTDIR/.device_benches" ] && [ -n "$(ls -A "$OUTDIR" 2>/dev/null)" ]; then
+  echo "device_benches: $OUTDIR holds files this script did not write: name another --outdir" >&2; exit 2
+fi
+mkdir -p "$OUTDIR" && touch "$OUTDIR/.device_benches"
 run_queue() {
   if [ -n "$AFTER" ]; then
     echo "$(date -u +%FT%TZ) waiting for the acceptance runner of $AFTER to end"
