@@ -180,8 +180,7 @@ class Windows:
 
     def __init__(self):
         self.seen: list[tuple[int, int]] = []
-        self.slot_steps = self.needed = self.steps = 0
-        self.prefills = self.prefill_slots = self.prefill_pairs = self.prefill_real = 0
+        self.clear()
         cls, windows = continuous_mod.ContinuousDecoder, self
         real_resize, real_steps = cls._resize, cls.steps
 
