@@ -1,16 +1,18 @@
-"""Transfer cells: one lmms-eval process per model (the default) against one per cell (``--process-per-cell``),
-measured whole, side by side, on the same models, tasks and items.
+"""Transfer cells: one lmms-eval process per GPU (``--process-per-gpu``), one per model (the default) and one per
+cell (``--process-per-cell``), measured whole, side by side, on the same models, tasks and items.
 
     python bench/bench_transfer_joint.py --work /tmp/tj --data ../shared/data                      # tiny lineage, CPU
     python bench/bench_transfer_joint.py --work /tmp/tj --data DATA --recipe openmmreasoner \
         --in IN --rl RL --base BASE --tasks franken_perception,franken_alignment,franken_reasoning --gpus 1   # GPU
 
 Each mode runs the whole matrix into its own fresh run folder (the variants are materialized once, before the
-timing, into a shared splice cache); the wall time is the ``run_transfer`` call. ``--one-variant-at-a-time`` (a
-disk that holds the lineage but not six 7B variants): Base / IN / RL first, then each variant alone: materialized
-(untimed), its cells run in both modes (timed: the sum over the chunks is each mode's wall time), then deleted.
-Afterwards every cell's samples are compared between the two runs (responses and scores, item for item). Prints a
-table and writes JSON (``--out``).
+timing, into a shared splice cache); the wall time is the ``run_transfer`` call. ``--variants-at-a-time N`` (a
+disk that holds the lineage but not six 7B variants; ``--one-variant-at-a-time`` is N = 1): Base / IN / RL first,
+then N variants at a time: materialized (untimed), their cells run in every mode (timed: the sum over the chunks is
+each mode's wall time), then deleted.
+Afterwards every cell's samples of each mode are compared with one process per cell's (responses and scores, item
+for item). Prints a table and writes JSON (``--out``). In chunks, one process per GPU holds only a chunk's models
+(Base / IN / RL together, then N variants), so its figure grows with N.
 """
 
 from __future__ import annotations
@@ -41,8 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--batch-size", default="4")
     p.add_argument("--gpus", type=int, default=0)
-    p.add_argument("--one-variant-at-a-time", action="store_true",
-                   help="materialize one variant at a time, untimed, and delete it after both modes ran its cells")
+    p.add_argument("--variants-at-a-time", type=int, default=0,
+                   help="materialize N variants at a time, untimed, and delete them after every mode ran their "
+                        "cells (default 0: all at once)")
+    p.add_argument("--one-variant-at-a-time", action="store_true", help="--variants-at-a-time 1")
+    p.add_argument("--modes", default="per_gpu,per_model,per_cell",
+                   help="which of per_gpu, per_model, per_cell to run (per_cell: the baseline the others are "
+                        "compared with; default all three)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
 
@@ -59,7 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     cache = args.work / "splices"
     tasks = [t for t in args.tasks.split(",") if t]
     batch = int(args.batch_size) if args.batch_size.isdigit() else args.batch_size
-    modes = (("per_model", None), ("per_cell", False))
+    known = {"per_gpu": "gpu", "per_model": None, "per_cell": False}
+    wanted = [m for m in args.modes.split(",") if m]
+    if "per_cell" not in wanted or any(m not in known for m in wanted):
+        p.error(f"--modes: a comma list of {', '.join(known)}, per_cell included (the baseline)")
+    modes = [(m, known[m]) for m in known if m in wanted]
     from frankeneval.transferability.manifest import MANIFEST
 
     for mode, _ in modes:  # each mode starts fresh: only a transfer run folder (its manifest) is cleared
@@ -67,13 +78,14 @@ def main(argv: list[str] | None = None) -> int:
         if run.exists() and any(run.iterdir()) and not (run / MANIFEST).is_file():
             p.error(f"{run} exists and is not a transfer run folder: choose another --work")
         shutil.rmtree(run, ignore_errors=True)
-    if args.one_variant_at_a_time:
-        if cache.exists():  # it is deleted after each variant: only a cache this run made
-            p.error(f"--one-variant-at-a-time deletes {cache} after each variant; it exists already: move it")
+    at_a_time = 1 if args.one_variant_at_a_time else max(args.variants_at_a_time, 0)
+    if at_a_time:
+        if cache.exists():  # it is deleted after each chunk: only a cache this run made
+            p.error(f"--variants-at-a-time deletes {cache} after each chunk; it exists already: move it")
         from full_size import variants
 
         names = variants(recipe) if isinstance(recipe, str) else list(recipe.variants)
-        chunks = [([], True)] + [([v], False) for v in names]
+        chunks = [([], True)] + [(names[i:i + at_a_time], False) for i in range(0, len(names), at_a_time)]
     else:
         chunks = [(None, True)]
     seconds, runs = {mode: 0.0 for mode, _ in modes}, {mode: (args.work / f"run_{mode}", 0) for mode, _ in modes}
@@ -89,29 +101,39 @@ def main(argv: list[str] | None = None) -> int:
                                   batch_size=batch, gpus=args.gpus, joint=joint, progress=lambda s: None)
             seconds[mode] += time.perf_counter() - t0
             runs[mode] = (runs[mode][0], runs[mode][1] + len(result.ran))
-        if args.one_variant_at_a_time:
+        if at_a_time:
             shutil.rmtree(cache, ignore_errors=True)  # this script's own cache under --work: the next variant's room
-    same, compared = 0, 0
     from frankeneval.transferability.cells import find_results
 
-    for cell_dir in sorted((runs["per_model"][0] / "cells").glob("*/*")):
-        other = runs["per_cell"][0] / cell_dir.relative_to(runs["per_model"][0])
-        a, b = find_results(cell_dir)[1], find_results(other)[1]
-        for task, path in a.items():
-            rows = [json.loads(x) for x in path.read_text(encoding="utf-8").split("\n") if x]
-            rows_b = [json.loads(x) for x in b[task].read_text(encoding="utf-8").split("\n") if x]
-            key = ("doc_id", "filtered_resps", "rule_acc")
-            compared += len(rows)
-            same += sum([r.get(k) for k in key] == [s.get(k) for k in key] for r, s in zip(rows, rows_b, strict=True))
-    record = {"command": " ".join(sys.argv), "cells": runs["per_model"][1], "tasks": tasks,
-              "one_variant_at_a_time": args.one_variant_at_a_time,
-              "seconds": seconds, "speedup": seconds["per_cell"] / seconds["per_model"],
-              "items_equal": f"{same} / {compared}", "date": time.strftime("%Y-%m-%d"), **code_commit()}
-    print(f"{record['cells']} cells ({len(tasks)} tasks a model): one process per model {seconds['per_model']:.1f} s, "
-          f"one per cell {seconds['per_cell']:.1f} s = {record['speedup']:.2f}x; items equal {same} / {compared}")
+    equal: dict[str, str] = {}
+    ok = True
+    for mode, _ in modes:
+        if mode == "per_cell":
+            continue
+        same, compared = 0, 0
+        for cell_dir in sorted((runs[mode][0] / "cells").glob("*/*")):
+            other = runs["per_cell"][0] / cell_dir.relative_to(runs[mode][0])
+            a, b = find_results(cell_dir)[1], find_results(other)[1]
+            for task, path in a.items():
+                rows = [json.loads(x) for x in path.read_text(encoding="utf-8").split("\n") if x]
+                rows_b = [json.loads(x) for x in b[task].read_text(encoding="utf-8").split("\n") if x]
+                key = ("doc_id", "filtered_resps", "rule_acc")
+                compared += len(rows)
+                same += sum([r.get(k) for k in key] == [s.get(k) for k in key]
+                            for r, s in zip(rows, rows_b, strict=True))
+        equal[mode] = f"{same} / {compared}"
+        ok = ok and same == compared and runs[mode][1] == runs["per_cell"][1]
+    speedup = {mode: seconds["per_cell"] / seconds[mode] for mode, _ in modes if mode != "per_cell"}
+    record = {"command": " ".join(sys.argv), "cells": runs["per_cell"][1], "tasks": tasks,
+              "variants_at_a_time": at_a_time, "seconds": seconds,
+              "speedup_over_per_cell": speedup, "items_equal_to_per_cell": equal,
+              "date": time.strftime("%Y-%m-%d"), **code_commit()}
+    print(f"{record['cells']} cells ({len(tasks)} tasks a model): one process per cell {seconds['per_cell']:.1f} s; "
+          + "; ".join(f"{mode.replace('_', ' ')} {seconds[mode]:.1f} s = {speedup[mode]:.2f}x, items equal "
+                      f"{equal[mode]}" for mode in speedup))
     if args.out:
         write_json_atomic(args.out, record, indent=1)
-    return 0 if same == compared else 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

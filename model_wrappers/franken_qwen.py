@@ -46,6 +46,7 @@ from typing import Any
 from frankeneval.model_wrappers.model_args import (
     build_generator,
     data_parallel,
+    free_unreferenced_models,
     gen_settings,
     generate_grouped,
     int_or_none,
@@ -132,6 +133,7 @@ class FrankenQwen(lmms):
             decode=decode,
         )
         if self.backend == "hf":
+            free_unreferenced_models()  # an earlier entry of lmms-eval's --config list: freed before this one loads
             self.generator = build_generator(args, device)
             self._device = self.generator.device
             self.interventions = parse_intervention_spec(intervention, n_layers=self.generator.n_llm_layers,

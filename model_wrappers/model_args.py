@@ -136,6 +136,20 @@ def data_parallel():
     return accelerator, 0, 1, None
 
 
+def free_unreferenced_models() -> None:
+    """Collect what nothing references any more (a model of an earlier evaluation in this process, which reference
+    cycles keep alive until the next collection) and hand its cached GPU memory back, before the next model loads:
+    lmms-eval's ``--config`` list runs several models one after another in one process, and the batch size a
+    model settles on must not depend on whether the previous one was still resident."""
+    import gc
+
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
 def build_generator(args: dict[str, Any], device: str | None):
     """The :class:`frankeneval.engine.generation.Generator` of the model args (``cuda`` falls back to CPU with a
     warning)."""

@@ -125,9 +125,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the finished transfer run --regrade re-scores")
     parser.add_argument("--gpus", type=int_arg(0, note="0 = one cell at a time on the visible devices"), default=0,
                         help="run N models' cells at once, one lmms-eval process per GPU, >= 0 (default 0)")
-    parser.add_argument("--process-per-cell", action="store_true",
-                        help="one lmms-eval process per (model, task) cell; by default one process runs all of a "
-                             "model's pending cells (the model loaded once) and its output is cut into the cells")
+    processes = parser.add_mutually_exclusive_group()
+    processes.add_argument("--process-per-cell", action="store_true",
+                           help="one lmms-eval process per (model, task) cell; by default one process runs all of a "
+                                "model's pending cells (the model loaded once) and its output is cut into the cells")
+    processes.add_argument("--process-per-gpu", action="store_true",
+                           help="one lmms-eval process per GPU runs its models one after another (lmms-eval's "
+                                "--config list): the process start and the lmms-eval import paid once per GPU, not "
+                                "once per model; a model whose output is missing runs again in its own process")
     parser.add_argument("--splice-cache", default=None,
                         help="where variants are materialized (default: frankeneval's cache)")
     parser.add_argument("--evict-variants", action="store_true",
@@ -167,7 +172,7 @@ def _regrade(args: argparse.Namespace) -> int:
     if given:
         raise FrankenevalError(f"--regrade re-scores the stored cells of --from as they are; drop {', '.join(given)}")
     result = regrade_run(args.regrade_from, args.out, args.regrade, judge=args.judge, grading_mode=args.grading,
-                         data_dir=args.data, gpus=args.gpus, joint=False if args.process_per_cell else None)
+                         data_dir=args.data, gpus=args.gpus, joint=_joint_mode(args))
     print(f"[transfer] regraded ({args.regrade}): {len(result.ran)} cells scored again, {len(result.skipped)} already "
           f"done -> {result.run_dir}")
     print(f"[transfer] leaderboard: frankeneval report {result.run_dir}")
@@ -209,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
         description_source=args.description_source,
         allow_pickle=args.allow_pickle,
         evict_variants=args.evict_variants,
-        joint=False if args.process_per_cell else None,
+        joint=_joint_mode(args),
         cuts=args.cuts,
         item_time_limit=args.item_time_limit,
         reuse_from=args.reuse_from,
@@ -220,3 +225,9 @@ def run(args: argparse.Namespace) -> int:
           f"{result.run_dir}")
     print(f"[transfer] leaderboard: frankeneval report {result.run_dir}")
     return 0
+
+
+def _joint_mode(args: argparse.Namespace) -> bool | str | None:
+    """``joint`` of :func:`frankeneval.transferability.transfer.run_cells`: False one process per cell, ``"gpu"``
+    one per GPU, None one per model (the default)."""
+    return False if args.process_per_cell else "gpu" if args.process_per_gpu else None

@@ -38,6 +38,7 @@ __all__ = [
     "CellFailed",
     "CellJob",
     "CellRunner",
+    "ChunkRunner",
     "API_SYSTEM_PROMPT",
     "api_fingerprint",
     "base_env",
@@ -51,6 +52,8 @@ __all__ = [
     "harness_preflight",
     "headline",
     "lmms_eval_command",
+    "lmms_eval_config_command",
+    "lmms_eval_config_runner",
     "lmms_eval_runner",
     "parse_api_model",
     "system_prompts",
@@ -87,6 +90,9 @@ class CellJob:
 
 
 CellRunner = Callable[[CellJob], None]
+ChunkRunner = Callable[[Sequence[CellJob], Path], None]
+"""``runner(jobs, log_path)``: run several models' jobs in one process (:func:`lmms_eval_config_runner`); each job's
+output under its ``output_dir`` is the proof of success, checked by the caller job by job."""
 
 
 # -- lmms-eval output -----------------------------------------------------------------------------
@@ -460,6 +466,46 @@ def lmms_eval_runner(job: CellJob) -> None:
     failed = _api_failures(job.output_dir) if job.lmms_model != "franken_qwen" else 0
     if failed:  # lmms-eval keeps a failed request as an answer: not scored as wrong, the cell runs again
         raise CellFailed(f"{failed} API request(s) failed every retry; {_log_tail(job.log_path, env=job.env)}")
+
+
+def lmms_eval_config_command(jobs: Sequence[CellJob], config: Path) -> list[str]:
+    """Write ``jobs`` as lmms-eval's ``--config`` file (a list: one evaluation per entry, run one after another in
+    one process) and return the ``python -m lmms_eval --config`` command line. Only ``franken_qwen`` jobs (an API
+    row's ``--force_simple`` / ``--system_instruction`` stay on :func:`lmms_eval_command`)."""
+    from frankeneval.core.results import write_json_atomic
+
+    entries = []
+    for job in jobs:
+        if job.lmms_model != "franken_qwen" or job.system_instruction:
+            raise CellFailed(f"{job.cell.model}: an API row runs in its own lmms-eval process, not in a --config list")
+        entry = {"model": job.lmms_model, "model_args": job.model_args, "tasks": job.task_arg,
+                 "include_path": job.include_path, "output_path": str(job.output_dir), "log_samples": True}
+        if job.gen_kwargs:
+            entry["gen_kwargs"] = job.gen_kwargs
+        entries.append(entry)
+    write_json_atomic(config, entries, indent=1)  # JSON is YAML: lmms-eval reads it with yaml.safe_load
+    return [sys.executable, "-m", "lmms_eval", "--config", str(config)]
+
+
+def lmms_eval_config_runner(jobs: Sequence[CellJob], log_path: Path) -> None:
+    """Run several models' jobs (same environment and run folder) as one ``python -m lmms_eval --config FILE``
+    process: lmms-eval evaluates the list's entries one after another, so the process start and the lmms-eval
+    import are paid once, and each model is freed before the next loads (``franken_qwen`` collects the previous
+    one first). lmms-eval logs an entry that failed and goes on: the caller checks each job's results file."""
+    if not jobs:
+        return
+    first = jobs[0]
+    if any(j.env != first.env or j.run_dir != first.run_dir for j in jobs):
+        raise CellFailed("the jobs of one lmms-eval --config process must share their environment and run folder")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    cmd = lmms_eval_config_command(jobs, log_path.with_suffix(".config.yaml"))
+    with open(log_path, "w", encoding="utf-8") as log:
+        log.write("$ " + " ".join(cmd) + "\n")
+        log.flush()
+        rc = run_child(cmd, cwd=first.run_dir, env=first.env, stdout=log, stderr=subprocess.STDOUT,
+                       pass_fds=first.keep_fds)
+    if rc != 0:
+        raise CellFailed(f"lmms-eval exited with {rc}; {_log_tail(log_path, env=first.env)}")
 
 
 def _log_tail(path: Path, n: int = 3, env: Mapping[str, str] | None = None) -> str:

@@ -295,7 +295,7 @@ def regrade_run(
     data_dir: str | os.PathLike | None = None,
     runner: cells.CellRunner | None = None,
     gpus: int = 0,
-    joint: bool | None = None,
+    joint: bool | str | None = None,
     env: Mapping[str, str] | None = None,
     progress: Callable[[str], None] = print,
 ) -> Any:

@@ -12,9 +12,10 @@ cells run in one lmms-eval subprocess (the model loaded once; ``--process-per-ce
     python -m lmms_eval --model franken_qwen --model_args pretrained=<dir>,batch_size=...
         --tasks <task>[,<task>...] --include_path <frankeneval tasks> --output_path <scratch> --log_samples
 
-and its output is cut into the cells' folders (:func:`.cells.cut_joint_output`).
-
-with the run directory as working directory (:mod:`frankeneval.transferability.cells`).
+and its output is cut into the cells' folders (:func:`.cells.cut_joint_output`), with the run directory as working
+directory (:mod:`frankeneval.transferability.cells`). ``--process-per-gpu`` (``joint="gpu"``): one process per GPU
+runs its models one after another, as the entries of lmms-eval's own ``--config`` list
+(:func:`.cells.lmms_eval_config_runner`), so the process start and the import are paid once per GPU.
 
 Run layout (``run_dir``)::
 
@@ -22,6 +23,7 @@ Run layout (``run_dir``)::
     cells.jsonl                    run store: one line per finished cell (frankeneval.core.runstore.RunStore)
     cells/<model>/<task>/          lmms-eval output (<model name>/<date>_results.json, _samples_<task>.jsonl)
     logs/<model>__joint.log        the model's lmms-eval output (<model>__<task>.log: a cell run on its own)
+    logs/process_gpu<N>.log        --process-per-gpu: the process's output (its --config list beside it)
 
 **Resumable**: a cell writes into ``<task>.partial`` first and is renamed into place only after lmms-eval
 finished and wrote its results file; then the cell is appended to the run store. A rerun after a crash or
@@ -290,7 +292,8 @@ def _run_cells(
     judge: bool | None = None,
     description_source: str | None = None,
     runner: CellRunner | None = None,
-    joint: bool | None = None,
+    joint: bool | str | None = None,
+    chunk_runner: cells.ChunkRunner | None = None,
     item_time_limit: float | None = None,
     reuse_from: str | os.PathLike | None = None,
     cuts: Sequence[int] | None = None,
@@ -323,6 +326,10 @@ def _run_cells(
     runner (or ``joint=True``), one lmms-eval process runs all of a model's pending cells (the model is
     loaded once) and its output is cut into the cells' folders (:func:`.cells.cut_joint_output`); when that
     process fails, its cells are run one by one, so one broken task costs only its own cells.
+    ``joint="gpu"``: one lmms-eval process per GPU runs its share of the models one after another (lmms-eval's own
+    ``--config`` list, :func:`.cells.lmms_eval_config_runner`; ``chunk_runner`` replaces it), so the process
+    start and the lmms-eval import are paid once per GPU instead of once per model; a model whose output is
+    missing then runs in its own process as above.
     Failed cells are reported in the result (and retried by the next run); they never stop the others.
     ``item_time_limit``: seconds an item may generate (``franken_qwen``'s ``item_time_limit``): one still generating
     then is cut off and counted as ``timed_out``, apart from wrong; in the run store's header when given.
@@ -334,6 +341,8 @@ def _run_cells(
     (:func:`.reuse.regrade_run`): each model's stored-responses file, the prompts its cells recorded, what each
     cell's record adds, and what the run store's header adds.
     """
+    if joint not in (None, True, False, "gpu"):
+        raise FrankenevalError(f"joint must be None, True, False or 'gpu', not {joint!r}")
     run_dir = Path(run_dir).expanduser().absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
     default_runner = runner is None or runner is cells.lmms_eval_runner
@@ -376,6 +385,7 @@ def _run_cells(
     result = TransferResult(run_dir=run_dir, cells=plan_cells(models, tasks))
     job = _CellRun(run_dir=run_dir, models=models, prompts=prompts, store=store, result=result, progress=progress,
                    runner=runner or cells.lmms_eval_runner, keep_fds=_keep_fds, batch_size=batch_size,
+                   chunk_runner=chunk_runner or cells.lmms_eval_config_runner,
                    max_new_tokens=max_new_tokens, model_args=model_args, devices=[],
                    env=cell_env,
                    include_path=str(harness_tasks_dir()), item_time_limit=item_time_limit,
@@ -392,7 +402,9 @@ def _run_cells(
     if job.pending and default_runner:
         _preflight(run_dir, job.pending, job.env)
     job.devices = scheduler.device_ids(gpus)
-    if joint or (joint is None and default_runner):  # one lmms-eval process per model: its pending cells together
+    if joint == "gpu":  # one lmms-eval process per GPU: its models one after another
+        scheduler.schedule(gpu_shares(model_groups(job.pending), gpus), job.attempt_share, gpus)
+    elif joint or (joint is None and default_runner):  # one lmms-eval process per model: its pending cells together
         scheduler.schedule(model_groups(job.pending), job.attempt_joint, gpus)
     else:
         scheduler.schedule(job.pending, job.attempt, gpus)
@@ -406,6 +418,13 @@ def model_groups(pending: Sequence[Cell]) -> list[tuple[Cell, ...]]:
     for cell in pending:
         groups.setdefault(cell.model, []).append(cell)
     return [tuple(g) for g in groups.values()]
+
+
+def gpu_shares(groups: Sequence[tuple[Cell, ...]], gpus: int) -> list[list[tuple[Cell, ...]]]:
+    """The model groups dealt round-robin into one share per GPU (one share when ``gpus`` <= 1); a share's models
+    run in one lmms-eval process (:meth:`_CellRun.attempt_share`)."""
+    n = max(int(gpus or 0), 1)
+    return [list(groups[i::n]) for i in range(n) if groups[i::n]]
 
 
 def _check_settings(model_args: str | None, grading: str | None, seed_compatible: bool) -> str:
@@ -476,6 +495,7 @@ class _CellRun:
     result: TransferResult
     progress: Callable[[str], None]
     runner: CellRunner
+    chunk_runner: cells.ChunkRunner
     keep_fds: tuple[int, ...]
     batch_size: int | str
     max_new_tokens: int | None
@@ -522,6 +542,60 @@ class _CellRun:
             self.progress(f"[transfer] {group[0].model}: the joint run of {len(group)} cells failed ({exc}); "
                           "running them one by one")
         return all([self.attempt(cell, gpu, last) for cell in group])
+
+    def attempt_share(self, share: Sequence[Sequence[Cell]], gpu: int | None, last: bool = True) -> bool:
+        """Run several models' cells in one lmms-eval process (:meth:`run_share`); a model whose output is missing
+        (or every model, when the process failed) runs again on its own (:meth:`attempt_joint`)."""
+        groups = [g for g in ([c for c in group if c not in self.result.ran] for group in share) if g]
+        api = [g for g in groups if self.models[g[0].model].get("kind") == "api" and g[0].model not in self.replay]
+        together = [g for g in groups if g not in api]
+        left = list(api)  # an API row keeps its own process (its class and --system_instruction)
+        if len(together) > 1:
+            try:
+                self.run_share(together, gpu)
+            except (FrankenevalError, OSError, subprocess.SubprocessError) as exc:
+                if disk_error(exc) is not None:
+                    raise
+                self.progress(f"[transfer] the lmms-eval process of {len(together)} models failed ({exc}); "
+                              "running each model on its own")
+            left += [g for g in together if any(c not in self.result.ran for c in g)]
+        else:
+            left += together
+        return all([self.attempt_joint(g, gpu, last) for g in left])
+
+    def run_share(self, groups: Sequence[Sequence[Cell]], gpu: int | None) -> None:
+        """Run ``groups`` (each one model's cells) as one lmms-eval process, one model after another, each into its
+        own scratch folder; then place every cell whose output is there, as :meth:`run_joint` does. A model without
+        output is said and left unplaced (the caller runs it again)."""
+        jobs = []
+        for group in groups:
+            scratch = self.run_dir / "cells" / group[0].model / ".joint.partial"
+            cells.clear(scratch)
+            scratch.mkdir(parents=True)
+            job = self.job(group[0], gpu, scratch)
+            job.tasks = ",".join(c.task for c in group)
+            jobs.append(job)
+        name = "process" if gpu is None else f"process_gpu{gpu}"
+        t0 = time.perf_counter()
+        self.chunk_runner(jobs, self.run_dir / "logs" / f"{name}.log")
+        seconds = time.perf_counter() - t0
+        n = sum(len(g) for g in groups)
+        for group, job in zip(groups, jobs):
+            tasks = [c.task for c in group]
+            try:
+                for cell in group:
+                    final = self.run_dir / cell.relpath()
+                    partial = final.with_name(final.name + ".partial")
+                    cells.clear(partial)
+                    partial.mkdir(parents=True)
+                    cells.cut_joint_output(job.output_dir, cell, partial, tasks)
+                    self._place(cell, partial, seconds / n, gpu, joint=n)
+                    self.result.ran.append(cell)
+            except CellFailed as exc:
+                self.progress(f"[transfer] {group[0].model}: no output from the shared lmms-eval process ({exc}); "
+                              "running its cells on their own")
+            finally:
+                cells.clear(job.output_dir)
 
     def run_joint(self, group: Sequence[Cell], gpu: int | None) -> None:
         """Run ``group`` (cells of one model) as one lmms-eval process into a scratch folder, then move each cell's
