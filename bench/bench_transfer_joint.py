@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     record = {"command": " ".join(sys.argv), "cells": runs["per_cell"][1], "tasks": tasks,
               "variants_at_a_time": at_a_time, "seconds": seconds,
               "speedup_over_per_cell": speedup, "items_equal_to_per_cell": equal,
-              "date": time.strftime("%Y-%m-%d"), **code_commit()}
+              "date": time.strftime("%Y-%m-%d"), **code_commit(),
+              "complete": True}  # written once, after every mode ran the whole matrix
     print(f"{record['cells']} cells ({len(tasks)} tasks a model): one process per cell {seconds['per_cell']:.1f} s; "
           + "; ".join(f"{mode.replace('_', ' ')} {seconds[mode]:.1f} s = {speedup[mode]:.2f}x, items equal "
                       f"{equal[mode]}" for mode in speedup))

@@ -14,14 +14,18 @@
 #              about 12 min)
 #   attention  attention-shift batched vs e95975c's way, float32 check on 2 prompts (about 7 min)
 #   speed      decode compiled / auto / hf / generate at 64 rows, and the auto batch (about 6 min)
+#   joint      the 7B transfer matrix (27 cells: 9 models x v1, 3 items a task, 16 tokens): one lmms-eval process per
+#              GPU vs one per cell, 3 variants at a time in /dev/shm/b32_joint (about 20 min; needs the acceptance's
+#              data folder, /tmp/accept/data, for the MathVista images)
 set -u
-AFTER="" OUTDIR=/tmp/b32 LINEAGE=/tmp/accept/lineage DATA=.devdata
+AFTER="" OUTDIR=/tmp/b32 LINEAGE=/tmp/accept/lineage DATA=.devdata ACCEPT_DATA=/tmp/accept/data
+JOINT_WORK=/dev/shm/b32_joint  # 3 variants (50 GB) at a time: more than the disk beside the lineage, in RAM
 while [ $# -gt 0 ]; do
   case "$1" in
     --after) AFTER=$2; shift 2 ;;
     --outdir) OUTDIR=$2; shift 2 ;;
     --lineage) LINEAGE=$2; shift 2 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) break ;;
   esac
 done
@@ -36,6 +40,10 @@ command_of() {
                --samples "$DATA/transfer_requests.jsonl" --prompts 512 --out "$OUTDIR/window.json" ;;
     attention) echo python3 bench/bench_attention.py --base "$LINEAGE/base" --in "$LINEAGE/in" --rl "$LINEAGE/rl" \
                --workdir "$OUTDIR/ba" --check 2 --skip-one-at-a-time --out "$OUTDIR/attention.json" ;;
+    joint) echo python3 bench/bench_transfer_joint.py --work "$JOINT_WORK" --data "$ACCEPT_DATA" --recipe openmmreasoner \
+               --base "$LINEAGE/base" --in "$LINEAGE/in" --rl "$LINEAGE/rl" \
+               --tasks franken_perception,franken_alignment,franken_reasoning --gpus 1 --batch-size auto \
+               --variants-at-a-time 3 --modes per_gpu,per_cell --out "$OUTDIR/joint.json" ;;
     speed) # the weight-read limit: H100 SXM datasheet 3.35 TB/s; H200 4.27 measured (BENCHMARKS)
            bw=3.35; nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | grep -q H200 && bw=4.27
            echo python3 bench/bench_speed.py --model "$LINEAGE/rl" --parts generator --repeats 3 \
@@ -61,6 +69,12 @@ run_queue() {
     if [ -f "$json" ] && python3 -c "import json,sys; sys.exit(0 if json.load(open('$json')).get('complete') else 1)"; then
       echo "$(date -u +%FT%TZ) $name: complete already ($json)"; continue
     fi
+    if [ "$name" = joint ]; then  # a fresh work folder each attempt (an interrupted one leaves variants in RAM)
+      if [ -e "$JOINT_WORK" ] && [ ! -e "$JOINT_WORK/.device_benches" ]; then
+        echo "$(date -u +%FT%TZ) joint: $JOINT_WORK holds files this script did not write: skipped"; continue
+      fi
+      rm -rf "$JOINT_WORK" && mkdir -p "$JOINT_WORK" && touch "$JOINT_WORK/.device_benches"
+    fi
     echo "$(date -u +%FT%TZ) $name: $(command_of "$name")"
     start=$(date +%s)
     $(command_of "$name") > "$OUTDIR/$name.out" 2>&1
@@ -69,6 +83,6 @@ run_queue() {
   echo "$(date -u +%FT%TZ) queue done"
 }
 export -f command_of run_queue
-export AFTER OUTDIR LINEAGE DATA
+export AFTER OUTDIR LINEAGE DATA ACCEPT_DATA JOINT_WORK
 setsid nohup bash -c 'run_queue "$@"' queue "$@" >> "$OUTDIR/queue.out" 2>&1 < /dev/null &
 echo "device_benches: started ($*); log $OUTDIR/queue.out"
