@@ -547,9 +547,9 @@ class _CellRun:
         """Run several models' cells in one lmms-eval process (:meth:`run_share`); a model whose output is missing
         (or every model, when the process failed) runs again on its own (:meth:`attempt_joint`)."""
         groups = [g for g in ([c for c in group if c not in self.result.ran] for group in share) if g]
-        api = [g for g in groups if self.models[g[0].model].get("kind") == "api" and g[0].model not in self.replay]
+        api = [g for g in groups if self.models[g[0].model].get("kind") == "api"]
         together = [g for g in groups if g not in api]
-        left = list(api)  # an API row keeps its own process (its class and --system_instruction)
+        left = list(api)  # an API row keeps its own process (its class, or a replay's --system_instruction)
         if len(together) > 1:
             try:
                 self.run_share(together, gpu)
