@@ -584,12 +584,7 @@ class _CellRun:
             tasks = [c.task for c in group]
             try:
                 for cell in group:
-                    final = self.run_dir / cell.relpath()
-                    partial = final.with_name(final.name + ".partial")
-                    cells.clear(partial)
-                    partial.mkdir(parents=True)
-                    cells.cut_joint_output(job.output_dir, cell, partial, tasks)
-                    self._place(cell, partial, seconds / n, gpu, joint=n)
+                    self._place_cut(job.output_dir, cell, tasks, seconds / n, gpu, joint=n)
                     self.result.ran.append(cell)
             except CellFailed as exc:
                 self.progress(f"[transfer] {group[0].model}: no output from the shared lmms-eval process ({exc}); "
@@ -612,13 +607,19 @@ class _CellRun:
         self.runner(job)
         seconds = time.perf_counter() - t0
         for cell in group:
-            final = self.run_dir / cell.relpath()
-            partial = final.with_name(final.name + ".partial")
-            cells.clear(partial)
-            partial.mkdir(parents=True)
-            cells.cut_joint_output(scratch, cell, partial, tasks)
-            self._place(cell, partial, seconds / len(group), gpu, joint=len(group))
+            self._place_cut(scratch, cell, tasks, seconds / len(group), gpu, joint=len(group))
         cells.clear(scratch)
+
+    def _place_cut(self, scratch: Path, cell: Cell, tasks: Sequence[str], seconds: float, gpu: int | None,
+                   joint: int) -> None:
+        """Cut ``cell``'s share out of a joint lmms-eval output in ``scratch`` (``tasks``: what that run ran) into
+        the cell's partial folder and place it (:meth:`_place`)."""
+        final = self.run_dir / cell.relpath()
+        partial = final.with_name(final.name + ".partial")
+        cells.clear(partial)
+        partial.mkdir(parents=True)
+        cells.cut_joint_output(scratch, cell, partial, tasks)
+        self._place(cell, partial, seconds, gpu, joint=joint)
 
     def job(self, cell: Cell, gpu: int | None, output_dir: Path) -> CellJob:
         """The :class:`CellJob` of ``cell`` on ``gpu``, writing into ``output_dir``."""
